@@ -1,0 +1,583 @@
+"""sipdial configuration: one TOML file, validated once at start into frozen dataclasses.
+
+Every problem is reported as a :class:`ConfigError` whose message names the offending key by
+its full dotted path, with array indexes (``users[1].id: duplicate user id "201"``). Unknown
+keys are errors too, with a did-you-mean suggestion, so a typo never silently falls back to a
+default.
+
+Only this module reads the file; the rest of sipdial receives a :class:`Config`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final, TypeVar
+
+__all__ = [
+    "ApiConfig",
+    "CallsConfig",
+    "Config",
+    "ConfigError",
+    "HttpConfig",
+    "ListenAddr",
+    "RouteConfig",
+    "SipConfig",
+    "StoreConfig",
+    "UserConfig",
+    "load_config",
+    "parse_config",
+]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable. ``str(error)`` is a one-line message naming the key."""
+
+
+# --------------------------------------------------------------------------------------------
+# The validated configuration
+# --------------------------------------------------------------------------------------------
+
+TRANSPORTS: Final = ("udp", "tcp")
+CALL_MODES: Final = ("refer", "bridge")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddr:
+    """One SIP listening socket (``sip.listen`` entry)."""
+
+    transport: str  #: "udp" | "tcp"
+    host: str  #: IP literal or host name; IPv6 without brackets
+    port: int  #: 0-65535; 0 means an ephemeral port (tests)
+
+
+@dataclass(frozen=True, slots=True)
+class SipConfig:
+    """``[sip]``: listening sockets, identity and RFC 3261 timer values."""
+
+    listen: tuple[ListenAddr, ...]
+    domain: str
+    realm: str = ""  #: digest realm; empty means "same as domain" (filled in on construction)
+    user_agent: str = "sipdial/0.1"
+    t1: float = 0.5  #: RFC 3261 T1, RTT estimate (s)
+    t2: float = 4.0  #: RFC 3261 T2, maximum retransmit interval for non-INVITE (s)
+    t4: float = 5.0  #: RFC 3261 T4, maximum time a message stays in the network (s)
+    max_registration_expires: int = 3600
+    min_registration_expires: int = 60
+    default_registration_expires: int = 3600
+
+    def __post_init__(self) -> None:
+        if not self.realm:
+            object.__setattr__(self, "realm", self.domain)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """``[http]``: where the HTTP API listens."""
+
+    host: str  #: IPv6 without brackets
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """``[store]``: call log and registration persistence."""
+
+    url: str  #: "sqlite:///relative.db", "sqlite:////abs/path.db" or "sqlite:///:memory:"
+
+    @property
+    def sqlite_path(self) -> str:
+        """The file name for :mod:`sqlite3` (relative paths are relative to the current dir)."""
+        if not self.url.startswith(_SQLITE_PREFIX):
+            raise ValueError(f"not a sqlite URL: {self.url!r}")
+        return self.url[len(_SQLITE_PREFIX) :]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """``[api]``: bearer tokens of the HTTP API."""
+
+    #: token -> user id allowed to act through it, or "*" for every user (admin)
+    tokens: Mapping[str, str] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class UserConfig:
+    """One ``[[users]]`` entry: a SIP account whose phone sipdial rings first."""
+
+    id: str  #: SIP user name (REGISTER / digest user), also the API's user id
+    password: str = field(repr=False)  #: digest password
+    name: str = ""  #: display name shown on the user's phone
+    auto_answer: bool = False  #: ask the phone to answer the first leg by itself
+    number: str | None = None  #: the user's external caller-ID number
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """One ``[[routes]]`` entry: where calls to numbers matching ``match`` go."""
+
+    match: re.Pattern[str]  #: regex for the dialled number; anchor it (``^...$``) yourself
+    uri: str  #: target template, contains "{number}", starts with sip: or sips:
+    username: str | None = None  #: digest credentials towards the gateway, if it challenges
+    password: str | None = field(default=None, repr=False)
+
+    def target_uri(self, number: str) -> str:
+        """The request URI for ``number`` (``{number}`` substituted)."""
+        return self.uri.replace("{number}", number)
+
+
+@dataclass(frozen=True, slots=True)
+class CallsConfig:
+    """``[calls]``: click-to-dial behaviour and limits."""
+
+    default_mode: str = "refer"  #: "refer" | "bridge"
+    user_answer_timeout: float = 30.0  #: ring time on the user's phone (cause user_no_answer)
+    target_answer_timeout: float = 60.0  #: ring time on the target
+    refer_timeout: float = 32.0  #: how long to wait for the outcome of the REFER
+    max_concurrent: int = 2000  #: calls in progress at once; more are refused
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration."""
+
+    sip: SipConfig
+    http: HttpConfig
+    store: StoreConfig
+    api: ApiConfig
+    users: Mapping[str, UserConfig]  #: by user id, in file order
+    routes: tuple[RouteConfig, ...] = ()  #: first match wins
+    calls: CallsConfig = field(default_factory=CallsConfig)
+    #: raw ``[[auto_answer]]`` tables (vendor, match, headers); only their types are checked here
+    auto_answer: tuple[dict[str, object], ...] = ()
+    source: str = "<string>"  #: file the configuration came from
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the TOML file at ``path``."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f'cannot read config file "{source}": {exc.strerror or exc}') from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f'config file "{source}" is not UTF-8: {exc}') from exc
+    return parse_config(text, source)
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """Validate TOML ``text``; ``source`` is only recorded (and used in TOML syntax errors)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
+
+    root = _Table(raw, "", "")
+    sip = _parse_sip(root.table("sip"))
+    http = _parse_http(root.table("http"))
+    store = _parse_store(root.table("store"))
+    users = _parse_users(root.array_of_tables("users"))
+    api = _parse_api(root.table("api"), users)
+    routes = tuple(_parse_route(t) for t in root.array_of_tables("routes"))
+    calls = _parse_calls(root.table("calls", required=False))
+    auto_answer = tuple(_parse_auto_answer(t) for t in root.array_of_tables("auto_answer"))
+    return Config(
+        sip=sip,
+        http=http,
+        store=store,
+        api=api,
+        users=users,
+        routes=routes,
+        calls=calls,
+        auto_answer=auto_answer,
+        source=source,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+_SQLITE_PREFIX: Final = "sqlite:///"
+
+#: Every key the file may contain, by table ("name[]" for each entry of an array of tables).
+_KEYS: Final[dict[str, frozenset[str]]] = {
+    "": frozenset({"sip", "http", "store", "api", "users", "routes", "calls", "auto_answer"}),
+    "sip": frozenset(
+        {
+            "listen",
+            "domain",
+            "realm",
+            "user_agent",
+            "t1",
+            "t2",
+            "t4",
+            "max_registration_expires",
+            "min_registration_expires",
+            "default_registration_expires",
+        }
+    ),
+    "http": frozenset({"listen"}),
+    "store": frozenset({"url"}),
+    "api": frozenset({"tokens"}),
+    "users[]": frozenset({"id", "password", "name", "auto_answer", "number"}),
+    "routes[]": frozenset({"match", "uri", "username", "password"}),
+    "calls": frozenset(
+        {
+            "default_mode",
+            "user_answer_timeout",
+            "target_answer_timeout",
+            "refer_timeout",
+            "max_concurrent",
+        }
+    ),
+    "auto_answer[]": frozenset({"vendor", "match", "headers"}),
+}
+
+# RFC 3261 §25.1: user = 1*( unreserved / escaped / user-unreserved )
+_SIP_USER_RE: Final = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+")
+# RFC 1123 host name labels (also accepts IPv4 dotted quads, checked separately)
+_HOSTNAME_RE: Final = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?"
+)
+# "udp:HOST:PORT" / "tcp:[v6]:PORT"; HOST validated separately
+_LISTEN_RE: Final = re.compile(
+    r"(?P<transport>[A-Za-z]+):(?P<host>\[[^\]]*\]|[^:\[\]]*):(?P<port>\d+)"
+)
+_HOSTPORT_RE: Final = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]]*):(?P<port>\d+)")
+
+
+def _parse_sip(t: _Table) -> SipConfig:
+    listen_values = t.strings("listen")
+    if not listen_values:
+        raise ConfigError(f"{t.path('listen')}: at least one listen address is required")
+    listen: list[ListenAddr] = []
+    for i, value in enumerate(listen_values):
+        key = f"{t.path('listen')}[{i}]"
+        addr = _parse_listen(value, key)
+        if addr in listen and addr.port != 0:
+            raise ConfigError(f'{key}: duplicate listen address "{value}"')
+        listen.append(addr)
+
+    domain = t.string("domain")
+    if not _valid_host(domain):
+        raise ConfigError(f'{t.path("domain")}: not a valid host name or IP address: "{domain}"')
+    realm = t.string("realm", default=domain)
+    user_agent = t.string("user_agent", default="sipdial/0.1")
+    t1 = t.positive_float("t1", 0.5)
+    t2 = t.positive_float("t2", 4.0)
+    t4 = t.positive_float("t4", 5.0)
+    if t2 < t1:
+        raise ConfigError(f"{t.path('t2')}: must be >= sip.t1 ({t1}), got {t2}")
+    max_exp = t.positive_int("max_registration_expires", 3600)
+    min_exp = t.positive_int("min_registration_expires", 60)
+    default_exp = t.positive_int("default_registration_expires", 3600)
+    if min_exp > max_exp:
+        raise ConfigError(
+            f"{t.path('min_registration_expires')}: must be <= "
+            f"{t.path('max_registration_expires')} ({max_exp}), got {min_exp}"
+        )
+    if not min_exp <= default_exp <= max_exp:
+        raise ConfigError(
+            f"{t.path('default_registration_expires')}: must be between "
+            f"{t.path('min_registration_expires')} ({min_exp}) and "
+            f"{t.path('max_registration_expires')} ({max_exp}), got {default_exp}"
+        )
+    return SipConfig(
+        listen=tuple(listen),
+        domain=domain,
+        realm=realm,
+        user_agent=user_agent,
+        t1=t1,
+        t2=t2,
+        t4=t4,
+        max_registration_expires=max_exp,
+        min_registration_expires=min_exp,
+        default_registration_expires=default_exp,
+    )
+
+
+def _parse_listen(value: str, key: str) -> ListenAddr:
+    m = _LISTEN_RE.fullmatch(value)
+    if m is None or m["transport"].lower() not in TRANSPORTS:
+        raise ConfigError(f'{key}: expected "udp|tcp:HOST:PORT", got "{value}"')
+    host = _parse_host(m["host"], key, value)
+    return ListenAddr(m["transport"].lower(), host, _parse_port(m["port"], key))
+
+
+def _parse_http(t: _Table) -> HttpConfig:
+    key = t.path("listen")
+    value = t.string("listen")
+    m = _HOSTPORT_RE.fullmatch(value)
+    if m is None:
+        raise ConfigError(f'{key}: expected "HOST:PORT" (IPv6 as "[::1]:PORT"), got "{value}"')
+    host = _parse_host(m["host"], key, value)
+    port = _parse_port(m["port"], key)
+    return HttpConfig(host, port)
+
+
+def _parse_host(text: str, key: str, value: str) -> str:
+    """``text`` is the host part of a listen address: a name, IPv4, or ``[IPv6]``."""
+    if text.startswith("["):
+        inner = text[1:-1]
+        try:
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            raise ConfigError(f'{key}: invalid IPv6 address "{inner}" in "{value}"') from None
+        return inner
+    if not _valid_host(text):
+        raise ConfigError(f'{key}: invalid host "{text}" in "{value}"')
+    return text
+
+
+def _valid_host(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return ":" not in text and _HOSTNAME_RE.fullmatch(text) is not None
+    return True
+
+
+def _parse_port(text: str, key: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{key}: port {port} out of range 0-65535")
+    return port
+
+
+def _parse_store(t: _Table) -> StoreConfig:
+    url = t.string("url")
+    if not url.startswith(_SQLITE_PREFIX) or len(url) == len(_SQLITE_PREFIX):
+        raise ConfigError(
+            f'{t.path("url")}: expected "sqlite:///relative/path.db", '
+            f'"sqlite:////absolute/path.db" or "sqlite:///:memory:", got "{url}"'
+        )
+    return StoreConfig(url)
+
+
+def _parse_users(tables: list[_Table]) -> Mapping[str, UserConfig]:
+    users: dict[str, UserConfig] = {}
+    for t in tables:
+        uid = t.string("id")
+        if _SIP_USER_RE.fullmatch(uid) is None:
+            raise ConfigError(f'{t.path("id")}: not a valid SIP user name: "{uid}"')
+        if uid in users:
+            raise ConfigError(f'{t.path("id")}: duplicate user id "{uid}"')
+        password = t.string("password")
+        name = t.string("name", default="", allow_empty=True)
+        auto_answer = t.boolean("auto_answer", False)
+        number = t.optional_string("number")
+        if number is not None and re.fullmatch(r"\+?[0-9]+", number) is None:
+            raise ConfigError(
+                f'{t.path("number")}: expected digits with an optional leading "+", got "{number}"'
+            )
+        users[uid] = UserConfig(uid, password, name, auto_answer, number)
+    return MappingProxyType(users)
+
+
+def _parse_api(t: _Table, users: Mapping[str, UserConfig]) -> ApiConfig:
+    key = t.path("tokens")
+    raw = t.get("tokens", dict, "a table of token = user id")
+    if not raw:
+        raise ConfigError(f"{key}: at least one token is required")
+    tokens: dict[str, str] = {}
+    for token, uid in raw.items():
+        # the token is the secret: never echo it, name its position instead
+        where = f"{key}[{len(tokens)}]"
+        if not token.strip():
+            raise ConfigError(f"{where}: empty token")
+        if not isinstance(uid, str):
+            raise ConfigError(f"{where}: expected a user id string, got {_describe(uid)}")
+        if uid != "*" and uid not in users:
+            raise ConfigError(f'{where}: unknown user "{uid}" (not in [[users]])')
+        tokens[token] = uid
+    return ApiConfig(MappingProxyType(tokens))
+
+
+def _parse_route(t: _Table) -> RouteConfig:
+    pattern = t.string("match")
+    try:
+        match = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{t.path('match')}: invalid regular expression: {exc}") from None
+    uri = t.string("uri")
+    if not uri.startswith(("sip:", "sips:")):
+        raise ConfigError(f'{t.path("uri")}: must start with "sip:" or "sips:", got "{uri}"')
+    if "{number}" not in uri:
+        raise ConfigError(f'{t.path("uri")}: must contain "{{number}}", got "{uri}"')
+    username = t.optional_string("username")
+    password = t.optional_string("password", allow_empty=True)
+    if password is not None and username is None:
+        raise ConfigError(f"{t.path('password')}: given without {t.path('username')}")
+    return RouteConfig(match, uri, username, password)
+
+
+def _parse_calls(t: _Table) -> CallsConfig:
+    mode = t.string("default_mode", default="refer")
+    if mode not in CALL_MODES:
+        raise ConfigError(f'{t.path("default_mode")}: expected "refer" or "bridge", got "{mode}"')
+    calls = CallsConfig(
+        default_mode=mode,
+        user_answer_timeout=t.positive_float("user_answer_timeout", 30.0),
+        target_answer_timeout=t.positive_float("target_answer_timeout", 60.0),
+        refer_timeout=t.positive_float("refer_timeout", 32.0),
+        max_concurrent=t.positive_int("max_concurrent", 2000),
+    )
+    return calls
+
+
+def _parse_auto_answer(t: _Table) -> dict[str, object]:
+    entry: dict[str, object] = {}
+    vendor = t.optional_string("vendor")
+    if vendor is not None:
+        entry["vendor"] = vendor
+    match = t.optional_string("match")
+    if match is not None:
+        entry["match"] = match
+    if "headers" in t.raw:
+        headers = t.raw["headers"]
+        key = t.path("headers")
+        if isinstance(headers, dict):
+            for name, value in headers.items():
+                if not isinstance(value, str):
+                    raise ConfigError(f"{key}.{name}: expected a string, got {_describe(value)}")
+            entry["headers"] = dict(headers)
+        elif isinstance(headers, list):
+            for i, value in enumerate(headers):
+                if not isinstance(value, str):
+                    raise ConfigError(f"{key}[{i}]: expected a string, got {_describe(value)}")
+            entry["headers"] = list(headers)
+        else:
+            raise ConfigError(
+                f"{key}: expected a table or an array of strings, got {_describe(headers)}"
+            )
+    return entry
+
+
+# --------------------------------------------------------------------------------------------
+# Typed access to one TOML table; unknown keys are rejected up front
+# --------------------------------------------------------------------------------------------
+
+_MISSING: Final = object()
+
+
+def _describe(value: object) -> str:
+    """A wrong value as error messages show it: 'integer 5', 'string "x"', 'an array'."""
+    if isinstance(value, str):
+        return f'string "{value}"'
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    kind = {int: "integer", float: "float"}.get(type(value), "date/time")
+    return f"{kind} {value}"
+
+
+class _Table:
+    """A TOML table at dotted ``path``, whose allowed keys are ``_KEYS[schema]``.
+
+    Unknown keys are rejected on construction, before any missing or mistyped key is reported,
+    so a typo reads as ``unknown key "sip.domian" (did you mean "sip.domain"?)`` rather than as
+    a missing ``sip.domain``.
+    """
+
+    def __init__(self, raw: dict[str, object], prefix: str, schema: str) -> None:
+        self.raw = raw
+        self.prefix = prefix
+        self.schema = schema
+        allowed = _KEYS[schema]
+        for key in raw:
+            if key not in allowed:
+                hint = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+                suggestion = f' (did you mean "{self.path(hint[0])}"?)' if hint else ""
+                raise ConfigError(f'unknown key "{self.path(key)}"{suggestion}')
+
+    def path(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def get(self, key: str, kind: type[T], expected: str, default: object = _MISSING) -> T:
+        assert key in _KEYS[self.schema], f"{key!r} missing from _KEYS[{self.schema!r}]"
+        value = self.raw.get(key, _MISSING)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise ConfigError(f"{self.path(key)}: required key is missing")
+            return default  # type: ignore[return-value]
+        if isinstance(value, bool) and kind is not bool:  # bool is an int subclass
+            raise ConfigError(f"{self.path(key)}: expected {expected}, got {_describe(value)}")
+        if kind is float and isinstance(value, int):  # "t1 = 1" is a number too
+            return float(value)  # type: ignore[return-value]
+        if not isinstance(value, kind):
+            raise ConfigError(f"{self.path(key)}: expected {expected}, got {_describe(value)}")
+        return value
+
+    def string(self, key: str, default: object = _MISSING, *, allow_empty: bool = False) -> str:
+        value = self.get(key, str, "a string", default)
+        if not value and not allow_empty:
+            raise ConfigError(f"{self.path(key)}: must not be empty")
+        return value
+
+    def optional_string(self, key: str, *, allow_empty: bool = False) -> str | None:
+        if key not in self.raw:
+            return None
+        return self.string(key, allow_empty=allow_empty)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return self.get(key, bool, "true or false", default)
+
+    def positive_float(self, key: str, default: float) -> float:
+        value = self.get(key, float, "a number", default)
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{self.path(key)}: must be > 0, got {value}")
+        return value
+
+    def positive_int(self, key: str, default: int) -> int:
+        value = self.get(key, int, "an integer", default)
+        if value <= 0:
+            raise ConfigError(f"{self.path(key)}: must be > 0, got {value}")
+        return value
+
+    def strings(self, key: str) -> list[str]:
+        values: list[object] = self.get(key, list, "an array of strings")
+        for i, value in enumerate(values):
+            if not isinstance(value, str):
+                raise ConfigError(
+                    f"{self.path(key)}[{i}]: expected a string, got {_describe(value)}"
+                )
+        return values  # type: ignore[return-value]
+
+    def table(self, key: str, *, required: bool = True) -> _Table:
+        if required and key not in self.raw:
+            raise ConfigError(f"[{self.path(key)}]: required section is missing")
+        raw: dict[str, object] = self.get(key, dict, "a table", {})
+        return _Table(raw, self.path(key), self.path(key))
+
+    def array_of_tables(self, key: str) -> list[_Table]:
+        expected = f"an array of tables ([[{self.path(key)}]])"
+        values: list[object] = self.get(key, list, expected, [])
+        tables: list[_Table] = []
+        for i, value in enumerate(values):
+            path = f"{self.path(key)}[{i}]"
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a table, got {_describe(value)}")
+            tables.append(_Table(value, path, f"{self.path(key)}[]"))
+        return tables
