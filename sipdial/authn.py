@@ -1,0 +1,37 @@
+"""Authenticating requests from our users (REGISTER with 401, calls with 407).
+
+Thin policy on top of :class:`sipdial.sip.auth.DigestServer`: which header to read, which
+challenge header to answer with, and ``stale=true`` re-challenges (RFC 7616 §3.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sipdial.sip.auth import DigestServer, NonceManager
+from sipdial.sip.message import Request, Response, make_response
+
+
+class Authenticator:
+    def __init__(self, realm: str, lookup_password: Callable[[str], str | None],
+                 secret: bytes, nonce_lifetime: float = 300.0) -> None:
+        self.realm = realm
+        self.server = DigestServer(realm, lookup_password,
+                                   NonceManager(secret, lifetime=nonce_lifetime))
+
+    def check(self, request: Request, now: float, *, proxy: bool) -> str | Response:
+        """The authenticated user id, or the 401/407 response to send."""
+        header = "Proxy-Authorization" if proxy else "Authorization"
+        stale = False
+        for value in request.headers.get_all(header):
+            result, username = self.server.verify(value, request.method, now)
+            if result == "ok" and username is not None:
+                return username
+            if result == "stale":
+                stale = True
+        status = 407 if proxy else 401
+        response = make_response(request, status)
+        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+        for challenge in self.server.challenges(now, stale=stale):
+            response.headers.add(name, challenge.to_header())
+        return response

@@ -1,0 +1,219 @@
+"""The embedded registrar (RFC 3261 §10.3), sans-IO: where each user's devices are.
+
+A user may have several devices at once (desk phone, DECT handset, softphone): one binding per
+Contact, replaced by ``+sip.instance`` (RFC 5626) when a device re-registers from a new
+address. Each binding remembers the address its REGISTER came from, because that is where
+requests to a device behind NAT must go (RFC 3581), and its User-Agent, which picks the
+auto-answer headers. Bindings expire lazily (checked on lookup) and by a periodic sweep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sipdial.authn import Authenticator
+from sipdial.sip.message import Request, Response, call_id, cseq, make_response, to
+from sipdial.sip.peer import Peer
+from sipdial.sip.uri import NameAddr, SipURI, parse_name_addr_list
+
+
+@dataclass(slots=True)
+class Binding:
+    user: str
+    contact: str  # the Contact URI as registered
+    instance: str | None  # +sip.instance
+    peer: Peer  # where the REGISTER came from: requests to the device go here
+    expires_at: float
+    q: float
+    user_agent: str | None
+    call_id: str
+    cseq: int
+    registered_at: float
+
+    @property
+    def device(self) -> str:
+        """A stable name for the device in the API: instance id, else the contact."""
+        return self.instance or self.contact
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        return {
+            "user": self.user,
+            "contact": self.contact,
+            "instance": self.instance,
+            "transport": self.peer.transport,
+            "source": self.peer.host_port(),
+            "expires_in": max(0, round(self.expires_at - now)),
+            "q": self.q,
+            "user_agent": self.user_agent,
+            "registered_at": self.registered_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiryLimits:
+    minimum: int = 60
+    maximum: int = 3600
+    default: int = 3600
+
+
+BindingHook = Callable[[Binding, bool], None]  # (binding, removed)
+
+
+class Registrar:
+    def __init__(self, auth: Authenticator, users: Iterable[str], limits: ExpiryLimits,
+                 on_change: BindingHook | None = None) -> None:
+        self.auth = auth
+        self.users = set(users)
+        self.limits = limits
+        self.on_change = on_change
+        self._bindings: dict[str, dict[str, Binding]] = {}
+
+    # ------------------------------------------------------------ queries
+
+    def contacts(self, user: str, now: float) -> list[Binding]:
+        """Live bindings of ``user``, best first (q, then most recently registered)."""
+        table = self._bindings.get(user)
+        if not table:
+            return []
+        live = [b for b in table.values() if b.expires_at > now]
+        live.sort(key=lambda b: (-b.q, -b.registered_at))
+        return live
+
+    def all(self, now: float) -> list[Binding]:
+        return [b for user in sorted(self._bindings) for b in self.contacts(user, now)]
+
+    def restore(self, bindings: Iterable[Binding], now: float) -> int:
+        """Load persisted bindings at start; expired ones are dropped."""
+        count = 0
+        for b in bindings:
+            if b.expires_at > now and b.user in self.users:
+                self._bindings.setdefault(b.user, {})[b.contact] = b
+                count += 1
+        return count
+
+    def sweep(self, now: float) -> list[Binding]:
+        removed: list[Binding] = []
+        for user, table in list(self._bindings.items()):
+            for contact, b in list(table.items()):
+                if b.expires_at <= now:
+                    del table[contact]
+                    removed.append(b)
+            if not table:
+                del self._bindings[user]
+        for b in removed:
+            self._changed(b, True)
+        return removed
+
+    # ------------------------------------------------------------ REGISTER
+
+    def handle(self, request: Request, source: Peer, now: float) -> Response:
+        """Process one REGISTER and return the response to send."""
+        aor = to(request).uri
+        if not isinstance(aor, SipURI) or aor.scheme not in ("sip", "sips") or not aor.user:
+            return make_response(request, 404, "Not Found")
+        user = aor.user
+        outcome = self.auth.check(request, now, proxy=False)
+        if isinstance(outcome, Response):
+            return outcome
+        if outcome != user:
+            return make_response(request, 403, "Forbidden (credentials do not match To)")
+        if user not in self.users:
+            return make_response(request, 404, "Not Found")
+
+        contacts: list[NameAddr] = []
+        for value in request.headers.get_all("Contact"):
+            contacts.extend(parse_name_addr_list(value))
+        header_expires = _int_or_none(request.headers.get("Expires"))
+        cid, seq = call_id(request), cseq(request).number
+        table = self._bindings.setdefault(user, {})
+
+        if any(str(c.uri) == "*" for c in contacts):
+            # §10.3 step 6: "*" only alone and with Expires: 0
+            if len(contacts) != 1 or header_expires != 0:
+                return make_response(request, 400, "Wildcard Contact needs Expires: 0")
+            for b in list(table.values()):
+                if b.call_id == cid and seq <= b.cseq:
+                    return make_response(request, 500, "Out of order CSeq")
+            for b in list(table.values()):
+                del table[b.contact]
+                self._changed(b, True)
+            return self._ok(request, user, now)
+
+        user_agent = request.headers.get("User-Agent")
+        for c in contacts:
+            expires = _int_or_none(c.params.get("expires"))
+            if expires is None:
+                expires = header_expires
+            if expires is None:
+                expires = self.limits.default
+            if 0 < expires < self.limits.minimum:
+                response = make_response(request, 423, "Interval Too Brief")
+                response.headers.add("Min-Expires", str(self.limits.minimum))
+                return response
+            expires = min(expires, self.limits.maximum)
+            contact = str(c.uri)
+            existing = table.get(contact)
+            if existing is not None and existing.call_id == cid and seq <= existing.cseq:
+                return make_response(request, 500, "Out of order CSeq")
+            instance = c.params.get("+sip.instance")
+            if expires == 0:
+                if existing is not None:
+                    del table[contact]
+                    self._changed(existing, True)
+                continue
+            if instance:
+                for other in [b for b in table.values()
+                              if b.instance == instance and b.contact != contact]:
+                    del table[other.contact]
+                    self._changed(other, True)
+            binding = Binding(
+                user=user, contact=contact, instance=instance, peer=source,
+                expires_at=now + expires, q=_q(c.params.get("q")), user_agent=user_agent,
+                call_id=cid, cseq=seq,
+                registered_at=existing.registered_at if existing else now,
+            )
+            table[contact] = binding
+            self._changed(binding, False)
+        if not table:
+            self._bindings.pop(user, None)
+        return self._ok(request, user, now)
+
+    def _ok(self, request: Request, user: str, now: float) -> Response:
+        response = make_response(request, 200)
+        for b in self.contacts(user, now):
+            params = f";expires={max(0, round(b.expires_at - now))}"
+            if b.instance:
+                params += f';+sip.instance="{b.instance.strip(chr(34))}"'
+            response.headers.add("Contact", f"<{b.contact}>{params}")
+        response.headers.add("Date", _http_date(now))
+        return response
+
+    def _changed(self, binding: Binding, removed: bool) -> None:
+        if self.on_change is not None:
+            self.on_change(binding, removed)
+
+
+def _int_or_none(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value.strip())
+    except ValueError:
+        return None
+    return number if number >= 0 else None
+
+
+def _q(value: str | None) -> float:
+    try:
+        q = float(value) if value is not None else 1.0
+    except ValueError:
+        return 1.0
+    return min(max(q, 0.0), 1.0)
+
+
+def _http_date(now: float) -> str:
+    from email.utils import formatdate
+
+    return formatdate(now, usegmt=True)

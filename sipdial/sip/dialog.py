@@ -1,0 +1,173 @@
+"""RFC 3261 §12 dialogs, sans-IO.
+
+A :class:`Dialog` holds the identifiers and sequence state of one dialog and builds its
+in-dialog requests. It does not send anything; the caller passes the request it returns to
+the endpoint together with :attr:`Dialog.peer`.
+
+Where requests go: with a route set, to the first route (loose routing, §16.12.1.1; strict
+routers are not supported and said so). Without one, to the address the dialog was created
+with — the source of the request (UAS) or where our INVITE went (UAC). That is what makes
+phones behind NAT reachable: their Contact is often a private address that means nothing
+here (RFC 3581 symmetric response routing, applied to the dialog).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sipdial.sip.errors import SipError
+from sipdial.sip.headers import Headers
+from sipdial.sip.message import Request, Response, cseq, from_, to
+from sipdial.sip.peer import Peer
+from sipdial.sip.uri import URI, NameAddr, SipURI, parse_name_addr_list
+
+DialogKey = tuple[str, str, str]  # (Call-ID, local tag, remote tag)
+
+
+@dataclass(slots=True)
+class Dialog:
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    local_party: NameAddr  # our From (UAC) / To (UAS), tag included
+    remote_party: NameAddr
+    remote_target: URI
+    route_set: list[NameAddr]
+    local_seq: int
+    remote_seq: int | None
+    peer: Peer
+    local_contact: str  # our Contact header value
+    secure: bool = False
+    owner: object = field(default=None, repr=False)  # the call leg this dialog belongs to
+
+    @property
+    def key(self) -> DialogKey:
+        return (self.call_id, self.local_tag, self.remote_tag)
+
+    # ------------------------------------------------------------ creation
+
+    @classmethod
+    def from_uac(cls, request: Request, response: Response, peer: Peer,
+                 local_contact: str) -> Dialog:
+        """§12.1.2: from a 2xx (or 101–199 with To tag) to our dialog-creating request."""
+        remote = to(response)
+        if remote.tag is None:
+            raise SipError("response creates no dialog: To has no tag")
+        local = from_(request)
+        assert local.tag is not None
+        contacts = _contacts(response)
+        routes = _record_routes(response)
+        routes.reverse()
+        return cls(
+            call_id=request.headers.get("Call-ID") or "",
+            local_tag=local.tag,
+            remote_tag=remote.tag,
+            local_party=local,
+            remote_party=remote,
+            remote_target=contacts[0].uri if contacts else request.uri,
+            route_set=routes,
+            local_seq=cseq(request).number,
+            remote_seq=None,
+            peer=peer,
+            local_contact=local_contact,
+            secure=isinstance(request.uri, SipURI) and request.uri.scheme == "sips",
+        )
+
+    @classmethod
+    def from_uas(cls, request: Request, local_tag: str, source: Peer,
+                 local_contact: str) -> Dialog:
+        """§12.1.1: from a dialog-creating request we answer with a 2xx (or 1xx)."""
+        remote = from_(request)
+        if remote.tag is None:
+            raise SipError("request has no From tag", 400)
+        local = to(request)
+        local = NameAddr(local.uri, local.display_name, {**local.params, "tag": local_tag})
+        contacts = _contacts(request)
+        if not contacts:
+            raise SipError("dialog-creating request without Contact", 400)
+        return cls(
+            call_id=request.headers.get("Call-ID") or "",
+            local_tag=local_tag,
+            remote_tag=remote.tag,
+            local_party=local,
+            remote_party=remote,
+            remote_target=contacts[0].uri,
+            route_set=_record_routes(request),
+            local_seq=0,
+            remote_seq=cseq(request).number,
+            peer=source,
+            local_contact=local_contact,
+            secure=isinstance(request.uri, SipURI) and request.uri.scheme == "sips",
+        )
+
+    # ------------------------------------------------------------ requests
+
+    def create_request(self, method: str, *, body: bytes = b"",
+                       content_type: str | None = None,
+                       extra: list[tuple[str, str]] | None = None) -> Request:
+        """§12.2.1.1: an in-dialog request without Via (the endpoint adds it)."""
+        if method not in ("ACK", "CANCEL"):
+            self.local_seq += 1
+        headers = Headers()
+        for route in self.route_set:
+            headers.add("Route", str(route))
+        headers.add("Max-Forwards", "70")
+        headers.add("From", str(self.local_party))
+        headers.add("To", str(self.remote_party))
+        headers.add("Call-ID", self.call_id)
+        headers.add("CSeq", f"{self.local_seq} {method}")
+        if method in ("INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"):
+            headers.add("Contact", self.local_contact)
+        for name, value in extra or ():
+            headers.add(name, value)
+        if content_type is not None:
+            headers.add("Content-Type", content_type)
+        return Request(method, self.remote_target, headers, body)
+
+    def create_ack(self, invite_cseq: int, *, body: bytes = b"",
+                   content_type: str | None = None) -> Request:
+        """§13.2.2.4: ACK for a 2xx carries the INVITE's CSeq number."""
+        headers = Headers()
+        for route in self.route_set:
+            headers.add("Route", str(route))
+        headers.add("Max-Forwards", "70")
+        headers.add("From", str(self.local_party))
+        headers.add("To", str(self.remote_party))
+        headers.add("Call-ID", self.call_id)
+        headers.add("CSeq", f"{invite_cseq} ACK")
+        if content_type is not None:
+            headers.add("Content-Type", content_type)
+        return Request("ACK", self.remote_target, headers, body)
+
+    def receive_request(self, request: Request) -> None:
+        """§12.2.2: check CSeq order and refresh the remote target. Raises SipError(500)
+        for an out-of-order request."""
+        number = cseq(request).number
+        if request.method not in ("ACK", "CANCEL"):
+            if self.remote_seq is not None and number <= self.remote_seq:
+                raise SipError("CSeq out of order", 500)
+            self.remote_seq = number
+        if request.method in ("INVITE", "UPDATE"):
+            contacts = _contacts(request)
+            if contacts:
+                self.remote_target = contacts[0].uri
+
+    def refresh_from_response(self, response: Response) -> None:
+        """Target refresh from a 2xx to a re-INVITE/UPDATE we sent."""
+        contacts = _contacts(response)
+        if contacts:
+            self.remote_target = contacts[0].uri
+
+
+def _contacts(message: Request | Response) -> list[NameAddr]:
+    result: list[NameAddr] = []
+    for value in message.headers.get_all("Contact"):
+        result.extend(parse_name_addr_list(value))
+    return result
+
+
+def _record_routes(message: Request | Response) -> list[NameAddr]:
+    result: list[NameAddr] = []
+    for value in message.headers.get_all("Record-Route"):
+        result.extend(parse_name_addr_list(value))
+    return result

@@ -1,0 +1,184 @@
+"""The SIP endpoint: bytes in, transactions, bytes out (sans-IO).
+
+``receive(data, source, now)`` parses one message (a datagram or one framed TCP message),
+applies RFC 3581 / §18.2.1 Via processing, answers unparseable requests with 400 where it can,
+and feeds the transaction layer. ``send_request`` stamps our Via (fresh branch, ``rport``) and
+starts a client transaction. Events for the TU and ``(Peer, bytes)`` to send are drained by the
+transport driver, which owns the sockets and the single reactor timer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sipdial.sip.errors import ParseError
+from sipdial.sip.message import (
+    Request,
+    Response,
+    make_response,
+    parse_message,
+    top_via,
+)
+from sipdial.sip.peer import Peer
+from sipdial.sip.timers import TimerHeap
+from sipdial.sip.transaction import (
+    ClientTransaction,
+    Event,
+    ServerTransaction,
+    TimerConfig,
+    TransactionLayer,
+)
+from sipdial.sip.uri import URI, SipURI
+
+
+@dataclass(slots=True)
+class EndpointStats:
+    received: int = 0
+    sent: int = 0
+    malformed: int = 0
+    dropped: int = 0
+
+
+def family(host: str) -> int:
+    return 6 if ":" in host else 4
+
+
+class Endpoint:
+    def __init__(self, timers: TimerHeap, config: TimerConfig | None = None,
+                 user_agent: str = "sipdial") -> None:
+        self.timers = timers
+        self.txns = TransactionLayer(timers, config)
+        self.user_agent = user_agent
+        # (transport, address family) -> (host, port) we listen on
+        self.local: dict[tuple[str, int], tuple[str, int]] = {}
+        self.stats = EndpointStats()
+
+    # ------------------------------------------------------------ local addresses
+
+    def add_local(self, transport: str, host: str, port: int) -> None:
+        self.local.setdefault((transport, family(host)), (host, port))
+
+    def local_for(self, peer: Peer) -> tuple[str, int]:
+        try:
+            return self.local[(peer.transport, family(peer.host))]
+        except KeyError:
+            for (transport, _fam), addr in self.local.items():
+                if transport == peer.transport:
+                    return addr
+            raise LookupError(f"no local {peer.transport} transport for {peer}") from None
+
+    def contact(self, peer: Peer, user: str = "sipdial") -> str:
+        host, port = self.local_for(peer)
+        h = f"[{host}]" if ":" in host else host
+        param = "" if peer.transport == "udp" else f";transport={peer.transport}"
+        return f"<sip:{user}@{h}:{port}{param}>"
+
+    def via(self, peer: Peer, branch: str) -> str:
+        host, port = self.local_for(peer)
+        h = f"[{host}]" if ":" in host else host
+        return f"SIP/2.0/{peer.transport.upper()} {h}:{port};rport;branch={branch}"
+
+    # ------------------------------------------------------------ input
+
+    def receive(self, data: bytes, source: Peer, now: float) -> None:
+        """One message from the wire. Never raises for bad input."""
+        self.stats.received += 1
+        if not data.strip(b"\r\n"):
+            return  # keep-alive (RFC 5626 §3.5.1 CRLF)
+        try:
+            message = parse_message(data)
+            if isinstance(message, Request):
+                reply_to = self._process_via(message, source)
+            else:
+                reply_to = source
+                top_via(message)
+        except ParseError as exc:
+            self.stats.malformed += 1
+            request = exc.request
+            if request is not None and request.method != "ACK":
+                try:
+                    response = make_response(request, exc.status, _short(str(exc)))
+                    self.txns.send_stateless(response, source)
+                except Exception:  # noqa: BLE001 - best effort on garbage
+                    self.stats.dropped += 1
+            return
+        self.txns.receive(message, reply_to, now)
+
+    def _process_via(self, request: Request, source: Peer) -> Peer:
+        """§18.2.1 received=, RFC 3581 rport=; returns where responses go (§18.2.2)."""
+        vias = request.headers.get_all("Via")
+        via = top_via(request)
+        changed = False
+        if via.host != source.host:
+            via.params["received"] = source.host
+            changed = True
+        if "rport" in via.params:
+            via.params["received"] = source.host
+            via.params["rport"] = str(source.port)
+            changed = True
+        if changed:
+            vias[0] = str(via)
+            request.headers.set("Via", ", ".join(vias))
+        if source.reliable or "rport" in via.params:
+            return source
+        return Peer(source.transport, source.host, via.port or 5060)
+
+    # ------------------------------------------------------------ output
+
+    def send_request(self, request: Request, peer: Peer, now: float,
+                     context: object = None) -> ClientTransaction:
+        """Add our Via (and User-Agent) and start a client transaction."""
+        branch = self.txns.new_branch()
+        request.headers.prepend("Via", self.via(peer, branch))
+        if "User-Agent" not in request.headers:
+            request.headers.add("User-Agent", self.user_agent)
+        txn = self.txns.send_request(request, peer, now)
+        txn.context = context
+        return txn
+
+    def send_ack(self, invite_txn: ClientTransaction, ack: Request, peer: Peer) -> None:
+        ack.headers.prepend("Via", self.via(peer, self.txns.new_branch()))
+        self.txns.send_ack(invite_txn, ack, peer)
+
+    def respond(self, txn: ServerTransaction, response: Response, now: float) -> None:
+        if "Server" not in response.headers:
+            response.headers.add("Server", self.user_agent)
+        self.txns.respond(txn, response, now)
+
+    def reply(self, txn: ServerTransaction, status: int, now: float, reason: str | None = None,
+              to_tag: str | None = None,
+              headers: list[tuple[str, str]] | None = None) -> Response:
+        response = make_response(txn.request, status, reason, to_tag=to_tag)
+        for name, value in headers or ():
+            response.headers.add(name, value)
+        self.respond(txn, response, now)
+        return response
+
+    def cancel(self, invite_txn: ClientTransaction, now: float) -> None:
+        self.txns.cancel(invite_txn, now)
+
+    def drain_events(self) -> list[Event]:
+        return self.txns.drain_events()
+
+    def drain_outbox(self) -> list[tuple[Peer, bytes]]:
+        out = self.txns.drain_outbox()
+        self.stats.sent += len(out)
+        return out
+
+
+def peer_for_uri(uri: URI, default_transport: str = "udp") -> Peer:
+    """Where a request for ``uri`` goes when no registration or dialog says otherwise
+    (RFC 3263 without DNS: numeric hosts and /etc/hosts names only)."""
+    if not isinstance(uri, SipURI) or uri.scheme == "tel":
+        raise ValueError(f"cannot route to {uri}")
+    transport = (uri.params.get("transport") or default_transport).lower()
+    if uri.scheme == "sips":
+        transport = "tls"
+    host = uri.params.get("maddr") or uri.host
+    port = uri.port or (5061 if transport == "tls" else 5060)
+    return Peer(transport, host, port)
+
+
+def _short(text: str) -> str:
+    text = text.replace("\r", " ").replace("\n", " ")
+    return text[:80] if text else "Bad Request"

@@ -1,0 +1,45 @@
+"""Minimal SDP (RFC 4566) for sipdial's own media offers, sans-IO.
+
+REFER mode never carries media through sipdial, but a phone must be offered a session it can
+accept. The offer points at sipdial's RTP sink port (audio is discarded there); bridge mode
+(a later issue) replaces the sink with a real RTP endpoint.
+"""
+
+from __future__ import annotations
+
+import re
+
+CONTENT_TYPE = "application/sdp"
+
+_CONNECTION = re.compile(rb"^c=IN IP[46] (\S+)", re.MULTILINE)
+_AUDIO = re.compile(rb"^m=audio (\d+) ", re.MULTILINE)
+
+
+def audio_offer(host: str, port: int, session_id: int, version: int = 1,
+                direction: str = "sendrecv") -> bytes:
+    """An audio offer with PCMU, PCMA and telephone-event (RFC 4733)."""
+    ip = "IP6" if ":" in host else "IP4"
+    lines = [
+        "v=0",
+        f"o=sipdial {session_id} {version} IN {ip} {host}",
+        "s=sipdial",
+        f"c=IN {ip} {host}",
+        "t=0 0",
+        f"m=audio {port} RTP/AVP 0 8 101",
+        "a=rtpmap:0 PCMU/8000",
+        "a=rtpmap:8 PCMA/8000",
+        "a=rtpmap:101 telephone-event/8000",
+        "a=fmtp:101 0-16",
+        "a=ptime:20",
+        f"a={direction}",
+    ]
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def media_address(body: bytes) -> tuple[str, int] | None:
+    """The (host, port) of the first audio stream, or None."""
+    conn = _CONNECTION.search(body)
+    audio = _AUDIO.search(body)
+    if conn is None or audio is None:
+        return None
+    return conn.group(1).decode("ascii", "replace"), int(audio.group(1))

@@ -1,0 +1,213 @@
+"""Twisted adapter for the sans-IO endpoint: sockets in, one ``callLater`` for all timers.
+
+Everything here is glue: bytes from UDP/TCP go to :meth:`Endpoint.receive` with
+``reactor.seconds()``; after every input :meth:`SipDriver.pump` hands the endpoint's events to
+the transaction user, writes the outbox and re-arms the single timer for
+:meth:`TimerHeap.next_deadline`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
+
+from sipdial.sip.endpoint import Endpoint, family
+from sipdial.sip.message import StreamFramer
+from sipdial.sip.errors import ParseError
+from sipdial.sip.peer import Peer
+from sipdial.sip.timers import TimerHeap
+from sipdial.sip.transaction import Event
+
+log = logging.getLogger("sipdial.transport")
+
+TransactionUser = Callable[[Event, float], None]
+
+
+class _Udp(protocol.DatagramProtocol):
+    def __init__(self, driver: SipDriver) -> None:
+        self.driver = driver
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
+        self.driver.receive(datagram, Peer("udp", addr[0], addr[1]))
+
+
+class _TcpConnection(protocol.Protocol):
+    def __init__(self, driver: SipDriver) -> None:
+        self.driver = driver
+        self.framer = StreamFramer()
+        self.peer: Peer | None = None
+        self.pending: list[bytes] = []
+
+    def connectionMade(self) -> None:  # noqa: N802
+        addr = self.transport.getPeer()  # type: ignore[union-attr]
+        self.peer = Peer("tcp", addr.host, addr.port)
+        self.driver._tcp[self.peer] = self
+        self.driver._connecting.pop(self.peer, None)
+        for data in self.pending:
+            self.transport.write(data)  # type: ignore[union-attr]
+        self.pending.clear()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        assert self.peer is not None
+        try:
+            messages = self.framer.feed(data)
+        except ParseError as exc:
+            log.info("closing %s: bad stream: %s", self.peer, exc)
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        for message in messages:
+            self.driver.receive(message, self.peer)
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        if self.peer is not None and self.driver._tcp.get(self.peer) is self:
+            del self.driver._tcp[self.peer]
+
+
+class _TcpFactory(protocol.ServerFactory):
+    def __init__(self, driver: SipDriver) -> None:
+        self.driver = driver
+
+    def buildProtocol(self, addr: Any) -> _TcpConnection:  # noqa: N802
+        return _TcpConnection(self.driver)
+
+
+class _TcpClientFactory(protocol.ClientFactory):
+    def __init__(self, driver: SipDriver, conn: _TcpConnection, peer: Peer) -> None:
+        self.driver = driver
+        self.conn = conn
+        self.peer = peer
+
+    def buildProtocol(self, addr: Any) -> _TcpConnection:  # noqa: N802
+        return self.conn
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:  # noqa: N802
+        self.driver._connecting.pop(self.peer, None)
+        self.driver.transport_failed(self.peer)
+
+
+class SipDriver:
+    def __init__(self, reactor: Any, endpoint: Endpoint, timers: TimerHeap) -> None:
+        self.reactor = reactor
+        self.endpoint = endpoint
+        self.timers = timers
+        self.tu: TransactionUser | None = None
+        self._udp: dict[int, Any] = {}  # address family -> listening UDP port
+        self._tcp: dict[Peer, _TcpConnection] = {}
+        self._connecting: dict[Peer, _TcpConnection] = {}
+        self._listening: list[IListeningPort] = []
+        self._timer: IDelayedCall | None = None
+        self._pumping = False
+
+    # ------------------------------------------------------------ setup
+
+    def listen(self, transport: str, host: str, port: int) -> int:
+        """Listen and return the bound port (port 0 picks a free one)."""
+        if transport == "udp":
+            lp = self.reactor.listenUDP(port, _Udp(self), interface=host)
+            self._udp.setdefault(family(host), lp)
+        elif transport == "tcp":
+            lp = self.reactor.listenTCP(port, _TcpFactory(self), interface=host)
+        else:
+            raise ValueError(f"unsupported transport {transport!r}")
+        self._listening.append(lp)
+        bound = int(lp.getHost().port)
+        self.endpoint.add_local(transport, host, bound)
+        return bound
+
+    def stop(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        for lp in self._listening:
+            lp.stopListening()
+        for conn in list(self._tcp.values()):
+            if conn.transport is not None:
+                conn.transport.loseConnection()
+
+    # ------------------------------------------------------------ input
+
+    def receive(self, data: bytes, peer: Peer) -> None:
+        try:
+            self.endpoint.receive(data, peer, self.reactor.seconds())
+        except Exception:  # a bug must not take the next datagram down with it
+            log.exception("error handling message from %s", peer)
+        self.pump()
+
+    def transport_failed(self, peer: Peer) -> None:
+        self.endpoint.txns.transport_error(peer, self.reactor.seconds())
+        self.pump()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        try:
+            self.timers.run_due(self.reactor.seconds())
+        except Exception:
+            log.exception("error in timer")
+        self.pump()
+
+    # ------------------------------------------------------------ the loop
+
+    def pump(self) -> None:
+        """Deliver events to the TU and flush output until quiet, then re-arm the timer."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while True:
+                events = self.endpoint.drain_events()
+                if self.tu is not None:
+                    now = self.reactor.seconds()
+                    for event in events:
+                        try:
+                            self.tu(event, now)
+                        except Exception:
+                            log.exception("transaction user failed on %r", event)
+                out = self.endpoint.drain_outbox()
+                for peer, data in out:
+                    self._send(peer, data)
+                if not events and not out:
+                    break
+        finally:
+            self._pumping = False
+        self._rearm()
+
+    def _rearm(self) -> None:
+        deadline = self.timers.next_deadline()
+        if deadline is None:
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+            return
+        delay = max(0.0, deadline - self.reactor.seconds())
+        if self._timer is not None and self._timer.active():
+            if abs(self._timer.getTime() - deadline) > 1e-6:
+                self._timer.reset(delay)
+            return
+        self._timer = self.reactor.callLater(delay, self._on_timer)
+
+    def _send(self, peer: Peer, data: bytes) -> None:
+        if peer.transport == "udp":
+            lp = self._udp.get(family(peer.host))
+            if lp is None:
+                log.warning("no UDP socket for %s", peer)
+                return
+            try:
+                lp.write(data, (peer.host, peer.port))
+            except OSError as exc:
+                log.info("UDP send to %s failed: %s", peer, exc)
+            return
+        conn = self._tcp.get(peer) or self._connecting.get(peer)
+        if conn is not None and conn.transport is not None and conn.peer == peer:
+            conn.transport.write(data)
+            return
+        if conn is not None:
+            conn.pending.append(data)
+            return
+        conn = _TcpConnection(self)
+        conn.pending.append(data)
+        self._connecting[peer] = conn
+        self.reactor.connectTCP(peer.host, peer.port, _TcpClientFactory(self, conn, peer),
+                                timeout=10)
