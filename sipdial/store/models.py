@@ -1,0 +1,88 @@
+"""Records the store persists: the call log and users' registrations.
+
+Plain dataclasses, independent of any database: the backends (:mod:`sipdial.store.sqlite`,
+later PostgreSQL) map them to rows. Times are unix timestamps (``float`` seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+__all__ = ["CallEvent", "CallRecord", "RegistrationRecord", "iso_time"]
+
+
+def iso_time(t: float) -> str:
+    """Unix time as ISO-8601 UTC with milliseconds: ``"2026-11-21T13:35:55.123Z"``."""
+    text = datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+    return text.removesuffix("+00:00") + "Z"
+
+
+@dataclass(slots=True)
+class CallEvent:
+    """One step of a call's life, in the order it happened."""
+
+    state: str  #: call state entered (e.g. "user_ringing", "connected", "ended")
+    time: float  #: unix time
+    sip_code: int | None = None  #: SIP status that caused it, if any
+    detail: str | None = None  #: free text (reason phrase, device, ...)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "state": self.state,
+            "time": iso_time(self.time),
+            "sip_code": self.sip_code,
+            "detail": self.detail,
+        }
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """One click-to-dial call as the API shows it."""
+
+    id: str
+    user: str  #: user id whose phone is rung first
+    to: str  #: the dialled target (number or URI)
+    mode: str  #: "refer" | "bridge"
+    state: str  #: current state; "ended" once over
+    cause: str | None  #: why it ended ("completed", "user_no_answer", "interrupted", ...)
+    created_at: float  #: unix time
+    ended_at: float | None  #: unix time, None while in progress
+    device: str | None = None  #: the user's device that answered (Contact or User-Agent)
+    auto_answer: bool = False  #: the user's leg was auto-answered
+    #: the call's events, oldest first (filled by reads; :meth:`save_call` does not write them)
+    events: list[CallEvent] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        """The API representation; times as ISO-8601 UTC strings with milliseconds."""
+        return {
+            "id": self.id,
+            "user": self.user,
+            "to": self.to,
+            "mode": self.mode,
+            "state": self.state,
+            "cause": self.cause,
+            "created_at": iso_time(self.created_at),
+            "ended_at": None if self.ended_at is None else iso_time(self.ended_at),
+            "device": self.device,
+            "auto_answer": self.auto_answer,
+            "events": [event.to_json() for event in self.events],
+        }
+
+
+@dataclass(slots=True)
+class RegistrationRecord:
+    """One registered contact of a user (a binding, RFC 3261 §10), kept across restarts."""
+
+    user: str
+    contact: str  #: the Contact URI as registered
+    instance: str | None  #: +sip.instance (RFC 5626), if the device sent one
+    transport: str  #: "udp" | "tcp" | ...: how the REGISTER arrived
+    source_host: str  #: where the REGISTER came from (behind NAT this differs from contact)
+    source_port: int
+    expires_at: float  #: unix time
+    q: float  #: Contact q-value, 0.0-1.0
+    user_agent: str | None  #: User-Agent header of the REGISTER
+    call_id: str  #: Call-ID of the REGISTER (RFC 3261 §10.3 step 7 ordering)
+    cseq: int  #: CSeq number of the REGISTER
+    registered_at: float  #: unix time of the latest refresh

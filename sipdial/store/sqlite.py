@@ -1,0 +1,557 @@
+"""SQLite backend of the store, with batched writes on one worker thread.
+
+The reactor thread never touches the database. Writes (:meth:`SqliteStore.save_call`,
+:meth:`~SqliteStore.add_event`, ...) only append to an in-memory batch and, if none is pending
+yet, arm ONE ``reactor.callLater(flush_interval)``. When it fires the whole batch is written by
+the worker thread in one transaction, one ``executemany`` per statement. Reads run on the same
+thread and carry the pending batch with them, so a read always sees every earlier write.
+
+All SQL lives in the ``_SQL_*`` constants below and is portable to PostgreSQL apart from the
+``?`` placeholders: no SQLite-only upsert forms, no reserved words as column names.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, TypeVar, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from sipdial.store.models import CallEvent, CallRecord, RegistrationRecord
+
+__all__ = ["RunInThread", "SqliteStore", "StoreError", "StoreReactor"]
+
+_T = TypeVar("_T")
+_log = Logger()
+
+SCHEMA_VERSION: Final = 1
+
+# --------------------------------------------------------------------------------------------
+# SQL: every statement the store runs
+# --------------------------------------------------------------------------------------------
+
+_SQL_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS calls (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        target TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        state TEXT NOT NULL,
+        cause TEXT,
+        created_at REAL NOT NULL,
+        ended_at REAL,
+        device TEXT,
+        auto_answer INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS calls_user_created ON calls (user_id, created_at)",
+    "CREATE INDEX IF NOT EXISTS calls_state ON calls (state)",
+    "CREATE INDEX IF NOT EXISTS calls_created ON calls (created_at)",
+    # seq: insertion order, which is the order events happened in
+    """CREATE TABLE IF NOT EXISTS call_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        call_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        time REAL NOT NULL,
+        sip_code INTEGER,
+        detail TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS call_events_call ON call_events (call_id, seq)",
+    """CREATE TABLE IF NOT EXISTS registrations (
+        user_id TEXT NOT NULL,
+        contact TEXT NOT NULL,
+        instance TEXT,
+        transport TEXT NOT NULL,
+        source_host TEXT NOT NULL,
+        source_port INTEGER NOT NULL,
+        expires_at REAL NOT NULL,
+        q REAL NOT NULL,
+        user_agent TEXT,
+        call_id TEXT NOT NULL,
+        cseq INTEGER NOT NULL,
+        registered_at REAL NOT NULL,
+        PRIMARY KEY (user_id, contact)
+    )""",
+)
+_SQL_GET_VERSION: Final = "SELECT MAX(version) FROM schema_version"
+_SQL_SET_VERSION: Final = "INSERT INTO schema_version (version) VALUES (?)"
+
+_CALL_COLUMNS: Final = (
+    "id, user_id, target, mode, state, cause, created_at, ended_at, device, auto_answer"
+)
+_SQL_UPSERT_CALL: Final = f"""
+    INSERT INTO calls ({_CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (id) DO UPDATE SET
+        user_id = excluded.user_id, target = excluded.target, mode = excluded.mode,
+        state = excluded.state, cause = excluded.cause, created_at = excluded.created_at,
+        ended_at = excluded.ended_at, device = excluded.device,
+        auto_answer = excluded.auto_answer"""
+_SQL_INSERT_EVENT: Final = (
+    "INSERT INTO call_events (call_id, state, time, sip_code, detail) VALUES (?, ?, ?, ?, ?)"
+)
+_SQL_GET_CALL: Final = f"SELECT {_CALL_COLUMNS} FROM calls WHERE id = ?"
+# the filters are optional: "? IS NULL OR column = ?" keeps it one statement
+_SQL_LIST_CALLS: Final = f"""
+    SELECT {_CALL_COLUMNS} FROM calls
+    WHERE (? IS NULL OR user_id = ?) AND (? IS NULL OR state = ?)
+    ORDER BY created_at DESC, id DESC
+    LIMIT ?"""
+_SQL_EVENTS_OF: Final = (
+    "SELECT call_id, state, time, sip_code, detail FROM call_events "
+    "WHERE call_id IN ({placeholders}) ORDER BY seq"
+)
+_SQL_UNFINISHED_CALLS: Final = "SELECT id FROM calls WHERE state <> 'ended'"
+_SQL_INTERRUPT_CALL: Final = (
+    "UPDATE calls SET state = 'ended', cause = ?, ended_at = ? WHERE id = ?"
+)
+
+_REG_COLUMNS: Final = (
+    "user_id, contact, instance, transport, source_host, source_port, expires_at, q, "
+    "user_agent, call_id, cseq, registered_at"
+)
+_SQL_UPSERT_REGISTRATION: Final = f"""
+    INSERT INTO registrations ({_REG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (user_id, contact) DO UPDATE SET
+        instance = excluded.instance, transport = excluded.transport,
+        source_host = excluded.source_host, source_port = excluded.source_port,
+        expires_at = excluded.expires_at, q = excluded.q, user_agent = excluded.user_agent,
+        call_id = excluded.call_id, cseq = excluded.cseq,
+        registered_at = excluded.registered_at"""
+_SQL_DELETE_REGISTRATION: Final = "DELETE FROM registrations WHERE user_id = ? AND contact = ?"
+_SQL_LOAD_REGISTRATIONS: Final = (
+    f"SELECT {_REG_COLUMNS} FROM registrations ORDER BY user_id, registered_at, contact"
+)
+
+_IN_CHUNK: Final = 500  # ids per "IN (...)": far below SQLite's variable limit
+_INTERRUPTED_CAUSE: Final = "interrupted"
+_INTERRUPTED_DETAIL: Final = "sipdial restarted"
+
+
+# --------------------------------------------------------------------------------------------
+# Injected dependencies
+# --------------------------------------------------------------------------------------------
+
+
+class StoreReactor(Protocol):
+    """What the store needs of the reactor: ``IReactorTime`` and ``IReactorFromThreads``."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(
+        self, delay: float, callable: Callable[..., Any], *args: object, **kw: object
+    ) -> IDelayedCall: ...
+
+
+class _DelayedCall(Protocol):
+    """The part of ``IDelayedCall`` used here (zope interfaces do not type-check as such)."""
+
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
+class RunInThread(Protocol):
+    """Runs ``f`` on the store's single worker thread; the Deferred fires on the reactor."""
+
+    def __call__(self, f: Callable[[], _T], /) -> Deferred[_T]: ...
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used (not started, stopped, or a database newer than this code)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Pending writes
+# --------------------------------------------------------------------------------------------
+
+_CallRow = tuple[str, str, str, str, str, str | None, float, float | None, str | None, int]
+_EventRow = tuple[str, str, float, int | None, str | None]
+_RegRow = tuple[str, str, str | None, str, str, int, float, float, str | None, str, int, float]
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Writes not yet sent to the database, coalesced: only the latest row per key matters."""
+
+    calls: dict[str, _CallRow] = field(default_factory=dict)  #: by call id, latest wins
+    events: list[_EventRow] = field(default_factory=list)  #: in order
+    #: by (user, contact): the row to upsert, or None to delete
+    registrations: dict[tuple[str, str], _RegRow | None] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.calls) + len(self.events) + len(self.registrations)
+
+
+def _call_row(call: CallRecord) -> _CallRow:
+    return (
+        call.id,
+        call.user,
+        call.to,
+        call.mode,
+        call.state,
+        call.cause,
+        call.created_at,
+        call.ended_at,
+        call.device,
+        int(call.auto_answer),
+    )
+
+
+def _call_from_row(row: Sequence[Any]) -> CallRecord:
+    return CallRecord(
+        id=row[0],
+        user=row[1],
+        to=row[2],
+        mode=row[3],
+        state=row[4],
+        cause=row[5],
+        created_at=row[6],
+        ended_at=row[7],
+        device=row[8],
+        auto_answer=bool(row[9]),
+    )
+
+
+def _registration_row(reg: RegistrationRecord) -> _RegRow:
+    return (
+        reg.user,
+        reg.contact,
+        reg.instance,
+        reg.transport,
+        reg.source_host,
+        reg.source_port,
+        reg.expires_at,
+        reg.q,
+        reg.user_agent,
+        reg.call_id,
+        reg.cseq,
+        reg.registered_at,
+    )
+
+
+def _registration_from_row(row: Sequence[Any]) -> RegistrationRecord:
+    return RegistrationRecord(*row)
+
+
+# --------------------------------------------------------------------------------------------
+# The store
+# --------------------------------------------------------------------------------------------
+
+
+class SqliteStore:
+    """Call log and registrations in one SQLite file.
+
+    ``reactor`` provides ``callLater``/``seconds`` (``IReactorTime``) and, unless
+    ``run_in_thread`` is given, ``callFromThread`` (``IReactorFromThreads``) for the default
+    one-thread :class:`ThreadPool`. ``run_in_thread`` replaces that pool (tests pass a
+    synchronous one). ``connect`` opens the database (tests wrap it to count statements).
+    A batch reaching ``max_batch`` writes is flushed at once instead of waiting.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        reactor: StoreReactor,
+        flush_interval: float = 0.05,
+        *,
+        max_batch: int = 10_000,
+        run_in_thread: RunInThread | None = None,
+        connect: Callable[[str], sqlite3.Connection] = sqlite3.connect,
+    ) -> None:
+        if flush_interval < 0:
+            raise ValueError(f"flush_interval must be >= 0, got {flush_interval}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self._path = path
+        self._reactor = reactor
+        self._flush_interval = flush_interval
+        self._max_batch = max_batch
+        self._connect = connect
+        self._pool: ThreadPool | None = None
+        if run_in_thread is None:
+            self._pool = ThreadPool(minthreads=1, maxthreads=1, name="sipdial-store")
+            pool = self._pool
+            from_threads = cast(IReactorFromThreads, reactor)
+
+            def run_in_pool(f: Callable[[], _T]) -> Deferred[_T]:
+                return deferToThreadPool(from_threads, pool, f)
+
+            run_in_thread = run_in_pool
+        self._run = run_in_thread
+        self._pending = _Batch()
+        self._flush_call: _DelayedCall | None = None
+        self._state = "new"  # -> "running" -> "stopped"
+        self._conn: sqlite3.Connection | None = None  # used only on the worker thread
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> Deferred[int]:
+        """Open the database, create or check the schema, end calls a crash left running.
+
+        Every call whose state is not ``"ended"`` becomes ended with cause ``"interrupted"``
+        and gets an ``"ended"`` event (detail ``"sipdial restarted"``). Fires with how many.
+        """
+        if self._state != "new":
+            raise StoreError(f"cannot start a store that is {self._state}")
+        self._state = "running"
+        if self._pool is not None:
+            self._pool.start()
+        now = self._reactor.seconds()
+        d = self._run(lambda: self._open(now))
+
+        def failed(failure: Failure) -> Failure:
+            self._state = "stopped"
+            self._take_pending()  # nowhere to write it
+            if self._pool is not None:
+                self._pool.stop()
+            return failure
+
+        d.addErrback(failed)
+        if self._pending:
+            self._schedule_flush()
+        return d
+
+    def stop(self) -> Deferred[None]:
+        """Write everything pending, close the database and stop the worker thread."""
+        if self._state != "running":
+            raise StoreError(f"cannot stop a store that is {self._state}")
+        batch = self._take_pending()
+        self._state = "stopped"
+        d = self._run(lambda: self._write_and_close(batch))
+
+        def stop_pool(result: object) -> object:
+            if self._pool is not None:
+                self._pool.stop()
+            return result
+
+        d.addBoth(stop_pool)
+        return d.addCallback(lambda _: None)
+
+    # --- writes (queued) ----------------------------------------------------------------------
+
+    def save_call(self, call: CallRecord) -> None:
+        """Insert or update the call's row (not its events) with its current values."""
+        self._check_writable()
+        self._pending.calls[call.id] = _call_row(call)
+        self._queued()
+
+    def add_event(self, call_id: str, event: CallEvent) -> None:
+        """Append an event to the call's history; events keep the order they are added in."""
+        self._check_writable()
+        self._pending.events.append(
+            (call_id, event.state, event.time, event.sip_code, event.detail)
+        )
+        self._queued()
+
+    def save_registration(self, reg: RegistrationRecord) -> None:
+        """Insert or update the binding of ``reg.contact`` for ``reg.user``."""
+        self._check_writable()
+        self._pending.registrations[(reg.user, reg.contact)] = _registration_row(reg)
+        self._queued()
+
+    def delete_registration(self, user: str, contact: str) -> None:
+        """Forget the binding of ``contact`` for ``user`` (no error if there is none)."""
+        self._check_writable()
+        self._pending.registrations[(user, contact)] = None
+        self._queued()
+
+    def flush(self) -> Deferred[None]:
+        """Write everything queued so far; fires once it is committed."""
+        self._check_running()
+        batch = self._take_pending()
+        return self._run(lambda: self._write(batch))
+
+    # --- reads (see every earlier write) ------------------------------------------------------
+
+    def get_call(self, call_id: str) -> Deferred[CallRecord | None]:
+        """The call with its events in order, or None."""
+        self._check_running()
+        batch = self._take_pending()
+
+        def read() -> CallRecord | None:
+            self._write(batch)
+            conn = self._connection()
+            row = conn.execute(_SQL_GET_CALL, (call_id,)).fetchone()
+            if row is None:
+                return None
+            call = _call_from_row(row)
+            self._attach_events(conn, [call])
+            return call
+
+        return self._run(read)
+
+    def list_calls(
+        self, *, user: str | None = None, state: str | None = None, limit: int = 50
+    ) -> Deferred[list[CallRecord]]:
+        """Calls newest first (by ``created_at``), optionally of one user / in one state."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self._check_running()
+        batch = self._take_pending()
+
+        def read() -> list[CallRecord]:
+            self._write(batch)
+            conn = self._connection()
+            rows = conn.execute(_SQL_LIST_CALLS, (user, user, state, state, limit)).fetchall()
+            calls = [_call_from_row(row) for row in rows]
+            self._attach_events(conn, calls)
+            return calls
+
+        return self._run(read)
+
+    def load_registrations(self) -> Deferred[list[RegistrationRecord]]:
+        """Every stored binding (expired ones too: the registrar decides)."""
+        self._check_running()
+        batch = self._take_pending()
+
+        def read() -> list[RegistrationRecord]:
+            self._write(batch)
+            rows = self._connection().execute(_SQL_LOAD_REGISTRATIONS).fetchall()
+            return [_registration_from_row(row) for row in rows]
+
+        return self._run(read)
+
+    # --- reactor-thread helpers -----------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self._state == "stopped":
+            raise StoreError("store is stopped")
+
+    def _check_running(self) -> None:
+        if self._state != "running":
+            raise StoreError(f"store is {self._state}, not running")
+
+    def _queued(self) -> None:
+        if self._state != "running":
+            return  # start() schedules the flush
+        if len(self._pending) >= self._max_batch:
+            self._flush_in_background()
+        else:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_call is None:
+            call = self._reactor.callLater(self._flush_interval, self._flush_in_background)
+            self._flush_call = cast(_DelayedCall, call)
+
+    def _take_pending(self) -> _Batch:
+        """The pending batch, now owned by the caller; cancels the scheduled flush."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        batch, self._pending = self._pending, _Batch()
+        return batch
+
+    def _flush_in_background(self) -> None:
+        batch = self._take_pending()
+        d = self._run(lambda: self._write(batch))
+        d.addErrback(self._flush_failed, len(batch))
+
+    def _flush_failed(self, failure: Failure, size: int) -> None:
+        _log.failure("store: lost {size} queued writes", failure, size=size)
+
+    # --- worker-thread side -----------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("store database is not open")
+        return self._conn
+
+    def _open(self, now: float) -> int:
+        if self._path != ":memory:" and not self._path.startswith("file:"):
+            parent = os.path.dirname(os.path.abspath(self._path))
+            os.makedirs(parent, exist_ok=True)
+        conn = self._connect(self._path)
+        conn.isolation_level = None  # explicit BEGIN/COMMIT below
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            with _transaction(conn):
+                self._create_schema(conn)
+                interrupted = self._interrupt_unfinished(conn, now)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return interrupted
+
+    @staticmethod
+    def _create_schema(conn: sqlite3.Connection) -> None:
+        for statement in _SQL_SCHEMA:
+            conn.execute(statement)
+        (version,) = conn.execute(_SQL_GET_VERSION).fetchone()
+        if version is None:
+            conn.execute(_SQL_SET_VERSION, (SCHEMA_VERSION,))
+        elif version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema version {version} is newer than this sipdial "
+                f"(supports {SCHEMA_VERSION})"
+            )
+
+    @staticmethod
+    def _interrupt_unfinished(conn: sqlite3.Connection, now: float) -> int:
+        ids = [call_id for (call_id,) in conn.execute(_SQL_UNFINISHED_CALLS)]
+        conn.executemany(
+            _SQL_INTERRUPT_CALL, [(_INTERRUPTED_CAUSE, now, call_id) for call_id in ids]
+        )
+        conn.executemany(
+            _SQL_INSERT_EVENT,
+            [(call_id, "ended", now, None, _INTERRUPTED_DETAIL) for call_id in ids],
+        )
+        return len(ids)
+
+    def _write(self, batch: _Batch) -> None:
+        if not batch:
+            return
+        conn = self._connection()
+        with _transaction(conn):
+            if batch.calls:
+                conn.executemany(_SQL_UPSERT_CALL, batch.calls.values())
+            if batch.events:
+                conn.executemany(_SQL_INSERT_EVENT, batch.events)
+            upserts = [row for row in batch.registrations.values() if row is not None]
+            deletes = [key for key, row in batch.registrations.items() if row is None]
+            if upserts:
+                conn.executemany(_SQL_UPSERT_REGISTRATION, upserts)
+            if deletes:
+                conn.executemany(_SQL_DELETE_REGISTRATION, deletes)
+
+    def _write_and_close(self, batch: _Batch) -> None:
+        try:
+            self._write(batch)
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @staticmethod
+    def _attach_events(conn: sqlite3.Connection, calls: list[CallRecord]) -> None:
+        by_id = {call.id: call for call in calls}
+        ids = list(by_id)
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            sql = _SQL_EVENTS_OF.format(placeholders=", ".join("?" * len(chunk)))
+            for call_id, state, time, sip_code, detail in conn.execute(sql, chunk):
+                by_id[call_id].events.append(CallEvent(state, time, sip_code, detail))
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN ... COMMIT, or ROLLBACK if the block raises."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
