@@ -445,31 +445,21 @@ def _parse_calls(t: _Table) -> CallsConfig:
 
 
 def _parse_auto_answer(t: _Table) -> dict[str, object]:
-    entry: dict[str, object] = {}
-    vendor = t.optional_string("vendor")
-    if vendor is not None:
-        entry["vendor"] = vendor
-    match = t.optional_string("match")
-    if match is not None:
-        entry["match"] = match
-    if "headers" in t.raw:
-        headers = t.raw["headers"]
-        key = t.path("headers")
-        if isinstance(headers, dict):
-            for name, value in headers.items():
-                if not isinstance(value, str):
-                    raise ConfigError(f"{key}.{name}: expected a string, got {_describe(value)}")
-            entry["headers"] = dict(headers)
-        elif isinstance(headers, list):
-            for i, value in enumerate(headers):
-                if not isinstance(value, str):
-                    raise ConfigError(f"{key}[{i}]: expected a string, got {_describe(value)}")
-            entry["headers"] = list(headers)
-        else:
-            raise ConfigError(
-                f"{key}: expected a table or an array of strings, got {_describe(headers)}"
-            )
-    return entry
+    """Types only; :func:`sipdial.calls.autoanswer.rules_from_config` checks the rest."""
+    vendor = t.string("vendor")
+    match = t.string("match")
+    try:
+        re.compile(match)
+    except re.error as exc:
+        raise ConfigError(f"{t.path('match')}: invalid regular expression: {exc}") from None
+    key = t.path("headers")
+    headers: dict[str, object] = t.get("headers", dict, "a table of header name = value")
+    if not headers:
+        raise ConfigError(f"{key}: at least one header is required")
+    for name, value in headers.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}.{name}: expected a string, got {_describe(value)}")
+    return {"vendor": vendor, "match": match, "headers": dict(headers)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -131,8 +131,7 @@ def test_all_optional_keys() -> None:
             calls='[calls]\ndefault_mode = "bridge"\nuser_answer_timeout = 5\n'
             "target_answer_timeout = 6.5\nrefer_timeout = 7\nmax_concurrent = 3\n",
             auto_answer='[[auto_answer]]\nvendor = "yealink"\nmatch = "Yealink"\n'
-            'headers = { "Alert-Info" = "answer-after=0" }\n'
-            '[[auto_answer]]\nheaders = ["Call-Info: <sip:x>;answer-after=0"]\n',
+            'headers = { "Alert-Info" = "answer-after=0" }\n',
         )
     )
     assert config.sip.realm == "r" and config.sip.user_agent == "ua"
@@ -146,7 +145,6 @@ def test_all_optional_keys() -> None:
     assert config.calls == CallsConfig("bridge", 5.0, 6.5, 7.0, 3)
     assert config.auto_answer == (
         {"vendor": "yealink", "match": "Yealink", "headers": {"Alert-Info": "answer-after=0"}},
-        {"headers": ["Call-Info: <sip:x>;answer-after=0"]},
     )
 
 
@@ -193,6 +191,11 @@ def test_load_config_missing_file(tmp_path: Path) -> None:
 
 
 # --- every validation message ----------------------------------------------------------------
+
+
+def aa(vendor: str = '"v"', match: str = '"Phone"', headers: str = '{ A = "b" }') -> str:
+    return f"[[auto_answer]]\nvendor = {vendor}\nmatch = {match}\nheaders = {headers}\n"
+
 
 CASES: list[tuple[str, dict[str, str], str]] = [
     # unknown keys, with did-you-mean
@@ -465,24 +468,35 @@ CASES: list[tuple[str, dict[str, str], str]] = [
     # auto_answer: only types
     (
         "aa vendor",
-        {"auto_answer": "[[auto_answer]]\nvendor = 1\n"},
+        {"auto_answer": aa(vendor="1")},
         "auto_answer[0].vendor: expected a string, got integer 1",
     ),
     (
+        "aa no match",
+        {"auto_answer": '[[auto_answer]]\nvendor = "v"\nheaders = { A = "b" }\n'},
+        "auto_answer[0].match: required key is missing",
+    ),
+    (
+        "aa regex",
+        {"auto_answer": aa(match='"[a"')},
+        "auto_answer[0].match: invalid regular expression: "
+        "unterminated character set at position 0",
+    ),
+    (
         "aa headers",
-        {"auto_answer": '[[auto_answer]]\nheaders = "Call-Info: x"\n'},
-        "auto_answer[0].headers: expected a table or an array of strings, "
+        {"auto_answer": aa(headers='"Call-Info: x"')},
+        "auto_answer[0].headers: expected a table of header name = value, "
         'got string "Call-Info: x"',
     ),
     (
-        "aa header value",
-        {"auto_answer": "[[auto_answer]]\nheaders = { Call-Info = 1 }\n"},
-        "auto_answer[0].headers.Call-Info: expected a string, got integer 1",
+        "aa no headers",
+        {"auto_answer": aa(headers="{}")},
+        "auto_answer[0].headers: at least one header is required",
     ),
     (
-        "aa header item",
-        {"auto_answer": '[[auto_answer]]\nheaders = ["a: b", 2]\n'},
-        "auto_answer[0].headers[1]: expected a string, got integer 2",
+        "aa header value",
+        {"auto_answer": aa(headers="{ Call-Info = 1 }")},
+        "auto_answer[0].headers.Call-Info: expected a string, got integer 1",
     ),
 ]
 
