@@ -147,10 +147,11 @@ class Endpoint:
 
     def reply(self, txn: ServerTransaction, status: int, now: float, reason: str | None = None,
               to_tag: str | None = None,
-              headers: list[tuple[str, str]] | None = None) -> Response:
+              headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> Response:
         response = make_response(txn.request, status, reason, to_tag=to_tag)
         for name, value in headers or ():
             response.headers.add(name, value)
+        response.body = body
         self.respond(txn, response, now)
         return response
 

@@ -43,3 +43,16 @@ def media_address(body: bytes) -> tuple[str, int] | None:
     if conn is None or audio is None:
         return None
     return conn.group(1).decode("ascii", "replace"), int(audio.group(1))
+
+
+_DIRECTION = re.compile(rb"^a=(sendrecv|sendonly|recvonly|inactive)\s*$", re.MULTILINE)
+_MIRROR = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive",
+           "sendrecv": "sendrecv"}
+
+
+def answer_direction(offer: bytes) -> str:
+    """RFC 3264 §6.1: the direction to answer an offer with (hold -> recvonly, ...)."""
+    found = _DIRECTION.findall(offer)
+    if not found:
+        return "sendrecv"
+    return _MIRROR[found[-1].decode("ascii")]

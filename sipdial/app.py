@@ -1,0 +1,194 @@
+"""Wiring: one Twisted process with SIP (UDP/TCP), the HTTP API and the store."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred, inlineCallbacks
+
+from sipdial.api.http import build_site
+from sipdial.authn import Authenticator
+from sipdial.calls.autoanswer import DEFAULT_RULES, rules_from_config
+from sipdial.calls.engine import CallEngine
+from sipdial.config import Config, load_config
+from sipdial.registrar import Binding, ExpiryLimits, Registrar
+from sipdial.sip.endpoint import Endpoint
+from sipdial.sip.peer import Peer
+from sipdial.sip.timers import TimerHeap
+from sipdial.sip.transaction import TimerConfig
+from sipdial.store.models import RegistrationRecord
+from sipdial.store.sqlite import SqliteStore
+from sipdial.transport.driver import SipDriver
+from sipdial.ua import UserAgent
+
+log = logging.getLogger("sipdial")
+
+SWEEP_INTERVAL = 10.0
+
+
+class _RtpSink(protocol.DatagramProtocol):
+    """Where REFER-mode offers point the phone's audio: received and dropped."""
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
+        pass
+
+
+def _record(b: Binding) -> RegistrationRecord:
+    return RegistrationRecord(
+        user=b.user, contact=b.contact, instance=b.instance, transport=b.peer.transport,
+        source_host=b.peer.host, source_port=b.peer.port, expires_at=b.expires_at, q=b.q,
+        user_agent=b.user_agent, call_id=b.call_id, cseq=b.cseq, registered_at=b.registered_at)
+
+
+def _binding(r: RegistrationRecord) -> Binding:
+    return Binding(
+        user=r.user, contact=r.contact, instance=r.instance,
+        peer=Peer(r.transport, r.source_host, r.source_port), expires_at=r.expires_at, q=r.q,
+        user_agent=r.user_agent, call_id=r.call_id, cseq=r.cseq,
+        registered_at=r.registered_at)
+
+
+@dataclass
+class Running:
+    """A started sipdial: what tests and ``serve`` need to reach it."""
+
+    config: Config
+    driver: SipDriver
+    engine: CallEngine
+    store: SqliteStore
+    sip_ports: list[tuple[str, str, int]]
+    http_port: int
+    listeners: list[Any]
+    sweeper: Any
+
+    def ready_info(self) -> dict[str, Any]:
+        return {
+            "sip": [{"transport": t, "host": h, "port": p} for t, h, p in self.sip_ports],
+            "http": {"host": self.config.http.host, "port": self.http_port},
+            "pid": os.getpid(),
+        }
+
+    @inlineCallbacks
+    def stop(self) -> Any:
+        if self.sweeper.active():
+            self.sweeper.cancel()
+        for listener in self.listeners:
+            yield listener.stopListening()
+        self.driver.stop()
+        yield self.store.stop()
+
+
+@inlineCallbacks
+def start(config: Config, reactor: Any) -> Any:
+    """Start everything on ``reactor``; returns (via Deferred) a :class:`Running`."""
+    store = SqliteStore(config.store.sqlite_path, reactor)
+    interrupted = yield store.start()
+    if interrupted:
+        log.warning("%d call(s) were in progress at the last stop: ended as interrupted",
+                    interrupted)
+
+    timers = TimerHeap()
+    endpoint = Endpoint(timers, TimerConfig(config.sip.t1, config.sip.t2, config.sip.t4),
+                        user_agent=config.sip.user_agent)
+    users = config.users
+    auth = Authenticator(config.sip.realm,
+                         lambda u: users[u].password if u in users else None,
+                         secret=os.urandom(32))
+
+    def on_change(binding: Binding, removed: bool) -> None:
+        if removed:
+            store.delete_registration(binding.user, binding.contact)
+        else:
+            store.save_registration(_record(binding))
+
+    registrar = Registrar(auth, users.keys(),
+                          ExpiryLimits(config.sip.min_registration_expires,
+                                       config.sip.max_registration_expires,
+                                       config.sip.default_registration_expires),
+                          on_change=on_change)
+    saved = yield store.load_registrations()
+    registrar.restore((_binding(r) for r in saved), reactor.seconds())
+
+    driver = SipDriver(reactor, endpoint, timers)
+    ua = UserAgent(endpoint, timers, registrar, config.sip.domain)
+    driver.tu = ua.handle
+
+    sip_ports: list[tuple[str, str, int]] = []
+    media: dict[int, tuple[str, int]] = {}
+    listeners: list[Any] = []
+    for addr in config.sip.listen:
+        port = driver.listen(addr.transport, addr.host, addr.port)
+        sip_ports.append((addr.transport, addr.host, port))
+        family = 6 if ":" in addr.host else 4
+        if family not in media:
+            sink = reactor.listenUDP(0, _RtpSink(), interface=addr.host)
+            listeners.append(sink)
+            media[family] = (addr.host, sink.getHost().port)
+
+    rules = rules_from_config([dict(e) for e in config.auto_answer]) + DEFAULT_RULES
+    engine = CallEngine(config, ua, registrar, auth, timers, store, reactor.seconds,
+                        driver.pump, rules, media)
+
+    def check_password(user: str, password: str) -> bool:
+        profile = users.get(user)
+        return profile is not None and profile.password == password
+
+    site = build_site(engine, config.api.tokens, reactor=reactor,
+                      check_password=check_password)
+    http = reactor.listenTCP(config.http.port, site, interface=config.http.host)
+    listeners.append(http)
+
+    def sweep() -> None:
+        registrar.sweep(reactor.seconds())
+        running.sweeper = reactor.callLater(SWEEP_INTERVAL, sweep)
+
+    running = Running(config, driver, engine, store, sip_ports, http.getHost().port,
+                      listeners, None)
+    running.sweeper = reactor.callLater(SWEEP_INTERVAL, sweep)
+    return running
+
+
+def serve(config_path: str, ready_file: str | None = None) -> int:
+    """``sipdial serve``: run until SIGINT/SIGTERM. Returns the exit code."""
+    from twisted.internet import reactor
+
+    logging.basicConfig(level=os.environ.get("SIPDIAL_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(config_path)
+    exit_code = [0]
+    holder: list[Running] = []
+
+    def started(running: Running) -> None:
+        holder.append(running)
+        info = running.ready_info()
+        log.info("sipdial ready: %s", json.dumps(info))
+        if ready_file:
+            tmp = f"{ready_file}.tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(info, fh)
+            os.replace(tmp, ready_file)
+
+    def failed(failure: Any) -> None:
+        log.error("sipdial failed to start: %s", failure.getErrorMessage())
+        exit_code[0] = 1
+        reactor.stop()  # type: ignore[attr-defined]
+
+    def shutdown() -> Deferred[Any] | None:
+        if holder:
+            return holder[0].stop()  # type: ignore[no-any-return]
+        return None
+
+    d: Deferred[Running] = start(config, reactor)
+    d.addCallbacks(started, failed)
+    reactor.addSystemEventTrigger("before", "shutdown", shutdown)  # type: ignore[attr-defined]
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    sys.stdout.flush()
+    return exit_code[0]

@@ -1,0 +1,178 @@
+"""A call a registered user places through sipdial, bridged to its destination (B2BUA).
+
+The A leg is the phone's INVITE to sipdial (after a REFER, or dialled by hand); the B leg is
+sipdial's INVITE to the destination (a local user's device or a ``[[routes]]`` URI). SDP passes
+through untouched, so media flows phone ↔ destination directly. Provisional and final
+responses are relayed B → A, BYE and CANCEL are propagated, and other in-dialog requests
+(re-INVITE, UPDATE, INFO) are relayed to the other leg with their responses relayed back.
+
+When the call was started by a click-to-dial REFER, the linked :class:`ClickToDial` is told
+about the target's progress (calling, ringing, answered, failed, hung up).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sipdial.calls.legs import LegEvent, LegState, UacLeg, UasLeg
+from sipdial.calls.states import Input, target_failure_input
+from sipdial.sip.message import Request, Response, make_response
+from sipdial.sip.peer import Peer
+from sipdial.sip.timers import TimerHandle
+from sipdial.sip.transaction import ClientTransaction, ServerTransaction
+from sipdial.sip.uri import URI, NameAddr
+
+if TYPE_CHECKING:
+    from sipdial.calls.clicktodial import ClickToDial
+    from sipdial.calls.engine import CallEngine
+
+# Final responses relayed to the caller as they are; anything else becomes 480/500 class.
+_RELAYED = frozenset({404, 408, 480, 484, 486, 487, 488, 600, 603, 604, 606})
+
+
+class BridgedCall:
+    def __init__(self, engine: CallEngine, a: UasLeg, *, target_uri: URI, target_peer: Peer,
+                 caller: NameAddr, callee: NameAddr, c2d: ClickToDial | None) -> None:
+        self.engine = engine
+        self.a = a
+        a.owner = self
+        self.c2d = c2d
+        body = a.request.body
+        ctype = a.request.headers.get("Content-Type") if body else None
+        self.b = UacLeg(engine.ua, self, uri=target_uri, peer=target_peer, from_party=caller,
+                        to_party=callee, body=body, content_type=ctype, label="target")
+        self._relays: dict[ClientTransaction, ServerTransaction] = {}
+        self._timer: TimerHandle | None = None
+        self.connected = False
+        self.done = False
+
+    def start(self, now: float) -> None:
+        self.b.start(now)
+        self._notify(Input.TARGET_CALLING, now)
+        timeout = self.engine.config.calls.target_answer_timeout
+        self._timer = self.engine.timers.schedule(now + timeout, self._no_answer)
+
+    def release(self, now: float) -> None:
+        """Tear down both legs (API cancel, or the click-to-dial call ended)."""
+        self._finish()
+        self.a.release(now, 487)
+        self.b.release(now)
+
+    def _finish(self) -> None:
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.engine.bridge_ended(self)
+
+    def _notify(self, inp: Input, now: float, code: int | None = None,
+                detail: str | None = None) -> None:
+        if self.c2d is not None:
+            self.c2d.target_event(inp, now, code, detail)
+
+    def _no_answer(self, now: float) -> None:
+        self._timer = None
+        if self.b.state in (LegState.CALLING, LegState.EARLY):
+            self.b.cancel(now)
+            self.a.reject(480, now, "No Answer")
+            self._finish()
+            self._notify(Input.TARGET_NO_ANSWER, now, 408, "no answer from the target")
+
+    # ------------------------------------------------------------ leg events
+
+    def leg_event(self, leg: UacLeg | UasLeg, event: LegEvent,
+                  message: Request | Response | None, now: float,
+                  txn: ClientTransaction | ServerTransaction | None = None) -> None:
+        if leg is self.b:
+            self._b_event(event, message, now, txn)
+        else:
+            self._a_event(event, message, now, txn)
+
+    def _b_event(self, event: LegEvent, message: Request | Response | None, now: float,
+                 txn: ClientTransaction | ServerTransaction | None) -> None:
+        match event:
+            case LegEvent.PROGRESS:
+                assert isinstance(message, Response)
+                self.a.progress(message.status, now, body=message.body,
+                                content_type=message.headers.get("Content-Type"))
+                if message.status in (180, 183):
+                    self._notify(Input.TARGET_RINGING, now, message.status)
+            case LegEvent.ANSWERED:
+                assert isinstance(message, Response)
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                self.connected = True
+                self.a.answer(now, body=message.body,
+                              content_type=message.headers.get("Content-Type"))
+                self._notify(Input.TARGET_ANSWERED, now, message.status)
+            case LegEvent.FAILED:
+                if self.done:
+                    return
+                status = self.b.final_status or 500
+                relay = status if status in _RELAYED else (480 if status < 500 else 502)
+                self.a.reject(relay, now)
+                self._finish()
+                self._notify(target_failure_input(status), now, status,
+                             message.reason if isinstance(message, Response) else "timeout")
+            case LegEvent.ENDED:
+                self.a.release(now)
+                self._finish()
+                self._notify(Input.HANGUP, now, detail="target hung up")
+            case LegEvent.REQUEST:
+                assert isinstance(message, Request) and isinstance(txn, ServerTransaction)
+                self._relay(message, txn, self.a, now)
+            case LegEvent.RESPONSE:
+                self._relay_back(txn, message, now)
+
+    def _a_event(self, event: LegEvent, message: Request | Response | None, now: float,
+                 txn: ClientTransaction | ServerTransaction | None) -> None:
+        match event:
+            case LegEvent.CANCELLED:
+                self.b.cancel(now)
+                self._finish()
+                self._notify(Input.USER_HUNG_UP, now, detail="caller cancelled")
+            case LegEvent.ENDED:
+                self.b.release(now)
+                self._finish()
+                self._notify(Input.HANGUP, now, detail="caller hung up")
+            case LegEvent.REQUEST:
+                assert isinstance(message, Request) and isinstance(txn, ServerTransaction)
+                self._relay(message, txn, self.b, now)
+            case LegEvent.RESPONSE:
+                self._relay_back(txn, message, now)
+            case LegEvent.ACKED:
+                pass
+
+    # ------------------------------------------------------------ relaying
+
+    def _relay(self, request: Request, txn: ServerTransaction, other: UacLeg | UasLeg,
+               now: float) -> None:
+        out = other.request(request.method, now, body=request.body,
+                            content_type=request.headers.get("Content-Type"))
+        if out is None:
+            self.engine.ua.endpoint.reply(txn, 481 if request.method != "INVITE" else 491, now)
+            return
+        self._relays[out] = txn
+
+    def _relay_back(self, txn: ClientTransaction | ServerTransaction | None,
+                    message: Request | Response | None, now: float) -> None:
+        if not isinstance(txn, ClientTransaction) or not isinstance(message, Response):
+            return
+        if message.status < 200:
+            return
+        server_txn = self._relays.pop(txn, None)
+        if server_txn is None or server_txn.answered:
+            return
+        response = make_response(server_txn.request, message.status, message.reason)
+        if message.body:
+            response.headers.add("Content-Type",
+                                 message.headers.get("Content-Type") or "application/sdp")
+            response.body = message.body
+        if server_txn.method == "INVITE" and message.status < 300:
+            leg = self.a if server_txn.request.headers.get("Call-ID") == self.a.request.headers.get(
+                "Call-ID") else None
+            contact = self.a.contact if leg is not None else self.engine.ua.endpoint.contact(
+                self.b.peer)
+            response.headers.add("Contact", contact)
+        self.engine.ua.endpoint.respond(server_txn, response, now)

@@ -1,0 +1,290 @@
+"""The click-to-dial flow: ring the user's device(s), then REFER the phone to the target.
+
+Every state change goes through :meth:`ClickToDial.fire`, which looks the input up in
+:data:`sipdial.calls.states.TRANSITIONS` and runs the row's actions. The methods below only
+translate SIP happenings into table inputs; what the call does next is in the table.
+
+The REFER's Refer-To points back at sipdial (the phone's next INVITE is authenticated and
+bridged by :mod:`sipdial.calls.b2bua`), so the target's ringing, answer and hang-up are seen
+first-hand; the NOTIFY sipfrag progress (RFC 3515) is the fallback when the phone sends its
+INVITE elsewhere, and tells when to drop sipdial's own dialog with the phone.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from sipdial.calls.legs import LegEvent, LegState, UacLeg, UasLeg
+from sipdial.calls.states import (
+    Action,
+    CallState,
+    Cause,
+    Input,
+    target_failure_input,
+    transition,
+    user_failure_input,
+)
+from sipdial.sip import sdp
+from sipdial.sip.message import Request, Response
+from sipdial.sip.timers import TimerHandle
+from sipdial.sip.transaction import ClientTransaction, ServerTransaction
+from sipdial.sip.uri import NameAddr, SipURI, parse_uri
+from sipdial.store.models import CallEvent, CallRecord
+
+if TYPE_CHECKING:
+    from sipdial.calls.b2bua import BridgedCall
+    from sipdial.calls.engine import CallEngine
+    from sipdial.registrar import Binding
+
+_SIPFRAG = re.compile(rb"^SIP/2\.0\s+(\d{3})")
+_RINGING_STATES = (CallState.CALLING_USER, CallState.USER_RINGING)
+
+
+class ClickToDial:
+    def __init__(self, engine: CallEngine, record: CallRecord, bindings: list[Binding],
+                 auto_answer: bool) -> None:
+        self.engine = engine
+        self.record = record
+        self.bindings = bindings
+        self.auto_answer = auto_answer and len(bindings) == 1
+        self.state = CallState(record.state)
+        self.forks: list[UacLeg] = []
+        self.user_leg: UacLeg | None = None
+        self.bridge: BridgedCall | None = None
+        self.refer_txn: ClientTransaction | None = None
+        self.refer_accepted = False
+        self._timer: TimerHandle | None = None
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def ended(self) -> bool:
+        return self.state is CallState.ENDED
+
+    # ------------------------------------------------------------ the table
+
+    def fire(self, inp: Input, now: float, sip_code: int | None = None,
+             detail: str | None = None) -> None:
+        row = transition(self.state, inp)
+        if row is None:
+            return  # late input after the end
+        next_state, cause, actions = row
+        changed = next_state is not self.state
+        self.state = next_state
+        if changed:
+            self._record(next_state, cause, now, sip_code, detail)
+        for action in actions:
+            self._do(action, now)
+        if next_state is CallState.ENDED:
+            self._cancel_timer()
+            self.engine.call_ended(self)
+
+    def _record(self, state: CallState, cause: Cause | None, now: float,
+                sip_code: int | None, detail: str | None) -> None:
+        rec = self.record
+        rec.state = state.value
+        if cause is not None:
+            rec.cause = cause.value
+            rec.ended_at = now
+            detail = detail or cause.value
+        event = CallEvent(state.value, now, sip_code, detail)
+        rec.events.append(event)
+        self.engine.persist(rec, event)
+
+    def _do(self, action: Action, now: float) -> None:
+        match action:
+            case Action.CANCEL_OTHER_DEVICES:
+                for leg in self.forks:
+                    if leg is not self.user_leg:
+                        leg.cancel(now)
+            case Action.CONNECT_TARGET:
+                self._send_refer(now)
+            case Action.RELEASE_USER:
+                if self.user_leg is not None:
+                    self.user_leg.release(now)
+            case Action.RELEASE_ALL:
+                for leg in self.forks:
+                    leg.release(now)
+                if self.bridge is not None:
+                    self.bridge.release(now)
+
+    # ------------------------------------------------------------ start
+
+    def start(self, now: float) -> None:
+        engine = self.engine
+        target_user = self.record.to.removeprefix("sip:").split("@", 1)[0]
+        caller = NameAddr(SipURI("sip", target_user, None, engine.domain, None, {}, {}),
+                          self.record.to)
+        user = engine.users[self.record.user]
+        callee = NameAddr(SipURI("sip", user.id, None, engine.domain, None, {}, {}),
+                          user.name or None)
+        for binding in self.bindings:
+            extra = [("P-Asserted-Identity", str(caller))]
+            if self.auto_answer:
+                extra += engine.auto_answer_headers(binding.user_agent)
+            offer = sdp.audio_offer(*engine.media_address(binding.peer),
+                                    session_id=engine.session_id())
+            leg = UacLeg(engine.ua, self, uri=parse_uri(binding.contact), peer=binding.peer,
+                         from_party=caller, to_party=callee, body=offer,
+                         content_type=sdp.CONTENT_TYPE, extra=extra, label=binding.device)
+            self.forks.append(leg)
+            leg.start(now)
+        self._set_timer(now + engine.config.calls.user_answer_timeout, self._user_timeout)
+
+    # ------------------------------------------------------------ commands
+
+    def hang_up(self, now: float) -> None:
+        """DELETE /v1/calls/{id}: cancel or hang up at any stage."""
+        self.fire(Input.CANCEL, now, detail="cancelled by API")
+
+    # ------------------------------------------------------------ timers
+
+    def _set_timer(self, deadline: float, callback: object) -> None:
+        self._cancel_timer()
+        self._timer = self.engine.timers.schedule(deadline, callback)  # type: ignore[arg-type]
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _user_timeout(self, now: float) -> None:
+        self._timer = None
+        if self.state in _RINGING_STATES:
+            self.fire(Input.USER_NO_ANSWER, now, detail="no answer within "
+                      f"{self.engine.config.calls.user_answer_timeout:g} s")
+
+    def _refer_timeout(self, now: float) -> None:
+        self._timer = None
+        if self.state is CallState.USER_ANSWERED:
+            self.fire(Input.REFER_FAILED, now, detail="the phone did not call the target")
+
+    # ------------------------------------------------------------ REFER
+
+    def _send_refer(self, now: float) -> None:
+        leg = self.user_leg
+        assert leg is not None
+        engine = self.engine
+        refer_to = engine.refer_target(self.record.to, leg.peer, self.id)
+        referred_by = f"<sip:{self.record.user}@{engine.domain}>"
+        self.refer_txn = leg.request("REFER", now, extra=[
+            ("Refer-To", f"<{refer_to}>"), ("Referred-By", referred_by)])
+        self._set_timer(now + engine.config.calls.refer_timeout, self._refer_timeout)
+
+    # ------------------------------------------------------------ leg events
+
+    def leg_event(self, leg: UacLeg | UasLeg, event: LegEvent,
+                  message: Request | Response | None, now: float,
+                  txn: ClientTransaction | ServerTransaction | None = None) -> None:
+        assert isinstance(leg, UacLeg)
+        code = message.status if isinstance(message, Response) else None
+        match event:
+            case LegEvent.PROGRESS:
+                if self.state in _RINGING_STATES and code in (180, 183):
+                    self.fire(Input.USER_RINGING, now, code, leg.label)
+            case LegEvent.ANSWERED:
+                if self.user_leg is None and self.state in _RINGING_STATES:
+                    self.user_leg = leg
+                    self.record.device = leg.label
+                    self.record.auto_answer = self.auto_answer
+                    self.fire(Input.USER_ANSWERED, now, code, leg.label)
+                else:
+                    leg.bye(now)  # a second device answered too late
+            case LegEvent.FAILED:
+                self._device_failed(leg, now)
+            case LegEvent.ENDED:
+                self._user_leg_ended(leg, now)
+            case LegEvent.REQUEST:
+                assert isinstance(message, Request) and isinstance(txn, ServerTransaction)
+                self._in_dialog_request(leg, message, txn, now)
+            case LegEvent.RESPONSE:
+                assert isinstance(message, Response)
+                if txn is self.refer_txn:
+                    self._refer_response(message, now)
+
+    def _device_failed(self, leg: UacLeg, now: float) -> None:
+        if self.state not in _RINGING_STATES or leg is self.user_leg:
+            return
+        if any(f.state is not LegState.ENDED for f in self.forks):
+            return  # others still ringing
+        statuses = [f.final_status or 500 for f in self.forks if not f.cancelled]
+        if not statuses:
+            return  # we cancelled them all: whoever cancelled has fired already
+        # RFC 3261 §16.7 step 6 in spirit: a 6xx decides, then busy, then the first failure
+        best = next((s for s in statuses if s >= 600), None) \
+            or next((s for s in statuses if s == 486), None) or statuses[0]
+        self.fire(user_failure_input(best), now, best, leg.label)
+
+    def _user_leg_ended(self, leg: UacLeg, now: float) -> None:
+        if leg is not self.user_leg:
+            return
+        if self.state is CallState.USER_ANSWERED and not self.refer_accepted:
+            self.fire(Input.USER_HUNG_UP, now, detail="phone hung up before the transfer")
+        # after the REFER was accepted the phone may leave its first dialog at any time
+
+    def _in_dialog_request(self, leg: UacLeg, request: Request, txn: ServerTransaction,
+                           now: float) -> None:
+        ua = self.engine.ua
+        if request.method == "NOTIFY":
+            ua.endpoint.reply(txn, 200, now)
+            self._notify(request, now)
+        elif request.method in ("INVITE", "UPDATE"):
+            # e.g. the phone holds its first call before it transfers: answer in kind
+            offer = sdp.audio_offer(*self.engine.media_address(leg.peer),
+                                    session_id=self.engine.session_id(), version=2,
+                                    direction=sdp.answer_direction(request.body))
+            ua.endpoint.reply(txn, 200, now, to_tag=None, headers=[
+                ("Contact", ua.endpoint.contact(leg.peer)),
+                ("Content-Type", sdp.CONTENT_TYPE)], body=offer)
+        elif request.method in ("INFO", "OPTIONS"):
+            ua.endpoint.reply(txn, 200, now)
+        else:
+            ua.endpoint.reply(txn, 501, now)
+
+    def _refer_response(self, response: Response, now: float) -> None:
+        if response.status < 200:
+            return
+        if response.status < 300:
+            self.refer_accepted = True
+            return
+        self.fire(Input.REFER_FAILED, now, response.status, f"REFER {response.reason}")
+
+    def _notify(self, request: Request, now: float) -> None:
+        if not (request.headers.get("Event") or "").strip().lower().startswith("refer"):
+            return
+        match = _SIPFRAG.match(request.body.lstrip())
+        if match is None:
+            return
+        code = int(match.group(1))
+        self.refer_accepted = True
+        if code >= 200:
+            # the transfer's outcome is known: sipdial's own dialog with the phone is done
+            if self.user_leg is not None:
+                self.user_leg.release(now)
+        if self.bridge is not None:
+            return  # the bridged leg reports the target first-hand
+        if code < 180:
+            self.fire(Input.TARGET_CALLING, now, code, "NOTIFY")
+        elif code < 200:
+            self.fire(Input.TARGET_RINGING, now, code, "NOTIFY")
+        elif code < 300:
+            self.fire(Input.TARGET_ANSWERED, now, code, "NOTIFY")
+        else:
+            self.fire(target_failure_input(code), now, code, "NOTIFY")
+
+    # ------------------------------------------------------------ the referred call
+
+    def attach(self, bridge: BridgedCall) -> None:
+        self.bridge = bridge
+
+    def target_event(self, inp: Input, now: float, code: int | None = None,
+                     detail: str | None = None) -> None:
+        """Called by the bridged (referred) call."""
+        if inp is Input.USER_HUNG_UP and self.state is CallState.CONNECTED:
+            inp = Input.HANGUP
+        if inp is Input.HANGUP and self.state is not CallState.CONNECTED:
+            inp = Input.USER_HUNG_UP
+        self.fire(inp, now, code, detail)

@@ -1,0 +1,271 @@
+"""The call engine: owns the live calls and implements the HTTP API's :class:`CallApi`.
+
+It starts click-to-dial calls, accepts (authenticates, routes and bridges) the INVITEs that
+registered users send, links a referred INVITE back to the click-to-dial call that caused it,
+and writes every state change to the store. Everything runs on the reactor thread; the store
+batches its writes onto its own thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+
+from sipdial.api.service import ApiError
+from sipdial.authn import Authenticator
+from sipdial.calls.autoanswer import AutoAnswerRule, auto_answer_headers
+from sipdial.calls.b2bua import BridgedCall
+from sipdial.calls.clicktodial import ClickToDial
+from sipdial.calls.legs import UasLeg
+from sipdial.calls.states import CallState
+from sipdial.config import Config, UserConfig
+from sipdial.registrar import Binding, Registrar
+from sipdial.sip.endpoint import peer_for_uri
+from sipdial.sip.message import Request, Response, from_
+from sipdial.sip.peer import Peer
+from sipdial.sip.timers import TimerHeap
+from sipdial.sip.transaction import ServerTransaction
+from sipdial.sip.uri import URI, NameAddr, SipURI, parse_uri
+from sipdial.store.models import CallEvent, CallRecord
+from sipdial.ua import UserAgent
+
+_C2D_PARAM = "x-c2d"
+_NUMBER = re.compile(r"^\+?[0-9*#]+$")
+
+
+class CallEngine:
+    def __init__(self, config: Config, ua: UserAgent, registrar: Registrar,
+                 auth: Authenticator, timers: TimerHeap, store: Any,
+                 clock: Callable[[], float], kick: Callable[[], None],
+                 auto_answer_rules: tuple[AutoAnswerRule, ...],
+                 media_ports: dict[int, tuple[str, int]]) -> None:
+        self.config = config
+        self.ua = ua
+        self.registrar = registrar
+        self.auth = auth
+        self.timers = timers
+        self.store = store
+        self.clock = clock
+        self.kick = kick
+        self.rules = auto_answer_rules
+        self.media_ports = media_ports  # address family -> (host, port) of the RTP sink
+        self.domain = config.sip.domain
+        self.users: dict[str, UserConfig] = dict(config.users)
+        self.calls: dict[str, ClickToDial] = {}
+        self.bridges: set[BridgedCall] = set()
+        self._sessions = itertools.count(int.from_bytes(os.urandom(3), "big"))
+        ua.inbound = self.inbound
+
+    # ------------------------------------------------------------ helpers for flows
+
+    def session_id(self) -> int:
+        return next(self._sessions)
+
+    def media_address(self, peer: Peer) -> tuple[str, int]:
+        family = 6 if ":" in peer.host else 4
+        return self.media_ports.get(family) or next(iter(self.media_ports.values()))
+
+    def auto_answer_headers(self, user_agent: str | None) -> list[tuple[str, str]]:
+        return auto_answer_headers(user_agent, local_uri=f"sip:sipdial@{self.domain}",
+                                   rules=self.rules)
+
+    def refer_target(self, to: str, phone: Peer, call_id: str) -> str:
+        """Refer-To: the target at sipdial, reachable over the transport the phone uses."""
+        host, port = self.ua.endpoint.local_for(phone)
+        domain = self.domain
+        hostport = domain if port == 5060 and phone.transport == "udp" else f"{domain}:{port}"
+        if ":" in domain and not domain.startswith("["):
+            hostport = f"[{domain}]:{port}"
+        user = to.removeprefix("sip:").split("@", 1)[0]
+        transport = "" if phone.transport == "udp" else f";transport={phone.transport}"
+        return f"sip:{user}@{hostport}{transport};{_C2D_PARAM}={call_id}"
+
+    def persist(self, record: CallRecord, event: CallEvent) -> None:
+        self.store.save_call(record)
+        self.store.add_event(record.id, event)
+
+    def call_ended(self, call: ClickToDial) -> None:
+        self.calls.pop(call.id, None)
+
+    def bridge_ended(self, bridge: BridgedCall) -> None:
+        self.bridges.discard(bridge)
+
+    # ------------------------------------------------------------ CallApi
+
+    def create_call(self, *, user: str, to: str, device: str | None,
+                    auto_answer: bool | None, mode: str | None) -> Deferred[dict[str, Any]]:
+        try:
+            call = self._create(user, to, device, auto_answer, mode)
+        except ApiError as exc:
+            return fail(exc)
+        return succeed(call.record.to_json())
+
+    def _create(self, user: str, to: str, device: str | None, auto_answer: bool | None,
+                mode: str | None) -> ClickToDial:
+        mode = mode or self.config.calls.default_mode
+        if mode != "refer":
+            raise ApiError(422, "mode_not_supported",
+                           'bridge mode is not available yet; use "refer"')
+        profile = self.users.get(user)
+        if profile is None:
+            raise ApiError(404, "unknown_user", f"no user {user!r}")
+        if len(self.calls) >= self.config.calls.max_concurrent:
+            raise ApiError(503, "overloaded", "too many calls in progress")
+        now = self.clock()
+        bindings = self.registrar.contacts(user, now)
+        if not bindings:
+            raise ApiError(409, "user_not_registered",
+                           f"user {user} has no registered device")
+        if device is not None:
+            bindings = [b for b in bindings if device in (b.device, b.contact, b.instance)
+                        or (b.user_agent is not None and device.lower() in b.user_agent.lower())]
+            if not bindings:
+                raise ApiError(409, "device_not_registered",
+                               f"user {user} has no registered device {device!r}")
+            bindings = bindings[:1]
+        wants_auto = profile.auto_answer if auto_answer is None else auto_answer
+        record = CallRecord(id=uuid.uuid4().hex, user=user, to=to, mode=mode,
+                            state=CallState.CALLING_USER.value, cause=None, created_at=now,
+                            ended_at=None, auto_answer=wants_auto and len(bindings) == 1)
+        event = CallEvent(CallState.CALLING_USER.value, now, None,
+                          f"{len(bindings)} device(s)")
+        record.events.append(event)
+        self.persist(record, event)
+        call = ClickToDial(self, record, bindings, wants_auto)
+        self.calls[record.id] = call
+        call.start(now)
+        self.kick()
+        return call
+
+    def get_call(self, call_id: str) -> Deferred[dict[str, Any] | None]:
+        live = self.calls.get(call_id)
+        if live is not None:
+            return succeed(live.record.to_json())
+        d: Deferred[CallRecord | None] = self.store.get_call(call_id)
+        return d.addCallback(lambda rec: rec.to_json() if rec is not None else None)
+
+    def list_calls(self, *, user: str | None, state: str | None,
+                   limit: int) -> Deferred[list[dict[str, Any]]]:
+        d: Deferred[list[CallRecord]] = self.store.list_calls(user=user, state=state,
+                                                              limit=limit)
+        return d.addCallback(lambda recs: [self._fresh(r).to_json() for r in recs])
+
+    def _fresh(self, record: CallRecord) -> CallRecord:
+        live = self.calls.get(record.id)
+        return live.record if live is not None else record
+
+    def hangup_call(self, call_id: str) -> Deferred[dict[str, Any]]:
+        live = self.calls.get(call_id)
+        if live is not None:
+            live.hang_up(self.clock())
+            self.kick()
+            return succeed(live.record.to_json())
+
+        def ended(rec: CallRecord | None) -> dict[str, Any]:
+            if rec is None:
+                raise ApiError(404, "not_found", f"no call {call_id}")
+            return rec.to_json()
+
+        d: Deferred[CallRecord | None] = self.store.get_call(call_id)
+        return d.addCallback(ended)
+
+    def list_registrations(self, user: str | None) -> list[dict[str, Any]]:
+        now = self.clock()
+        bindings = self.registrar.contacts(user, now) if user else self.registrar.all(now)
+        return [b.to_json(now) for b in bindings]
+
+    def known_user(self, user: str) -> bool:
+        return user in self.users
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "calls": len(self.calls), "bridges": len(self.bridges),
+                "registrations": len(self.registrar.all(self.clock()))}
+
+    # ------------------------------------------------------------ inbound INVITE
+
+    def inbound(self, request: Request, txn: ServerTransaction, source: Peer,
+                now: float) -> None:
+        """A new INVITE from a phone: authenticate (407), route, bridge."""
+        endpoint = self.ua.endpoint
+        outcome = self.auth.check(request, now, proxy=True)
+        if isinstance(outcome, Response):
+            endpoint.respond(txn, outcome, now)
+            return
+        user = self.users.get(outcome)
+        if user is None:
+            endpoint.reply(txn, 403, now)
+            return
+        uri = request.uri
+        number = uri.user if isinstance(uri, SipURI) else None
+        if not number:
+            endpoint.reply(txn, 404, now, reason="No number in Request-URI")
+            return
+        c2d = self._correlate(uri, user.id, number, now)
+        target = self._route(number, now)
+        if target is None:
+            endpoint.reply(txn, 404, now, reason="No route")
+            return
+        if isinstance(target, int):
+            endpoint.reply(txn, target, now)
+            if c2d is not None:
+                from sipdial.calls.states import target_failure_input
+
+                c2d.target_event(target_failure_input(target), now, target, "no device")
+            return
+        target_uri, target_peer = target
+        caller_uri = SipURI("sip", user.number or user.id, None, self.domain, None, {}, {})
+        caller = NameAddr(caller_uri, user.name or None)
+        callee = NameAddr(target_uri)
+        a = UasLeg(self.ua, _Pending(), txn, source, label=f"{user.id}->{number}")
+        bridge = BridgedCall(self, a, target_uri=target_uri, target_peer=target_peer,
+                             caller=caller, callee=callee, c2d=c2d)
+        self.bridges.add(bridge)
+        if c2d is not None:
+            c2d.attach(bridge)
+        bridge.start(now)
+
+    def _correlate(self, uri: URI, user: str, number: str, now: float) -> ClickToDial | None:
+        """Which click-to-dial call (if any) this INVITE is the referred call of."""
+        if isinstance(uri, SipURI):
+            call_id = uri.params.get(_C2D_PARAM)
+            if call_id:
+                call = self.calls.get(call_id)
+                if call is not None and call.record.user == user and call.bridge is None:
+                    return call
+        for call in self.calls.values():
+            # fallback: a phone that dropped the URI parameter
+            if (call.record.user == user and call.bridge is None
+                    and call.state is CallState.USER_ANSWERED
+                    and call.record.to.removeprefix("sip:").split("@", 1)[0] == number):
+                return call
+        return None
+
+    def _route(self, number: str, now: float) -> tuple[URI, Peer] | int | None:
+        if number in self.users:
+            bindings: list[Binding] = self.registrar.contacts(number, now)
+            if not bindings:
+                return 480
+            best = bindings[0]
+            return parse_uri(best.contact), best.peer
+        for route in self.config.routes:
+            if route.match.search(number):
+                uri = parse_uri(route.target_uri(number))
+                return uri, peer_for_uri(uri)
+        return None
+
+
+class _Pending:
+    """Placeholder owner until the BridgedCall takes the leg over in its constructor."""
+
+    def leg_event(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("leg event before the bridge was set up")
+
+
+def caller_identity(request: Request) -> NameAddr:
+    return from_(request)

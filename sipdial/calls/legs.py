@@ -1,0 +1,308 @@
+"""Call legs: one INVITE dialog each, as seen from sipdial.
+
+A :class:`UacLeg` is an INVITE sipdial sends (to a user's device, or to a destination); a
+:class:`UasLeg` is an INVITE sipdial receives (a phone dialling through sipdial). Legs do the
+SIP bookkeeping — ACK, CANCEL, BYE, 487, dialog registration — and report what happened to
+their owner through one method, ``leg_event(leg, LegEvent, message, now)``. The owner (a call
+flow) decides what it means; the legs know nothing of click-to-dial.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Protocol
+
+from sipdial.sip.dialog import Dialog
+from sipdial.sip.headers import Headers
+from sipdial.sip.message import Request, Response, make_response
+from sipdial.sip.peer import Peer
+from sipdial.sip.transaction import ClientTransaction, ServerTransaction
+from sipdial.sip.uri import URI, NameAddr
+
+if TYPE_CHECKING:
+    from sipdial.ua import UserAgent
+
+
+class LegEvent(enum.Enum):
+    PROGRESS = "progress"  # 1xx on our INVITE (UAC)
+    ANSWERED = "answered"  # 2xx on our INVITE (UAC)
+    FAILED = "failed"  # final non-2xx / timeout on our INVITE (UAC); message may be None
+    ACKED = "acked"  # the ACK to our 2xx (UAS)
+    CANCELLED = "cancelled"  # the caller CANCELled (UAS; 487 already sent)
+    ENDED = "ended"  # remote BYE (200 already sent), or ACK never came
+    REQUEST = "request"  # another in-dialog request: the owner must respond
+    RESPONSE = "response"  # response to an in-dialog request the owner sent
+
+
+class LegState(enum.Enum):
+    CALLING = "calling"
+    EARLY = "early"
+    CONFIRMED = "confirmed"
+    ENDED = "ended"
+
+
+class Owner(Protocol):
+    def leg_event(self, leg: UacLeg | UasLeg, event: LegEvent,
+                  message: Request | Response | None, now: float,
+                  txn: ClientTransaction | ServerTransaction | None = None) -> None: ...
+
+
+class UacLeg:
+    """An INVITE sent by sipdial."""
+
+    def __init__(self, ua: UserAgent, owner: Owner, *, uri: URI, peer: Peer,
+                 from_party: NameAddr, to_party: NameAddr, body: bytes = b"",
+                 content_type: str | None = None,
+                 extra: list[tuple[str, str]] | None = None, label: str = "") -> None:
+        self.ua = ua
+        self.owner = owner
+        self.uri = uri
+        self.peer = peer
+        self.label = label
+        self.state = LegState.CALLING
+        self.call_id = ua.new_call_id()
+        from_tagged = NameAddr(from_party.uri, from_party.display_name,
+                               {**from_party.params, "tag": ua.new_tag()})
+        self.from_party = from_tagged
+        self.to_party = to_party
+        self.body = body
+        self.content_type = content_type
+        self.extra = extra or []
+        self.dialog: Dialog | None = None
+        self.invite_txn: ClientTransaction | None = None
+        self.final_status: int | None = None
+        self.cancelled = False
+        self.answer: Response | None = None
+
+    def __repr__(self) -> str:
+        return f"<UacLeg {self.label} {self.uri} {self.state.value}>"
+
+    # ------------------------------------------------------------ commands
+
+    def start(self, now: float) -> None:
+        headers = Headers()
+        headers.add("Max-Forwards", "70")
+        headers.add("From", str(self.from_party))
+        headers.add("To", str(self.to_party))
+        headers.add("Call-ID", self.call_id)
+        headers.add("CSeq", "1 INVITE")
+        headers.add("Contact", self.ua.endpoint.contact(self.peer))
+        headers.add("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY, INFO, UPDATE")
+        for name, value in self.extra:
+            headers.add(name, value)
+        if self.content_type is not None:
+            headers.add("Content-Type", self.content_type)
+        request = Request("INVITE", self.uri, headers, self.body)
+        self.invite_txn = self.ua.send(request, self.peer, self, now)
+
+    def cancel(self, now: float) -> None:
+        """CANCEL while ringing; a 2xx that crosses the CANCEL is ACKed and BYEd."""
+        if self.state in (LegState.CALLING, LegState.EARLY) and self.invite_txn is not None:
+            self.cancelled = True
+            self.ua.endpoint.cancel(self.invite_txn, now)
+
+    def bye(self, now: float) -> None:
+        if self.state is LegState.CONFIRMED and self.dialog is not None:
+            self.state = LegState.ENDED
+            request = self.dialog.create_request("BYE")
+            self.ua.send_in_dialog(self.dialog, request, self, now)
+            self.ua.drop_dialog(self.dialog)
+
+    def release(self, now: float) -> None:
+        if self.state is LegState.CONFIRMED:
+            self.bye(now)
+        else:
+            self.cancel(now)
+
+    def request(self, method: str, now: float, *, body: bytes = b"",
+                content_type: str | None = None,
+                extra: list[tuple[str, str]] | None = None) -> ClientTransaction | None:
+        if self.dialog is None or self.state is not LegState.CONFIRMED:
+            return None
+        request = self.dialog.create_request(method, body=body, content_type=content_type,
+                                             extra=extra)
+        return self.ua.send_in_dialog(self.dialog, request, self, now)
+
+    # ------------------------------------------------------------ SIP events
+
+    def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
+        if txn is not self.invite_txn:
+            if txn.method not in ("BYE", "CANCEL"):
+                self.owner.leg_event(self, LegEvent.RESPONSE, response, now, txn)
+            return
+        status = response.status
+        if status < 200:
+            if self.state is LegState.CALLING and status > 100:
+                self.state = LegState.EARLY
+            if status > 100 and not self.cancelled:
+                self.owner.leg_event(self, LegEvent.PROGRESS, response, now)
+            return
+        if status < 300:
+            self._answered(txn, response, now)
+            return
+        if self.state is not LegState.ENDED:
+            self.state = LegState.ENDED
+            self.final_status = status
+            self.owner.leg_event(self, LegEvent.FAILED, response, now)
+
+    def _answered(self, txn: ClientTransaction, response: Response, now: float) -> None:
+        dialog = Dialog.from_uac(txn.request, response, self.peer,
+                                 self.ua.endpoint.contact(self.peer))
+        ack = dialog.create_ack(1)
+        self.ua.endpoint.send_ack(txn, ack, self.peer)
+        if self.dialog is not None or self.cancelled or self.state is LegState.ENDED:
+            # a second 2xx (forked downstream) or a 2xx crossing our CANCEL: hang it up
+            bye = dialog.create_request("BYE")
+            self.ua.send_in_dialog(dialog, bye, self, now)
+            if self.dialog is None:
+                self.state = LegState.ENDED
+                self.final_status = 487
+                self.owner.leg_event(self, LegEvent.FAILED, None, now)
+            return
+        self.dialog = dialog
+        self.answer = response
+        self.final_status = response.status
+        self.state = LegState.CONFIRMED
+        self.ua.add_dialog(dialog, self)
+        self.owner.leg_event(self, LegEvent.ANSWERED, response, now)
+
+    def on_txn_timeout(self, txn: ClientTransaction, now: float) -> None:
+        if txn is self.invite_txn:
+            if self.state in (LegState.CALLING, LegState.EARLY):
+                self.state = LegState.ENDED
+                self.final_status = 408
+                self.owner.leg_event(self, LegEvent.FAILED, None, now)
+            return
+        if txn.method not in ("BYE", "CANCEL"):
+            self.owner.leg_event(self, LegEvent.RESPONSE, make_response(txn.request, 408),
+                                 now, txn)
+
+    def on_dialog_request(self, dialog: Dialog, request: Request,
+                          txn: ServerTransaction | None, now: float) -> None:
+        if txn is None:
+            return  # an ACK: we are the UAC of this dialog
+        if request.method == "BYE":
+            self.ua.endpoint.reply(txn, 200, now)
+            self.state = LegState.ENDED
+            self.ua.drop_dialog(dialog)
+            self.owner.leg_event(self, LegEvent.ENDED, request, now, txn)
+            return
+        self.owner.leg_event(self, LegEvent.REQUEST, request, now, txn)
+
+    def on_cancel(self, txn: ServerTransaction, now: float) -> None:
+        if not txn.answered:
+            self.ua.endpoint.reply(txn, 487, now)
+
+    def on_ack_timeout(self, txn: ServerTransaction, now: float) -> None:
+        pass
+
+
+class UasLeg:
+    """An INVITE received by sipdial."""
+
+    def __init__(self, ua: UserAgent, owner: Owner, txn: ServerTransaction, source: Peer,
+                 label: str = "") -> None:
+        self.ua = ua
+        self.owner = owner
+        self.txn = txn
+        self.source = source
+        self.label = label
+        self.request = txn.request
+        self.local_tag = ua.new_tag()
+        self.state = LegState.CALLING
+        self.dialog: Dialog | None = None
+        txn.context = self
+
+    def __repr__(self) -> str:
+        return f"<UasLeg {self.label} {self.state.value}>"
+
+    @property
+    def contact(self) -> str:
+        return self.ua.endpoint.contact(self.source)
+
+    def progress(self, status: int, now: float, *, body: bytes = b"",
+                 content_type: str | None = None) -> None:
+        if self.state not in (LegState.CALLING, LegState.EARLY):
+            return
+        self.state = LegState.EARLY
+        self._respond(status, now, body, content_type)
+
+    def answer(self, now: float, *, body: bytes = b"", content_type: str | None = None) -> None:
+        if self.state not in (LegState.CALLING, LegState.EARLY):
+            return
+        self.dialog = Dialog.from_uas(self.request, self.local_tag, self.source, self.contact)
+        self.ua.add_dialog(self.dialog, self)
+        self.state = LegState.CONFIRMED
+        self._respond(200, now, body, content_type)
+
+    def reject(self, status: int, now: float, reason: str | None = None) -> None:
+        if self.state not in (LegState.CALLING, LegState.EARLY):
+            return
+        self.state = LegState.ENDED
+        response = make_response(self.request, status, reason, to_tag=self.local_tag)
+        self.ua.endpoint.respond(self.txn, response, now)
+
+    def bye(self, now: float) -> None:
+        if self.state is LegState.CONFIRMED and self.dialog is not None:
+            self.state = LegState.ENDED
+            self.ua.send_in_dialog(self.dialog, self.dialog.create_request("BYE"), self, now)
+            self.ua.drop_dialog(self.dialog)
+
+    def release(self, now: float, status: int = 480) -> None:
+        if self.state is LegState.CONFIRMED:
+            self.bye(now)
+        else:
+            self.reject(status, now)
+
+    def request(self, method: str, now: float, *, body: bytes = b"",
+                content_type: str | None = None,
+                extra: list[tuple[str, str]] | None = None) -> ClientTransaction | None:
+        if self.dialog is None or self.state is not LegState.CONFIRMED:
+            return None
+        request = self.dialog.create_request(method, body=body, content_type=content_type,
+                                             extra=extra)
+        return self.ua.send_in_dialog(self.dialog, request, self, now)
+
+    def _respond(self, status: int, now: float, body: bytes, content_type: str | None) -> None:
+        response = make_response(self.request, status, to_tag=self.local_tag)
+        if status != 100:
+            response.headers.add("Contact", self.contact)
+        if body:
+            response.headers.add("Content-Type", content_type or "application/sdp")
+            response.body = body
+        self.ua.endpoint.respond(self.txn, response, now)
+
+    # ------------------------------------------------------------ SIP events
+
+    def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
+        if txn.method not in ("BYE", "CANCEL"):
+            self.owner.leg_event(self, LegEvent.RESPONSE, response, now, txn)
+
+    def on_txn_timeout(self, txn: ClientTransaction, now: float) -> None:
+        if txn.method not in ("BYE", "CANCEL"):
+            self.owner.leg_event(self, LegEvent.RESPONSE, make_response(txn.request, 408),
+                                 now, txn)
+
+    def on_dialog_request(self, dialog: Dialog, request: Request,
+                          txn: ServerTransaction | None, now: float) -> None:
+        if txn is None:
+            if request.method == "ACK":
+                self.owner.leg_event(self, LegEvent.ACKED, request, now)
+            return
+        if request.method == "BYE":
+            self.ua.endpoint.reply(txn, 200, now)
+            self.state = LegState.ENDED
+            self.ua.drop_dialog(dialog)
+            self.owner.leg_event(self, LegEvent.ENDED, request, now, txn)
+            return
+        self.owner.leg_event(self, LegEvent.REQUEST, request, now, txn)
+
+    def on_cancel(self, txn: ServerTransaction, now: float) -> None:
+        if self.state in (LegState.CALLING, LegState.EARLY):
+            self.reject(487, now)
+            self.owner.leg_event(self, LegEvent.CANCELLED, None, now)
+
+    def on_ack_timeout(self, txn: ServerTransaction, now: float) -> None:
+        if self.state is LegState.CONFIRMED:
+            self.bye(now)
+            self.owner.leg_event(self, LegEvent.ENDED, None, now)
