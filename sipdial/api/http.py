@@ -1,0 +1,685 @@
+"""The HTTP API: JSON routes under ``/v1``, ``/healthz`` and the compatibility URLs.
+
+Layout: :func:`build_site` is the one public entry point. ``_Router`` holds everything a
+request means (routing, authentication, validation, talking to :class:`CallApi`) and maps an
+``_Incoming`` request to a ``_Reply`` without touching Twisted's request object; the
+``_Resource`` adapter copies bytes in and writes the reply out.
+
+Routes (all JSON, ``application/json; charset=utf-8``):
+
+===========================  ======  ===========================================
+``/v1/calls``                POST    start a call -> 201 + ``Location``
+``/v1/calls``                GET     ``?user=&state=&limit=`` -> ``{"calls": [...]}``
+``/v1/calls/{id}``           GET     the call resource
+``/v1/calls/{id}``           DELETE  cancel / hang up -> the call resource
+``/v1/registrations``        GET     ``?user=`` -> ``{"registrations": [...]}``
+``/healthz``                 GET     ``api.health()``, no authentication
+``.../call-init.php``        GET     LocaPhone: ``?user=&to=`` [&from&cidnum&clir&prv ignored]
+``.../remote_call.htm``      GET     pbxnsip: ``?user=&dest=`` [&auth=id:password][&connect=]
+===========================  ======  ===========================================
+
+Errors are always ``{"error": {"code": ..., "message": ...}}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any, BinaryIO, Final, Protocol
+from urllib.parse import quote, unquote_plus
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+
+from sipdial.api.service import CALL_STATES, ApiError, CallApi
+
+__all__ = ["MAX_BODY_BYTES", "build_site", "normalise_destination"]
+
+#: Largest request body accepted; larger bodies are answered with 413.
+MAX_BODY_BYTES: Final = 64 * 1024
+
+_LIMIT_DEFAULT: Final = 50
+_LIMIT_MAX: Final = 500
+_REALM: Final = "sipdial"
+_JSON_CONTENT_TYPE: Final = b"application/json; charset=utf-8"
+
+_log = Logger()
+
+
+# --------------------------------------------------------------------------- validation
+
+
+# Separators people and CRMs put into phone numbers: "+49 (30) 123-456", "030/123.456".
+_VISUAL_SEPARATORS: Final = str.maketrans("", "", " \t\u00a0-./()")
+_NUMBER: Final = re.compile(r"\+?[0-9]{1,32}")
+# RFC 3261 §19.1 in spirit, not in full: scheme, optional userinfo, host (name, IPv4 or
+# [IPv6]), optional port and parameters. The engine parses it properly.
+_SIP_URI: Final = re.compile(
+    r"(?P<scheme>sips?):"
+    r"(?:[^\s@<>\"]+@)?"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+    r"(?::[0-9]{1,5})?"
+    r"(?:;[^\s<>\"]*)?",
+    re.IGNORECASE,
+)
+_USER: Final = re.compile(r"[A-Za-z0-9._~+-]{1,64}")
+_CALL_ID: Final = r"[A-Za-z0-9._~-]{1,128}"
+_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
+_BODY_FIELDS: Final = frozenset({"user", "to", "device", "auto_answer", "mode"})
+
+
+def normalise_destination(value: str) -> str | None:
+    """Return the dialable form of ``value`` or None if it is not a number or SIP URI.
+
+    Numbers keep an optional leading ``+`` and lose human formatting: ``"+49 (30) 123-456"``
+    -> ``"+4930123456"``; the trunk-prefix notation ``"+49 (0)30 123456"`` drops the
+    ``(0)``; ``tel:`` is stripped. Extensions (``"201"``) are numbers too. ``sip:``/``sips:``
+    URIs are kept with a lower-case scheme.
+    """
+    text = value.strip()
+    if len(text) > 256:
+        return None
+    uri = _SIP_URI.fullmatch(text)
+    if uri is not None:
+        scheme = uri.group("scheme")
+        return scheme.lower() + text[len(scheme) :]
+    if text[:4].lower() == "tel:":
+        text = text[4:]
+    if text.startswith("+"):
+        text = text.replace("(0)", "")
+    text = text.translate(_VISUAL_SEPARATORS)
+    return text if _NUMBER.fullmatch(text) else None
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(422, "invalid_request", message)
+
+
+def _valid_user(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise _invalid(f"{name}: must be a string")
+    if not _USER.fullmatch(value):
+        raise _invalid(f"{name}: must be 1-64 characters of A-Z a-z 0-9 . _ ~ + -")
+    return value
+
+
+def _valid_destination(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise _invalid(f"{name}: must be a string")
+    normalised = normalise_destination(value)
+    if normalised is None:
+        raise _invalid(f"{name}: must be a phone number or SIP URI")
+    return normalised
+
+
+def _valid_mode(value: object) -> str | None:
+    if value is None or value == "refer":
+        return value
+    if value == "bridge":
+        raise ApiError(422, "mode_not_supported", 'bridge mode is not available yet; use "refer"')
+    raise _invalid('mode: must be "refer" or "bridge"')
+
+
+@dataclass(frozen=True, slots=True)
+class _CallRequest:
+    """A validated request to start a call (from POST or a compatibility URL)."""
+
+    user: str
+    to: str
+    device: str | None = None
+    auto_answer: bool | None = None
+    mode: str | None = None
+
+
+def _call_request_from_json(payload: object) -> _CallRequest:
+    if not isinstance(payload, dict):
+        raise _invalid("body: must be a JSON object")
+    unknown = sorted(set(payload) - _BODY_FIELDS)
+    if unknown:
+        raise _invalid(f"{unknown[0]}: unknown field")
+    if "user" not in payload:
+        raise _invalid("user: is required")
+    user = _valid_user("user", payload["user"])
+    if "to" not in payload:
+        raise _invalid("to: is required")
+    to = _valid_destination("to", payload["to"])
+    device = payload.get("device")
+    if device is not None and (
+        not isinstance(device, str) or not 0 < len(device) <= 256 or _CONTROL_CHARS.search(device)
+    ):
+        raise _invalid("device: must be a non-empty string of at most 256 printable characters")
+    auto_answer = payload.get("auto_answer")
+    if auto_answer is not None and not isinstance(auto_answer, bool):
+        raise _invalid("auto_answer: must be true or false")
+    mode = _valid_mode(payload.get("mode"))
+    return _CallRequest(user=user, to=to, device=device, auto_answer=auto_answer, mode=mode)
+
+
+def _parse_json(body: bytes) -> object:
+    try:
+        return json.loads(body.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+
+
+class _Query:
+    """A parsed query string.
+
+    ``+`` means space in ``application/x-www-form-urlencoded``, but CRM URL templates put
+    ``to=+4930123456`` into links unencoded; :meth:`number` therefore keeps a *leading*
+    ``+`` literally (a leading space would be meaningless anyway).
+    """
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw: dict[str, list[str]] = {}
+        text = raw.decode("latin-1")
+        for pair in text.split("&"):
+            if not pair:
+                continue
+            key, _, value = pair.partition("=")
+            self._raw.setdefault(_unquote(key), []).append(value)
+
+    def _one(self, name: str) -> str | None:
+        values = self._raw.get(name)
+        if values is None:
+            return None
+        if len(values) > 1:
+            raise _invalid(f"{name}: must be given once")
+        return values[0]
+
+    def text(self, name: str) -> str | None:
+        raw = self._one(name)
+        return None if raw is None else _unquote(raw)
+
+    def number(self, name: str) -> str | None:
+        raw = self._one(name)
+        if raw is None:
+            return None
+        if raw.startswith("+"):
+            return "+" + _unquote(raw[1:])
+        return _unquote(raw)
+
+    def required(self, name: str, *, number: bool = False) -> str:
+        value = self.number(name) if number else self.text(name)
+        if value is None or value == "":
+            raise _invalid(f"{name}: is required")
+        return value
+
+
+def _unquote(value: str) -> str:
+    return unquote_plus(value, encoding="utf-8", errors="replace")
+
+
+# ------------------------------------------------------------------------ authentication
+
+
+@dataclass(frozen=True, slots=True)
+class _Principal:
+    """Who is asking: a user, or an administrator (``user is None``)."""
+
+    user: str | None
+
+    def may_act_for(self, user: object) -> bool:
+        return self.user is None or self.user == user
+
+
+_ADMIN: Final = _Principal(user=None)
+
+
+class _Tokens:
+    """Bearer tokens -> principals, compared in constant time.
+
+    Every configured token is compared (no early exit), and digests of equal length are
+    compared so neither the position of a match nor a token's length leaks through timing.
+    """
+
+    def __init__(self, tokens: Mapping[str, str]) -> None:
+        self._entries = [
+            (hashlib.sha256(token.encode()).digest(), owner)
+            for token, owner in tokens.items()
+            if token
+        ]
+
+    def lookup(self, token: str) -> _Principal | None:
+        presented = hashlib.sha256(token.encode()).digest()
+        found: str | None = None
+        for digest, owner in self._entries:
+            if hmac.compare_digest(digest, presented):
+                found = owner
+        if found is None:
+            return None
+        return _ADMIN if found == "*" else _Principal(user=found)
+
+
+def _unauthorized(message: str, *, basic: bool = False, invalid: bool = False) -> ApiError:
+    bearer = f'Bearer realm="{_REALM}"' + (', error="invalid_token"' if invalid else "")
+    challenges = [bearer] + ([f'Basic realm="{_REALM}", charset="UTF-8"'] if basic else [])
+    return _HttpError(401, "unauthorized", message, [("WWW-Authenticate", c) for c in challenges])
+
+
+def _forbidden(user: str) -> ApiError:
+    return ApiError(403, "forbidden", f"this token may not act for user {user}")
+
+
+def _strip_domain(user: str) -> str:
+    """``"201@pbx.example.com"`` -> ``"201"`` (pbxnsip user and auth names carry domains)."""
+    return user.partition("@")[0]
+
+
+class _HttpError(ApiError):
+    """An :class:`ApiError` with extra response headers (challenges, Allow)."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: list[tuple[str, str]]
+    ) -> None:
+        super().__init__(status, code, message)
+        self.headers = headers
+
+
+# ------------------------------------------------------------------------------- routing
+
+
+@dataclass(frozen=True, slots=True)
+class _Incoming:
+    """The parts of an HTTP request the router looks at."""
+
+    method: str
+    path: str
+    query: bytes = b""
+    authorization: str | None = None
+    body: bytes = b""
+    body_too_large: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    body: object
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+_Handler = Callable[["_Router", _Incoming, "re.Match[str]"], "Deferred[_Reply]"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    pattern: re.Pattern[str]
+    methods: Mapping[str, _Handler]
+    #: HEAD is answered like GET; not on compatibility URLs, where GET starts a call.
+    head: bool = True
+
+    def allow(self) -> str:
+        methods = set(self.methods) | ({"HEAD"} if self.head and "GET" in self.methods else set())
+        return ", ".join(sorted(methods))
+
+
+def _error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+class _Router:
+    """Maps an :class:`_Incoming` request to a :class:`_Reply` (possibly via a Deferred)."""
+
+    def __init__(
+        self,
+        api: CallApi,
+        tokens: Mapping[str, str],
+        check_password: Callable[[str, str], bool] | None,
+    ) -> None:
+        self._api = api
+        self._tokens = _Tokens(tokens)
+        self._check_password = check_password
+
+    def handle(self, request: _Incoming) -> Deferred[_Reply]:
+        """Always fires with a reply; errors become JSON error replies."""
+        d = maybeDeferred(self._dispatch, request)
+        d.addErrback(self._error_reply, request)
+        return d
+
+    def _dispatch(self, request: _Incoming) -> Deferred[_Reply]:
+        for route in _ROUTES:
+            match = route.pattern.fullmatch(request.path)
+            if match is None:
+                continue
+            method = request.method
+            if method == "HEAD" and route.head:
+                method = "GET"
+            handler = route.methods.get(method)
+            if handler is None:
+                raise _HttpError(
+                    405,
+                    "method_not_allowed",
+                    f"{request.method} is not allowed here; allowed: {route.allow()}",
+                    [("Allow", route.allow())],
+                )
+            if request.body_too_large:
+                raise ApiError(
+                    413, "body_too_large", f"request body exceeds {MAX_BODY_BYTES} bytes"
+                )
+            return handler(self, request, match)
+        raise ApiError(404, "not_found", f"no such resource: {request.path}")
+
+    def _error_reply(self, failure: Failure, request: _Incoming) -> _Reply:
+        error = failure.value
+        if isinstance(error, ApiError) and 400 <= error.status <= 599:
+            headers = error.headers if isinstance(error, _HttpError) else []
+            return _Reply(error.status, _error_body(error.code, error.message), headers)
+        _log.failure(
+            "unexpected error handling {method} {path}",
+            failure,
+            method=request.method,
+            path=request.path,
+        )
+        return _Reply(500, _error_body("internal", "internal server error"))
+
+    # ---------------------------------------------------------------- authentication
+
+    def _authenticate(self, request: _Incoming, *, basic: bool = False) -> _Principal:
+        if request.authorization is None:
+            raise _unauthorized("missing bearer token", basic=basic)
+        scheme, _, credentials = request.authorization.strip().partition(" ")
+        credentials = credentials.strip()
+        if scheme.lower() == "bearer" and credentials:
+            principal = self._tokens.lookup(credentials)
+            if principal is None:
+                raise _unauthorized("unknown bearer token", basic=basic, invalid=True)
+            return principal
+        if scheme.lower() == "basic" and basic:
+            try:
+                decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                raise _unauthorized("malformed basic credentials", basic=True) from None
+            return self._sip_password(decoded, basic=True)
+        raise _unauthorized("expected an Authorization: Bearer token", basic=basic)
+
+    def _sip_password(self, user_password: str, *, basic: bool) -> _Principal:
+        """Check ``"201[@domain]:password"`` against the SIP user's password."""
+        name, colon, password = user_password.partition(":")
+        user = _strip_domain(name)
+        if (
+            not colon
+            or not _USER.fullmatch(user)
+            or self._check_password is None
+            or not self._check_password(user, password)
+        ):
+            raise _unauthorized("wrong user name or password", basic=basic)
+        return _Principal(user=user)
+
+    @staticmethod
+    def _limit_to(principal: _Principal, user: str | None) -> str | None:
+        """The user filter a principal may use: its own user unless it is an admin."""
+        if principal.user is None:
+            return user
+        if user is not None and user != principal.user:
+            raise _forbidden(user)
+        return principal.user
+
+    # ---------------------------------------------------------------------- handlers
+
+    def _create_call(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        principal = self._authenticate(request)
+        call = _call_request_from_json(_parse_json(request.body))
+        return self._start_call(principal, call)
+
+    def _start_call(self, principal: _Principal, call: _CallRequest) -> Deferred[_Reply]:
+        if not principal.may_act_for(call.user):
+            raise _forbidden(call.user)
+        if not self._api.known_user(call.user):
+            raise ApiError(404, "unknown_user", f"no user {call.user}")
+        d = self._api.create_call(
+            user=call.user,
+            to=call.to,
+            device=call.device,
+            auto_answer=call.auto_answer,
+            mode=call.mode,
+        )
+
+        def created(resource: dict[str, Any]) -> _Reply:
+            location = "/v1/calls/" + quote(str(resource["id"]), safe="")
+            return _Reply(201, resource, [("Location", location)])
+
+        return d.addCallback(created)
+
+    def _get_call(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        principal = self._authenticate(request)
+        d = self._owned_call(principal, match.group("call_id"))
+        return d.addCallback(lambda resource: _Reply(200, resource))
+
+    def _delete_call(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        principal = self._authenticate(request)
+        call_id = match.group("call_id")
+        d = self._owned_call(principal, call_id)
+        d.addCallback(lambda _resource: self._api.hangup_call(call_id))
+        return d.addCallback(lambda resource: _Reply(200, resource))
+
+    def _owned_call(self, principal: _Principal, call_id: str) -> Deferred[dict[str, Any]]:
+        def check(resource: dict[str, Any] | None) -> dict[str, Any]:
+            if resource is None:
+                raise ApiError(404, "not_found", f"no call {call_id}")
+            if not principal.may_act_for(resource.get("user")):
+                raise ApiError(403, "forbidden", f"call {call_id} belongs to another user")
+            return resource
+
+        return self._api.get_call(call_id).addCallback(check)
+
+    def _list_calls(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        principal = self._authenticate(request)
+        query = _Query(request.query)
+        user = query.text("user")
+        if user is not None:
+            _valid_user("user", user)
+        state = query.text("state")
+        if state is not None and state not in CALL_STATES:
+            raise _invalid("state: must be one of " + ", ".join(CALL_STATES))
+        limit_text = query.text("limit")
+        limit = _LIMIT_DEFAULT
+        if limit_text is not None:
+            limit = int(limit_text) if limit_text.isascii() and limit_text.isdigit() else 0
+            if not 1 <= limit <= _LIMIT_MAX:
+                raise _invalid(f"limit: must be an integer from 1 to {_LIMIT_MAX}")
+        d = self._api.list_calls(user=self._limit_to(principal, user), state=state, limit=limit)
+        return d.addCallback(lambda calls: _Reply(200, {"calls": calls}))
+
+    def _list_registrations(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        principal = self._authenticate(request)
+        user = _Query(request.query).text("user")
+        if user is not None:
+            _valid_user("user", user)
+        registrations = self._api.list_registrations(self._limit_to(principal, user))
+        return succeed(_Reply(200, {"registrations": registrations}))
+
+    def _health(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        return succeed(_Reply(200, self._api.health()))
+
+    def _locaphone_call_init(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        """LocaPhone ``call-init.php?user=&to=``; from, cidnum, clir, prv are ignored."""
+        principal = self._authenticate(request)
+        query = _Query(request.query)
+        call = _CallRequest(
+            user=_valid_user("user", query.required("user")),
+            to=_valid_destination("to", query.required("to", number=True)),
+            mode="refer",
+        )
+        return self._start_call(principal, call)
+
+    def _pbxnsip_remote_call(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        """pbxnsip ``remote_call.htm?user=&dest=[&auth=id:password][&connect=true]``.
+
+        Authenticated by a Bearer token, by ``auth`` (the SIP user's own credentials, like
+        pbxnsip) or by HTTP Basic with those credentials (pbxnsip's challenge for links
+        without ``auth``). ``connect=true`` skips the user's confirmation and so maps to
+        ``auto_answer``.
+        """
+        query = _Query(request.query)
+        auth = query.text("auth")
+        if request.authorization is None and auth is not None:
+            principal = self._sip_password(auth, basic=True)
+        else:
+            principal = self._authenticate(request, basic=True)
+        connect = query.text("connect")
+        flags = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+        if connect is not None and connect.lower() not in flags:
+            raise _invalid("connect: must be true or false")
+        call = _CallRequest(
+            user=_valid_user("user", _strip_domain(query.required("user"))),
+            to=_valid_destination("dest", query.required("dest", number=True)),
+            auto_answer=None if connect is None else flags[connect.lower()],
+            mode="refer",
+        )
+        return self._start_call(principal, call)
+
+
+_ROUTES: Final[tuple[_Route, ...]] = (
+    _Route(
+        re.compile("/v1/calls"),
+        {"GET": _Router._list_calls, "POST": _Router._create_call},
+    ),
+    _Route(
+        re.compile(f"/v1/calls/(?P<call_id>{_CALL_ID})"),
+        {"GET": _Router._get_call, "DELETE": _Router._delete_call},
+    ),
+    _Route(re.compile("/v1/registrations"), {"GET": _Router._list_registrations}),
+    _Route(re.compile("/healthz"), {"GET": _Router._health}),
+    # The replaced systems served these below a prefix (LocaPhone: /locaphone/prov/);
+    # any prefix is accepted so that existing links keep working after a DNS change.
+    _Route(
+        re.compile(r"(?:/[^?#]*)?/call-init\.php"),
+        {"GET": _Router._locaphone_call_init},
+        head=False,
+    ),
+    _Route(
+        re.compile(r"(?:/[^?#]*)?/remote_call\.htm"),
+        {"GET": _Router._pbxnsip_remote_call},
+        head=False,
+    ),
+)
+
+
+# ---------------------------------------------------------------------- Twisted adapter
+
+
+class _LimitedRequest(server.Request):
+    """Keeps at most :data:`MAX_BODY_BYTES` of the body in memory and flags the rest."""
+
+    body_too_large = False
+    _body_length = 0
+
+    def gotLength(self, length: int | None) -> None:
+        self._body = BytesIO()
+        self.content = self._body
+        if length is not None and length > MAX_BODY_BYTES:
+            self.body_too_large = True
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_length += len(data)
+        if self._body_length > MAX_BODY_BYTES:
+            self.body_too_large = True
+        if not self.body_too_large:
+            self._body.write(data)
+
+
+class _TwistedRequest(Protocol):
+    """The part of ``twisted.web.server.Request`` used here (Twisted leaves it untyped)."""
+
+    uri: bytes
+    method: bytes
+    content: BinaryIO | None
+    responseHeaders: Headers
+
+    def getHeader(self, key: bytes) -> bytes | None: ...
+    def setResponseCode(self, code: int) -> None: ...
+    def setHeader(self, name: bytes, value: bytes) -> None: ...
+    def write(self, data: bytes) -> None: ...
+    def finish(self) -> None: ...
+    def notifyFinish(self) -> Deferred[None]: ...
+
+
+def _incoming(request: _TwistedRequest) -> _Incoming:
+    uri: bytes = request.uri
+    path, _, query = uri.partition(b"?")
+    authorization = request.getHeader(b"authorization")
+    too_large = bool(getattr(request, "body_too_large", False))
+    body = b"" if too_large or request.content is None else request.content.read()
+    return _Incoming(
+        method=request.method.decode("ascii", "replace").upper(),
+        path=path.decode("latin-1"),
+        query=query,
+        authorization=None if authorization is None else authorization.decode("latin-1"),
+        body=body,
+        body_too_large=too_large,
+    )
+
+
+def _encode(reply: _Reply) -> tuple[_Reply, bytes]:
+    """Serialise; a body that is not JSON-able (an engine bug) becomes a logged 500."""
+    try:
+        return reply, json.dumps(reply.body, ensure_ascii=False).encode("utf-8") + b"\n"
+    except (TypeError, ValueError):
+        _log.failure("cannot serialise reply with status {status}", status=reply.status)
+        fallback = _Reply(500, _error_body("internal", "internal server error"))
+        return fallback, json.dumps(fallback.body).encode("utf-8") + b"\n"
+
+
+class _Resource(Resource):
+    isLeaf = True
+
+    def __init__(self, router: _Router) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._router = router
+
+    def render(self, request: _TwistedRequest) -> int:
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
+        d = self._router.handle(_incoming(request))
+        d.addCallback(self._respond, request, gone)
+        d.addErrback(lambda f: _log.failure("failed to write the response", f))
+        return server.NOT_DONE_YET
+
+    @staticmethod
+    def _respond(reply: _Reply, request: _TwistedRequest, gone: list[Failure]) -> None:
+        if gone:  # the client went away while the engine was working: nobody to tell
+            return
+        reply, payload = _encode(reply)
+        request.setResponseCode(reply.status)
+        request.setHeader(b"Content-Type", _JSON_CONTENT_TYPE)
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"Content-Length", str(len(payload)).encode("ascii"))
+        for name, value in reply.headers:
+            request.responseHeaders.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+        request.write(payload)
+        request.finish()
+
+
+def build_site(
+    api: CallApi,
+    tokens: Mapping[str, str],
+    *,
+    reactor: Any = None,
+    check_password: Callable[[str, str], bool] | None = None,
+) -> server.Site:
+    """The HTTP API as a Twisted ``Site``; listen on it with ``reactor.listenTCP``.
+
+    ``tokens`` maps a bearer token to the user id it may act for, or to ``"*"`` for an
+    administrator. ``check_password(user, password)`` verifies a SIP user's credentials for
+    pbxnsip's ``remote_call.htm?auth=``; without it only bearer tokens are accepted there.
+    ``reactor`` (an ``IReactorTime``) drives the HTTP connection timeouts.
+    """
+    site = server.Site(  # type: ignore[no-untyped-call]
+        _Resource(_Router(api, tokens, check_password)),
+        requestFactory=_LimitedRequest,
+        parsePOSTFormSubmission=False,
+        reactor=reactor,
+    )
+    site.displayTracebacks = False
+    return site

@@ -1,0 +1,118 @@
+"""The contract between the HTTP API and the call engine.
+
+The HTTP layer (:mod:`sipdial.api.http`) validates and authorises requests and then talks
+to the engine only through :class:`CallApi`. The engine answers with plain JSON-able dicts
+("call resources") and reports refusals as :class:`ApiError`, which the HTTP layer turns
+into ``{"error": {"code": ..., "message": ...}}`` with the given status.
+
+Call resource (the dict returned by ``create_call``/``get_call``/``hangup_call``; see
+``sipdial.store.models.CallRecord.to_json``)::
+
+    {
+      "id": "9f3a...",              # URL-safe ([A-Za-z0-9._~-]); used in /v1/calls/{id}
+      "user": "201",                # the user whose phone is rung first (token scoping uses it)
+      "to": "+4930123456",          # normalised target as accepted by the API
+      "mode": "refer",              # "refer" | "bridge"
+      "state": "user_ringing",      # one of CALL_STATES
+      "cause": null | "completed",  # set once state == "ended"
+      "created_at": "2026-11-21T13:35:55.123Z",
+      "ended_at": null | "...",
+      "device": null | "...",
+      "auto_answer": false,
+      "events": [                   # oldest first; every state the call entered
+        {"state": "calling_user", "time": "2026-11-21T13:35:55.123Z",
+         "sip_code": null, "detail": "1 device(s)"},
+        {"state": "user_ringing", "time": "...", "sip_code": 180, "detail": null}
+      ]
+    }
+
+The API layer relies on ``id``, ``user`` and ``state``; ``sipdial call`` prints ``events``
+(falling back to ``state`` if there are none) and ``cause``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+
+__all__ = ["CALL_MODES", "CALL_STATES", "ApiError", "CallApi"]
+
+#: States of a click-to-dial call, in the order a successful call passes through them.
+CALL_STATES: tuple[str, ...] = (
+    "calling_user",
+    "user_ringing",
+    "user_answered",
+    "awaiting_confirmation",
+    "calling_target",
+    "target_ringing",
+    "connected",
+    "ended",
+)
+
+#: Modes a call may be set up in; ``"bridge"`` is part of the contract but not offered yet.
+CALL_MODES: tuple[str, ...] = ("refer", "bridge")
+
+
+class ApiError(Exception):
+    """A refusal the client should see: HTTP status, a stable machine code and a message.
+
+    Example: ``ApiError(409, "user_not_registered", "user 201 has no registered device")``.
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"ApiError({self.status!r}, {self.code!r}, {self.message!r})"
+
+
+class CallApi(Protocol):
+    """What the HTTP API needs from the call engine.
+
+    Arguments arrive validated: ``user`` is a known user the caller may act for, ``to`` is
+    normalised (``+4930123456``, ``201`` or a ``sip:`` URI), ``mode`` is ``"refer"`` or None
+    (engine default). Deferreds may errback with :class:`ApiError`; anything else is
+    reported to the client as a 500.
+    """
+
+    def create_call(
+        self,
+        *,
+        user: str,
+        to: str,
+        device: str | None,
+        auto_answer: bool | None,
+        mode: str | None,
+    ) -> Deferred[dict[str, Any]]:
+        """Start a call; fires with the new call resource."""
+        ...
+
+    def get_call(self, call_id: str) -> Deferred[dict[str, Any] | None]:
+        """Fire with the call resource, or None if there is no such call."""
+        ...
+
+    def list_calls(
+        self, *, user: str | None, state: str | None, limit: int
+    ) -> Deferred[list[dict[str, Any]]]:
+        """Newest first, at most ``limit``, optionally filtered by user and state."""
+        ...
+
+    def hangup_call(self, call_id: str) -> Deferred[dict[str, Any]]:
+        """Cancel or hang up; fire with the resource. Errback ApiError(404, "not_found", ...)."""
+        ...
+
+    def list_registrations(self, user: str | None) -> list[dict[str, Any]]:
+        """Current registrations (contacts, User-Agent, expiry), optionally of one user."""
+        ...
+
+    def known_user(self, user: str) -> bool:
+        """Whether ``user`` is a configured user."""
+        ...
+
+    def health(self) -> dict[str, Any]:
+        """A small JSON-able status document for ``GET /healthz``."""
+        ...

@@ -1,0 +1,386 @@
+"""``sipdial`` command line: ``call`` against a scripted stdlib HTTP server, and the rest."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sipdial import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------ scripted API server
+
+
+@dataclass
+class Script:
+    """What the fake API answers: the POST reply, then one call state per GET."""
+
+    post_status: int = 201
+    post_body: bytes | dict[str, Any] = field(
+        default_factory=lambda: timeline(("calling_user", None))
+    )
+    states: list[dict[str, Any]] = field(default_factory=list)
+    get_status: int = 200
+    requests: list[tuple[str, str, dict[str, str], Any]] = field(default_factory=list)
+    polls: int = 0
+
+
+def call(**fields: Any) -> dict[str, Any]:
+    return {"id": "c1", "user": "201", "to": "+4930123456", "cause": None, **fields}
+
+
+def event_time(second: int) -> str:
+    return f"2026-11-21T13:35:{second:02d}.250Z"
+
+
+def timeline(*steps: tuple[str, int | None], cause: str | None = None) -> dict[str, Any]:
+    """A call resource whose events are ``steps`` (state, SIP code), one second apart."""
+    events = [
+        {"state": state, "time": event_time(i), "sip_code": code, "detail": None}
+        for i, (state, code) in enumerate(steps)
+    ]
+    return call(state=steps[-1][0], cause=cause, events=events)
+
+
+def local_hms(iso: str) -> str:
+    return datetime.fromisoformat(iso).astimezone().strftime("%H:%M:%S")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _ScriptedServer
+
+    def _record(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        body = json.loads(raw) if raw else None
+        self.server.script.requests.append((self.command, self.path, dict(self.headers), body))
+
+    def _reply(self, status: int, body: bytes | dict[str, Any]) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        self._record()
+        script = self.server.script
+        self._reply(script.post_status, script.post_body)
+
+    def do_GET(self) -> None:
+        self._record()
+        script = self.server.script
+        if script.get_status != 200:
+            self._reply(script.get_status, {"error": {"code": "not_found", "message": "gone"}})
+            return
+        state = script.states[min(script.polls, len(script.states) - 1)]
+        script.polls += 1
+        self._reply(200, state)
+
+    def do_DELETE(self) -> None:
+        self._record()
+        self._reply(200, call(state="ended", cause="cancelled"))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _ScriptedServer(ThreadingHTTPServer):
+    script: Script
+
+
+@pytest.fixture
+def api() -> Iterator[tuple[str, Script]]:
+    server = _ScriptedServer(("127.0.0.1", 0), _Handler)
+    server.script = Script()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", server.script
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+    sleeps: list[float]
+
+
+class FakeTime:
+    """Monotonic time that only moves when the CLI sleeps."""
+
+    def __init__(self, interrupt_after: int | None = None) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        self._interrupt_after = interrupt_after
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        if self._interrupt_after is not None and len(self.sleeps) >= self._interrupt_after:
+            raise KeyboardInterrupt
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def run(argv: list[str], clock: FakeTime | None = None) -> Run:
+    clock = clock or FakeTime()
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(argv, stdout=out, stderr=err, sleep=clock.sleep, monotonic=clock.monotonic)
+    return Run(code, out.getvalue(), err.getvalue(), clock.sleeps)
+
+
+def state_lines(output: str) -> list[str]:
+    lines = []
+    for line in output.splitlines():
+        match = re.fullmatch(r"\d\d:\d\d:\d\d (.*)", line)
+        if match:
+            lines.append(match.group(1))
+    return lines
+
+
+@pytest.fixture(autouse=True)
+def _no_token_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SIPDIAL_TOKEN", raising=False)
+
+
+# -------------------------------------------------------------------------------- call
+
+
+STEPS: list[tuple[str, int | None]] = [
+    ("calling_user", None),
+    ("user_ringing", 180),
+    ("user_answered", 200),
+    ("awaiting_confirmation", None),
+    ("calling_target", None),
+    ("target_ringing", 180),
+    ("target_ringing", 183),
+    ("connected", 200),
+    ("ended", None),
+]
+
+
+def test_call_prints_every_event_and_exits_0_when_completed(api: tuple[str, Script]) -> None:
+    url, script = api
+    # Polls see 2, 2 (nothing new), 5 (three states passed between polls), 8, all events.
+    script.states = [
+        timeline(*STEPS[:2]),
+        timeline(*STEPS[:2]),
+        timeline(*STEPS[:5]),
+        timeline(*STEPS[:8]),
+        timeline(*STEPS, cause="completed"),
+    ]
+    result = run(["call", "201", "+49 30 123456", "--server", url + "/"])
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[0] == "call c1: 201 -> +4930123456"
+    assert lines[1:-1] == [
+        f"{local_hms(event_time(i))} {state}" + ("" if code is None else f" {code}")
+        for i, (state, code) in enumerate(STEPS)
+    ]
+    assert lines[-1] == "cause: completed"
+    assert result.err == ""
+    assert result.sleeps == [cli.POLL_INTERVAL] * 5
+    method, path, headers, body = script.requests[0]
+    assert (method, path) == ("POST", "/v1/calls")
+    assert body == {"user": "201", "to": "+49 30 123456"}
+    assert headers["Authorization"] == "Bearer admin-secret"
+    assert headers["Content-Type"] == "application/json"
+    assert {(m, p) for m, p, _, _ in script.requests[1:]} == {("GET", "/v1/calls/c1")}
+
+
+def test_call_without_events_prints_state_changes(api: tuple[str, Script]) -> None:
+    url, script = api
+    script.post_body = call(state="calling_user")
+    script.states = [
+        call(state="user_ringing"),
+        call(state="user_ringing"),
+        call(state="connected"),
+        call(state="ended", cause="completed"),
+    ]
+    result = run(["call", "201", "1", "--server", url])
+    assert result.code == 0
+    assert state_lines(result.out) == ["calling_user", "user_ringing", "connected", "ended"]
+
+
+def test_call_sends_options_and_token(api: tuple[str, Script]) -> None:
+    url, script = api
+    script.states = [timeline(("calling_user", None), ("ended", None), cause="completed")]
+    argv = ["call", "201", "sip:bob@example.com", "--server", url, "--token", "t0k"]
+    argv += ["--device", "desk", "--auto-answer", "--mode", "refer"]
+    assert run(argv).code == 0
+    _, _, headers, body = script.requests[0]
+    assert headers["Authorization"] == "Bearer t0k"
+    assert body == {
+        "user": "201",
+        "to": "sip:bob@example.com",
+        "device": "desk",
+        "auto_answer": True,
+        "mode": "refer",
+    }
+
+
+def test_call_token_from_environment(
+    api: tuple[str, Script], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, script = api
+    monkeypatch.setenv("SIPDIAL_TOKEN", "from-env")
+    script.post_body = timeline(("ended", 403), cause="user_rejected")
+    assert run(["call", "201", "1", "--server", url]).code == 1
+    assert script.requests[0][2]["Authorization"] == "Bearer from-env"
+    assert len(script.requests) == 1  # already ended: no polling
+
+
+def test_call_that_fails_exits_1_with_its_cause(api: tuple[str, Script]) -> None:
+    url, script = api
+    script.states = [timeline(("calling_user", None), ("ended", 486), cause="user_busy")]
+    result = run(["call", "201", "1", "--server", url])
+    assert result.code == 1
+    assert state_lines(result.out)[-1] == "ended 486"
+    assert result.out.splitlines()[-1] == "cause: user_busy"
+
+
+def test_api_error_is_printed_with_code_and_exit_2(api: tuple[str, Script]) -> None:
+    url, script = api
+    script.post_status = 409
+    script.post_body = {
+        "error": {"code": "user_not_registered", "message": "user 201 has no registered device"}
+    }
+    result = run(["call", "201", "1", "--server", url])
+    assert result.code == 2
+    assert result.err == "error: user_not_registered: user 201 has no registered device\n"
+    assert result.out == ""
+
+
+def test_non_json_error_is_still_reported(api: tuple[str, Script]) -> None:
+    url, script = api
+    script.post_status = 502
+    script.post_body = b"<html>bad gateway</html>"
+    result = run(["call", "201", "1", "--server", url])
+    assert result.code == 2
+    assert result.err.startswith("error: http_502: ")
+
+
+def test_non_json_success_is_an_error(api: tuple[str, Script]) -> None:
+    url, script = api
+    script.post_body = b"OK"
+    result = run(["call", "201", "1", "--server", url])
+    assert result.code == 2
+    assert result.err.startswith("error: bad_response: ")
+
+
+def test_error_while_following_the_call_exits_2(api: tuple[str, Script]) -> None:
+    url, script = api
+    script.get_status = 404
+    result = run(["call", "201", "1", "--server", url])
+    assert result.code == 2
+    assert result.err == "error: not_found: gone\n"
+
+
+def test_unreachable_server_exits_2(api: tuple[str, Script]) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = run(["call", "201", "1", "--server", f"http://127.0.0.1:{port}"])
+    assert result.code == 2
+    assert result.err.startswith(f"error: cannot reach sipdial at http://127.0.0.1:{port}: ")
+    assert result.out == ""
+
+
+def test_call_gives_up_after_timeout(api: tuple[str, Script]) -> None:
+    url, script = api
+    script.states = [timeline(("calling_user", None), ("target_ringing", 180))]
+    result = run(["call", "201", "1", "--server", url, "--timeout", "1"])
+    assert result.code == 1
+    assert sum(result.sleeps) == pytest.approx(1.0)
+    assert script.polls == 4
+    assert result.err == "error: timeout: call c1 still target_ringing after 1 s\n"
+
+
+def test_interrupt_hangs_up_the_call(api: tuple[str, Script]) -> None:
+    url, script = api
+    script.states = [timeline(("calling_user", None), ("user_ringing", 180))]
+    result = run(["call", "201", "1", "--server", url], FakeTime(interrupt_after=2))
+    assert result.code == 130
+    assert ("DELETE", "/v1/calls/c1") in [(m, p) for m, p, _, _ in script.requests]
+    assert "call c1 hung up" in result.err
+
+
+# ------------------------------------------------------------------ serve, check-config
+
+
+def test_serve_calls_app_serve_and_returns_its_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    def serve(config_path: str, ready_file: str | None) -> int:
+        seen.append((config_path, ready_file))
+        return 3
+
+    fake_app = types.ModuleType("sipdial.app")
+    fake_app.serve = serve  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "sipdial.app", fake_app)
+    assert run(["serve", "--config", "x.toml", "--ready-file", "/tmp/r"]).code == 3
+    assert run(["serve"]).code == 3
+    assert seen == [("x.toml", "/tmp/r"), ("config/sipdial.toml", None)]
+
+
+def test_check_config_ok() -> None:
+    path = str(ROOT / "config" / "sipdial.toml")
+    result = run(["check-config", path])
+    assert result.code == 0, result.err
+    assert result.out.startswith(f"{path}: OK")
+
+
+@pytest.mark.parametrize(
+    "make_path",
+    [
+        lambda tmp: tmp / "missing.toml",
+        lambda tmp: (tmp / "bad.toml", (tmp / "bad.toml").write_text("[sip\n"))[0],
+    ],
+)
+def test_check_config_error_exits_2(tmp_path: Path, make_path: Callable[[Path], Path]) -> None:
+    result = run(["check-config", str(make_path(tmp_path))])
+    assert result.code == 2
+    assert result.err.startswith("error: ")
+    assert result.out == ""
+
+
+# ------------------------------------------------------------------------ entry points
+
+
+def test_python_dash_m_sipdial() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sipdial", "--help"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0
+    assert "check-config" in done.stdout
+
+
+def test_missing_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main([])
+    assert exc.value.code == 2
+    assert "usage: sipdial" in capsys.readouterr().err
