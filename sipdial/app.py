@@ -36,7 +36,7 @@ SWEEP_INTERVAL = 10.0
 class _RtpSink(protocol.DatagramProtocol):
     """Where REFER-mode offers point the phone's audio: received and dropped."""
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         pass
 
 
@@ -157,7 +157,9 @@ def start(config: Config, reactor: Any) -> Any:
 
 def serve(config_path: str, ready_file: str | None = None) -> int:
     """``sipdial serve``: run until SIGINT/SIGTERM. Returns the exit code."""
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
 
     logging.basicConfig(level=os.environ.get("SIPDIAL_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -178,17 +180,17 @@ def serve(config_path: str, ready_file: str | None = None) -> int:
     def failed(failure: Any) -> None:
         log.error("sipdial failed to start: %s", failure.getErrorMessage())
         exit_code[0] = 1
-        reactor.stop()  # type: ignore[attr-defined]
+        reactor.stop()
 
     def shutdown() -> Deferred[Any] | None:
         if holder:
-            return holder[0].stop()  # type: ignore[no-any-return]
+            return holder[0].stop()
         return None
 
     d: Deferred[Running] = start(config, reactor)
     d.addCallbacks(started, failed)
-    reactor.addSystemEventTrigger("before", "shutdown", shutdown)  # type: ignore[attr-defined]
-    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", shutdown)
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
+    reactor.run()
     sys.stdout.flush()
     return exit_code[0]

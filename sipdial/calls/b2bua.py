@@ -37,8 +37,8 @@ class BridgedCall:
         self.a = a
         a.owner = self
         self.c2d = c2d
-        body = a.request.body
-        ctype = a.request.headers.get("Content-Type") if body else None
+        body = a.invite.body
+        ctype = a.invite.headers.get("Content-Type") if body else None
         self.b = UacLeg(engine.ua, self, uri=target_uri, peer=target_peer, from_party=caller,
                         to_party=callee, body=body, content_type=ctype, label="target")
         self._relays: dict[ClientTransaction, ServerTransaction] = {}
@@ -170,7 +170,7 @@ class BridgedCall:
                                  message.headers.get("Content-Type") or "application/sdp")
             response.body = message.body
         if server_txn.method == "INVITE" and message.status < 300:
-            leg = self.a if server_txn.request.headers.get("Call-ID") == self.a.request.headers.get(
+            leg = self.a if server_txn.request.headers.get("Call-ID") == self.a.invite.headers.get(
                 "Call-ID") else None
             contact = self.a.contact if leg is not None else self.engine.ua.endpoint.contact(
                 self.b.peer)

@@ -77,7 +77,7 @@ class CallEngine:
 
     def refer_target(self, to: str, phone: Peer, call_id: str) -> str:
         """Refer-To: the target at sipdial, reachable over the transport the phone uses."""
-        host, port = self.ua.endpoint.local_for(phone)
+        _host, port = self.ua.endpoint.local_for(phone)
         domain = self.domain
         hostport = domain if port == 5060 and phone.transport == "udp" else f"{domain}:{port}"
         if ":" in domain and not domain.startswith("["):

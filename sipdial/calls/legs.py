@@ -207,7 +207,7 @@ class UasLeg:
         self.txn = txn
         self.source = source
         self.label = label
-        self.request = txn.request
+        self.invite = txn.request
         self.local_tag = ua.new_tag()
         self.state = LegState.CALLING
         self.dialog: Dialog | None = None
@@ -230,7 +230,7 @@ class UasLeg:
     def answer(self, now: float, *, body: bytes = b"", content_type: str | None = None) -> None:
         if self.state not in (LegState.CALLING, LegState.EARLY):
             return
-        self.dialog = Dialog.from_uas(self.request, self.local_tag, self.source, self.contact)
+        self.dialog = Dialog.from_uas(self.invite, self.local_tag, self.source, self.contact)
         self.ua.add_dialog(self.dialog, self)
         self.state = LegState.CONFIRMED
         self._respond(200, now, body, content_type)
@@ -239,7 +239,7 @@ class UasLeg:
         if self.state not in (LegState.CALLING, LegState.EARLY):
             return
         self.state = LegState.ENDED
-        response = make_response(self.request, status, reason, to_tag=self.local_tag)
+        response = make_response(self.invite, status, reason, to_tag=self.local_tag)
         self.ua.endpoint.respond(self.txn, response, now)
 
     def bye(self, now: float) -> None:
@@ -264,7 +264,7 @@ class UasLeg:
         return self.ua.send_in_dialog(self.dialog, request, self, now)
 
     def _respond(self, status: int, now: float, body: bytes, content_type: str | None) -> None:
-        response = make_response(self.request, status, to_tag=self.local_tag)
+        response = make_response(self.invite, status, to_tag=self.local_tag)
         if status != 100:
             response.headers.add("Contact", self.contact)
         if body:

@@ -67,7 +67,7 @@ class Action(enum.Enum):
     RELEASE_ALL = "CANCEL or BYE every leg still up"
 
 
-St, I, C, A = CallState, Input, Cause, Action
+St, In, C, A = CallState, Input, Cause, Action
 Row: TypeAlias = tuple[CallState, Cause | None, tuple[Action, ...]]
 _ = ()
 
@@ -79,36 +79,36 @@ _TARGET_PHASE = (St.USER_ANSWERED, St.CALLING_TARGET, St.TARGET_RINGING)
 
 TRANSITIONS: dict[tuple[CallState, Input], Row] = {
     # --- ringing the user's phone(s)
-    (St.CALLING_USER, I.USER_RINGING): (St.USER_RINGING, None, _),
-    (St.USER_RINGING, I.USER_RINGING): (St.USER_RINGING, None, _),
-    **{(s, I.USER_ANSWERED): (St.USER_ANSWERED, None,
+    (St.CALLING_USER, In.USER_RINGING): (St.USER_RINGING, None, _),
+    (St.USER_RINGING, In.USER_RINGING): (St.USER_RINGING, None, _),
+    **{(s, In.USER_ANSWERED): (St.USER_ANSWERED, None,
                               (A.CANCEL_OTHER_DEVICES, A.CONNECT_TARGET)) for s in _RINGING_USER},
-    **{(s, I.USER_BUSY): (St.ENDED, C.USER_BUSY, (A.RELEASE_ALL,)) for s in _RINGING_USER},
-    **{(s, I.USER_REJECTED): (St.ENDED, C.USER_REJECTED, (A.RELEASE_ALL,)) for s in _RINGING_USER},
-    **{(s, I.USER_NO_ANSWER): (St.ENDED, C.USER_NO_ANSWER, (A.RELEASE_ALL,))
+    **{(s, In.USER_BUSY): (St.ENDED, C.USER_BUSY, (A.RELEASE_ALL,)) for s in _RINGING_USER},
+    **{(s, In.USER_REJECTED): (St.ENDED, C.USER_REJECTED, (A.RELEASE_ALL,)) for s in _RINGING_USER},
+    **{(s, In.USER_NO_ANSWER): (St.ENDED, C.USER_NO_ANSWER, (A.RELEASE_ALL,))
        for s in _RINGING_USER},
-    **{(s, I.USER_FAILED): (St.ENDED, C.FAILED, (A.RELEASE_ALL,)) for s in _RINGING_USER},
+    **{(s, In.USER_FAILED): (St.ENDED, C.FAILED, (A.RELEASE_ALL,)) for s in _RINGING_USER},
     # --- reaching the target (REFER: the phone dials it through sipdial; bridge: we do)
-    (St.USER_ANSWERED, I.TARGET_CALLING): (St.CALLING_TARGET, None, _),
-    (St.CALLING_TARGET, I.TARGET_CALLING): (St.CALLING_TARGET, None, _),
-    (St.USER_ANSWERED, I.TARGET_RINGING): (St.TARGET_RINGING, None, _),
-    (St.CALLING_TARGET, I.TARGET_RINGING): (St.TARGET_RINGING, None, _),
-    (St.TARGET_RINGING, I.TARGET_RINGING): (St.TARGET_RINGING, None, _),
-    (St.TARGET_RINGING, I.TARGET_CALLING): (St.TARGET_RINGING, None, _),
-    **{(s, I.TARGET_ANSWERED): (St.CONNECTED, None, (A.RELEASE_USER,)) for s in _TARGET_PHASE},
-    **{(s, I.USER_HUNG_UP): (St.ENDED, C.USER_HUNG_UP, (A.RELEASE_ALL,)) for s in _TARGET_PHASE},
-    **{(s, I.REFER_FAILED): (St.ENDED, C.REFER_FAILED, (A.RELEASE_ALL,)) for s in _TARGET_PHASE},
-    **{(s, I.TARGET_BUSY): (St.ENDED, C.TARGET_BUSY, (A.RELEASE_ALL,)) for s in _TARGET_PHASE},
-    **{(s, I.TARGET_NO_ANSWER): (St.ENDED, C.TARGET_NO_ANSWER, (A.RELEASE_ALL,))
+    (St.USER_ANSWERED, In.TARGET_CALLING): (St.CALLING_TARGET, None, _),
+    (St.CALLING_TARGET, In.TARGET_CALLING): (St.CALLING_TARGET, None, _),
+    (St.USER_ANSWERED, In.TARGET_RINGING): (St.TARGET_RINGING, None, _),
+    (St.CALLING_TARGET, In.TARGET_RINGING): (St.TARGET_RINGING, None, _),
+    (St.TARGET_RINGING, In.TARGET_RINGING): (St.TARGET_RINGING, None, _),
+    (St.TARGET_RINGING, In.TARGET_CALLING): (St.TARGET_RINGING, None, _),
+    **{(s, In.TARGET_ANSWERED): (St.CONNECTED, None, (A.RELEASE_USER,)) for s in _TARGET_PHASE},
+    **{(s, In.USER_HUNG_UP): (St.ENDED, C.USER_HUNG_UP, (A.RELEASE_ALL,)) for s in _TARGET_PHASE},
+    **{(s, In.REFER_FAILED): (St.ENDED, C.REFER_FAILED, (A.RELEASE_ALL,)) for s in _TARGET_PHASE},
+    **{(s, In.TARGET_BUSY): (St.ENDED, C.TARGET_BUSY, (A.RELEASE_ALL,)) for s in _TARGET_PHASE},
+    **{(s, In.TARGET_NO_ANSWER): (St.ENDED, C.TARGET_NO_ANSWER, (A.RELEASE_ALL,))
        for s in _TARGET_PHASE},
-    **{(s, I.TARGET_FAILED): (St.ENDED, C.TARGET_FAILED, (A.RELEASE_ALL,))
+    **{(s, In.TARGET_FAILED): (St.ENDED, C.TARGET_FAILED, (A.RELEASE_ALL,))
        for s in _TARGET_PHASE},
     # --- talking
-    (St.CONNECTED, I.TARGET_ANSWERED): (St.CONNECTED, None, _),
-    (St.CONNECTED, I.HANGUP): (St.ENDED, C.COMPLETED, (A.RELEASE_ALL,)),
+    (St.CONNECTED, In.TARGET_ANSWERED): (St.CONNECTED, None, _),
+    (St.CONNECTED, In.HANGUP): (St.ENDED, C.COMPLETED, (A.RELEASE_ALL,)),
     # --- from anywhere alive
-    **{(s, I.CANCEL): (St.ENDED, C.CANCELLED, (A.RELEASE_ALL,)) for s in _LIVE},
-    **{(s, I.FAILED): (St.ENDED, C.FAILED, (A.RELEASE_ALL,)) for s in _LIVE},
+    **{(s, In.CANCEL): (St.ENDED, C.CANCELLED, (A.RELEASE_ALL,)) for s in _LIVE},
+    **{(s, In.FAILED): (St.ENDED, C.FAILED, (A.RELEASE_ALL,)) for s in _LIVE},
 }
 
 
@@ -129,17 +129,17 @@ def transition(state: CallState, inp: Input) -> Row | None:
 # SIP final status of the user's device(s) -> input (RFC 3261 §21; RFC 3326 causes)
 def user_failure_input(status: int) -> Input:
     if status in (486, 600):
-        return I.USER_BUSY
+        return In.USER_BUSY
     if status in (603, 607, 608):
-        return I.USER_REJECTED
+        return In.USER_REJECTED
     if status in (408, 480, 487):
-        return I.USER_NO_ANSWER
-    return I.USER_FAILED
+        return In.USER_NO_ANSWER
+    return In.USER_FAILED
 
 
 def target_failure_input(status: int) -> Input:
     if status in (486, 600):
-        return I.TARGET_BUSY
+        return In.TARGET_BUSY
     if status in (408, 480, 487):
-        return I.TARGET_NO_ANSWER
-    return I.TARGET_FAILED
+        return In.TARGET_NO_ANSWER
+    return In.TARGET_FAILED

@@ -49,7 +49,7 @@ class Dialog:
     @classmethod
     def from_uac(cls, request: Request, response: Response, peer: Peer,
                  local_contact: str) -> Dialog:
-        """§12.1.2: from a 2xx (or 101–199 with To tag) to our dialog-creating request."""
+        """§12.1.2: from a 2xx (or 101-199 with To tag) to our dialog-creating request."""
         remote = to(response)
         if remote.tag is None:
             raise SipError("response creates no dialog: To has no tag")

@@ -99,7 +99,7 @@ class Endpoint:
                 try:
                     response = make_response(request, exc.status, _short(str(exc)))
                     self.txns.send_stateless(response, source)
-                except Exception:  # noqa: BLE001 - best effort on garbage
+                except Exception:
                     self.stats.dropped += 1
             return
         self.txns.receive(message, reply_to, now)

@@ -2,7 +2,7 @@
 
 The :class:`TransactionLayer` is fed parsed messages with the time they arrived and returns
 typed events for the transaction user (TU). Bytes to send are appended to ``outbox`` as
-``(Peer, bytes)``; the transport adapter drains it. Timers A–M live in one shared
+``(Peer, bytes)``; the transport adapter drains it. Timers A-M live in one shared
 :class:`~sipdial.sip.timers.TimerHeap`, so the process needs one reactor timer in all.
 
 Every transaction kind is one table ``(state, input) -> (next state, actions)``: a reader sees
@@ -127,7 +127,8 @@ INVITE_CLIENT: Table = {
     (S.CALLING, In.TIMER_B): (S.TERMINATED, (Do.TIMEOUT,)),
     (S.CALLING, In.R1XX): (S.PROCEEDING, (Do.STOP_RETRANSMIT, Do.PASS_TO_TU)),
     (S.CALLING, In.R2XX): (S.ACCEPTED, (Do.STOP_RETRANSMIT, Do.PASS_TO_TU, Do.START_M)),
-    (S.CALLING, In.R3XX_6XX): (S.COMPLETED, (Do.STOP_RETRANSMIT, Do.PASS_TO_TU, Do.SEND_ACK, Do.START_D)),
+    (S.CALLING, In.R3XX_6XX): (S.COMPLETED,
+                               (Do.STOP_RETRANSMIT, Do.PASS_TO_TU, Do.SEND_ACK, Do.START_D)),
     (S.CALLING, In.TRANSPORT_ERROR): (S.TERMINATED, (Do.REPORT_TRANSPORT_ERROR,)),
     (S.PROCEEDING, In.TIMER_A): (S.PROCEEDING, _),
     (S.PROCEEDING, In.TIMER_B): (S.PROCEEDING, _),
@@ -314,9 +315,13 @@ class _Txn:
         old = self._timers.get(which)
         if old is not None:
             old.cancel()
-        self._timers[which] = self.layer.timers.schedule(
-            now + delay, lambda t, w=which: self.layer._fire(self, w, t)
-        )
+        txn: ClientTransaction | ServerTransaction = self  # type: ignore[assignment]
+        layer = self.layer
+
+        def fire(t: float) -> None:
+            layer._fire(txn, which, t)
+
+        self._timers[which] = layer.timers.schedule(now + delay, fire)
 
     def _stop_timer(self, which: In) -> None:
         handle = self._timers.pop(which, None)

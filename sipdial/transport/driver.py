@@ -13,11 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import protocol
-from twisted.internet.interfaces import IDelayedCall, IListeningPort
 
 from sipdial.sip.endpoint import Endpoint, family
-from sipdial.sip.message import StreamFramer
 from sipdial.sip.errors import ParseError
+from sipdial.sip.message import StreamFramer
 from sipdial.sip.peer import Peer
 from sipdial.sip.timers import TimerHeap
 from sipdial.sip.transaction import Event
@@ -31,7 +30,7 @@ class _Udp(protocol.DatagramProtocol):
     def __init__(self, driver: SipDriver) -> None:
         self.driver = driver
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         self.driver.receive(datagram, Peer("udp", addr[0], addr[1]))
 
 
@@ -42,27 +41,29 @@ class _TcpConnection(protocol.Protocol):
         self.peer: Peer | None = None
         self.pending: list[bytes] = []
 
-    def connectionMade(self) -> None:  # noqa: N802
-        addr = self.transport.getPeer()  # type: ignore[union-attr]
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        addr = transport.getPeer()
         self.peer = Peer("tcp", addr.host, addr.port)
         self.driver._tcp[self.peer] = self
         self.driver._connecting.pop(self.peer, None)
         for data in self.pending:
-            self.transport.write(data)  # type: ignore[union-attr]
+            transport.write(data)
         self.pending.clear()
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         assert self.peer is not None
         try:
             messages = self.framer.feed(data)
         except ParseError as exc:
             log.info("closing %s: bad stream: %s", self.peer, exc)
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            transport: Any = self.transport
+            transport.loseConnection()
             return
         for message in messages:
             self.driver.receive(message, self.peer)
 
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+    def connectionLost(self, reason: Any = None) -> None:
         if self.peer is not None and self.driver._tcp.get(self.peer) is self:
             del self.driver._tcp[self.peer]
 
@@ -71,7 +72,7 @@ class _TcpFactory(protocol.ServerFactory):
     def __init__(self, driver: SipDriver) -> None:
         self.driver = driver
 
-    def buildProtocol(self, addr: Any) -> _TcpConnection:  # noqa: N802
+    def buildProtocol(self, addr: Any) -> _TcpConnection:
         return _TcpConnection(self.driver)
 
 
@@ -81,10 +82,10 @@ class _TcpClientFactory(protocol.ClientFactory):
         self.conn = conn
         self.peer = peer
 
-    def buildProtocol(self, addr: Any) -> _TcpConnection:  # noqa: N802
+    def buildProtocol(self, addr: Any) -> _TcpConnection:
         return self.conn
 
-    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:  # noqa: N802
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
         self.driver._connecting.pop(self.peer, None)
         self.driver.transport_failed(self.peer)
 
@@ -98,8 +99,8 @@ class SipDriver:
         self._udp: dict[int, Any] = {}  # address family -> listening UDP port
         self._tcp: dict[Peer, _TcpConnection] = {}
         self._connecting: dict[Peer, _TcpConnection] = {}
-        self._listening: list[IListeningPort] = []
-        self._timer: IDelayedCall | None = None
+        self._listening: list[Any] = []
+        self._timer: Any = None
         self._pumping = False
 
     # ------------------------------------------------------------ setup
@@ -124,8 +125,9 @@ class SipDriver:
         for lp in self._listening:
             lp.stopListening()
         for conn in list(self._tcp.values()):
-            if conn.transport is not None:
-                conn.transport.loseConnection()
+            transport: Any = conn.transport
+            if transport is not None:
+                transport.loseConnection()
 
     # ------------------------------------------------------------ input
 
@@ -201,7 +203,8 @@ class SipDriver:
             return
         conn = self._tcp.get(peer) or self._connecting.get(peer)
         if conn is not None and conn.transport is not None and conn.peer == peer:
-            conn.transport.write(data)
+            transport: Any = conn.transport
+            transport.write(data)
             return
         if conn is not None:
             conn.pending.append(data)

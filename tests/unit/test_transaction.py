@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from sipdial.sip.message import Request, Response, make_response, parse_message
@@ -202,7 +204,7 @@ def test_non_invite_client_backoff_caps_at_t2_and_times_out_at_64t1() -> None:
             times.append(h.now)
     # Timer E: 0.5, 1.5, 3.5, 7.5, 11.5, 15.5 ... capped at T2 = 4 s
     assert times[:6] == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5]
-    assert all(b - a == 4.0 for a, b in zip(times[3:], times[4:], strict=False))
+    assert all(b - a == 4.0 for a, b in itertools.pairwise(times[3:]))
     assert isinstance(h.layer.drain_events()[0], TransactionTimeout)
 
 

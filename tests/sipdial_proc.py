@@ -1,0 +1,192 @@
+"""Run a real sipdial process for integration tests: its own config, ephemeral ports.
+
+sipdial listens on port 0 everywhere and reports the ports it got in the "sipdial ready"
+log line, which this helper waits for (an event, not a sleep). The HTTP API is then used
+exactly as a CRM would use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ADMIN = "admin-secret"
+
+
+def config_text(db: Path, *, users: list[dict[str, Any]], routes: list[dict[str, str]],
+                calls: dict[str, Any] | None = None, transports: tuple[str, ...] = ("udp", "tcp"),
+                host: str = "127.0.0.1") -> str:
+    h = f"[{host}]" if ":" in host else host
+    listen = ", ".join(f'"{t}:{h}:0"' for t in transports)
+    lines = [
+        "[sip]", f"listen = [{listen}]", f'domain = "{host}"',
+        "[http]", f'listen = "{h}:0"',
+        "[store]", f'url = "sqlite:///{db}"',
+        "[api]", f'tokens = {{ "{ADMIN}" = "*", "tok-201" = "201" }}',
+    ]
+    for user in users:
+        lines.append("[[users]]")
+        for key, value in user.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+    for route in routes:
+        lines.append("[[routes]]")
+        for key, value in route.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+    if calls:
+        lines.append("[calls]")
+        for key, value in calls.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+class Sipdial:
+    def __init__(self, tmp_path: Path, **config: Any) -> None:
+        self.dir = tmp_path / "sipdial"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.db = self.dir / "sipdial.db"
+        self.config_path = self.dir / "sipdial.toml"
+        self.config_path.write_text(config_text(self.db, **config))
+        self.log_path = self.dir / "sipdial.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, Any] = {}
+        self._log: list[str] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, timeout: float = 20.0) -> Sipdial:
+        env = dict(os.environ, SIPDIAL_LOG=os.environ.get("SIPDIAL_LOG", "DEBUG"))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sipdial", "serve", "--config", str(self.config_path)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=env, cwd=self.dir)
+        assert self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        buffer = b""
+        while time.monotonic() < deadline:
+            if not sel.select(deadline - time.monotonic()):
+                break
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                text = line.decode("utf-8", "replace")
+                self._log.append(text)
+                if "sipdial ready: " in text:
+                    self.info = json.loads(text.split("sipdial ready: ", 1)[1])
+                    self._drain_in_background()
+                    return self
+        self.stop()
+        raise RuntimeError("sipdial did not start:\n" + "\n".join(self._log[-40:]))
+
+    def _drain_in_background(self) -> None:
+        import threading
+
+        assert self.proc is not None and self.proc.stdout is not None
+        stdout = self.proc.stdout
+
+        def pump() -> None:
+            with open(self.log_path, "ab") as fh:
+                fh.write(("\n".join(self._log) + "\n").encode())
+                for line in stdout:
+                    fh.write(line)
+                    fh.flush()
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def __enter__(self) -> Sipdial:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "\n".join(self._log)
+
+    # ------------------------------------------------------------ addresses
+
+    def sip_port(self, transport: str = "udp") -> int:
+        for entry in self.info["sip"]:
+            if entry["transport"] == transport:
+                return int(entry["port"])
+        raise KeyError(transport)
+
+    @property
+    def http_url(self) -> str:
+        http = self.info["http"]
+        host = f"[{http['host']}]" if ":" in http["host"] else http["host"]
+        return f"http://{host}:{http['port']}"
+
+    # ------------------------------------------------------------ HTTP API
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None,
+            token: str | None = ADMIN) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.http_url + path, data=data, method=method)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def wait_registered(self, user: str, count: int = 1, timeout: float = 15.0) -> list[Any]:
+        return self._wait(lambda: self._registrations(user, count), timeout,
+                          f"{count} registration(s) of {user}")
+
+    def _registrations(self, user: str, count: int) -> list[Any] | None:
+        status, body = self.api("GET", f"/v1/registrations?user={user}")
+        regs = body.get("registrations", body) if isinstance(body, dict) else body
+        return regs if status == 200 and len(regs) >= count else None
+
+    def wait_state(self, call_id: str, state: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Poll the call resource until it reaches ``state`` (the API has no push yet)."""
+        def check() -> dict[str, Any] | None:
+            status, call = self.api("GET", f"/v1/calls/{call_id}")
+            assert status == 200, call
+            if call["state"] == state or any(e["state"] == state for e in call["events"]):
+                return dict(call)
+            if call["state"] == "ended" and state != "ended":
+                raise AssertionError(f"call ended before {state}: {call}")
+            return None
+        return self._wait(check, timeout, f"call {call_id} state {state}")
+
+    def _wait(self, check: Any, timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = check()
+            if result is not None:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}\n--- sipdial log tail:\n"
+                                     + "\n".join(self.log_text().splitlines()[-60:]))
+            time.sleep(0.05)
