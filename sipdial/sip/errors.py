@@ -36,9 +36,10 @@ class ParseError(SipError):
     larger than :data:`sipdial.sip.message.MAX_MESSAGE_SIZE`.
 
     ``request`` is a best-effort :class:`~sipdial.sip.message.Request` when the message was a
-    request whose Via, From, To, Call-ID and CSeq were readable, so that the caller can build
-    the error response with :func:`~sipdial.sip.message.make_response`; otherwise ``None``
-    (responses are never answered, they are dropped).
+    request whose Via, From and To were readable and that has a Call-ID and a CSeq (copied
+    verbatim, so an out-of-range CSeq number can still be answered), so that the caller can
+    build the error response with :func:`~sipdial.sip.message.make_response`; otherwise
+    ``None`` (responses are never answered, they are dropped).
     """
 
     request: Request | None

@@ -75,9 +75,10 @@ _KNOWN_NAMES = (
     "User-Agent", "Via", "Warning", "WWW-Authenticate",
 )  # fmt: skip
 
-# lower-case name or compact letter -> canonical spelling
+# lower-case name or compact letter -> canonical spelling, and -> (lookup key, canonical)
 _CANONICAL: dict[str, str] = {n.lower(): n for n in _KNOWN_NAMES}
 _CANONICAL.update(COMPACT)
+_KEYED: dict[str, tuple[str, str]] = {k: (v.lower(), v) for k, v in _CANONICAL.items()}
 
 #: Headers whose grammar is ``#element`` (comma lists, RFC 3261 §7.3.1): get_all() splits them.
 #: WWW-Authenticate & co. are not here: their commas separate auth-params, not values.
@@ -102,8 +103,8 @@ def canonical_name(name: str) -> str:
 
 def _key(name: str) -> str:
     lower = name.lower()
-    canon = _CANONICAL.get(lower)
-    return lower if canon is None else canon.lower()
+    keyed = _KEYED.get(lower)
+    return lower if keyed is None else keyed[0]
 
 
 def _check_value(name: str, value: str) -> None:
@@ -258,7 +259,7 @@ def parse_header_lines(lines: Iterable[str]) -> tuple[Headers, ParseError | None
     """
     items: list[tuple[str, str, str]] = []
     error: ParseError | None = None
-    canon_get = _CANONICAL.get
+    keyed_get = _KEYED.get
     token = TOKEN_RE.fullmatch
     for line in lines:
         name, colon, value = line.partition(":")
@@ -268,11 +269,11 @@ def parse_header_lines(lines: Iterable[str]) -> tuple[Headers, ParseError | None
                 error = ParseError(f"malformed header line {line[:60]!r}")
             continue
         lower = name.lower()
-        canon = canon_get(lower)
-        if canon is None:
+        keyed = keyed_get(lower)
+        if keyed is None:
             items.append((lower, name, value.strip(" \t")))
         else:
-            items.append((canon.lower(), canon, value.strip(" \t")))
+            items.append((keyed[0], keyed[1], value.strip(" \t")))
     return Headers._from_parsed(items), error
 
 

@@ -217,8 +217,9 @@ def parse_message(data: bytes) -> Message:
     is a 400. Without Content-Length the body is the rest of the datagram.
 
     Raises ParseError (and nothing else) with ``status`` 400, 505 or 413. For a request whose
-    Via/From/To/Call-ID/CSeq were readable, ``error.request`` is a best-effort Request
-    (empty body) to build the error response with :func:`make_response`.
+    Via/From/To were readable and that has Call-ID and CSeq, ``error.request`` is a
+    best-effort Request (empty body; Request-URI an ``AbsoluteURI("", raw)`` if unparseable)
+    to build the error response with :func:`make_response`.
     """
     try:
         return _parse(data)
@@ -350,14 +351,20 @@ def _check_headers(headers: Headers, rest: bytes, method: str | None) -> bytes:
 
 
 def _best_effort_request(method: str, uri: URI, headers: Headers) -> Request | None:
+    """What make_response needs: Via/From/To parsed, Call-ID and CSeq present.
+
+    The CSeq value is copied verbatim into the response, so an out-of-range number (RFC 4475
+    §3.1.2.4 scalar02, to be answered with 400) does not prevent the answer; ``cseq()`` on
+    such a request raises ParseError.
+    """
     request = Request(method, uri, headers)
     try:
         vias(request)
         from_(request)
         to(request)
-        cseq(request)
-        call_id(request)
     except ParseError:
+        return None
+    if "Call-ID" not in headers or "CSeq" not in headers:
         return None
     return request
 
