@@ -100,7 +100,7 @@ def start(config: Config, reactor: Any) -> Any:
     users = config.users
     auth = Authenticator(config.sip.realm,
                          lambda u: users[u].password if u in users else None,
-                         secret=os.urandom(32))
+                         secret=os.urandom(32), algorithms=config.sip.digest_algorithms)
 
     def on_change(binding: Binding, removed: bool) -> None:
         if removed:

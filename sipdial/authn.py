@@ -14,10 +14,12 @@ from sipdial.sip.message import Request, Response, make_response
 
 class Authenticator:
     def __init__(self, realm: str, lookup_password: Callable[[str], str | None],
-                 secret: bytes, nonce_lifetime: float = 300.0) -> None:
+                 secret: bytes, nonce_lifetime: float = 300.0,
+                 algorithms: tuple[str, ...] = ("MD5",)) -> None:
         self.realm = realm
         self.server = DigestServer(realm, lookup_password,
-                                   NonceManager(secret, lifetime=nonce_lifetime))
+                                   NonceManager(secret, lifetime=nonce_lifetime),
+                                   algorithms=algorithms)
 
     def check(self, request: Request, now: float, *, proxy: bool) -> str | Response:
         """The authenticated user id, or the 401/407 response to send."""

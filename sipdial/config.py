@@ -74,6 +74,11 @@ class SipConfig:
     max_registration_expires: int = 3600
     min_registration_expires: int = 60
     default_registration_expires: int = 3600
+    #: digest algorithms offered, one challenge each, in this order (RFC 8760 §2.4). MD5 only
+    #: by default: phones such as baresip 1.0 fail the whole authentication when any
+    #: challenge names an algorithm they lack, instead of skipping it. Set
+    #: ["SHA-256", "MD5"] when every device handles multiple challenges.
+    digest_algorithms: tuple[str, ...] = ("MD5",)
 
     def __post_init__(self) -> None:
         if not self.realm:
@@ -232,6 +237,7 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
             "max_registration_expires",
             "min_registration_expires",
             "default_registration_expires",
+            "digest_algorithms",
         }
     ),
     "http": frozenset({"listen"}),
@@ -301,7 +307,19 @@ def _parse_sip(t: _Table) -> SipConfig:
             f"{t.path('min_registration_expires')} ({min_exp}) and "
             f"{t.path('max_registration_expires')} ({max_exp}), got {default_exp}"
         )
+    algorithms: tuple[str, ...] = ("MD5",)
+    if "digest_algorithms" in t.raw:
+        names = t.strings("digest_algorithms")
+        if not names:
+            raise ConfigError(f"{t.path('digest_algorithms')}: at least one algorithm is required")
+        for i, name in enumerate(names):
+            if name.upper() not in ("MD5", "SHA-256"):
+                raise ConfigError(
+                    f'{t.path("digest_algorithms")}[{i}]: unsupported algorithm "{name}" '
+                    '(use "MD5" or "SHA-256")')
+        algorithms = tuple(n.upper() for n in names)
     return SipConfig(
+        digest_algorithms=algorithms,
         listen=tuple(listen),
         domain=domain,
         realm=realm,

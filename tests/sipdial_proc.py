@@ -62,7 +62,8 @@ class Sipdial:
     # ------------------------------------------------------------ lifecycle
 
     def start(self, timeout: float = 20.0) -> Sipdial:
-        env = dict(os.environ, SIPDIAL_LOG=os.environ.get("SIPDIAL_LOG", "DEBUG"))
+        env = dict(os.environ, SIPDIAL_LOG=os.environ.get("SIPDIAL_LOG", "DEBUG"),
+                   SIPDIAL_TRACE=os.environ.get("SIPDIAL_TRACE", "1"))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sipdial", "serve", "--config", str(self.config_path)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

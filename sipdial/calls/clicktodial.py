@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 _SIPFRAG = re.compile(rb"^SIP/2\.0\s+(\d{3})")
 _RINGING_STATES = (CallState.CALLING_USER, CallState.USER_RINGING)
+NOTIFY_GRACE = 4.0  # seconds to wait for the final NOTIFY once the target answered
 
 
 class ClickToDial:
@@ -54,6 +55,7 @@ class ClickToDial:
         self.bridge: BridgedCall | None = None
         self.refer_txn: ClientTransaction | None = None
         self.refer_accepted = False
+        self.transfer_done = False  # the final NOTIFY arrived (RFC 3515 §2.4.5)
         self._timer: TimerHandle | None = None
 
     @property
@@ -103,8 +105,12 @@ class ClickToDial:
             case Action.CONNECT_TARGET:
                 self._send_refer(now)
             case Action.RELEASE_USER:
-                if self.user_leg is not None:
-                    self.user_leg.release(now)
+                # The REFER subscription shares the dialog (RFC 5057): let the phone send its
+                # final NOTIFY before the BYE, but not wait for it forever.
+                if self.transfer_done or not self.refer_accepted:
+                    self._release_user(now)
+                else:
+                    self._set_timer(now + NOTIFY_GRACE, self._release_user)
             case Action.RELEASE_ALL:
                 for leg in self.forks:
                     leg.release(now)
@@ -156,6 +162,10 @@ class ClickToDial:
         if self.state in _RINGING_STATES:
             self.fire(Input.USER_NO_ANSWER, now, detail="no answer within "
                       f"{self.engine.config.calls.user_answer_timeout:g} s")
+
+    def _release_user(self, now: float) -> None:
+        if self.user_leg is not None:
+            self.user_leg.release(now)
 
     def _refer_timeout(self, now: float) -> None:
         self._timer = None
@@ -260,10 +270,12 @@ class ClickToDial:
             return
         code = int(match.group(1))
         self.refer_accepted = True
-        if code >= 200:
+        terminated = (request.headers.get("Subscription-State") or "").strip().lower()
+        if code >= 200 or terminated.startswith("terminated"):
             # the transfer's outcome is known: sipdial's own dialog with the phone is done
-            if self.user_leg is not None:
-                self.user_leg.release(now)
+            self.transfer_done = True
+            if self.state is not CallState.USER_ANSWERED or code >= 200:
+                self._release_user(now)
         if self.bridge is not None:
             return  # the bridged leg reports the target first-hand
         if code < 180:

@@ -9,6 +9,7 @@ the transaction user, writes the outbox and re-arms the single timer for
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,9 @@ from sipdial.sip.transaction import Event
 log = logging.getLogger("sipdial.transport")
 
 TransactionUser = Callable[[Event, float], None]
+
+# Message tracing costs one global lookup per message when off (SIPDIAL_TRACE=1 enables it).
+_trace = bool(os.environ.get("SIPDIAL_TRACE"))
 
 
 class _Udp(protocol.DatagramProtocol):
@@ -132,6 +136,8 @@ class SipDriver:
     # ------------------------------------------------------------ input
 
     def receive(self, data: bytes, peer: Peer) -> None:
+        if _trace:
+            log.debug("recv from %s:\n%s", peer, data.decode("utf-8", "replace"))
         try:
             self.endpoint.receive(data, peer, self.reactor.seconds())
         except Exception:  # a bug must not take the next datagram down with it
@@ -191,6 +197,8 @@ class SipDriver:
         self._timer = self.reactor.callLater(delay, self._on_timer)
 
     def _send(self, peer: Peer, data: bytes) -> None:
+        if _trace:
+            log.debug("send to %s:\n%s", peer, data.decode("utf-8", "replace"))
         if peer.transport == "udp":
             lp = self._udp.get(family(peer.host))
             if lp is None:
