@@ -17,7 +17,7 @@ from sipdial.api.http import build_site
 from sipdial.authn import Authenticator
 from sipdial.calls.autoanswer import DEFAULT_RULES, rules_from_config
 from sipdial.calls.engine import CallEngine
-from sipdial.config import Config, load_config
+from sipdial.config import Config, ConfigError, load_config
 from sipdial.registrar import Binding, ExpiryLimits, Registrar
 from sipdial.sip.endpoint import Endpoint
 from sipdial.sip.peer import Peer
@@ -163,7 +163,11 @@ def serve(config_path: str, ready_file: str | None = None) -> int:
 
     logging.basicConfig(level=os.environ.get("SIPDIAL_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = load_config(config_path)
+    try:
+        config = load_config(config_path)
+    except (ConfigError, OSError) as exc:
+        print(f"sipdial: {config_path}: {exc}", file=sys.stderr)
+        return 2
     exit_code = [0]
     holder: list[Running] = []
 
