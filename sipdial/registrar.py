@@ -122,16 +122,19 @@ class Registrar:
         if user not in self.users:
             return make_response(request, 404, "Not Found")
 
+        values = request.headers.get_all("Contact")
+        wildcard = any(v.strip() == "*" for v in values)
         contacts: list[NameAddr] = []
-        for value in request.headers.get_all("Contact"):
-            contacts.extend(parse_name_addr_list(value))
+        for value in values:
+            if value.strip() != "*":  # "*" is no name-addr: parse_name_addr_list rejects it
+                contacts.extend(parse_name_addr_list(value))
         header_expires = _int_or_none(request.headers.get("Expires"))
         cid, seq = call_id(request), cseq(request).number
         table = self._bindings.setdefault(user, {})
 
-        if any(str(c.uri) == "*" for c in contacts):
+        if wildcard:
             # §10.3 step 6: "*" only alone and with Expires: 0
-            if len(contacts) != 1 or header_expires != 0:
+            if len(values) != 1 or header_expires != 0:
                 return make_response(request, 400, "Wildcard Contact needs Expires: 0")
             for b in list(table.values()):
                 if b.call_id == cid and seq <= b.cseq:
@@ -142,6 +145,8 @@ class Registrar:
             return self._ok(request, user, now)
 
         user_agent = request.headers.get("User-Agent")
+        # §10.3 steps 6-7: check every contact first; a REGISTER updates all or nothing
+        checked: list[tuple[NameAddr, int]] = []
         for c in contacts:
             expires = _int_or_none(c.params.get("expires"))
             if expires is None:
@@ -152,11 +157,13 @@ class Registrar:
                 response = make_response(request, 423, "Interval Too Brief")
                 response.headers.add("Min-Expires", str(self.limits.minimum))
                 return response
-            expires = min(expires, self.limits.maximum)
-            contact = str(c.uri)
-            existing = table.get(contact)
+            existing = table.get(str(c.uri))
             if existing is not None and existing.call_id == cid and seq <= existing.cseq:
                 return make_response(request, 500, "Out of order CSeq")
+            checked.append((c, min(expires, self.limits.maximum)))
+        for c, expires in checked:
+            contact = str(c.uri)
+            existing = table.get(contact)
             instance = c.params.get("+sip.instance")
             if expires == 0:
                 if existing is not None:
