@@ -97,8 +97,9 @@ class Endpoint:
             request = exc.request
             if request is not None and request.method != "ACK":
                 try:
+                    reply_to = self._process_via(request, source)  # §18.2.2 as for any reply
                     response = make_response(request, exc.status, _short(str(exc)))
-                    self.txns.send_stateless(response, source)
+                    self.txns.send_stateless(response, reply_to)
                 except Exception:
                     self.stats.dropped += 1
             return
