@@ -17,7 +17,7 @@ from sipdial.registrar import Registrar
 from sipdial.sip.dialog import Dialog, DialogKey
 from sipdial.sip.endpoint import Endpoint
 from sipdial.sip.errors import SipError
-from sipdial.sip.message import Request, Response, call_id, from_, make_response, to
+from sipdial.sip.message import Request, Response, call_id, from_, to
 from sipdial.sip.peer import Peer
 from sipdial.sip.timers import TimerHeap
 from sipdial.sip.transaction import (
@@ -39,7 +39,7 @@ KNOWN_METHODS = frozenset({
     "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
 })
 ALLOWED_METHODS = frozenset(m.strip() for m in ALLOW.split(","))
-SUPPORTED_EXTENSIONS = frozenset({"replaces", "norefersub", "timer"})
+SUPPORTED_EXTENSIONS = frozenset({"replaces", "norefersub"})
 
 
 class Handler(Protocol):
@@ -175,9 +175,3 @@ class UserAgent:
                 # BYE, REFER, NOTIFY, INFO, UPDATE outside a dialog
                 self.endpoint.reply(txn, 481, now)
 
-
-def reject(endpoint: Endpoint, txn: ServerTransaction, status: int, now: float,
-           reason: str | None = None) -> Response:
-    response = make_response(txn.request, status, reason)
-    endpoint.respond(txn, response, now)
-    return response

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 _SIPFRAG = re.compile(rb"^SIP/2\.0\s+(\d{3})")
 _RINGING_STATES = (CallState.CALLING_USER, CallState.USER_RINGING)
+_TARGET_PHASE = (CallState.USER_ANSWERED, CallState.CALLING_TARGET, CallState.TARGET_RINGING)
 NOTIFY_GRACE = 4.0  # seconds to wait for the final NOTIFY once the target answered
 
 
@@ -169,8 +170,8 @@ class ClickToDial:
 
     def _refer_timeout(self, now: float) -> None:
         self._timer = None
-        if self.state is CallState.USER_ANSWERED:
-            self.fire(Input.REFER_FAILED, now, detail="the phone did not call the target")
+        if self.bridge is None and self.state in _TARGET_PHASE:
+            self.fire(Input.REFER_FAILED, now, detail="the transfer did not complete in time")
 
     # ------------------------------------------------------------ REFER
 
@@ -284,6 +285,9 @@ class ClickToDial:
             self.fire(Input.TARGET_RINGING, now, code, "NOTIFY")
         elif code < 300:
             self.fire(Input.TARGET_ANSWERED, now, code, "NOTIFY")
+            # The phone reached the target without passing through sipdial, so its hang-up
+            # will never be seen here: the click-to-dial job is complete.
+            self.fire(Input.HANGUP, now, None, "transferred outside sipdial; end not observed")
         else:
             self.fire(target_failure_input(code), now, code, "NOTIFY")
 
@@ -291,6 +295,8 @@ class ClickToDial:
 
     def attach(self, bridge: BridgedCall) -> None:
         self.bridge = bridge
+        if self.state is not CallState.CONNECTED:
+            self._cancel_timer()  # the target's progress now comes from the bridged call
 
     def target_event(self, inp: Input, now: float, code: int | None = None,
                      detail: str | None = None) -> None:

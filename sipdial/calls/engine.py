@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +26,7 @@ from sipdial.calls.states import CallState
 from sipdial.config import Config, UserConfig
 from sipdial.registrar import Binding, Registrar
 from sipdial.sip.endpoint import peer_for_uri
-from sipdial.sip.message import Request, Response, from_
+from sipdial.sip.message import Request, Response
 from sipdial.sip.peer import Peer
 from sipdial.sip.timers import TimerHeap
 from sipdial.sip.transaction import ServerTransaction
@@ -36,7 +35,8 @@ from sipdial.store.models import CallEvent, CallRecord
 from sipdial.ua import UserAgent
 
 _C2D_PARAM = "x-c2d"
-_NUMBER = re.compile(r"^\+?[0-9*#]+$")
+_AWAITING_REFERRED = (CallState.USER_ANSWERED, CallState.CALLING_TARGET,
+                      CallState.TARGET_RINGING)
 
 
 class CallEngine:
@@ -207,6 +207,10 @@ class CallEngine:
             endpoint.reply(txn, 404, now, reason="No number in Request-URI")
             return
         c2d = self._correlate(uri, user.id, number, now)
+        if c2d is None and isinstance(uri, SipURI) and uri.params.get(_C2D_PARAM):
+            # the referred call of a click-to-dial call that has ended meanwhile
+            endpoint.reply(txn, 487, now, reason="Click-to-dial call is over")
+            return
         target = self._route(number, now)
         if target is None:
             endpoint.reply(txn, 404, now, reason="No route")
@@ -241,7 +245,7 @@ class CallEngine:
         for call in self.calls.values():
             # fallback: a phone that dropped the URI parameter
             if (call.record.user == user and call.bridge is None
-                    and call.state is CallState.USER_ANSWERED
+                    and call.state in _AWAITING_REFERRED
                     and call.record.to.removeprefix("sip:").split("@", 1)[0] == number):
                 return call
         return None
@@ -266,6 +270,3 @@ class _Pending:
     def leg_event(self, *args: object, **kwargs: object) -> None:
         raise RuntimeError("leg event before the bridge was set up")
 
-
-def caller_identity(request: Request) -> NameAddr:
-    return from_(request)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from sipdial.sip.dialog import Dialog
 from sipdial.sip.headers import Headers
-from sipdial.sip.message import Request, Response, make_response
+from sipdial.sip.message import Request, Response, cseq, make_response
 from sipdial.sip.peer import Peer
 from sipdial.sip.transaction import ClientTransaction, ServerTransaction
 from sipdial.sip.uri import URI, NameAddr
@@ -45,6 +45,15 @@ class Owner(Protocol):
     def leg_event(self, leg: UacLeg | UasLeg, event: LegEvent,
                   message: Request | Response | None, now: float,
                   txn: ClientTransaction | ServerTransaction | None = None) -> None: ...
+
+
+def _ack_reinvite(ua: UserAgent, dialog: Dialog | None, txn: ClientTransaction,
+                  response: Response) -> None:
+    """§13.2.2.4: the ACK for a 2xx to an in-dialog (re-)INVITE we sent."""
+    if (dialog is not None and txn.method == "INVITE" and 200 <= response.status < 300
+            and txn.ack_2xx is None):
+        ack = dialog.create_ack(cseq(txn.request).number)
+        ua.endpoint.send_ack(txn, ack, dialog.peer)
 
 
 class UacLeg:
@@ -127,6 +136,7 @@ class UacLeg:
 
     def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
         if txn is not self.invite_txn:
+            _ack_reinvite(self.ua, self.dialog, txn, response)
             if txn.method not in ("BYE", "CANCEL"):
                 self.owner.leg_event(self, LegEvent.RESPONSE, response, now, txn)
             return
@@ -275,6 +285,7 @@ class UasLeg:
     # ------------------------------------------------------------ SIP events
 
     def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
+        _ack_reinvite(self.ua, self.dialog, txn, response)
         if txn.method not in ("BYE", "CANCEL"):
             self.owner.leg_event(self, LegEvent.RESPONSE, response, now, txn)
 

@@ -35,6 +35,7 @@ from sipdial.sip.message import (
     call_id,
     cseq,
     make_response,
+    to,
     top_via,
 )
 from sipdial.sip.peer import Peer
@@ -71,6 +72,7 @@ class In(enum.Enum):
 
     R1XX = "1xx"
     R2XX = "2xx"
+    R2XX_FORK = "2xx with a new To tag"  # RFC 6026 §8.4: another dialog, for the TU
     R3XX_6XX = "3xx-6xx"
     REQUEST_RETRANSMIT = "request retransmission"
     ACK = "ack"
@@ -145,6 +147,7 @@ INVITE_CLIENT: Table = {
     (S.COMPLETED, In.TRANSPORT_ERROR): (S.TERMINATED, (Do.REPORT_TRANSPORT_ERROR,)),
     (S.ACCEPTED, In.R1XX): (S.ACCEPTED, _),
     (S.ACCEPTED, In.R2XX): (S.ACCEPTED, (Do.RESEND_ACK_2XX,)),
+    (S.ACCEPTED, In.R2XX_FORK): (S.ACCEPTED, (Do.PASS_TO_TU,)),
     (S.ACCEPTED, In.R3XX_6XX): (S.ACCEPTED, _),
     (S.ACCEPTED, In.TIMER_A): (S.ACCEPTED, _),
     (S.ACCEPTED, In.TIMER_B): (S.ACCEPTED, _),
@@ -335,8 +338,8 @@ class _Txn:
 
 
 class ClientTransaction(_Txn):
-    __slots__ = ("ack_2xx", "cancel_pending", "cancelled", "context", "interval", "request",
-                 "request_bytes")
+    __slots__ = ("ack_2xx", "cancel_pending", "cancelled", "context", "dialog_tag", "interval",
+                 "request", "request_bytes")
 
     def __init__(self, layer: TransactionLayer, key: tuple[str, ...], peer: Peer,
                  request: Request, invite: bool) -> None:
@@ -346,6 +349,7 @@ class ClientTransaction(_Txn):
         self.request_bytes = request.to_bytes()
         self.interval = layer.config.t1
         self.ack_2xx: bytes | None = None
+        self.dialog_tag: str | None = None  # To tag of the first 2xx
         self.cancel_pending = False
         self.cancelled = False
         self.context: object = None  # for the TU: what this request belongs to
@@ -507,6 +511,12 @@ class TransactionLayer:
         if txn is None:
             return  # stray response: §17.1.3 says discard (after the transport layer)
         inp = _classify_response(response.status)
+        if inp is In.R2XX and txn.method == "INVITE":
+            tag = to(response).tag
+            if txn.dialog_tag is None:
+                txn.dialog_tag = tag
+            elif tag != txn.dialog_tag:
+                inp = In.R2XX_FORK
         if inp is In.R1XX and txn.cancel_pending and txn.state is S.CALLING:
             txn.cancel_pending = False
             self._apply(txn, inp, now, response)

@@ -500,9 +500,6 @@ def test_refer_accepted_but_no_referred_invite() -> None:
     flow.phone.take_request("BYE")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG clicktodial.py _refer_timeout: only fires in user_answered; a NOTIFY 100 moves the "
-    "call to calling_target, and when the referred INVITE never comes the call hangs forever"))
 def test_refer_accepted_notify_100_but_no_referred_invite() -> None:
     flow = Flow(config=make_config(refer_timeout=10))
     flow.to_refer()
@@ -949,9 +946,6 @@ def test_refer_to_local_user_target() -> None:
     assert flow.state == "calling_target"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG engine.py _correlate: the fallback for a referred INVITE without x-c2d only "
-    "matches calls in user_answered; after a NOTIFY 100 (calling_target) it is not linked"))
 def test_referred_invite_without_param_after_notify_100_is_correlated() -> None:
     flow = Flow()
     flow.to_refer()
@@ -1018,9 +1012,6 @@ def test_info_relayed_target_to_phone_and_back() -> None:
     assert cseq(ok).number == 5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG b2bua.py _relay_back/legs.py UacLeg.on_response: the 2xx to a relayed re-INVITE "
-    "is never ACKed towards the leg that answered it (RFC 3261 §13.2.2.4)"))
 def test_reinvite_from_phone_relayed_and_target_200_acked() -> None:
     flow = Flow()
     flow.to_connected()
@@ -1043,9 +1034,6 @@ def test_reinvite_from_phone_relayed_and_target_200_acked() -> None:
     assert cseq(sent[0]).number == cseq(relayed).number
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG engine.py inbound/_correlate: a referred INVITE whose x-c2d names a call that "
-    "already ended (cancelled by the API) is bridged to the target as a fresh call"))
 def test_referred_invite_after_api_cancel_is_not_bridged() -> None:
     flow = Flow()
     flow.to_refer()
@@ -1106,15 +1094,13 @@ def test_transfer_reported_only_by_notify() -> None:
     flow.notify("SIP/2.0 180 Ringing")
     assert flow.state == "target_ringing"
     flow.notify("SIP/2.0 200 OK", terminated=True)
-    assert flow.state == "connected"
+    # connected, then at once completed: the end of a call outside sipdial is not observable
+    assert flow.states()[-2:] == ["connected", "ended"]
+    assert flow.cause == "completed"
     bye = flow.phone.take_request("BYE")
     assert flow.dialog is not None and call_id(bye) == flow.dialog.call_id
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG clicktodial.py _notify/RELEASE_USER: a call connected only by NOTIFY (no bridged "
-    "leg) never reaches ended: it stays in engine.calls forever and counts against "
-    "calls.max_concurrent"))
 def test_notify_only_call_does_not_stay_live_forever() -> None:
     flow = Flow()
     flow.to_refer()
@@ -1140,10 +1126,6 @@ def test_notify_cseq_out_of_order_500() -> None:
     assert flow.state == "calling_target"  # the stale NOTIFY was not acted on
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG transaction.py INVITE_CLIENT (ACCEPTED, R2XX): a 2xx with a new To tag (forked "
-    "downstream) is answered with the first dialog's ACK and never reaches the TU, so the "
-    "second dialog is never ACKed nor BYEd (RFC 6026 §8.4: pass 2xx to the TU)"))
 def test_forked_second_2xx_from_target_gets_ack_and_bye() -> None:
     flow = Flow()
     flow.to_connected()
