@@ -195,9 +195,8 @@ class Headers:
         Used by the typed accessors in :mod:`sipdial.sip.message`; callers must not mutate
         the returned object (the accessors hand out copies).
         """
-        try:
-            value: T = self._cache[key]
-        except KeyError:
+        value: T | None = self._cache.get(key)
+        if value is None:
             value = compute()
             self._cache[key] = value
         return value
