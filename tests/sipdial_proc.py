@@ -23,11 +23,12 @@ ADMIN = "admin-secret"
 
 def config_text(db: Path, *, users: list[dict[str, Any]], routes: list[dict[str, str]],
                 calls: dict[str, Any] | None = None, transports: tuple[str, ...] = ("udp", "tcp"),
-                host: str = "127.0.0.1") -> str:
+                host: str = "127.0.0.1", listen: list[str] | None = None) -> str:
     h = f"[{host}]" if ":" in host else host
-    listen = ", ".join(f'"{t}:{h}:0"' for t in transports)
+    listen_spec = listen or [f"{t}:{h}:0" for t in transports]
+    listen_line = ", ".join(f'"{spec}"' for spec in listen_spec)
     lines = [
-        "[sip]", f"listen = [{listen}]", f'domain = "{host}"',
+        "[sip]", f"listen = [{listen_line}]", f'domain = "{host}"',
         "[http]", f'listen = "{h}:0"',
         "[store]", f'url = "sqlite:///{db}"',
         "[api]", f'tokens = {{ "{ADMIN}" = "*", "tok-201" = "201" }}',
@@ -132,9 +133,9 @@ class Sipdial:
 
     # ------------------------------------------------------------ addresses
 
-    def sip_port(self, transport: str = "udp") -> int:
+    def sip_port(self, transport: str = "udp", host: str | None = None) -> int:
         for entry in self.info["sip"]:
-            if entry["transport"] == transport:
+            if entry["transport"] == transport and host in (None, entry["host"]):
                 return int(entry["port"])
         raise KeyError(transport)
 

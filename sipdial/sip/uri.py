@@ -125,7 +125,9 @@ _GENERIC_PARAM = re.compile(
     [ \t]* ; [ \t]*                                   # SEMI
     (?P<name> [{TOKEN_CHARS}]+ )                     # token
     (?: [ \t]* = [ \t]*                               # EQUAL
-        (?P<value> [{TOKEN_CHARS}]+                  # gen-value = token
+        (?P<value> [0-9A-Fa-f]* : [0-9A-Fa-f:.]+      # via-received = IPv6address, unbracketed
+                                                      #   (RFC 3261 §20.42, RFC 5118 §4.5)
+                 | [{TOKEN_CHARS}]+                  # gen-value = token
                  | \[ [0-9A-Fa-f:.]+ \]               #           / host (IPv6reference; the
                                                       #             other hosts are tokens)
                  | {_QUOTED_STRING} )                 #           / quoted-string

@@ -65,6 +65,10 @@ class _TcpConnection(protocol.Protocol):
             transport.loseConnection()
             return
         for message in messages:
+            if message == StreamFramer.PING:  # RFC 5626 §4.4.1 keep-alive
+                pong: Any = self.transport
+                pong.write(StreamFramer.PONG)
+                continue
             self.driver.receive(message, self.peer)
 
     def connectionLost(self, reason: Any = None) -> None:

@@ -288,3 +288,10 @@ def test_cseq() -> None:
 def test_cseq_rejects(text: str) -> None:
     with pytest.raises(ParseError):
         CSeq.parse(text)
+
+
+def test_via_received_ipv6_unbracketed_rfc5118() -> None:
+    # RFC 3261 §20.42 via-received = IPv4address / IPv6address (no brackets), RFC 5118 §4.5
+    via = Via.parse("SIP/2.0/UDP [2001:db8::9:1];received=2001:db8::9:255;branch=z9hG4bKas3")
+    assert via.params == {"received": "2001:db8::9:255", "branch": "z9hG4bKas3"}
+    assert Via.parse(str(via)).params["received"] == "2001:db8::9:255"
