@@ -249,6 +249,7 @@ class Baresip:
         self._write_files()
         self._proc = subprocess.Popen(
             [self.binary, "-f", str(self.dir), "-t", str(self.max_lifetime)],
+            cwd=self.dir,  # a crash dumps core here, not in the checkout
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -319,7 +320,11 @@ class Baresip:
             except TimeoutError:
                 return None
             if not chunk:
-                raise BaresipError(f"{self.name}: ctrl_tcp connection closed\n{self.log_text()}")
+                rc = self._proc.poll() if self._proc else None
+                raise BaresipError(
+                    f"{self.name}: ctrl_tcp connection closed (baresip exit code {rc})\n"
+                    f"{self.log_text()}"
+                )
             self._rx += chunk
 
     def command(
@@ -448,12 +453,13 @@ class Baresip:
         return self._proc is not None and self._proc.poll() is None
 
     def stop(self, timeout: float = 3.0) -> int | None:
-        """``quit``; if still running after ``timeout`` SIGTERM twice, then SIGKILL.
+        """``quit``; if baresip is still running after ``timeout``, SIGKILL.
 
-        ``quit`` un-registers first, which can take up to SIP timer F (32 s)
-        when the registrar is already gone.  baresip 1.0 treats the first
-        SIGTERM like ``quit`` and exits at once on the second one.
-        Returns the exit code (0 for a clean quit or the second SIGTERM).
+        ``quit`` hangs up and un-registers first, which can take up to SIP
+        timer F (32 s) when the registrar is already gone.  (SIGTERM is no
+        better: the first one acts like ``quit`` and a second one makes 1.0
+        segfault in module teardown.)  Returns the exit code: 0 for a clean
+        quit, -9 when it had to be killed.
         """
         proc = self._proc
         if proc is None:
@@ -469,19 +475,14 @@ class Baresip:
                 self.drain(0.0)
             except (OSError, BaresipError):
                 pass
-        steps = ((None, timeout), (signal.SIGTERM, 0.5), (signal.SIGTERM, 3.0))
-        for sig, wait_s in (*steps, (signal.SIGKILL, 5.0)):
-            if proc.poll() is not None:
-                break
-            if sig is not None:
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
             try:
-                proc.wait(wait_s)
-            except subprocess.TimeoutExpired:
-                continue
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(10)
         if self._sock is not None:
             self._sock.close()
             self._sock = None
