@@ -12,6 +12,7 @@ about the target's progress (calling, ringing, answered, failed, hung up).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sipdial.calls.legs import LegEvent, LegState, UacLeg, UasLeg
@@ -30,8 +31,18 @@ if TYPE_CHECKING:
 _RELAYED = frozenset({404, 408, 480, 484, 486, 487, 488, 600, 603, 604, 606})
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One place to send the B leg: a device of a local user, or a route's URI."""
+
+    uri: URI
+    peer: Peer
+    credentials: tuple[str, str] | None = None  # for the route's 401/407
+    label: str = "target"
+
+
 class BridgedCall:
-    def __init__(self, engine: CallEngine, a: UasLeg, *, target_uri: URI, target_peer: Peer,
+    def __init__(self, engine: CallEngine, a: UasLeg, *, targets: list[Target],
                  caller: NameAddr, callee: NameAddr, c2d: ClickToDial | None) -> None:
         self.engine = engine
         self.a = a
@@ -39,24 +50,35 @@ class BridgedCall:
         self.c2d = c2d
         body = a.invite.body
         ctype = a.invite.headers.get("Content-Type") if body else None
-        self.b = UacLeg(engine.ua, self, uri=target_uri, peer=target_peer, from_party=caller,
-                        to_party=callee, body=body, content_type=ctype, label="target")
+        # A local user with several devices is forked: first answer wins (like the user leg).
+        self.forks = [
+            UacLeg(engine.ua, self, uri=t.uri, peer=t.peer, from_party=caller,
+                   to_party=callee, body=body, content_type=ctype, label=t.label,
+                   credentials=t.credentials)
+            for t in targets
+        ]
+        self.b: UacLeg | None = None  # the fork that answered
         self._relays: dict[ClientTransaction, ServerTransaction] = {}
         self._timer: TimerHandle | None = None
-        self.connected = False
         self.done = False
 
+    @property
+    def connected(self) -> bool:
+        return self.b is not None
+
     def start(self, now: float) -> None:
-        self.b.start(now)
+        for leg in self.forks:
+            leg.start(now)
         self._notify(Input.TARGET_CALLING, now)
         timeout = self.engine.config.calls.target_answer_timeout
         self._timer = self.engine.timers.schedule(now + timeout, self._no_answer)
 
     def release(self, now: float) -> None:
-        """Tear down both legs (API cancel, or the click-to-dial call ended)."""
+        """Tear down both sides (API cancel, or the click-to-dial call ended)."""
         self._finish()
         self.a.release(now, 487)
-        self.b.release(now)
+        for leg in self.forks:
+            leg.release(now)
 
     def _finish(self) -> None:
         self.done = True
@@ -72,8 +94,9 @@ class BridgedCall:
 
     def _no_answer(self, now: float) -> None:
         self._timer = None
-        if self.b.state in (LegState.CALLING, LegState.EARLY):
-            self.b.cancel(now)
+        if self.b is None and not self.done:
+            for leg in self.forks:
+                leg.cancel(now)
             self.a.reject(480, now, "No Answer")
             self._finish()
             self._notify(Input.TARGET_NO_ANSWER, now, 408, "no answer from the target")
@@ -83,39 +106,53 @@ class BridgedCall:
     def leg_event(self, leg: UacLeg | UasLeg, event: LegEvent,
                   message: Request | Response | None, now: float,
                   txn: ClientTransaction | ServerTransaction | None = None) -> None:
-        if leg is self.b:
-            self._b_event(event, message, now, txn)
+        if isinstance(leg, UacLeg):
+            self._b_event(leg, event, message, now, txn)
         else:
             self._a_event(event, message, now, txn)
 
-    def _b_event(self, event: LegEvent, message: Request | Response | None, now: float,
-                 txn: ClientTransaction | ServerTransaction | None) -> None:
+    def _b_event(self, leg: UacLeg, event: LegEvent, message: Request | Response | None,
+                 now: float, txn: ClientTransaction | ServerTransaction | None) -> None:
         match event:
             case LegEvent.PROGRESS:
                 assert isinstance(message, Response)
+                if self.b is not None or self.done:
+                    return
                 self.a.progress(message.status, now, body=message.body,
                                 content_type=message.headers.get("Content-Type"))
                 if message.status in (180, 183):
                     self._notify(Input.TARGET_RINGING, now, message.status)
             case LegEvent.ANSWERED:
                 assert isinstance(message, Response)
+                if self.b is not None or self.done:
+                    leg.bye(now)  # another device answered first, or the caller gave up
+                    return
+                self.b = leg
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
-                self.connected = True
+                for other in self.forks:
+                    if other is not leg:
+                        other.cancel(now)
                 self.a.answer(now, body=message.body,
                               content_type=message.headers.get("Content-Type"))
                 self._notify(Input.TARGET_ANSWERED, now, message.status)
             case LegEvent.FAILED:
-                if self.done:
+                if self.done or self.b is not None:
                     return
-                status = self.b.final_status or 500
+                if any(f.state is not LegState.ENDED for f in self.forks):
+                    return  # other devices still ringing
+                statuses = [f.final_status or 500 for f in self.forks]
+                status = next((c for c in statuses if c >= 600), None) \
+                    or next((c for c in statuses if c == 486), None) or statuses[0]
                 relay = status if status in _RELAYED else (480 if status < 500 else 502)
                 self.a.reject(relay, now)
                 self._finish()
                 self._notify(target_failure_input(status), now, status,
                              message.reason if isinstance(message, Response) else "timeout")
             case LegEvent.ENDED:
+                if leg is not self.b:
+                    return
                 self.a.release(now)
                 self._finish()
                 self._notify(Input.HANGUP, now, detail="target hung up")
@@ -129,15 +166,21 @@ class BridgedCall:
                  txn: ClientTransaction | ServerTransaction | None) -> None:
         match event:
             case LegEvent.CANCELLED:
-                self.b.cancel(now)
+                for leg in self.forks:
+                    leg.cancel(now)
                 self._finish()
                 self._notify(Input.USER_HUNG_UP, now, detail="caller cancelled")
             case LegEvent.ENDED:
-                self.b.release(now)
+                for leg in self.forks:
+                    leg.release(now)
                 self._finish()
                 self._notify(Input.HANGUP, now, detail="caller hung up")
             case LegEvent.REQUEST:
                 assert isinstance(message, Request) and isinstance(txn, ServerTransaction)
+                if self.b is None:
+                    self.engine.ua.endpoint.reply(txn, 491 if message.method == "INVITE"
+                                                  else 481, now)
+                    return
                 self._relay(message, txn, self.b, now)
             case LegEvent.RESPONSE:
                 self._relay_back(txn, message, now)
@@ -170,9 +213,9 @@ class BridgedCall:
                                  message.headers.get("Content-Type") or "application/sdp")
             response.body = message.body
         if server_txn.method == "INVITE" and message.status < 300:
-            leg = self.a if server_txn.request.headers.get("Call-ID") == self.a.invite.headers.get(
-                "Call-ID") else None
-            contact = self.a.contact if leg is not None else self.engine.ua.endpoint.contact(
-                self.b.peer)
+            a_side = server_txn.request.headers.get("Call-ID") == self.a.invite.headers.get(
+                "Call-ID")
+            contact = self.a.contact if a_side or self.b is None else \
+                self.engine.ua.endpoint.contact(self.b.peer)
             response.headers.add("Contact", contact)
         self.engine.ua.endpoint.respond(server_txn, response, now)

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from sipdial.api.service import ApiError
 from sipdial.authn import Authenticator
 from sipdial.calls.autoanswer import AutoAnswerRule, auto_answer_headers
-from sipdial.calls.b2bua import BridgedCall
+from sipdial.calls.b2bua import BridgedCall, Target
 from sipdial.calls.clicktodial import ClickToDial
 from sipdial.calls.legs import UasLeg
 from sipdial.calls.states import CallState
@@ -222,13 +222,11 @@ class CallEngine:
 
                 c2d.target_event(target_failure_input(target), now, target, "no device")
             return
-        target_uri, target_peer = target
         caller_uri = SipURI("sip", user.number or user.id, None, self.domain, None, {}, {})
         caller = NameAddr(caller_uri, user.name or None)
-        callee = NameAddr(target_uri)
+        callee = NameAddr(_public_uri(target[0].uri, number, self.domain))
         a = UasLeg(self.ua, _Pending(), txn, source, label=f"{user.id}->{number}")
-        bridge = BridgedCall(self, a, target_uri=target_uri, target_peer=target_peer,
-                             caller=caller, callee=callee, c2d=c2d)
+        bridge = BridgedCall(self, a, targets=target, caller=caller, callee=callee, c2d=c2d)
         self.bridges.add(bridge)
         if c2d is not None:
             c2d.attach(bridge)
@@ -250,18 +248,29 @@ class CallEngine:
                 return call
         return None
 
-    def _route(self, number: str, now: float) -> tuple[URI, Peer] | int | None:
+    def _route(self, number: str, now: float) -> list[Target] | int | None:
+        """Where a number goes: every device of a local user (forked), else the first
+        matching route; 480 for a local user with no device, None for no route."""
         if number in self.users:
             bindings: list[Binding] = self.registrar.contacts(number, now)
             if not bindings:
                 return 480
-            best = bindings[0]
-            return parse_uri(best.contact), best.peer
+            return [Target(parse_uri(b.contact), b.peer, None, b.device) for b in bindings]
         for route in self.config.routes:
             if route.match.search(number):
                 uri = parse_uri(route.target_uri(number))
-                return uri, peer_for_uri(uri)
+                creds = (route.username, route.password) \
+                    if route.username and route.password is not None else None
+                return [Target(uri, peer_for_uri(uri), creds, "route")]
         return None
+
+
+def _public_uri(uri: URI, number: str, domain: str) -> URI:
+    """The To of the B leg: the number at our domain for a device (its Contact is private),
+    the route's URI as it is otherwise."""
+    if isinstance(uri, SipURI) and uri.user == number:
+        return uri
+    return SipURI("sip", number, None, domain, None, {}, {})
 
 
 class _Pending:

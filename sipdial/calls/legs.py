@@ -10,8 +10,16 @@ flow) decides what it means; the legs know nothing of click-to-dial.
 from __future__ import annotations
 
 import enum
+import os
 from typing import TYPE_CHECKING, Protocol
 
+from sipdial.sip.auth import (
+    AuthError,
+    Challenge,
+    answer_challenge,
+    parse_challenges,
+    preferred_challenge,
+)
 from sipdial.sip.dialog import Dialog
 from sipdial.sip.headers import Headers
 from sipdial.sip.message import Request, Response, cseq, make_response
@@ -62,7 +70,8 @@ class UacLeg:
     def __init__(self, ua: UserAgent, owner: Owner, *, uri: URI, peer: Peer,
                  from_party: NameAddr, to_party: NameAddr, body: bytes = b"",
                  content_type: str | None = None,
-                 extra: list[tuple[str, str]] | None = None, label: str = "") -> None:
+                 extra: list[tuple[str, str]] | None = None, label: str = "",
+                 credentials: tuple[str, str] | None = None) -> None:
         self.ua = ua
         self.owner = owner
         self.uri = uri
@@ -82,6 +91,9 @@ class UacLeg:
         self.final_status: int | None = None
         self.cancelled = False
         self.answer: Response | None = None
+        self.credentials = credentials  # (username, password) for an upstream's 401/407
+        self._cseq = 1
+        self._authorization: tuple[str, str] | None = None
 
     def __repr__(self) -> str:
         return f"<UacLeg {self.label} {self.uri} {self.state.value}>"
@@ -94,7 +106,9 @@ class UacLeg:
         headers.add("From", str(self.from_party))
         headers.add("To", str(self.to_party))
         headers.add("Call-ID", self.call_id)
-        headers.add("CSeq", "1 INVITE")
+        headers.add("CSeq", f"{self._cseq} INVITE")
+        if self._authorization is not None:
+            headers.add(*self._authorization)
         headers.add("Contact", self.ua.endpoint.contact(self.peer))
         headers.add("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY, INFO, UPDATE")
         for name, value in self.extra:
@@ -150,15 +164,42 @@ class UacLeg:
         if status < 300:
             self._answered(txn, response, now)
             return
+        if status in (401, 407) and self._retry_with_credentials(response, now):
+            return
         if self.state is not LegState.ENDED:
             self.state = LegState.ENDED
             self.final_status = status
             self.owner.leg_event(self, LegEvent.FAILED, response, now)
 
+    def _retry_with_credentials(self, response: Response, now: float) -> bool:
+        """RFC 3261 §22.2: answer an upstream's challenge once, same Call-ID and tags."""
+        if self.credentials is None or self._authorization is not None or self.cancelled:
+            return False
+        header = "Proxy-Authenticate" if response.status == 407 else "WWW-Authenticate"
+        challenges: list[Challenge] = []
+        for value in response.headers.get_all(header):
+            try:
+                challenges.extend(parse_challenges(value))
+            except AuthError:
+                continue
+        challenge = preferred_challenge(challenges)
+        if challenge is None:
+            return False
+        username, password = self.credentials
+        creds = answer_challenge(challenge, username=username, password=password,
+                                 method="INVITE", uri=str(self.uri),
+                                 cnonce=os.urandom(8).hex())
+        name = "Proxy-Authorization" if response.status == 407 else "Authorization"
+        self._authorization = (name, creds.to_header())
+        self._cseq += 1
+        self.state = LegState.CALLING
+        self.start(now)
+        return True
+
     def _answered(self, txn: ClientTransaction, response: Response, now: float) -> None:
         dialog = Dialog.from_uac(txn.request, response, self.peer,
                                  self.ua.endpoint.contact(self.peer))
-        ack = dialog.create_ack(1)
+        ack = dialog.create_ack(self._cseq)
         self.ua.endpoint.send_ack(txn, ack, self.peer)
         if self.dialog is not None or self.cancelled or self.state is LegState.ENDED:
             # a second 2xx (forked downstream) or a 2xx crossing our CANCEL: hang it up
