@@ -84,7 +84,11 @@ def test_phone_refuses_the_call(tmp_path: Path, scenario: str, code: int, cause:
         # the phone is shown the target as the caller
         assert TARGET in (invites[0].header("From") or ""), invites[0].text
         assert [m.status for m in responses(trace, "INVITE", "out")][-1] == code
-        assert requests(trace, "ACK", "in"), "sipdial must ACK the final response"
+        (ack,) = requests(trace, "ACK", "in")  # sipdial ACKs the final response ...
+        # ... in the INVITE's transaction (§17.1.1.3: same branch), with the phone's To tag
+        assert (ack.header("Via") or "").split("branch=")[1] == \
+            (invites[0].header("Via") or "").split("branch=")[1], ack.text
+        assert "tag=" in (ack.header("To") or ""), ack.text
         assert not requests(trace, "CANCEL", "in")
 
 

@@ -233,3 +233,28 @@ def test_decline_on_one_device_rejects_the_whole_fork(tmp_path: Path) -> None:
                 - datetime.fromisoformat(final["created_at"])).total_seconds() < ring / 2
         desk.wait_event("CALL_CLOSED", timeout=5)
         assert requests(sipdial_trace(sd), "CANCEL", "out")
+
+
+def test_device_parameter_rings_only_that_device(tmp_path: Path) -> None:
+    """Two devices registered, the API names one (by its contact): only it is rung, and as
+    it is the only one, auto-answer is requested (user 201 has auto_answer = true)."""
+    users = [user("201", auto_answer=True), user("202")]
+    with make_sipdial(tmp_path, users=users) as sd, SippPhone(tmp_path, sd) as chosen, \
+            _baresip(tmp_path, sd, "desk") as desk:
+        desk.wait_registered()
+        chosen.register()
+        sd.wait_registered("201", count=2)
+        uas = chosen.scenario("uas_busy.xml", timeout=15).start()
+        call = place_call(sd, device=chosen.contact)
+        assert call["auto_answer"] is True, call
+        assert call["events"][0]["detail"] == "1 device(s)"
+        final = sd.wait_state(call["id"], "ended", timeout=15)
+        assert final["cause"] == "user_busy", final
+        assert uas.wait(15) == 0, uas.report()
+        invite = requests(sipp_trace(uas), "INVITE", "in")[0]
+        assert invite.header("Answer-Mode") == "Auto", invite.text
+        # the other device was never rung
+        assert [m.peer for m in requests(sipdial_trace(sd), "INVITE", "out")] == \
+            [f"udp:127.0.0.1:{chosen.port}"]
+        desk.drain(0.2)
+        assert "CALL_INCOMING" not in desk.event_types()

@@ -3,9 +3,12 @@
 pyVoIP registers with digest but answers the challenge RFC 2069 style (no qop/nc/cnonce even
 though sipdial offers qop=auth); sipdial accepts that. It is rung by click-to-dial and answers
 (PCMU). What happens next, observed and asserted here: pyVoIP 1.6.8 has no REFER support at
-all — it neither answers the in-dialog REFER (no 202, no 4xx/5xx, so sipdial retransmits it)
-nor dials the Refer-To target — so the call ends with cause ``refer_failed`` ("the phone did
-not call the target") when ``refer_timeout`` expires, and sipdial hangs the phone up (BYE).
+all — its SIP.parse_message drops any request other than INVITE/BYE/ACK/CANCEL ("TODO: Add
+400 Error on non processable request") — so it neither answers the in-dialog REFER (no 202,
+no 4xx/5xx: sipdial retransmits it) nor dials the Refer-To target. The call therefore ends
+with cause ``refer_failed`` when ``refer_timeout`` expires, and sipdial hangs the phone up.
+(pyVoIP cannot place the referred call anyway: its INVITE only handles a 401, not sipdial's
+407, and it returns as soon as it sees the 100 Trying.)
 """
 
 from __future__ import annotations

@@ -95,9 +95,27 @@ def test_baresip_quit_unregisters(tmp_path: Path, transport: Transport) -> None:
                       if m.header("Expires") == "0" or "expires=0" in (m.header("Contact") or "")]
         assert unregister, [m.first_line for m in trace]
         # ... and was accepted (after the challenge)
-        last = [m for m in responses(trace, "REGISTER", "out")][-1]
+        last = responses(trace, "REGISTER", "out")[-1]
         assert last.status == 200, last.text
         assert reg["contact"] not in "".join(last.headers("Contact"))
+        # with no device left, click-to-dial refuses at once
+        status, body = sd.api("POST", "/v1/calls", {"user": "201", "to": TARGET})
+        assert status == 409 and body["error"]["code"] == "user_not_registered", body
+
+
+def test_too_short_expiry_gets_423_and_baresip_retries(tmp_path: Path) -> None:
+    """baresip asks for 20 s; sipdial's minimum is 60 s: 423 with Min-Expires: 60, and
+    baresip registers again with 60."""
+    with make_sipdial(tmp_path) as sd, _baresip(tmp_path, sd, expires=20) as phone:
+        phone.wait_registered()
+        (reg,) = sd.wait_registered("201")
+        assert 55 <= reg["expires_in"] <= 60, reg
+        trace = sipdial_trace(sd)
+        too_brief = [m for m in responses(trace, "REGISTER", "out") if m.status == 423]
+        assert len(too_brief) == 1 and too_brief[0].header("Min-Expires") == "60", \
+            [m.first_line for m in trace]
+        ok = [m for m in responses(trace, "REGISTER", "out") if m.status == 200][-1]
+        assert "expires=60" in "".join(ok.headers("Contact")), ok.text
 
 
 def test_registrations_survive_a_restart(tmp_path: Path) -> None:
