@@ -19,10 +19,12 @@ from sipdial.calls.autoanswer import DEFAULT_RULES, rules_from_config
 from sipdial.calls.engine import CallEngine
 from sipdial.config import Config, ConfigError, load_config
 from sipdial.registrar import Binding, ExpiryLimits, Registrar
-from sipdial.sip.endpoint import Endpoint
+from sipdial.sip.endpoint import Endpoint, peer_for_uri
+from sipdial.sip.errors import SipError
 from sipdial.sip.peer import Peer
 from sipdial.sip.timers import TimerHeap
 from sipdial.sip.transaction import TimerConfig
+from sipdial.sip.uri import parse_uri
 from sipdial.store.models import RegistrationRecord
 from sipdial.store.sqlite import SqliteStore
 from sipdial.transport.driver import SipDriver
@@ -48,9 +50,17 @@ def _record(b: Binding) -> RegistrationRecord:
 
 
 def _binding(r: RegistrationRecord) -> Binding:
+    peer = Peer(r.transport, r.source_host, r.source_port)
+    if peer.reliable:
+        # The connection the REGISTER came on died with the old process: until the device
+        # registers again (and opens a new one) reach it at its Contact instead.
+        try:
+            peer = peer_for_uri(parse_uri(r.contact), r.transport)
+        except (ValueError, SipError):
+            pass
     return Binding(
         user=r.user, contact=r.contact, instance=r.instance,
-        peer=Peer(r.transport, r.source_host, r.source_port), expires_at=r.expires_at, q=r.q,
+        peer=peer, expires_at=r.expires_at, q=r.q,
         user_agent=r.user_agent, call_id=r.call_id, cseq=r.cseq,
         registered_at=r.registered_at)
 
@@ -77,6 +87,7 @@ class Running:
 
     @inlineCallbacks
     def stop(self) -> Any:
+        self.engine.shut_down()
         if self.sweeper.active():
             self.sweeper.cancel()
         for listener in self.listeners:

@@ -164,7 +164,7 @@ class Registrar:
         for c, expires in checked:
             contact = str(c.uri)
             existing = table.get(contact)
-            instance = c.params.get("+sip.instance")
+            instance = (c.params.get("+sip.instance") or "").strip('"') or None
             if expires == 0:
                 if existing is not None:
                     del table[contact]
@@ -192,7 +192,7 @@ class Registrar:
         for b in self.contacts(user, now):
             params = f";expires={max(0, round(b.expires_at - now))}"
             if b.instance:
-                params += f';+sip.instance="{b.instance.strip(chr(34))}"'
+                params += f';+sip.instance="{b.instance}"'
             response.headers.add("Contact", f"<{b.contact}>{params}")
         response.headers.add("Date", _http_date(now))
         return response

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sipdial.calls.legs import LegEvent, LegState, UacLeg, UasLeg
+from sipdial.calls.legs import ANSWERED_ELSEWHERE, LegEvent, LegState, UacLeg, UasLeg
 from sipdial.calls.states import Input, target_failure_input
 from sipdial.sip.message import Request, Response, make_response
 from sipdial.sip.peer import Peer
@@ -133,16 +133,19 @@ class BridgedCall:
                     self._timer = None
                 for other in self.forks:
                     if other is not leg:
-                        other.cancel(now)
+                        other.cancel(now, reason=ANSWERED_ELSEWHERE)
                 self.a.answer(now, body=message.body,
                               content_type=message.headers.get("Content-Type"))
                 self._notify(Input.TARGET_ANSWERED, now, message.status)
             case LegEvent.FAILED:
                 if self.done or self.b is not None:
                     return
-                if any(f.state is not LegState.ENDED for f in self.forks):
-                    return  # other devices still ringing
-                statuses = [f.final_status or 500 for f in self.forks]
+                if (leg.final_status or 0) < 600 and any(
+                        f.state is not LegState.ENDED for f in self.forks):
+                    return  # other devices still ringing (a 6xx decides for all of them)
+                for other in self.forks:
+                    other.cancel(now)
+                statuses = [f.final_status or 500 for f in self.forks if f.final_status]
                 status = next((c for c in statuses if c >= 600), None) \
                     or next((c for c in statuses if c == 486), None) or statuses[0]
                 relay = status if status in _RELAYED else (480 if status < 500 else 502)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from sipdial.calls.legs import LegEvent, LegState, UacLeg, UasLeg
+from sipdial.calls.legs import ANSWERED_ELSEWHERE, LegEvent, LegState, UacLeg, UasLeg
 from sipdial.calls.states import (
     Action,
     CallState,
@@ -102,7 +102,7 @@ class ClickToDial:
             case Action.CANCEL_OTHER_DEVICES:
                 for leg in self.forks:
                     if leg is not self.user_leg:
-                        leg.cancel(now)
+                        leg.cancel(now, reason=ANSWERED_ELSEWHERE)
             case Action.CONNECT_TARGET:
                 self._send_refer(now)
             case Action.RELEASE_USER:
@@ -146,6 +146,10 @@ class ClickToDial:
     def hang_up(self, now: float) -> None:
         """DELETE /v1/calls/{id}: cancel or hang up at any stage."""
         self.fire(Input.CANCEL, now, detail="cancelled by API")
+
+    def shut_down(self, now: float) -> None:
+        """sipdial is stopping: release every leg, the call ends as interrupted."""
+        self.fire(Input.SHUTDOWN, now, detail="sipdial stopped")
 
     # ------------------------------------------------------------ timers
 
@@ -218,6 +222,11 @@ class ClickToDial:
 
     def _device_failed(self, leg: UacLeg, now: float) -> None:
         if self.state not in _RINGING_STATES or leg is self.user_leg:
+            return
+        if (leg.final_status or 0) >= 600:
+            # a 6xx is the user's answer for every device (RFC 3261 §16.7 step 5, §21.6)
+            status = leg.final_status or 600
+            self.fire(user_failure_input(status), now, status, leg.label)
             return
         if any(f.state is not LegState.ENDED for f in self.forks):
             return  # others still ringing

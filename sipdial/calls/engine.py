@@ -96,6 +96,15 @@ class CallEngine:
     def bridge_ended(self, bridge: BridgedCall) -> None:
         self.bridges.discard(bridge)
 
+    def shut_down(self) -> None:
+        """Release every call before the process stops (CANCEL/BYE go out now)."""
+        now = self.clock()
+        for call in list(self.calls.values()):
+            call.shut_down(now)
+        for bridge in list(self.bridges):
+            bridge.release(now)
+        self.kick()
+
     # ------------------------------------------------------------ CallApi
 
     def create_call(self, *, user: str, to: str, device: str | None,

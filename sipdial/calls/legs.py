@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from sipdial.ua import UserAgent
 
 
+# RFC 3326: tells devices that lost the race not to log a missed call
+ANSWERED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
+
+
 class LegEvent(enum.Enum):
     PROGRESS = "progress"  # 1xx on our INVITE (UAC)
     ANSWERED = "answered"  # 2xx on our INVITE (UAC)
@@ -118,11 +122,12 @@ class UacLeg:
         request = Request("INVITE", self.uri, headers, self.body)
         self.invite_txn = self.ua.send(request, self.peer, self, now)
 
-    def cancel(self, now: float) -> None:
-        """CANCEL while ringing; a 2xx that crosses the CANCEL is ACKed and BYEd."""
+    def cancel(self, now: float, reason: str | None = None) -> None:
+        """CANCEL while ringing; a 2xx that crosses the CANCEL is ACKed and BYEd.
+        ``reason`` is an RFC 3326 Reason header value for the CANCEL."""
         if self.state in (LegState.CALLING, LegState.EARLY) and self.invite_txn is not None:
             self.cancelled = True
-            self.ua.endpoint.cancel(self.invite_txn, now)
+            self.ua.endpoint.cancel(self.invite_txn, now, reason)
 
     def bye(self, now: float) -> None:
         if self.state is LegState.CONFIRMED and self.dialog is not None:

@@ -37,7 +37,7 @@ class Cause(enum.StrEnum):
     REFER_FAILED = "refer_failed"
     CANCELLED = "cancelled"
     FAILED = "failed"
-    INTERRUPTED = "interrupted"  # set by the store at start for calls cut by a restart
+    INTERRUPTED = "interrupted"  # sipdial stopped (cleanly, or found at start after a crash)
 
 
 class Input(enum.StrEnum):
@@ -57,6 +57,7 @@ class Input(enum.StrEnum):
     TARGET_FAILED = "target failed"
     HANGUP = "hangup"  # either party ended the connected call
     CANCEL = "cancel"  # DELETE /v1/calls/{id}
+    SHUTDOWN = "shutdown"  # sipdial is stopping
     FAILED = "failed"  # internal error
 
 
@@ -109,6 +110,7 @@ TRANSITIONS: dict[tuple[CallState, Input], Row] = {
     # --- from anywhere alive
     **{(s, In.CANCEL): (St.ENDED, C.CANCELLED, (A.RELEASE_ALL,)) for s in _LIVE},
     **{(s, In.FAILED): (St.ENDED, C.FAILED, (A.RELEASE_ALL,)) for s in _LIVE},
+    **{(s, In.SHUTDOWN): (St.ENDED, C.INTERRUPTED, (A.RELEASE_ALL,)) for s in _LIVE},
 }
 
 

@@ -156,8 +156,9 @@ class Endpoint:
         self.respond(txn, response, now)
         return response
 
-    def cancel(self, invite_txn: ClientTransaction, now: float) -> None:
-        self.txns.cancel(invite_txn, now)
+    def cancel(self, invite_txn: ClientTransaction, now: float,
+               reason: str | None = None) -> None:
+        self.txns.cancel(invite_txn, now, reason)
 
     def drain_events(self) -> list[Event]:
         return self.txns.drain_events()

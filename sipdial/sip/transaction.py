@@ -338,8 +338,8 @@ class _Txn:
 
 
 class ClientTransaction(_Txn):
-    __slots__ = ("ack_2xx", "cancel_pending", "cancelled", "context", "dialog_tag", "interval",
-                 "request", "request_bytes")
+    __slots__ = ("ack_2xx", "cancel_pending", "cancel_reason", "cancelled", "context",
+                 "dialog_tag", "interval", "request", "request_bytes")
 
     def __init__(self, layer: TransactionLayer, key: tuple[str, ...], peer: Peer,
                  request: Request, invite: bool) -> None:
@@ -351,6 +351,7 @@ class ClientTransaction(_Txn):
         self.ack_2xx: bytes | None = None
         self.dialog_tag: str | None = None  # To tag of the first 2xx
         self.cancel_pending = False
+        self.cancel_reason: str | None = None
         self.cancelled = False
         self.context: object = None  # for the TU: what this request belongs to
 
@@ -459,6 +460,7 @@ class TransactionLayer:
             return None
         if invite_txn.state is S.CALLING:
             invite_txn.cancel_pending = True
+            invite_txn.cancel_reason = reason
             invite_txn.cancelled = True
             return None
         if invite_txn.state is not S.PROCEEDING:
@@ -520,7 +522,7 @@ class TransactionLayer:
         if inp is In.R1XX and txn.cancel_pending and txn.state is S.CALLING:
             txn.cancel_pending = False
             self._apply(txn, inp, now, response)
-            self._send_cancel(txn, now)
+            self._send_cancel(txn, now, txn.cancel_reason)
             return
         self._apply(txn, inp, now, response)
 

@@ -208,11 +208,6 @@ def test_loser_answering_as_it_is_cancelled_is_hung_up(tmp_path: Path) -> None:
         assert [m.peer.endswith(f":{desk.sip_port}") for m in refers] == [True]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a 603 Decline from one forked device does not end the call: sipdial keeps the "
-    "other devices ringing (no CANCEL) until user_answer_timeout and then records "
-    "user_no_answer; a 6xx is a global refusal (RFC 3261 §16.7 step 5 / §21.6) and should "
-    "CANCEL the other branches and end the call as user_rejected with sip_code 603"))
 def test_decline_on_one_device_rejects_the_whole_fork(tmp_path: Path) -> None:
     ring = 8.0
     with make_sipdial(tmp_path, user_answer_timeout=ring) as sd, \

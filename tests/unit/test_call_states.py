@@ -43,9 +43,17 @@ def test_every_state_is_reachable_from_calling_user() -> None:
     assert seen == set(CallState)
 
 
-def test_every_cause_except_interrupted_is_reachable() -> None:
+def test_every_cause_is_reachable() -> None:
     causes = {cause for (_s, _i), (_n, cause, _a) in TRANSITIONS.items() if cause}
-    assert causes == set(Cause) - {Cause.INTERRUPTED}
+    assert causes == set(Cause)
+
+
+def test_shutdown_interrupts_every_live_state() -> None:
+    for state in CallState:
+        if state is CallState.ENDED:
+            continue
+        row = transition(state, Input.SHUTDOWN)
+        assert row is not None and row[:2] == (CallState.ENDED, Cause.INTERRUPTED)
 
 
 def test_happy_refer_path() -> None:
