@@ -210,6 +210,16 @@ def test_baresip_register_wrong_password_fails(
 
 
 # ------------------------------------------------------------------- pyVoIP
+def test_display_name_parsing() -> None:
+    from tests.peers.pyvoip_phone import display_name_of
+
+    assert display_name_of('"Call: +49 30 1234" <sip:201@127.0.0.1>') == "Call: +49 30 1234"
+    assert display_name_of('"A \\"B\\"" <sip:x@h>') == 'A "B"'
+    assert display_name_of("Bob <sip:bob@h>;tag=1") == "Bob"
+    assert display_name_of("<sip:bob@h>") == ""
+    assert display_name_of("sip:bob@h") == ""
+
+
 def test_pyvoip_registers_and_auto_answers(tmp_path: Path, sipp_factory: MakeSipp) -> None:
     from tests.peers.pyvoip_phone import PyVoIPPhone
 

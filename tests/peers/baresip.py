@@ -418,6 +418,8 @@ class Baresip:
                     "accountaor": self.aor,
                     "param": "registered before ctrl_tcp connected (from reginfo)",
                 }
+            if "\x1b[31mERR" in info:  # red "ERR": failed, its event was lost
+                raise BaresipError(f"{self.name}: registration failed: {info}\n{self.log_text()}")
             ev = self.wait_event(("REGISTER_OK", "REGISTER_FAIL"), timeout)
         if ev.get("type") == "REGISTER_FAIL":
             raise BaresipError(f"{self.name}: registration failed: {ev}\n{self.log_text()}")
