@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import os
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from sipdial.sip.auth import (
     AuthError,
@@ -59,16 +59,79 @@ class Owner(Protocol):
                   txn: ClientTransaction | ServerTransaction | None = None) -> None: ...
 
 
-def _ack_reinvite(ua: UserAgent, dialog: Dialog | None, txn: ClientTransaction,
-                  response: Response) -> None:
-    """§13.2.2.4: the ACK for a 2xx to an in-dialog (re-)INVITE we sent."""
-    if (dialog is not None and txn.method == "INVITE" and 200 <= response.status < 300
-            and txn.ack_2xx is None):
-        ack = dialog.create_ack(cseq(txn.request).number)
-        ua.endpoint.send_ack(txn, ack, dialog.peer)
+class _Leg:
+    """What both kinds of leg do once a dialog exists: in-dialog requests both ways, BYE."""
+
+    ua: UserAgent
+    owner: Owner
+    state: LegState
+    dialog: Dialog | None
+
+    @property
+    def _me(self) -> UacLeg | UasLeg:
+        return cast("UacLeg | UasLeg", self)
+
+    # the ua.Handler interface, implemented by both subclasses
+    def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
+        raise NotImplementedError
+
+    def on_txn_timeout(self, txn: ClientTransaction, now: float) -> None:
+        raise NotImplementedError
+
+    def on_dialog_request(self, dialog: Dialog, request: Request,
+                          txn: ServerTransaction | None, now: float) -> None:
+        raise NotImplementedError
+
+    def on_cancel(self, txn: ServerTransaction, now: float) -> None:
+        raise NotImplementedError
+
+    def on_ack_timeout(self, txn: ServerTransaction, now: float) -> None:
+        raise NotImplementedError
+
+    def bye(self, now: float) -> None:
+        if self.state is LegState.CONFIRMED and self.dialog is not None:
+            self.state = LegState.ENDED
+            self.ua.send_in_dialog(self.dialog, self.dialog.create_request("BYE"), self, now)
+            self.ua.drop_dialog(self.dialog)
+
+    def request(self, method: str, now: float, *, body: bytes = b"",
+                content_type: str | None = None,
+                extra: list[tuple[str, str]] | None = None) -> ClientTransaction | None:
+        """Send an in-dialog request; None when there is no confirmed dialog."""
+        if self.dialog is None or self.state is not LegState.CONFIRMED:
+            return None
+        request = self.dialog.create_request(method, body=body, content_type=content_type,
+                                             extra=extra)
+        return self.ua.send_in_dialog(self.dialog, request, self, now)
+
+    def _dialog_response(self, txn: ClientTransaction, response: Response,
+                         now: float) -> None:
+        """A response to an in-dialog request we sent; ACKs a re-INVITE's 2xx (§13.2.2.4)."""
+        if (self.dialog is not None and txn.method == "INVITE"
+                and 200 <= response.status < 300 and txn.ack_2xx is None):
+            ack = self.dialog.create_ack(cseq(txn.request).number)
+            self.ua.endpoint.send_ack(txn, ack, self.dialog.peer)
+        if txn.method not in ("BYE", "CANCEL"):
+            self.owner.leg_event(self._me, LegEvent.RESPONSE, response, now, txn)
+
+    def _dialog_timeout(self, txn: ClientTransaction, now: float) -> None:
+        if txn.method not in ("BYE", "CANCEL"):
+            self.owner.leg_event(self._me, LegEvent.RESPONSE, make_response(txn.request, 408),
+                                 now, txn)
+
+    def _dialog_request(self, dialog: Dialog, request: Request, txn: ServerTransaction,
+                        now: float) -> None:
+        """BYE ends the leg (answered 200 here); anything else goes to the owner."""
+        if request.method == "BYE":
+            self.ua.endpoint.reply(txn, 200, now)
+            self.state = LegState.ENDED
+            self.ua.drop_dialog(dialog)
+            self.owner.leg_event(self._me, LegEvent.ENDED, request, now, txn)
+            return
+        self.owner.leg_event(self._me, LegEvent.REQUEST, request, now, txn)
 
 
-class UacLeg:
+class UacLeg(_Leg):
     """An INVITE sent by sipdial."""
 
     def __init__(self, ua: UserAgent, owner: Owner, *, uri: URI, peer: Peer,
@@ -129,35 +192,17 @@ class UacLeg:
             self.cancelled = True
             self.ua.endpoint.cancel(self.invite_txn, now, reason)
 
-    def bye(self, now: float) -> None:
-        if self.state is LegState.CONFIRMED and self.dialog is not None:
-            self.state = LegState.ENDED
-            request = self.dialog.create_request("BYE")
-            self.ua.send_in_dialog(self.dialog, request, self, now)
-            self.ua.drop_dialog(self.dialog)
-
     def release(self, now: float) -> None:
         if self.state is LegState.CONFIRMED:
             self.bye(now)
         else:
             self.cancel(now)
 
-    def request(self, method: str, now: float, *, body: bytes = b"",
-                content_type: str | None = None,
-                extra: list[tuple[str, str]] | None = None) -> ClientTransaction | None:
-        if self.dialog is None or self.state is not LegState.CONFIRMED:
-            return None
-        request = self.dialog.create_request(method, body=body, content_type=content_type,
-                                             extra=extra)
-        return self.ua.send_in_dialog(self.dialog, request, self, now)
-
     # ------------------------------------------------------------ SIP events
 
     def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
         if txn is not self.invite_txn:
-            _ack_reinvite(self.ua, self.dialog, txn, response)
-            if txn.method not in ("BYE", "CANCEL"):
-                self.owner.leg_event(self, LegEvent.RESPONSE, response, now, txn)
+            self._dialog_response(txn, response, now)
             return
         status = response.status
         if status < 200:
@@ -229,21 +274,12 @@ class UacLeg:
                 self.final_status = 408
                 self.owner.leg_event(self, LegEvent.FAILED, None, now)
             return
-        if txn.method not in ("BYE", "CANCEL"):
-            self.owner.leg_event(self, LegEvent.RESPONSE, make_response(txn.request, 408),
-                                 now, txn)
+        self._dialog_timeout(txn, now)
 
     def on_dialog_request(self, dialog: Dialog, request: Request,
                           txn: ServerTransaction | None, now: float) -> None:
-        if txn is None:
-            return  # an ACK: we are the UAC of this dialog
-        if request.method == "BYE":
-            self.ua.endpoint.reply(txn, 200, now)
-            self.state = LegState.ENDED
-            self.ua.drop_dialog(dialog)
-            self.owner.leg_event(self, LegEvent.ENDED, request, now, txn)
-            return
-        self.owner.leg_event(self, LegEvent.REQUEST, request, now, txn)
+        if txn is not None:  # (an ACK has none: we are the UAC of this dialog)
+            self._dialog_request(dialog, request, txn, now)
 
     def on_cancel(self, txn: ServerTransaction, now: float) -> None:
         if not txn.answered:
@@ -253,7 +289,7 @@ class UacLeg:
         pass
 
 
-class UasLeg:
+class UasLeg(_Leg):
     """An INVITE received by sipdial."""
 
     def __init__(self, ua: UserAgent, owner: Owner, txn: ServerTransaction, source: Peer,
@@ -298,26 +334,11 @@ class UasLeg:
         response = make_response(self.invite, status, reason, to_tag=self.local_tag)
         self.ua.endpoint.respond(self.txn, response, now)
 
-    def bye(self, now: float) -> None:
-        if self.state is LegState.CONFIRMED and self.dialog is not None:
-            self.state = LegState.ENDED
-            self.ua.send_in_dialog(self.dialog, self.dialog.create_request("BYE"), self, now)
-            self.ua.drop_dialog(self.dialog)
-
     def release(self, now: float, status: int = 480) -> None:
         if self.state is LegState.CONFIRMED:
             self.bye(now)
         else:
             self.reject(status, now)
-
-    def request(self, method: str, now: float, *, body: bytes = b"",
-                content_type: str | None = None,
-                extra: list[tuple[str, str]] | None = None) -> ClientTransaction | None:
-        if self.dialog is None or self.state is not LegState.CONFIRMED:
-            return None
-        request = self.dialog.create_request(method, body=body, content_type=content_type,
-                                             extra=extra)
-        return self.ua.send_in_dialog(self.dialog, request, self, now)
 
     def _respond(self, status: int, now: float, body: bytes, content_type: str | None) -> None:
         response = make_response(self.invite, status, to_tag=self.local_tag)
@@ -331,14 +352,10 @@ class UasLeg:
     # ------------------------------------------------------------ SIP events
 
     def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
-        _ack_reinvite(self.ua, self.dialog, txn, response)
-        if txn.method not in ("BYE", "CANCEL"):
-            self.owner.leg_event(self, LegEvent.RESPONSE, response, now, txn)
+        self._dialog_response(txn, response, now)
 
     def on_txn_timeout(self, txn: ClientTransaction, now: float) -> None:
-        if txn.method not in ("BYE", "CANCEL"):
-            self.owner.leg_event(self, LegEvent.RESPONSE, make_response(txn.request, 408),
-                                 now, txn)
+        self._dialog_timeout(txn, now)
 
     def on_dialog_request(self, dialog: Dialog, request: Request,
                           txn: ServerTransaction | None, now: float) -> None:
@@ -346,13 +363,7 @@ class UasLeg:
             if request.method == "ACK":
                 self.owner.leg_event(self, LegEvent.ACKED, request, now)
             return
-        if request.method == "BYE":
-            self.ua.endpoint.reply(txn, 200, now)
-            self.state = LegState.ENDED
-            self.ua.drop_dialog(dialog)
-            self.owner.leg_event(self, LegEvent.ENDED, request, now, txn)
-            return
-        self.owner.leg_event(self, LegEvent.REQUEST, request, now, txn)
+        self._dialog_request(dialog, request, txn, now)
 
     def on_cancel(self, txn: ServerTransaction, now: float) -> None:
         if self.state in (LegState.CALLING, LegState.EARLY):
