@@ -124,6 +124,9 @@ class UserConfig:
     name: str = ""  #: display name shown on the user's phone
     auto_answer: bool = False  #: ask the phone to answer the first leg by itself
     number: str | None = None  #: the user's external caller-ID number
+    confirm: bool | None = None  #: play "press 1" before dialling (None: [calls] confirm)
+    language: str | None = None  #: prompt language "en" | "de" (None: [calls] language)
+    clir: bool = False  #: hide this user's number from targets (Privacy: id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +152,28 @@ class CallsConfig:
     target_answer_timeout: float = 60.0  #: ring time on the target
     refer_timeout: float = 32.0  #: how long to wait for the outcome of the REFER
     max_concurrent: int = 2000  #: calls in progress at once; more are refused
+    confirm: bool = False  #: play "to connect to ..., press 1" and wait for DTMF 1 first
+    confirm_timeout: float = 15.0  #: seconds to wait for a digit (cause not_confirmed)
+    language: str = "en"  #: prompt language, "en" or "de"
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    """``[media]``: sipdial's own RTP (prompts, tones, DTMF) in bridge mode and for confirmation."""
+
+    host: str | None = None  #: address for RTP and in SDP (None: the first SIP listen host)
+    port_min: int = 0  #: RTP port range; 0/0 = any free port for each call
+    port_max: int = 0
+    prompt_file: str | None = None  #: custom confirmation prompt, any format PyAV decodes
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """One ``[[webhooks]]`` entry: where call events are POSTed."""
+
+    url: str  #: http:// or https:// URL
+    secret: str = field(repr=False)  #: HMAC-SHA256 key for X-Sipdial-Signature
+    events: tuple[str, ...] = ("*",)  #: event names ("call.ringing", ...) or "*" for all
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +189,8 @@ class Config:
     calls: CallsConfig = field(default_factory=CallsConfig)
     #: raw ``[[auto_answer]]`` tables (vendor, match, headers); only their types are checked here
     auto_answer: tuple[dict[str, object], ...] = ()
+    media: MediaConfig = field(default_factory=MediaConfig)
+    webhooks: tuple[WebhookConfig, ...] = ()
     source: str = "<string>"  #: file the configuration came from
 
 
@@ -203,7 +230,11 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     routes = tuple(_parse_route(t) for t in root.array_of_tables("routes"))
     calls = _parse_calls(root.table("calls", required=False))
     auto_answer = tuple(_parse_auto_answer(t) for t in root.array_of_tables("auto_answer"))
+    media = _parse_media(root.table("media", required=False))
+    webhooks = tuple(_parse_webhook(t) for t in root.array_of_tables("webhooks"))
     return Config(
+        media=media,
+        webhooks=webhooks,
         sip=sip,
         http=http,
         store=store,
@@ -224,7 +255,10 @@ _SQLITE_PREFIX: Final = "sqlite:///"
 
 #: Every key the file may contain, by table ("name[]" for each entry of an array of tables).
 _KEYS: Final[dict[str, frozenset[str]]] = {
-    "": frozenset({"sip", "http", "store", "api", "users", "routes", "calls", "auto_answer"}),
+    "": frozenset({"sip", "http", "store", "api", "users", "routes", "calls", "auto_answer",
+                   "media", "webhooks"}),
+    "media": frozenset({"host", "port_min", "port_max", "prompt_file"}),
+    "webhooks[]": frozenset({"url", "secret", "events"}),
     "sip": frozenset(
         {
             "listen",
@@ -243,7 +277,8 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
     "http": frozenset({"listen"}),
     "store": frozenset({"url"}),
     "api": frozenset({"tokens"}),
-    "users[]": frozenset({"id", "password", "name", "auto_answer", "number"}),
+    "users[]": frozenset({"id", "password", "name", "auto_answer", "number", "confirm",
+                          "language", "clir"}),
     "routes[]": frozenset({"match", "uri", "username", "password"}),
     "calls": frozenset(
         {
@@ -252,6 +287,9 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
             "target_answer_timeout",
             "refer_timeout",
             "max_concurrent",
+            "confirm",
+            "confirm_timeout",
+            "language",
         }
     ),
     "auto_answer[]": frozenset({"vendor", "match", "headers"}),
@@ -407,7 +445,13 @@ def _parse_users(tables: list[_Table]) -> Mapping[str, UserConfig]:
             raise ConfigError(
                 f'{t.path("number")}: expected digits with an optional leading "+", got "{number}"'
             )
-        users[uid] = UserConfig(uid, password, name, auto_answer, number)
+        confirm = t.boolean("confirm", False) if "confirm" in t.raw else None
+        language = t.optional_string("language")
+        if language is not None and language not in LANGUAGES:
+            raise ConfigError(f'{t.path("language")}: expected "en" or "de", got "{language}"')
+        clir = t.boolean("clir", False)
+        users[uid] = UserConfig(uid, password, name, auto_answer, number, confirm, language,
+                                clir)
     return MappingProxyType(users)
 
 
@@ -458,8 +502,49 @@ def _parse_calls(t: _Table) -> CallsConfig:
         target_answer_timeout=t.positive_float("target_answer_timeout", 60.0),
         refer_timeout=t.positive_float("refer_timeout", 32.0),
         max_concurrent=t.positive_int("max_concurrent", 2000),
+        confirm=t.boolean("confirm", False),
+        confirm_timeout=t.positive_float("confirm_timeout", 15.0),
+        language=t.string("language", default="en"),
     )
+    if calls.language not in LANGUAGES:
+        raise ConfigError(f'{t.path("language")}: expected "en" or "de", got "{calls.language}"')
     return calls
+
+
+LANGUAGES: Final = ("en", "de")
+EVENT_NAMES: Final = ("call.dialing", "call.ringing", "call.answered", "call.confirmed",
+                      "call.connected", "call.ended")
+
+
+def _parse_media(t: _Table) -> MediaConfig:
+    host = t.optional_string("host")
+    if host is not None:
+        host = _parse_host(host, t.path("host"), host)
+    port_min = t.get("port_min", int, "an integer", 0)
+    port_max = t.get("port_max", int, "an integer", 0)
+    for key, value in (("port_min", port_min), ("port_max", port_max)):
+        if not 0 <= value <= 65535:
+            raise ConfigError(f"{t.path(key)}: must be 0-65535, got {value}")
+    if (port_min == 0) != (port_max == 0) or port_min > port_max:
+        raise ConfigError(f"{t.path('port_max')}: give both port_min <= port_max, or neither")
+    prompt_file = t.optional_string("prompt_file")
+    return MediaConfig(host, port_min, port_max, prompt_file)
+
+
+def _parse_webhook(t: _Table) -> WebhookConfig:
+    url = t.string("url")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f'{t.path("url")}: must start with http:// or https://, got "{url}"')
+    secret = t.string("secret")
+    events: tuple[str, ...] = ("*",)
+    if "events" in t.raw:
+        names = t.strings("events")
+        for i, name in enumerate(names):
+            if name != "*" and name not in EVENT_NAMES:
+                raise ConfigError(f'{t.path("events")}[{i}]: unknown event "{name}" '
+                                  f'(one of {", ".join(EVENT_NAMES)} or "*")')
+        events = tuple(names) or ("*",)
+    return WebhookConfig(url, secret, events)
 
 
 def _parse_auto_answer(t: _Table) -> dict[str, object]:

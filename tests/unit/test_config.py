@@ -514,3 +514,50 @@ def test_invalid_toml_names_source() -> None:
 def test_token_never_in_error_message() -> None:
     message = error(toml(api='[api]\ntokens = { "very-secret" = "nobody" }\n'))
     assert "very-secret" not in message
+
+
+def test_issue3_keys_confirm_media_webhooks() -> None:
+    from sipdial.config import parse_config as _parse
+
+    base = """
+[sip]
+listen = ["udp:127.0.0.1:5060"]
+domain = "127.0.0.1"
+[http]
+listen = "127.0.0.1:8080"
+[store]
+url = "sqlite:///:memory:"
+[api]
+tokens = { "a" = "*" }
+[[users]]
+id = "201"
+password = "p"
+confirm = true
+language = "de"
+clir = true
+[calls]
+confirm_timeout = 5
+[media]
+port_min = 10000
+port_max = 10100
+[[webhooks]]
+url = "http://127.0.0.1:9/hook"
+secret = "s"
+events = ["call.ended"]
+"""
+    cfg = _parse(base)
+    user = cfg.users["201"]
+    assert (user.confirm, user.language, user.clir) == (True, "de", True)
+    assert cfg.calls.confirm is False and cfg.calls.confirm_timeout == 5.0
+    assert (cfg.media.port_min, cfg.media.port_max) == (10000, 10100)
+    assert cfg.webhooks[0].events == ("call.ended",)
+    for bad, where in [
+        (base.replace('language = "de"', 'language = "fr"'), "users[0].language"),
+        (base.replace("port_max = 10100", "port_max = 100"), "media.port_max"),
+        (base.replace('events = ["call.ended"]', 'events = ["call.exploded"]'),
+         "webhooks[0].events[0]"),
+        (base.replace('url = "http://127.0.0.1:9/hook"', 'url = "ftp://x"'), "webhooks[0].url"),
+    ]:
+        with pytest.raises(ConfigError) as exc:
+            _parse(bad)
+        assert where in str(exc.value)
