@@ -13,6 +13,7 @@ Routes (all JSON, ``application/json; charset=utf-8``):
 ``/v1/calls/{id}``           GET     the call resource
 ``/v1/calls/{id}``           DELETE  cancel / hang up -> the call resource
 ``/v1/registrations``        GET     ``?user=`` -> ``{"registrations": [...]}``
+``/v1/events``               GET     Server-Sent Events (:mod:`sipdial.api.sse`), if enabled
 ``/healthz``                 GET     ``api.health()``, no authentication
 ``.../call-init.php``        GET     LocaPhone: ``?user=&to=`` [&from&cidnum&clir&prv ignored]
 ``.../remote_call.htm``      GET     pbxnsip: ``?user=&dest=`` [&auth=id:password][&connect=]
@@ -43,6 +44,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
 from sipdial.api.service import CALL_STATES, ApiError, CallApi
+from sipdial.api.sse import EventSource, EventStream
 
 __all__ = ["MAX_BODY_BYTES", "build_site", "normalise_destination"]
 
@@ -76,7 +78,9 @@ _SIP_URI: Final = re.compile(
 _USER: Final = re.compile(r"[A-Za-z0-9._~+-]{1,64}")
 _CALL_ID: Final = r"[A-Za-z0-9._~-]{1,128}"
 _CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
-_BODY_FIELDS: Final = frozenset({"user", "to", "device", "auto_answer", "mode"})
+_BODY_FIELDS: Final = frozenset(
+    {"user", "to", "device", "auto_answer", "mode", "confirm", "caller_id", "clir"}
+)
 
 
 def normalise_destination(value: str) -> str | None:
@@ -124,11 +128,16 @@ def _valid_destination(name: str, value: object) -> str:
 
 
 def _valid_mode(value: object) -> str | None:
-    if value is None or value == "refer":
+    if value is None or value in ("refer", "bridge"):
         return value
-    if value == "bridge":
-        raise ApiError(422, "mode_not_supported", 'bridge mode is not available yet; use "refer"')
     raise _invalid('mode: must be "refer" or "bridge"')
+
+
+def _valid_flag(payload: dict[str, object], name: str) -> bool | None:
+    value = payload.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise _invalid(f"{name}: must be true or false")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +149,9 @@ class _CallRequest:
     device: str | None = None
     auto_answer: bool | None = None
     mode: str | None = None
+    confirm: bool | None = None  #: "press 1" before dialling (None: user/config default)
+    caller_id: str | None = None  #: number shown to the target in bridge mode
+    clir: bool | None = None  #: hide the caller's identity from the target
 
 
 def _call_request_from_json(payload: object) -> _CallRequest:
@@ -159,11 +171,16 @@ def _call_request_from_json(payload: object) -> _CallRequest:
         not isinstance(device, str) or not 0 < len(device) <= 256 or _CONTROL_CHARS.search(device)
     ):
         raise _invalid("device: must be a non-empty string of at most 256 printable characters")
-    auto_answer = payload.get("auto_answer")
-    if auto_answer is not None and not isinstance(auto_answer, bool):
-        raise _invalid("auto_answer: must be true or false")
+    auto_answer = _valid_flag(payload, "auto_answer")
     mode = _valid_mode(payload.get("mode"))
-    return _CallRequest(user=user, to=to, device=device, auto_answer=auto_answer, mode=mode)
+    caller_id = payload.get("caller_id")
+    if caller_id is not None and (
+        not isinstance(caller_id, str) or re.fullmatch(r"\+?[0-9]{1,20}", caller_id) is None
+    ):
+        raise _invalid('caller_id: must be a number (digits with an optional leading "+")')
+    return _CallRequest(user=user, to=to, device=device, auto_answer=auto_answer, mode=mode,
+                        confirm=_valid_flag(payload, "confirm"), caller_id=caller_id,
+                        clir=_valid_flag(payload, "clir"))
 
 
 def _parse_json(body: bytes) -> object:
@@ -300,6 +317,15 @@ class _Incoming:
     authorization: str | None = None
     body: bytes = b""
     body_too_large: bool = False
+    last_event_id: str | None = None  #: the SSE ``Last-Event-ID`` header
+
+
+@dataclass(frozen=True, slots=True)
+class _OpenEventStream:
+    """The body of a reply to ``GET /v1/events``: stream instead of sending JSON."""
+
+    user: str | None  #: only this user's calls; None = every call (admin)
+    after: int | None  #: Last-Event-ID to resume after
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,10 +362,12 @@ class _Router:
         api: CallApi,
         tokens: Mapping[str, str],
         check_password: Callable[[str, str], bool] | None,
+        events: bool = False,
     ) -> None:
         self._api = api
         self._tokens = _Tokens(tokens)
         self._check_password = check_password
+        self._events = events
 
     def handle(self, request: _Incoming) -> Deferred[_Reply]:
         """Always fires with a reply; errors become JSON error replies."""
@@ -443,6 +471,9 @@ class _Router:
             device=call.device,
             auto_answer=call.auto_answer,
             mode=call.mode,
+            confirm=call.confirm,
+            caller_id=call.caller_id,
+            clir=call.clir,
         )
 
         def created(resource: dict[str, Any]) -> _Reply:
@@ -499,17 +530,46 @@ class _Router:
         registrations = self._api.list_registrations(self._limit_to(principal, user))
         return succeed(_Reply(200, {"registrations": registrations}))
 
+    def _event_stream(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        """``GET /v1/events[?user=][&last_event_id=]``; ``Last-Event-ID`` wins over the query."""
+        if not self._events:
+            raise ApiError(404, "not_found", f"no such resource: {request.path}")
+        principal = self._authenticate(request)
+        query = _Query(request.query)
+        user = query.text("user")
+        if user is not None:
+            _valid_user("user", user)
+        after_text = request.last_event_id
+        name = "Last-Event-ID"
+        if after_text is None:
+            after_text, name = query.text("last_event_id"), "last_event_id"
+        after: int | None = None
+        if after_text is not None and after_text.strip() != "":
+            after_text = after_text.strip()
+            if not (after_text.isascii() and after_text.isdigit() and len(after_text) <= 18):
+                raise _invalid(f"{name}: must be an event id (a non-negative integer)")
+            after = int(after_text)
+        stream = _OpenEventStream(user=self._limit_to(principal, user), after=after)
+        return succeed(_Reply(200, stream))
+
     def _health(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         return succeed(_Reply(200, self._api.health()))
 
     def _locaphone_call_init(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
-        """LocaPhone ``call-init.php?user=&to=``; from, cidnum, clir, prv are ignored."""
+        """LocaPhone ``call-init.php?user=&to=[&cidnum=][&clir=1]``; ``from`` and ``prv`` are
+        accepted and ignored. ``cidnum`` is the number shown to the target and ``clir=1``
+        hides it, both only meaningful in bridge mode (the engine's default mode applies)."""
         principal = self._authenticate(request)
         query = _Query(request.query)
+        cidnum = query.text("cidnum")
+        if cidnum is not None and re.fullmatch(r"\+?[0-9]{1,20}", cidnum) is None:
+            raise _invalid("cidnum: must be a number")
+        clir = query.text("clir")
         call = _CallRequest(
             user=_valid_user("user", query.required("user")),
             to=_valid_destination("to", query.required("to", number=True)),
-            mode="refer",
+            caller_id=cidnum,
+            clir=None if clir is None else clir in ("1", "true", "yes"),
         )
         return self._start_call(principal, call)
 
@@ -518,8 +578,8 @@ class _Router:
 
         Authenticated by a Bearer token, by ``auth`` (the SIP user's own credentials, like
         pbxnsip) or by HTTP Basic with those credentials (pbxnsip's challenge for links
-        without ``auth``). ``connect=true`` skips the user's confirmation and so maps to
-        ``auto_answer``.
+        without ``auth``). pbxnsip always asks the user to press 1 first; ``connect=true``
+        skips that confirmation (``confirm: false``).
         """
         query = _Query(request.query)
         auth = query.text("auth")
@@ -534,8 +594,7 @@ class _Router:
         call = _CallRequest(
             user=_valid_user("user", _strip_domain(query.required("user"))),
             to=_valid_destination("dest", query.required("dest", number=True)),
-            auto_answer=None if connect is None else flags[connect.lower()],
-            mode="refer",
+            confirm=True if connect is None else not flags[connect.lower()],
         )
         return self._start_call(principal, call)
 
@@ -550,6 +609,7 @@ _ROUTES: Final[tuple[_Route, ...]] = (
         {"GET": _Router._get_call, "DELETE": _Router._delete_call},
     ),
     _Route(re.compile("/v1/registrations"), {"GET": _Router._list_registrations}),
+    _Route(re.compile("/v1/events"), {"GET": _Router._event_stream}, head=False),
     _Route(re.compile("/healthz"), {"GET": _Router._health}),
     # The replaced systems served these below a prefix (LocaPhone: /locaphone/prov/);
     # any prefix is accepted so that existing links keep working after a DNS change.
@@ -609,6 +669,7 @@ def _incoming(request: _TwistedRequest) -> _Incoming:
     uri: bytes = request.uri
     path, _, query = uri.partition(b"?")
     authorization = request.getHeader(b"authorization")
+    last_event_id = request.getHeader(b"last-event-id")
     too_large = bool(getattr(request, "body_too_large", False))
     body = b"" if too_large or request.content is None else request.content.read()
     return _Incoming(
@@ -618,6 +679,7 @@ def _incoming(request: _TwistedRequest) -> _Incoming:
         authorization=None if authorization is None else authorization.decode("latin-1"),
         body=body,
         body_too_large=too_large,
+        last_event_id=None if last_event_id is None else last_event_id.decode("latin-1"),
     )
 
 
@@ -634,17 +696,31 @@ def _encode(reply: _Reply) -> tuple[_Reply, bytes]:
 class _Resource(Resource):
     isLeaf = True
 
-    def __init__(self, router: _Router) -> None:
+    def __init__(self, router: _Router, events: EventStream | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._router = router
+        self._events = events
 
     def render(self, request: _TwistedRequest) -> int:
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
         d = self._router.handle(_incoming(request))
-        d.addCallback(self._respond, request, gone)
+        d.addCallback(self._respond_or_stream, request, gone)
         d.addErrback(lambda f: _log.failure("failed to write the response", f))
         return server.NOT_DONE_YET
+
+    def _respond_or_stream(
+        self, reply: _Reply, request: _TwistedRequest, gone: list[Failure]
+    ) -> None:
+        if isinstance(reply.body, _OpenEventStream):
+            if not gone and self._events is not None:
+                stream = reply.body
+                # the real request also has the producer methods sse needs
+                self._events.open(
+                    request, user=stream.user, after=stream.after  # type: ignore[arg-type]
+                )
+            return
+        self._respond(reply, request, gone)
 
     @staticmethod
     def _respond(reply: _Reply, request: _TwistedRequest, gone: list[Failure]) -> None:
@@ -667,6 +743,7 @@ def build_site(
     *,
     reactor: Any = None,
     check_password: Callable[[str, str], bool] | None = None,
+    events: EventSource | None = None,
 ) -> server.Site:
     """The HTTP API as a Twisted ``Site``; listen on it with ``reactor.listenTCP``.
 
@@ -674,9 +751,17 @@ def build_site(
     administrator. ``check_password(user, password)`` verifies a SIP user's credentials for
     pbxnsip's ``remote_call.htm?auth=``; without it only bearer tokens are accepted there.
     ``reactor`` (an ``IReactorTime``) drives the HTTP connection timeouts.
+    ``events`` (the :class:`~sipdial.events.hub.EventHub`) enables ``GET /v1/events``.
     """
+    stream: EventStream | None = None
+    if events is not None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        stream = EventStream(events, reactor)
     site = server.Site(  # type: ignore[no-untyped-call]
-        _Resource(_Router(api, tokens, check_password)),
+        _Resource(_Router(api, tokens, check_password, events=stream is not None), stream),
         requestFactory=_LimitedRequest,
         parsePOSTFormSubmission=False,
         reactor=reactor,

@@ -87,8 +87,13 @@ class CallApi(Protocol):
         device: str | None,
         auto_answer: bool | None,
         mode: str | None,
+        confirm: bool | None = None,
+        caller_id: str | None = None,
+        clir: bool | None = None,
     ) -> Deferred[dict[str, Any]]:
-        """Start a call; fires with the new call resource."""
+        """Start a call; fires with the new call resource. ``confirm``: play "press 1" first
+        (None: the user's / config default); ``caller_id`` and ``clir``: what the target
+        sees in bridge mode."""
         ...
 
     def get_call(self, call_id: str) -> Deferred[dict[str, Any] | None]:

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sipdial.calls.legs import ANSWERED_ELSEWHERE, LegEvent, LegState, UacLeg, UasLeg
+from sipdial.calls.legs import ANSWERED_ELSEWHERE, LegEvent, LegState, Relay, UacLeg, UasLeg
 from sipdial.calls.states import Input, target_failure_input
-from sipdial.sip.message import Request, Response, make_response
+from sipdial.sip.message import Request, Response
 from sipdial.sip.peer import Peer
 from sipdial.sip.timers import TimerHandle
 from sipdial.sip.transaction import ClientTransaction, ServerTransaction
@@ -58,7 +58,7 @@ class BridgedCall:
             for t in targets
         ]
         self.b: UacLeg | None = None  # the fork that answered
-        self._relays: dict[ClientTransaction, ServerTransaction] = {}
+        self._relay = Relay(engine.ua)
         self._timer: TimerHandle | None = None
         self.done = False
 
@@ -161,9 +161,9 @@ class BridgedCall:
                 self._notify(Input.HANGUP, now, detail="target hung up")
             case LegEvent.REQUEST:
                 assert isinstance(message, Request) and isinstance(txn, ServerTransaction)
-                self._relay(message, txn, self.a, now)
+                self._relay.forward(message, txn, leg, self.a, now)
             case LegEvent.RESPONSE:
-                self._relay_back(txn, message, now)
+                self._relay.response(txn, message, now)
 
     def _a_event(self, event: LegEvent, message: Request | Response | None, now: float,
                  txn: ClientTransaction | ServerTransaction | None) -> None:
@@ -184,41 +184,8 @@ class BridgedCall:
                     self.engine.ua.endpoint.reply(txn, 491 if message.method == "INVITE"
                                                   else 481, now)
                     return
-                self._relay(message, txn, self.b, now)
+                self._relay.forward(message, txn, self.a, self.b, now)
             case LegEvent.RESPONSE:
-                self._relay_back(txn, message, now)
+                self._relay.response(txn, message, now)
             case LegEvent.ACKED:
                 pass
-
-    # ------------------------------------------------------------ relaying
-
-    def _relay(self, request: Request, txn: ServerTransaction, other: UacLeg | UasLeg,
-               now: float) -> None:
-        out = other.request(request.method, now, body=request.body,
-                            content_type=request.headers.get("Content-Type"))
-        if out is None:
-            self.engine.ua.endpoint.reply(txn, 481 if request.method != "INVITE" else 491, now)
-            return
-        self._relays[out] = txn
-
-    def _relay_back(self, txn: ClientTransaction | ServerTransaction | None,
-                    message: Request | Response | None, now: float) -> None:
-        if not isinstance(txn, ClientTransaction) or not isinstance(message, Response):
-            return
-        if message.status < 200:
-            return
-        server_txn = self._relays.pop(txn, None)
-        if server_txn is None or server_txn.answered:
-            return
-        response = make_response(server_txn.request, message.status, message.reason)
-        if message.body:
-            response.headers.add("Content-Type",
-                                 message.headers.get("Content-Type") or "application/sdp")
-            response.body = message.body
-        if server_txn.method == "INVITE" and message.status < 300:
-            a_side = server_txn.request.headers.get("Call-ID") == self.a.invite.headers.get(
-                "Call-ID")
-            contact = self.a.contact if a_side or self.b is None else \
-                self.engine.ua.endpoint.contact(self.b.peer)
-            response.headers.add("Contact", contact)
-        self.engine.ua.endpoint.respond(server_txn, response, now)

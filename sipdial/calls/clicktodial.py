@@ -1,4 +1,6 @@
-"""The click-to-dial flow: ring the user's device(s), then REFER the phone to the target.
+"""The click-to-dial flow: ring the user's device(s), optionally ask "press 1", then REFER
+the phone to the target (refer mode) or call the target and bridge it (bridge mode, 3PCC in
+:mod:`sipdial.calls.bridge`).
 
 Every state change goes through :meth:`ClickToDial.fire`, which looks the input up in
 :data:`sipdial.calls.states.TRANSITIONS` and runs the row's actions. The methods below only
@@ -13,8 +15,10 @@ INVITE elsewhere, and tells when to drop sipdial's own dialog with the phone.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from sipdial.calls.bridge import ThirdPartyBridge
 from sipdial.calls.legs import ANSWERED_ELSEWHERE, LegEvent, LegState, UacLeg, UasLeg
 from sipdial.calls.states import (
     Action,
@@ -25,6 +29,7 @@ from sipdial.calls.states import (
     transition,
     user_failure_input,
 )
+from sipdial.media.dtmf import digit_from_info
 from sipdial.sip import sdp
 from sipdial.sip.message import Request, Response
 from sipdial.sip.timers import TimerHandle
@@ -45,15 +50,26 @@ NOTIFY_GRACE = 4.0  # seconds to wait for the final NOTIFY once the target answe
 
 class ClickToDial:
     def __init__(self, engine: CallEngine, record: CallRecord, bindings: list[Binding],
-                 auto_answer: bool) -> None:
+                 auto_answer: bool, *, confirm: bool = False, language: str = "en",
+                 caller_id: str | None = None, clir: bool = False) -> None:
         self.engine = engine
         self.record = record
         self.bindings = bindings
         self.auto_answer = auto_answer and len(bindings) == 1
+        self.mode = record.mode
+        self.confirm = confirm
+        self.language = language
+        self.caller_id = caller_id
+        self.clir = clir
+        # sipdial's own RTP for this call: the prompt, tones, in-band/RFC 4733 DTMF
+        self.has_media = (confirm or self.mode == "bridge") and engine.media is not None
+        self.payload_type = 0  # PCMU until the phone's answer says otherwise
+        self.wrong_digits = 0
+        self.media_at: tuple[str, int] | None = None
         self.state = CallState(record.state)
         self.forks: list[UacLeg] = []
         self.user_leg: UacLeg | None = None
-        self.bridge: BridgedCall | None = None
+        self.bridge: BridgedCall | ThirdPartyBridge | None = None
         self.refer_txn: ClientTransaction | None = None
         self.refer_accepted = False
         self.transfer_done = False  # the final NOTIFY arrived (RFC 3515 §2.4.5)
@@ -103,9 +119,16 @@ class ClickToDial:
                 for leg in self.forks:
                     if leg is not self.user_leg:
                         leg.cancel(now, reason=ANSWERED_ELSEWHERE)
+            case Action.PLAY_PROMPT | Action.REPLAY_PROMPT:
+                self._play_prompt(now)
             case Action.CONNECT_TARGET:
-                self._send_refer(now)
+                if self.mode == "bridge":
+                    self._start_bridge(now)
+                else:
+                    self._send_refer(now)
             case Action.RELEASE_USER:
+                if self.mode != "refer":
+                    return  # the bridge keeps the phone leg: that is the call
                 # The REFER subscription shares the dialog (RFC 5057): let the phone send its
                 # final NOTIFY before the BYE, but not wait for it forever.
                 if self.transfer_done or not self.refer_accepted:
@@ -113,10 +136,7 @@ class ClickToDial:
                 else:
                     self._set_timer(now + NOTIFY_GRACE, self._release_user)
             case Action.RELEASE_ALL:
-                for leg in self.forks:
-                    leg.release(now)
-                if self.bridge is not None:
-                    self.bridge.release(now)
+                self._release_all(now)
 
     # ------------------------------------------------------------ start
 
@@ -128,11 +148,14 @@ class ClickToDial:
         user = engine.users[self.record.user]
         callee = NameAddr(SipURI("sip", user.id, None, engine.domain, None, {}, {}),
                           user.name or None)
+        media_at = engine.media.open(self, self._media_digit) \
+            if self.has_media and engine.media is not None else None
+        self.media_at = media_at
         for binding in self.bindings:
             extra = [("P-Asserted-Identity", str(caller))]
             if self.auto_answer:
                 extra += engine.auto_answer_headers(binding.user_agent)
-            offer = sdp.audio_offer(*engine.media_address(binding.peer),
+            offer = sdp.audio_offer(*(media_at or engine.media_address(binding.peer)),
                                     session_id=engine.session_id())
             leg = UacLeg(engine.ua, self, uri=parse_uri(binding.contact), peer=binding.peer,
                          from_party=caller, to_party=callee, body=offer,
@@ -167,6 +190,106 @@ class ClickToDial:
         if self.state in _RINGING_STATES:
             self.fire(Input.USER_NO_ANSWER, now, detail="no answer within "
                       f"{self.engine.config.calls.user_answer_timeout:g} s")
+
+    def _release_all(self, now: float) -> None:
+        media = self.engine.media
+        if isinstance(self.bridge, ThirdPartyBridge):
+            tone = {"target_busy": "busy", "target_no_answer": "failure",
+                    "target_failed": "failure"}.get(self.record.cause or "")
+            self.bridge.release(now, tone)  # hangs up the phone, after the tone if any
+            for leg in self.forks:
+                if leg is not self.user_leg:
+                    leg.release(now)
+            return
+        for leg in self.forks:
+            leg.release(now)
+        if self.bridge is not None:
+            self.bridge.release(now)
+        if media is not None and self.has_media:
+            media.close(self)
+
+    # ------------------------------------------------------------ media and digits
+
+    def tone_frames(self, kind: str) -> Sequence[bytes]:
+        assert self.engine.prompts is not None
+        return self.engine.prompts.tone(kind, self.payload_type)  # type: ignore[arg-type]
+
+    def _play_prompt(self, now: float) -> None:
+        media, prompts = self.engine.media, self.engine.prompts
+        if media is None or prompts is None:
+            # no media: confirmation is impossible; never dial without it
+            self._soon(Input.NOT_CONFIRMED, now, detail="no media for the prompt")
+            return
+        frames = prompts.confirm_prompt(self.record.to, self.language, self.payload_type)
+        media.play(self, frames)
+        timeout = len(frames) * 0.020 + self.engine.config.calls.confirm_timeout
+        self._set_timer(now + timeout, self._confirm_timeout)
+
+    def _confirm_timeout(self, now: float) -> None:
+        self._timer = None
+        if self.state is CallState.AWAITING_CONFIRMATION:
+            self.fire(Input.NOT_CONFIRMED, now, detail="no digit pressed")
+
+    def _media_digit(self, key: object, digit: str, how: str) -> None:
+        """A digit from sipdial's RTP (RFC 4733 or in-band): outside the SIP pump."""
+        self.digit(digit, self.engine.clock(), how)
+        self.engine.kick()
+
+    def digit(self, digit: str, now: float, how: str) -> None:
+        if self.state is not CallState.AWAITING_CONFIRMATION:
+            return
+        if digit == "1":
+            if self.engine.media is not None:
+                self.engine.media.stop_playing(self)
+            self.fire(Input.CONFIRMED, now, detail=f"DTMF 1 ({how})")
+            return
+        self.wrong_digits += 1
+        inp = Input.WRONG_DIGIT if self.wrong_digits == 1 else Input.NOT_CONFIRMED
+        self.fire(inp, now, detail=f"DTMF {digit} ({how})")
+
+    def _soon(self, inp: Input, now: float, code: int | None = None,
+              detail: str | None = None) -> None:
+        """Fire ``inp`` right after the current transition (never from inside one)."""
+        self.engine.timers.schedule(now, lambda t: self.fire(inp, t, code, detail))
+
+    def _answer_media(self, leg: UacLeg) -> None:
+        """Point our RTP at the phone's, in the codec it chose (RFC 3264 answer)."""
+        media = self.engine.media
+        if not self.has_media or media is None or leg.answer is None:
+            return
+        info = sdp.parse_answer(leg.answer.body)
+        if info is None:
+            return
+        self.payload_type = info.payload_type
+        media.set_remote(self, info.host, info.port, info.payload_type, info.event_payload_type)
+
+    # ------------------------------------------------------------ bridge mode
+
+    def _start_bridge(self, now: float) -> None:
+        engine = self.engine
+        assert self.user_leg is not None
+        number = self.record.to.removeprefix("sip:").split("@", 1)[0]
+        targets = engine.route(number, now)
+        if not isinstance(targets, list):
+            code = 404 if targets is None else targets
+            self._soon(target_failure_input(code), now, code, "no route to the target")
+            return
+        user = engine.users[self.record.user]
+        shown = self.caller_id or user.number or user.id
+        identity = NameAddr(SipURI("sip", shown, None, engine.domain, None, {}, {}),
+                            user.name or None)
+        extra = [("P-Asserted-Identity", str(identity))]
+        caller = identity
+        if self.clir:
+            # RFC 3323/3325: anonymous From, the real identity only for trusted hops
+            caller = NameAddr(SipURI("sip", "anonymous", None, "anonymous.invalid", None, {},
+                                     {}), "Anonymous")
+            extra.append(("Privacy", "id"))
+        callee = NameAddr(SipURI("sip", number, None, engine.domain, None, {}, {}))
+        bridge = ThirdPartyBridge(engine, self, self.user_leg, targets=targets, caller=caller,
+                                  callee=callee, extra=extra)
+        self.bridge = bridge
+        bridge.start(now)
 
     def _release_user(self, now: float) -> None:
         if self.user_leg is not None:
@@ -206,6 +329,9 @@ class ClickToDial:
                     self.record.device = leg.label
                     self.record.auto_answer = self.auto_answer
                     self.fire(Input.USER_ANSWERED, now, code, leg.label)
+                    self._answer_media(leg)
+                    self.fire(Input.ASK_CONFIRMATION if self.confirm
+                              else Input.NO_CONFIRMATION, now)
                 else:
                     leg.bye(now)  # a second device answered too late
             case LegEvent.FAILED:
@@ -241,7 +367,9 @@ class ClickToDial:
     def _user_leg_ended(self, leg: UacLeg, now: float) -> None:
         if leg is not self.user_leg:
             return
-        if self.state is CallState.USER_ANSWERED and not self.refer_accepted:
+        if self.state is CallState.AWAITING_CONFIRMATION:
+            self.fire(Input.USER_HUNG_UP, now, detail="phone hung up during the prompt")
+        elif self.state is CallState.USER_ANSWERED and not self.refer_accepted:
             self.fire(Input.USER_HUNG_UP, now, detail="phone hung up before the transfer")
         # after the REFER was accepted the phone may leave its first dialog at any time
 
@@ -253,13 +381,18 @@ class ClickToDial:
             self._notify(request, now)
         elif request.method in ("INVITE", "UPDATE"):
             # e.g. the phone holds its first call before it transfers: answer in kind
-            offer = sdp.audio_offer(*self.engine.media_address(leg.peer),
+            offer = sdp.audio_offer(*(self.media_at or self.engine.media_address(leg.peer)),
                                     session_id=self.engine.session_id(), version=2,
                                     direction=sdp.answer_direction(request.body))
             ua.endpoint.reply(txn, 200, now, to_tag=None, headers=[
                 ("Contact", ua.endpoint.contact(leg.peer)),
                 ("Content-Type", sdp.CONTENT_TYPE)], body=offer)
-        elif request.method in ("INFO", "OPTIONS"):
+        elif request.method == "INFO":
+            ua.endpoint.reply(txn, 200, now)
+            digit = digit_from_info(request.headers.get("Content-Type"), request.body)
+            if digit is not None:
+                self.digit(digit, now, "info")
+        elif request.method == "OPTIONS":
             ua.endpoint.reply(txn, 200, now)
         else:
             ua.endpoint.reply(txn, 501, now)

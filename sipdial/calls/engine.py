@@ -12,7 +12,7 @@ import itertools
 import os
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 
@@ -22,7 +22,7 @@ from sipdial.calls.autoanswer import AutoAnswerRule, auto_answer_headers
 from sipdial.calls.b2bua import BridgedCall, Target
 from sipdial.calls.clicktodial import ClickToDial
 from sipdial.calls.legs import UasLeg
-from sipdial.calls.states import CallState
+from sipdial.calls.states import CallState, target_failure_input
 from sipdial.config import Config, UserConfig
 from sipdial.registrar import Binding, Registrar
 from sipdial.sip.endpoint import peer_for_uri
@@ -34,6 +34,10 @@ from sipdial.sip.uri import URI, NameAddr, SipURI, parse_uri
 from sipdial.store.models import CallEvent, CallRecord
 from sipdial.ua import UserAgent
 
+if TYPE_CHECKING:
+    from sipdial.media.prompt import PromptLibrary
+    from sipdial.media.transport import MediaManager
+
 _C2D_PARAM = "x-c2d"
 _AWAITING_REFERRED = (CallState.USER_ANSWERED, CallState.CALLING_TARGET,
                       CallState.TARGET_RINGING)
@@ -44,7 +48,9 @@ class CallEngine:
                  auth: Authenticator, timers: TimerHeap, store: Any,
                  clock: Callable[[], float], kick: Callable[[], None],
                  auto_answer_rules: tuple[AutoAnswerRule, ...],
-                 media_ports: dict[int, tuple[str, int]]) -> None:
+                 media_ports: dict[int, tuple[str, int]],
+                 media: MediaManager | None = None,
+                 prompts: PromptLibrary | None = None) -> None:
         self.config = config
         self.ua = ua
         self.registrar = registrar
@@ -55,6 +61,8 @@ class CallEngine:
         self.kick = kick
         self.rules = auto_answer_rules
         self.media_ports = media_ports  # address family -> (host, port) of the RTP sink
+        self.media = media  # sipdial's own RTP (prompts, tones, DTMF); None: REFER only
+        self.prompts = prompts
         self.domain = config.sip.domain
         self.users: dict[str, UserConfig] = dict(config.users)
         self.calls: dict[str, ClickToDial] = {}
@@ -108,22 +116,29 @@ class CallEngine:
     # ------------------------------------------------------------ CallApi
 
     def create_call(self, *, user: str, to: str, device: str | None,
-                    auto_answer: bool | None, mode: str | None) -> Deferred[dict[str, Any]]:
+                    auto_answer: bool | None, mode: str | None, confirm: bool | None = None,
+                    caller_id: str | None = None,
+                    clir: bool | None = None) -> Deferred[dict[str, Any]]:
         try:
-            call = self._create(user, to, device, auto_answer, mode)
+            call = self._create(user, to, device, auto_answer, mode, confirm, caller_id, clir)
         except ApiError as exc:
             return fail(exc)
         return succeed(call.record.to_json())
 
     def _create(self, user: str, to: str, device: str | None, auto_answer: bool | None,
-                mode: str | None) -> ClickToDial:
+                mode: str | None, confirm: bool | None, caller_id: str | None,
+                clir: bool | None) -> ClickToDial:
         mode = mode or self.config.calls.default_mode
-        if mode != "refer":
-            raise ApiError(422, "mode_not_supported",
-                           'bridge mode is not available yet; use "refer"')
         profile = self.users.get(user)
         if profile is None:
             raise ApiError(404, "unknown_user", f"no user {user!r}")
+        if confirm is None:
+            confirm = profile.confirm if profile.confirm is not None \
+                else self.config.calls.confirm
+        if (mode == "bridge" or confirm) and (self.media is None or self.prompts is None):
+            raise ApiError(422, "media_unavailable",
+                           "bridge mode and the confirmation prompt need sipdial's media "
+                           "(RTP) support, which is not running")
         if len(self.calls) >= self.config.calls.max_concurrent:
             raise ApiError(503, "overloaded", "too many calls in progress")
         now = self.clock()
@@ -146,7 +161,9 @@ class CallEngine:
                           f"{len(bindings)} device(s)")
         record.events.append(event)
         self.persist(record, event)
-        call = ClickToDial(self, record, bindings, wants_auto)
+        call = ClickToDial(self, record, bindings, wants_auto, confirm=confirm,
+                           language=profile.language or self.config.calls.language,
+                           caller_id=caller_id, clir=profile.clir if clir is None else clir)
         self.calls[record.id] = call
         call.start(now)
         self.kick()
@@ -220,15 +237,13 @@ class CallEngine:
             # the referred call of a click-to-dial call that has ended meanwhile
             endpoint.reply(txn, 487, now, reason="Click-to-dial call is over")
             return
-        target = self._route(number, now)
+        target = self.route(number, now)
         if target is None:
             endpoint.reply(txn, 404, now, reason="No route")
             return
         if isinstance(target, int):
             endpoint.reply(txn, target, now)
             if c2d is not None:
-                from sipdial.calls.states import target_failure_input
-
                 c2d.target_event(target_failure_input(target), now, target, "no device")
             return
         caller_uri = SipURI("sip", user.number or user.id, None, self.domain, None, {}, {})
@@ -257,7 +272,7 @@ class CallEngine:
                 return call
         return None
 
-    def _route(self, number: str, now: float) -> list[Target] | int | None:
+    def route(self, number: str, now: float) -> list[Target] | int | None:
         """Where a number goes: every device of a local user (forked), else the first
         matching route; 480 for a local user with no device, None for no route."""
         if number in self.users:

@@ -68,6 +68,11 @@ class _Leg:
     dialog: Dialog | None
 
     @property
+    def contact(self) -> str:
+        """Our Contact towards this leg's peer."""
+        raise NotImplementedError
+
+    @property
     def _me(self) -> UacLeg | UasLeg:
         return cast("UacLeg | UasLeg", self)
 
@@ -164,6 +169,10 @@ class UacLeg(_Leg):
 
     def __repr__(self) -> str:
         return f"<UacLeg {self.label} {self.uri} {self.state.value}>"
+
+    @property
+    def contact(self) -> str:
+        return self.ua.endpoint.contact(self.peer)
 
     # ------------------------------------------------------------ commands
 
@@ -374,3 +383,43 @@ class UasLeg(_Leg):
         if self.state is LegState.CONFIRMED:
             self.bye(now)
             self.owner.leg_event(self, LegEvent.ENDED, None, now)
+
+
+class Relay:
+    """Relays in-dialog requests (re-INVITE, UPDATE, INFO …) from one leg to the other and
+    their final responses back: what keeps a B2BUA transparent after the call is up."""
+
+    def __init__(self, ua: UserAgent) -> None:
+        self.ua = ua
+        self._pending: dict[ClientTransaction, tuple[ServerTransaction, _Leg]] = {}
+
+    def forward(self, request: Request, txn: ServerTransaction, came_on: _Leg, to: _Leg,
+                now: float) -> None:
+        out = to.request(request.method, now, body=request.body,
+                         content_type=request.headers.get("Content-Type"))
+        if out is None:  # the other side has no dialog (yet, or any more)
+            self.ua.endpoint.reply(txn, 491 if request.method == "INVITE" else 481, now)
+            return
+        self._pending[out] = (txn, came_on)
+
+    def response(self, txn: ClientTransaction | ServerTransaction | None,
+                 message: Request | Response | None, now: float) -> bool:
+        """Relay a final response back; True if ``txn`` was one we relayed."""
+        if not isinstance(txn, ClientTransaction) or not isinstance(message, Response):
+            return False
+        if txn not in self._pending:
+            return False
+        if message.status < 200:
+            return True
+        server_txn, came_on = self._pending.pop(txn)
+        if server_txn.answered:
+            return True
+        response = make_response(server_txn.request, message.status, message.reason)
+        if message.body:
+            response.headers.add("Content-Type",
+                                 message.headers.get("Content-Type") or "application/sdp")
+            response.body = message.body
+        if server_txn.method == "INVITE" and message.status < 300:
+            response.headers.add("Contact", came_on.contact)
+        self.ua.endpoint.respond(server_txn, response, now)
+        return True

@@ -19,6 +19,7 @@ class CallState(enum.StrEnum):
     CALLING_USER = "calling_user"
     USER_RINGING = "user_ringing"
     USER_ANSWERED = "user_answered"
+    AWAITING_CONFIRMATION = "awaiting_confirmation"
     CALLING_TARGET = "calling_target"
     TARGET_RINGING = "target_ringing"
     CONNECTED = "connected"
@@ -31,6 +32,7 @@ class Cause(enum.StrEnum):
     USER_REJECTED = "user_rejected"
     USER_NO_ANSWER = "user_no_answer"
     USER_HUNG_UP = "user_hung_up"
+    NOT_CONFIRMED = "not_confirmed"
     TARGET_BUSY = "target_busy"
     TARGET_NO_ANSWER = "target_no_answer"
     TARGET_FAILED = "target_failed"
@@ -48,6 +50,11 @@ class Input(enum.StrEnum):
     USER_NO_ANSWER = "user no answer"  # ring timeout, or 408/480
     USER_FAILED = "user failed"  # any other failure reaching the user
     USER_HUNG_UP = "user hung up"  # the phone ended it before the target answered
+    ASK_CONFIRMATION = "ask confirmation"  # the call wants "press 1" before dialling
+    NO_CONFIRMATION = "no confirmation"  # ... or not
+    WRONG_DIGIT = "wrong digit"  # a digit other than 1: the prompt is replayed once
+    CONFIRMED = "confirmed"  # DTMF 1
+    NOT_CONFIRMED = "not confirmed"  # no digit in time, or a wrong digit twice
     REFER_FAILED = "refer failed"  # REFER refused, or the transfer never happened
     TARGET_CALLING = "target calling"  # the INVITE to the target is out
     TARGET_RINGING = "target ringing"
@@ -63,6 +70,8 @@ class Input(enum.StrEnum):
 
 class Action(enum.Enum):
     CANCEL_OTHER_DEVICES = "CANCEL the devices that did not answer"
+    PLAY_PROMPT = "play 'to connect to <number>, press 1' and wait for a digit"
+    REPLAY_PROMPT = "play the prompt once more"
     CONNECT_TARGET = "REFER the phone to the target (refer) / INVITE the target (bridge)"
     RELEASE_USER = "end sipdial's own dialog with the phone once the transfer took over"
     RELEASE_ALL = "CANCEL or BYE every leg still up"
@@ -73,8 +82,8 @@ Row: TypeAlias = tuple[CallState, Cause | None, tuple[Action, ...]]
 _ = ()
 
 # The states in which the call is alive; used only to write the rows below compactly.
-_LIVE = (St.CALLING_USER, St.USER_RINGING, St.USER_ANSWERED, St.CALLING_TARGET,
-         St.TARGET_RINGING, St.CONNECTED)
+_LIVE = (St.CALLING_USER, St.USER_RINGING, St.USER_ANSWERED, St.AWAITING_CONFIRMATION,
+         St.CALLING_TARGET, St.TARGET_RINGING, St.CONNECTED)
 _RINGING_USER = (St.CALLING_USER, St.USER_RINGING)
 _TARGET_PHASE = (St.USER_ANSWERED, St.CALLING_TARGET, St.TARGET_RINGING)
 
@@ -82,13 +91,23 @@ TRANSITIONS: dict[tuple[CallState, Input], Row] = {
     # --- ringing the user's phone(s)
     (St.CALLING_USER, In.USER_RINGING): (St.USER_RINGING, None, _),
     (St.USER_RINGING, In.USER_RINGING): (St.USER_RINGING, None, _),
-    **{(s, In.USER_ANSWERED): (St.USER_ANSWERED, None,
-                              (A.CANCEL_OTHER_DEVICES, A.CONNECT_TARGET)) for s in _RINGING_USER},
+    **{(s, In.USER_ANSWERED): (St.USER_ANSWERED, None, (A.CANCEL_OTHER_DEVICES,))
+       for s in _RINGING_USER},
     **{(s, In.USER_BUSY): (St.ENDED, C.USER_BUSY, (A.RELEASE_ALL,)) for s in _RINGING_USER},
     **{(s, In.USER_REJECTED): (St.ENDED, C.USER_REJECTED, (A.RELEASE_ALL,)) for s in _RINGING_USER},
     **{(s, In.USER_NO_ANSWER): (St.ENDED, C.USER_NO_ANSWER, (A.RELEASE_ALL,))
        for s in _RINGING_USER},
     **{(s, In.USER_FAILED): (St.ENDED, C.FAILED, (A.RELEASE_ALL,)) for s in _RINGING_USER},
+    # --- the "press 1" confirmation (pbxnsip's abuse protection), or straight on
+    (St.USER_ANSWERED, In.NO_CONFIRMATION): (St.USER_ANSWERED, None, (A.CONNECT_TARGET,)),
+    (St.USER_ANSWERED, In.ASK_CONFIRMATION): (St.AWAITING_CONFIRMATION, None,
+                                              (A.PLAY_PROMPT,)),
+    (St.AWAITING_CONFIRMATION, In.WRONG_DIGIT): (St.AWAITING_CONFIRMATION, None,
+                                                 (A.REPLAY_PROMPT,)),
+    (St.AWAITING_CONFIRMATION, In.CONFIRMED): (St.CALLING_TARGET, None, (A.CONNECT_TARGET,)),
+    (St.AWAITING_CONFIRMATION, In.NOT_CONFIRMED): (St.ENDED, C.NOT_CONFIRMED,
+                                                   (A.RELEASE_ALL,)),
+    (St.AWAITING_CONFIRMATION, In.USER_HUNG_UP): (St.ENDED, C.USER_HUNG_UP, (A.RELEASE_ALL,)),
     # --- reaching the target (REFER: the phone dials it through sipdial; bridge: we do)
     (St.USER_ANSWERED, In.TARGET_CALLING): (St.CALLING_TARGET, None, _),
     (St.CALLING_TARGET, In.TARGET_CALLING): (St.CALLING_TARGET, None, _),

@@ -8,6 +8,7 @@ accept. The offer points at sipdial's RTP sink port (audio is discarded there); 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 CONTENT_TYPE = "application/sdp"
 
@@ -56,3 +57,32 @@ def answer_direction(offer: bytes) -> str:
     if not found:
         return "sendrecv"
     return _MIRROR[found[-1].decode("ascii")]
+
+
+_AUDIO_LINE = re.compile(rb"^m=audio (\d+) [A-Z/]+((?: \d+)*)", re.MULTILINE)
+_EVENT_MAP = re.compile(rb"^a=rtpmap:(\d+) telephone-event/8000", re.MULTILINE | re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaAnswer:
+    """What sipdial needs from a peer's SDP to send it G.711 and read its DTMF."""
+
+    host: str
+    port: int
+    payload_type: int  # 0 (PCMU) or 8 (PCMA): the first of them in the m= line
+    event_payload_type: int | None  # telephone-event (RFC 4733), if offered
+
+
+def parse_answer(body: bytes) -> MediaAnswer | None:
+    """The first audio stream of an SDP body; None if it has none we can use."""
+    conn = _CONNECTION.search(body)
+    audio = _AUDIO_LINE.search(body)
+    if conn is None or audio is None or audio.group(1) == b"0":
+        return None
+    formats = [int(f) for f in audio.group(2).split()]
+    g711 = [f for f in formats if f in (0, 8)]
+    if not g711:
+        return None
+    event = _EVENT_MAP.search(body)
+    return MediaAnswer(conn.group(1).decode("ascii", "replace"), int(audio.group(1)), g711[0],
+                       int(event.group(1)) if event else None)

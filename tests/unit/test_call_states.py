@@ -56,22 +56,46 @@ def test_shutdown_interrupts_every_live_state() -> None:
         assert row is not None and row[:2] == (CallState.ENDED, Cause.INTERRUPTED)
 
 
-def test_happy_refer_path() -> None:
+def _walk(path: list[Input]) -> list[tuple[CallState, Cause | None, tuple[Action, ...]]]:
     state = CallState.CALLING_USER
-    path = [Input.USER_RINGING, Input.USER_ANSWERED, Input.TARGET_CALLING,
-            Input.TARGET_RINGING, Input.TARGET_ANSWERED, Input.HANGUP]
     seen = []
     for inp in path:
         row = transition(state, inp)
         assert row is not None
         state = row[0]
-        seen.append((state, row[1], row[2]))
+        seen.append(row)
+    return seen
+
+
+def test_happy_refer_path() -> None:
+    seen = _walk([Input.USER_RINGING, Input.USER_ANSWERED, Input.NO_CONFIRMATION,
+                  Input.TARGET_CALLING, Input.TARGET_RINGING, Input.TARGET_ANSWERED,
+                  Input.HANGUP])
     assert [s for s, _c, _a in seen] == [
-        CallState.USER_RINGING, CallState.USER_ANSWERED, CallState.CALLING_TARGET,
-        CallState.TARGET_RINGING, CallState.CONNECTED, CallState.ENDED]
-    assert seen[1][2] == (Action.CANCEL_OTHER_DEVICES, Action.CONNECT_TARGET)
-    assert seen[4][2] == (Action.RELEASE_USER,)
+        CallState.USER_RINGING, CallState.USER_ANSWERED, CallState.USER_ANSWERED,
+        CallState.CALLING_TARGET, CallState.TARGET_RINGING, CallState.CONNECTED,
+        CallState.ENDED]
+    assert seen[1][2] == (Action.CANCEL_OTHER_DEVICES,)
+    assert seen[2][2] == (Action.CONNECT_TARGET,)
+    assert seen[5][2] == (Action.RELEASE_USER,)
     assert seen[-1][1] is Cause.COMPLETED
+
+
+def test_confirmation_path_replays_once_then_connects() -> None:
+    seen = _walk([Input.USER_ANSWERED, Input.ASK_CONFIRMATION, Input.WRONG_DIGIT,
+                  Input.CONFIRMED, Input.TARGET_RINGING, Input.TARGET_ANSWERED])
+    assert [s for s, _c, _a in seen] == [
+        CallState.USER_ANSWERED, CallState.AWAITING_CONFIRMATION,
+        CallState.AWAITING_CONFIRMATION, CallState.CALLING_TARGET, CallState.TARGET_RINGING,
+        CallState.CONNECTED]
+    assert seen[1][2] == (Action.PLAY_PROMPT,)
+    assert seen[2][2] == (Action.REPLAY_PROMPT,)
+    assert seen[3][2] == (Action.CONNECT_TARGET,)
+
+
+def test_not_confirmed_ends_the_call() -> None:
+    seen = _walk([Input.USER_ANSWERED, Input.ASK_CONFIRMATION, Input.NOT_CONFIRMED])
+    assert seen[-1][:2] == (CallState.ENDED, Cause.NOT_CONFIRMED)
 
 
 def test_illegal_transition_raises() -> None:

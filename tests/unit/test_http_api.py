@@ -66,8 +66,16 @@ class FakeApi:
         device: str | None,
         auto_answer: bool | None,
         mode: str | None,
+        confirm: bool | None = None,
+        caller_id: str | None = None,
+        clir: bool | None = None,
     ) -> Deferred[dict[str, Any]]:
-        args = {"user": user, "to": to, "device": device, "auto_answer": auto_answer, "mode": mode}
+        args: dict[str, Any] = {"user": user, "to": to, "device": device,
+                                "auto_answer": auto_answer, "mode": mode}
+        # the issue-3 fields are recorded only when given, so older expectations stay exact
+        for name, value in (("confirm", confirm), ("caller_id", caller_id), ("clir", clir)):
+            if value is not None:
+                args[name] = value
         self.created.append(args)
         self.create_called.set()
         if self.create_raises is not None:
@@ -276,11 +284,25 @@ def test_create_call_validation_names_the_field(
     assert r.error_message.startswith(message)
 
 
-def test_bridge_mode_is_not_supported_yet(server: Server) -> None:
-    r = server.request("POST", "/v1/calls", body=call_body(mode="bridge"))
-    assert r.status == 422
-    assert r.error_code == "mode_not_supported"
-    assert r.error_message == 'bridge mode is not available yet; use "refer"'
+def test_bridge_mode_with_confirm_caller_id_and_clir(server: Server) -> None:
+    r = server.request("POST", "/v1/calls", body=call_body(
+        mode="bridge", confirm=True, caller_id="+4940111", clir=True))
+    assert r.status == 201
+    assert server.api.created[0] == {
+        "user": "201", "to": "+4930123456", "device": None, "auto_answer": None,
+        "mode": "bridge", "confirm": True, "caller_id": "+4940111", "clir": True}
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("confirm", "yes", "confirm: must be true or false"),
+    ("clir", 1, "clir: must be true or false"),
+    ("caller_id", "abc", "caller_id: must be a number"),
+])
+def test_issue3_fields_are_validated(server: Server, field: str, value: object,
+                                     message: str) -> None:
+    r = server.request("POST", "/v1/calls", body=call_body(**{field: value}))
+    assert (r.status, r.error_code) == (422, "invalid_request")
+    assert r.error_message.startswith(message)
 
 
 @pytest.mark.parametrize("raw", [b"{", b"", b"\xff\xfe{}", b"user=201&to=1"])
@@ -675,8 +697,10 @@ def test_locaphone_call_init(server: Server) -> None:
     assert r.status == 201
     assert r.headers["Location"] == "/v1/calls/c1"
     assert r.json["id"] == "c1"
+    # cidnum = the number the target sees, clir=1 hides it (bridge mode)
     assert server.api.created == [
-        {"user": "201", "to": "004930123456", "device": None, "auto_answer": None, "mode": "refer"}
+        {"user": "201", "to": "004930123456", "device": None, "auto_answer": None, "mode": None,
+         "caller_id": "99", "clir": True}
     ]
 
 
@@ -717,20 +741,22 @@ def test_pbxnsip_remote_call_with_auth_parameter(server: Server) -> None:
     )
     assert r.status == 201
     assert r.headers["Location"] == "/v1/calls/c1"
+    # pbxnsip always asks the user to press 1 unless connect=true
     assert server.api.created == [
-        {"user": "201", "to": "030123456", "device": None, "auto_answer": None, "mode": "refer"}
+        {"user": "201", "to": "030123456", "device": None, "auto_answer": None, "mode": None,
+         "confirm": True}
     ]
 
 
-@pytest.mark.parametrize(("connect", "auto_answer"), [("true", True), ("false", False)])
-def test_pbxnsip_connect_maps_to_auto_answer(
-    server: Server, connect: str, auto_answer: bool
+@pytest.mark.parametrize(("connect", "confirm"), [("true", False), ("false", True)])
+def test_pbxnsip_connect_true_skips_the_confirmation(
+    server: Server, connect: str, confirm: bool
 ) -> None:
     r = server.request(
         "GET", f"/remote_call.htm?user=201&dest=+4930123456&connect={connect}", token="tok-201"
     )
     assert r.status == 201
-    assert server.api.created[0]["auto_answer"] is auto_answer
+    assert server.api.created[0]["confirm"] is confirm
     assert server.api.created[0]["to"] == "+4930123456"
 
 
