@@ -1,0 +1,201 @@
+"""Twisted adapter for sipdial's own media: RTP sockets, the shared tick, DTMF dispatch.
+
+Glue only: one UDP port per call (symmetric RTP: we send from the port our SDP names), ONE
+``LoopingCall`` every 20 ms that runs :meth:`Player.tick` while anything plays and writes the
+packets it returns, and incoming datagrams parsed as RTP and fed to the call's DTMF receiver.
+The reactor is injected (``IReactorUDP`` + ``IReactorTime``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import error, protocol, task
+
+from sipdial.media.dtmf import InbandDetector, Rfc4733Receiver
+from sipdial.media.g711 import alaw_to_pcm, ulaw_to_pcm
+from sipdial.media.player import FRAME, OnDone, Player
+from sipdial.media.prompt import PromptLibrary
+from sipdial.media.rtp import PCMA, PCMU, RtpSender, parse_rtp
+
+log = logging.getLogger("sipdial.media")
+
+OnDigit = Callable[[object, str, str], None]  #: on_digit(key, digit, "rfc4733" | "inband")
+
+
+class MediaPortsExhausted(Exception):
+    """No free RTP port left in ``[media] port_min..port_max``."""
+
+
+class _Rtp(protocol.DatagramProtocol):
+    def __init__(self, manager: MediaManager, call: _Call) -> None:
+        self.manager = manager
+        self.call = call
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.manager._received(self.call, datagram)
+
+
+class _Call:
+    __slots__ = ("inband", "key", "on_digit", "payload_type", "port", "remote", "rfc4733",
+                 "sender", "telephone_event")
+
+    def __init__(self, key: object, on_digit: OnDigit) -> None:
+        self.key = key
+        self.on_digit = on_digit
+        self.port: Any = None  # IListeningPort
+        self.remote: tuple[str, int] | None = None
+        self.payload_type = PCMU
+        self.telephone_event: int | None = None
+        self.sender: RtpSender | None = None
+        self.rfc4733: Rfc4733Receiver | None = None
+        self.inband: InbandDetector | None = None
+
+
+class MediaManager:
+    """Owns RTP sockets (one per call, from [media] port range or ephemeral), the shared
+    20 ms LoopingCall that drives Player.tick, and incoming-RTP dispatch to DTMF detectors."""
+
+    def __init__(self, reactor: Any, host: str, port_min: int, port_max: int,
+                 prompts: PromptLibrary) -> None:
+        if port_min > port_max or (port_min == 0) != (port_max == 0):
+            raise ValueError(f"bad RTP port range {port_min}..{port_max}")
+        self.reactor = reactor
+        self.host = host
+        self.prompts = prompts  #: the library callers take frames from
+        self.player = Player()
+        self._port_min = port_min + (port_min & 1)  # RTP on even ports (RFC 3550 §11)
+        self._port_max = port_max
+        self._next_port = self._port_min
+        self._calls: dict[object, _Call] = {}
+        self._finished: list[tuple[OnDone, object, float]] = []
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = reactor
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def open(self, key: object, on_digit: OnDigit) -> tuple[str, int]:
+        """Bind an RTP port for ``key``; returns (host, port) for our SDP. ``on_digit(key,
+        digit, how)`` is called for every key press received, ``how`` in {"rfc4733", "inband"}.
+        :class:`MediaPortsExhausted` when the configured range has no free even port."""
+        if key in self._calls:
+            raise ValueError(f"media already open for {key!r}")
+        call = _Call(key, on_digit)
+        call.port = self._bind(_Rtp(self, call))
+        self._calls[key] = call
+        return self.host, int(call.port.getHost().port)
+
+    def set_remote(self, key: object, host: str, port: int, payload_type: int,
+                   event_pt: int | None) -> None:
+        """Where to send (from the peer's SDP) and the negotiated PTs: ``payload_type`` PCMU or
+        PCMA, ``event_pt`` the peer's telephone-event PT or None (then DTMF is detected in-band
+        in the audio). Takes effect for the next :meth:`play`; the RTP stream (SSRC, sequence)
+        continues unless the payload type changes."""
+        if payload_type not in (PCMU, PCMA):
+            raise ValueError(f"sipdial plays PCMU/PCMA only, not PT {payload_type}")
+        call = self._calls[key]
+        call.remote = (host, port)
+        if call.sender is None or call.sender.payload_type != payload_type:
+            call.sender = RtpSender(payload_type)
+        if payload_type != call.payload_type or event_pt != call.telephone_event:
+            call.rfc4733 = call.inband = None
+        call.payload_type = payload_type
+        call.telephone_event = event_pt
+        if event_pt is not None:
+            call.rfc4733 = call.rfc4733 or Rfc4733Receiver()
+        else:
+            call.inband = call.inband or InbandDetector()
+
+    def play(self, key: object, frames: Sequence[bytes], *, loop: bool = False,
+             on_done: OnDone | None = None) -> None:
+        """Play ``frames`` (from :attr:`prompts`, in the PT given to :meth:`set_remote`) from
+        the next tick on, replacing what ``key`` played. ``on_done(key, now)`` runs after the
+        last packet has been written to the socket."""
+        call = self._calls[key]
+        if call.remote is None or call.sender is None:
+            raise ValueError(f"no remote RTP address for {key!r} yet (set_remote first)")
+        done = None
+        if on_done is not None:
+            def done(k: object, now: float, cb: OnDone = on_done) -> None:
+                self._finished.append((cb, k, now))
+        self.player.play(key, call.remote, call.sender, frames, loop=loop, on_done=done)
+        if not self._loop.running:
+            self._loop.start(FRAME, now=False).addErrback(
+                lambda f: log.error("media tick failed: %s", f.getTraceback()))
+
+    def stop_playing(self, key: object) -> None:
+        """Stop sending to ``key`` (no ``on_done``); the port stays open for DTMF."""
+        self.player.stop(key)
+
+    def close(self, key: object) -> None:
+        """Stop playing and release ``key``'s port; unknown keys are ignored."""
+        self.player.stop(key)
+        call = self._calls.pop(key, None)
+        if call is not None:
+            call.port.stopListening()
+
+    def stop(self) -> None:
+        """Close every call and stop the tick (shutdown)."""
+        for key in list(self._calls):
+            self.close(key)
+        if self._loop.running:
+            self._loop.stop()
+
+    @property
+    def calls(self) -> int:
+        """Number of open RTP ports."""
+        return len(self._calls)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _bind(self, rtp: _Rtp) -> Any:
+        if self._port_max == 0:
+            return self.reactor.listenUDP(0, rtp, interface=self.host)
+        span = (self._port_max - self._port_min) // 2 + 1
+        for _ in range(span):
+            port = self._next_port
+            self._next_port = port + 2 if port + 2 <= self._port_max else self._port_min
+            try:
+                return self.reactor.listenUDP(port, rtp, interface=self.host)
+            except error.CannotListenError:
+                continue
+        raise MediaPortsExhausted(f"no free RTP port in {self._port_min}..{self._port_max}")
+
+    def _tick(self) -> None:
+        calls = self._calls
+        for key, remote, data in self.player.tick(self.reactor.seconds()):
+            call = calls.get(key)
+            if call is None:
+                continue
+            try:
+                call.port.write(data, remote)
+            except (OSError, error.MessageLengthError) as exc:  # e.g. ENETUNREACH: drop it
+                log.debug("RTP to %s for %r not sent: %s", remote, key, exc)
+        finished, self._finished = self._finished, []
+        for on_done, key, now in finished:
+            try:
+                on_done(key, now)
+            except Exception:
+                log.exception("media on_done for %r failed", key)
+        if not self.player.active and not self._finished and self._loop.running:
+            self._loop.stop()
+
+    def _received(self, call: _Call, datagram: bytes) -> None:
+        if self._calls.get(call.key) is not call:
+            return  # closed meanwhile
+        try:
+            packet = parse_rtp(datagram)
+        except ValueError:
+            return
+        pt = packet.payload_type
+        if call.rfc4733 is not None and pt == call.telephone_event:
+            digits, how = call.rfc4733.feed(packet.payload, packet.timestamp), "rfc4733"
+        elif call.inband is not None and pt == call.payload_type:
+            decode = ulaw_to_pcm if pt == PCMU else alaw_to_pcm
+            digits, how = call.inband.feed(decode(packet.payload)), "inband"
+        else:
+            return
+        for digit in digits or ():
+            call.on_digit(call.key, digit, how)
