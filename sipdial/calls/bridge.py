@@ -86,7 +86,7 @@ class ThirdPartyBridge:
             leg.release(now)
         media = self.engine.media
         if tone and media is not None and self.phone.state is LegState.CONFIRMED:
-            media.play(self.c2d, self.c2d.tone_frames(tone))
+            media.play(self.c2d, self.c2d.tone_frames(tone), loop=True)
             self.engine.timers.schedule(now + TONE_SECONDS, self._hang_up_phone)
         else:
             self._hang_up_phone(now)
