@@ -24,6 +24,7 @@ from sipdial.sip.dialog import Dialog
 from sipdial.sip.headers import Headers
 from sipdial.sip.message import Request, Response, cseq, make_response
 from sipdial.sip.peer import Peer
+from sipdial.sip.timers import TimerHandle
 from sipdial.sip.transaction import ClientTransaction, ServerTransaction
 from sipdial.sip.uri import URI, NameAddr
 
@@ -164,6 +165,8 @@ class UacLeg(_Leg):
         self.cancelled = False
         self.answer: Response | None = None
         self.credentials = credentials  # (username, password) for an upstream's 401/407
+        self._refresh: TimerHandle | None = None  # RFC 4028, when we are the refresher
+        self._refresh_interval: int | None = None
         self._cseq = 1
         self._authorization: tuple[str, str] | None = None
 
@@ -274,7 +277,37 @@ class UacLeg(_Leg):
         self.final_status = response.status
         self.state = LegState.CONFIRMED
         self.ua.add_dialog(dialog, self)
+        self._session_timer(response, now)
         self.owner.leg_event(self, LegEvent.ANSWERED, response, now)
+
+    # ------------------------------------------------------------ RFC 4028 session timers
+
+    def _session_timer(self, response: Response, now: float) -> None:
+        """If the answerer made sipdial the refresher (``Session-Expires: N;refresher=uac``),
+        refresh the session with UPDATE every N/2 s (§7.4, §10). Otherwise the peer refreshes
+        and its UPDATE/re-INVITE is simply answered or relayed like any in-dialog request."""
+        value = response.headers.get("Session-Expires")
+        if not value:
+            return
+        interval_text, _, params = value.partition(";")
+        try:
+            interval = int(interval_text.strip())
+        except ValueError:
+            return
+        if "refresher=uac" not in params.replace(" ", "").lower() or interval < 90:
+            return
+        self._refresh_interval = interval
+        self._refresh = self.ua.timers.schedule(now + interval / 2, self._send_refresh)
+
+    def _send_refresh(self, now: float) -> None:
+        self._refresh = None
+        if self.state is not LegState.CONFIRMED or self._refresh_interval is None:
+            return
+        self.request("UPDATE", now, extra=[
+            ("Session-Expires", f"{self._refresh_interval};refresher=uac"),
+            ("Supported", "timer")])
+        self._refresh = self.ua.timers.schedule(now + self._refresh_interval / 2,
+                                                self._send_refresh)
 
     def on_txn_timeout(self, txn: ClientTransaction, now: float) -> None:
         if txn is self.invite_txn:

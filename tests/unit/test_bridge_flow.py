@@ -250,3 +250,32 @@ def test_bridge_with_confirmation_dials_only_after_1() -> None:
     flow.net.advance(0)
     flow.target_gets_invite()
     assert flow.state == "calling_target"
+
+
+def test_session_timer_refreshes_with_update_when_we_are_the_refresher() -> None:
+    flow, _media, invite = to_bridge_target()
+    flow.target.reply(invite, 200, to_tag="tgt", body=sdp_answer("10.7.7.7", 50000),
+                      headers=[("Session-Expires", "120;refresher=uac"),
+                               ("Require", "timer")])
+    flow.target.take_request("ACK")
+    assert flow.answered is not None
+    reinvite = flow.answered.take_request("INVITE")
+    flow.answered.reply(reinvite, 200, body=sdp_answer())
+    flow.answered.take_request("ACK")
+    flow.net.advance(59.0)
+    assert not any(b.startswith(b"UPDATE") for b in flow.net.sent_to(flow.target.peer))
+    flow.net.advance(2.0)
+    update = flow.target.take_request("UPDATE")
+    assert update.headers.get("Session-Expires") == "120;refresher=uac"
+    flow.target.reply(update, 200, contact=False)
+    flow.net.advance(60.0)
+    flow.target.take_request("UPDATE")  # and again, every half interval
+
+
+def test_no_refresh_when_the_peer_refreshes() -> None:
+    flow, _media, invite = to_bridge_target()
+    flow.target.reply(invite, 200, to_tag="tgt", body=sdp_answer("10.7.7.7", 50000),
+                      headers=[("Session-Expires", "120;refresher=uas")])
+    flow.target.take_request("ACK")
+    flow.net.advance(200.0)
+    assert not any(b.startswith(b"UPDATE") for b in flow.net.sent_to(flow.target.peer))
