@@ -1,4 +1,4 @@
-"""Records the store persists: the call log and users' registrations.
+"""Records the store persists: the call log, users' registrations and live events.
 
 Plain dataclasses, independent of any database: the backends (:mod:`sipdial.store.sqlite`,
 later PostgreSQL) map them to rows. Times are unix timestamps (``float`` seconds).
@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-__all__ = ["CallEvent", "CallRecord", "RegistrationRecord", "iso_time"]
+__all__ = [
+    "CallEvent",
+    "CallRecord",
+    "OutboxEntry",
+    "PublishedEvent",
+    "RegistrationRecord",
+    "iso_time",
+]
 
 
 def iso_time(t: float) -> str:
@@ -86,3 +93,40 @@ class RegistrationRecord:
     call_id: str  #: Call-ID of the REGISTER (RFC 3261 §10.3 step 7 ordering)
     cseq: int  #: CSeq number of the REGISTER
     registered_at: float  #: unix time of the latest refresh
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedEvent:
+    """One live event (``call.ringing``, ...) as published to SSE streams and webhooks.
+
+    ``id`` increases by one per event across restarts (it is the SSE ``id:`` and what
+    ``Last-Event-ID`` resumes after); ``payload`` is the JSON document sent, as text.
+    """
+
+    id: int
+    call_id: str
+    user: str  #: the call's user: user tokens see only their own user's events
+    name: str  #: "call.dialing", "call.ringing", ... (see sipdial.events.names)
+    payload: str  #: the JSON body, exactly as sent
+    time: float  #: unix time of the state change
+
+
+@dataclass(slots=True)
+class OutboxEntry:
+    """One pending (or finished) webhook delivery: an event for one configured URL.
+
+    Mutable: the deliverer updates ``attempts``, ``next_attempt_at``, ``status`` and
+    ``last_error`` and hands the entry back to the store.
+    """
+
+    id: int  #: unique, increasing; sent as X-Sipdial-Delivery
+    webhook_url: str
+    event_id: int  #: PublishedEvent.id
+    call_id: str  #: deliveries of one call to one URL go strictly in id order
+    event_name: str
+    payload: str  #: the JSON body
+    created_at: float  #: unix time the entry was queued; retries stop at created_at + max_age
+    attempts: int = 0  #: POSTs tried so far
+    next_attempt_at: float = 0.0  #: unix time of the next try
+    status: str = "pending"  #: "pending" | "done" | "failed"
+    last_error: str | None = None  #: why the last try failed ("HTTP 500", "timeout", ...)

@@ -8,6 +8,10 @@ thread and carry the pending batch with them, so a read always sees every earlie
 
 All SQL lives in the ``_SQL_*`` constants below and is portable to PostgreSQL apart from the
 ``?`` placeholders: no SQLite-only upsert forms, no reserved words as column names.
+
+Schema versions: 1 = calls, call events, registrations; 2 adds ``events`` (the live events
+of :mod:`sipdial.events`, for SSE resume) and ``webhook_outbox`` (webhook deliveries, so a
+restart loses none). :data:`_SQL_MIGRATIONS` brings an older database up to date at start.
 """
 
 from __future__ import annotations
@@ -26,14 +30,20 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from sipdial.store.models import CallEvent, CallRecord, RegistrationRecord
+from sipdial.store.models import (
+    CallEvent,
+    CallRecord,
+    OutboxEntry,
+    PublishedEvent,
+    RegistrationRecord,
+)
 
 __all__ = ["RunInThread", "SqliteStore", "StoreError", "StoreReactor"]
 
 _T = TypeVar("_T")
 _log = Logger()
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # --------------------------------------------------------------------------------------------
 # SQL: every statement the store runs
@@ -82,6 +92,35 @@ _SQL_SCHEMA: Final = (
         PRIMARY KEY (user_id, contact)
     )""",
 )
+#: statements that bring a database of version ``n - 1`` to version ``n``, by ``n``
+_SQL_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    2: (
+        # id: assigned by the event hub, one more per event (the SSE id)
+        """CREATE TABLE IF NOT EXISTS events (
+            id INTEGER PRIMARY KEY,
+            call_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            time REAL NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS events_user ON events (user_id, id)",
+        """CREATE TABLE IF NOT EXISTS webhook_outbox (
+            id INTEGER PRIMARY KEY,
+            webhook_url TEXT NOT NULL,
+            event_id INTEGER NOT NULL,
+            call_id TEXT NOT NULL,
+            event_name TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            attempts INTEGER NOT NULL,
+            next_attempt_at REAL NOT NULL,
+            status TEXT NOT NULL,
+            last_error TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS webhook_outbox_status ON webhook_outbox (status, id)",
+    ),
+}
 _SQL_GET_VERSION: Final = "SELECT MAX(version) FROM schema_version"
 _SQL_SET_VERSION: Final = "INSERT INTO schema_version (version) VALUES (?)"
 
@@ -131,6 +170,30 @@ _SQL_LOAD_REGISTRATIONS: Final = (
     f"SELECT {_REG_COLUMNS} FROM registrations ORDER BY user_id, registered_at, contact"
 )
 
+_SQL_INSERT_PUBLISHED: Final = (
+    "INSERT INTO events (id, call_id, user_id, name, payload, time) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_SQL_EVENTS_AFTER: Final = """
+    SELECT id, call_id, user_id, name, payload, time FROM events
+    WHERE id > ? AND (? IS NULL OR user_id = ?)
+    ORDER BY id
+    LIMIT ?"""
+_OUTBOX_COLUMNS: Final = (
+    "id, webhook_url, event_id, call_id, event_name, payload, created_at, attempts, "
+    "next_attempt_at, status, last_error"
+)
+_SQL_INSERT_OUTBOX: Final = (
+    f"INSERT INTO webhook_outbox ({_OUTBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SQL_UPDATE_OUTBOX: Final = """
+    UPDATE webhook_outbox SET attempts = ?, next_attempt_at = ?, status = ?, last_error = ?
+    WHERE id = ?"""
+_SQL_PENDING_OUTBOX: Final = (
+    f"SELECT {_OUTBOX_COLUMNS} FROM webhook_outbox WHERE status = 'pending' ORDER BY id"
+)
+_SQL_LAST_EVENT_ID: Final = "SELECT MAX(id) FROM events"
+_SQL_LAST_OUTBOX_ID: Final = "SELECT MAX(id) FROM webhook_outbox"
+
 _IN_CHUNK: Final = 500  # ids per "IN (...)": far below SQLite's variable limit
 _INTERRUPTED_CAUSE: Final = "interrupted"
 _INTERRUPTED_DETAIL: Final = "sipdial restarted"
@@ -176,6 +239,9 @@ class StoreError(RuntimeError):
 _CallRow = tuple[str, str, str, str, str, str | None, float, float | None, str | None, int]
 _EventRow = tuple[str, str, float, int | None, str | None]
 _RegRow = tuple[str, str, str | None, str, str, int, float, float, str | None, str, int, float]
+_PublishedRow = tuple[int, str, str, str, str, float]
+_OutboxRow = tuple[int, str, int, str, str, str, float, int, float, str, str | None]
+_OutboxUpdate = tuple[int, float, str, str | None, int]
 
 
 @dataclass(slots=True)
@@ -186,9 +252,20 @@ class _Batch:
     events: list[_EventRow] = field(default_factory=list)  #: in order
     #: by (user, contact): the row to upsert, or None to delete
     registrations: dict[tuple[str, str], _RegRow | None] = field(default_factory=dict)
+    published: list[_PublishedRow] = field(default_factory=list)  #: live events, in order
+    outbox: list[_OutboxRow] = field(default_factory=list)  #: new deliveries, in order
+    #: by outbox id, latest wins; written after ``outbox`` so a new row can be updated at once
+    outbox_updates: dict[int, _OutboxUpdate] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.calls) + len(self.events) + len(self.registrations)
+        return (
+            len(self.calls)
+            + len(self.events)
+            + len(self.registrations)
+            + len(self.published)
+            + len(self.outbox)
+            + len(self.outbox_updates)
+        )
 
 
 def _call_row(call: CallRecord) -> _CallRow:
@@ -242,13 +319,33 @@ def _registration_from_row(row: Sequence[Any]) -> RegistrationRecord:
     return RegistrationRecord(*row)
 
 
+def _outbox_row(entry: OutboxEntry) -> _OutboxRow:
+    return (
+        entry.id,
+        entry.webhook_url,
+        entry.event_id,
+        entry.call_id,
+        entry.event_name,
+        entry.payload,
+        entry.created_at,
+        entry.attempts,
+        entry.next_attempt_at,
+        entry.status,
+        entry.last_error,
+    )
+
+
+def _outbox_from_row(row: Sequence[Any]) -> OutboxEntry:
+    return OutboxEntry(*row)
+
+
 # --------------------------------------------------------------------------------------------
 # The store
 # --------------------------------------------------------------------------------------------
 
 
 class SqliteStore:
-    """Call log and registrations in one SQLite file.
+    """Call log, registrations, live events and the webhook outbox in one SQLite file.
 
     ``reactor`` provides ``callLater``/``seconds`` (``IReactorTime``) and, unless
     ``run_in_thread`` is given, ``callFromThread`` (``IReactorFromThreads``) for the default
@@ -364,6 +461,32 @@ class SqliteStore:
         self._pending.registrations[(user, contact)] = None
         self._queued()
 
+    def add_published_event(self, event: PublishedEvent) -> None:
+        """Append a live event (for SSE resume); ``event.id`` must be new and increasing."""
+        self._check_writable()
+        self._pending.published.append(
+            (event.id, event.call_id, event.user, event.name, event.payload, event.time)
+        )
+        self._queued()
+
+    def add_outbox_entry(self, entry: OutboxEntry) -> None:
+        """Insert a webhook delivery with its current values; ``entry.id`` must be new."""
+        self._check_writable()
+        self._pending.outbox.append(_outbox_row(entry))
+        self._queued()
+
+    def update_outbox_entry(self, entry: OutboxEntry) -> None:
+        """Write the delivery's ``attempts``, ``next_attempt_at``, ``status``, ``last_error``."""
+        self._check_writable()
+        self._pending.outbox_updates[entry.id] = (
+            entry.attempts,
+            entry.next_attempt_at,
+            entry.status,
+            entry.last_error,
+            entry.id,
+        )
+        self._queued()
+
     def flush(self) -> Deferred[None]:
         """Write everything queued so far; fires once it is committed."""
         self._check_running()
@@ -405,6 +528,48 @@ class SqliteStore:
             calls = [_call_from_row(row) for row in rows]
             self._attach_events(conn, calls)
             return calls
+
+        return self._run(read)
+
+    def events_after(
+        self, after: int, *, user: str | None = None, limit: int = 500
+    ) -> Deferred[list[PublishedEvent]]:
+        """Live events with ``id > after`` in id order, optionally of one user's calls."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self._check_running()
+        batch = self._take_pending()
+
+        def read() -> list[PublishedEvent]:
+            self._write(batch)
+            rows = self._connection().execute(_SQL_EVENTS_AFTER, (after, user, user, limit))
+            return [PublishedEvent(*row) for row in rows.fetchall()]
+
+        return self._run(read)
+
+    def pending_outbox(self) -> Deferred[list[OutboxEntry]]:
+        """Every webhook delivery still ``"pending"``, in id order (to resume at start)."""
+        self._check_running()
+        batch = self._take_pending()
+
+        def read() -> list[OutboxEntry]:
+            self._write(batch)
+            rows = self._connection().execute(_SQL_PENDING_OUTBOX).fetchall()
+            return [_outbox_from_row(row) for row in rows]
+
+        return self._run(read)
+
+    def last_published_ids(self) -> Deferred[tuple[int, int]]:
+        """The highest live event id and outbox id used so far (0 when there are none)."""
+        self._check_running()
+        batch = self._take_pending()
+
+        def read() -> tuple[int, int]:
+            self._write(batch)
+            conn = self._connection()
+            (event_id,) = conn.execute(_SQL_LAST_EVENT_ID).fetchone()
+            (outbox_id,) = conn.execute(_SQL_LAST_OUTBOX_ID).fetchone()
+            return (event_id or 0, outbox_id or 0)
 
         return self._run(read)
 
@@ -490,13 +655,18 @@ class SqliteStore:
         for statement in _SQL_SCHEMA:
             conn.execute(statement)
         (version,) = conn.execute(_SQL_GET_VERSION).fetchone()
-        if version is None:
-            conn.execute(_SQL_SET_VERSION, (SCHEMA_VERSION,))
-        elif version > SCHEMA_VERSION:
+        if version is not None and version > SCHEMA_VERSION:
             raise StoreError(
                 f"database schema version {version} is newer than this sipdial "
                 f"(supports {SCHEMA_VERSION})"
             )
+        # a new database gets the version 1 tables above, then every migration
+        current = 1 if version is None else version
+        for target in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in _SQL_MIGRATIONS[target]:
+                conn.execute(statement)
+        if version != SCHEMA_VERSION:
+            conn.execute(_SQL_SET_VERSION, (SCHEMA_VERSION,))
 
     @staticmethod
     def _interrupt_unfinished(conn: sqlite3.Connection, now: float) -> int:
@@ -525,6 +695,12 @@ class SqliteStore:
                 conn.executemany(_SQL_UPSERT_REGISTRATION, upserts)
             if deletes:
                 conn.executemany(_SQL_DELETE_REGISTRATION, deletes)
+            if batch.published:
+                conn.executemany(_SQL_INSERT_PUBLISHED, batch.published)
+            if batch.outbox:
+                conn.executemany(_SQL_INSERT_OUTBOX, batch.outbox)
+            if batch.outbox_updates:
+                conn.executemany(_SQL_UPDATE_OUTBOX, batch.outbox_updates.values())
 
     def _write_and_close(self, batch: _Batch) -> None:
         try:

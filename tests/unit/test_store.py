@@ -29,6 +29,7 @@ from sipdial.store import (
     StoreError,
     iso_time,
 )
+from sipdial.store.sqlite import SCHEMA_VERSION
 
 T = TypeVar("T")
 
@@ -369,7 +370,8 @@ def test_schema_is_created_once_and_versioned(db: Path) -> None:
         result(h.store.stop())
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        versions = conn.execute("SELECT version FROM schema_version").fetchall()
+        assert versions == [(SCHEMA_VERSION,)]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         indexes = {
             (table, name)

@@ -1,0 +1,225 @@
+"""``GET /v1/events``: live call events as Server-Sent Events (the HTML "EventSource" format).
+
+:mod:`sipdial.api.http` routes, authenticates and validates the request (a user token sees
+only its own user's calls, an admin token every call or ``?user=``'s) and then hands it to
+:meth:`EventStream.open`, which keeps the response open::
+
+    HTTP/1.1 200 OK
+    Content-Type: text/event-stream; charset=utf-8
+
+    : sipdial events
+    retry: 3000
+
+    id: 57
+    event: call.ringing
+    data: {"id":57,"event":"call.ringing",...,"call":{...}}
+
+    : keepalive
+
+Every event is one ``id:``/``event:``/``data:`` block; ``data`` is the same JSON document a
+webhook receives (:mod:`sipdial.events.hub`). A comment line goes out every ``heartbeat``
+seconds (15) from ONE shared timer, so proxies keep the connection and a dead client is
+noticed. A client that reconnects with ``Last-Event-ID: 57`` (or ``?last_event_id=57``)
+first gets every later event, from memory or the database, also after a restart of sipdial.
+
+Back-pressure: the stream is a push producer on the connection. While the client does not
+read, events wait in memory; past ``max_pending`` of them the stream ends (the client
+reconnects with its ``Last-Event-ID`` and is replayed from the database).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer  # type: ignore[import-untyped]
+
+from sipdial.store.models import PublishedEvent
+
+if TYPE_CHECKING:  # the HTTP API does not need the hub (nor its HTTP client) at run time
+    from sipdial.events.hub import Subscriber
+
+__all__ = ["EventSource", "EventStream", "format_event"]
+
+_log = Logger()
+
+_CONTENT_TYPE: Final = b"text/event-stream; charset=utf-8"
+_PREAMBLE: Final = b": sipdial events\nretry: 3000\n\n"
+_KEEPALIVE: Final = b": keepalive\n\n"
+
+
+class _Subscription(Protocol):
+    def cancel(self) -> None: ...
+
+
+class EventSource(Protocol):
+    """Where the events come from (:class:`sipdial.events.hub.EventHub`)."""
+
+    def subscribe(
+        self, subscriber: Subscriber, *, user: str | None = None, after: int | None = None
+    ) -> _Subscription: ...
+
+
+class _Request(Protocol):
+    """The part of ``twisted.web.server.Request`` used here (Twisted leaves it untyped)."""
+
+    def setResponseCode(self, code: int) -> None: ...
+    def setHeader(self, name: bytes, value: bytes) -> None: ...
+    def write(self, data: bytes) -> None: ...
+    def finish(self) -> None: ...
+    def notifyFinish(self) -> Deferred[None]: ...
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+
+
+def format_event(event: PublishedEvent) -> bytes:
+    """One SSE block: ``id:``, ``event:``, one ``data:`` line per line of the payload."""
+    lines = [f"id: {event.id}", f"event: {event.name}"]
+    lines += [f"data: {line}" for line in event.payload.splitlines() or [""]]
+    return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+class EventStream:
+    """Opens SSE responses on a source of events and keeps them alive.
+
+    ``reactor`` (an ``IReactorTime``) runs the heartbeat; ``max_pending`` bounds the events
+    held for a client that does not read.
+    """
+
+    def __init__(
+        self,
+        source: EventSource,
+        reactor: Any,
+        *,
+        heartbeat: float = 15.0,
+        max_pending: int = 1000,
+    ) -> None:
+        if heartbeat <= 0:
+            raise ValueError(f"heartbeat must be > 0, got {heartbeat}")
+        self._source = source
+        self._reactor = reactor
+        self._heartbeat_interval = heartbeat
+        self._max_pending = max_pending
+        self._streams: set[_Stream] = set()
+        self._heartbeat: LoopingCall | None = None
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    def open(self, request: _Request, *, user: str | None, after: int | None) -> None:
+        """Answer ``request`` with a stream of ``user``'s events (None: every call's)."""
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", _CONTENT_TYPE)
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Accel-Buffering", b"no")  # nginx: pass every event through
+        request.write(_PREAMBLE)
+        stream = _Stream(request, self._max_pending, self._closed)
+        self._streams.add(stream)
+        request.registerProducer(stream, True)
+        request.notifyFinish().addBoth(stream.finished)
+        try:
+            stream.subscription = self._source.subscribe(stream, user=user, after=after)
+        except Exception:
+            _log.failure("events: cannot subscribe")
+            stream.close()
+            return
+        self._start_heartbeat()
+
+    # --- heartbeat: one timer for every stream ------------------------------------------------
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is None and self._streams:
+            beat = LoopingCall(self._beat)
+            beat.clock = self._reactor
+            beat.start(self._heartbeat_interval, now=False)
+            self._heartbeat = beat
+
+    def _beat(self) -> None:
+        for stream in list(self._streams):
+            stream.keepalive()
+
+    def _closed(self, stream: _Stream) -> None:
+        self._streams.discard(stream)
+        if not self._streams and self._heartbeat is not None:
+            if self._heartbeat.running:
+                self._heartbeat.stop()
+            self._heartbeat = None
+
+
+@implementer(IPushProducer)
+class _Stream:
+    """One open SSE response: a :class:`Subscriber` and the connection's push producer."""
+
+    def __init__(
+        self, request: _Request, max_pending: int, on_close: Callable[[_Stream], None]
+    ) -> None:
+        self.subscription: _Subscription | None = None
+        self._request = request
+        self._max_pending = max_pending
+        self._on_close = on_close
+        self._paused = False
+        self._pending: list[bytes] = []
+        self._done = False
+
+    # --- Subscriber ---------------------------------------------------------------------------
+
+    def event(self, event: PublishedEvent) -> None:
+        if self._done:
+            return
+        frame = format_event(event)
+        if not self._paused:
+            self._request.write(frame)
+            return
+        self._pending.append(frame)
+        if len(self._pending) > self._max_pending:
+            _log.info("events: client reads too slowly; ending its stream (it will resume)")
+            self._end(finish=True)
+
+    def close(self) -> None:
+        """End the response (sipdial is stopping, or the stream overflowed)."""
+        self._end(finish=True)
+
+    def keepalive(self) -> None:
+        if not self._done and not self._paused:
+            self._request.write(_KEEPALIVE)
+
+    # --- IPushProducer (the connection's flow control) ----------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._pending and not self._done:
+            frames, self._pending = self._pending, []
+            self._request.write(b"".join(frames))
+
+    def stopProducing(self) -> None:
+        self._end(finish=False)
+
+    # --- the end --------------------------------------------------------------------------------
+
+    def finished(self, result: Failure | None) -> None:
+        """``notifyFinish`` fired: the response ended or the client went away."""
+        self._end(finish=False)
+
+    def _end(self, *, finish: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._pending = []
+        if self.subscription is not None:
+            self.subscription.cancel()
+        self._on_close(self)
+        try:
+            self._request.unregisterProducer()
+            if finish:
+                self._request.finish()
+        except Exception:  # the connection is already gone
+            _log.debug("events: stream ended after its connection")

@@ -1,0 +1,376 @@
+"""The event hub: turns call state changes into live events for SSE streams and webhooks.
+
+``publish(record, event)`` runs on the reactor thread right after the engine's ``persist``.
+For every event :func:`~sipdial.events.names.events_for` yields it
+
+1. assigns the next event id (one more than the last, across restarts),
+2. queues an ``events`` row (SSE resume survives restarts) and keeps the event in a ring
+   buffer of the latest ``buffer_size``,
+3. hands it to every SSE subscriber whose user filter matches,
+4. queues one ``webhook_outbox`` row per configured webhook that wants the event name and
+   gives it to the :class:`~sipdial.events.webhooks.WebhookDeliverer`.
+
+The rows go through the store's batched writer like every other write, so the outbox is as
+durable as the call log itself. ``start()`` resumes every delivery still pending, at once
+(a waiting retry is brought forward; its attempt count, and so its backoff, is kept).
+
+Payload (the webhook body and the SSE ``data:``)::
+
+    {"id": 57, "event": "call.ended", "time": "2026-11-21T13:36:40.512Z",
+     "state": "ended", "leg": null, "cause": "user_no_answer", "missed": true,
+     "sip_code": 408, "detail": "user_no_answer",
+     "call": { ...the call resource, as GET /v1/calls/{id}... }}
+
+``cause`` is the call's cause (null until ``call.ended``); ``missed`` is true only for a
+``call.ended`` whose cause is ``user_no_answer``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sipdial.config import WebhookConfig
+from sipdial.events.names import EventName, EventSpec, events_for, is_missed
+from sipdial.events.webhooks import DeliveryPolicy, Poster, WebhookDeliverer
+from sipdial.store.models import CallEvent, CallRecord, OutboxEntry, PublishedEvent, iso_time
+
+__all__ = ["EventHub", "EventStore", "Subscriber", "Subscription"]
+
+_log = Logger()
+
+_REPLAY_PAGE: Final = 500  #: events read from the database per query when resuming
+
+
+class EventStore(Protocol):
+    """What the hub needs of the store (:class:`~sipdial.store.sqlite.SqliteStore`)."""
+
+    def add_published_event(self, event: PublishedEvent) -> None: ...
+
+    def add_outbox_entry(self, entry: OutboxEntry) -> None: ...
+
+    def update_outbox_entry(self, entry: OutboxEntry) -> None: ...
+
+    def events_after(
+        self, after: int, *, user: str | None = None, limit: int = 500
+    ) -> Deferred[list[PublishedEvent]]: ...
+
+    def pending_outbox(self) -> Deferred[list[OutboxEntry]]: ...
+
+    def last_published_ids(self) -> Deferred[tuple[int, int]]: ...
+
+
+class Subscriber(Protocol):
+    """An SSE stream (or a test) receiving live events."""
+
+    def event(self, event: PublishedEvent) -> None:
+        """The next event, in id order, never twice."""
+
+    def close(self) -> None:
+        """The hub is stopping: end the stream (the client resumes elsewhere / later)."""
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One subscriber and its user filter; :meth:`cancel` stops the events."""
+
+    hub: EventHub
+    subscriber: Subscriber
+    user: str | None  #: only this user's calls; None = every call
+    last_sent: int  #: id of the last event handed over (events are never sent twice)
+    #: events published while the history is still being read from the database
+    backlog: list[PublishedEvent] | None = field(default=None)
+    active: bool = True
+
+    def cancel(self) -> None:
+        """Stop the events (the client went away). Safe to call more than once."""
+        if self.active:
+            self.active = False
+            self.hub._subscriptions.discard(self)
+
+    def _offer(self, event: PublishedEvent) -> None:
+        if not self.active or event.id <= self.last_sent:
+            return
+        if self.user is not None and event.user != self.user:
+            return
+        if self.backlog is not None:
+            self.backlog.append(event)
+            return
+        self.last_sent = event.id
+        self.subscriber.event(event)
+
+
+class EventHub:
+    """Live events of every call: SSE subscribers, the webhook outbox and its delivery.
+
+    ``reactor`` drives delivery timers and HTTP (an ``IReactorTime`` + ``IReactorTCP``);
+    ``clock`` (default ``reactor.seconds``) is the unix time used for outbox scheduling and
+    signature timestamps. ``poster`` replaces the Agent-based HTTP client (tests), ``rng``
+    the randomness of retry jitter.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        reactor: Any,
+        webhooks: tuple[WebhookConfig, ...] = (),
+        clock: Callable[[], float] | None = None,
+        *,
+        policy: DeliveryPolicy | None = None,
+        poster: Poster | None = None,
+        buffer_size: int = 1024,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        self._store = store
+        self._clock: Callable[[], float] = clock or reactor.seconds
+        policy = policy or DeliveryPolicy()
+        self._webhooks: dict[str, WebhookConfig] = {}
+        for webhook in webhooks:
+            if webhook.url in self._webhooks:
+                _log.warn("webhook {url} is configured twice: using the first", url=webhook.url)
+                continue
+            self._webhooks[webhook.url] = webhook
+        if poster is None:
+            from sipdial.events.http_client import AgentPoster
+
+            poster = AgentPoster(reactor, connect_timeout=policy.timeout,
+                                 per_host=policy.concurrency)
+        self._deliverer = WebhookDeliverer(
+            reactor,
+            poster,
+            {url: webhook.secret for url, webhook in self._webhooks.items()},
+            store.update_outbox_entry,
+            policy=policy,
+            clock=self._clock,
+            rng=rng,
+        )
+        self._ring: deque[PublishedEvent] = deque(maxlen=buffer_size)
+        self._subscriptions: set[Subscription] = set()
+        self._last_event_id = 0
+        self._last_outbox_id = 0
+        self._state = "new"  # -> "starting" -> "running" -> "stopped"
+
+    @property
+    def last_event_id(self) -> int:
+        return self._last_event_id
+
+    @property
+    def deliverer(self) -> WebhookDeliverer:
+        return self._deliverer
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Continue the ids where the database left off and resume pending deliveries.
+
+        The store must be started. Call before the engine takes calls: events published
+        before ``start`` has fired are dropped (and logged).
+        """
+        if self._state != "new":
+            raise RuntimeError(f"cannot start an event hub that is {self._state}")
+        self._state = "starting"
+        d = self._store.last_published_ids()
+
+        def got_ids(ids: tuple[int, int]) -> Deferred[list[OutboxEntry]]:
+            self._last_event_id, self._last_outbox_id = ids
+            return self._store.pending_outbox()
+
+        def resume(entries: list[OutboxEntry]) -> None:
+            orphans = 0
+            now = self._clock()
+            for entry in entries:
+                if entry.webhook_url in self._webhooks:
+                    # a restart is a good moment to try again: due now, backoff kept after
+                    entry.next_attempt_at = min(entry.next_attempt_at, now)
+                    self._deliverer.add(entry)
+                else:
+                    entry.status = "failed"
+                    entry.last_error = "webhook no longer configured"
+                    self._store.update_outbox_entry(entry)
+                    orphans += 1
+            if orphans:
+                _log.warn(
+                    "{n} pending webhook deliveries are for URLs no longer configured: "
+                    "marked failed",
+                    n=orphans,
+                )
+            if entries:
+                _log.info("resuming {n} pending webhook deliveries", n=len(entries) - orphans)
+            self._state = "running"
+            self._deliverer.start()
+
+        def failed(failure: Failure) -> Failure:
+            self._state = "stopped"
+            return failure
+
+        return d.addCallback(got_ids).addCallback(resume).addErrback(failed)
+
+    def stop(self) -> Deferred[None]:
+        """End every SSE stream and stop delivering (POSTs in flight get a short grace).
+
+        Call after the engine's last ``publish`` and before the store stops: pending
+        deliveries stay in the outbox for the next start.
+        """
+        if self._state == "stopped":
+            return succeed(None)
+        self._state = "stopped"
+        for subscription in list(self._subscriptions):
+            subscription.cancel()
+            try:
+                subscription.subscriber.close()
+            except Exception:
+                _log.failure("event hub: closing a subscriber failed")
+        return self._deliverer.stop()
+
+    # --- publishing ---------------------------------------------------------------------------
+
+    def publish(self, record: CallRecord, event: CallEvent) -> None:
+        """Publish the events of ``event``, the state change just recorded for ``record``.
+
+        Never raises: live events must not disturb a call.
+        """
+        if self._state != "running":
+            _log.warn(
+                "event hub is {state}: dropped the events of call {call} entering {to}",
+                state=self._state,
+                call=record.id,
+                to=event.state,
+            )
+            return
+        try:
+            for spec in events_for(_previous_state(record, event), event.state):
+                self._publish_one(record, event, spec)
+        except Exception:
+            _log.failure("event hub: cannot publish call {call} entering {to}",
+                         call=record.id, to=event.state)
+
+    def _publish_one(self, record: CallRecord, event: CallEvent, spec: EventSpec) -> None:
+        self._last_event_id += 1
+        ended = spec.name is EventName.ENDED
+        document = {
+            "id": self._last_event_id,
+            "event": spec.name.value,
+            "time": iso_time(event.time),
+            "state": event.state,
+            "leg": spec.leg,
+            "cause": record.cause,
+            "missed": ended and is_missed(record.cause),
+            "sip_code": event.sip_code,
+            "detail": event.detail,
+            "call": record.to_json(),
+        }
+        published = PublishedEvent(
+            id=self._last_event_id,
+            call_id=record.id,
+            user=record.user,
+            name=spec.name.value,
+            payload=json.dumps(document, ensure_ascii=False, separators=(",", ":")),
+            time=event.time,
+        )
+        self._store.add_published_event(published)
+        self._ring.append(published)
+        for subscription in list(self._subscriptions):
+            try:
+                subscription._offer(published)
+            except Exception:
+                _log.failure("event hub: a subscriber failed; unsubscribed")
+                subscription.cancel()
+        now = self._clock()
+        for url, webhook in self._webhooks.items():
+            if "*" not in webhook.events and published.name not in webhook.events:
+                continue
+            self._last_outbox_id += 1
+            entry = OutboxEntry(
+                id=self._last_outbox_id,
+                webhook_url=url,
+                event_id=published.id,
+                call_id=published.call_id,
+                event_name=published.name,
+                payload=published.payload,
+                created_at=now,
+                next_attempt_at=now,
+            )
+            self._store.add_outbox_entry(entry)
+            self._deliverer.add(entry)
+
+    # --- subscribing --------------------------------------------------------------------------
+
+    def subscribe(
+        self, subscriber: Subscriber, *, user: str | None = None, after: int | None = None
+    ) -> Subscription:
+        """Hand ``subscriber`` every event from now on (of ``user``'s calls, or all).
+
+        ``after`` (an SSE ``Last-Event-ID``) first replays the events with a greater id: from
+        the ring buffer when it still holds them all, else from the database, page by page;
+        events published meanwhile follow without gaps or repeats.
+        """
+        if self._state == "stopped":
+            raise RuntimeError("event hub is stopped")
+        start = self._last_event_id if after is None else min(after, self._last_event_id)
+        subscription = Subscription(self, subscriber, user, last_sent=start)
+        self._subscriptions.add(subscription)
+        if start >= self._last_event_id:
+            return subscription
+        if self._ring and self._ring[0].id <= start + 1:
+            for event in list(self._ring):
+                subscription._offer(event)
+            return subscription
+        subscription.backlog = []
+        self._replay(subscription)
+        return subscription
+
+    def _replay(self, subscription: Subscription) -> None:
+        d = self._store.events_after(
+            subscription.last_sent, user=subscription.user, limit=_REPLAY_PAGE
+        )
+
+        def page(events: list[PublishedEvent]) -> None:
+            if not subscription.active:
+                return
+            _hand_over(subscription, events)
+            if len(events) == _REPLAY_PAGE:
+                self._replay(subscription)
+                return
+            backlog, subscription.backlog = subscription.backlog or [], None
+            _hand_over(subscription, backlog)
+
+        def failed(failure: Failure) -> None:
+            _log.failure("event hub: cannot replay events from the database", failure)
+            subscription.cancel()
+            subscription.subscriber.close()
+
+        d.addCallback(page).addErrback(failed)
+
+
+
+def _hand_over(subscription: Subscription, events: Iterable[PublishedEvent]) -> None:
+    """Send ``events`` (already filtered by user) that are newer than the last one sent."""
+    for event in events:
+        if not subscription.active:
+            return
+        if event.id > subscription.last_sent:
+            subscription.last_sent = event.id
+            subscription.subscriber.event(event)
+
+
+def _previous_state(record: CallRecord, event: CallEvent) -> str | None:
+    """The state the call was in before ``event`` (None for a new call).
+
+    The engine appends ``event`` to ``record.events`` before persisting; if it has not, the
+    last recorded event is the previous state.
+    """
+    events = record.events
+    for index in range(len(events) - 1, -1, -1):
+        if events[index] is event:
+            return events[index - 1].state if index > 0 else None
+    return events[-1].state if events else None

@@ -1,0 +1,101 @@
+"""Which live events a call's state change produces: one table, no I/O.
+
+A CRM maps these names to its call log (German CTI: Wählt, Klingelt, Verbunden, Aufgelegt,
+Verpasst). The engine records a :class:`~sipdial.store.models.CallEvent` whenever the call
+enters a new state; :func:`events_for` turns ``(previous state, new state)`` into 0, 1 or 2
+events:
+
+=========================  ==================  ======  ================================
+state entered              event               leg     German CTI
+=========================  ==================  ======  ================================
+``calling_user``           ``call.dialing``    user    Wählt (the user's phone)
+``user_ringing``           ``call.ringing``    user    Klingelt (the user's phone)
+``user_answered``          ``call.answered``   user    (the user picked up)
+``awaiting_confirmation``  ``call.answered``   user    only if not after user_answered
+``calling_target``         ``call.dialing``    target  Wählt
+``target_ringing``         ``call.ringing``    target  Klingelt
+``connected``              ``call.connected``  null    Verbunden
+``ended``                  ``call.ended``      null    Aufgelegt; ``missed``: Verpasst
+=========================  ==================  ======  ================================
+
+Decisions:
+
+* ``call.dialing`` and ``call.ringing`` come once per leg, told apart by ``"leg"``: a CRM that
+  logs only the far end filters on ``"leg": "target"``.
+* Leaving ``awaiting_confirmation`` (the user pressed 1) for any state but ``ended`` first
+  emits ``call.confirmed``, then that state's own event: ``awaiting_confirmation ->
+  calling_target`` gives ``call.confirmed`` followed by ``call.dialing`` (leg target), so a
+  target-leg ``call.dialing`` exists whether or not the call asked for confirmation.
+* Entering a state whose event equals the previous state's (a second 180, re-entering a
+  state) emits nothing: one event per change a CRM would show.
+* ``call.ended`` carries the cause; ``missed`` is true exactly for ``user_no_answer`` (the
+  user's phone rang out).
+* A state this table does not know emits nothing (events never break a call).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final, Literal
+
+__all__ = ["EVENTS_BY_STATE", "EventName", "EventSpec", "events_for", "is_missed"]
+
+
+class EventName(enum.StrEnum):
+    """The names webhooks (``X-Sipdial-Event``) and SSE (``event:``) use."""
+
+    DIALING = "call.dialing"
+    RINGING = "call.ringing"
+    ANSWERED = "call.answered"
+    CONFIRMED = "call.confirmed"
+    CONNECTED = "call.connected"
+    ENDED = "call.ended"
+
+
+Leg = Literal["user", "target"]
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    """One event to publish for a state change."""
+
+    name: EventName
+    leg: Leg | None = None  #: which side of the call: the user's phone or the target
+
+
+N = EventName
+_AWAITING_CONFIRMATION: Final = "awaiting_confirmation"
+_ENDED: Final = "ended"
+_MISSED_CAUSE: Final = "user_no_answer"
+
+#: state entered -> the event it produces (see the module docstring)
+EVENTS_BY_STATE: Final[dict[str, EventSpec]] = {
+    "calling_user": EventSpec(N.DIALING, "user"),
+    "user_ringing": EventSpec(N.RINGING, "user"),
+    "user_answered": EventSpec(N.ANSWERED, "user"),
+    _AWAITING_CONFIRMATION: EventSpec(N.ANSWERED, "user"),
+    "calling_target": EventSpec(N.DIALING, "target"),
+    "target_ringing": EventSpec(N.RINGING, "target"),
+    "connected": EventSpec(N.CONNECTED),
+    _ENDED: EventSpec(N.ENDED),
+}
+
+_CONFIRMED: Final = EventSpec(N.CONFIRMED)
+
+
+def events_for(previous: str | None, state: str) -> tuple[EventSpec, ...]:
+    """The events of a call entering ``state`` from ``previous`` (None: a new call)."""
+    spec = EVENTS_BY_STATE.get(state)
+    if spec is None:
+        return ()
+    if previous is not None and EVENTS_BY_STATE.get(previous) == spec:
+        return ()
+    if previous == _AWAITING_CONFIRMATION and state != _ENDED:
+        return (_CONFIRMED, spec)
+    return (spec,)
+
+
+def is_missed(cause: str | None) -> bool:
+    """Whether a call that ended with ``cause`` is a missed call (the user did not answer)."""
+    return cause == _MISSED_CAUSE

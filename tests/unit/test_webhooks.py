@@ -1,0 +1,757 @@
+"""sipdial.events: signing, backoff and ordering of webhook deliveries, the hub's outbox and
+SSE subscriptions.
+
+No sockets: a ``task.Clock`` for time, a fake poster whose Deferreds the test fires, and the
+real :class:`SqliteStore` with its worker "thread" run synchronously (as in test_store.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from sipdial.config import WebhookConfig
+from sipdial.events.hub import EventHub
+from sipdial.events.webhooks import (
+    DeliveryPolicy,
+    OutboxQueue,
+    WebhookDeliverer,
+    delivery_headers,
+    sign,
+    verify_signature,
+)
+from sipdial.store.models import CallEvent, CallRecord, OutboxEntry, PublishedEvent
+from sipdial.store.sqlite import SqliteStore
+
+T = TypeVar("T")
+T0 = 1_763_732_155.0
+URL = "http://crm.example/hook"
+URL2 = "http://other.example/hook"
+NO_JITTER: Callable[[], float] = lambda: 0.0  # noqa: E731
+POLICY = DeliveryPolicy(first_retry=1.0, max_retry=300.0, jitter=0.2, max_age=3600.0,
+                        concurrency=2, timeout=10.0, stop_grace=2.0)
+
+
+def run_now(f: Callable[[], T]) -> Deferred[T]:
+    try:
+        return succeed(f())
+    except Exception as exc:
+        return fail(exc)
+
+
+def result(d: Deferred[T]) -> T:
+    results: list[T | Failure] = []
+    d.addBoth(results.append)
+    assert results, "Deferred has not fired"
+    value = results[0]
+    if isinstance(value, Failure):
+        value.raiseException()
+    return value  # type: ignore[return-value]
+
+
+def entry(entry_id: int, call_id: str = "c1", url: str = URL, created: float = T0,
+          **changes: Any) -> OutboxEntry:
+    return OutboxEntry(id=entry_id, webhook_url=url, event_id=entry_id, call_id=call_id,
+                       event_name="call.ringing", payload=f'{{"id":{entry_id}}}',
+                       created_at=created, next_attempt_at=changes.pop("next_at", created),
+                       **changes)
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
+    body = '{"id":1,"event":"call.ringing","x":"Wählt"}'.encode()
+    expected = hmac.new(b"s3cret", b"1763732155." + body, hashlib.sha256).hexdigest()
+    assert sign("s3cret", 1763732155, body) == "sha256=" + expected
+
+
+def test_verify_accepts_fresh_and_refuses_old_tampered_or_foreign() -> None:
+    body = b'{"id":1}'
+    signature = sign("k", int(T0), body)
+    assert verify_signature("k", str(int(T0)), body, signature, now=T0 + 299)
+    assert not verify_signature("k", str(int(T0)), body, signature, now=T0 + 301)
+    assert not verify_signature("k", str(int(T0)), body, signature, now=T0 - 301)
+    assert not verify_signature("k", str(int(T0)), b'{"id":2}', signature, now=T0)
+    assert not verify_signature("other", str(int(T0)), body, signature, now=T0)
+    assert not verify_signature("k", str(int(T0) + 1), body, signature, now=T0)
+    assert not verify_signature("k", "-5", body, signature, now=T0)
+
+
+def test_delivery_headers() -> None:
+    e = entry(42)
+    headers = delivery_headers(e, "k", T0 + 0.9)
+    assert headers["Content-Type"] == "application/json"
+    assert headers["X-Sipdial-Event"] == "call.ringing"
+    assert headers["X-Sipdial-Delivery"] == "42"
+    assert headers["X-Sipdial-Timestamp"] == str(int(T0))
+    assert headers["X-Sipdial-Signature"] == sign("k", int(T0), e.payload.encode())
+
+
+# ----------------------------------------------------------------------- backoff policy
+
+
+def test_retry_delays_double_up_to_the_cap() -> None:
+    delays = [POLICY.retry_delay(n, 0.0) for n in range(1, 12)]
+    assert delays == [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
+    assert POLICY.retry_delay(10_000, 0.0) == 300
+
+
+def test_jitter_only_shortens_by_at_most_its_fraction() -> None:
+    assert POLICY.retry_delay(3, 0.999) == pytest.approx(4 * (1 - 0.2 * 0.999))
+    assert POLICY.retry_delay(3, 0.5) == pytest.approx(3.6)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"first_retry": 0}, {"first_retry": 5, "max_retry": 1}, {"jitter": 1.0},
+     {"concurrency": 0}, {"timeout": 0}],
+)
+def test_bad_policy_is_refused(kw: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        DeliveryPolicy(**kw)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- the queue
+
+
+def test_queue_sends_only_the_head_of_each_call() -> None:
+    q = OutboxQueue(POLICY, NO_JITTER)
+    for e in (entry(1, "a"), entry(2, "a"), entry(3, "b")):
+        q.add(e)
+    assert [e.id for e in q.due(T0)] == [1, 3]
+    assert q.due(T0) == []
+    assert q.next_wakeup() is None  # everything due is in flight
+
+
+def test_queue_retries_the_head_and_keeps_the_rest_of_the_call_waiting() -> None:
+    q = OutboxQueue(POLICY, NO_JITTER)
+    first, second = entry(1), entry(2)
+    q.add(first)
+    q.add(second)
+    (sent,) = q.due(T0)
+    q.failed(sent, T0, "HTTP 500")
+    assert (first.attempts, first.last_error, first.next_attempt_at) == (1, "HTTP 500", T0 + 1)
+    assert q.due(T0 + 0.999) == []
+    assert q.next_wakeup() == T0 + 1
+    assert q.due(T0 + 1) == [first]
+    q.failed(first, T0 + 1, "HTTP 502")
+    assert first.next_attempt_at == T0 + 3  # then 2 s
+    assert q.due(T0 + 3) == [first]
+    q.delivered(first, T0 + 3)
+    assert (first.status, first.attempts) == ("done", 3)
+    assert q.due(T0 + 3) == [second]  # the next event of the call goes at once
+    q.delivered(second, T0 + 3)
+    assert len(q) == 0
+
+
+def test_queue_bounds_concurrency_per_url() -> None:
+    q = OutboxQueue(POLICY, NO_JITTER)  # concurrency 2
+    for i, call in enumerate(("a", "b", "c", "d"), start=1):
+        q.add(entry(i, call))
+    q.add(entry(5, "e", url=URL2))
+    assert [e.id for e in q.due(T0)] == [1, 2, 5]
+    assert q.in_flight == 3
+    assert q.next_wakeup() is None  # URL is full, URL2 has nothing waiting
+    q.delivered(entry_of(q, 1), T0)
+    assert q.next_wakeup() == T0
+    assert [e.id for e in q.due(T0)] == [3]
+
+
+def entry_of(q: OutboxQueue, entry_id: int) -> OutboxEntry:
+    for line in q._lines.values():
+        for e in line:
+            if e.id == entry_id:
+                return e
+    raise KeyError(entry_id)
+
+
+def test_queue_gives_up_after_max_age_and_moves_on() -> None:
+    q = OutboxQueue(POLICY, NO_JITTER)
+    old, new = entry(1), entry(2)
+    q.add(old)
+    q.add(new)
+    q.due(T0)
+    q.failed(old, T0 + 3599, "HTTP 500")
+    assert old.status == "pending"
+    q.due(old.next_attempt_at)
+    q.failed(old, T0 + 3600, "HTTP 500")
+    assert (old.status, old.attempts) == ("failed", 2)
+    assert q.due(T0 + 3600) == [new]
+
+
+def test_queue_released_entry_is_not_counted_and_stays_first() -> None:
+    q = OutboxQueue(POLICY, NO_JITTER)
+    e = entry(1)
+    q.add(e)
+    q.add(entry(2))
+    q.due(T0)
+    q.released(e)
+    assert e.attempts == 0
+    assert q.due(T0) == [e]
+
+
+def test_queue_refuses_out_of_order_and_finished_entries() -> None:
+    q = OutboxQueue(POLICY, NO_JITTER)
+    q.add(entry(5))
+    with pytest.raises(ValueError):
+        q.add(entry(4))
+    with pytest.raises(ValueError):
+        q.add(entry(6, "other", status="done"))
+    with pytest.raises(ValueError):
+        q.delivered(entry_of(q, 5), T0)  # not in flight
+
+
+# -------------------------------------------------------------------- the deliverer
+
+
+@dataclass
+class Post:
+    url: str
+    body: bytes
+    headers: Mapping[str, str]
+    d: Deferred[int]
+    cancelled: bool = False
+
+
+@dataclass
+class FakePoster:
+    posts: list[Post] = field(default_factory=list)
+    closed: int = 0
+    answer: int | None = None  #: answer every POST at once with this status
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Deferred[int]:
+        def cancel(_: Deferred[int]) -> None:
+            post.cancelled = True
+
+        post = Post(url, body, dict(headers), Deferred(cancel))
+        self.posts.append(post)
+        if self.answer is not None:
+            post.d.callback(self.answer)
+        return post.d
+
+    def close(self) -> Deferred[None]:
+        self.closed += 1
+        return succeed(None)
+
+    def ids(self) -> list[int]:
+        return [json.loads(p.body)["id"] for p in self.posts]
+
+
+class Delivery:
+    def __init__(self, policy: DeliveryPolicy = POLICY) -> None:
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.poster = FakePoster()
+        self.changes: list[tuple[int, str, int]] = []
+        self.deliverer = WebhookDeliverer(
+            self.clock, self.poster, {URL: "k", URL2: "k2"}, self.changed,
+            policy=policy, rng=NO_JITTER,
+        )
+        self.deliverer.start()
+
+    def changed(self, e: OutboxEntry) -> None:
+        self.changes.append((e.id, e.status, e.attempts))
+
+    def tick(self, seconds: float = 0.0) -> None:
+        self.clock.advance(seconds)
+
+
+def test_deliverer_posts_signed_json_on_the_next_tick() -> None:
+    h = Delivery()
+    h.deliverer.add(entry(1))
+    assert h.poster.posts == []  # never from inside add (it runs inside the engine)
+    h.tick()
+    (post,) = h.poster.posts
+    assert post.url == URL
+    assert post.body == b'{"id":1}'
+    assert post.headers["X-Sipdial-Signature"] == sign("k", int(T0), post.body)
+    post.d.callback(204)
+    assert h.changes == [(1, "done", 1)]
+
+
+def test_deliverer_retries_after_500_with_backoff_and_keeps_order() -> None:
+    h = Delivery()
+    h.deliverer.add(entry(1, "a"))
+    h.deliverer.add(entry(2, "a"))
+    h.deliverer.add(entry(3, "b"))
+    h.tick()
+    assert h.poster.ids() == [1, 3]
+    h.poster.posts[0].d.callback(500)
+    h.poster.posts[1].d.callback(200)  # call b is not held up by call a
+    assert h.changes == [(1, "pending", 1), (3, "done", 1)]
+    h.tick(0.999)
+    assert h.poster.ids() == [1, 3]  # neither the retry nor event 2 yet
+    h.tick(0.001)
+    assert h.poster.ids() == [1, 3, 1]
+    h.poster.posts[2].d.callback(500)
+    h.tick(1.999)
+    assert h.poster.ids() == [1, 3, 1]
+    h.tick(0.001)  # 2 s after the second failure
+    assert h.poster.ids() == [1, 3, 1, 1]
+    h.poster.posts[3].d.callback(200)
+    h.tick()
+    assert h.poster.ids() == [1, 3, 1, 1, 2]
+    h.poster.posts[4].d.callback(200)
+    assert h.changes[-2:] == [(1, "done", 3), (2, "done", 1)]
+    assert len(h.deliverer.queue) == 0
+
+
+def test_each_retry_is_signed_with_its_own_timestamp() -> None:
+    h = Delivery()
+    h.deliverer.add(entry(1))
+    h.tick()
+    h.poster.posts[0].d.callback(503)
+    h.tick(1)
+    first, retry = h.poster.posts
+    assert first.headers["X-Sipdial-Delivery"] == retry.headers["X-Sipdial-Delivery"] == "1"
+    assert int(retry.headers["X-Sipdial-Timestamp"]) == int(T0) + 1
+    assert retry.headers["X-Sipdial-Signature"] == sign("k", int(T0) + 1, retry.body)
+
+
+def test_one_timer_for_every_delivery_and_retry() -> None:
+    h = Delivery(DeliveryPolicy(concurrency=1000))
+    for i in range(1, 201):
+        h.deliverer.add(entry(i, f"call{i}"))
+    assert len(h.clock.getDelayedCalls()) == 1
+    h.tick()
+    for post in h.poster.posts:
+        post.d.callback(500)
+    # 200 retries pending plus their 200 finished POSTs' timeouts cancelled: one timer left
+    assert len(h.clock.getDelayedCalls()) == 1
+    h.tick(1)
+    assert len(h.poster.posts) == 400
+
+
+def test_a_post_that_hangs_times_out_and_is_retried() -> None:
+    h = Delivery()
+    h.deliverer.add(entry(1))
+    h.tick()
+    h.tick(10)
+    assert h.poster.posts[0].cancelled
+    assert h.changes == [(1, "pending", 1)]
+    assert entry_last_error(h) == "timeout after 10 s"
+    h.tick(1)
+    assert len(h.poster.posts) == 2
+
+
+def entry_last_error(h: Delivery) -> str | None:
+    return entry_of(h.deliverer.queue, 1).last_error
+
+
+def test_connection_errors_are_retried_with_their_reason() -> None:
+    h = Delivery()
+    h.deliverer.add(entry(1))
+    h.tick()
+    h.poster.posts[0].d.errback(ConnectionRefusedError("Connection refused"))
+    assert entry_last_error(h) == "ConnectionRefusedError: Connection refused"
+    h.tick(1)
+    assert len(h.poster.posts) == 2
+
+
+def test_a_poster_that_answers_at_once_is_handled() -> None:
+    h = Delivery()
+    h.poster.answer = 200
+    h.deliverer.add(entry(1))
+    h.deliverer.add(entry(2))
+    h.tick()
+    h.tick()
+    assert h.poster.ids() == [1, 2]
+    assert h.changes == [(1, "done", 1), (2, "done", 1)]
+    assert h.deliverer._in_flight == {}
+
+
+def test_deliverer_refuses_an_unknown_url() -> None:
+    h = Delivery()
+    with pytest.raises(ValueError):
+        h.deliverer.add(entry(1, url="http://unknown.example/"))
+
+
+def test_stop_waits_for_posts_in_flight_then_aborts_them() -> None:
+    h = Delivery()
+    h.deliverer.add(entry(1, "a"))
+    h.deliverer.add(entry(2, "b"))
+    h.tick()
+    stopped = h.deliverer.stop()
+    assert not stopped.called
+    h.poster.posts[0].d.callback(200)  # finishes within the grace period
+    h.tick(2)  # grace over: the other is aborted, not counted, left pending
+    assert h.poster.posts[1].cancelled
+    assert result(stopped) is None
+    assert h.changes == [(1, "done", 1)]
+    assert h.poster.closed == 1
+    assert entry_of(h.deliverer.queue, 2).attempts == 0
+    h.tick(100)
+    assert len(h.poster.posts) == 2  # nothing new after stop
+
+
+def test_stop_with_nothing_in_flight_closes_at_once() -> None:
+    h = Delivery()
+    h.deliverer.add(entry(1, next_at=T0 + 50))
+    assert result(h.deliverer.stop()) is None
+    assert h.clock.getDelayedCalls() == []
+
+
+# ---------------------------------------------------------------------------- the hub
+
+
+class Hub:
+    """A hub on a real SQLite file, with synchronous store writes and a fake poster."""
+
+    def __init__(self, path: Path, webhooks: tuple[WebhookConfig, ...] = (),
+                 buffer_size: int = 1024,
+                 store_wrapper: Callable[[SqliteStore], Any] | None = None) -> None:
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.store = SqliteStore(str(path), self.clock, run_in_thread=run_now)
+        result(self.store.start())
+        self.poster = FakePoster()
+        store: Any = self.store if store_wrapper is None else store_wrapper(self.store)
+        self.hub = EventHub(store, self.clock, webhooks, policy=POLICY, poster=self.poster,
+                            buffer_size=buffer_size, rng=NO_JITTER)
+        result(self.hub.start())
+
+    def stop(self) -> None:
+        stopped = self.hub.stop()
+        self.clock.advance(POLICY.stop_grace)  # POSTs still in flight are aborted
+        result(stopped)
+        result(self.store.stop())
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        result(self.store.flush())
+        conn = sqlite3.connect(self.store._path)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+
+
+@dataclass
+class Call:
+    """Drives a CallRecord through states the way the engine does."""
+
+    hub: EventHub
+    record: CallRecord
+
+    @classmethod
+    def new(cls, hub: EventHub, call_id: str = "c1", user: str = "201") -> Call:
+        record = CallRecord(call_id, user, "+4930123456", "refer", "calling_user", None, T0,
+                            None)
+        call = cls(hub, record)
+        call.enter("calling_user")
+        return call
+
+    def enter(self, state: str, cause: str | None = None, sip_code: int | None = None) -> None:
+        self.record.state = state
+        if cause is not None:
+            self.record.cause = cause
+            self.record.ended_at = T0 + 5
+        event = CallEvent(state, T0 + len(self.record.events), sip_code, cause)
+        self.record.events.append(event)
+        self.hub.publish(self.record, event)
+
+
+@dataclass
+class Collector:
+    events: list[PublishedEvent] = field(default_factory=list)
+    closed: int = 0
+
+    def event(self, event: PublishedEvent) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def ids(self) -> list[int]:
+        return [e.id for e in self.events]
+
+
+WEBHOOK = WebhookConfig(URL, "k")
+ENDED_ONLY = WebhookConfig(URL2, "k2", ("call.ended",))
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "sipdial.db"
+
+
+def test_publish_builds_the_payload(db: Path) -> None:
+    h = Hub(db)
+    sub = Collector()
+    h.hub.subscribe(sub)
+    call = Call.new(h.hub)
+    call.enter("user_ringing", sip_code=180)
+    call.enter("ended", cause="user_no_answer", sip_code=408)
+    dialing, ringing, ended = (json.loads(e.payload) for e in sub.events)
+    assert dialing["id"] == 1
+    assert dialing["event"] == "call.dialing"
+    assert dialing["leg"] == "user"
+    assert dialing["cause"] is None and dialing["missed"] is False
+    assert dialing["call"]["id"] == "c1"
+    assert dialing["call"]["state"] == "calling_user"
+    assert dialing["time"] == "2025-11-21T13:35:55.000Z"
+    assert (ringing["event"], ringing["sip_code"], ringing["state"]) == (
+        "call.ringing", 180, "user_ringing")
+    assert ended["event"] == "call.ended"
+    assert (ended["cause"], ended["missed"], ended["leg"]) == ("user_no_answer", True, None)
+    assert ended["call"]["state"] == "ended"
+    assert [e["state"] for e in ended["call"]["events"]] == [
+        "calling_user", "user_ringing", "ended"]
+    assert [(e.name, e.user, e.call_id) for e in sub.events] == [
+        ("call.dialing", "201", "c1"), ("call.ringing", "201", "c1"), ("call.ended", "201", "c1")]
+
+
+def test_publish_writes_events_and_one_outbox_row_per_matching_webhook(db: Path) -> None:
+    h = Hub(db, (WEBHOOK, ENDED_ONLY))
+    call = Call.new(h.hub)
+    call.enter("user_ringing")
+    call.enter("ended", cause="user_busy")
+    assert h.rows("SELECT id, call_id, user_id, name FROM events ORDER BY id") == [
+        (1, "c1", "201", "call.dialing"), (2, "c1", "201", "call.ringing"),
+        (3, "c1", "201", "call.ended")]
+    assert h.rows("SELECT id, webhook_url, event_id, event_name, status FROM webhook_outbox "
+                  "ORDER BY id") == [
+        (1, URL, 1, "call.dialing", "pending"), (2, URL, 2, "call.ringing", "pending"),
+        (3, URL, 3, "call.ended", "pending"), (4, URL2, 3, "call.ended", "pending")]
+    payloads = h.rows("SELECT e.payload, o.payload FROM events e JOIN webhook_outbox o "
+                      "ON o.event_id = e.id")
+    assert all(a == b for a, b in payloads)
+
+
+def test_hub_delivers_in_order_and_marks_rows_done(db: Path) -> None:
+    h = Hub(db, (WEBHOOK,))
+    call = Call.new(h.hub)
+    call.enter("user_ringing")
+    h.clock.advance(0)
+    assert h.poster.ids() == [1]
+    h.poster.posts[0].d.callback(500)
+    h.clock.advance(1)
+    h.poster.posts[1].d.callback(200)
+    h.clock.advance(0)
+    h.poster.posts[2].d.callback(200)
+    assert h.poster.ids() == [1, 1, 2]
+    assert h.rows("SELECT id, attempts, status, last_error FROM webhook_outbox") == [
+        (1, 2, "done", "HTTP 500"), (2, 1, "done", None)]
+
+
+def test_ids_continue_and_pending_deliveries_resume_after_a_restart(db: Path) -> None:
+    h = Hub(db, (WEBHOOK,))
+    call = Call.new(h.hub)
+    call.enter("user_ringing")
+    call.enter("user_answered")
+    h.clock.advance(0)
+    h.poster.posts[0].d.callback(200)  # 1 delivered; 2 in flight at stop; 3 waiting
+    h.clock.advance(0)
+    h.stop()
+
+    h2 = Hub(db, (WEBHOOK,))
+    assert h2.hub.last_event_id == 3
+    h2.clock.advance(0)
+    assert h2.poster.ids() == [2]  # the one in flight at stop goes again, first
+    h2.poster.posts[0].d.callback(200)
+    h2.clock.advance(0)
+    h2.poster.posts[1].d.callback(200)
+    assert h2.poster.ids() == [2, 3]
+    Call.new(h2.hub, "c2")
+    assert h2.rows("SELECT MAX(id) FROM events") == [(4,)]
+    assert h2.rows("SELECT id, status FROM webhook_outbox ORDER BY id") == [
+        (1, "done"), (2, "done"), (3, "done"), (4, "pending")]
+
+
+def test_pending_rows_of_a_removed_webhook_are_marked_failed(db: Path) -> None:
+    h = Hub(db, (WEBHOOK,))
+    Call.new(h.hub)
+    h.stop()
+    h2 = Hub(db, ())
+    assert h2.rows("SELECT status, last_error FROM webhook_outbox") == [
+        ("failed", "webhook no longer configured")]
+
+
+def test_events_before_start_or_after_stop_are_dropped(db: Path) -> None:
+    h = Hub(db)
+    clock = Clock()
+    early = EventHub(h.store, clock, (), poster=FakePoster())
+    Call.new(early)  # logged and dropped, does not raise
+    h.stop()
+    assert h.hub.last_event_id == 0
+
+
+def test_a_failing_subscriber_does_not_disturb_publishing(db: Path) -> None:
+    h = Hub(db)
+
+    class Broken(Collector):
+        def event(self, event: PublishedEvent) -> None:
+            raise RuntimeError("boom")
+
+    broken, good = Broken(), Collector()
+    h.hub.subscribe(broken)
+    h.hub.subscribe(good)
+    call = Call.new(h.hub)
+    call.enter("user_ringing")
+    assert good.ids() == [1, 2]
+
+
+def test_duplicate_webhook_urls_are_used_once(db: Path) -> None:
+    h = Hub(db, (WEBHOOK, WebhookConfig(URL, "other")))
+    Call.new(h.hub)
+    assert h.rows("SELECT COUNT(*) FROM webhook_outbox") == [(1,)]
+
+
+# --------------------------------------------------------------------- subscriptions
+
+
+def test_subscribers_get_live_events_filtered_by_user(db: Path) -> None:
+    h = Hub(db)
+    everyone, only_201 = Collector(), Collector()
+    h.hub.subscribe(everyone)
+    h.hub.subscribe(only_201, user="201")
+    Call.new(h.hub, "a", user="201")
+    Call.new(h.hub, "b", user="202")
+    assert everyone.ids() == [1, 2]
+    assert only_201.ids() == [1]
+
+
+def test_cancelled_subscription_gets_nothing(db: Path) -> None:
+    h = Hub(db)
+    sub = Collector()
+    subscription = h.hub.subscribe(sub)
+    subscription.cancel()
+    subscription.cancel()
+    Call.new(h.hub)
+    assert sub.events == []
+
+
+def test_resume_from_the_ring_buffer(db: Path) -> None:
+    h = Hub(db)
+    call = Call.new(h.hub, user="201")
+    Call.new(h.hub, "other", user="202")
+    call.enter("user_ringing")
+    sub = Collector()
+    h.hub.subscribe(sub, user="201", after=1)
+    assert sub.ids() == [3]
+    call.enter("user_answered")
+    assert sub.ids() == [3, 4]
+
+
+def test_resume_after_the_newest_or_a_future_id_is_live_only(db: Path) -> None:
+    h = Hub(db)
+    Call.new(h.hub)
+    sub = Collector()
+    h.hub.subscribe(sub, after=99)
+    Call.new(h.hub, "c2")
+    assert sub.ids() == [2]
+
+
+def test_resume_from_the_database_when_the_ring_no_longer_has_it(db: Path) -> None:
+    h = Hub(db, buffer_size=2)
+    call = Call.new(h.hub)
+    for state in ("user_ringing", "user_answered", "calling_target", "target_ringing"):
+        call.enter(state)
+    sub = Collector()
+    h.hub.subscribe(sub, after=1)
+    assert sub.ids() == [2, 3, 4, 5]
+    call.enter("connected")
+    assert sub.ids() == [2, 3, 4, 5, 6]
+
+
+def test_resume_after_a_restart_reads_the_database(db: Path) -> None:
+    h = Hub(db)
+    Call.new(h.hub, "a", user="201")
+    Call.new(h.hub, "b", user="202")
+    Call.new(h.hub, "c", user="201")
+    h.stop()
+    h2 = Hub(db)
+    sub = Collector()
+    h2.hub.subscribe(sub, user="201", after=0)
+    assert sub.ids() == [1, 3]
+
+
+class SlowStore:
+    """The real store, but ``events_after`` answers only when the test says so."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+        self.reads: list[tuple[Deferred[list[PublishedEvent]], Deferred[Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def events_after(self, after: int, *, user: str | None = None,
+                     limit: int = 500) -> Deferred[list[PublishedEvent]]:
+        real = self._store.events_after(after, user=user, limit=limit)
+        later: Deferred[list[PublishedEvent]] = Deferred()
+        self.reads.append((real, later))
+        return later
+
+    def answer(self) -> None:
+        real, later = self.reads.pop(0)
+        later.callback(result(real))
+
+
+def test_events_published_during_a_database_replay_follow_without_gaps_or_repeats(
+    db: Path,
+) -> None:
+    slow: list[SlowStore] = []
+
+    def wrap(store: SqliteStore) -> SlowStore:
+        slow.append(SlowStore(store))
+        return slow[0]
+
+    h = Hub(db, buffer_size=1, store_wrapper=wrap)
+    call = Call.new(h.hub)
+    call.enter("user_ringing")
+    call.enter("user_answered")
+    sub = Collector()
+    h.hub.subscribe(sub, after=0)
+    call.enter("calling_target")  # published while the history is being read
+    assert sub.ids() == []
+    slow[0].answer()  # the read saw events 1-3 (it was issued before event 4)
+    assert sub.ids() == [1, 2, 3, 4]
+    call.enter("target_ringing")
+    assert sub.ids() == [1, 2, 3, 4, 5]
+
+
+def test_replay_reads_page_by_page(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sipdial.events.hub._REPLAY_PAGE", 2)
+    h = Hub(db, buffer_size=1)
+    for i in range(5):
+        Call.new(h.hub, f"c{i}")
+    sub = Collector()
+    h.hub.subscribe(sub, after=0)
+    assert sub.ids() == [1, 2, 3, 4, 5]
+
+
+def test_stop_closes_every_subscriber(db: Path) -> None:
+    h = Hub(db)
+    a, b = Collector(), Collector()
+    h.hub.subscribe(a)
+    h.hub.subscribe(b)
+    h.stop()
+    assert (a.closed, b.closed) == (1, 1)
+    with pytest.raises(RuntimeError):
+        h.hub.subscribe(Collector())
+
+
+def test_a_waiting_retry_is_brought_forward_by_a_restart(db: Path) -> None:
+    h = Hub(db, (WEBHOOK,))
+    Call.new(h.hub)
+    h.clock.advance(0)
+    h.poster.posts[0].d.callback(500)  # next try at T0 + 1
+    h.stop()
+    h2 = Hub(db, (WEBHOOK,))  # its clock is at T0 again
+    h2.clock.advance(0)
+    assert h2.poster.ids() == [1]
+    h2.poster.posts[0].d.callback(500)
+    (row,) = h2.rows("SELECT attempts, next_attempt_at FROM webhook_outbox")
+    assert row == (2, T0 + 2)  # the backoff went on from the attempts made
