@@ -19,6 +19,7 @@ from sipdial.authn import Authenticator
 from sipdial.calls.autoanswer import DEFAULT_RULES, rules_from_config
 from sipdial.calls.engine import CallEngine
 from sipdial.config import Config, ConfigError, load_config
+from sipdial.events.hub import EventHub
 from sipdial.media.prompt import PromptLibrary
 from sipdial.media.transport import MediaManager
 from sipdial.registrar import Binding, ExpiryLimits, Registrar
@@ -98,6 +99,8 @@ class Running:
         self.driver.stop()
         if self.engine.media is not None:
             self.engine.media.stop()
+        if self.engine.events is not None:
+            yield self.engine.events.stop()
         yield self.store.stop()
 
 
@@ -161,8 +164,11 @@ def start(config: Config, reactor: Any) -> Any:
         profile = users.get(user)
         return profile is not None and profile.password == password
 
+    events = EventHub(store, reactor, config.webhooks)
+    yield events.start()  # resumes webhook deliveries a previous run left pending
+    engine.events = events
     site = build_site(engine, config.api.tokens, reactor=reactor,
-                      check_password=check_password)
+                      check_password=check_password, events=events)
     http = reactor.listenTCP(config.http.port, site, interface=config.http.host)
     listeners.append(http)
 

@@ -35,6 +35,7 @@ from sipdial.store.models import CallEvent, CallRecord
 from sipdial.ua import UserAgent
 
 if TYPE_CHECKING:
+    from sipdial.events.hub import EventHub
     from sipdial.media.prompt import PromptLibrary
     from sipdial.media.transport import MediaManager
 
@@ -63,6 +64,7 @@ class CallEngine:
         self.media_ports = media_ports  # address family -> (host, port) of the RTP sink
         self.media = media  # sipdial's own RTP (prompts, tones, DTMF); None: REFER only
         self.prompts = prompts
+        self.events: EventHub | None = None  # webhooks and SSE, set by the app
         self.domain = config.sip.domain
         self.users: dict[str, UserConfig] = dict(config.users)
         self.calls: dict[str, ClickToDial] = {}
@@ -97,6 +99,8 @@ class CallEngine:
     def persist(self, record: CallRecord, event: CallEvent) -> None:
         self.store.save_call(record)
         self.store.add_event(record.id, event)
+        if self.events is not None:
+            self.events.publish(record, event)
 
     def call_ended(self, call: ClickToDial) -> None:
         self.calls.pop(call.id, None)
