@@ -23,12 +23,16 @@ ADMIN = "admin-secret"
 
 def config_text(db: Path, *, users: list[dict[str, Any]], routes: list[dict[str, str]],
                 calls: dict[str, Any] | None = None, transports: tuple[str, ...] = ("udp", "tcp"),
-                host: str = "127.0.0.1", listen: list[str] | None = None) -> str:
+                host: str = "127.0.0.1", listen: list[str] | None = None,
+                sip: dict[str, Any] | None = None, extra: str = "") -> str:
+    """``sip`` adds keys to ``[sip]`` (e.g. ``{"t1": 0.1}``: TOML cannot reopen a table);
+    ``extra`` is TOML appended at the end (e.g. ``[[webhooks]]`` tables)."""
     h = f"[{host}]" if ":" in host else host
     listen_spec = listen or [f"{t}:{h}:0" for t in transports]
     listen_line = ", ".join(f'"{spec}"' for spec in listen_spec)
     lines = [
         "[sip]", f"listen = [{listen_line}]", f'domain = "{host}"',
+        *(f"{key} = {json.dumps(value)}" for key, value in (sip or {}).items()),
         "[http]", f'listen = "{h}:0"',
         "[store]", f'url = "sqlite:///{db}"',
         "[api]", f'tokens = {{ "{ADMIN}" = "*", "tok-201" = "201" }}',
@@ -45,7 +49,7 @@ def config_text(db: Path, *, users: list[dict[str, Any]], routes: list[dict[str,
         lines.append("[calls]")
         for key, value in calls.items():
             lines.append(f"{key} = {json.dumps(value)}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + extra
 
 
 class Sipdial:
