@@ -15,6 +15,9 @@ from typing import Any, TypeVar
 
 from sipdial.sip.errors import ParseError
 from sipdial.sip.uri import (
+    FAST_HOST,
+    FAST_PARAMS,
+    FAST_PORT,
     HOST_PATTERN,
     TOKEN_CHARS,
     TOKEN_RE,
@@ -22,6 +25,7 @@ from sipdial.sip.uri import (
     normalize_host,
     parse_generic_params,
     split_comma_list,
+    split_params,
 )
 
 T = TypeVar("T")
@@ -101,7 +105,29 @@ def canonical_name(name: str) -> str:
     return _CANONICAL.get(name.lower(), name)
 
 
+# Every spelling we know (canonical, lower-case, compact letter in both cases) -> (lookup key,
+# canonical name): one dict look-up instead of lower() + look-up on the hot paths.
+_NAME_INFO: dict[str, tuple[str, str]] = {}
+for _lower, (_k, _canon) in _KEYED.items():
+    for _spelling in (_lower, _lower.upper(), _canon, _k):
+        _NAME_INFO[_spelling] = (_k, _canon)
+del _lower, _k, _canon, _spelling
+
+
+def _name_info(name: str) -> tuple[str, str]:
+    """``name`` -> (lookup key, canonical spelling)."""
+    info = _NAME_INFO.get(name)
+    if info is not None:
+        return info
+    lower = name.lower()
+    keyed = _KEYED.get(lower)
+    return (lower, name) if keyed is None else keyed
+
+
 def _key(name: str) -> str:
+    info = _NAME_INFO.get(name)
+    if info is not None:
+        return info[0]
     lower = name.lower()
     keyed = _KEYED.get(lower)
     return lower if keyed is None else keyed[0]
@@ -119,13 +145,19 @@ class Headers:
     Names are stored canonically (compact forms expanded: ``i`` -> ``Call-ID``); unknown
     names keep the spelling first given. Values are the unfolded text without surrounding
     whitespace. Mutators raise ValueError for a value containing CR or LF.
+
+    Reads go through an index (lookup key -> the value, or a list of the values in order if
+    there are several), built on the first read and kept up to date by every mutator, so
+    ``get``/``get_all``/``in`` do not scan the list. (A lone value is stored bare: a dict of
+    strings is not tracked by the cyclic GC, a dict of lists is, and so are the lists.)
     """
 
-    __slots__ = ("_cache", "_items")
+    __slots__ = ("_cache", "_index", "_items")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str, str]] = []  # (key, canonical name, value)
         self._cache: dict[str, Any] = {}  # parsed views, cleared by every mutation
+        self._index: dict[str, str | list[str]] | None = None  # None = not built yet
         for name, value in items:
             self.add(name, value)
 
@@ -135,39 +167,68 @@ class Headers:
         self = cls.__new__(cls)
         self._items = items
         self._cache = {}
+        self._index = None
         return self
+
+    def _idx(self) -> dict[str, str | list[str]]:
+        index = self._index
+        if index is None:
+            index = {}
+            for k, _, v in self._items:
+                values = index.get(k)
+                if values is None:
+                    index[k] = v
+                elif isinstance(values, list):
+                    values.append(v)
+                else:
+                    index[k] = [values, v]
+            self._index = index
+        return index
+
+    def _values(self, key: str) -> list[str]:
+        values = self._idx().get(key)
+        if values is None:
+            return []
+        if type(values) is str:
+            return [values]
+        return list(values)
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name`` (raw, not split on commas)."""
-        key = _key(name)
-        for k, _, v in self._items:
-            if k == key:
-                return v
-        return default
+        values = self._idx().get(_key(name))
+        if values is None:
+            return default
+        return values if type(values) is str else values[0]
 
     def get_all(self, name: str) -> list[str]:
         """All values of ``name`` in order; comma-list headers (Via, Contact, Route, Allow,
         Supported, Require, ...) are also split on top-level commas. May raise ParseError
         for a list value with an unterminated quote."""
         key = _key(name)
-        if key not in LIST_HEADERS:
-            return [v for k, _, v in self._items if k == key]
+        values = self._values(key)
+        if key not in LIST_HEADERS or not values:
+            return values
         ck = "all:" + key
         cached: list[str] | None = self._cache.get(ck)
         if cached is None:
             cached = []
-            for k, _, v in self._items:
-                if k == key:
-                    cached.extend(split_comma_list(v))
+            for v in values:
+                cached.extend(split_comma_list(v))
             self._cache[ck] = cached
         return list(cached)
+
+    def count(self, name: str) -> int:
+        """How many header lines (not comma-separated values) of ``name`` there are."""
+        values = self._idx().get(_key(name))
+        if values is None:
+            return 0
+        return 1 if type(values) is str else len(values)
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = _key(name)
-        return any(k == key for k, _, _ in self._items)
+        return _key(name) in self._idx()
 
     def items(self) -> list[tuple[str, str]]:
         """(canonical name, raw value) pairs in order."""
@@ -209,8 +270,8 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace all values of ``name`` by ``value`` (at the position of the first)."""
         _check_value(name, value)
-        key = _key(name)
-        entry = (key, canonical_name(name), value)
+        key, canonical = _name_info(name)
+        entry = (key, canonical, value)
         out: list[tuple[str, str, str]] = []
         placed = False
         for item in self._items:
@@ -223,26 +284,50 @@ class Headers:
         if not placed:
             out.append(entry)
         self._items = out
+        if self._index is not None:
+            self._index[key] = value
         self._invalidate()
 
     def add(self, name: str, value: str) -> None:
         """Append a value."""
-        _check_value(name, value)
-        self._items.append((_key(name), canonical_name(name), value))
-        self._invalidate()
+        if "\r" in value or "\n" in value:
+            _check_value(name, value)
+        key, canonical = _name_info(name)
+        self._items.append((key, canonical, value))
+        index = self._index
+        if index is not None:
+            values = index.get(key)
+            if values is None:
+                index[key] = value
+            elif isinstance(values, list):
+                values.append(value)
+            else:
+                index[key] = [values, value]
+        if self._cache:
+            self._cache.clear()
 
     def prepend(self, name: str, value: str) -> None:
         """Insert before the first header of that name (Via, Record-Route), else at the top."""
         _check_value(name, value)
-        key = _key(name)
+        key, canonical = _name_info(name)
         index = next((i for i, item in enumerate(self._items) if item[0] == key), 0)
-        self._items.insert(index, (key, canonical_name(name), value))
+        self._items.insert(index, (key, canonical, value))
+        if self._index is not None:
+            values = self._index.get(key)
+            if values is None:
+                self._index[key] = value
+            elif isinstance(values, list):
+                values.insert(0, value)
+            else:
+                self._index[key] = [value, values]
         self._invalidate()
 
     def remove(self, name: str) -> None:
         """Remove all values of ``name`` (no error if absent)."""
         key = _key(name)
         self._items = [item for item in self._items if item[0] != key]
+        if self._index is not None:
+            self._index.pop(key, None)
         self._invalidate()
 
 
@@ -334,8 +419,34 @@ class Via:
         return f"SIP/2.0/{self.transport} {self.host_port()}{format_params(self.params)}"
 
     def copy(self, **changes: Any) -> Via:
+        if not changes:  # hand-written: dataclasses.replace costs ~10x more
+            return Via(self.transport, self.host, self.port, dict(self.params))
         changes.setdefault("params", dict(self.params))
         return dataclasses.replace(self, **changes)
+
+
+# Fast path: "SIP/2.0/UDP host[:port]*(;token[=token])" — a strict subset of what Via.parse
+# accepts, split the same way (the host group is atomic because Via.parse *matches* its head
+# regex and then reads parameters from where the host ended: "1.2.3.4.example.com" is an IPv4
+# address followed by a bad parameter there). Anything else takes Via.parse.
+FAST_VIA = re.compile(
+    rf"SIP/2\.0/(?P<transport>[A-Za-z]+) (?>(?P<host>{FAST_HOST}))"
+    rf"(?::(?P<port>{FAST_PORT}))?(?P<params>{FAST_PARAMS})"
+)
+
+
+def parse_via_fast(text: str) -> Via | None:
+    """Via.parse(text) for a common-shape via-parm, else None (then call Via.parse)."""
+    m = FAST_VIA.fullmatch(text)
+    if m is None:
+        return None
+    port = m.group("port")
+    return Via(
+        m.group("transport").upper(),
+        m.group("host").lower(),
+        int(port) if port else None,
+        split_params(m.group("params")),
+    )
 
 
 def parse_via_list(text: str) -> list[Via]:

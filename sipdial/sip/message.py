@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from sipdial.sip.errors import ParseError
-from sipdial.sip.headers import CSeq, Headers, Via, parse_header_lines
+from sipdial.sip.headers import FAST_VIA, CSeq, Headers, Via, parse_header_lines, parse_via_fast
 from sipdial.sip.uri import (
     TOKEN_RE,
     URI,
     AbsoluteURI,
     NameAddr,
     SipURI,
+    fast_match_name_addr,
+    name_addr_from_match,
+    parse_name_addr_fast,
     parse_name_addr_list,
     parse_uri,
 )
@@ -36,9 +39,14 @@ __all__ = [
     "call_id",
     "cseq",
     "from_",
+    "from_tag",
     "make_response",
     "parse_message",
+    "peek_from",
+    "peek_to",
+    "peek_top_via",
     "to",
+    "to_tag",
     "top_via",
     "vias",
 ]
@@ -115,7 +123,7 @@ Message: TypeAlias = Request | Response
 def _serialise(start_line: str, headers: Headers, body: bytes) -> bytes:
     out = [start_line, "\r\n"]
     length_written = False
-    for name, value in headers.items():
+    for _, name, value in headers._items:
         if name == "Content-Length":
             if length_written:
                 continue
@@ -129,6 +137,11 @@ def _serialise(start_line: str, headers: Headers, body: bytes) -> bytes:
 
 
 # --- typed accessors (parsed once per Headers state, then copied out) -------------------------
+#
+# The parser validates From/To/Via/Contact with fast regexes (or the full parsers when a value
+# has an unusual shape) but builds the objects only on first use; the caches live in
+# ``Headers._cache``, which every mutation clears. Keys: "from"/"to"/"top_via"/"vias"/"cseq"
+# hold parsed objects, "from:m"/"to:m" the fast-path regex match found while validating.
 
 
 def _parse_vias(headers: Headers) -> list[Via]:
@@ -145,6 +158,56 @@ def _parse_single(headers: Headers, name: str) -> str:
     return value
 
 
+def _name_addr(h: Headers, key: str, name: str) -> NameAddr:
+    cache = h._cache
+    value: NameAddr | None = cache.get(key)
+    if value is None:
+        m = cache.get(key + ":m")
+        if m is not None:
+            value = name_addr_from_match(m)
+        else:
+            value = parse_name_addr_fast(_parse_single(h, name))
+        cache[key] = value
+    return value
+
+
+def _all_vias(h: Headers) -> list[Via]:
+    cache = h._cache
+    value: list[Via] | None = cache.get("vias")
+    if value is None:
+        value = _parse_vias(h)
+        cache["vias"] = value
+    return value
+
+
+def _first_via_text(h: Headers) -> str | None:
+    """The first via-parm when splitting it off is trivial (no quotes / angle brackets)."""
+    raw = h.get("Via")
+    if raw is None:
+        raise ParseError("missing Via")
+    if "," in raw:
+        if '"' in raw or "<" in raw:
+            return None
+        for part in raw.split(","):
+            part = part.strip(" \t")
+            if part:
+                return part
+        return None
+    return raw
+
+
+def _top_via(h: Headers) -> Via:
+    cache = h._cache
+    value: Via | None = cache.get("top_via")
+    if value is None:
+        text = _first_via_text(h)
+        value = None if text is None else parse_via_fast(text)
+        if value is None:
+            value = _all_vias(h)[0]
+        cache["top_via"] = value
+    return value
+
+
 def call_id(msg: Message) -> str:
     """The Call-ID value; raises ParseError if missing."""
     return _parse_single(msg.headers, "Call-ID")
@@ -153,31 +216,60 @@ def call_id(msg: Message) -> str:
 def cseq(msg: Message) -> CSeq:
     """The parsed CSeq; raises ParseError if missing or malformed."""
     h = msg.headers
-    return h.cached("cseq", lambda: CSeq.parse(_parse_single(h, "CSeq")))
+    value: CSeq | None = h._cache.get("cseq")
+    if value is None:
+        value = CSeq.parse(_parse_single(h, "CSeq"))
+        h._cache["cseq"] = value
+    return value
 
 
 def from_(msg: Message) -> NameAddr:
     """The parsed From (a fresh copy: mutate freely); raises ParseError."""
-    h = msg.headers
-    return h.cached("from", lambda: NameAddr.parse(_parse_single(h, "From"))).copy()
+    return _name_addr(msg.headers, "from", "From").copy()
 
 
 def to(msg: Message) -> NameAddr:
     """The parsed To (a fresh copy); raises ParseError."""
-    h = msg.headers
-    return h.cached("to", lambda: NameAddr.parse(_parse_single(h, "To"))).copy()
+    return _name_addr(msg.headers, "to", "To").copy()
 
 
 def vias(msg: Message) -> list[Via]:
     """All Via values top-down, comma-joined ones split (fresh copies); raises ParseError."""
-    h = msg.headers
-    return [v.copy() for v in h.cached("vias", lambda: _parse_vias(h))]
+    return [v.copy() for v in _all_vias(msg.headers)]
 
 
 def top_via(msg: Message) -> Via:
     """The first Via value (a fresh copy); raises ParseError."""
-    h = msg.headers
-    return h.cached("vias", lambda: _parse_vias(h))[0].copy()
+    return _top_via(msg.headers).copy()
+
+
+# Read-only views for callers that only read (no copy): the objects are shared with the
+# message's cache, so never mutate them.
+
+
+def peek_from(msg: Message) -> NameAddr:
+    """The parsed From, NOT a copy: read only. Raises ParseError."""
+    return _name_addr(msg.headers, "from", "From")
+
+
+def peek_to(msg: Message) -> NameAddr:
+    """The parsed To, NOT a copy: read only. Raises ParseError."""
+    return _name_addr(msg.headers, "to", "To")
+
+
+def peek_top_via(msg: Message) -> Via:
+    """The first Via value, NOT a copy: read only. Raises ParseError."""
+    return _top_via(msg.headers)
+
+
+def from_tag(msg: Message) -> str | None:
+    """The From tag (``from_(msg).tag`` without the copy). Raises ParseError."""
+    return _name_addr(msg.headers, "from", "From").params.get("tag")
+
+
+def to_tag(msg: Message) -> str | None:
+    """The To tag (``to(msg).tag`` without the copy). Raises ParseError."""
+    return _name_addr(msg.headers, "to", "To").params.get("tag")
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -205,6 +297,9 @@ _DIGITS = re.compile(r"[0-9]{1,10}")
 # Header fields that may appear only once (RFC 4475 §3.3.8 multi01, §3.3.9 mcl01).
 _SINGLE_VALUED = ("To", "From", "Call-ID", "CSeq", "Max-Forwards", "Content-Length")
 _MANDATORY = ("To", "From", "Call-ID", "CSeq", "Via")  # §8.1.1; Max-Forwards tolerated
+_SINGLE_VALUED_KEYS = tuple((n.lower(), n) for n in _SINGLE_VALUED)
+_MANDATORY_KEYS = tuple((n.lower(), n) for n in _MANDATORY)
+_FAST_VIA_CHECK = FAST_VIA.fullmatch
 
 
 def parse_message(data: bytes) -> Message:
@@ -311,35 +406,51 @@ def _parse_response(start: str, lines: list[str], rest: bytes) -> Response:
 
 
 def _check_headers(headers: Headers, rest: bytes, method: str | None) -> bytes:
-    """Validate what every element relies on; return the body. ``method`` None = response."""
-    counts: dict[str, int] = {}
-    for name, _ in headers.items():
-        counts[name] = counts.get(name, 0) + 1
-    for name in _MANDATORY:
-        if name not in counts:
+    """Validate what every element relies on; return the body. ``method`` None = response.
+
+    From, To, every Via and every Contact are checked to parse, in that order (so the first
+    error is the one the full parsers would report): by a fast regex for the usual shapes,
+    else by the full parser (whose result, or error, is kept). Objects are built on first use.
+    """
+    index: dict[str, Any] = headers._idx()  # str, or list[str] if repeated
+    for key, name in _MANDATORY_KEYS:
+        if key not in index:
             raise ParseError(f"missing {name} header")  # RFC 4475 §3.3.1 insuf
-    for name in _SINGLE_VALUED:
-        if counts.get(name, 0) > 1:
+    for key, name in _SINGLE_VALUED_KEYS:
+        values = index.get(key)
+        if values is not None and type(values) is not str:
             raise ParseError(f"more than one {name} header")
-    # Parse (and so cache) what the transaction and dialog layers read first.
-    headers.cached("vias", lambda: _parse_vias(headers))
-    headers.cached("from", lambda: NameAddr.parse(_parse_single(headers, "From")))
-    headers.cached("to", lambda: NameAddr.parse(_parse_single(headers, "To")))
-    if not _CALL_ID.fullmatch(_parse_single(headers, "Call-ID")):
+    # From here on a single-valued header's index entry is its value (a str).
+    cache = headers._cache
+    via_values = index["via"]
+    for value in (via_values,) if type(via_values) is str else via_values:
+        if "," in value or _FAST_VIA_CHECK(value) is None:
+            cache["vias"] = _parse_vias(headers)  # the full parser: raises the right error
+            break
+    for key in ("from", "to"):
+        value = index[key]
+        m = fast_match_name_addr(value)
+        if m is None:
+            cache[key] = NameAddr.parse(value)
+        else:
+            cache[key + ":m"] = m
+    if not _CALL_ID.fullmatch(index["call-id"]):
         raise ParseError("malformed Call-ID")
-    seq = headers.cached("cseq", lambda: CSeq.parse(_parse_single(headers, "CSeq")))
+    seq = CSeq.parse(index["cseq"])
+    cache["cseq"] = seq
     if method is not None and seq.method != method:
         # RFC 4475 §3.1.2.17 mismatch01, §3.1.2.18 mismatch02
         raise ParseError("CSeq method does not match the request method")
-    max_forwards = headers.get("Max-Forwards")
+    max_forwards = index.get("max-forwards")
     if max_forwards is not None and not _DIGITS.fullmatch(max_forwards):
         raise ParseError("malformed Max-Forwards")
-    if "Contact" in counts:
-        for name, value in headers.items():
+    contacts = index.get("contact")
+    if contacts is not None:
+        for value in (contacts,) if type(contacts) is str else contacts:
             # Contact = ( STAR / (contact-param *(COMMA contact-param)) )
-            if name == "Contact" and value != "*":
+            if value != "*" and ("," in value or fast_match_name_addr(value) is None):
                 parse_name_addr_list(value)  # RFC 4475 §3.1.2.13 regbadct
-    length = headers.get("Content-Length")
+    length = index.get("content-length")
     if length is None:
         return rest  # datagram: the body is the rest of it (RFC 2543 peers, §3.4.1 inv2543)
     if not _DIGITS.fullmatch(length):
@@ -378,24 +489,24 @@ def make_response(
     CSeq (and Timestamp for 100, §8.2.6.1). ``reason`` defaults to :data:`REASONS`.
     """
     src = request.headers
-    headers = Headers()
-    for name, value in src.items():
-        if name == "Via":
-            headers.add("Via", value)
-    headers.add("From", _parse_single(src, "From"))
+    # Values come from a Headers (already free of CR/LF), so the triples are built directly.
+    items = [item for item in src._items if item[0] == "via"]
+    items.append(("from", "From", _parse_single(src, "From")))
     to_value = _parse_single(src, "To")
-    if to_tag is not None and to(request).tag is None:
+    if to_tag is not None and _name_addr(src, "to", "To").params.get("tag") is None:
         to_value = f"{to_value};tag={to_tag}"
-    headers.add("To", to_value)
-    headers.add("Call-ID", _parse_single(src, "Call-ID"))
-    headers.add("CSeq", _parse_single(src, "CSeq"))
+        if "\r" in to_value or "\n" in to_value:
+            raise ValueError("CR/LF in the To tag")
+    items.append(("to", "To", to_value))
+    items.append(("call-id", "Call-ID", _parse_single(src, "Call-ID")))
+    items.append(("cseq", "CSeq", _parse_single(src, "CSeq")))
     if status == 100:
         timestamp = src.get("Timestamp")
         if timestamp is not None:
-            headers.add("Timestamp", timestamp)
+            items.append(("timestamp", "Timestamp", timestamp))
     if reason is None:
         reason = REASONS.get(status) or _CLASS_REASONS.get(status // 100, "Unknown")
-    return Response(status, reason, headers)
+    return Response(status, reason, Headers._from_parsed(items))
 
 
 # --- stream framing ---------------------------------------------------------------------------

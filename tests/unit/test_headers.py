@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sipdial.sip.errors import ParseError
 from sipdial.sip.headers import (
@@ -12,6 +14,7 @@ from sipdial.sip.headers import (
     Via,
     canonical_name,
     parse_header_lines,
+    parse_via_fast,
     parse_via_list,
 )
 
@@ -295,3 +298,78 @@ def test_via_received_ipv6_unbracketed_rfc5118() -> None:
     via = Via.parse("SIP/2.0/UDP [2001:db8::9:1];received=2001:db8::9:255;branch=z9hG4bKas3")
     assert via.params == {"received": "2001:db8::9:255", "branch": "z9hG4bKas3"}
     assert Via.parse(str(via)).params["received"] == "2001:db8::9:255"
+
+
+# --- the index and the fast Via path -----------------------------------------------------------
+
+
+def test_index_follows_every_mutation_in_any_spelling() -> None:
+    h = Headers([("Via", "v1"), ("f", "<sip:a@b.com>"), ("X-Odd", "1")])
+    assert h.get("via") == "v1" and h.get("FROM") == "<sip:a@b.com>" and h.get("x-odd") == "1"
+    h.add("v", "v2")
+    assert h.get_all("Via") == ["v1", "v2"] and h.count("VIA") == 2
+    h.prepend("Via", "v0")
+    assert h.get("Via") == "v0" and h.get_all("Via") == ["v0", "v1", "v2"]
+    h.set("V", "only")
+    assert h.get_all("Via") == ["only"] and h.count("Via") == 1
+    h.remove("via")
+    assert "Via" not in h and h.get("Via") is None and h.get_all("Via") == [] and h.count("v") == 0
+    h.prepend("Route", "<sip:r@b.com;lr>")
+    assert h.items()[0] == ("Route", "<sip:r@b.com;lr>") and h.get("route") == "<sip:r@b.com;lr>"
+    h.set("Call-ID", "c1")
+    h.add("X-ODD", "2")
+    assert h.get("i") == "c1" and h.get_all("x-odd") == ["1", "2"]
+    assert [n for n, _ in h.items()] == ["Route", "From", "X-Odd", "Call-ID", "X-ODD"]
+    parsed, _ = parse_header_lines(["v: a", "Via: b", "l: 0"])
+    parsed.add("Via", "c")  # added before the first read: the index is built from the list
+    assert parsed.get_all("via") == ["a", "b", "c"] and parsed.get("Content-Length") == "0"
+
+
+VIA_SAMPLES = [
+    "SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds;rport",
+    "SIP/2.0/tcp 10.0.0.1:50600;received=1.2.3.4;rport=5060",
+    "SIP/2.0/UDP 1.2.3.4.example.com",
+    "SIP/2.0/UDP 1.2.3.4:5060",
+    "SIP/2.0/UDP 1.2.3.4:65536",
+    "SIP/2.0/UDP h:05060",
+    "SIP/2.0/UDP h;;branch=1",
+    "SIP/2.0/UDP h;branch=",
+    "SIP/2.0/UDP h ;branch=1",
+    "SIP/2.0/UDP h;received=::1",
+    "SIP/2.0/UDP [::1]:5060",
+    "SIP/2.0/UDP -h",
+    "SIP/2.0/UDP h.",
+    "SIP/2.0/UDPh",
+    "SIP/2.0/UDP  h",
+    "SIP / 2.0 / UDP h",
+    "SIP/2.0/UDP h;BRANCH=Z9hG4bK1;branch=2",
+]
+
+
+@pytest.mark.parametrize("text", VIA_SAMPLES)
+def test_fast_via_agrees_with_via_parse(text: str) -> None:
+    fast = parse_via_fast(text)
+    try:
+        full: object = Via.parse(text)
+    except ParseError:
+        full = None
+        assert fast is None
+    if fast is not None:
+        assert fast == full
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=" ;=:.,-[]0123456789abzZ", max_size=30))
+def test_fast_via_never_accepts_what_via_parse_rejects(tail: str) -> None:
+    for text in ("SIP/2.0/UDP " + tail, "SIP/2.0/UDP h" + tail, "SIP/2.0/UDP 1.2.3.4" + tail):
+        fast = parse_via_fast(text)
+        if fast is not None:
+            assert fast == Via.parse(text), text
+
+
+def test_hand_written_via_copy_is_independent() -> None:
+    v = Via.parse("SIP/2.0/UDP h:5;branch=z9hG4bK1")
+    c = v.copy()
+    c.params["received"] = "x"
+    assert c != v and "received" not in v.params
+    assert v.copy(port=6).port == 6 and v.port == 5

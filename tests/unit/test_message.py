@@ -16,9 +16,14 @@ from sipdial.sip.message import (
     call_id,
     cseq,
     from_,
+    from_tag,
     make_response,
     parse_message,
+    peek_from,
+    peek_to,
+    peek_top_via,
     to,
+    to_tag,
     top_via,
     vias,
 )
@@ -482,3 +487,58 @@ def test_framer_custom_max_size() -> None:
     with pytest.raises(ParseError) as info:
         framer.feed(RESPONSE)
     assert info.value.status == 413
+
+
+# --- read-only accessors, lazy parsing ---------------------------------------------------------
+
+
+def test_peek_accessors_equal_the_copying_ones() -> None:
+    for data in (invite(), RESPONSE):
+        msg = parse_message(data)
+        assert peek_to(msg) == to(msg) and peek_from(msg) == from_(msg)
+        assert peek_top_via(msg) == top_via(msg) == vias(msg)[0]
+        assert to_tag(msg) == to(msg).tag and from_tag(msg) == from_(msg).tag
+        assert peek_to(msg) is peek_to(msg)  # cached, not copied
+        assert to(msg) is not to(msg)
+
+
+def test_unusual_shapes_parse_like_before() -> None:
+    # values that miss the fast regexes take the full parsers, with the same results
+    data = (
+        invite()
+        .replace(b"Bob <sip:bob@biloxi", rb'"B\\o\"b" <sip:b%6fb:pw@biloxi')
+        .replace(b"pc33.atlanta.example.com;branch", b"[2001:db8::1]:5060 ;branch")
+        .replace(b"Contact: <sip:alice@pc33.atlanta.example.com>", b"m: sip:a@b.com, <tel:+1>")
+    )
+    msg = parse_message(data)
+    assert to(msg).display_name == 'B\\o"b'
+    assert str(to(msg).uri) == "sip:b%6fb:pw@biloxi.example.com"
+    assert top_via(msg).host == "2001:db8::1" and top_via(msg).port == 5060
+    assert peek_top_via(msg).branch == "z9hG4bK776asdhds"
+
+
+def test_top_via_of_comma_joined_and_mutated_vias() -> None:
+    msg = parse_message(invite())
+    msg.headers.set("Via", "SIP/2.0/UDP a.example.com;branch=z9hG4bKa , SIP/2.0/UDP b;branch=x")
+    assert peek_top_via(msg).host == "a.example.com"
+    assert [v.host for v in vias(msg)] == ["a.example.com", "b"]
+    msg.headers.set("Via", ' , SIP/2.0/UDP c;x="1,2", SIP/2.0/UDP d')
+    assert top_via(msg).host == "c" and top_via(msg).params["x"] == '"1,2"'
+    msg.headers.set("Via", "bogus, SIP/2.0/UDP e")
+    with pytest.raises(ParseError):
+        peek_top_via(msg)
+
+
+def test_errors_in_later_vias_and_contacts_are_still_found() -> None:
+    second_bad = invite(extra="Via: SIP/2.0/UDP ok.example.com;;\r\n")
+    assert "bad parameter" in str(reject(second_bad))
+    two_contacts = invite(extra="Contact: <sip:b@c.com>, sip:a@b.com?x\r\n")
+    assert "enclosed in <>" in str(reject(two_contacts))
+    assert reject(invite().replace(b"To: Bob <", b"To: Bob <<")).request is None
+
+
+def test_make_response_rejects_cr_lf_in_the_tag() -> None:
+    request = parse_message(invite())
+    assert isinstance(request, Request)
+    with pytest.raises(ValueError):
+        make_response(request, 200, to_tag="x\r\nInjected: 1")

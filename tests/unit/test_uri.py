@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sipdial.sip.errors import ParseError
 from sipdial.sip.uri import (
     AbsoluteURI,
     NameAddr,
     SipURI,
+    fast_match_name_addr,
+    name_addr_from_match,
     parse_generic_params,
+    parse_name_addr_fast,
     parse_name_addr_list,
     parse_uri,
     split_comma_list,
@@ -326,3 +331,97 @@ def test_generic_params() -> None:
     for bad in [";", ";;", "a=1", ";a=", ";a b", ';a="x']:
         with pytest.raises(ParseError):
             parse_generic_params(bad)
+
+
+# --- fast path (must agree with NameAddr.parse) ----------------------------------------------
+
+FAST_PATH_SAMPLES = [
+    "Bob <sip:bob@biloxi.example.com>;tag=a6c85cf",
+    '"Alice, A." <sip:alice@atlanta.example.com>;tag=1928301774',
+    "caller<sip:caller@example.com>;tag=323",
+    "<sip:1.2.3.4:5060;transport=udp;lr>",
+    "<sip:+4930123@gw.example.com:50600;user=phone>;expires=3600",
+    "sip:a@b.com;tag=x",
+    "sips:b.com:65535",
+    "sip:a@1.2.3.4.example.com",
+    "sip:a@b.com:65536",
+    "sip:a@b.com:05060",
+    "<sip:a@b.com:99999>",
+    "<sip:a@-b.com>",
+    "<sip:a@b-.com>",
+    "<sip:a@b.com.>",
+    "<sip:a@b..com>",
+    "<sip:a@1.2.3>",
+    "<sip:a@1.2.3.4.>",
+    "<sip:a@[::1]>",
+    "<sip:a%41@b.com>",
+    "<sip:a:pw@b.com>",
+    "<sip:a@b.com?x=y>",
+    "<tel:+4930123>",
+    "<SIP:a@b.com>",
+    "A  B\t<sip:a@b.com>",
+    '"" <sip:a@b.com>',
+    '"q\\"x" <sip:a@b.com>',
+    "<sip:a@b.com>;tag",
+    "<sip:a@b.com>;tag=",
+    "<sip:a@b.com>;TAG=X;Tag=y",
+    "<sip:a@b.com;lr=>",
+    "<sip:a@b.com;;lr>",
+    "<sip:a@b.com> ;tag=1",
+    "sip:a@b.com ;tag=1",
+    "sip:a@b.com,sip:c@d.com",
+    "sip:a@b.com?x=y",
+    "<sip:@b.com>",
+    "<sip:a@>",
+    "<sip:a@b.com>>",
+    "<<sip:a@b.com>",
+    "a <sip:a@b.com",
+    "<sip:a@b.com><sip:c@d.com>",
+    "<sip:a@b.com;x=[1]>;q=0.5",
+    "<sips:a.b-c_d!e~f*g'h(i)j&k=l+m$n@h0st.example.com>",
+]
+
+
+def _full_or_error(text: str) -> object:
+    try:
+        return NameAddr.parse(text)
+    except ParseError as exc:
+        return ("error", str(exc))
+
+
+@pytest.mark.parametrize("text", FAST_PATH_SAMPLES)
+def test_fast_name_addr_agrees_with_full_parser(text: str) -> None:
+    m = fast_match_name_addr(text)
+    full = _full_or_error(text)
+    if m is not None:
+        assert name_addr_from_match(m) == full
+    if isinstance(full, tuple):  # the full parser rejects it: so must the fast path
+        assert m is None
+        with pytest.raises(ParseError):
+            parse_name_addr_fast(text)
+    else:
+        assert parse_name_addr_fast(text) == full
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet='<>"@:;=.,-+ 0123456789abzABZ[]%?&/\\', max_size=40))
+def test_fast_name_addr_never_accepts_what_the_full_parser_rejects(tail: str) -> None:
+    for text in (tail, "sip:" + tail, "<sip:" + tail, "A <sip:a@" + tail, "sip:a@b" + tail):
+        m = fast_match_name_addr(text)
+        if m is not None:
+            assert name_addr_from_match(m) == _full_or_error(text), text
+
+
+def test_hand_written_copies_are_deep_enough() -> None:
+    na = NameAddr.parse('"A" <sip:a@b.com;lr?x=1>;tag=t')
+    c = na.copy()
+    assert c == na and c is not na
+    assert isinstance(c.uri, SipURI) and isinstance(na.uri, SipURI)
+    c.params["tag"] = "u"
+    c.uri.params["lr"] = "1"
+    c.uri.headers["x"] = "2"
+    assert na.tag == "t" and na.uri.params == {"lr": None} and na.uri.headers == {"x": "1"}
+    assert na.copy(display_name="B").display_name == "B"
+    assert na.uri.copy(port=5) == SipURI("sip", "a", None, "b.com", 5, {"lr": None}, {"x": "1"})
+    absolute = NameAddr.parse("<urn:x:y>")
+    assert absolute.copy() == absolute
