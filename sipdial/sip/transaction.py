@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import itertools
 import os
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -35,8 +36,8 @@ from sipdial.sip.message import (
     call_id,
     cseq,
     make_response,
-    to,
-    top_via,
+    peek_top_via,
+    to_tag,
 )
 from sipdial.sip.peer import Peer
 from sipdial.sip.timers import TimerHandle, TimerHeap
@@ -224,6 +225,10 @@ NON_INVITE_SERVER: Table = {
 }
 
 
+#: States in which a transaction only absorbs retransmissions and waits for a timer.
+_LINGER = frozenset((S.COMPLETED, S.CONFIRMED, S.ACCEPTED))
+
+
 def _classify_response(status: int) -> In:
     if status < 200:
         return In.R1XX
@@ -299,20 +304,60 @@ Event: TypeAlias = (
 
 
 class _Txn:
-    __slots__ = ("_timers", "key", "layer", "peer", "state", "table")
+    __slots__ = ("_context", "_context_ref", "_method", "_request", "_timers", "key", "layer",
+                 "peer", "state", "table")
 
     def __init__(self, layer: TransactionLayer, key: tuple[str, ...], peer: Peer,
-                 state: State, table: Table) -> None:
+                 state: State, table: Table, request: Request) -> None:
         self.layer = layer
+        self._request: Request | None = request
+        self._method = request.method
         self.key = key
         self.peer = peer
         self.state = state
         self.table = table
         self._timers: dict[In, TimerHandle] = {}
+        self._context: object = None
+        self._context_ref: weakref.ref[object] | None = None
 
     @property
     def reliable(self) -> bool:
         return self.peer.reliable
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    @property
+    def request(self) -> Request:
+        """The request. A transaction that lingers after its final response for
+        retransmissions only (see :meth:`TransactionLayer._slim`) no longer holds it."""
+        request = self._request
+        if request is None:
+            raise RuntimeError(f"{self!r} no longer holds its request")
+        return request
+
+    @property
+    def context(self) -> object:
+        """For the TU: what this transaction belongs to. Held weakly once the transaction
+        only lingers for retransmissions (then None when nothing else holds it)."""
+        if self._context_ref is not None:
+            return self._context_ref()
+        return self._context
+
+    @context.setter
+    def context(self, value: object) -> None:
+        self._context = value
+        self._context_ref = None
+
+    def _weaken_context(self) -> None:
+        context = self._context
+        if context is not None:
+            try:
+                self._context_ref = weakref.ref(context)
+            except TypeError:  # not weak-referenceable: keep it
+                return
+            self._context = None
 
     def _start_timer(self, which: In, delay: float, now: float) -> None:
         old = self._timers.get(which)
@@ -338,14 +383,13 @@ class _Txn:
 
 
 class ClientTransaction(_Txn):
-    __slots__ = ("ack_2xx", "cancel_pending", "cancel_reason", "cancelled", "context",
-                 "dialog_tag", "interval", "request", "request_bytes")
+    __slots__ = ("ack_2xx", "cancel_pending", "cancel_reason", "cancelled", "dialog_tag",
+                 "interval", "request_bytes")
 
     def __init__(self, layer: TransactionLayer, key: tuple[str, ...], peer: Peer,
                  request: Request, invite: bool) -> None:
         super().__init__(layer, key, peer, S.CALLING if invite else S.TRYING,
-                         INVITE_CLIENT if invite else NON_INVITE_CLIENT)
-        self.request = request
+                         INVITE_CLIENT if invite else NON_INVITE_CLIENT, request)
         self.request_bytes = request.to_bytes()
         self.interval = layer.config.t1
         self.ack_2xx: bytes | None = None
@@ -353,11 +397,6 @@ class ClientTransaction(_Txn):
         self.cancel_pending = False
         self.cancel_reason: str | None = None
         self.cancelled = False
-        self.context: object = None  # for the TU: what this request belongs to
-
-    @property
-    def method(self) -> str:
-        return self.request.method
 
     @property
     def branch(self) -> str:
@@ -368,27 +407,26 @@ class ClientTransaction(_Txn):
 
 
 class ServerTransaction(_Txn):
-    __slots__ = ("context", "interval", "last_response", "last_response_bytes", "request")
+    __slots__ = ("ack_key", "interval", "last_response", "last_response_bytes", "last_status")
 
     def __init__(self, layer: TransactionLayer, key: tuple[str, ...], peer: Peer,
                  request: Request) -> None:
         invite = request.method == "INVITE"
         super().__init__(layer, key, peer, S.PROCEEDING if invite else S.TRYING,
-                         INVITE_SERVER if invite else NON_INVITE_SERVER)
-        self.request = request
+                         INVITE_SERVER if invite else NON_INVITE_SERVER, request)
         self.interval = layer.config.t1
-        self.last_response: Response | None = None
+        self.last_response: Response | None = None  # dropped once lingering (bytes kept)
         self.last_response_bytes: bytes | None = None
-        self.context: object = None
-
-    @property
-    def method(self) -> str:
-        return self.request.method
+        self.last_status: int | None = None
+        # (Call-ID, CSeq number): matches the ACK for a 2xx (INVITE only)
+        self.ack_key: tuple[str, int] | None = None
+        if invite:
+            self.ack_key = (call_id(request), cseq(request).number)
 
     @property
     def answered(self) -> bool:
         """A final response has been sent."""
-        return self.last_response is not None and self.last_response.status >= 200
+        return self.last_status is not None and self.last_status >= 200
 
     def __repr__(self) -> str:
         return f"<ServerTransaction {self.method} {self.key} {self.state.value}>"
@@ -412,6 +450,11 @@ class TransactionLayer:
         self._awaiting_ack: dict[tuple[str, int], ServerTransaction] = {}
         self._prefix = branch_prefix or os.urandom(6).hex()
         self._counter = itertools.count(1)
+        # Transactions that entered a state where they only wait for retransmissions/timers:
+        # slimmed (see _slim) at the second drain_events() after that, when the TU has
+        # handled every event that was queued with the transition.
+        self._linger_new: list[ClientTransaction | ServerTransaction] = []
+        self._linger_ready: list[ClientTransaction | ServerTransaction] = []
         self.on_terminated: Callable[[ClientTransaction | ServerTransaction], None] | None = None
 
     # ---------------------------------------------------------------- identifiers
@@ -426,7 +469,7 @@ class TransactionLayer:
         (use :meth:`new_branch`); ACK is not sent through here (see :meth:`send_ack`)."""
         if request.method == "ACK":
             raise ValueError("ACK has no client transaction; use send_ack()")
-        branch = top_via(request).branch or ""
+        branch = peek_top_via(request).branch or ""
         key = (branch, request.method)
         txn = ClientTransaction(self, key, peer, request, request.method == "INVITE")
         self.client[key] = txn
@@ -494,6 +537,7 @@ class TransactionLayer:
         """Send the TU's response through its server transaction."""
         inp = _classify_tu_response(response.status)
         txn.last_response = response
+        txn.last_status = response.status
         txn.last_response_bytes = response.to_bytes()
         self._apply(txn, inp, now, response)
 
@@ -507,14 +551,14 @@ class TransactionLayer:
             self._receive_request(message, source, now)
 
     def _receive_response(self, response: Response, now: float) -> None:
-        via = top_via(response)
+        via = peek_top_via(response)
         key = (via.branch or "", cseq(response).method)
         txn = self.client.get(key)
         if txn is None:
             return  # stray response: §17.1.3 says discard (after the transport layer)
         inp = _classify_response(response.status)
         if inp is In.R2XX and txn.method == "INVITE":
-            tag = to(response).tag
+            tag = to_tag(response)
             if txn.dialog_tag is None:
                 txn.dialog_tag = tag
             elif tag != txn.dialog_tag:
@@ -539,7 +583,7 @@ class TransactionLayer:
                 str(cseq(request).number), str(via), method)
 
     def _receive_request(self, request: Request, source: Peer, now: float) -> None:
-        via = top_via(request)
+        via = peek_top_via(request)
         key = self._server_key(request, via)
         txn = self.server.get(key)
         if request.method == "ACK":
@@ -562,7 +606,7 @@ class TransactionLayer:
         txn = ServerTransaction(self, key, source, request)
         self.server[key] = txn
         self.events.append(RequestReceived(request, txn, source))
-        if request.method == "INVITE" and txn.last_response is None:
+        if request.method == "INVITE" and txn.last_status is None:
             # §17.2.1: we answer 100 at once rather than arm a 200 ms timer for it.
             self.respond(txn, make_response(request, 100), now)
 
@@ -591,7 +635,7 @@ class TransactionLayer:
     def _fire(self, txn: ClientTransaction | ServerTransaction, which: In, now: float) -> None:
         txn._timers.pop(which, None)
         if which is In.TIMER_G and isinstance(txn, ServerTransaction) and txn.state is S.ACCEPTED:
-            if (call_id(txn.request), cseq(txn.request).number) not in self._awaiting_ack:
+            if txn.ack_key not in self._awaiting_ack:
                 return  # ACK arrived meanwhile
         self._apply(txn, which, now, None)
 
@@ -603,11 +647,13 @@ class TransactionLayer:
             next_state, actions = txn.table[(txn.state, inp)]
         except KeyError:
             raise IllegalTransition(f"{txn!r}: no transition for {inp.value}") from None
-        txn.state = next_state
+        prev_state, txn.state = txn.state, next_state
         for action in actions:
             self._do(txn, action, now, message)
         if next_state is S.TERMINATED:
             self._terminate(txn)
+        elif next_state is not prev_state and next_state in _LINGER:
+            self._linger_new.append(txn)
 
     def _do(self, txn: ClientTransaction | ServerTransaction, action: Do, now: float,
             message: Message | None) -> None:
@@ -670,19 +716,19 @@ class TransactionLayer:
                 txn._start_timer(In.TIMER_J, 0.0 if txn.reliable else 64 * cfg.t1, now)
             case Do.START_L:
                 assert isinstance(txn, ServerTransaction)
-                self._awaiting_ack[(call_id(txn.request), cseq(txn.request).number)] = txn
+                assert txn.ack_key is not None
+                self._awaiting_ack[txn.ack_key] = txn
                 if not txn.reliable:
                     txn.interval = cfg.t1
                     txn._start_timer(In.TIMER_G, cfg.t1, now)
                 txn._start_timer(In.TIMER_L, 64 * cfg.t1, now)
             case Do.TIMEOUT:
                 if isinstance(txn, ServerTransaction) and txn.method == "INVITE" and (
-                    self._awaiting_ack.pop((call_id(txn.request), cseq(txn.request).number),
-                                           None) is not None
+                    self._awaiting_ack.pop(txn.ack_key, None) is not None  # type: ignore[arg-type]
                 ):
                     self.events.append(AckTimeout(txn))
                 elif isinstance(txn, ServerTransaction) and txn.state is S.TERMINATED and (
-                    txn.last_response is not None and txn.last_response.status < 300
+                    txn.last_status is not None and txn.last_status < 300
                 ):
                     pass  # accepted and ACKed: timer L is only the end of absorption
                 else:
@@ -697,13 +743,41 @@ class TransactionLayer:
         else:
             self.server.pop(txn.key, None)
             if txn.method == "INVITE":
-                self._awaiting_ack.pop((call_id(txn.request), cseq(txn.request).number), None)
+                self._awaiting_ack.pop(txn.ack_key, None)  # type: ignore[arg-type]
         if self.on_terminated is not None:
             self.on_terminated(txn)
 
     def drain_events(self) -> list[Event]:
+        """The TU's events, in order. The TU must handle them before the next call (the
+        transport adapters' pump loops do): lingering transactions are slimmed then."""
+        if self._linger_ready:
+            for txn in self._linger_ready:
+                self._slim(txn)
+        self._linger_ready, self._linger_new = self._linger_new, []
         events, self.events = self.events, []
         return events
+
+    @staticmethod
+    def _slim(txn: ClientTransaction | ServerTransaction) -> None:
+        """Keep only what retransmissions, matching and the remaining timers need.
+
+        The TU context is held weakly from now on (a call that has ended can be freed;
+        a late fork 2xx or AckTimeout still reaches a live one). Parsed messages go where no
+        TU event or TU response can use them any more: a server transaction's last
+        response (its bytes and status stay), its request unless it is an accepted INVITE
+        (the TU may still send a 2xx on it), a completed non-INVITE client's request.
+        """
+        state = txn.state
+        if state is S.TERMINATED:
+            return
+        txn._weaken_context()
+        if isinstance(txn, ServerTransaction):
+            txn.last_response = None
+            if state is not S.ACCEPTED:
+                txn._request = None
+        elif state is S.COMPLETED and txn._method != "INVITE":
+            txn._request = None
+            txn.request_bytes = b""
 
     def drain_outbox(self) -> list[tuple[Peer, bytes]]:
         out, self.outbox = self.outbox, []

@@ -334,3 +334,97 @@ def test_one_heap_entry_per_pending_timer_not_per_retransmission() -> None:
     for i in range(100):
         h.layer.send_request(request("OPTIONS", branch=f"z9hG4bK{i}"), UDP, h.now)
     assert len(h.timers) == 200  # timer E and timer F for each
+
+
+# --- lingering transactions keep only what retransmissions need --------------------------------
+
+
+class Leg:
+    """A TU context object (weak-referenceable, like the call legs)."""
+
+
+def test_lingering_server_transactions_drop_messages_and_hold_context_weakly() -> None:
+    import gc
+    import weakref
+
+    h = Harness()
+    bye = request("BYE", to_tag="t1", cseq=2)
+    h.layer.receive(bye, UDP, h.now)
+    txn = h.layer.drain_events()[0].txn  # type: ignore[union-attr]
+    assert txn is not None
+    leg = Leg()
+    txn.context = leg
+    h.layer.respond(txn, response_to(bye, 200), h.now)
+    assert txn.request is bye and txn.last_response is not None  # TU may still look
+    assert h.layer.drain_events() == [] and h.layer.drain_events() == []  # TU handled all
+    with pytest.raises(RuntimeError):
+        txn.request  # noqa: B018
+    assert txn.last_response is None and txn.answered and txn.method == "BYE"
+    assert txn.context is leg  # still there while something else holds it
+    ref = weakref.ref(leg)
+    del leg
+    gc.collect()
+    assert ref() is None and txn.context is None
+    h.sent()
+    h.layer.receive(bye, UDP, h.now + 1)  # retransmission: the same bytes again
+    again = h.sent()
+    assert len(again) == 1 and first_line(again[0]) == "SIP/2.0 200 OK"
+    h.advance(32.0)
+    assert txn.state is State.TERMINATED
+
+
+def test_accepted_invite_server_keeps_request_and_still_reports_ack_timeout() -> None:
+    h = Harness()
+    inv = request()
+    h.layer.receive(inv, UDP, h.now)
+    txn = h.layer.drain_events()[0].txn  # type: ignore[union-attr]
+    assert txn is not None
+    leg = Leg()
+    txn.context = leg
+    h.layer.respond(txn, response_to(inv, 200), h.now)
+    h.layer.drain_events()
+    h.layer.drain_events()
+    assert txn.request is inv and txn.context is leg and txn.last_response is None
+    h.layer.respond(txn, response_to(inv, 200), h.now)  # the TU may still send a 2xx
+    h.advance(33.0)
+    events = h.layer.drain_events()
+    assert [type(e) for e in events] == [AckTimeout]
+    assert events[0].txn.context is leg  # type: ignore[union-attr]
+
+
+def test_error_to_invite_keeps_acking_retransmissions_after_slimming() -> None:
+    h = Harness()
+    inv = request()
+    h.layer.receive(inv, UDP, h.now)
+    txn = h.layer.drain_events()[0].txn  # type: ignore[union-attr]
+    assert txn is not None
+    h.layer.respond(txn, response_to(inv, 486), h.now)
+    h.layer.drain_events()
+    h.layer.drain_events()
+    h.sent()
+    h.layer.receive(inv, UDP, h.now + 0.1)  # INVITE retransmission: 486 again
+    assert [first_line(d) for d in h.sent()] == ["SIP/2.0 486 Busy Here"]
+    h.layer.receive(request("CANCEL"), UDP, h.now + 0.2)  # answered: no CancelReceived
+    assert first_line(h.sent()[0]) == "SIP/2.0 200 OK" and h.layer.drain_events() == []
+    h.layer.receive(request("ACK", to_tag="t1"), UDP, h.now + 0.3)
+    assert txn.state is State.CONFIRMED and h.layer.drain_events() == []
+    h.advance(6.0)
+    assert txn.state is State.TERMINATED
+
+
+def test_completed_non_invite_client_drops_request_and_context() -> None:
+    h = Harness()
+    opt = request("OPTIONS", branch="z9hG4bKo1")
+    txn = h.layer.send_request(opt, UDP, h.now)
+    leg = Leg()
+    txn.context = leg
+    h.layer.receive(response_to(opt, 200), UDP, h.now)
+    (event,) = h.layer.drain_events()
+    assert isinstance(event, ResponseReceived) and event.txn.request is opt
+    assert event.txn.context is leg
+    h.layer.drain_events()
+    with pytest.raises(RuntimeError):
+        txn.request  # noqa: B018
+    assert txn.method == "OPTIONS" and txn.context is leg
+    h.advance(5.0)
+    assert txn.state is State.TERMINATED
