@@ -730,3 +730,53 @@ def test_fuzz_well_formed_params_parse_or_report_missing(params: list[tuple[str,
             word in str(exc)
             for word in ("missing", "duplicate", "stale", "without parameters", "token")
         ), str(exc)
+
+
+# ---------------------------------------------------------------------------- fast path = scanner
+
+def _scan_or_error(text: str) -> object:
+    from sipdial.sip.auth import _scan_auth_header
+
+    try:
+        return _scan_auth_header(text)
+    except AuthError as exc:
+        return ("error", str(exc))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        'Digest realm="x", nonce="y", algorithm=MD5, qop="auth,auth-int"',
+        'Digest username="u",realm="r" , uri=sip:host, nc=00000001, response="ab"',
+        ' Digest  realm = "a b" ,nonce=y ',
+        'Digest realm="x", REALM="y", nonce="z"',  # duplicate: the scanner's error
+        'Digest realm="x", nonce="y", Basic foo=bar',
+        'Digest realm="x\\"", nonce="y"',
+        'Digest realm="x",, nonce="y"',
+        'Digest realm="x" nonce="y"',
+        "Digest realm=x=y, nonce=#$&^|",
+        'Digest realm="caf\u00e9", nonce="y"',
+    ],
+)
+def test_fast_auth_parser_agrees_with_the_scanner(header: str) -> None:
+    from sipdial.sip.auth import _parse_auth_fast, _parse_auth_header
+
+    fast = _parse_auth_fast(header)
+    slow = _scan_or_error(header)
+    if fast is not None:
+        assert fast == slow
+    try:
+        assert _parse_auth_header(header) == slow
+    except AuthError as exc:
+        assert slow == ("error", str(exc))
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet=list('Digest realm=nonce,"\\ \t=aé#|\x01'), max_size=60))
+def test_fuzz_fast_auth_parser_never_disagrees(text: str) -> None:
+    from sipdial.sip.auth import _parse_auth_fast
+
+    for candidate in (text, "Digest " + text, 'Digest realm="r", ' + text):
+        fast = _parse_auth_fast(candidate)
+        if fast is not None:
+            assert fast == _scan_or_error(candidate), candidate
