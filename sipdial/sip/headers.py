@@ -342,11 +342,17 @@ def parse_header_lines(lines: Iterable[str]) -> tuple[Headers, ParseError | None
         header-name    =  token
     """
     items: list[tuple[str, str, str]] = []
+    append = items.append
     error: ParseError | None = None
     keyed_get = _KEYED.get
+    info_get = _NAME_INFO.get
     token = TOKEN_RE.fullmatch
     for line in lines:
         name, colon, value = line.partition(":")
+        info = info_get(name)  # a known spelling: a token, no whitespace to strip
+        if info is not None and colon:
+            append((info[0], info[1], value.strip(" \t")))
+            continue
         name = name.rstrip(" \t")
         if not colon or not token(name):
             if error is None:

@@ -26,7 +26,7 @@ from sipdial.sip.uri import (
     name_addr_from_match,
     parse_name_addr_fast,
     parse_name_addr_list,
-    parse_uri,
+    parse_uri_fast,
 )
 
 __all__ = [
@@ -368,7 +368,7 @@ def _parse_request(start: str, lines: list[str], rest: bytes) -> Request:
         elif version.upper() != "SIP/2.0":
             error = ParseError(f"SIP version {version[:20]!r} not supported", 505)
         try:
-            uri = parse_uri(parts[1])
+            uri = parse_uri_fast(parts[1])
         except ParseError as exc:  # e.g. RFC 4475 §3.1.2.7 ltgtruri: <> around the URI
             error = error or exc
             uri = AbsoluteURI("", parts[1])

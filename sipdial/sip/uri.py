@@ -479,6 +479,29 @@ _FAST_ADDR_SPEC = re.compile(
 )
 
 
+_FAST_URI = re.compile(
+    rf"(?P<scheme>sips?):(?:(?P<user>{_FAST_USER})@)?(?P<host>{FAST_HOST})"
+    rf"(?::(?P<port>{FAST_PORT}))?(?P<uparams>(?:;{_FAST_PC}(?:={_FAST_PC})?)*)"
+)
+
+
+def parse_uri_fast(text: str) -> URI:
+    """:func:`parse_uri` with a fast path for plain sip:/sips: URIs: same results, errors."""
+    m = _FAST_URI.fullmatch(text)
+    if m is None:
+        return parse_uri(text)
+    port = m.group("port")
+    return SipURI(
+        m.group("scheme"),
+        m.group("user"),
+        None,
+        m.group("host").lower(),
+        int(port) if port else None,
+        split_params(m.group("uparams")),
+        {},
+    )
+
+
 def fast_match_name_addr(text: str) -> re.Match[str] | None:
     """A match if ``text`` is a common-shape name-addr/addr-spec (so NameAddr.parse accepts
     it); None means "ask NameAddr.parse" (which may still accept it)."""

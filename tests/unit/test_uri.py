@@ -17,6 +17,7 @@ from sipdial.sip.uri import (
     parse_name_addr_fast,
     parse_name_addr_list,
     parse_uri,
+    parse_uri_fast,
     split_comma_list,
 )
 
@@ -425,3 +426,44 @@ def test_hand_written_copies_are_deep_enough() -> None:
     assert na.uri.copy(port=5) == SipURI("sip", "a", None, "b.com", 5, {"lr": None}, {"x": "1"})
     absolute = NameAddr.parse("<urn:x:y>")
     assert absolute.copy() == absolute
+
+
+def _uri_or_error(text: str) -> object:
+    try:
+        return parse_uri(text)
+    except ParseError as exc:
+        return ("error", str(exc))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="sip:@.;=,?&%[]-+ 0123456789abzAZ/", max_size=30))
+def test_parse_uri_fast_equals_parse_uri(tail: str) -> None:
+    for text in (tail, "sip:" + tail, "sips:a@" + tail, "sip:a@b.com" + tail):
+        try:
+            fast: object = parse_uri_fast(text)
+        except ParseError as exc:
+            fast = ("error", str(exc))
+        assert fast == _uri_or_error(text), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sip:bob@biloxi.example.com",
+        "sip:10.0.0.1:5060;transport=udp;lr",
+        "sips:a.b@h:65535",
+        "sip:a@h:65536",
+        "SIP:a@h",
+        "sip:a%41@h",
+        "sip:a:pw@h",
+        "sip:[::1]",
+        "tel:+1",
+        "urn:x",
+    ],
+)
+def test_parse_uri_fast_examples(text: str) -> None:
+    try:
+        fast: object = parse_uri_fast(text)
+    except ParseError as exc:
+        fast = ("error", str(exc))
+    assert fast == _uri_or_error(text)
