@@ -46,7 +46,8 @@ class Handler(Protocol):
     """What a call leg implements to receive SIP events."""
 
     def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None: ...
-    def on_txn_timeout(self, txn: ClientTransaction, now: float) -> None: ...
+    def on_txn_timeout(self, txn: ClientTransaction, now: float,
+                       status: int = 408) -> None: ...
     def on_dialog_request(self, dialog: Dialog, request: Request,
                           txn: ServerTransaction | None, now: float) -> None: ...
     def on_cancel(self, txn: ServerTransaction, now: float) -> None: ...
@@ -115,9 +116,13 @@ class UserAgent:
                     txn.context.on_cancel(txn, now)  # type: ignore[attr-defined]
                 elif not txn.answered:
                     self.endpoint.reply(txn, 487, now)
-            case TransactionTimeout(txn=txn) | TransportError(txn=txn):
+            case TransactionTimeout(txn=txn):
                 if isinstance(txn, ClientTransaction) and txn.context is not None:
                     txn.context.on_txn_timeout(txn, now)  # type: ignore[attr-defined]
+            case TransportError(txn=txn):
+                # §8.1.3.1: a transport failure is treated like a 503 (Service Unavailable)
+                if isinstance(txn, ClientTransaction) and txn.context is not None:
+                    txn.context.on_txn_timeout(txn, now, 503)  # type: ignore[attr-defined]
             case AckTimeout(txn=txn):
                 if txn.context is not None:
                     txn.context.on_ack_timeout(txn, now)  # type: ignore[attr-defined]

@@ -46,6 +46,8 @@ _SIPFRAG = re.compile(rb"^SIP/2\.0\s+(\d{3})")
 _RINGING_STATES = (CallState.CALLING_USER, CallState.USER_RINGING)
 _TARGET_PHASE = (CallState.USER_ANSWERED, CallState.CALLING_TARGET, CallState.TARGET_RINGING)
 NOTIFY_GRACE = 4.0  # seconds to wait for the final NOTIFY once the target answered
+# inputs that keep the state but belong in the call's history
+_LOGGED_SELF_LOOPS = frozenset({Input.WRONG_DIGIT})
 
 
 class ClickToDial:
@@ -93,7 +95,7 @@ class ClickToDial:
         next_state, cause, actions = row
         changed = next_state is not self.state
         self.state = next_state
-        if changed:
+        if changed or inp in _LOGGED_SELF_LOOPS:
             self._record(next_state, cause, now, sip_code, detail)
         for action in actions:
             self._do(action, now)

@@ -81,7 +81,7 @@ class _Leg:
     def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
         raise NotImplementedError
 
-    def on_txn_timeout(self, txn: ClientTransaction, now: float) -> None:
+    def on_txn_timeout(self, txn: ClientTransaction, now: float, status: int = 408) -> None:
         raise NotImplementedError
 
     def on_dialog_request(self, dialog: Dialog, request: Request,
@@ -120,10 +120,10 @@ class _Leg:
         if txn.method not in ("BYE", "CANCEL"):
             self.owner.leg_event(self._me, LegEvent.RESPONSE, response, now, txn)
 
-    def _dialog_timeout(self, txn: ClientTransaction, now: float) -> None:
+    def _dialog_timeout(self, txn: ClientTransaction, now: float, status: int = 408) -> None:
         if txn.method not in ("BYE", "CANCEL"):
-            self.owner.leg_event(self._me, LegEvent.RESPONSE, make_response(txn.request, 408),
-                                 now, txn)
+            self.owner.leg_event(self._me, LegEvent.RESPONSE,
+                                 make_response(txn.request, status), now, txn)
 
     def _dialog_request(self, dialog: Dialog, request: Request, txn: ServerTransaction,
                         now: float) -> None:
@@ -309,14 +309,15 @@ class UacLeg(_Leg):
         self._refresh = self.ua.timers.schedule(now + self._refresh_interval / 2,
                                                 self._send_refresh)
 
-    def on_txn_timeout(self, txn: ClientTransaction, now: float) -> None:
+    def on_txn_timeout(self, txn: ClientTransaction, now: float, status: int = 408) -> None:
+        """No final response (408, timer B/F) or no transport to the peer (503)."""
         if txn is self.invite_txn:
             if self.state in (LegState.CALLING, LegState.EARLY):
                 self.state = LegState.ENDED
-                self.final_status = 408
+                self.final_status = status
                 self.owner.leg_event(self, LegEvent.FAILED, None, now)
             return
-        self._dialog_timeout(txn, now)
+        self._dialog_timeout(txn, now, status)
 
     def on_dialog_request(self, dialog: Dialog, request: Request,
                           txn: ServerTransaction | None, now: float) -> None:
@@ -396,8 +397,8 @@ class UasLeg(_Leg):
     def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
         self._dialog_response(txn, response, now)
 
-    def on_txn_timeout(self, txn: ClientTransaction, now: float) -> None:
-        self._dialog_timeout(txn, now)
+    def on_txn_timeout(self, txn: ClientTransaction, now: float, status: int = 408) -> None:
+        self._dialog_timeout(txn, now, status)
 
     def on_dialog_request(self, dialog: Dialog, request: Request,
                           txn: ServerTransaction | None, now: float) -> None:

@@ -243,12 +243,6 @@ def test_target_unreachable_udp_is_timer_b_408(tmp_path: Path) -> None:
         assert not _to_dest(sd, closed_port, "CANCEL")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a refused TCP connection to the destination ends the call as target_no_answer with"
-    " sip_code 408 (detail 'timeout'), though RFC 3261 §8.1.3.1 treats a transport failure as"
-    " 503 (-> target_failed): sipdial/ua.py hands TransportError to on_txn_timeout like a"
-    " TransactionTimeout, and UacLeg.on_txn_timeout (sipdial/calls/legs.py) sets"
-    " final_status = 408"))
 def test_target_unreachable_tcp_refused_is_503_target_failed(tmp_path: Path) -> None:
     closed_port = free_port_both()
     with _sipdial(tmp_path, closed_port, transport="tcp") as sd, \

@@ -153,9 +153,10 @@ def test_wrong_digit_twice_is_not_confirmed(tmp_path: Path) -> None:
         phone.wait_event("CALL_CLOSED", timeout=10)
         final = sd.wait_state(call["id"], "ended", timeout=5)
         assert final["cause"] == "not_confirmed", final
-        # the first 5 replayed the prompt without a state change, so no event of its own
+        # the first 5 replayed the prompt: no state change, but an event of its own
         assert _head(final) == ["calling_user", "user_answered", "awaiting_confirmation",
-                                "ended"], final
+                                "awaiting_confirmation", "ended"], final
+        assert events_of(final, "awaiting_confirmation")[1]["detail"] == "DTMF 5 (rfc4733)"
         assert final_event(final)["detail"] == "DTMF 5 (rfc4733)", final
         # ended by the digits, long before prompt + confirm_timeout
         assert _seconds(events_of(final, "awaiting_confirmation")[0]["time"],
@@ -202,8 +203,9 @@ def test_wrong_digit_then_1_proceeds(tmp_path: Path, mode: str) -> None:
             confirmed = sd.wait_state(call["id"], "calling_target", timeout=10)
             event = events_of(confirmed, "calling_target")[0]
             assert event["detail"] == "DTMF 1 (rfc4733)", confirmed
-            assert _head(confirmed)[:4] == ["calling_user", "user_answered",
-                                            "awaiting_confirmation", "calling_target"]
+            assert _head(confirmed)[:5] == ["calling_user", "user_answered",
+                                            "awaiting_confirmation", "awaiting_confirmation",
+                                            "calling_target"]
             sd.wait_state(call["id"], "target_ringing", timeout=10)
             if mode == "refer":
                 (refer,) = _phone_msgs(sd, phone, "REFER")

@@ -34,7 +34,6 @@ import pytest
 from sipdial.media.dtmf import Rfc4733Receiver
 from tests.integration.audio_helpers import dtmf_samples, to_u8, wait_until
 from tests.integration.c2d_helpers import (
-    final_event,
     make_sipdial,
     place_call,
     responses,
@@ -134,26 +133,14 @@ def test_pyvoip_cannot_send_rfc2833() -> None:
         client.encode_packet(b"\x80" * 160)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG/LIMIT: sipdial/media/transport.py MediaManager.set_remote runs in-band DTMF detection"
-    " only when the phone's SDP answer has no telephone-event; pyVoIP 1.6.8 answers"
-    " 'm=audio P RTP/AVP 0 8 101' + 'a=rtpmap:101 telephone-event/8000' (copied from sipdial's"
-    " offer) yet can only send DTMF in-band, so its '1' is never detected and the call ends"
-    " not_confirmed ('no digit pressed')"))
 def test_pyvoip_inband_1_confirms(tmp_path: Path) -> None:
     final = _confirm_by_inband_1(tmp_path, strip_event=False)
-    assert final["cause"] != "not_confirmed", final  # what happens today: not_confirmed
+    # pyVoIP accepts telephone-event in SDP yet sends tones in the audio: sipdial keeps
+    # listening in-band until a phone actually sends RFC 4733
+    assert final["cause"] != "not_confirmed", final
     assert "calling_target" in states(final), final
     calling = next(e for e in final["events"] if e["state"] == "calling_target")
     assert calling["detail"] == "DTMF 1 (inband)", final
-
-
-def test_pyvoip_answer_offers_telephone_event_and_inband_1_is_ignored(tmp_path: Path) -> None:
-    """The observable half of the limit above, asserted as it is today."""
-    final = _confirm_by_inband_1(tmp_path, strip_event=False)
-    assert final["cause"] == "not_confirmed", final
-    assert final_event(final)["detail"] == "no digit pressed", final
-    assert "calling_target" not in states(final)
 
 
 def test_pyvoip_inband_1_confirms_when_its_answer_has_no_telephone_event(
