@@ -462,8 +462,10 @@ FAST_HOST = (
 )
 #: 0-65535, at most 4 digits or no leading zero (the full parsers take 1*5DIGIT <= 65535)
 FAST_PORT = r"(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
-#: ``*( ";" token [ "=" token ] )``: generic-params with token values only
-FAST_PARAMS = rf"(?:;[{TOKEN_CHARS}]+(?:=[{TOKEN_CHARS}]+)?)*"
+#: ``*( ";" token [ "=" ( token / quoted-string ) ] )``: generic-params whose quoted values
+#: have no quoted-pair, CTL, ";" or "=" (so that split_params cuts them like the full parser;
+#: e.g. ``+sip.instance="<urn:uuid:...>"``)
+FAST_PARAMS = rf'(?:;[{TOKEN_CHARS}]+(?:=(?:[{TOKEN_CHARS}]+|"[^"\\;=\x00-\x1f\x7f]*"))?)*'
 _FAST_USER = r"[A-Za-z0-9\-_.!~*'()&=+$]+"  # user without "%", ",", ";", "?", "/"
 _FAST_PC = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+"  # 1*paramchar without "%"
 _FAST_QDN = r'"(?P<qdn>[^"\\\x00-\x1f\x7f]*)"'  # quoted display name without quoted-pairs

@@ -380,6 +380,13 @@ FAST_PATH_SAMPLES = [
     "<sip:a@b.com><sip:c@d.com>",
     "<sip:a@b.com;x=[1]>;q=0.5",
     "<sips:a.b-c_d!e~f*g'h(i)j&k=l+m$n@h0st.example.com>",
+    '<sip:201@192.168.1.10:5062>;+sip.instance="<urn:uuid:0000-1000>";reg-id=1',
+    '<sip:a@b.com>;x="a;b=c"',
+    '<sip:a@b.com>;x="a\\"b"',
+    '<sip:a@b.com>;x=""',
+    '<sip:a@b.com>;x="\t"',
+    'sip:a@b.com;x="<y>"',
+    'sip:a@b.com;x="y"',
 ]
 
 
