@@ -17,7 +17,7 @@ from sipdial.registrar import Registrar
 from sipdial.sip.dialog import Dialog, DialogKey
 from sipdial.sip.endpoint import Endpoint
 from sipdial.sip.errors import SipError
-from sipdial.sip.message import Request, Response, call_id, from_, to
+from sipdial.sip.message import Request, Response, call_id, from_tag, to_tag
 from sipdial.sip.peer import Peer
 from sipdial.sip.timers import TimerHeap
 from sipdial.sip.transaction import (
@@ -128,7 +128,7 @@ class UserAgent:
                     txn.context.on_ack_timeout(txn, now)  # type: ignore[attr-defined]
 
     def _ack(self, ack: Request, now: float) -> None:
-        dialog = self.dialogs.get((call_id(ack), to(ack).tag or "", from_(ack).tag or ""))
+        dialog = self.dialogs.get((call_id(ack), to_tag(ack) or "", from_tag(ack) or ""))
         if dialog is not None and dialog.owner is not None:
             dialog.owner.on_dialog_request(dialog, ack, None, now)  # type: ignore[attr-defined]
 
@@ -152,9 +152,9 @@ class UserAgent:
         if unsupported and method != "ACK":
             self.endpoint.reply(txn, 420, now, headers=[("Unsupported", ", ".join(unsupported))])
             return
-        to_tag = to(request).tag
-        if to_tag:
-            dialog = self.dialogs.get((call_id(request), to_tag, from_(request).tag or ""))
+        local_tag = to_tag(request)
+        if local_tag:
+            dialog = self.dialogs.get((call_id(request), local_tag, from_tag(request) or ""))
             if dialog is None or dialog.owner is None:
                 self.endpoint.reply(txn, 481, now)
                 return
