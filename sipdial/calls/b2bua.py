@@ -15,7 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sipdial.calls.legs import ANSWERED_ELSEWHERE, LegEvent, LegState, Relay, UacLeg, UasLeg
+from sipdial.calls.legs import (
+    LegEvent,
+    Relay,
+    UacLeg,
+    UasLeg,
+    fork_failure,
+    take_answer,
+)
 from sipdial.calls.states import Input, target_failure_input
 from sipdial.sip.message import Request, Response
 from sipdial.sip.peer import Peer
@@ -124,30 +131,24 @@ class BridgedCall:
                     self._notify(Input.TARGET_RINGING, now, message.status)
             case LegEvent.ANSWERED:
                 assert isinstance(message, Response)
-                if self.b is not None or self.done:
-                    leg.bye(now)  # another device answered first, or the caller gave up
+                if self.done:
+                    leg.bye(now)  # the caller gave up meanwhile
+                    return
+                if not take_answer(self.forks, leg, self.b, now):
                     return
                 self.b = leg
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
-                for other in self.forks:
-                    if other is not leg:
-                        other.cancel(now, reason=ANSWERED_ELSEWHERE)
                 self.a.answer(now, body=message.body,
                               content_type=message.headers.get("Content-Type"))
                 self._notify(Input.TARGET_ANSWERED, now, message.status)
             case LegEvent.FAILED:
                 if self.done or self.b is not None:
                     return
-                if (leg.final_status or 0) < 600 and any(
-                        f.state is not LegState.ENDED for f in self.forks):
-                    return  # other devices still ringing (a 6xx decides for all of them)
-                for other in self.forks:
-                    other.cancel(now)
-                statuses = [f.final_status or 500 for f in self.forks if f.final_status]
-                status = next((c for c in statuses if c >= 600), None) \
-                    or next((c for c in statuses if c == 486), None) or statuses[0]
+                status = fork_failure(self.forks, leg, now)
+                if status is None:
+                    return  # other devices still ringing
                 relay = status if status in _RELAYED else (480 if status < 500 else 502)
                 self.a.reject(relay, now)
                 self._finish()

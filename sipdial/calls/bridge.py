@@ -25,7 +25,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sipdial.calls.b2bua import Target
-from sipdial.calls.legs import ANSWERED_ELSEWHERE, LegEvent, LegState, Relay, UacLeg, UasLeg
+from sipdial.calls.legs import (
+    LegEvent,
+    LegState,
+    Relay,
+    UacLeg,
+    UasLeg,
+    fork_failure,
+    take_answer,
+)
 from sipdial.calls.states import Input, target_failure_input
 from sipdial.media.dtmf import digit_from_info
 from sipdial.sip import sdp
@@ -164,16 +172,15 @@ class ThirdPartyBridge:
                     self.c2d.target_event(Input.TARGET_RINGING, now, message.status)
             case LegEvent.ANSWERED:
                 assert isinstance(message, Response)
-                if self.b is not None or self.done:
+                if self.done:
                     leg.bye(now)
+                    return
+                if not take_answer(self.forks, leg, self.b, now):
                     return
                 self.b = leg
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
-                for other in self.forks:
-                    if other is not leg:
-                        other.cancel(now, reason=ANSWERED_ELSEWHERE)
                 if media is not None:
                     media.stop_playing(self.c2d)
                 self.reinvite = self.phone.request(
@@ -183,13 +190,9 @@ class ThirdPartyBridge:
             case LegEvent.FAILED:
                 if self.done or self.b is not None:
                     return
-                if (leg.final_status or 0) < 600 and any(
-                        f.state is not LegState.ENDED for f in self.forks):
+                status = fork_failure(self.forks, leg, now)
+                if status is None:
                     return
-                statuses = [f.final_status for f in self.forks if f.final_status]
-                status = next((c for c in statuses if c >= 600), None) \
-                    or next((c for c in statuses if c == 486), None) \
-                    or (statuses[0] if statuses else 500)
                 self.c2d.target_event(target_failure_input(status), now, status,
                                       message.reason if isinstance(message, Response)
                                       else "timeout")

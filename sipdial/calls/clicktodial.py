@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sipdial.calls.bridge import ThirdPartyBridge
-from sipdial.calls.legs import ANSWERED_ELSEWHERE, LegEvent, LegState, UacLeg, UasLeg
+from sipdial.calls.legs import ANSWERED_ELSEWHERE, LegEvent, UacLeg, UasLeg, fork_failure
 from sipdial.calls.states import (
     Action,
     CallState,
@@ -351,20 +351,9 @@ class ClickToDial:
     def _device_failed(self, leg: UacLeg, now: float) -> None:
         if self.state not in _RINGING_STATES or leg is self.user_leg:
             return
-        if (leg.final_status or 0) >= 600:
-            # a 6xx is the user's answer for every device (RFC 3261 §16.7 step 5, §21.6)
-            status = leg.final_status or 600
+        status = fork_failure(self.forks, leg, now)
+        if status is not None:
             self.fire(user_failure_input(status), now, status, leg.label)
-            return
-        if any(f.state is not LegState.ENDED for f in self.forks):
-            return  # others still ringing
-        statuses = [f.final_status or 500 for f in self.forks if not f.cancelled]
-        if not statuses:
-            return  # we cancelled them all: whoever cancelled has fired already
-        # RFC 3261 §16.7 step 6 in spirit: a 6xx decides, then busy, then the first failure
-        best = next((s for s in statuses if s >= 600), None) \
-            or next((s for s in statuses if s == 486), None) or statuses[0]
-        self.fire(user_failure_input(best), now, best, leg.label)
 
     def _user_leg_ended(self, leg: UacLeg, now: float) -> None:
         if leg is not self.user_leg:

@@ -457,3 +457,37 @@ class Relay:
             response.headers.add("Contact", came_on.contact)
         self.ua.endpoint.respond(server_txn, response, now)
         return True
+
+
+# ---------------------------------------------------------------------------- forking
+
+
+def take_answer(forks: list[UacLeg], leg: UacLeg, winner: UacLeg | None, now: float) -> bool:
+    """``leg`` answered a forked call: True if it is the first (the other forks are then
+    CANCELled, RFC 3326 reason "completed elsewhere"); a late answer is hung up at once."""
+    if winner is not None:
+        leg.bye(now)
+        return False
+    for other in forks:
+        if other is not leg:
+            other.cancel(now, reason=ANSWERED_ELSEWHERE)
+    return True
+
+
+def fork_failure(forks: list[UacLeg], leg: UacLeg, now: float) -> int | None:
+    """``leg`` failed: the status of the whole forked call once it has failed, None while
+    another fork may still answer. A 6xx decides for every fork at once and CANCELs the
+    rest (RFC 3261 §16.7 step 5); otherwise a 6xx, then 486, then the first failure wins
+    (step 6). Forks sipdial itself cancelled do not count."""
+    if (leg.final_status or 0) >= 600:
+        for other in forks:
+            if other is not leg:
+                other.cancel(now)
+        return leg.final_status
+    if any(f.state is not LegState.ENDED for f in forks):
+        return None
+    statuses = [f.final_status or 500 for f in forks if not f.cancelled]
+    if not statuses:
+        return None
+    return next((s for s in statuses if s >= 600), None) \
+        or next((s for s in statuses if s == 486), None) or statuses[0]
