@@ -167,6 +167,10 @@ def start(config: Config, reactor: Any) -> Any:
     events = EventHub(store, reactor, config.webhooks)
     yield events.start()  # resumes webhook deliveries a previous run left pending
     engine.events = events
+    for call_id in store.interrupted_ids:  # CRMs hear about calls a crash cut off, too
+        record = yield store.get_call(call_id)
+        if record is not None and record.events:
+            events.publish(record, record.events[-1])
     site = build_site(engine, config.api.tokens, reactor=reactor,
                       check_password=check_password, events=events)
     http = reactor.listenTCP(config.http.port, site, interface=config.http.host)

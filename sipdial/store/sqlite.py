@@ -387,6 +387,8 @@ class SqliteStore:
         self._pending = _Batch()
         self._flush_call: _DelayedCall | None = None
         self._state = "new"  # -> "running" -> "stopped"
+        #: calls that start() found unfinished (a crash) and ended as "interrupted"
+        self.interrupted_ids: tuple[str, ...] = ()
         self._conn: sqlite3.Connection | None = None  # used only on the worker thread
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -395,7 +397,8 @@ class SqliteStore:
         """Open the database, create or check the schema, end calls a crash left running.
 
         Every call whose state is not ``"ended"`` becomes ended with cause ``"interrupted"``
-        and gets an ``"ended"`` event (detail ``"sipdial restarted"``). Fires with how many.
+        and gets an ``"ended"`` event (detail ``"sipdial restarted"``). Fires with how many;
+        their ids are in :attr:`interrupted_ids` (so their ``call.ended`` can be published).
         """
         if self._state != "new":
             raise StoreError(f"cannot start a store that is {self._state}")
@@ -668,9 +671,9 @@ class SqliteStore:
         if version != SCHEMA_VERSION:
             conn.execute(_SQL_SET_VERSION, (SCHEMA_VERSION,))
 
-    @staticmethod
-    def _interrupt_unfinished(conn: sqlite3.Connection, now: float) -> int:
+    def _interrupt_unfinished(self, conn: sqlite3.Connection, now: float) -> int:
         ids = [call_id for (call_id,) in conn.execute(_SQL_UNFINISHED_CALLS)]
+        self.interrupted_ids = tuple(ids)
         conn.executemany(
             _SQL_INTERRUPT_CALL, [(_INTERRUPTED_CAUSE, now, call_id) for call_id in ids]
         )

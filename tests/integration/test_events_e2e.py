@@ -54,10 +54,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _sse_reader(host: str, port: int, out: queue.Queue[dict[str, Any]],
-                stop: threading.Event) -> None:
+                stop: threading.Event, last_event_id: str | None = None) -> None:
     conn = http.client.HTTPConnection(host, port, timeout=30)
-    conn.request("GET", "/v1/events", headers={"Authorization": "Bearer tok-201",
-                                                "Accept": "text/event-stream"})
+    headers = {"Authorization": "Bearer tok-201", "Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id  # replay from the database
+    conn.request("GET", "/v1/events", headers=headers)
     resp = conn.getresponse()
     assert resp.status == 200
     event: dict[str, Any] = {}
@@ -126,3 +128,49 @@ def test_webhooks_and_sse_follow_a_real_call(tmp_path: Path) -> None:
     finally:
         stop.set()
         receiver.shutdown()
+
+
+def test_a_call_cut_by_a_crash_still_gets_its_call_ended_event(tmp_path: Path) -> None:
+    import signal
+    import sqlite3
+
+    from tests.integration.c2d_helpers import make_sipdial, place_call, wait_until
+
+    def db_state(db: Path, call_id: str) -> str | None:
+        if not db.exists():
+            return None
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
+        try:
+            row = conn.execute("SELECT state FROM calls WHERE id = ?", (call_id,)).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        finally:
+            conn.close()
+        return None if row is None else str(row[0])
+
+    sd = make_sipdial(tmp_path).start()
+    with Baresip(tmp_path, user="201", password="secret201", auto_answer=False,
+                 registrar=f"127.0.0.1:{sd.sip_port('udp')}", outbound=False) as phone:
+        phone.wait_registered()
+        sd.wait_registered("201")
+        call = place_call(sd)
+        sd.wait_state(call["id"], "user_ringing", timeout=10)
+        wait_until(lambda: db_state(sd.db, call["id"]) == "user_ringing", 5, "the DB write")
+        assert sd.proc is not None
+        sd.proc.send_signal(signal.SIGKILL)
+        sd.proc.wait(10)
+    sd2 = make_sipdial(tmp_path).start()
+    events: queue.Queue[dict[str, Any]] = queue.Queue()
+    stop = threading.Event()
+    try:
+        http_info = sd2.info["http"]
+        threading.Thread(target=_sse_reader, daemon=True, args=(
+            http_info["host"], http_info["port"], events, stop, "0")).start()
+        while True:
+            event = events.get(timeout=10)
+            if event["event"] == "call.ended" and event["call"]["id"] == call["id"]:
+                break
+        assert event["cause"] == "interrupted", event
+    finally:
+        stop.set()
+        sd2.stop()
