@@ -35,18 +35,22 @@ class _Rtp(protocol.DatagramProtocol):
         self.call = call
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.manager._received(self.call, datagram)
+        self.manager._received(self.call, datagram, (addr[0], addr[1]))
 
 
 class _Call:
-    __slots__ = ("inband", "key", "on_digit", "payload_type", "port", "remote", "rfc4733",
-                 "sender", "telephone_event")
+    __slots__ = ("inband", "key", "latched", "on_digit", "payload_type", "port", "remote",
+                 "rfc4733", "sender", "telephone_event")
 
     def __init__(self, key: object, on_digit: OnDigit) -> None:
         self.key = key
         self.on_digit = on_digit
         self.port: Any = None  # IListeningPort
         self.remote: tuple[str, int] | None = None
+        # Symmetric RTP: the address the phone's RTP actually comes from. Behind NAT the SDP
+        # names a private address; the source is where it can be reached. Latched to the
+        # first valid packet, after which other sources are ignored (no injected digits).
+        self.latched: tuple[str, int] | None = None
         self.payload_type = PCMU
         self.telephone_event: int | None = None
         self.sender: RtpSender | None = None
@@ -172,7 +176,7 @@ class MediaManager:
             if call is None:
                 continue
             try:
-                call.port.write(data, remote)
+                call.port.write(data, call.latched or remote)
             except (OSError, error.MessageLengthError) as exc:  # e.g. ENETUNREACH: drop it
                 log.debug("RTP to %s for %r not sent: %s", remote, key, exc)
         finished, self._finished = self._finished, []
@@ -184,13 +188,17 @@ class MediaManager:
         if not self.player.active and not self._finished and self._loop.running:
             self._loop.stop()
 
-    def _received(self, call: _Call, datagram: bytes) -> None:
+    def _received(self, call: _Call, datagram: bytes, source: tuple[str, int]) -> None:
         if self._calls.get(call.key) is not call:
             return  # closed meanwhile
+        if call.latched is not None and source != call.latched:
+            return
         try:
             packet = parse_rtp(datagram)
         except ValueError:
             return
+        if call.latched is None:
+            call.latched = source
         pt = packet.payload_type
         if call.rfc4733 is not None and pt == call.telephone_event:
             call.inband = None  # the phone speaks RFC 4733: no need to listen for tones

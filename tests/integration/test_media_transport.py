@@ -261,3 +261,31 @@ def test_set_remote_rejects_codecs_it_cannot_play(manager: MediaManager) -> None
         manager.set_remote("x", HOST, 4000, 9, None)  # G.722
     with pytest.raises(ValueError):
         manager.play("x", [b"\xff" * 160])  # no remote yet
+
+
+def test_symmetric_rtp_latches_to_the_phones_source_and_ignores_others(
+        reactor: Any, manager: MediaManager, phone: tuple[Phone, int]) -> None:
+    """Behind NAT the SDP names an address that cannot be reached; the prompt must go where
+    the phone's RTP comes from, and a third party's packets (injected DTMF) are ignored."""
+    natted, natted_port = phone
+    stranger = Phone()
+    stranger_port = reactor.listenUDP(0, stranger, interface=HOST)
+    try:
+        digits: list[tuple[object, str, str]] = []
+        _, port = manager.open("k", lambda key, digit, how: digits.append((key, digit, how)))
+        # the SDP says 127.0.0.1:9 (discard), the phone really sends from natted_port
+        manager.set_remote("k", HOST, 9, PCMU, 101)
+        natted.send(RtpSender(PCMU).packet(b"\xff" * 160), (HOST, port))
+        pump(reactor, lambda: manager._calls["k"].latched is not None, "the latch")
+        frames = manager.prompts.confirm_prompt("+49", "en", PCMU)[:3]
+        manager.play("k", frames)
+        pump(reactor, lambda: len(natted.received) >= 3, "the prompt at the real source")
+        for packet in event_packets(RtpSender(101), 1):
+            stranger.send(packet, (HOST, port))
+        for packet in event_packets(RtpSender(101), 5):
+            natted.send(packet, (HOST, port))
+        pump(reactor, lambda: bool(digits), "the phone's digit")
+        assert digits == [("k", "5", "rfc4733")]  # the stranger's 1 was ignored
+        assert natted_port != 9
+    finally:
+        stranger_port.stopListening()
