@@ -39,6 +39,34 @@ log = logging.getLogger("sipdial")
 SWEEP_INTERVAL = 10.0
 
 
+class LagMonitor:
+    """Overload control: how late the reactor runs a 100 ms heartbeat. Past ``limit`` the
+    API refuses new calls (503) instead of accepting calls it cannot serve — at ~500 calls/s
+    an over-offered process otherwise drops SIP datagrams and every call degrades."""
+
+    def __init__(self, reactor: Any, interval: float = 0.1, limit: float = 0.25) -> None:
+        self.reactor = reactor
+        self.interval = interval
+        self.limit = limit
+        self.lag = 0.0
+        self._due = reactor.seconds() + interval
+        self._call = reactor.callLater(interval, self._beat)
+
+    def _beat(self) -> None:
+        now = self.reactor.seconds()
+        late = max(0.0, now - self._due)
+        self.lag = late if late > self.lag else 0.8 * self.lag + 0.2 * late
+        self._due = now + self.interval
+        self._call = self.reactor.callLater(self.interval, self._beat)
+
+    def overloaded(self) -> bool:
+        return self.lag > self.limit
+
+    def stop(self) -> None:
+        if self._call.active():
+            self._call.cancel()
+
+
 class _RtpSink(protocol.DatagramProtocol):
     """Where REFER-mode offers point the phone's audio: received and dropped."""
 
@@ -81,6 +109,7 @@ class Running:
     http_port: int
     listeners: list[Any]
     sweeper: Any
+    lag: LagMonitor
 
     def ready_info(self) -> dict[str, Any]:
         return {
@@ -92,6 +121,7 @@ class Running:
     @inlineCallbacks
     def stop(self) -> Any:
         self.engine.shut_down()
+        self.lag.stop()
         if self.sweeper.active():
             self.sweeper.cancel()
         for listener in self.listeners:
@@ -159,6 +189,8 @@ def start(config: Config, reactor: Any) -> Any:
     rules = rules_from_config([dict(e) for e in config.auto_answer]) + DEFAULT_RULES
     engine = CallEngine(config, ua, registrar, auth, timers, store, reactor.seconds,
                         driver.pump, rules, sinks, media=media, prompts=prompts)
+    lag = LagMonitor(reactor)
+    engine.overloaded = lag.overloaded
 
     def check_password(user: str, password: str) -> bool:
         profile = users.get(user)
@@ -181,7 +213,7 @@ def start(config: Config, reactor: Any) -> Any:
         running.sweeper = reactor.callLater(SWEEP_INTERVAL, sweep)
 
     running = Running(config, driver, engine, store, sip_ports, http.getHost().port,
-                      listeners, None)
+                      listeners, None, lag)
     running.sweeper = reactor.callLater(SWEEP_INTERVAL, sweep)
     return running
 
@@ -235,7 +267,11 @@ def serve(config_path: str, ready_file: str | None = None) -> int:
     d: Deferred[Running] = start(config, reactor)
     d.addCallbacks(started, failed)
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
-    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
+    def stop_once() -> None:
+        if reactor.running:  # a second signal during shutdown is not an error
+            reactor.stop()
+
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(stop_once))
     reactor.run()
     sys.stdout.flush()
     return exit_code[0]

@@ -65,6 +65,7 @@ class CallEngine:
         self.media = media  # sipdial's own RTP (prompts, tones, DTMF); None: REFER only
         self.prompts = prompts
         self.events: EventHub | None = None  # webhooks and SSE, set by the app
+        self.overloaded: Callable[[], bool] = lambda: False  # reactor lag check, by the app
         self.domain = config.sip.domain
         self.users: dict[str, UserConfig] = dict(config.users)
         self.calls: dict[str, ClickToDial] = {}
@@ -145,6 +146,8 @@ class CallEngine:
                            "(RTP) support, which is not running")
         if len(self.calls) >= self.config.calls.max_concurrent:
             raise ApiError(503, "overloaded", "too many calls in progress")
+        if self.overloaded():
+            raise ApiError(503, "overloaded", "sipdial is running behind; retry shortly")
         now = self.clock()
         bindings = self.registrar.contacts(user, now)
         if not bindings:
