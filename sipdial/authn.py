@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sipdial.sip.auth import DigestServer, NonceManager
+from sipdial.sip.auth import AuthError, Credentials, DigestServer, NonceManager
+from sipdial.sip.errors import SipError
 from sipdial.sip.message import Request, Response, make_response
+from sipdial.sip.uri import URI, SipURI, parse_uri
 
 
 class Authenticator:
@@ -26,6 +28,8 @@ class Authenticator:
         header = "Proxy-Authorization" if proxy else "Authorization"
         stale = False
         for value in request.headers.get_all(header):
+            if not _same_target(value, request):
+                continue
             result, username = self.server.verify(value, request.method, now)
             if result == "ok" and username is not None:
                 return username
@@ -37,3 +41,20 @@ class Authenticator:
         for challenge in self.server.challenges(now, stale=stale):
             response.headers.add(name, challenge.to_header())
         return response
+
+
+def _same_target(header_value: str, request: Request) -> bool:
+    """RFC 3261 §22.4: the digest-uri names the Request-URI, so an answer captured for one
+    target cannot be replayed for another. Phones differ in URI parameters (pyVoIP adds
+    ``;transport=UDP``), so scheme, user, host and port are compared."""
+    try:
+        digest_uri = parse_uri(Credentials.parse(header_value).uri)
+    except (AuthError, SipError):
+        return False
+    return _target(digest_uri) == _target(request.uri)
+
+
+def _target(uri: URI) -> tuple[str, ...]:
+    if isinstance(uri, SipURI):
+        return (uri.scheme, uri.unquote_user() or "", uri.host, str(uri.port or ""))
+    return (str(uri),)

@@ -9,6 +9,7 @@ or the inbound-call handler for new INVITEs.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from collections.abc import Callable
 from typing import Protocol
@@ -31,6 +32,8 @@ from sipdial.sip.transaction import (
     TransactionTimeout,
     TransportError,
 )
+
+log = logging.getLogger("sipdial.ua")
 
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, REFER, NOTIFY, INFO, UPDATE"
 SUPPORTED = "replaces, norefersub"
@@ -111,6 +114,11 @@ class UserAgent:
                 except SipError as exc:
                     if not txn.answered:
                         self.endpoint.reply(txn, exc.status, now, reason=str(exc)[:60])
+                except Exception:
+                    # a bug must not leave the transaction unanswered (and alive) forever
+                    log.exception("error handling %s from %s", request.method, source)
+                    if not txn.answered:
+                        self.endpoint.reply(txn, 500, now)
             case CancelReceived(invite_txn=txn):
                 if txn.context is not None:
                     txn.context.on_cancel(txn, now)  # type: ignore[attr-defined]

@@ -97,11 +97,13 @@ class ClickToDial:
         self.state = next_state
         if changed or inp in _LOGGED_SELF_LOOPS:
             self._record(next_state, cause, now, sip_code, detail)
-        for action in actions:
-            self._do(action, now)
-        if next_state is CallState.ENDED:
-            self._cancel_timer()
-            self.engine.call_ended(self)
+        try:
+            for action in actions:
+                self._do(action, now)
+        finally:
+            if next_state is CallState.ENDED:  # even if releasing a leg failed
+                self._cancel_timer()
+                self.engine.call_ended(self)
 
     def _record(self, state: CallState, cause: Cause | None, now: float,
                 sip_code: int | None, detail: str | None) -> None:
@@ -150,9 +152,7 @@ class ClickToDial:
         user = engine.users[self.record.user]
         callee = NameAddr(SipURI("sip", user.id, None, engine.domain, None, {}, {}),
                           user.name or None)
-        media_at = engine.media.open(self, self._media_digit) \
-            if self.has_media and engine.media is not None else None
-        self.media_at = media_at
+        media_at = self.media_at
         for binding in self.bindings:
             extra = [("P-Asserted-Identity", str(caller))]
             if self.auto_answer:
@@ -165,6 +165,12 @@ class ClickToDial:
             self.forks.append(leg)
             leg.start(now)
         self._set_timer(now + engine.config.calls.user_answer_timeout, self._user_timeout)
+
+    def open_media(self) -> None:
+        """Bind this call's RTP port (before anything is sent or stored): raises
+        :class:`~sipdial.media.transport.MediaPortsExhausted` when none is free."""
+        if self.has_media and self.engine.media is not None:
+            self.media_at = self.engine.media.open(self, self._media_digit)
 
     # ------------------------------------------------------------ commands
 
@@ -254,16 +260,18 @@ class ClickToDial:
         """Fire ``inp`` right after the current transition (never from inside one)."""
         self.engine.timers.schedule(now, lambda t: self.fire(inp, t, code, detail))
 
-    def _answer_media(self, leg: UacLeg) -> None:
-        """Point our RTP at the phone's, in the codec it chose (RFC 3264 answer)."""
+    def _answer_media(self, leg: UacLeg) -> bool:
+        """Point our RTP at the phone's, in the codec it chose (RFC 3264 answer). False when
+        sipdial needs media for this call and the answer gives it none it can use."""
         media = self.engine.media
-        if not self.has_media or media is None or leg.answer is None:
-            return
-        info = sdp.parse_answer(leg.answer.body)
+        if not self.has_media or media is None:
+            return True
+        info = sdp.parse_answer(leg.answer.body) if leg.answer is not None else None
         if info is None:
-            return
+            return False
         self.payload_type = info.payload_type
         media.set_remote(self, info.host, info.port, info.payload_type, info.event_payload_type)
+        return True
 
     # ------------------------------------------------------------ bridge mode
 
@@ -331,7 +339,10 @@ class ClickToDial:
                     self.record.device = leg.label
                     self.record.auto_answer = self.auto_answer
                     self.fire(Input.USER_ANSWERED, now, code, leg.label)
-                    self._answer_media(leg)
+                    if not self._answer_media(leg):
+                        self.fire(Input.FAILED, now, code,
+                                  "the phone's answer has no PCMU/PCMA audio for sipdial")
+                        return
                     self.fire(Input.ASK_CONFIRMATION if self.confirm
                               else Input.NO_CONFIRMATION, now)
                 else:
@@ -397,6 +408,8 @@ class ClickToDial:
         self.fire(Input.REFER_FAILED, now, response.status, f"REFER {response.reason}")
 
     def _notify(self, request: Request, now: float) -> None:
+        if self.refer_txn is None:
+            return  # no REFER of ours: not our subscription (e.g. during the prompt)
         if not (request.headers.get("Event") or "").strip().lower().startswith("refer"):
             return
         match = _SIPFRAG.match(request.body.lstrip())

@@ -9,6 +9,7 @@ batches its writes onto its own thread.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import uuid
 from collections.abc import Callable
@@ -22,8 +23,9 @@ from sipdial.calls.autoanswer import AutoAnswerRule, auto_answer_headers
 from sipdial.calls.b2bua import BridgedCall, Target
 from sipdial.calls.clicktodial import ClickToDial
 from sipdial.calls.legs import UasLeg
-from sipdial.calls.states import CallState, target_failure_input
+from sipdial.calls.states import CallState, Input, target_failure_input
 from sipdial.config import Config, UserConfig
+from sipdial.media.transport import MediaPortsExhausted
 from sipdial.registrar import Binding, Registrar
 from sipdial.sip.endpoint import peer_for_uri
 from sipdial.sip.message import Request, Response
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from sipdial.events.hub import EventHub
     from sipdial.media.prompt import PromptLibrary
     from sipdial.media.transport import MediaManager
+
+log = logging.getLogger("sipdial.calls")
 
 _C2D_PARAM = "x-c2d"
 _AWAITING_REFERRED = (CallState.USER_ANSWERED, CallState.CALLING_TARGET,
@@ -167,12 +171,21 @@ class CallEngine:
         event = CallEvent(CallState.CALLING_USER.value, now, None,
                           f"{len(bindings)} device(s)")
         record.events.append(event)
-        self.persist(record, event)
         call = ClickToDial(self, record, bindings, wants_auto, confirm=confirm,
                            language=profile.language or self.config.calls.language,
                            caller_id=caller_id, clir=profile.clir if clir is None else clir)
+        try:
+            call.open_media()
+        except MediaPortsExhausted:
+            raise ApiError(503, "media_ports_exhausted",
+                           "no free RTP port for the call; retry shortly") from None
+        self.persist(record, event)
         self.calls[record.id] = call
-        call.start(now)
+        try:
+            call.start(now)
+        except Exception:  # a bug or an unroutable device: the call fails, visibly
+            log.exception("call %s could not start", record.id)
+            call.fire(Input.FAILED, now, detail="could not start the call")
         self.kick()
         return call
 
@@ -261,7 +274,15 @@ class CallEngine:
         self.bridges.add(bridge)
         if c2d is not None:
             c2d.attach(bridge)
-        bridge.start(now)
+        try:
+            bridge.start(now)
+        except Exception:  # e.g. a route over a transport sipdial does not listen on
+            log.exception("could not call %s for %s", number, user.id)
+            bridge.release(now)
+            if not txn.answered:
+                endpoint.reply(txn, 503, now)
+            if c2d is not None:
+                c2d.target_event(Input.TARGET_FAILED, now, 503, "could not call the target")
 
     def _correlate(self, uri: URI, user: str, number: str, now: float) -> ClickToDial | None:
         """Which click-to-dial call (if any) this INVITE is the referred call of."""

@@ -96,6 +96,7 @@ class _Leg:
 
     def bye(self, now: float) -> None:
         if self.state is LegState.CONFIRMED and self.dialog is not None:
+            self._stop_timers()
             self.state = LegState.ENDED
             self.ua.send_in_dialog(self.dialog, self.dialog.create_request("BYE"), self, now)
             self.ua.drop_dialog(self.dialog)
@@ -125,11 +126,15 @@ class _Leg:
             self.owner.leg_event(self._me, LegEvent.RESPONSE,
                                  make_response(txn.request, status), now, txn)
 
+    def _stop_timers(self) -> None:
+        """Timers a leg may own (UacLeg: the RFC 4028 refresh)."""
+
     def _dialog_request(self, dialog: Dialog, request: Request, txn: ServerTransaction,
                         now: float) -> None:
         """BYE ends the leg (answered 200 here); anything else goes to the owner."""
         if request.method == "BYE":
             self.ua.endpoint.reply(txn, 200, now)
+            self._stop_timers()
             self.state = LegState.ENDED
             self.ua.drop_dialog(dialog)
             self.owner.leg_event(self._me, LegEvent.ENDED, request, now, txn)
@@ -167,6 +172,7 @@ class UacLeg(_Leg):
         self.credentials = credentials  # (username, password) for an upstream's 401/407
         self._refresh: TimerHandle | None = None  # RFC 4028, when we are the refresher
         self._refresh_interval: int | None = None
+        self._refresh_txn: ClientTransaction | None = None
         self._cseq = 1
         self._authorization: tuple[str, str] | None = None
 
@@ -214,6 +220,12 @@ class UacLeg(_Leg):
 
     def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
         if txn is not self.invite_txn:
+            if txn is self._refresh_txn and response.status >= 200:
+                self._refresh_txn = None
+                if response.status in (408, 481):  # RFC 4028 §10: the session is gone
+                    self.bye(now)
+                    self.owner.leg_event(self, LegEvent.ENDED, None, now)
+                return
             self._dialog_response(txn, response, now)
             return
         status = response.status
@@ -262,8 +274,9 @@ class UacLeg(_Leg):
         dialog = Dialog.from_uac(txn.request, response, self.peer,
                                  self.ua.endpoint.contact(self.peer))
         ack = dialog.create_ack(self._cseq)
-        self.ua.endpoint.send_ack(txn, ack, self.peer)
-        if self.dialog is not None or self.cancelled or self.state is LegState.ENDED:
+        second = self.dialog is not None  # another fork's 2xx: keep the first dialog's ACK
+        self.ua.endpoint.send_ack(txn, ack, self.peer, remember=not second)
+        if second or self.cancelled or self.state is LegState.ENDED:
             # a second 2xx (forked downstream) or a 2xx crossing our CANCEL: hang it up
             bye = dialog.create_request("BYE")
             self.ua.send_in_dialog(dialog, bye, self, now)
@@ -296,14 +309,20 @@ class UacLeg(_Leg):
             return
         if "refresher=uac" not in params.replace(" ", "").lower() or interval < 90:
             return
+        interval = min(interval, 7200)  # a peer cannot pin the call in memory for days
         self._refresh_interval = interval
         self._refresh = self.ua.timers.schedule(now + interval / 2, self._send_refresh)
+
+    def _stop_timers(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            self._refresh = None
 
     def _send_refresh(self, now: float) -> None:
         self._refresh = None
         if self.state is not LegState.CONFIRMED or self._refresh_interval is None:
             return
-        self.request("UPDATE", now, extra=[
+        self._refresh_txn = self.request("UPDATE", now, extra=[
             ("Session-Expires", f"{self._refresh_interval};refresher=uac"),
             ("Supported", "timer")])
         self._refresh = self.ua.timers.schedule(now + self._refresh_interval / 2,

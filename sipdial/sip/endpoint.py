@@ -137,9 +137,15 @@ class Endpoint:
         txn.context = context
         return txn
 
-    def send_ack(self, invite_txn: ClientTransaction, ack: Request, peer: Peer) -> None:
+    def send_ack(self, invite_txn: ClientTransaction, ack: Request, peer: Peer,
+                 remember: bool = True) -> None:
+        """ACK a 2xx. ``remember``: re-send it for retransmissions of that 2xx; False for
+        the ACK of a second dialog (another fork's 2xx) that is hung up at once."""
         ack.headers.prepend("Via", self.via(peer, self.txns.new_branch()))
-        self.txns.send_ack(invite_txn, ack, peer)
+        if remember:
+            self.txns.send_ack(invite_txn, ack, peer)
+        else:
+            self.txns.send_stateless(ack, peer)
 
     def respond(self, txn: ServerTransaction, response: Response, now: float) -> None:
         if "Server" not in response.headers:
