@@ -198,12 +198,15 @@ class SipDriver:
                             log.exception("transaction user failed on %r", event)
                 out = self.endpoint.drain_outbox()
                 for peer, data in out:
-                    self._send(peer, data)
+                    try:
+                        self._send(peer, data)
+                    except Exception:  # e.g. a host name Twisted's UDP cannot send to
+                        log.exception("cannot send to %s", peer)
                 if not events and not out:
                     break
         finally:
             self._pumping = False
-        self._rearm()
+            self._rearm()
 
     def _rearm(self) -> None:
         deadline = self.timers.next_deadline()
