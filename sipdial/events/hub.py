@@ -28,6 +28,8 @@ Payload (the webhook body and the SSE ``data:``)::
 from __future__ import annotations
 
 import json
+import json.encoder
+import operator
 import random
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -48,6 +50,31 @@ __all__ = ["EventHub", "EventStore", "Subscriber", "Subscription"]
 _log = Logger()
 
 _REPLAY_PAGE: Final = 500  #: events read from the database per query when resuming
+#: calls whose events' JSON the hub keeps (see ``EventHub._events_text``); past this the
+#: cache is emptied (it only saves work, a miss recomputes)
+_EVENT_TEXT_CALLS: Final = 20_000
+
+
+
+def _make_dumps() -> Callable[[object], str]:
+    """``json.dumps(obj, ensure_ascii=False, separators=(",", ":"))``, with the C encoder
+    built once: ``JSONEncoder.encode`` builds a new one (and a closure) on every call, which
+    costs more than encoding a small document."""
+    encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+    c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:
+        return encoder.encode
+    # the arguments JSONEncoder.iterencode passes, minus the circular-reference check
+    c_encode = c_make_encoder(None, encoder.default, json.encoder.encode_basestring, None,
+                              ":", ",", False, False, True)
+
+    def dumps(obj: object) -> str:
+        return "".join(c_encode(obj, 0))
+
+    return dumps
+
+
+_dumps = _make_dumps()
 
 
 class EventStore(Protocol):
@@ -159,6 +186,9 @@ class EventHub:
         self._last_event_id = 0
         self._last_outbox_id = 0
         self._state = "new"  # -> "starting" -> "running" -> "stopped"
+        #: call id -> (its CallEvents, each one's JSON text): every payload embeds the whole
+        #: call resource with all its events, so each event is serialised once, not per event
+        self._event_texts: dict[str, tuple[list[CallEvent], list[str]]] = {}
 
     @property
     def last_event_id(self) -> int:
@@ -267,14 +297,19 @@ class EventHub:
             "missed": ended and is_missed(record.cause),
             "sip_code": event.sip_code,
             "detail": event.detail,
-            "call": record.to_json(),
         }
+        # exactly json.dumps(document | {"call": record.to_json()}, ensure_ascii=False,
+        # separators=(",", ":")): "call" is the last key, "events" the last key in it
+        payload = "".join((
+            _dumps(document)[:-1], ',"call":', _dumps(record.summary_json())[:-1],
+            ',"events":[', self._events_text(record), "]}}",
+        ))
         published = PublishedEvent(
             id=self._last_event_id,
             call_id=record.id,
             user=record.user,
             name=spec.name.value,
-            payload=json.dumps(document, ensure_ascii=False, separators=(",", ":")),
+            payload=payload,
             time=event.time,
         )
         self._store.add_published_event(published)
@@ -302,6 +337,28 @@ class EventHub:
             )
             self._store.add_outbox_entry(entry)
             self._deliverer.add(entry)
+        if ended:
+            self._event_texts.pop(record.id, None)
+
+    def _events_text(self, record: CallRecord) -> str:
+        """The JSON of ``record.events`` (without the brackets); events already serialised for
+        this call are reused as long as they are still the record's first events."""
+        events = record.events
+        cached = self._event_texts.get(record.id)
+        if cached is not None:
+            objs, texts = cached
+            done = len(objs)
+            if done > len(events) or not all(map(operator.is_, objs, events)):
+                objs, texts, done = [], [], 0
+        else:
+            if len(self._event_texts) >= _EVENT_TEXT_CALLS:
+                self._event_texts.clear()
+            objs, texts, done = [], [], 0
+        for event in events[done:]:
+            objs.append(event)
+            texts.append(_dumps(event.to_json()))
+        self._event_texts[record.id] = (objs, texts)
+        return ",".join(texts)
 
     # --- subscribing --------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 
 __all__ = [
     "CallEvent",
@@ -19,8 +20,13 @@ __all__ = [
 ]
 
 
+@lru_cache(maxsize=4096)
 def iso_time(t: float) -> str:
-    """Unix time as ISO-8601 UTC with milliseconds: ``"2026-11-21T13:35:55.123Z"``."""
+    """Unix time as ISO-8601 UTC with milliseconds: ``"2026-11-21T13:35:55.123Z"``.
+
+    Cached: every live event of a call formats the call's ``created_at`` and all its earlier
+    event times again (the call resource is embedded in each event's payload).
+    """
     text = datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
     return text.removesuffix("+00:00") + "Z"
 
@@ -62,6 +68,12 @@ class CallRecord:
 
     def to_json(self) -> dict[str, object]:
         """The API representation; times as ISO-8601 UTC strings with milliseconds."""
+        document = self.summary_json()
+        document["events"] = [event.to_json() for event in self.events]
+        return document
+
+    def summary_json(self) -> dict[str, object]:
+        """:meth:`to_json` without ``"events"`` (which comes last there)."""
         return {
             "id": self.id,
             "user": self.user,
@@ -73,7 +85,6 @@ class CallRecord:
             "ended_at": None if self.ended_at is None else iso_time(self.ended_at),
             "device": self.device,
             "auto_answer": self.auto_answer,
-            "events": [event.to_json() for event in self.events],
         }
 
 

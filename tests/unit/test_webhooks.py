@@ -512,6 +512,29 @@ def test_publish_builds_the_payload(db: Path) -> None:
         ("call.dialing", "201", "c1"), ("call.ringing", "201", "c1"), ("call.ended", "201", "c1")]
 
 
+def test_payload_is_exactly_json_dumps_of_the_document(db: Path) -> None:
+    """The hub serialises each call event once and splices the texts; the payload must be
+    the very text json.dumps gives for the whole document, also after the record's events
+    were replaced (a read from the store) and for non-ASCII text."""
+    h = Hub(db)
+    sub = Collector()
+    h.hub.subscribe(sub)
+    call = Call.new(h.hub)
+    call.record.to = "Zoë \"Ω\" \u2028"
+    call.enter("user_ringing", sip_code=180)
+    call.record.events = [CallEvent(e.state, e.time, e.sip_code, e.detail)
+                          for e in call.record.events]
+    call.enter("user_answered", sip_code=200)
+    call.enter("ended", cause="completed")
+    for published in sub.events:
+        document = json.loads(published.payload)
+        assert published.payload == json.dumps(document, ensure_ascii=False,
+                                               separators=(",", ":"))
+    last = json.loads(sub.events[-1].payload)
+    assert last["call"] == call.record.to_json()
+    assert h.hub._event_texts == {}  # dropped once the call ended
+
+
 def test_publish_writes_events_and_one_outbox_row_per_matching_webhook(db: Path) -> None:
     h = Hub(db, (WEBHOOK, ENDED_ONLY))
     call = Call.new(h.hub)
