@@ -150,6 +150,9 @@ class Endpoint:
     def respond(self, txn: ServerTransaction, response: Response, now: float) -> None:
         if "Server" not in response.headers:
             response.headers.add("Server", self.user_agent)
+        if response.status in (401, 407) and not txn.peer.reliable:
+            self.txns.respond_stateless(txn, response)  # no retransmissions to spoofers
+            return
         self.txns.respond(txn, response, now)
 
     def reply(self, txn: ServerTransaction, status: int, now: float, reason: str | None = None,

@@ -534,6 +534,17 @@ class TransactionLayer:
 
     # ---------------------------------------------------------------- server side
 
+    def respond_stateless(self, txn: ServerTransaction, response: Response) -> None:
+        """Send a final response once and forget the transaction (RFC 3261 §8.2.7 style).
+
+        For challenges to unauthenticated requests: over UDP a stateful 401/407 is
+        retransmitted until ACKed, ~11 datagrams for one spoofed request (an amplifier).
+        A real client that loses it retransmits its request and is challenged again."""
+        txn.last_status = response.status
+        self.outbox.append((txn.peer, response.to_bytes()))
+        txn.state = S.TERMINATED
+        self._terminate(txn)
+
     def respond(self, txn: ServerTransaction, response: Response, now: float) -> None:
         """Send the TU's response through its server transaction."""
         inp = _classify_tu_response(response.status)

@@ -428,3 +428,18 @@ def test_completed_non_invite_client_drops_request_and_context() -> None:
     assert txn.method == "OPTIONS" and txn.context is leg
     h.advance(5.0)
     assert txn.state is State.TERMINATED
+
+
+def test_stateless_final_response_is_sent_once_and_forgets_the_transaction() -> None:
+    # challenges to unauthenticated requests: no Timer G amplification towards spoofers
+    h = Harness()
+    inv = request()
+    h.layer.receive(inv, UDP, h.now)
+    txn = h.layer.drain_events()[0].txn  # type: ignore[union-attr]
+    assert txn is not None
+    h.sent()
+    h.layer.respond_stateless(txn, response_to(inv, 407))
+    assert [first_line(d) for d in h.sent()] == ["SIP/2.0 407 Proxy Authentication Required"]
+    assert h.layer.server == {}
+    h.advance(40.0)
+    assert h.sent() == [] and h.layer.drain_events() == []
