@@ -210,6 +210,7 @@ def start(config: Config, reactor: Any) -> Any:
 
     def sweep() -> None:
         registrar.sweep(reactor.seconds())
+        engine.sweep(reactor.seconds())
         running.sweeper = reactor.callLater(SWEEP_INTERVAL, sweep)
 
     running = Running(config, driver, engine, store, sip_ports, http.getHost().port,

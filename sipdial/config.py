@@ -152,6 +152,7 @@ class CallsConfig:
     target_answer_timeout: float = 60.0  #: ring time on the target
     refer_timeout: float = 32.0  #: how long to wait for the outcome of the REFER
     max_concurrent: int = 2000  #: calls in progress at once; more are refused
+    max_duration: float = 14400.0  #: a call still up after this many seconds is hung up
     confirm: bool = False  #: play "to connect to ..., press 1" and wait for DTMF 1 first
     confirm_timeout: float = 15.0  #: seconds to wait for a digit (cause not_confirmed)
     language: str = "en"  #: prompt language, "en" or "de"
@@ -287,6 +288,7 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
             "target_answer_timeout",
             "refer_timeout",
             "max_concurrent",
+            "max_duration",
             "confirm",
             "confirm_timeout",
             "language",
@@ -502,6 +504,7 @@ def _parse_calls(t: _Table) -> CallsConfig:
         target_answer_timeout=t.positive_float("target_answer_timeout", 60.0),
         refer_timeout=t.positive_float("refer_timeout", 32.0),
         max_concurrent=t.positive_int("max_concurrent", 2000),
+        max_duration=t.positive_float("max_duration", 14400.0),
         confirm=t.boolean("confirm", False),
         confirm_timeout=t.positive_float("confirm_timeout", 15.0),
         language=t.string("language", default="en"),

@@ -67,6 +67,7 @@ class BridgedCall:
         self.b: UacLeg | None = None  # the fork that answered
         self._relay = Relay(engine.ua)
         self._timer: TimerHandle | None = None
+        self.started_at = 0.0
         self.done = False
 
     @property
@@ -74,6 +75,7 @@ class BridgedCall:
         return self.b is not None
 
     def start(self, now: float) -> None:
+        self.started_at = now
         for leg in self.forks:
             leg.start(now)
         self._notify(Input.TARGET_CALLING, now)

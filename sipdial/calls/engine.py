@@ -113,6 +113,20 @@ class CallEngine:
     def bridge_ended(self, bridge: BridgedCall) -> None:
         self.bridges.discard(bridge)
 
+    def sweep(self, now: float) -> int:
+        """Hang up what has been up longer than ``calls.max_duration`` (a BYE that never
+        arrived must not keep a call in memory forever). Returns how many."""
+        limit = now - self.config.calls.max_duration
+        old = [c for c in self.calls.values() if c.record.created_at < limit]
+        for call in old:
+            call.fire(Input.CANCEL, now, detail="maximum call duration reached")
+        stale = [b for b in self.bridges if b.started_at < limit]
+        for bridge in stale:
+            bridge.release(now)
+        if old or stale:
+            self.kick()
+        return len(old) + len(stale)
+
     def shut_down(self) -> None:
         """Release every call before the process stops (CANCEL/BYE go out now)."""
         now = self.clock()

@@ -34,3 +34,16 @@ def test_engine_refuses_calls_while_overloaded() -> None:
     (error,) = errors
     assert isinstance(error, ApiError) and (error.status, error.code) == (503, "overloaded")
     assert flow.phone.nothing()  # nothing was sent
+
+
+def test_a_call_past_max_duration_is_hung_up_by_the_sweep() -> None:
+    flow = Flow()
+    flow.to_connected()
+    engine = flow.net.engine
+    assert engine.sweep(flow.net.now + 60) == 0
+    flow.net.advance(engine.config.calls.max_duration + 1)
+    assert engine.sweep(flow.net.now) == 1
+    assert flow.cause == "cancelled"
+    assert flow.net_record.events[-1].detail == "maximum call duration reached"
+    assert engine.calls == {} and engine.bridges == set()
+    flow.target.take_request("BYE")
