@@ -30,6 +30,8 @@ class MediaPortsExhausted(Exception):
 
 
 class _Rtp(protocol.DatagramProtocol):
+    noisy = False  # no "Starting/Stopping protocol" log events for every call's port
+
     def __init__(self, manager: MediaManager, call: _Call) -> None:
         self.manager = manager
         self.call = call

@@ -32,6 +32,7 @@ _trace = bool(os.environ.get("SIPDIAL_TRACE"))
 
 
 UDP_BUFFER = 4 * 1024 * 1024
+_UDP_HOSTS_MAX = 10_000
 
 
 def _grow_buffers(port: Any) -> None:
@@ -128,6 +129,9 @@ class SipDriver:
         self._listening: list[Any] = []
         self._timer: Any = None
         self._pumping = False
+        #: UDP destinations Twisted's Port.write has accepted (IP literals of the socket's
+        #: family), sent to with the socket's sendto directly from then on
+        self._udp_hosts: set[str] = set()
 
     # ------------------------------------------------------------ setup
 
@@ -230,10 +234,24 @@ class SipDriver:
             if lp is None:
                 log.warning("no UDP socket for %s", peer)
                 return
+            addr = (peer.host, peer.port)
+            if peer.host in self._udp_hosts:
+                # Port.write already accepted this host: skip its three address checks (2 % of
+                # the reactor at 400 calls/s); any error goes through Port.write below
+                try:
+                    lp.socket.sendto(data, addr)
+                    return
+                except OSError:
+                    pass
             try:
-                lp.write(data, (peer.host, peer.port))
+                lp.write(data, addr)
             except OSError as exc:
                 log.info("UDP send to %s failed: %s", peer, exc)
+                return
+            if getattr(lp, "socket", None) is not None:
+                if len(self._udp_hosts) >= _UDP_HOSTS_MAX:
+                    self._udp_hosts.clear()
+                self._udp_hosts.add(peer.host)
             return
         conn = self._tcp.get(peer) or self._connecting.get(peer)
         if conn is not None and conn.transport is not None and conn.peer == peer:
