@@ -219,6 +219,27 @@ def start(config: Config, reactor: Any) -> Any:
     return running
 
 
+def _route_twisted_logs() -> None:
+    """Parts of sipdial (store, events, HTTP API) log through ``twisted.logger``: send that to
+    Python logging too, without Twisted's own chatter (one access-log line per request)."""
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        STDLibLogObserver,
+        globalLogBeginner,
+    )
+
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+    for namespace in ("twisted", "log_legacy"):
+        predicate.setLogLevelForNamespace(namespace, LogLevel.warn)
+    # zope interfaces do not type-check (no mypy plugin here): hence the Any
+    stdlib: Any = STDLibLogObserver()
+    filters: Any = [predicate]
+    observer: Any = FilteringLogObserver(stdlib, filters)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
 def _tune_gc() -> None:
     """Calls are short-lived object graphs with cycles; the default thresholds made the
     collector ~45% of the CPU per call (loadtest/README.md). Freeze what start-up built and
@@ -236,6 +257,7 @@ def serve(config_path: str, ready_file: str | None = None) -> int:
 
     logging.basicConfig(level=os.environ.get("SIPDIAL_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _route_twisted_logs()
     try:
         config = load_config(config_path)
     except (ConfigError, OSError) as exc:
