@@ -14,12 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sipdial.media import g711
 from sipdial.media.dtmf import InbandDetector, Rfc4733Receiver, digit_from_info
-
-try:  # written alongside; the tests carry their own G.711 quantisers until it is there
-    from sipdial.media import g711
-except ImportError:  # pragma: no cover
-    g711 = None  # type: ignore[assignment]
 
 KEYS = "0123456789*#ABCD"
 ROWS = (697.0, 770.0, 852.0, 941.0)
@@ -335,22 +331,16 @@ def _alaw_round_trip(sample: int) -> int:
 
 def via_ulaw(samples: Sequence[int]) -> Sequence[int]:
     """What a mu-law (PCMU) RTP stream delivers after decoding."""
-    if g711 is not None:
-        return g711.ulaw_to_pcm(g711.pcm_to_ulaw(samples))
-    return array.array("h", map(_ulaw_round_trip, samples))
+    return g711.ulaw_to_pcm(g711.pcm_to_ulaw(samples))
 
 
 def via_alaw(samples: Sequence[int]) -> Sequence[int]:
     """What an A-law (PCMA) RTP stream delivers after decoding."""
-    if g711 is not None:
-        return g711.alaw_to_pcm(g711.pcm_to_alaw(samples))
-    return array.array("h", map(_alaw_round_trip, samples))
+    return g711.alaw_to_pcm(g711.pcm_to_alaw(samples))
 
 
 def test_own_g711_round_trip_matches_sipdial_g711() -> None:
-    """The fallback quantisers above agree with sipdial.media.g711 (when that exists)."""
-    if g711 is None:
-        pytest.skip("sipdial.media.g711 not available")
+    """The test's own quantisers agree with sipdial.media.g711 on every 16-bit value."""
     everything = array.array("h", range(-32768, 32768))
     assert list(g711.ulaw_to_pcm(g711.pcm_to_ulaw(everything))) == [
         _ulaw_round_trip(s) for s in everything]
@@ -596,9 +586,9 @@ def test_inband_talk_off() -> None:
 PROMPTS = sorted((Path(__file__).parents[2] / "sipdial" / "media" / "prompts").glob("*/*.wav"))
 
 
-@pytest.mark.skipif(not PROMPTS, reason="no prompt recordings")
 @pytest.mark.parametrize("gain", [0.5, 1.0, 4.0])
 def test_inband_talk_off_on_recorded_prompts(gain: float) -> None:
+    assert PROMPTS, "the shipped prompt recordings are missing"
     """sipdial's own prompts (synthetic speech, some of it saying digits) are no key press,
     at any level - the phone may echo them back while we listen."""
     for path in PROMPTS:
