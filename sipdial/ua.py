@@ -180,6 +180,9 @@ class UserAgent:
                 max_forwards = request.headers.get("Max-Forwards")
                 if max_forwards is not None and max_forwards.strip() == "0":
                     self.endpoint.reply(txn, 483, now)
+                elif not from_tag(request) or "Contact" not in request.headers:
+                    # §8.1.1.3 / §8.1.1.8: a dialog cannot be built without them
+                    self.endpoint.reply(txn, 400, now, reason="Missing From tag or Contact")
                 elif self.inbound is None:
                     self.endpoint.reply(txn, 480, now)
                 else:

@@ -67,6 +67,8 @@ class ClickToDial:
         self.has_media = (confirm or self.mode == "bridge") and engine.media is not None
         self.payload_type = 0  # PCMU until the phone's answer says otherwise
         self.wrong_digits = 0
+        self.sdp_session = engine.session_id()  # our o= line towards the phone
+        self.sdp_version = 1
         self.media_at: tuple[str, int] | None = None
         self.state = CallState(record.state)
         self.forks: list[UacLeg] = []
@@ -158,7 +160,7 @@ class ClickToDial:
             if self.auto_answer:
                 extra += engine.auto_answer_headers(binding.user_agent)
             offer = sdp.audio_offer(*(media_at or engine.media_address(binding.peer)),
-                                    session_id=engine.session_id())
+                                    session_id=self.sdp_session)
             leg = UacLeg(engine.ua, self, uri=parse_uri(binding.contact), peer=binding.peer,
                          from_party=caller, to_party=callee, body=offer,
                          content_type=sdp.CONTENT_TYPE, extra=extra, label=binding.device)
@@ -381,10 +383,13 @@ class ClickToDial:
         if request.method == "NOTIFY":
             ua.endpoint.reply(txn, 200, now)
             self._notify(request, now)
+        elif request.method == "UPDATE" and not request.body:
+            ua.endpoint.reply(txn, 200, now)  # e.g. a session refresh: no offer, no answer
         elif request.method in ("INVITE", "UPDATE"):
             # e.g. the phone holds its first call before it transfers: answer in kind
+            self.sdp_version += 1  # RFC 3264 §8: same o= session, version one higher
             offer = sdp.audio_offer(*(self.media_at or self.engine.media_address(leg.peer)),
-                                    session_id=self.engine.session_id(), version=2,
+                                    session_id=self.sdp_session, version=self.sdp_version,
                                     direction=sdp.answer_direction(request.body))
             ua.endpoint.reply(txn, 200, now, to_tag=None, headers=[
                 ("Contact", ua.endpoint.contact(leg.peer)),

@@ -1,0 +1,52 @@
+"""Regression tests for findings of the code review (see the session note)."""
+
+from __future__ import annotations
+
+import re
+
+from sipdial.sip.message import Request
+from tests.unit.simnet import sdp_answer
+from tests.unit.test_clicktodial_flow import Flow
+
+
+def _o_line(body: bytes) -> tuple[str, int]:
+    match = re.search(rb"^o=\S+ (\d+) (\d+) ", body, re.MULTILINE)
+    assert match is not None, body
+    return match.group(1).decode(), int(match.group(2))
+
+
+def test_invite_without_from_tag_is_refused_at_once() -> None:
+    flow = Flow()
+    phone = flow.phone
+    bad = phone.request("INVITE", "sip:+4930@127.0.0.1", call_id_value="x1", from_tag="t",
+                        to_value="<sip:+4930@127.0.0.1>", cseq_number=1)
+    bad.headers.set("From", "<sip:201@127.0.0.1>")  # no tag
+    phone.send(bad)
+    phone.take_response(100)
+    assert phone.take_response(400).reason == "Missing From tag or Contact"
+
+
+def test_phone_reinvites_get_answers_from_one_sdp_session_with_rising_versions() -> None:
+    flow = Flow()
+    flow.to_refer()
+    assert flow.dialog is not None and flow.answered is not None
+    sessions = []
+    for _ in range(2):  # e.g. hold, then resume, before the phone acts on the REFER
+        flow.answered.send(flow.dialog.request(
+            "INVITE", body=sdp_answer(), content_type="application/sdp"))
+        flow.answered.take_response(100)
+        ok = flow.answered.take_response(200)
+        sessions.append(_o_line(ok.body))
+    offer_session = _o_line(flow.invite().body)
+    assert sessions[0][0] == sessions[1][0] == offer_session[0]
+    assert offer_session[1] < sessions[0][1] < sessions[1][1]
+
+
+def test_update_without_offer_is_answered_without_sdp() -> None:
+    flow = Flow()
+    flow.to_refer()
+    assert flow.dialog is not None and flow.answered is not None
+    update: Request = flow.dialog.request("UPDATE", extra=[("Session-Expires", "1800")])
+    flow.answered.send(update)
+    ok = flow.answered.take_response(200)
+    assert ok.body == b""
