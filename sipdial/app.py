@@ -166,6 +166,7 @@ def start(config: Config, reactor: Any) -> Any:
     registrar.restore((_binding(r) for r in saved), reactor.seconds())
 
     driver = SipDriver(reactor, endpoint, timers)
+    driver.tcp_idle_timeout = config.sip.max_registration_expires + 60.0
     ua = UserAgent(endpoint, timers, registrar, config.sip.domain)
     driver.tu = ua.handle
 

@@ -63,8 +63,11 @@ class _TcpConnection(protocol.Protocol):
         self.framer = StreamFramer()
         self.peer: Peer | None = None
         self.pending: list[bytes] = []
+        self._idle: Any = None  # DelayedCall closing the connection when it falls silent
 
     def connectionMade(self) -> None:
+        # idle connections are closed: a device that stopped re-registering is gone
+        self._idle = self.driver.reactor.callLater(self.driver.tcp_idle_timeout, self._close)
         transport: Any = self.transport
         addr = transport.getPeer()
         self.peer = Peer("tcp", addr.host, addr.port)
@@ -76,6 +79,8 @@ class _TcpConnection(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         assert self.peer is not None
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.driver.tcp_idle_timeout)
         try:
             messages = self.framer.feed(data)
         except ParseError as exc:
@@ -90,7 +95,14 @@ class _TcpConnection(protocol.Protocol):
                 continue
             self.driver.receive(message, self.peer)
 
+    def _close(self) -> None:
+        log.info("closing idle TCP connection from %s", self.peer)
+        transport: Any = self.transport
+        transport.loseConnection()
+
     def connectionLost(self, reason: Any = None) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
         if self.peer is not None and self.driver._tcp.get(self.peer) is self:
             del self.driver._tcp[self.peer]
 
@@ -99,7 +111,11 @@ class _TcpFactory(protocol.ServerFactory):
     def __init__(self, driver: SipDriver) -> None:
         self.driver = driver
 
-    def buildProtocol(self, addr: Any) -> _TcpConnection:
+    def buildProtocol(self, addr: Any) -> _TcpConnection | None:
+        if len(self.driver._tcp) >= self.driver.max_tcp_connections:
+            log.warning("refusing TCP connection from %s: %d open", addr,
+                        len(self.driver._tcp))
+            return None  # Twisted closes it
         return _TcpConnection(self.driver)
 
 
@@ -129,6 +145,8 @@ class SipDriver:
         self._listening: list[Any] = []
         self._timer: Any = None
         self._pumping = False
+        self.tcp_idle_timeout = 3660.0  # > the longest registration interval
+        self.max_tcp_connections = 10_000
         #: UDP destinations Twisted's Port.write has accepted (IP literals of the socket's
         #: family), sent to with the socket's sendto directly from then on
         self._udp_hosts: set[str] = set()
