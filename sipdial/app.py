@@ -174,7 +174,9 @@ def start(config: Config, reactor: Any) -> Any:
     sinks: dict[int, tuple[str, int]] = {}
     listeners: list[Any] = []
     for addr in config.sip.listen:
-        port = driver.listen(addr.transport, addr.host, addr.port)
+        wildcard = addr.host in ("0.0.0.0", "::")
+        port = driver.listen(addr.transport, addr.host, addr.port,
+                             advertise=config.sip.domain if wildcard else None)
         sip_ports.append((addr.transport, addr.host, port))
         family = 6 if ":" in addr.host else 4
         if family not in sinks:

@@ -153,8 +153,9 @@ class SipDriver:
 
     # ------------------------------------------------------------ setup
 
-    def listen(self, transport: str, host: str, port: int) -> int:
-        """Listen and return the bound port (port 0 picks a free one)."""
+    def listen(self, transport: str, host: str, port: int, advertise: str | None = None) -> int:
+        """Listen and return the bound port (port 0 picks a free one). ``advertise`` is the
+        address put in Via/Contact when ``host`` is a wildcard (0.0.0.0, ::)."""
         if transport == "udp":
             lp = self.reactor.listenUDP(port, _Udp(self), interface=host)
             _grow_buffers(lp)
@@ -165,7 +166,7 @@ class SipDriver:
             raise ValueError(f"unsupported transport {transport!r}")
         self._listening.append(lp)
         bound = int(lp.getHost().port)
-        self.endpoint.add_local(transport, host, bound)
+        self.endpoint.add_local(transport, advertise or host, bound)
         return bound
 
     def stop(self) -> None:

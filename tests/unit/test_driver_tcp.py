@@ -48,3 +48,22 @@ def test_connections_beyond_the_cap_are_refused() -> None:
     connect(factory, 40001)
     connect(factory, 40002)
     assert factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40003)) is None
+
+
+def test_wildcard_listener_advertises_the_domain_in_via_and_contact() -> None:
+    reactor = MemoryReactorClock()
+    timers = TimerHeap()
+    endpoint = Endpoint(timers)
+    d = SipDriver(reactor, endpoint, timers)
+    d.listen("tcp", "0.0.0.0", 5060, advertise="sip.example.com")
+    (host, _port), = endpoint.local.values()
+    assert host == "sip.example.com"
+
+
+def test_the_docker_example_config_loads() -> None:
+    from pathlib import Path
+
+    from sipdial.config import load_config
+
+    config = load_config(Path(__file__).parents[2] / "docker" / "sipdial.toml")
+    assert config.media.port_min == 10000 and config.sip.listen[0].host == "0.0.0.0"
