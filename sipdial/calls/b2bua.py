@@ -162,6 +162,9 @@ class BridgedCall:
                 self.a.release(now)
                 self._finish()
                 self._notify(Input.HANGUP, now, detail="target hung up")
+            case LegEvent.ACKED:
+                assert isinstance(message, Request)
+                self._relay.ack(leg, message)
             case LegEvent.REQUEST:
                 assert isinstance(message, Request) and isinstance(txn, ServerTransaction)
                 self._relay.forward(message, txn, leg, self.a, now)
@@ -191,4 +194,5 @@ class BridgedCall:
             case LegEvent.RESPONSE:
                 self._relay.response(txn, message, now)
             case LegEvent.ACKED:
-                pass
+                assert isinstance(message, Request)
+                self._relay.ack(self.a, message)

@@ -126,6 +126,9 @@ class ThirdPartyBridge:
         match event:
             case LegEvent.ENDED:
                 self.c2d.target_event(Input.USER_HUNG_UP, now, detail="phone hung up")
+            case LegEvent.ACKED:
+                assert isinstance(message, Request)
+                self._relay.ack(self.phone, message)
             case LegEvent.REQUEST:
                 assert isinstance(message, Request) and isinstance(txn, ServerTransaction)
                 if self.b is not None and message.method in _RELAYED_METHODS:
@@ -199,6 +202,9 @@ class ThirdPartyBridge:
             case LegEvent.ENDED:
                 if leg is self.b:
                     self.c2d.target_event(Input.HANGUP, now, detail="target hung up")
+            case LegEvent.ACKED:
+                assert isinstance(message, Request)
+                self._relay.ack(leg, message)
             case LegEvent.REQUEST:
                 assert isinstance(message, Request) and isinstance(txn, ServerTransaction)
                 self._relay.forward(message, txn, leg, self.phone, now)

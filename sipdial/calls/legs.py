@@ -67,6 +67,7 @@ class _Leg:
     owner: Owner
     state: LegState
     dialog: Dialog | None
+    offer_txn: ClientTransaction | None = None  # an offerless re-INVITE's 2xx, ACK pending
 
     @property
     def contact(self) -> str:
@@ -113,13 +114,27 @@ class _Leg:
 
     def _dialog_response(self, txn: ClientTransaction, response: Response,
                          now: float) -> None:
-        """A response to an in-dialog request we sent; ACKs a re-INVITE's 2xx (§13.2.2.4)."""
+        """A response to an in-dialog request we sent; ACKs a re-INVITE's 2xx (§13.2.2.4).
+        An offerless re-INVITE's 2xx carries the offer: its ACK must carry the answer, so it
+        waits for :meth:`ack_offer` (the relay brings the answer from the other side)."""
         if (self.dialog is not None and txn.method == "INVITE"
                 and 200 <= response.status < 300 and txn.ack_2xx is None):
-            ack = self.dialog.create_ack(cseq(txn.request).number)
-            self.ua.endpoint.send_ack(txn, ack, self.dialog.peer)
+            if response.body and not txn.request.body:
+                self.offer_txn = txn
+            else:
+                ack = self.dialog.create_ack(cseq(txn.request).number)
+                self.ua.endpoint.send_ack(txn, ack, self.dialog.peer)
         if txn.method not in ("BYE", "CANCEL"):
             self.owner.leg_event(self._me, LegEvent.RESPONSE, response, now, txn)
+
+    def ack_offer(self, body: bytes, content_type: str | None) -> None:
+        """Send the ACK (with the SDP answer) for the 2xx of an offerless re-INVITE."""
+        txn, self.offer_txn = self.offer_txn, None
+        if txn is None or self.dialog is None:
+            return
+        ack = self.dialog.create_ack(cseq(txn.request).number, body=body,
+                                     content_type=content_type if body else None)
+        self.ua.endpoint.send_ack(txn, ack, self.dialog.peer)
 
     def _dialog_timeout(self, txn: ClientTransaction, now: float, status: int = 408) -> None:
         if txn.method not in ("BYE", "CANCEL"):
@@ -340,8 +355,10 @@ class UacLeg(_Leg):
 
     def on_dialog_request(self, dialog: Dialog, request: Request,
                           txn: ServerTransaction | None, now: float) -> None:
-        if txn is not None:  # (an ACK has none: we are the UAC of this dialog)
-            self._dialog_request(dialog, request, txn, now)
+        if txn is None:  # an ACK: to a 2xx we relayed for the peer's re-INVITE
+            self.owner.leg_event(self, LegEvent.ACKED, request, now)
+            return
+        self._dialog_request(dialog, request, txn, now)
 
     def on_cancel(self, txn: ServerTransaction, now: float) -> None:
         if not txn.answered:
@@ -445,6 +462,8 @@ class Relay:
     def __init__(self, ua: UserAgent) -> None:
         self.ua = ua
         self._pending: dict[ClientTransaction, tuple[ServerTransaction, _Leg]] = {}
+        # leg whose ACK carries the SDP answer -> the leg waiting for it (offerless re-INVITE)
+        self._answers: dict[_Leg, _Leg] = {}
 
     def forward(self, request: Request, txn: ServerTransaction, came_on: _Leg, to: _Leg,
                 now: float) -> None:
@@ -454,6 +473,8 @@ class Relay:
             self.ua.endpoint.reply(txn, 491 if request.method == "INVITE" else 481, now)
             return
         self._pending[out] = (txn, came_on)
+        if request.method == "INVITE" and not request.body:
+            self._answers[came_on] = to
 
     def response(self, txn: ClientTransaction | ServerTransaction | None,
                  message: Request | Response | None, now: float) -> bool:
@@ -465,6 +486,8 @@ class Relay:
         if message.status < 200:
             return True
         server_txn, came_on = self._pending.pop(txn)
+        if message.status >= 300:
+            self._answers.pop(came_on, None)
         if server_txn.answered:
             return True
         response = make_response(server_txn.request, message.status, message.reason)
@@ -476,6 +499,13 @@ class Relay:
             response.headers.add("Contact", came_on.contact)
         self.ua.endpoint.respond(server_txn, response, now)
         return True
+
+    def ack(self, came_on: _Leg, ack: Request) -> None:
+        """The ACK of a 2xx we relayed: for an offerless re-INVITE it carries the SDP answer,
+        which the other side's deferred ACK must carry (RFC 3264 §4, RFC 3261 §13.2.2.4)."""
+        waiting = self._answers.pop(came_on, None)
+        if waiting is not None:
+            waiting.ack_offer(ack.body, ack.headers.get("Content-Type"))
 
 
 # ---------------------------------------------------------------------------- forking

@@ -50,3 +50,27 @@ def test_update_without_offer_is_answered_without_sdp() -> None:
     flow.answered.send(update)
     ok = flow.answered.take_response(200)
     assert ok.body == b""
+
+
+def test_offerless_reinvite_is_relayed_with_the_answer_in_the_ack() -> None:
+    """RFC 3264 §4: the 2xx carries the offer, the caller's ACK the answer; the B2BUA must
+    hold its own ACK to the other side until it has that answer."""
+    flow = Flow()
+    flow.to_connected()
+    assert flow.answered is not None
+    reinvite = flow.bridge_request("INVITE", cseq_number=3)
+    assert reinvite.body == b""
+    flow.answered.send(reinvite)
+    flow.answered.take_response(100)
+    relayed = flow.target.take_request("INVITE")
+    assert relayed.body == b""
+    flow.target.reply(relayed, 200, body=sdp_answer("10.7.7.7", 50002))
+    assert not any(b.startswith(b"ACK") for b in flow.net.sent_to(flow.target.peer))
+    ok = flow.answered.take_response(200)
+    assert b"50002" in ok.body  # the offer reached the phone
+    ack = flow.bridge_request("ACK", cseq_number=3)
+    ack.headers.add("Content-Type", "application/sdp")
+    ack.body = sdp_answer("192.168.1.10", 30004)
+    flow.answered.send(ack)
+    target_ack = flow.target.take_request("ACK")
+    assert b"30004" in target_ack.body  # the answer reached the target
