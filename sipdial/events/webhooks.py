@@ -50,10 +50,11 @@ from typing import Any, Final, Protocol, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sipdial.reactor_types import DelayedCall, TimeReactor
 from sipdial.store.models import OutboxEntry
 
 __all__ = [
@@ -287,24 +288,6 @@ class Poster(Protocol):
         ...
 
 
-class _Reactor(Protocol):
-    """What the deliverer needs of the reactor (``IReactorTime``)."""
-
-    def seconds(self) -> float: ...
-
-    def callLater(
-        self, delay: float, callable: Callable[..., Any], *args: object, **kw: object
-    ) -> IDelayedCall: ...
-
-
-class _DelayedCall(Protocol):
-    """The part of ``IDelayedCall`` used here (zope interfaces do not type-check as such)."""
-
-    def active(self) -> bool: ...
-
-    def cancel(self) -> None: ...
-
-
 class WebhookDeliverer:
     """Drives an :class:`OutboxQueue` with one reactor timer and a :class:`Poster`.
 
@@ -315,7 +298,7 @@ class WebhookDeliverer:
 
     def __init__(
         self,
-        reactor: _Reactor,
+        reactor: TimeReactor,
         poster: Poster,
         secrets: Mapping[str, str],
         on_change: Callable[[OutboxEntry], None],
@@ -331,7 +314,7 @@ class WebhookDeliverer:
         self._policy = policy or DeliveryPolicy()
         self._clock = clock or reactor.seconds
         self._queue = OutboxQueue(self._policy, rng)
-        self._timer: _DelayedCall | None = None
+        self._timer: DelayedCall | None = None
         self._timer_at: float | None = None
         self._in_flight: dict[int, Deferred[None]] = {}
         self._running = False
@@ -362,7 +345,7 @@ class WebhookDeliverer:
         if not waiting:
             return self._poster.close()
         grace = cast(
-            _DelayedCall, self._reactor.callLater(self._policy.stop_grace, self._abort_all)
+            DelayedCall, self._reactor.callLater(self._policy.stop_grace, self._abort_all)
         )
         done: Deferred[Any] = DeferredList(waiting)
 
@@ -383,7 +366,7 @@ class WebhookDeliverer:
         self._cancel_timer()
         if wake is not None:
             delay = max(0.0, wake - self._clock())
-            self._timer = cast(_DelayedCall, self._reactor.callLater(delay, self._tick))
+            self._timer = cast(DelayedCall, self._reactor.callLater(delay, self._tick))
             self._timer_at = wake
 
     def _cancel_timer(self) -> None:

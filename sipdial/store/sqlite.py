@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from sipdial.reactor_types import DelayedCall, TimeReactor
 from sipdial.store.models import (
     CallEvent,
     CallRecord,
@@ -204,22 +205,7 @@ _INTERRUPTED_DETAIL: Final = "sipdial restarted"
 # --------------------------------------------------------------------------------------------
 
 
-class StoreReactor(Protocol):
-    """What the store needs of the reactor: ``IReactorTime`` and ``IReactorFromThreads``."""
-
-    def seconds(self) -> float: ...
-
-    def callLater(
-        self, delay: float, callable: Callable[..., Any], *args: object, **kw: object
-    ) -> IDelayedCall: ...
-
-
-class _DelayedCall(Protocol):
-    """The part of ``IDelayedCall`` used here (zope interfaces do not type-check as such)."""
-
-    def active(self) -> bool: ...
-
-    def cancel(self) -> None: ...
+StoreReactor = TimeReactor  # what the store needs of the reactor
 
 
 class RunInThread(Protocol):
@@ -385,7 +371,7 @@ class SqliteStore:
             run_in_thread = run_in_pool
         self._run = run_in_thread
         self._pending = _Batch()
-        self._flush_call: _DelayedCall | None = None
+        self._flush_call: DelayedCall | None = None
         self._state = "new"  # -> "running" -> "stopped"
         #: calls that start() found unfinished (a crash) and ended as "interrupted"
         self.interrupted_ids: tuple[str, ...] = ()
@@ -609,7 +595,7 @@ class SqliteStore:
     def _schedule_flush(self) -> None:
         if self._flush_call is None:
             call = self._reactor.callLater(self._flush_interval, self._flush_in_background)
-            self._flush_call = cast(_DelayedCall, call)
+            self._flush_call = cast(DelayedCall, call)
 
     def _take_pending(self) -> _Batch:
         """The pending batch, now owned by the caller; cancels the scheduled flush."""
