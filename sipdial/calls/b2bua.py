@@ -70,10 +70,6 @@ class BridgedCall:
         self.started_at = 0.0
         self.done = False
 
-    @property
-    def connected(self) -> bool:
-        return self.b is not None
-
     def start(self, now: float) -> None:
         self.started_at = now
         for leg in self.forks:

@@ -117,6 +117,9 @@ class _Leg:
         """A response to an in-dialog request we sent; ACKs a re-INVITE's 2xx (§13.2.2.4).
         An offerless re-INVITE's 2xx carries the offer: its ACK must carry the answer, so it
         waits for :meth:`ack_offer` (the relay brings the answer from the other side)."""
+        if (self.dialog is not None and txn.method in ("INVITE", "UPDATE")
+                and 200 <= response.status < 300):
+            self.dialog.refresh_from_response(response)  # §12.2.1.2 target refresh
         if (self.dialog is not None and txn.method == "INVITE"
                 and 200 <= response.status < 300 and txn.ack_2xx is None):
             if response.body and not txn.request.body:

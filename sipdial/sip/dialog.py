@@ -37,7 +37,7 @@ class Dialog:
     remote_seq: int | None
     peer: Peer
     local_contact: str  # our Contact header value
-    secure: bool = False
+    secure: bool = False  # §12.1: a sips: dialog (kept for when TLS is served)
     owner: object = field(default=None, repr=False)  # the call leg this dialog belongs to
 
     @property
@@ -106,16 +106,8 @@ class Dialog:
                        content_type: str | None = None,
                        extra: list[tuple[str, str]] | None = None) -> Request:
         """§12.2.1.1: an in-dialog request without Via (the endpoint adds it)."""
-        if method not in ("ACK", "CANCEL"):
-            self.local_seq += 1
-        headers = Headers()
-        for route in self.route_set:
-            headers.add("Route", str(route))
-        headers.add("Max-Forwards", "70")
-        headers.add("From", str(self.local_party))
-        headers.add("To", str(self.remote_party))
-        headers.add("Call-ID", self.call_id)
-        headers.add("CSeq", f"{self.local_seq} {method}")
+        self.local_seq += 1
+        headers = self._headers(f"{self.local_seq} {method}")
         if method in ("INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"):
             headers.add("Contact", self.local_contact)
         for name, value in extra or ():
@@ -127,6 +119,13 @@ class Dialog:
     def create_ack(self, invite_cseq: int, *, body: bytes = b"",
                    content_type: str | None = None) -> Request:
         """§13.2.2.4: ACK for a 2xx carries the INVITE's CSeq number."""
+        headers = self._headers(f"{invite_cseq} ACK")
+        if content_type is not None:
+            headers.add("Content-Type", content_type)
+        return Request("ACK", self.remote_target, headers, body)
+
+    def _headers(self, cseq_value: str) -> Headers:
+        """What every request of the dialog carries (Via comes from the endpoint)."""
         headers = Headers()
         for route in self.route_set:
             headers.add("Route", str(route))
@@ -134,10 +133,8 @@ class Dialog:
         headers.add("From", str(self.local_party))
         headers.add("To", str(self.remote_party))
         headers.add("Call-ID", self.call_id)
-        headers.add("CSeq", f"{invite_cseq} ACK")
-        if content_type is not None:
-            headers.add("Content-Type", content_type)
-        return Request("ACK", self.remote_target, headers, body)
+        headers.add("CSeq", cseq_value)
+        return headers
 
     def receive_request(self, request: Request) -> None:
         """§12.2.2: check CSeq order and refresh the remote target. Raises SipError(500)

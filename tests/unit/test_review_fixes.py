@@ -74,3 +74,25 @@ def test_offerless_reinvite_is_relayed_with_the_answer_in_the_ack() -> None:
     flow.answered.send(ack)
     target_ack = flow.target.take_request("ACK")
     assert b"30004" in target_ack.body  # the answer reached the target
+
+
+def test_2xx_to_a_relayed_reinvite_refreshes_the_remote_target() -> None:
+    """RFC 3261 §12.2.1.2: a 2xx to a re-INVITE may carry a new Contact; later requests in
+    the dialog go there."""
+    flow = Flow()
+    flow.to_connected()
+    assert flow.answered is not None
+    reinvite = flow.bridge_request("INVITE", cseq_number=3)
+    reinvite.headers.add("Content-Type", "application/sdp")
+    reinvite.body = sdp_answer("192.168.1.10", 30006)
+    flow.answered.send(reinvite)
+    flow.answered.take_response(100)
+    relayed = flow.target.take_request("INVITE")
+    flow.target.reply(relayed, 200, body=sdp_answer("10.7.7.7", 50002), contact=False,
+                      headers=[("Contact", "<sip:moved@10.9.9.9:5099>")])
+    flow.target.take_request("ACK")
+    flow.answered.take_response(200)
+    flow.answered.send(flow.bridge_request("BYE", cseq_number=4))
+    flow.answered.take_response(200)
+    bye = flow.target.take_request("BYE")
+    assert str(bye.uri) == "sip:moved@10.9.9.9:5099"
