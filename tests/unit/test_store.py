@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -30,6 +30,7 @@ from sipdial.store import (
     iso_time,
 )
 from sipdial.store.sqlite import SCHEMA_VERSION
+from tests.unit.deferreds import result, run_now
 
 T = TypeVar("T")
 
@@ -39,23 +40,8 @@ T0 = datetime(2026, 11, 21, 13, 35, 55, 123000, tzinfo=UTC).timestamp()
 # --- harness ---------------------------------------------------------------------------------
 
 
-def run_now(f: Callable[[], T]) -> Deferred[T]:
-    """A synchronous stand-in for the worker thread."""
-    try:
-        return succeed(f())
-    except Exception as exc:
-        return fail(exc)
 
 
-def result(d: Deferred[T]) -> T:
-    """The result of an already-fired Deferred (raises its failure)."""
-    results: list[T | Failure] = []
-    d.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    value = results[0]
-    if isinstance(value, Failure):
-        value.raiseException()
-    return value
 
 
 class CountingConnection(sqlite3.Connection):

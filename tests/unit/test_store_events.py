@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from sipdial.store.models import OutboxEntry, PublishedEvent
 from sipdial.store.sqlite import _SQL_SCHEMA, SCHEMA_VERSION, SqliteStore
+from tests.unit.deferreds import result, run_now
 
 T = TypeVar("T")
 T0 = 1_763_732_155.0
 
 
-def run_now(f: Callable[[], T]) -> Deferred[T]:
-    try:
-        return succeed(f())
-    except Exception as exc:
-        return fail(exc)
 
 
-def result(d: Deferred[T]) -> T:
-    results: list[T | Failure] = []
-    d.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    value = results[0]
-    if isinstance(value, Failure):
-        value.raiseException()
-    return value  # type: ignore[return-value]
 
 
 def started(db: Path) -> tuple[SqliteStore, Clock]:

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from sipdial.config import WebhookConfig
 from sipdial.events.hub import EventHub
@@ -33,6 +32,7 @@ from sipdial.events.webhooks import (
 )
 from sipdial.store.models import CallEvent, CallRecord, OutboxEntry, PublishedEvent
 from sipdial.store.sqlite import SqliteStore
+from tests.unit.deferreds import result, run_now
 
 T = TypeVar("T")
 T0 = 1_763_732_155.0
@@ -43,21 +43,8 @@ POLICY = DeliveryPolicy(first_retry=1.0, max_retry=300.0, jitter=0.2, max_age=36
                         concurrency=2, timeout=10.0, stop_grace=2.0)
 
 
-def run_now(f: Callable[[], T]) -> Deferred[T]:
-    try:
-        return succeed(f())
-    except Exception as exc:
-        return fail(exc)
 
 
-def result(d: Deferred[T]) -> T:
-    results: list[T | Failure] = []
-    d.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    value = results[0]
-    if isinstance(value, Failure):
-        value.raiseException()
-    return value  # type: ignore[return-value]
 
 
 def entry(entry_id: int, call_id: str = "c1", url: str = URL, created: float = T0,
