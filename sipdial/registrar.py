@@ -17,6 +17,7 @@ from sipdial.authn import Authenticator
 from sipdial.sip.message import Request, Response, call_id, cseq, make_response, to
 from sipdial.sip.peer import Peer
 from sipdial.sip.uri import NameAddr, SipURI, parse_name_addr_list
+from sipdial.store import iso_time
 
 
 @dataclass(slots=True)
@@ -38,6 +39,7 @@ class Binding:
         return self.instance or self.contact
 
     def to_json(self, now: float) -> dict[str, Any]:
+        """The binding as ``GET /v1/registrations`` shows it; times in ISO 8601 UTC."""
         return {
             "user": self.user,
             "contact": self.contact,
@@ -47,7 +49,7 @@ class Binding:
             "expires_in": max(0, round(self.expires_at - now)),
             "q": self.q,
             "user_agent": self.user_agent,
-            "registered_at": self.registered_at,
+            "registered_at": iso_time(self.registered_at),
         }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,9 @@ def test_baresip_registration_is_listed(tmp_path: Path, transport: Transport) ->
         assert f"127.0.0.1:{phone.sip_port}" in reg["contact"], reg
         assert 0 < reg["expires_in"] <= 60, reg
         assert reg["q"] == 1.0
+        # a time like every other in the API: ISO 8601 UTC with milliseconds
+        registered = datetime.strptime(reg["registered_at"], "%Y-%m-%dT%H:%M:%S.%fZ")
+        assert abs(registered.replace(tzinfo=UTC) - datetime.now(UTC)) < timedelta(minutes=1)
         # the unfiltered list has it too, and user 202 has nothing
         assert [r["contact"] for r in registrations(sd)] == [reg["contact"]]
         assert registrations(sd, "202") == []
