@@ -1,4 +1,5 @@
-"""``sipdial`` command line: ``call`` against a scripted stdlib HTTP server, and the rest."""
+"""``sipdial`` command line: ``call``, ``calls`` and ``hangup`` against a scripted stdlib HTTP
+server, and the rest."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import types
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass
 class Script:
-    """What the fake API answers: the POST reply, then one call state per GET."""
+    """What the fake API answers: the POST reply, then one call state per GET of a call; the
+    list for GET /v1/calls; the DELETE reply."""
 
     post_status: int = 201
     post_body: bytes | dict[str, Any] = field(
@@ -37,6 +40,8 @@ class Script:
     )
     states: list[dict[str, Any]] = field(default_factory=list)
     get_status: int = 200
+    listing: list[dict[str, Any]] = field(default_factory=list)
+    delete_status: int = 200
     requests: list[tuple[str, str, dict[str, str], Any]] = field(default_factory=list)
     polls: int = 0
 
@@ -87,6 +92,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._record()
         script = self.server.script
+        if self.path.split("?")[0] == "/v1/calls":
+            self._reply(200, {"calls": script.listing})
+            return
         if script.get_status != 200:
             self._reply(script.get_status, {"error": {"code": "not_found", "message": "gone"}})
             return
@@ -96,7 +104,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._record()
-        self._reply(200, call(state="ended", cause="cancelled"))
+        call_id = self.path.rsplit("/", 1)[-1]
+        if self.server.script.delete_status != 200:
+            body = {"error": {"code": "not_found", "message": f"no call {call_id}"}}
+            self._reply(self.server.script.delete_status, body)
+            return
+        self._reply(200, call(id=call_id, state="ended", cause="cancelled"))
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -243,6 +256,46 @@ def test_call_sends_options_and_token(api: tuple[str, Script]) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("flags", "fields"),
+    [
+        (["--mode", "bridge"], {"mode": "bridge"}),
+        (["--confirm"], {"confirm": True}),
+        (["--no-confirm"], {"confirm": False}),
+        (["--caller-id", "+4930999"], {"caller_id": "+4930999"}),
+        (["--clir"], {"clir": True}),
+        (["--device", "sip:201@10.0.0.7:5062"], {"device": "sip:201@10.0.0.7:5062"}),
+        (
+            ["--mode", "bridge", "--no-confirm", "--caller-id", "555", "--clir"],
+            {"mode": "bridge", "confirm": False, "caller_id": "555", "clir": True},
+        ),
+    ],
+)
+def test_call_flags_reach_the_body_and_nothing_else_does(
+    api: tuple[str, Script], flags: list[str], fields: dict[str, Any]
+) -> None:
+    url, script = api
+    script.post_body = timeline(("ended", None), cause="completed")
+    assert run(["call", "201", "+4930123456", "--server", url, *flags]).code == 0
+    assert script.requests[0][3] == {"user": "201", "to": "+4930123456", **fields}
+
+
+def test_call_rejects_an_unknown_mode_before_asking_the_server(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["call", "201", "1", "--mode", "transfer", "--server", "http://127.0.0.1:9"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'transfer'" in capsys.readouterr().err
+
+
+def test_server_without_scheme_means_http(api: tuple[str, Script]) -> None:
+    url, script = api
+    script.post_body = timeline(("ended", None), cause="completed")
+    assert run(["call", "201", "1", "--server", url.removeprefix("http://")]).code == 0
+    assert script.requests[0][:2] == ("POST", "/v1/calls")
+
+
 def test_call_token_from_environment(
     api: tuple[str, Script], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -271,7 +324,7 @@ def test_api_error_is_printed_with_code_and_exit_2(api: tuple[str, Script]) -> N
     }
     result = run(["call", "201", "1", "--server", url])
     assert result.code == 2
-    assert result.err == "error: user_not_registered: user 201 has no registered device\n"
+    assert result.err == "sipdial: user_not_registered: user 201 has no registered device\n"
     assert result.out == ""
 
 
@@ -281,7 +334,7 @@ def test_non_json_error_is_still_reported(api: tuple[str, Script]) -> None:
     script.post_body = b"<html>bad gateway</html>"
     result = run(["call", "201", "1", "--server", url])
     assert result.code == 2
-    assert result.err.startswith("error: http_502: ")
+    assert result.err.startswith("sipdial: http_502: ")
 
 
 def test_non_json_success_is_an_error(api: tuple[str, Script]) -> None:
@@ -289,7 +342,7 @@ def test_non_json_success_is_an_error(api: tuple[str, Script]) -> None:
     script.post_body = b"OK"
     result = run(["call", "201", "1", "--server", url])
     assert result.code == 2
-    assert result.err.startswith("error: bad_response: ")
+    assert result.err.startswith("sipdial: bad_response: ")
 
 
 def test_error_while_following_the_call_exits_2(api: tuple[str, Script]) -> None:
@@ -297,7 +350,7 @@ def test_error_while_following_the_call_exits_2(api: tuple[str, Script]) -> None
     script.get_status = 404
     result = run(["call", "201", "1", "--server", url])
     assert result.code == 2
-    assert result.err == "error: not_found: gone\n"
+    assert result.err == "sipdial: not_found: gone\n"
 
 
 def test_unreachable_server_exits_2(api: tuple[str, Script]) -> None:
@@ -306,18 +359,60 @@ def test_unreachable_server_exits_2(api: tuple[str, Script]) -> None:
         port = sock.getsockname()[1]
     result = run(["call", "201", "1", "--server", f"http://127.0.0.1:{port}"])
     assert result.code == 2
-    assert result.err.startswith(f"error: cannot reach sipdial at http://127.0.0.1:{port}: ")
+    assert result.err == f"sipdial: cannot reach sipdial at http://127.0.0.1:{port}: " + (
+        "Connection refused\n"
+    )
     assert result.out == ""
 
 
-def test_call_gives_up_after_timeout(api: tuple[str, Script]) -> None:
+def test_call_still_up_after_timeout_says_so_and_exits_3(api: tuple[str, Script]) -> None:
     url, script = api
     script.states = [timeline(("calling_user", None), ("target_ringing", 180))]
     result = run(["call", "201", "1", "--server", url, "--timeout", "1"])
-    assert result.code == 1
+    assert result.code == 3
     assert sum(result.sleeps) == pytest.approx(1.0)
     assert script.polls == 4
-    assert result.err == "error: timeout: call c1 still target_ringing after 1 s\n"
+    assert result.err == (
+        "sipdial: timeout: call c1 is STILL UP (target_ringing) after 1 s; "
+        f"end it with: sipdial hangup c1 --server {url}\n"
+    )
+    assert "DELETE" not in [m for m, _, _, _ in script.requests]
+
+
+def test_hangup_on_timeout_deletes_the_call(api: tuple[str, Script]) -> None:
+    url, script = api
+    script.states = [timeline(("calling_user", None), ("connected", 200))]
+    argv = ["call", "201", "1", "--server", url, "--timeout", "0.5", "--hangup-on-timeout"]
+    result = run(argv)
+    assert result.code == 1
+    assert [(m, p) for m, p, _, _ in script.requests][-1] == ("DELETE", "/v1/calls/c1")
+    assert result.err == (
+        "sipdial: timeout: hung up call c1 after 0.5 s (was connected, now ended (cancelled))\n"
+    )
+    assert "STILL UP" not in result.err
+
+
+def test_hangup_on_timeout_that_fails_still_reports_the_call_up(api: tuple[str, Script]) -> None:
+    url, script = api
+    script.delete_status = 404
+    argv = ["call", "201", "1", "--server", url, "--timeout", "0", "--hangup-on-timeout"]
+    result = run(argv)
+    assert result.code == 3
+    # --timeout 0: the state the POST answered with is the last one seen.
+    assert [(m, p) for m, p, _, _ in script.requests] == [
+        ("POST", "/v1/calls"),
+        ("DELETE", "/v1/calls/c1"),
+    ]
+    first, second = result.err.splitlines()
+    assert first == "sipdial: timeout: could not hang up call c1: not_found: no call c1"
+    assert second.startswith("sipdial: timeout: call c1 is STILL UP (calling_user) after 0 s; ")
+
+
+def test_timeout_must_not_be_negative(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["call", "201", "1", "--timeout", "-1"])
+    assert exc.value.code == 2
+    assert "must be 0 or more seconds" in capsys.readouterr().err
 
 
 def test_interrupt_hangs_up_the_call(api: tuple[str, Script]) -> None:
@@ -327,6 +422,110 @@ def test_interrupt_hangs_up_the_call(api: tuple[str, Script]) -> None:
     assert result.code == 130
     assert ("DELETE", "/v1/calls/c1") in [(m, p) for m, p, _, _ in script.requests]
     assert "call c1 hung up" in result.err
+
+
+# ------------------------------------------------------------------------ calls, hangup
+
+
+LISTING = [
+    call(
+        id="c2",
+        to="+4930999",
+        mode="bridge",
+        state="connected",
+        created_at="2026-11-21T13:40:00.000Z",
+    ),
+    call(
+        id="c1",
+        user="202",
+        mode="refer",
+        state="ended",
+        cause="user_busy",
+        created_at="2026-11-21T13:35:55.123Z",
+    ),
+]
+
+
+def test_calls_prints_one_line_per_call_newest_first(api: tuple[str, Script]) -> None:
+    url, script = api
+    script.listing = LISTING
+    result = run(["calls", "--server", url])
+    assert result.code == 0, result.err
+    assert [line.split() for line in result.out.splitlines()] == [
+        ["ID", "USER", "TO", "MODE", "STATE", "CAUSE", "CREATED"],
+        ["c2", "201", "+4930999", "bridge", "connected", "-", "2026-11-21T13:40:00.000Z"],
+        ["c1", "202", "+4930123456", "refer", "ended", "user_busy", "2026-11-21T13:35:55.123Z"],
+    ]
+    # Columns line up: every field of a column starts at the same offset.
+    lines = result.out.splitlines()
+    columns = zip(lines, ["STATE", "connected", "ended"], strict=True)
+    assert {line.index(word) for line, word in columns} == {lines[0].index("STATE")}
+    assert script.requests[0][:2] == ("GET", "/v1/calls")
+    assert script.requests[0][2]["Authorization"] == "Bearer admin-secret"
+
+
+def test_calls_filters_reach_the_query(api: tuple[str, Script]) -> None:
+    url, script = api
+    argv = ["calls", "--server", url, "--user", "201", "--state", "ended", "--limit", "5"]
+    assert run([*argv, "--token", "t0k"]).code == 0
+    _, path, headers, _ = script.requests[0]
+    parsed = urllib.parse.urlsplit(path)
+    assert parsed.path == "/v1/calls"
+    assert urllib.parse.parse_qs(parsed.query) == {
+        "user": ["201"],
+        "state": ["ended"],
+        "limit": ["5"],
+    }
+    assert headers["Authorization"] == "Bearer t0k"
+
+
+def test_calls_json_prints_the_api_document(api: tuple[str, Script]) -> None:
+    url, script = api
+    script.listing = LISTING
+    result = run(["calls", "--server", url, "--json"])
+    assert result.code == 0
+    assert json.loads(result.out) == {"calls": LISTING}
+
+
+def test_calls_when_there_are_none(api: tuple[str, Script]) -> None:
+    url, _ = api
+    result = run(["calls", "--server", url])
+    assert (result.code, result.out) == (0, "no calls\n")
+
+
+@pytest.mark.parametrize("limit", ["0", "-3", "ten"])
+def test_calls_limit_must_be_positive(limit: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["calls", "--limit", limit, "--server", "http://127.0.0.1:9"])
+    assert exc.value.code == 2
+    assert "must be a whole number above 0" in capsys.readouterr().err
+
+
+def test_hangup_deletes_the_call_and_prints_its_state(api: tuple[str, Script]) -> None:
+    url, script = api
+    result = run(["hangup", "c7", "--server", url])
+    assert result.code == 0, result.err
+    assert result.out == "call c7: ended (cancelled)\n"
+    assert [(m, p) for m, p, _, _ in script.requests] == [("DELETE", "/v1/calls/c7")]
+
+
+def test_hangup_of_an_unknown_call_exits_2(api: tuple[str, Script]) -> None:
+    url, script = api
+    script.delete_status = 404
+    result = run(["hangup", "nope", "--server", url])
+    assert result.code == 2
+    assert result.err == "sipdial: not_found: no call nope\n"
+    assert result.out == ""
+
+
+def test_unreachable_server_for_calls_and_hangup(api: tuple[str, Script]) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for argv in (["calls"], ["hangup", "c1"]):
+        result = run([*argv, "--server", f"http://127.0.0.1:{port}"])
+        assert result.code == 2
+        assert result.err.startswith(f"sipdial: cannot reach sipdial at http://127.0.0.1:{port}")
 
 
 # ------------------------------------------------------------------ serve, check-config
@@ -364,7 +563,7 @@ def test_check_config_ok() -> None:
 def test_check_config_error_exits_2(tmp_path: Path, make_path: Callable[[Path], Path]) -> None:
     result = run(["check-config", str(make_path(tmp_path))])
     assert result.code == 2
-    assert result.err.startswith("error: ")
+    assert result.err.startswith("sipdial: ")
     assert result.out == ""
 
 
