@@ -3,8 +3,8 @@
     .venv/bin/python -m loadtest.bench_flow [--calls 5000] [--concurrency 1000] [--profile]
 
 Run from the repository root (it imports ``tests.unit.simnet``). The real ``Endpoint``,
-``TransactionLayer``, ``UserAgent``, ``Registrar``, ``Authenticator`` and ``CallEngine`` are
-wired as in :mod:`sipdial.app` and fed bytes by scripted phones, with a fake clock. There are
+``TransactionLayer``, ``UserAgent``, ``Registrar``, ``Authenticator`` and the calls are
+wired by :func:`sipdial.app.build_core`, as in the app, and fed bytes by scripted phones, with a fake clock. There are
 NO sockets and NO reactor: what is measured is sipdial's own work per call (parse, transactions,
 dialogs, digest auth, call logic, serialise, timers), not the kernel or Twisted.
 
@@ -41,12 +41,22 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from types import BuiltinFunctionType, CodeType, FunctionType, MethodType, ModuleType
 
-from sipdial.config import Config, parse_config
+from sipdial.calls import CallRefused, CallRequest
+from sipdial.config import Config
 from sipdial.sip.message import Message, Request, Response, call_id, parse_message
 from sipdial.sip.peer import Peer
 from sipdial.sip.uri import NameAddr, parse_name_addr_list
-from sipdial.store.models import CallEvent, CallRecord
-from tests.unit.simnet import Phone, PhoneDialog, SimNet, ack_for, first_via, sdp_answer
+from sipdial.store.models import CallEvent, CallRecord, RegistrationRecord
+from tests.unit.simnet import (
+    FakeStore,
+    Phone,
+    PhoneDialog,
+    SimNet,
+    ack_for,
+    first_via,
+    make_config,
+    sdp_answer,
+)
 
 clock = time.process_time
 
@@ -60,50 +70,28 @@ SDP_TARGET = sdp_answer("10.7.7.7")
 STEPS = 13  # steps (rounds) one call takes: the yields in click_to_dial + 1
 DRAIN = 40.0  # simulated seconds after the last call: > 64*T1, every transaction timer fires
 
-CONFIG_HEAD = """
-[sip]
-listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
-domain = "127.0.0.1"
-
-[http]
-listen = "127.0.0.1:8080"
-
-[store]
-url = "sqlite:///:memory:"
-
-[api]
-tokens = {{ "admin" = "*" }}
-
-[[routes]]
-match = '^\\+?[0-9]+$'
-uri = "sip:{{number}}@127.0.0.1:5080"
-
-[calls]
-max_concurrent = {max_concurrent}
-"""
-
-
 def bench_config(users: int) -> Config:
-    parts = [CONFIG_HEAD.format(max_concurrent=users + 10)]
-    for i in range(users):
-        uid = FIRST_USER + i
-        parts.append(f'[[users]]\nid = "{uid}"\npassword = "pw{uid}"\nname = "User {uid}"\n'
-                     "auto_answer = true\n")
-    return parse_config("\n".join(parts))
+    """The unit tests' configuration (tests.unit.simnet.make_config) with ``users`` more users."""
+    return make_config(extra_users=range(FIRST_USER, FIRST_USER + users),
+                       max_concurrent=users + 10)
 
 
-class NullStore:
-    """Counts what the engine persists and keeps nothing (SqliteStore is bench_store.py's)."""
+class NullStore(FakeStore):
+    """Counts what the calls persist and keeps nothing (SqliteStore is bench_store.py's)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.saves = 0
-        self.events = 0
+        self.event_count = 0
 
     def save_call(self, call: CallRecord) -> None:
         self.saves += 1
 
     def add_event(self, call_id: str, event: CallEvent) -> None:
-        self.events += 1
+        self.event_count += 1
+
+    def save_registration(self, reg: RegistrationRecord) -> None:
+        pass
 
 
 class FlowError(AssertionError):
@@ -114,9 +102,8 @@ class BenchNet(SimNet):
     """SimNet that keeps no log, times sipdial's side, and routes output to per-call inboxes."""
 
     def __init__(self, config: Config) -> None:
-        super().__init__(config)
-        self.store = NullStore()  # type: ignore[assignment]
-        self.engine.store = self.store
+        self.null_store = NullStore()
+        super().__init__(config, store=self.null_store)
         self.sip_cpu = 0.0
         self.profiler: cProfile.Profile | None = None
         self.outgoing: list[tuple[Peer, bytes]] = []
@@ -132,7 +119,7 @@ class BenchNet(SimNet):
             return
         self._pumping = True
         try:
-            endpoint, handle, outgoing = self.endpoint, self.ua.handle, self.outgoing
+            endpoint, handle, outgoing = self.endpoint, self.core.handle, self.outgoing
             while True:
                 events = endpoint.drain_events()
                 for event in events:
@@ -171,17 +158,17 @@ class BenchNet(SimNet):
         start = clock()
         if prof is not None:
             prof.enable()
-        d = self.engine.create_call(user=user, to=to, device=None, auto_answer=None, mode=None)
-        if prof is not None:
-            prof.disable()
-        self.sip_cpu += clock() - start
-        results: list[dict[str, object]] = []
-        errors: list[object] = []
-        d.addCallbacks(results.append, errors.append)
+        try:
+            call = self.calls.create(CallRequest(user=user, to=to))
+        except CallRefused as exc:
+            raise FlowError(f"create_call: {exc}") from None
+        finally:
+            self.settle()
+            if prof is not None:
+                prof.disable()
+            self.sip_cpu += clock() - start
         self.route()
-        if errors:
-            raise FlowError(f"create_call: {errors[0]}")
-        return self.engine.calls[str(results[0]["id"])].record
+        return call.record
 
     # ---- the simulated network (harness cost)
 
@@ -207,7 +194,7 @@ class BenchNet(SimNet):
 
     def live_state(self) -> str:
         txns = self.endpoint.txns
-        return (f"{len(self.engine.calls)} calls, {len(self.engine.bridges)} bridges, "
+        return (f"{len(self.calls.calls)} calls, {len(self.inbound.relayed)} relayed, "
                 f"{len(self.ua.dialogs)} dialogs, {len(txns.client)}+{len(txns.server)} "
                 f"transactions, {len(self.timers._heap)} timer entries")
 
@@ -432,7 +419,7 @@ def drive(net: BenchNet, phones: list[BenchPhone], targets: list[BenchPhone], ca
             run.rounds += 1
             run.in_progress = len(live)
             run.peak_in_progress = max(run.peak_in_progress, len(live))
-            run.peak_engine = max(run.peak_engine, len(net.engine.calls))
+            run.peak_engine = max(run.peak_engine, len(net.calls.calls))
             if on_round is not None:
                 on_round(run)
             net.advance(tick)
@@ -498,7 +485,7 @@ def retained(roots: list[object], stop: list[object]) -> int:
 
 def sipdial_bytes(net: BenchNet) -> int:
     gc.collect()
-    roots: list[object] = [net.engine, net.ua, net.endpoint, net.timers, net.registrar,
+    roots: list[object] = [net.core, net.ua, net.endpoint, net.timers, net.registrar,
                            net.auth]
     return retained(roots, [net, net.store])
 
@@ -535,7 +522,7 @@ def memory_pass(args: argparse.Namespace) -> Memory:
     def on_round(run: Run) -> None:
         if not mem.in_progress and run.in_progress >= min(calls, args.concurrency):
             mem.in_progress = run.in_progress
-            mem.engine_calls = len(net.engine.calls)
+            mem.engine_calls = len(net.calls.calls)
             mem.rss = rss() - base_rss
             mem.owned = sipdial_bytes(net) - base
             mem.state = net.live_state()

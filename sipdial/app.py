@@ -3,34 +3,47 @@
 from __future__ import annotations
 
 import gc
+import hmac
 import json
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, inlineCallbacks
 
-from sipdial.api.http import build_site
+from sipdial.api import build_site
+from sipdial.api.calls_api import CallsApi
 from sipdial.authn import Authenticator
-from sipdial.calls.autoanswer import DEFAULT_RULES, rules_from_config
-from sipdial.calls.engine import CallEngine
+from sipdial.calls import (
+    DEFAULT_RULES,
+    CallService,
+    CallStore,
+    EventSink,
+    InboundRouter,
+    LoadGauge,
+    MediaPort,
+    PromptSource,
+    Router,
+    local_hosts,
+    rules_from_config,
+)
 from sipdial.config import Config, ConfigError, load_config
-from sipdial.events.hub import EventHub
+from sipdial.events import EventHub
+from sipdial.media import MediaManager
 from sipdial.media.prompt import PromptLibrary
-from sipdial.media.transport import MediaManager
 from sipdial.registrar import Binding, ExpiryLimits, Registrar
 from sipdial.sip.endpoint import Endpoint, peer_for_uri
 from sipdial.sip.errors import SipError
 from sipdial.sip.peer import Peer
 from sipdial.sip.timers import TimerHeap
-from sipdial.sip.transaction import TimerConfig
+from sipdial.sip.transaction import Event, TimerConfig
 from sipdial.sip.uri import parse_uri
-from sipdial.store.models import RegistrationRecord
-from sipdial.store.sqlite import SqliteStore
+from sipdial.store import RegistrationRecord, SqliteStore
 from sipdial.transport.driver import SipDriver
 from sipdial.ua import UserAgent
 
@@ -45,6 +58,7 @@ class LagMonitor:
     an over-offered process otherwise drops SIP datagrams and every call degrades."""
 
     def __init__(self, reactor: Any, interval: float = 0.1, limit: float = 0.25) -> None:
+        # reactor: IReactorTime
         self.reactor = reactor
         self.interval = interval
         self.limit = limit
@@ -97,19 +111,106 @@ def _binding(r: RegistrationRecord) -> Binding:
         registered_at=r.registered_at)
 
 
+class CoreStore(CallStore, Protocol):
+    """What the sans-IO stack writes to: the call log and the registrations."""
+
+    def save_registration(self, reg: RegistrationRecord) -> None: ...
+
+    def delete_registration(self, user: str, contact: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Core:
+    """sipdial's sans-IO stack, wired: no sockets, no reactor, the time passed in.
+
+    :func:`build_core` makes it for the app (:func:`start` adds the Twisted adapters around
+    it), for the unit tests' simulated network and for the benchmarks alike.
+    """
+
+    config: Config
+    timers: TimerHeap
+    endpoint: Endpoint
+    auth: Authenticator
+    registrar: Registrar
+    ua: UserAgent
+    router: Router
+    calls: CallService
+    inbound: InboundRouter
+
+    def handle(self, event: Event, now: float) -> None:
+        """The transaction user: every event of the endpoint, in order."""
+        incoming = self.ua.handle(event, now)
+        if incoming is not None:
+            self.inbound.accept(incoming, now)
+
+    def sweep(self, now: float) -> int:
+        """Expire registrations, hang up calls past ``calls.max_duration``."""
+        self.registrar.sweep(now)
+        return self.calls.sweep(now) + self.inbound.sweep(now)
+
+    def shut_down(self, now: float) -> None:
+        """Release every call (sipdial is stopping)."""
+        self.calls.shut_down()
+        self.inbound.shut_down(now)
+
+
+def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
+               events: EventSink, secret: bytes, rtp_sinks: dict[int, tuple[str, int]],
+               media: MediaPort | None = None, prompts: PromptSource | None = None,
+               load: LoadGauge | None = None) -> Core:
+    """The whole SIP and call stack for ``config``; nothing listens yet (the transport adds
+    its local addresses to ``core.endpoint`` as it binds)."""
+    timers = TimerHeap()
+    endpoint = Endpoint(timers, TimerConfig(config.sip.t1, config.sip.t2, config.sip.t4),
+                        user_agent=config.sip.user_agent)
+    users = config.users
+    auth = Authenticator(config.sip.realm,
+                         lambda u: users[u].password if u in users else None,
+                         secret=secret, algorithms=config.sip.digest_algorithms)
+
+    def on_change(binding: Binding, removed: bool) -> None:
+        if removed:
+            store.delete_registration(binding.user, binding.contact)
+        else:
+            store.save_registration(_record(binding))
+        log.info("registration %s %s: %s (%s)", "removed" if removed else "of", binding.user,
+                 binding.contact, binding.user_agent or "no User-Agent")
+
+    registrar = Registrar(auth, users.keys(),
+                          ExpiryLimits(config.sip.min_registration_expires,
+                                       config.sip.max_registration_expires,
+                                       config.sip.default_registration_expires),
+                          on_change=on_change)
+    ua = UserAgent(endpoint, registrar, config.sip.domain)
+    router = Router(users.keys(), config.routes, registrar.contacts,
+                    local_hosts(config.sip.domain, [a.host for a in config.sip.listen]))
+    rules = rules_from_config([dict(e) for e in config.auto_answer]) + DEFAULT_RULES
+    calls = CallService(config, ua, registrar, router, store, events, clock,
+                        auto_answer_rules=rules, rtp_sinks=rtp_sinks, media=media,
+                        prompts=prompts, load=load)
+    inbound = InboundRouter(config, ua, auth, router, calls)
+    return Core(config, timers, endpoint, auth, registrar, ua, router, calls, inbound)
+
+
 @dataclass
 class Running:
     """A started sipdial: what tests and ``serve`` need to reach it."""
 
     config: Config
+    core: Core
     driver: SipDriver
-    engine: CallEngine
     store: SqliteStore
+    events: EventHub
+    media: MediaManager
     sip_ports: list[tuple[str, str, int]]
     http_port: int
     listeners: list[Any]
     sweeper: Any
     lag: LagMonitor
+
+    @property
+    def calls(self) -> CallService:
+        return self.core.calls
 
     def ready_info(self) -> dict[str, Any]:
         return {
@@ -120,17 +221,16 @@ class Running:
 
     @inlineCallbacks
     def stop(self) -> Any:
-        self.engine.shut_down()
+        self.core.shut_down(self.driver.reactor.seconds())
+        self.driver.pump()  # the CANCELs and BYEs go out now
         self.lag.stop()
         if self.sweeper.active():
             self.sweeper.cancel()
         for listener in self.listeners:
             yield listener.stopListening()
         self.driver.stop()
-        if self.engine.media is not None:
-            self.engine.media.stop()
-        if self.engine.events is not None:
-            yield self.engine.events.stop()
+        self.media.stop()
+        yield self.events.stop()
         yield self.store.stop()
 
 
@@ -142,42 +242,26 @@ def start(config: Config, reactor: Any) -> Any:
     if interrupted:
         log.warning("%d call(s) were in progress at the last stop: ended as interrupted",
                     interrupted)
-
-    timers = TimerHeap()
-    endpoint = Endpoint(timers, TimerConfig(config.sip.t1, config.sip.t2, config.sip.t4),
-                        user_agent=config.sip.user_agent)
-    users = config.users
-    auth = Authenticator(config.sip.realm,
-                         lambda u: users[u].password if u in users else None,
-                         secret=os.urandom(32), algorithms=config.sip.digest_algorithms)
-
-    def on_change(binding: Binding, removed: bool) -> None:
-        if removed:
-            store.delete_registration(binding.user, binding.contact)
-        else:
-            store.save_registration(_record(binding))
-
-    registrar = Registrar(auth, users.keys(),
-                          ExpiryLimits(config.sip.min_registration_expires,
-                                       config.sip.max_registration_expires,
-                                       config.sip.default_registration_expires),
-                          on_change=on_change)
-    saved = yield store.load_registrations()
-    registrar.restore((_binding(r) for r in saved), reactor.seconds())
-
-    driver = SipDriver(reactor, endpoint, timers)
-    driver.tcp_idle_timeout = config.sip.max_registration_expires + 60.0
-    ua = UserAgent(endpoint, timers, registrar, config.sip.domain)
-    driver.tu = ua.handle
-
-    sip_ports: list[tuple[str, str, int]] = []
-    sinks: dict[int, tuple[str, int]] = {}
     listeners: list[Any] = []
+    try:
+        running = yield _start_on(config, reactor, store, listeners)
+    except BaseException:
+        for listener in listeners:
+            try:
+                yield listener.stopListening()
+            except Exception:
+                pass
+        yield store.stop()  # its worker thread must not keep the process alive
+        raise
+    return running
+
+
+@inlineCallbacks
+def _start_on(config: Config, reactor: Any, store: SqliteStore,
+              listeners: list[Any]) -> Any:
+    # where REFER-mode offers point the phones' audio, one sink per address family
+    sinks: dict[int, tuple[str, int]] = {}
     for addr in config.sip.listen:
-        wildcard = addr.host in ("0.0.0.0", "::")
-        port = driver.listen(addr.transport, addr.host, addr.port,
-                             advertise=config.sip.domain if wildcard else None)
-        sip_ports.append((addr.transport, addr.host, port))
         family = 6 if ":" in addr.host else 4
         if family not in sinks:
             sink = reactor.listenUDP(0, _RtpSink(), interface=addr.host)
@@ -189,35 +273,54 @@ def start(config: Config, reactor: Any) -> Any:
     media_host = config.media.host or config.sip.listen[0].host
     media = MediaManager(reactor, media_host, config.media.port_min, config.media.port_max,
                          prompts)
-    rules = rules_from_config([dict(e) for e in config.auto_answer]) + DEFAULT_RULES
-    engine = CallEngine(config, ua, registrar, auth, timers, store, reactor.seconds,
-                        driver.pump, rules, sinks, media=media, prompts=prompts)
     lag = LagMonitor(reactor)
-    engine.overloaded = lag.overloaded
-
-    def check_password(user: str, password: str) -> bool:
-        profile = users.get(user)
-        return profile is not None and profile.password == password
-
     events = EventHub(store, reactor, config.webhooks)
+    core = build_core(config, clock=reactor.seconds, store=store, events=events,
+                      secret=os.urandom(32), rtp_sinks=sinks, media=media, prompts=prompts,
+                      load=lag)
+    saved = yield store.load_registrations()
+    core.registrar.restore((_binding(r) for r in saved), reactor.seconds())
+
+    driver = SipDriver(reactor, core.endpoint, core.timers, core.handle,
+                       tcp_idle_timeout=config.sip.max_registration_expires + 60.0)
+    sip_ports: list[tuple[str, str, int]] = []
+    try:
+        for addr in config.sip.listen:
+            wildcard = addr.host in ("0.0.0.0", "::")
+            port = driver.listen(addr.transport, addr.host, addr.port,
+                                 advertise=config.sip.domain if wildcard else None)
+            sip_ports.append((addr.transport, addr.host, port))
+    except BaseException:
+        driver.stop()
+        lag.stop()
+        raise
+
     yield events.start()  # resumes webhook deliveries a previous run left pending
-    engine.events = events
     for call_id in store.interrupted_ids:  # CRMs hear about calls a crash cut off, too
         record = yield store.get_call(call_id)
         if record is not None and record.events:
             events.publish(record, record.events[-1])
-    site = build_site(engine, config.api.tokens, reactor=reactor,
+
+    users = config.users
+
+    def check_password(user: str, password: str) -> bool:
+        profile = users.get(user)
+        return profile is not None and hmac.compare_digest(profile.password.encode(),
+                                                           password.encode())
+
+    api = CallsApi(core.calls, core.inbound, store, core.registrar, reactor.seconds)
+    site = build_site(api, config.api.tokens, reactor=reactor,
                       check_password=check_password, events=events)
     http = reactor.listenTCP(config.http.port, site, interface=config.http.host)
     listeners.append(http)
 
+    running = Running(config, core, driver, store, events, media, sip_ports,
+                      http.getHost().port, listeners, None, lag)
+
     def sweep() -> None:
-        registrar.sweep(reactor.seconds())
-        engine.sweep(reactor.seconds())
+        core.sweep(reactor.seconds())
         running.sweeper = reactor.callLater(SWEEP_INTERVAL, sweep)
 
-    running = Running(config, driver, engine, store, sip_ports, http.getHost().port,
-                      listeners, None, lag)
     running.sweeper = reactor.callLater(SWEEP_INTERVAL, sweep)
     return running
 

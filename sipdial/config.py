@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, TypeVar
 
+from sipdial.calls.states import Mode
+
 __all__ = [
     "ApiConfig",
     "CallsConfig",
@@ -48,7 +50,6 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 TRANSPORTS: Final = ("udp", "tcp")
-CALL_MODES: Final = ("refer", "bridge")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,7 @@ class RouteConfig:
 class CallsConfig:
     """``[calls]``: click-to-dial behaviour and limits."""
 
-    default_mode: str = "refer"  #: "refer" | "bridge"
+    default_mode: Mode = Mode.REFER
     user_answer_timeout: float = 30.0  #: ring time on the user's phone (cause user_no_answer)
     target_answer_timeout: float = 60.0  #: ring time on the target
     refer_timeout: float = 32.0  #: how long to wait for the outcome of the REFER
@@ -496,10 +497,11 @@ def _parse_route(t: _Table) -> RouteConfig:
 
 def _parse_calls(t: _Table) -> CallsConfig:
     mode = t.string("default_mode", default="refer")
-    if mode not in CALL_MODES:
-        raise ConfigError(f'{t.path("default_mode")}: expected "refer" or "bridge", got "{mode}"')
+    if mode not in tuple(Mode):
+        expected = " or ".join(f'"{m}"' for m in Mode)
+        raise ConfigError(f'{t.path("default_mode")}: expected {expected}, got "{mode}"')
     calls = CallsConfig(
-        default_mode=mode,
+        default_mode=Mode(mode),
         user_answer_timeout=t.positive_float("user_answer_timeout", 30.0),
         target_answer_timeout=t.positive_float("target_answer_timeout", 60.0),
         refer_timeout=t.positive_float("refer_timeout", 32.0),

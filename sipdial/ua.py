@@ -1,9 +1,16 @@
-"""The user-agent core: routes transaction events to the registrar, dialogs and calls.
+"""The user-agent core: routes transaction events to the registrar, dialogs and call legs.
 
 This is the transaction user (TU) of the endpoint. It answers what needs no call logic
-(OPTIONS, 481 for unknown dialogs, 405/501, 416/420/483 sanity checks of §8.2) and hands
-everything else to the object that owns it: a dialog's leg, a client transaction's sender,
-or the inbound-call handler for new INVITEs.
+(OPTIONS, 481 for unknown dialogs, 405/501, 416/420/483 sanity checks of §8.2, REGISTER by
+the registrar) and hands everything else to the object that owns it, as typed events:
+
+* events about a transaction go to the transaction's :class:`~sipdial.sip.TransactionOwner`
+  (a call leg): its responses, its timeout, a CANCEL of it, a 2xx never ACKed;
+* requests inside a dialog go to the dialog's :class:`DialogOwner` as :class:`DialogRequest`
+  or :class:`DialogAck`;
+* a new INVITE outside any dialog is *returned* from :meth:`UserAgent.handle` as an
+  :class:`IncomingInvite`, for whoever routes new calls (:class:`sipdial.calls.InboundRouter`).
+  The UA holds no reference to that router: like h11, a lower layer hands events up.
 """
 
 from __future__ import annotations
@@ -11,16 +18,15 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from sipdial.registrar import Registrar
 from sipdial.sip.dialog import Dialog, DialogKey
 from sipdial.sip.endpoint import Endpoint
 from sipdial.sip.errors import SipError
-from sipdial.sip.message import Request, Response, call_id, from_tag, to_tag
+from sipdial.sip.message import Request, call_id, from_tag, to_tag
 from sipdial.sip.peer import Peer
-from sipdial.sip.timers import TimerHeap
 from sipdial.sip.transaction import (
     AckTimeout,
     CancelReceived,
@@ -29,9 +35,21 @@ from sipdial.sip.transaction import (
     RequestReceived,
     ResponseReceived,
     ServerTransaction,
+    TransactionOwner,
     TransactionTimeout,
     TransportError,
 )
+
+__all__ = [
+    "ALLOW",
+    "DialogAck",
+    "DialogEvent",
+    "DialogOwner",
+    "DialogRequest",
+    "IncomingInvite",
+    "LegOwner",
+    "UserAgent",
+]
 
 log = logging.getLogger("sipdial.ua")
 
@@ -45,30 +63,53 @@ ALLOWED_METHODS = frozenset(m.strip() for m in ALLOW.split(","))
 SUPPORTED_EXTENSIONS = frozenset({"replaces", "norefersub"})
 
 
-class Handler(Protocol):
-    """What a call leg implements to receive SIP events."""
+@dataclass(frozen=True, slots=True)
+class DialogRequest:
+    """A request inside a dialog (not an ACK). The owner must answer ``txn``."""
 
-    def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None: ...
-    def on_txn_timeout(self, txn: ClientTransaction, now: float,
-                       status: int = 408) -> None: ...
-    def on_dialog_request(self, dialog: Dialog, request: Request,
-                          txn: ServerTransaction | None, now: float) -> None: ...
-    def on_cancel(self, txn: ServerTransaction, now: float) -> None: ...
-    def on_ack_timeout(self, txn: ServerTransaction, now: float) -> None: ...
+    dialog: Dialog
+    request: Request
+    txn: ServerTransaction
 
 
-InboundHandler = Callable[[Request, ServerTransaction, Peer, float], None]
+@dataclass(frozen=True, slots=True)
+class DialogAck:
+    """The ACK of a 2xx sipdial sent in this dialog (it has no transaction)."""
+
+    dialog: Dialog
+    ack: Request
+
+
+DialogEvent = DialogRequest | DialogAck
+
+
+class DialogOwner(Protocol):
+    """What a dialog belongs to (a call leg)."""
+
+    def dialog_event(self, event: DialogEvent, now: float) -> None: ...
+
+
+class LegOwner(TransactionOwner, DialogOwner, Protocol):
+    """A call leg: owns its transactions and its dialog."""
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingInvite:
+    """A new INVITE outside any dialog that passed the UA's checks (§8.2): a call to route.
+    Nothing has answered ``txn`` yet (beyond the transaction layer's automatic 100)."""
+
+    request: Request
+    txn: ServerTransaction
+    source: Peer
 
 
 class UserAgent:
-    def __init__(self, endpoint: Endpoint, timers: TimerHeap, registrar: Registrar,
-                 domain: str) -> None:
+    def __init__(self, endpoint: Endpoint, registrar: Registrar, domain: str) -> None:
         self.endpoint = endpoint
-        self.timers = timers
+        self.timers = endpoint.timers
         self.registrar = registrar
         self.domain = domain
-        self.dialogs: dict[DialogKey, Dialog] = {}
-        self.inbound: InboundHandler | None = None
+        self.dialogs: dict[DialogKey, tuple[Dialog, LegOwner]] = {}
         self._prefix = os.urandom(4).hex()
         self._ids = itertools.count(1)
 
@@ -82,35 +123,36 @@ class UserAgent:
 
     # ------------------------------------------------------------ sending
 
-    def send(self, request: Request, peer: Peer, handler: Handler,
+    def send(self, request: Request, peer: Peer, owner: TransactionOwner,
              now: float) -> ClientTransaction:
-        return self.endpoint.send_request(request, peer, now, context=handler)
+        return self.endpoint.send_request(request, peer, now, owner=owner)
 
-    def send_in_dialog(self, dialog: Dialog, request: Request, handler: Handler,
+    def send_in_dialog(self, dialog: Dialog, request: Request, owner: TransactionOwner,
                        now: float) -> ClientTransaction:
-        return self.endpoint.send_request(request, dialog.peer, now, context=handler)
+        return self.endpoint.send_request(request, dialog.peer, now, owner=owner)
 
-    def add_dialog(self, dialog: Dialog, handler: Handler) -> None:
-        dialog.owner = handler
-        self.dialogs[dialog.key] = dialog
+    def add_dialog(self, dialog: Dialog, owner: LegOwner) -> None:
+        self.dialogs[dialog.key] = (dialog, owner)
 
     def drop_dialog(self, dialog: Dialog) -> None:
         self.dialogs.pop(dialog.key, None)
 
     # ------------------------------------------------------------ the TU
 
-    def handle(self, event: Event, now: float) -> None:
+    def handle(self, event: Event, now: float) -> IncomingInvite | None:
+        """One event from the transaction layer; returns a new call for the router, if any."""
         match event:
-            case ResponseReceived(response=response, txn=txn):
-                handler = txn.context
-                if handler is not None:
-                    handler.on_response(txn, response, now)  # type: ignore[attr-defined]
+            case ResponseReceived(txn=txn) | TransactionTimeout(txn=ClientTransaction() as txn) \
+                    | TransportError(txn=ClientTransaction() as txn):
+                owner = txn.owner
+                if owner is not None:
+                    owner.transaction_event(event, now)
             case RequestReceived(request=request, txn=None):
                 self._ack(request, now)
-            case RequestReceived(request=request, txn=txn, source=source):
-                assert txn is not None
+            case RequestReceived(request=request, txn=ServerTransaction() as txn,
+                                 source=source):
                 try:
-                    self._request(request, txn, source, now)
+                    return self._request(request, txn, source, now)
                 except SipError as exc:
                     if not txn.answered:
                         self.endpoint.reply(txn, exc.status, now, reason=str(exc)[:60])
@@ -119,57 +161,51 @@ class UserAgent:
                     log.exception("error handling %s from %s", request.method, source)
                     if not txn.answered:
                         self.endpoint.reply(txn, 500, now)
-            case CancelReceived(invite_txn=txn):
-                if txn.context is not None:
-                    txn.context.on_cancel(txn, now)  # type: ignore[attr-defined]
-                elif not txn.answered:
+            case CancelReceived(invite_txn=txn) | AckTimeout(txn=txn):
+                owner = txn.owner
+                if owner is not None:
+                    owner.transaction_event(event, now)
+                elif isinstance(event, CancelReceived) and not txn.answered:
                     self.endpoint.reply(txn, 487, now)
-            case TransactionTimeout(txn=txn):
-                if isinstance(txn, ClientTransaction) and txn.context is not None:
-                    txn.context.on_txn_timeout(txn, now)  # type: ignore[attr-defined]
-            case TransportError(txn=txn):
-                # §8.1.3.1: a transport failure is treated like a 503 (Service Unavailable)
-                if isinstance(txn, ClientTransaction) and txn.context is not None:
-                    txn.context.on_txn_timeout(txn, now, 503)  # type: ignore[attr-defined]
-            case AckTimeout(txn=txn):
-                if txn.context is not None:
-                    txn.context.on_ack_timeout(txn, now)  # type: ignore[attr-defined]
+        return None
 
     def _ack(self, ack: Request, now: float) -> None:
-        dialog = self.dialogs.get((call_id(ack), to_tag(ack) or "", from_tag(ack) or ""))
-        if dialog is not None and dialog.owner is not None:
-            dialog.owner.on_dialog_request(dialog, ack, None, now)  # type: ignore[attr-defined]
+        entry = self.dialogs.get((call_id(ack), to_tag(ack) or "", from_tag(ack) or ""))
+        if entry is not None:
+            dialog, owner = entry
+            owner.dialog_event(DialogAck(dialog, ack), now)
 
     def _request(self, request: Request, txn: ServerTransaction, source: Peer,
-                 now: float) -> None:
+                 now: float) -> IncomingInvite | None:
         method = request.method
         if method not in KNOWN_METHODS:
             self.endpoint.reply(txn, 501, now, headers=[("Allow", ALLOW)])
-            return
+            return None
         if method not in ALLOWED_METHODS:
             self.endpoint.reply(txn, 405, now, headers=[("Allow", ALLOW)])
-            return
+            return None
         scheme = getattr(request.uri, "scheme", "")
         if scheme not in ("sip", "sips", "tel"):
             self.endpoint.reply(txn, 416, now)
-            return
+            return None
         unsupported = [
             tag.strip() for value in request.headers.get_all("Require")
             for tag in value.split(",") if tag.strip().lower() not in SUPPORTED_EXTENSIONS
         ]
         if unsupported and method != "ACK":
             self.endpoint.reply(txn, 420, now, headers=[("Unsupported", ", ".join(unsupported))])
-            return
+            return None
         local_tag = to_tag(request)
         if local_tag:
-            dialog = self.dialogs.get((call_id(request), local_tag, from_tag(request) or ""))
-            if dialog is None or dialog.owner is None:
+            entry = self.dialogs.get((call_id(request), local_tag, from_tag(request) or ""))
+            if entry is None:
                 self.endpoint.reply(txn, 481, now)
-                return
+                return None
+            dialog, owner = entry
             dialog.receive_request(request)  # SipError(500) on CSeq disorder
-            txn.context = dialog.owner
-            dialog.owner.on_dialog_request(dialog, request, txn, now)  # type: ignore[attr-defined]
-            return
+            txn.owner = owner  # a CANCEL of a re-INVITE, a missing ACK: the leg hears it
+            owner.dialog_event(DialogRequest(dialog, request, txn), now)
+            return None
         match method:
             case "REGISTER":
                 self.endpoint.respond(txn, self.registrar.handle(request, source, now), now)
@@ -183,11 +219,9 @@ class UserAgent:
                 elif not from_tag(request) or "Contact" not in request.headers:
                     # §8.1.1.3 / §8.1.1.8: a dialog cannot be built without them
                     self.endpoint.reply(txn, 400, now, reason="Missing From tag or Contact")
-                elif self.inbound is None:
-                    self.endpoint.reply(txn, 480, now)
                 else:
-                    self.inbound(request, txn, source, now)
+                    return IncomingInvite(request, txn, source)
             case _:
                 # BYE, REFER, NOTIFY, INFO, UPDATE outside a dialog
                 self.endpoint.reply(txn, 481, now)
-
+        return None

@@ -43,8 +43,9 @@ from twisted.web import server
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
-from sipdial.api.service import CALL_STATES, ApiError, CallApi
+from sipdial.api.service import ApiError, CallApi
 from sipdial.api.sse import EventSource, EventStream
+from sipdial.calls import CallState, Mode
 
 __all__ = ["MAX_BODY_BYTES", "build_site", "normalise_destination"]
 
@@ -127,10 +128,16 @@ def _valid_destination(name: str, value: object) -> str:
     return normalised
 
 
-def _valid_mode(value: object) -> str | None:
-    if value is None or value in ("refer", "bridge"):
-        return value
-    raise _invalid('mode: must be "refer" or "bridge"')
+_MODES: Final = {m.value: m for m in Mode}
+_STATES: Final = {s.value: s for s in CallState}
+
+
+def _valid_mode(value: object) -> Mode | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value in _MODES:
+        return _MODES[value]
+    raise _invalid("mode: must be " + " or ".join(f'"{m}"' for m in _MODES))
 
 
 def _valid_flag(payload: dict[str, object], name: str) -> bool | None:
@@ -148,7 +155,7 @@ class _CallRequest:
     to: str
     device: str | None = None
     auto_answer: bool | None = None
-    mode: str | None = None
+    mode: Mode | None = None
     confirm: bool | None = None  #: "press 1" before dialling (None: user/config default)
     caller_id: str | None = None  #: number shown to the target in bridge mode
     clir: bool | None = None  #: hide the caller's identity from the target
@@ -510,9 +517,12 @@ class _Router:
         user = query.text("user")
         if user is not None:
             _valid_user("user", user)
-        state = query.text("state")
-        if state is not None and state not in CALL_STATES:
-            raise _invalid("state: must be one of " + ", ".join(CALL_STATES))
+        state_text = query.text("state")
+        state = None
+        if state_text is not None:
+            if state_text not in _STATES:
+                raise _invalid("state: must be one of " + ", ".join(_STATES))
+            state = _STATES[state_text]
         limit_text = query.text("limit")
         limit = _LIMIT_DEFAULT
         if limit_text is not None:

@@ -12,8 +12,8 @@ Call resource (the dict returned by ``create_call``/``get_call``/``hangup_call``
       "id": "9f3a...",              # URL-safe ([A-Za-z0-9._~-]); used in /v1/calls/{id}
       "user": "201",                # the user whose phone is rung first (token scoping uses it)
       "to": "+4930123456",          # normalised target as accepted by the API
-      "mode": "refer",              # "refer" | "bridge"
-      "state": "user_ringing",      # one of CALL_STATES
+      "mode": "refer",              # a sipdial.calls.Mode value: "refer" | "bridge"
+      "state": "user_ringing",      # a sipdial.calls.CallState value
       "cause": null | "completed",  # set once state == "ended"
       "created_at": "2026-11-21T13:35:55.123Z",
       "ended_at": null | "...",
@@ -36,22 +36,9 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
-__all__ = ["CALL_MODES", "CALL_STATES", "ApiError", "CallApi"]
+from sipdial.calls import CallState, Mode
 
-#: States of a click-to-dial call, in the order a successful call passes through them.
-CALL_STATES: tuple[str, ...] = (
-    "calling_user",
-    "user_ringing",
-    "user_answered",
-    "awaiting_confirmation",
-    "calling_target",
-    "target_ringing",
-    "connected",
-    "ended",
-)
-
-#: Modes a call may be set up in; ``"bridge"`` is part of the contract but not offered yet.
-CALL_MODES: tuple[str, ...] = ("refer", "bridge")
+__all__ = ["ApiError", "CallApi"]
 
 
 class ApiError(Exception):
@@ -74,8 +61,8 @@ class CallApi(Protocol):
     """What the HTTP API needs from the call engine.
 
     Arguments arrive validated: ``user`` is a known user the caller may act for, ``to`` is
-    normalised (``+4930123456``, ``201`` or a ``sip:`` URI), ``mode`` is ``"refer"`` or None
-    (engine default). Deferreds may errback with :class:`ApiError`; anything else is
+    normalised (``+4930123456``, ``201`` or a ``sip:`` URI), ``mode`` None means the
+    configured default. Deferreds may errback with :class:`ApiError`; anything else is
     reported to the client as a 500.
     """
 
@@ -86,7 +73,7 @@ class CallApi(Protocol):
         to: str,
         device: str | None,
         auto_answer: bool | None,
-        mode: str | None,
+        mode: Mode | None,
         confirm: bool | None = None,
         caller_id: str | None = None,
         clir: bool | None = None,
@@ -101,7 +88,7 @@ class CallApi(Protocol):
         ...
 
     def list_calls(
-        self, *, user: str | None, state: str | None, limit: int
+        self, *, user: str | None, state: CallState | None, limit: int
     ) -> Deferred[list[dict[str, Any]]]:
         """Newest first, at most ``limit``, optionally filtered by user and state."""
         ...

@@ -1,194 +1,143 @@
-"""A call a registered user places through sipdial, bridged to its destination (B2BUA).
+"""A call a registered user places through sipdial, relayed to its destination (B2BUA).
 
-The A leg is the phone's INVITE to sipdial (after a REFER, or dialled by hand); the B leg is
-sipdial's INVITE to the destination (a local user's device or a ``[[routes]]`` URI). SDP passes
-through untouched, so media flows phone ↔ destination directly. Provisional and final
-responses are relayed B → A, BYE and CANCEL are propagated, and other in-dialog requests
-(re-INVITE, UPDATE, INFO) are relayed to the other leg with their responses relayed back.
+The caller leg is the phone's INVITE to sipdial (after a REFER, or dialled by hand); the
+destination legs are sipdial's INVITEs to a local user's devices (forked) or a ``[[routes]]``
+URI. SDP passes through untouched, so media flows phone ↔ destination directly. Provisional
+and final responses are relayed destination → caller, BYE and CANCEL are propagated, and other
+in-dialog requests (re-INVITE, UPDATE, INFO) are relayed to the other leg with their
+responses relayed back.
 
-When the call was started by a click-to-dial REFER, the linked :class:`ClickToDial` is told
-about the target's progress (calling, ringing, answered, failed, hung up).
+When the call is the referred call of a click-to-dial REFER, that call follows it
+(:class:`~sipdial.calls.bridging.TargetListener`): calling, ringing, answered, failed, hung up.
+
+The whole behaviour is :data:`RELAY_TABLE`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from sipdial.calls.legs import (
-    LegEvent,
-    Relay,
-    UacLeg,
-    UasLeg,
-    fork_failure,
-    take_answer,
+from sipdial.calls.bridging import (
+    Bridge,
+    BridgeAction,
+    BridgeInput,
+    BridgePayload,
+    BridgeState,
+    BridgeTable,
+    Outcome,
+    TargetListener,
 )
-from sipdial.calls.states import Input, target_failure_input
-from sipdial.sip.message import Request, Response
+from sipdial.calls.legs import (
+    Acked,
+    Answered,
+    Cancelled,
+    HungUp,
+    LegEvent,
+    PeerRequest,
+    PeerResponse,
+    Progress,
+    UasLeg,
+)
+from sipdial.calls.routing import Target
 from sipdial.sip.peer import Peer
-from sipdial.sip.timers import TimerHandle
-from sipdial.sip.transaction import ClientTransaction, ServerTransaction
-from sipdial.sip.uri import URI, NameAddr
+from sipdial.sip.timers import TimerHeap
+from sipdial.sip.transaction import ServerTransaction
+from sipdial.sip.uri import NameAddr
+from sipdial.ua import UserAgent
 
-if TYPE_CHECKING:
-    from sipdial.calls.clicktodial import ClickToDial
-    from sipdial.calls.engine import CallEngine
+__all__ = ["RELAY_TABLE", "RelayedCall"]
 
-# Final responses relayed to the caller as they are; anything else becomes 480/500 class.
+# Final responses relayed to the caller as they are; anything else becomes 480/502.
 _RELAYED = frozenset({404, 408, 480, 484, 486, 487, 488, 600, 603, 604, 606})
 
+S, In, A = BridgeState, BridgeInput, BridgeAction
+_ = ()
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One place to send the B leg: a device of a local user, or a route's URI."""
+RELAY_TABLE: BridgeTable = {
+    (S.CALLING, In.START): (S.CALLING, (A.START_FORKS, A.START_TIMER, A.REPORT)),
+    (S.CALLING, In.TARGET_PROGRESS): (S.CALLING, (A.PASS_PROGRESS, A.REPORT)),
+    (S.CALLING, In.TARGET_EARLY_MEDIA): (S.CALLING, (A.PASS_PROGRESS, A.REPORT)),
+    (S.CALLING, In.TARGET_ANSWERED): (S.CONNECTED, (A.STOP_TIMER, A.TAKE_TARGET,
+                                                   A.ANSWER_CALLER, A.REPORT)),
+    (S.CALLING, In.TARGET_LEG_FAILED): (S.CALLING, (A.CHECK_FORKS,)),
+    (S.CALLING, In.TARGET_FAILED): (S.ENDED, (A.REJECT_CALLER, A.REPORT)),
+    (S.CALLING, In.NO_ANSWER): (S.ENDED, (A.CANCEL_FORKS, A.REJECT_CALLER_480, A.REPORT)),
+    (S.CALLING, In.CALLER_CANCELLED): (S.ENDED, (A.CANCEL_FORKS, A.REPORT)),
+    (S.CALLING, In.CALLER_REQUEST): (S.CALLING, (A.REFUSE_REQUEST,)),
+    (S.CONNECTED, In.CALLER_HUNG_UP): (S.ENDED, (A.RELEASE_FORKS, A.REPORT)),
+    (S.CONNECTED, In.TARGET_HUNG_UP): (S.ENDED, (A.RELEASE_CALLER, A.REPORT)),
+    (S.CONNECTED, In.CALLER_REQUEST): (S.CONNECTED, (A.RELAY_TO_TARGET,)),
+    (S.CONNECTED, In.TARGET_REQUEST): (S.CONNECTED, (A.RELAY_TO_CALLER,)),
+    **{(s, In.RELEASE): (S.ENDED, (A.RELEASE_CALLER, A.RELEASE_FORKS))
+       for s in (S.CALLING, S.CONNECTED)},
+    # in any state
+    **{(s, In.RESPONSE): (s, (A.RELAY_RESPONSE,)) for s in (S.CALLING, S.CONNECTED, S.ENDED)},
+    **{(s, In.ACK): (s, (A.RELAY_ACK,)) for s in (S.CALLING, S.CONNECTED, S.ENDED)},
+    **{(s, In.STRAY_REQUEST): (s, (A.REFUSE_REQUEST,)) for s in (S.CALLING, S.CONNECTED)},
+    # a fork answering after another one (or after the end): hang it up
+    **{(s, In.TARGET_ANSWERED): (s, (A.HANG_UP_LATE_TARGET,)) for s in (S.CONNECTED, S.ENDED)},
+    # the losing forks' 487s, a 1xx crossing the 2xx: nothing to do
+    **{(S.CONNECTED, i): (S.CONNECTED, _) for i in (In.TARGET_PROGRESS, In.TARGET_EARLY_MEDIA,
+                                                    In.TARGET_LEG_FAILED)},
+}
 
-    uri: URI
-    peer: Peer
-    credentials: tuple[str, str] | None = None  # for the route's 401/407
-    label: str = "target"
 
+class RelayedCall(Bridge):
+    table = RELAY_TABLE
 
-class BridgedCall:
-    def __init__(self, engine: CallEngine, a: UasLeg, *, targets: list[Target],
-                 caller: NameAddr, callee: NameAddr, c2d: ClickToDial | None) -> None:
-        self.engine = engine
-        self.a = a
-        a.owner = self
-        self.c2d = c2d
-        body = a.invite.body
-        ctype = a.invite.headers.get("Content-Type") if body else None
-        # A local user with several devices is forked: first answer wins (like the user leg).
-        self.forks = [
-            UacLeg(engine.ua, self, uri=t.uri, peer=t.peer, from_party=caller,
-                   to_party=callee, body=body, content_type=ctype, label=t.label,
-                   credentials=t.credentials)
-            for t in targets
-        ]
-        self.b: UacLeg | None = None  # the fork that answered
-        self._relay = Relay(engine.ua)
-        self._timer: TimerHandle | None = None
-        self.started_at = 0.0
-        self.done = False
+    def __init__(self, ua: UserAgent, timers: TimerHeap, txn: ServerTransaction, source: Peer,
+                 *, targets: list[Target], caller: NameAddr, callee: NameAddr,
+                 answer_timeout: float, listener: TargetListener | None, label: str,
+                 on_end: Callable[[RelayedCall], None]) -> None:
+        invite = txn.request
+        super().__init__(ua, timers, targets=targets, caller=caller, callee=callee,
+                         offer=invite.body, content_type=invite.headers.get("Content-Type"),
+                         extra=None, answer_timeout=answer_timeout, listener=listener,
+                         label=label)
+        self.a = UasLeg(ua, self, txn, source, label=label)
+        self._on_end = on_end
 
-    def start(self, now: float) -> None:
-        self.started_at = now
-        for leg in self.forks:
-            leg.start(now)
-        self._notify(Input.TARGET_CALLING, now)
-        timeout = self.engine.config.calls.target_answer_timeout
-        self._timer = self.engine.timers.schedule(now + timeout, self._no_answer)
+    @property
+    def caller_leg(self) -> UasLeg:
+        return self.a
 
-    def release(self, now: float) -> None:
-        """Tear down both sides (API cancel, or the click-to-dial call ended)."""
-        self._finish()
-        self.a.release(now, 487)
-        for leg in self.forks:
-            leg.release(now)
+    def _ended(self, now: float) -> None:
+        self._on_end(self)
 
-    def _finish(self) -> None:
-        self.done = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.engine.bridge_ended(self)
-
-    def _notify(self, inp: Input, now: float, code: int | None = None,
-                detail: str | None = None) -> None:
-        if self.c2d is not None:
-            self.c2d.target_event(inp, now, code, detail)
-
-    def _no_answer(self, now: float) -> None:
-        self._timer = None
-        if self.b is None and not self.done:
-            for leg in self.forks:
-                leg.cancel(now)
-            self.a.reject(480, now, "No Answer")
-            self._finish()
-            self._notify(Input.TARGET_NO_ANSWER, now, 408, "no answer from the target")
-
-    # ------------------------------------------------------------ leg events
-
-    def leg_event(self, leg: UacLeg | UasLeg, event: LegEvent,
-                  message: Request | Response | None, now: float,
-                  txn: ClientTransaction | ServerTransaction | None = None) -> None:
-        if isinstance(leg, UacLeg):
-            self._b_event(leg, event, message, now, txn)
-        else:
-            self._a_event(event, message, now, txn)
-
-    def _b_event(self, leg: UacLeg, event: LegEvent, message: Request | Response | None,
-                 now: float, txn: ClientTransaction | ServerTransaction | None) -> None:
+    def _caller_event(self, event: LegEvent, now: float) -> None:
         match event:
-            case LegEvent.PROGRESS:
-                assert isinstance(message, Response)
-                if self.b is not None or self.done:
-                    return
-                self.a.progress(message.status, now, body=message.body,
-                                content_type=message.headers.get("Content-Type"))
-                if message.status in (180, 183):
-                    self._notify(Input.TARGET_RINGING, now, message.status)
-            case LegEvent.ANSWERED:
-                assert isinstance(message, Response)
-                if self.done:
-                    leg.bye(now)  # the caller gave up meanwhile
-                    return
-                if not take_answer(self.forks, leg, self.b, now):
-                    return
-                self.b = leg
-                if self._timer is not None:
-                    self._timer.cancel()
-                    self._timer = None
-                self.a.answer(now, body=message.body,
-                              content_type=message.headers.get("Content-Type"))
-                self._notify(Input.TARGET_ANSWERED, now, message.status)
-            case LegEvent.FAILED:
-                if self.done or self.b is not None:
-                    return
-                status = fork_failure(self.forks, leg, now)
-                if status is None:
-                    return  # other devices still ringing
-                relay = status if status in _RELAYED else (480 if status < 500 else 502)
-                self.a.reject(relay, now)
-                self._finish()
-                self._notify(target_failure_input(status), now, status,
-                             message.reason if isinstance(message, Response) else "timeout")
-            case LegEvent.ENDED:
-                if leg is not self.b:
-                    return
-                self.a.release(now)
-                self._finish()
-                self._notify(Input.HANGUP, now, detail="target hung up")
-            case LegEvent.ACKED:
-                assert isinstance(message, Request)
-                self._relay.ack(leg, message)
-            case LegEvent.REQUEST:
-                assert isinstance(message, Request) and isinstance(txn, ServerTransaction)
-                self._relay.forward(message, txn, leg, self.a, now)
-            case LegEvent.RESPONSE:
-                self._relay.response(txn, message, now)
+            case Cancelled():
+                self.fire(BridgeInput.CALLER_CANCELLED, now, event)
+            case HungUp():
+                self.fire(BridgeInput.CALLER_HUNG_UP, now, event)
+            case PeerRequest():
+                self.fire(BridgeInput.CALLER_REQUEST, now, event)
+            case PeerResponse():
+                self.fire(BridgeInput.RESPONSE, now, event)
+            case Acked():
+                self.fire(BridgeInput.ACK, now, event)
 
-    def _a_event(self, event: LegEvent, message: Request | Response | None, now: float,
-                 txn: ClientTransaction | ServerTransaction | None) -> None:
-        match event:
-            case LegEvent.CANCELLED:
-                for leg in self.forks:
-                    leg.cancel(now)
-                self._finish()
-                self._notify(Input.USER_HUNG_UP, now, detail="caller cancelled")
-            case LegEvent.ENDED:
-                for leg in self.forks:
-                    leg.release(now)
-                self._finish()
-                self._notify(Input.HANGUP, now, detail="caller hung up")
-            case LegEvent.REQUEST:
-                assert isinstance(message, Request) and isinstance(txn, ServerTransaction)
-                if self.b is None:
-                    self.engine.ua.endpoint.reply(txn, 491 if message.method == "INVITE"
-                                                  else 481, now)
-                    return
-                self._relay.forward(message, txn, self.a, self.b, now)
-            case LegEvent.RESPONSE:
-                self._relay.response(txn, message, now)
-            case LegEvent.ACKED:
-                assert isinstance(message, Request)
-                self._relay.ack(self.a, message)
+    def _do_own(self, action: BridgeAction, inp: BridgeInput, now: float,
+                payload: BridgePayload) -> None:
+        match action:
+            case BridgeAction.PASS_PROGRESS:
+                assert isinstance(payload, Progress)
+                response = payload.response
+                self.a.progress(response.status, now, body=response.body,
+                                content_type=response.headers.get("Content-Type"))
+            case BridgeAction.ANSWER_CALLER:
+                assert isinstance(payload, Answered)
+                response = payload.response
+                self.a.answer(now, body=response.body,
+                              content_type=response.headers.get("Content-Type"))
+            case BridgeAction.REJECT_CALLER:
+                assert isinstance(payload, Outcome) and payload.code is not None
+                status = payload.code
+                self.a.reject(status if status in _RELAYED else (480 if status < 500 else 502),
+                              now)
+            case BridgeAction.REJECT_CALLER_480:
+                self.a.reject(480, now, "No Answer")
+            case BridgeAction.RELEASE_CALLER:
+                self.a.release(now, 487)
+            case _:
+                raise NotImplementedError(action)

@@ -18,195 +18,167 @@ the phone's SDP costs one re-INVITE of the phone, which desk phones handle well,
 destination never sees sipdial's media address.
 
 On failure the phone hears a short busy or failure tone (``TONE_SECONDS``) before the BYE.
+The whole behaviour is :data:`THIRD_PARTY_TABLE`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from sipdial.calls.b2bua import Target
+from sipdial.calls.bridging import (
+    Bridge,
+    BridgeAction,
+    BridgeInput,
+    BridgePayload,
+    BridgeState,
+    BridgeTable,
+    Outcome,
+    TargetListener,
+)
 from sipdial.calls.legs import (
+    Acked,
+    Answered,
+    HungUp,
     LegEvent,
     LegState,
-    Relay,
+    PeerRequest,
+    PeerResponse,
     UacLeg,
-    UasLeg,
-    fork_failure,
-    take_answer,
 )
-from sipdial.calls.states import Input, target_failure_input
+from sipdial.calls.media import CallMedia, Tone
+from sipdial.calls.routing import Target
 from sipdial.media.dtmf import digit_from_info
 from sipdial.sip import sdp
-from sipdial.sip.message import Request, Response
-from sipdial.sip.timers import TimerHandle
-from sipdial.sip.transaction import ClientTransaction, ServerTransaction
+from sipdial.sip.timers import TimerHeap
+from sipdial.sip.transaction import ClientTransaction
 from sipdial.sip.uri import NameAddr
+from sipdial.ua import UserAgent
 
-if TYPE_CHECKING:
-    from sipdial.calls.clicktodial import ClickToDial
-    from sipdial.calls.engine import CallEngine
+__all__ = ["THIRD_PARTY_TABLE", "TONE_SECONDS", "ThirdPartyBridge"]
 
 TONE_SECONDS = 3.0
 _RELAYED_METHODS = frozenset({"INVITE", "UPDATE", "INFO", "MESSAGE", "OPTIONS"})
 
+S, In, A = BridgeState, BridgeInput, BridgeAction
+_ = ()
+_RINGING = (S.CALLING, S.RINGBACK, S.EARLY_MEDIA)
+_UP = (S.CONNECTING, S.CONNECTED)
+_LIVE = (*_RINGING, *_UP)
 
-class ThirdPartyBridge:
-    def __init__(self, engine: CallEngine, c2d: ClickToDial, phone: UacLeg, *,
-                 targets: list[Target], caller: NameAddr, callee: NameAddr,
-                 extra: list[tuple[str, str]]) -> None:
-        self.engine = engine
-        self.c2d = c2d
-        self.phone = phone
-        phone.owner = self
+THIRD_PARTY_TABLE: BridgeTable = {
+    (S.CALLING, In.START): (S.CALLING, (A.START_FORKS, A.START_TIMER, A.REPORT)),
+    # ringing: the phone hears ringback, or the destination's early media
+    (S.CALLING, In.TARGET_PROGRESS): (S.RINGBACK, (A.PLAY_RINGBACK, A.REPORT)),
+    (S.EARLY_MEDIA, In.TARGET_PROGRESS): (S.RINGBACK, (A.PLAY_RINGBACK, A.REPORT)),
+    (S.RINGBACK, In.TARGET_PROGRESS): (S.RINGBACK, (A.REPORT,)),
+    **{(s, In.TARGET_EARLY_MEDIA): (S.EARLY_MEDIA, (A.STOP_TONE, A.REPORT)) for s in _RINGING},
+    **{(s, In.TARGET_ANSWERED): (S.CONNECTING, (A.STOP_TIMER, A.TAKE_TARGET, A.STOP_TONE,
+                                               A.REINVITE_PHONE, A.REPORT)) for s in _RINGING},
+    **{(s, In.TARGET_LEG_FAILED): (s, (A.CHECK_FORKS,)) for s in _RINGING},
+    # failures are reported; the call then releases the bridge (with a tone)
+    **{(s, In.TARGET_FAILED): (s, (A.STOP_TIMER, A.REPORT)) for s in _RINGING},
+    **{(s, In.NO_ANSWER): (s, (A.CANCEL_FORKS, A.REPORT)) for s in _RINGING},
+    **{(s, In.CALLER_REQUEST): (s, (A.ANSWER_LOCAL_REQUEST,)) for s in (*_RINGING, S.ENDING)},
+    **{(s, In.CALLER_LOCAL_REQUEST): (s, (A.ANSWER_LOCAL_REQUEST,))
+       for s in (*_RINGING, *_UP, S.ENDING)},
+    # answered: the phone's re-INVITE moves its media to the destination
+    (S.CONNECTING, In.PHONE_TOOK_MEDIA): (S.CONNECTED, (A.CLOSE_MEDIA,)),
+    (S.CONNECTING, In.PHONE_REFUSED_MEDIA): (S.CONNECTING, (A.REPORT,)),
+    **{(s, In.CALLER_REQUEST): (s, (A.RELAY_TO_TARGET,)) for s in _UP},
+    **{(s, In.TARGET_REQUEST): (s, (A.RELAY_TO_CALLER,)) for s in _UP},
+    **{(s, In.TARGET_HUNG_UP): (s, (A.REPORT,)) for s in _UP},
+    # the end
+    **{(s, In.CALLER_HUNG_UP): (s, (A.REPORT,)) for s in _LIVE},
+    **{(s, In.RELEASE): (S.ENDED, (A.STOP_TIMER, A.RELEASE_FORKS, A.RELEASE_CALLER))
+       for s in _LIVE},
+    **{(s, In.RELEASE_WITH_TONE): (S.ENDING, (A.STOP_TIMER, A.RELEASE_FORKS, A.PLAY_TONE))
+       for s in _LIVE},
+    (S.ENDING, In.TONE_DONE): (S.ENDED, (A.RELEASE_CALLER,)),
+    (S.ENDING, In.CALLER_HUNG_UP): (S.ENDED, (A.RELEASE_CALLER,)),
+    **{(S.ENDING, i): (S.ENDING, _) for i in (In.RELEASE, In.RELEASE_WITH_TONE)},
+    # in any state
+    **{(s, In.RESPONSE): (s, (A.RELAY_RESPONSE,)) for s in (*_LIVE, S.ENDING, S.ENDED)},
+    **{(s, In.ACK): (s, (A.RELAY_ACK,)) for s in (*_LIVE, S.ENDING, S.ENDED)},
+    **{(s, In.STRAY_REQUEST): (s, (A.REFUSE_REQUEST,)) for s in _LIVE},
+    **{(s, In.TARGET_ANSWERED): (s, (A.HANG_UP_LATE_TARGET,))
+       for s in (*_UP, S.ENDING, S.ENDED)},
+    # the losing forks' 487s, a 1xx crossing the 2xx, requests while the tone plays
+    **{(s, i): (s, _) for s in (*_UP, S.ENDING)
+       for i in (In.TARGET_PROGRESS, In.TARGET_EARLY_MEDIA, In.TARGET_LEG_FAILED)},
+    (S.ENDING, In.TARGET_REQUEST): (S.ENDING, (A.REFUSE_REQUEST,)),
+}
+
+
+class ThirdPartyBridge(Bridge):
+    table = THIRD_PARTY_TABLE
+
+    def __init__(self, ua: UserAgent, timers: TimerHeap, phone: UacLeg, media: CallMedia,
+                 *, targets: list[Target], caller: NameAddr, callee: NameAddr,
+                 extra: list[tuple[str, str]], answer_timeout: float,
+                 listener: TargetListener, label: str) -> None:
         offer = phone.answer.body if phone.answer is not None else b""
-        self.forks = [
-            UacLeg(engine.ua, self, uri=t.uri, peer=t.peer, from_party=caller,
-                   to_party=callee, body=offer,
-                   content_type=sdp.CONTENT_TYPE if offer else None, extra=extra,
-                   label=t.label, credentials=t.credentials)
-            for t in targets
-        ]
-        self.b: UacLeg | None = None
+        super().__init__(ua, timers, targets=targets, caller=caller, callee=callee,
+                         offer=offer, content_type=sdp.CONTENT_TYPE, extra=extra,
+                         answer_timeout=answer_timeout, listener=listener, label=label)
+        self.phone = phone
+        phone.hand_to(self)
+        self.media = media
         self.reinvite: ClientTransaction | None = None
-        self._relay = Relay(engine.ua)
-        self._timer: TimerHandle | None = None
-        self._ringback = False
-        self.done = False
 
-    # ------------------------------------------------------------ commands
+    @property
+    def caller_leg(self) -> UacLeg:
+        return self.phone
 
-    def start(self, now: float) -> None:
-        for leg in self.forks:
-            leg.start(now)
-        self.c2d.target_event(Input.TARGET_CALLING, now)
-        timeout = self.engine.config.calls.target_answer_timeout
-        self._timer = self.engine.timers.schedule(now + timeout, self._no_answer)
-
-    def release(self, now: float, tone: str | None = None) -> None:
-        """End both sides; with ``tone`` the phone hears it before the BYE."""
-        if self.done:
-            return
-        self.done = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for leg in self.forks:
-            leg.release(now)
-        media = self.engine.media
-        if tone and media is not None and self.phone.state is LegState.CONFIRMED:
-            media.play(self.c2d, self.c2d.tone_frames(tone), loop=True)
-            self.engine.timers.schedule(now + TONE_SECONDS, self._hang_up_phone)
-        else:
-            self._hang_up_phone(now)
-
-    def _hang_up_phone(self, now: float) -> None:
-        self.phone.release(now)
-        if self.engine.media is not None:
-            self.engine.media.close(self.c2d)
-
-    def _no_answer(self, now: float) -> None:
-        self._timer = None
-        if self.b is None and not self.done:
-            for leg in self.forks:
-                leg.cancel(now)
-            self.c2d.target_event(Input.TARGET_NO_ANSWER, now, 408, "no answer from the target")
-
-    # ------------------------------------------------------------ events
-
-    def leg_event(self, leg: UacLeg | UasLeg, event: LegEvent,
-                  message: Request | Response | None, now: float,
-                  txn: ClientTransaction | ServerTransaction | None = None) -> None:
-        if leg is self.phone:
-            self._phone_event(event, message, now, txn)
-        elif isinstance(leg, UacLeg):
-            self._target_event(leg, event, message, now, txn)
-
-    def _phone_event(self, event: LegEvent, message: Request | Response | None, now: float,
-                     txn: ClientTransaction | ServerTransaction | None) -> None:
+    def _caller_event(self, event: LegEvent, now: float) -> None:
         match event:
-            case LegEvent.ENDED:
-                self.c2d.target_event(Input.USER_HUNG_UP, now, detail="phone hung up")
-            case LegEvent.ACKED:
-                assert isinstance(message, Request)
-                self._relay.ack(self.phone, message)
-            case LegEvent.REQUEST:
-                assert isinstance(message, Request) and isinstance(txn, ServerTransaction)
-                if self.b is not None and message.method in _RELAYED_METHODS:
-                    self._relay.forward(message, txn, self.phone, self.b, now)
-                elif message.method == "INFO" and digit_from_info(
-                        message.headers.get("Content-Type"), message.body) is not None:
-                    self.engine.ua.endpoint.reply(txn, 200, now)  # key presses while ringing
-                else:
-                    self.engine.ua.endpoint.reply(
-                        txn, 491 if message.method == "INVITE" else 501, now)
-            case LegEvent.RESPONSE:
-                if txn is self.reinvite and isinstance(message, Response):
-                    self._reinvite_answered(message, now)
-                else:
-                    self._relay.response(txn, message, now)
+            case HungUp():
+                self.fire(BridgeInput.CALLER_HUNG_UP, now, Outcome(detail="phone hung up"))
+            case PeerRequest(request=request):
+                self.fire(BridgeInput.CALLER_REQUEST if request.method in _RELAYED_METHODS
+                          else BridgeInput.CALLER_LOCAL_REQUEST, now, event)
+            case PeerResponse(txn=txn, response=response) if txn is self.reinvite:
+                if response.status >= 200:
+                    self.reinvite = None
+                    self.fire(BridgeInput.PHONE_TOOK_MEDIA if response.status < 300
+                              else BridgeInput.PHONE_REFUSED_MEDIA, now,
+                              Outcome(response.status))
+            case PeerResponse():
+                self.fire(BridgeInput.RESPONSE, now, event)
+            case Acked():
+                self.fire(BridgeInput.ACK, now, event)
 
-    def _reinvite_answered(self, response: Response, now: float) -> None:
-        if response.status < 200:
-            return
-        self.reinvite = None
-        if response.status < 300:
-            if self.engine.media is not None:
-                self.engine.media.close(self.c2d)  # media now flows phone <-> destination
-            return
-        # the phone refused the destination's media: nothing sensible can be heard
-        self.c2d.target_event(Input.FAILED, now, response.status,
-                              "phone refused the re-INVITE to the destination")
-
-    def _target_event(self, leg: UacLeg, event: LegEvent, message: Request | Response | None,
-                      now: float, txn: ClientTransaction | ServerTransaction | None) -> None:
-        media = self.engine.media
-        match event:
-            case LegEvent.PROGRESS:
-                assert isinstance(message, Response)
-                if self.b is not None or self.done:
-                    return
-                if message.body and media is not None:
-                    media.stop_playing(self.c2d)  # early media reaches the phone directly
-                    self._ringback = False
-                elif not self._ringback and media is not None:
-                    media.play(self.c2d, self.c2d.tone_frames("ringback"), loop=True)
-                    self._ringback = True
-                if message.status in (180, 183):
-                    self.c2d.target_event(Input.TARGET_RINGING, now, message.status)
-            case LegEvent.ANSWERED:
-                assert isinstance(message, Response)
-                if self.done:
-                    leg.bye(now)
-                    return
-                if not take_answer(self.forks, leg, self.b, now):
-                    return
-                self.b = leg
-                if self._timer is not None:
-                    self._timer.cancel()
-                    self._timer = None
-                if media is not None:
-                    media.stop_playing(self.c2d)
+    def _do_own(self, action: BridgeAction, inp: BridgeInput, now: float,
+                payload: BridgePayload) -> None:
+        match action:
+            case BridgeAction.PLAY_RINGBACK:
+                self.media.play_tone(Tone.RINGBACK)
+            case BridgeAction.STOP_TONE:
+                self.media.stop_playing()
+            case BridgeAction.REINVITE_PHONE:
+                assert isinstance(payload, Answered)
+                response = payload.response
                 self.reinvite = self.phone.request(
-                    "INVITE", now, body=message.body,
-                    content_type=message.headers.get("Content-Type") or sdp.CONTENT_TYPE)
-                self.c2d.target_event(Input.TARGET_ANSWERED, now, message.status)
-            case LegEvent.FAILED:
-                if self.done or self.b is not None:
-                    return
-                status = fork_failure(self.forks, leg, now)
-                if status is None:
-                    return
-                self.c2d.target_event(target_failure_input(status), now, status,
-                                      message.reason if isinstance(message, Response)
-                                      else "timeout")
-            case LegEvent.ENDED:
-                if leg is self.b:
-                    self.c2d.target_event(Input.HANGUP, now, detail="target hung up")
-            case LegEvent.ACKED:
-                assert isinstance(message, Request)
-                self._relay.ack(leg, message)
-            case LegEvent.REQUEST:
-                assert isinstance(message, Request) and isinstance(txn, ServerTransaction)
-                self._relay.forward(message, txn, leg, self.phone, now)
-            case LegEvent.RESPONSE:
-                self._relay.response(txn, message, now)
+                    "INVITE", now, body=response.body,
+                    content_type=response.headers.get("Content-Type") or sdp.CONTENT_TYPE)
+            case BridgeAction.CLOSE_MEDIA:
+                self.media.close()  # media now flows phone <-> destination
+            case BridgeAction.PLAY_TONE:
+                assert isinstance(payload, Outcome) and payload.tone is not None
+                if self.phone.state is LegState.CONFIRMED and self.media.play_tone(
+                        Tone(payload.tone), loop=True):
+                    self.timers.schedule(now + TONE_SECONDS,
+                                         lambda t: self.fire(BridgeInput.TONE_DONE, t))
+                else:
+                    self.fire(BridgeInput.TONE_DONE, now)
+            case BridgeAction.RELEASE_CALLER:
+                self.phone.release(now)
+                self.media.close()
+            case BridgeAction.ANSWER_LOCAL_REQUEST:
+                assert isinstance(payload, PeerRequest)
+                request = payload.request
+                if request.method == "INFO" and digit_from_info(
+                        request.headers.get("Content-Type"), request.body) is not None:
+                    self.ua.endpoint.reply(payload.txn, 200, now)  # key presses while ringing
+                else:
+                    self.ua.endpoint.reply(payload.txn, 491 if request.method == "INVITE"
+                                           else 501, now)
+            case _:
+                raise NotImplementedError(action)

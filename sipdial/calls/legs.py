@@ -1,17 +1,24 @@
-"""Call legs: one INVITE dialog each, as seen from sipdial.
+"""Call legs: one INVITE dialog each, as seen from sipdial — two state tables.
 
 A :class:`UacLeg` is an INVITE sipdial sends (to a user's device, or to a destination); a
 :class:`UasLeg` is an INVITE sipdial receives (a phone dialling through sipdial). Legs do the
-SIP bookkeeping — ACK, CANCEL, BYE, 487, dialog registration — and report what happened to
-their owner through one method, ``leg_event(leg, LegEvent, message, now)``. The owner (a call
+SIP bookkeeping — ACK, CANCEL, BYE, 487, digest retry, RFC 4028 refresh, dialog registration —
+and report what happened to their owner as typed events (:data:`LegEvent`). The owner (a call
 flow) decides what it means; the legs know nothing of click-to-dial.
+
+Each kind of leg is one table, ``(LegState, LegInput) -> (next LegState, actions)``
+(:data:`UAC_TABLE`, :data:`UAS_TABLE`). SIP happenings and the owner's commands are both
+inputs. An input missing from a table is a bug: the leg logs one line, releases itself and
+tells its owner it failed, so no call waits for a leg that will never report again.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import os
-from typing import TYPE_CHECKING, Protocol, cast
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
 
 from sipdial.sip.auth import (
     AuthError,
@@ -25,48 +32,277 @@ from sipdial.sip.headers import Headers
 from sipdial.sip.message import Request, Response, cseq, make_response
 from sipdial.sip.peer import Peer
 from sipdial.sip.timers import TimerHandle
-from sipdial.sip.transaction import ClientTransaction, ServerTransaction
+from sipdial.sip.transaction import (
+    AckTimeout,
+    CancelReceived,
+    ClientTransaction,
+    OwnerEvent,
+    ResponseReceived,
+    ServerTransaction,
+    TransactionTimeout,
+    TransportError,
+)
 from sipdial.sip.uri import URI, NameAddr
+from sipdial.ua import DialogAck, DialogEvent, DialogRequest, UserAgent
 
-if TYPE_CHECKING:
-    from sipdial.ua import UserAgent
-
+log = logging.getLogger("sipdial.calls")
 
 # RFC 3326: tells devices that lost the race not to log a missed call
 ANSWERED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
+LEG_ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY, INFO, UPDATE"
 
 
-class LegEvent(enum.Enum):
-    PROGRESS = "progress"  # 1xx on our INVITE (UAC)
-    ANSWERED = "answered"  # 2xx on our INVITE (UAC)
-    FAILED = "failed"  # final non-2xx / timeout on our INVITE (UAC); message may be None
-    ACKED = "acked"  # the ACK to our 2xx (UAS)
-    CANCELLED = "cancelled"  # the caller CANCELled (UAS; 487 already sent)
-    ENDED = "ended"  # remote BYE (200 already sent), or ACK never came
-    REQUEST = "request"  # another in-dialog request: the owner must respond
-    RESPONSE = "response"  # response to an in-dialog request the owner sent
+# ---------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A provisional response (101-199) to our INVITE."""
+
+    leg: UacLeg
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A 2xx to our INVITE: the dialog is up (and ACKed)."""
+
+    leg: UacLeg
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Our INVITE failed: a final non-2xx (``response``), no answer or no transport
+    (``response`` None, ``status`` 408/503), or a 2xx crossing our CANCEL (487)."""
+
+    leg: UacLeg
+    status: int
+    response: Response | None
+
+    @property
+    def reason(self) -> str:
+        return self.response.reason if self.response is not None else "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The caller CANCELled the INVITE sipdial received (487 already sent)."""
+
+    leg: UasLeg
+
+
+@dataclass(frozen=True, slots=True)
+class HungUp:
+    """The dialog is over without us asking: a BYE (200 already sent), no ACK for our 2xx,
+    or the session expired (RFC 4028)."""
+
+    leg: UacLeg | UasLeg
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """The ACK of a 2xx we sent in the dialog (for a relayed re-INVITE: it may carry SDP)."""
+
+    leg: UacLeg | UasLeg
+    ack: Request
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRequest:
+    """Another in-dialog request from the peer: the owner must answer ``txn``."""
+
+    leg: UacLeg | UasLeg
+    request: Request
+    txn: ServerTransaction
+
+
+@dataclass(frozen=True, slots=True)
+class PeerResponse:
+    """A response to an in-dialog request the owner sent through :meth:`Leg.request`."""
+
+    leg: UacLeg | UasLeg
+    response: Response
+    txn: ClientTransaction
+
+
+LegEvent: TypeAlias = (
+    Progress | Answered | Failed | Cancelled | HungUp | Acked | PeerRequest | PeerResponse
+)
+
+
+class LegListener(Protocol):
+    """What owns legs: a call flow."""
+
+    def leg_event(self, event: LegEvent, now: float) -> None: ...
+
+
+# ---------------------------------------------------------------------------- the tables
 
 
 class LegState(enum.Enum):
-    CALLING = "calling"
-    EARLY = "early"
-    CONFIRMED = "confirmed"
-    ENDED = "ended"
+    CALLING = "calling"  # INVITE sent (UAC) / received (UAS), no provisional yet
+    EARLY = "early"  # a provisional went out (UAS) / came in (UAC)
+    CANCELLING = "cancelling"  # UAC: our CANCEL is out, the final response not in yet
+    CONFIRMED = "confirmed"  # 2xx: the dialog is up
+    FAILED = "failed"  # final non-2xx or timeout; never confirmed
+    CANCELLED = "cancelled"  # ended by a CANCEL (ours for UAC, the caller's for UAS)
+    ENDED = "ended"  # the dialog was up and is over
+
+    @property
+    def over(self) -> bool:
+        return self in _OVER
 
 
-class Owner(Protocol):
-    def leg_event(self, leg: UacLeg | UasLeg, event: LegEvent,
-                  message: Request | Response | None, now: float,
-                  txn: ClientTransaction | ServerTransaction | None = None) -> None: ...
+_OVER = frozenset({LegState.FAILED, LegState.CANCELLED, LegState.ENDED})
+
+
+class LegInput(enum.Enum):
+    # from the wire
+    PROVISIONAL = "101-199 to our INVITE"
+    SUCCESS = "2xx to our INVITE"
+    CHALLENGE = "401/407 we hold credentials for and have not answered yet"
+    FAILURE = "final 3xx-6xx to our INVITE"
+    TIMEOUT = "no final response / no transport"
+    REMOTE_CANCEL = "CANCEL of the INVITE we received"
+    REMOTE_BYE = "BYE"
+    ACK = "ACK of a 2xx we sent"
+    ACK_TIMEOUT = "no ACK for our 2xx"
+    REQUEST = "other in-dialog request"
+    RESPONSE = "response to an in-dialog request of ours"
+    SESSION_GONE = "RFC 4028 refresh answered 408/481"
+    REFRESH_DUE = "RFC 4028: time to refresh the session"
+    # from the owner
+    PROGRESS = "send a provisional"
+    ANSWER = "send 2xx"
+    REJECT = "send a final non-2xx"
+    CANCEL = "CANCEL our INVITE"
+    HANG_UP = "BYE"
+    RELEASE = "end the leg whatever its state (CANCEL, reject or BYE)"
+
+
+class LegAction(enum.Enum):
+    REPORT_PROGRESS = "tell the owner: Progress"
+    ACCEPT_ANSWER = "ACK the 2xx, keep the dialog, start RFC 4028 refreshes, tell: Answered"
+    REFUSE_ANSWER = "ACK a 2xx we no longer want (another fork's, or after CANCEL), BYE it"
+    RETRY_AUTHORIZED = "send the INVITE again with credentials (RFC 3261 §22.2)"
+    REPORT_FAILED = "tell the owner: Failed"
+    REPORT_CANCELLED_487 = "tell the owner: Failed with 487 (our CANCEL won)"
+    SEND_CANCEL = "send CANCEL"
+    SEND_BYE = "stop timers, send BYE, forget the dialog"
+    ANSWER_BYE = "answer the BYE 200, stop timers, forget the dialog"
+    REPORT_HUNG_UP = "tell the owner: HungUp"
+    SEND_REFRESH = "send the RFC 4028 UPDATE and schedule the next one"
+    ANSWER_487 = "answer a CANCELled request 487"
+    SEND_PROVISIONAL = "send the owner's provisional"
+    SEND_2XX = "create the dialog, send 2xx"
+    SEND_FINAL = "send the owner's final non-2xx"
+    REPORT_CANCELLED = "tell the owner: Cancelled"
+    PASS_ACK = "tell the owner: Acked"
+    PASS_REQUEST = "tell the owner: PeerRequest"
+    PASS_RESPONSE = "tell the owner: PeerResponse"
+
+
+Ls, Li, La = LegState, LegInput, LegAction
+LegRow: TypeAlias = tuple[LegState, tuple[LegAction, ...]]
+_ = ()
+_RINGING = (Ls.CALLING, Ls.EARLY)
+_ALL = tuple(LegState)
+
+UAC_TABLE: dict[tuple[LegState, LegInput], LegRow] = {
+    (Ls.CALLING, Li.PROVISIONAL): (Ls.EARLY, (La.REPORT_PROGRESS,)),
+    (Ls.EARLY, Li.PROVISIONAL): (Ls.EARLY, (La.REPORT_PROGRESS,)),
+    **{(s, Li.SUCCESS): (Ls.CONFIRMED, (La.ACCEPT_ANSWER,)) for s in _RINGING},
+    **{(s, Li.CHALLENGE): (Ls.CALLING, (La.RETRY_AUTHORIZED,)) for s in _RINGING},
+    **{(s, Li.FAILURE): (Ls.FAILED, (La.REPORT_FAILED,)) for s in _RINGING},
+    **{(s, Li.TIMEOUT): (Ls.FAILED, (La.REPORT_FAILED,)) for s in _RINGING},
+    **{(s, Li.CANCEL): (Ls.CANCELLING, (La.SEND_CANCEL,)) for s in _RINGING},
+    **{(s, Li.RELEASE): (Ls.CANCELLING, (La.SEND_CANCEL,)) for s in _RINGING},
+    # our CANCEL is out: whatever comes back ends the leg as cancelled
+    (Ls.CANCELLING, Li.PROVISIONAL): (Ls.CANCELLING, _),
+    (Ls.CANCELLING, Li.SUCCESS): (Ls.CANCELLED, (La.REFUSE_ANSWER, La.REPORT_CANCELLED_487)),
+    (Ls.CANCELLING, Li.CHALLENGE): (Ls.CANCELLED, (La.REPORT_FAILED,)),
+    (Ls.CANCELLING, Li.FAILURE): (Ls.CANCELLED, (La.REPORT_FAILED,)),
+    (Ls.CANCELLING, Li.TIMEOUT): (Ls.CANCELLED, (La.REPORT_FAILED,)),
+    # the dialog is up
+    (Ls.CONFIRMED, Li.HANG_UP): (Ls.ENDED, (La.SEND_BYE,)),
+    (Ls.CONFIRMED, Li.RELEASE): (Ls.ENDED, (La.SEND_BYE,)),
+    (Ls.CONFIRMED, Li.REMOTE_BYE): (Ls.ENDED, (La.ANSWER_BYE, La.REPORT_HUNG_UP)),
+    (Ls.CONFIRMED, Li.SESSION_GONE): (Ls.ENDED, (La.SEND_BYE, La.REPORT_HUNG_UP)),
+    (Ls.CONFIRMED, Li.REFRESH_DUE): (Ls.CONFIRMED, (La.SEND_REFRESH,)),
+    (Ls.CONFIRMED, Li.ACK): (Ls.CONFIRMED, (La.PASS_ACK,)),
+    (Ls.CONFIRMED, Li.REQUEST): (Ls.CONFIRMED, (La.PASS_REQUEST,)),
+    # in any state
+    **{(s, Li.RESPONSE): (s, (La.PASS_RESPONSE,)) for s in _ALL},
+    **{(s, Li.REMOTE_CANCEL): (s, (La.ANSWER_487,)) for s in _ALL},  # of a peer's re-INVITE
+    **{(s, Li.ACK_TIMEOUT): (s, _) for s in _ALL},  # our 2xx to its re-INVITE: its loss
+    # a 2xx after the leg is settled (another fork's dialog, or too late): ACK and BYE it
+    **{(s, Li.SUCCESS): (s, (La.REFUSE_ANSWER,)) for s in (Ls.CONFIRMED, *_OVER)},
+    # late or moot: nothing to do
+    **{(s, i): (s, _) for s in (Ls.CONFIRMED, *_OVER)
+       for i in (Li.PROVISIONAL, Li.FAILURE, Li.TIMEOUT, Li.CHALLENGE, Li.CANCEL)},
+    **{(s, i): (s, _) for s in (Ls.CANCELLING, *_OVER)
+       for i in (Li.CANCEL, Li.RELEASE, Li.HANG_UP, Li.REFRESH_DUE, Li.SESSION_GONE)},
+    **{(s, i): (s, _) for s in _RINGING for i in (Li.HANG_UP, Li.REFRESH_DUE)},
+}
+
+UAS_TABLE: dict[tuple[LegState, LegInput], LegRow] = {
+    **{(s, Li.PROGRESS): (Ls.EARLY, (La.SEND_PROVISIONAL,)) for s in _RINGING},
+    **{(s, Li.ANSWER): (Ls.CONFIRMED, (La.SEND_2XX,)) for s in _RINGING},
+    **{(s, Li.REJECT): (Ls.FAILED, (La.SEND_FINAL,)) for s in _RINGING},
+    **{(s, Li.RELEASE): (Ls.FAILED, (La.SEND_FINAL,)) for s in _RINGING},
+    **{(s, Li.REMOTE_CANCEL): (Ls.CANCELLED, (La.ANSWER_487, La.REPORT_CANCELLED))
+       for s in _RINGING},
+    (Ls.CONFIRMED, Li.HANG_UP): (Ls.ENDED, (La.SEND_BYE,)),
+    (Ls.CONFIRMED, Li.RELEASE): (Ls.ENDED, (La.SEND_BYE,)),
+    (Ls.CONFIRMED, Li.REMOTE_BYE): (Ls.ENDED, (La.ANSWER_BYE, La.REPORT_HUNG_UP)),
+    (Ls.CONFIRMED, Li.ACK_TIMEOUT): (Ls.ENDED, (La.SEND_BYE, La.REPORT_HUNG_UP)),
+    (Ls.CONFIRMED, Li.ACK): (Ls.CONFIRMED, (La.PASS_ACK,)),
+    (Ls.CONFIRMED, Li.REQUEST): (Ls.CONFIRMED, (La.PASS_REQUEST,)),
+    (Ls.CONFIRMED, Li.REMOTE_CANCEL): (Ls.CONFIRMED, _),  # of a re-INVITE: its answer comes
+    **{(s, Li.RESPONSE): (s, (La.PASS_RESPONSE,)) for s in _ALL},
+    # late or moot: nothing to do
+    **{(s, i): (s, _) for s in (Ls.CONFIRMED, *_OVER)
+       for i in (Li.PROGRESS, Li.ANSWER, Li.REJECT)},
+    **{(s, i): (s, _) for s in _OVER
+       for i in (Li.RELEASE, Li.HANG_UP, Li.REMOTE_CANCEL, Li.ACK, Li.ACK_TIMEOUT)},
+    **{(s, Li.HANG_UP): (s, _) for s in _RINGING},
+    **{(s, Li.ACK_TIMEOUT): (s, _) for s in _RINGING},
+}
+
+
+class IllegalLegInput(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------- the legs
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the owner asks a UAS leg to send."""
+
+    status: int
+    reason: str | None = None
+    body: bytes = b""
+    content_type: str | None = None
+
+
+#: what an input carries: the SIP message or event behind it, or the owner's reply
+Payload: TypeAlias = Response | DialogRequest | DialogAck | OwnerEvent | Reply | None
 
 
 class _Leg:
-    """What both kinds of leg do once a dialog exists: in-dialog requests both ways, BYE."""
+    """What both kinds of leg share: the table runner, in-dialog requests, offerless
+    re-INVITE ACKs."""
 
+    table: dict[tuple[LegState, LegInput], LegRow]
     ua: UserAgent
-    owner: Owner
+    owner: LegListener
     state: LegState
     dialog: Dialog | None
+    label: str
     offer_txn: ClientTransaction | None = None  # an offerless re-INVITE's 2xx, ACK pending
 
     @property
@@ -74,33 +310,104 @@ class _Leg:
         """Our Contact towards this leg's peer."""
         raise NotImplementedError
 
-    @property
-    def _me(self) -> UacLeg | UasLeg:
-        return cast("UacLeg | UasLeg", self)
+    def hand_to(self, owner: LegListener) -> None:
+        """A new owner takes the leg over (the flow that continues the call)."""
+        self.owner = owner
 
-    # the ua.Handler interface, implemented by both subclasses
-    def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
-        raise NotImplementedError
+    # ------------------------------------------------------------ the table runner
 
-    def on_txn_timeout(self, txn: ClientTransaction, now: float, status: int = 408) -> None:
-        raise NotImplementedError
+    def _fire(self, inp: LegInput, now: float, payload: Payload = None) -> None:
+        row = self.table.get((self.state, inp))
+        if row is None:
+            self._illegal(inp, now)
+            return
+        self.state, actions = row
+        for action in actions:
+            self._do(action, now, payload)
 
-    def on_dialog_request(self, dialog: Dialog, request: Request,
-                          txn: ServerTransaction | None, now: float) -> None:
-        raise NotImplementedError
-
-    def on_cancel(self, txn: ServerTransaction, now: float) -> None:
-        raise NotImplementedError
-
-    def on_ack_timeout(self, txn: ServerTransaction, now: float) -> None:
-        raise NotImplementedError
-
-    def bye(self, now: float) -> None:
-        if self.state is LegState.CONFIRMED and self.dialog is not None:
-            self._stop_timers()
+    def _illegal(self, inp: LegInput, now: float) -> None:
+        log.error("%r cannot take %s: releasing it", self, inp.name)
+        state = self.state
+        if state in _RINGING or state is LegState.CANCELLING:
+            self.state = LegState.FAILED
+            self._abort(now)
+        elif state is LegState.CONFIRMED:
             self.state = LegState.ENDED
-            self.ua.send_in_dialog(self.dialog, self.dialog.create_request("BYE"), self, now)
-            self.ua.drop_dialog(self.dialog)
+            self._send_bye(now)
+            self.owner.leg_event(HungUp(self._me(), "internal error"), now)
+
+    def _abort(self, now: float) -> None:
+        raise NotImplementedError
+
+    def _me(self) -> UacLeg | UasLeg:
+        raise NotImplementedError
+
+    def _do(self, action: LegAction, now: float, payload: Payload) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ SIP events in
+
+    def transaction_event(self, event: OwnerEvent, now: float) -> None:
+        """The UA's events about our transactions (the leg is their owner)."""
+        match event:
+            case CancelReceived():
+                self._fire(LegInput.REMOTE_CANCEL, now, event)
+            case AckTimeout():
+                self._fire(LegInput.ACK_TIMEOUT, now, event)
+            case _:
+                self._client_event(event, now)
+
+    def _client_event(self, event: ResponseReceived | TransactionTimeout | TransportError,
+                      now: float) -> None:
+        """A response or timeout of an in-dialog request of ours (UAC legs add their
+        INVITE)."""
+        self._dialog_response(event, now)
+
+    def dialog_event(self, event: DialogEvent, now: float) -> None:
+        """A request inside our dialog."""
+        match event:
+            case DialogAck():
+                self._fire(LegInput.ACK, now, event)
+            case DialogRequest(request=request) if request.method == "BYE":
+                self._fire(LegInput.REMOTE_BYE, now, event)
+            case DialogRequest():
+                self._fire(LegInput.REQUEST, now, event)
+
+    def _dialog_response(self, event: ResponseReceived | TransactionTimeout | TransportError,
+                         now: float) -> None:
+        """A response to an in-dialog request we sent; ACKs a re-INVITE's 2xx (§13.2.2.4).
+        An offerless re-INVITE's 2xx carries the offer: its ACK must carry the answer, so it
+        waits for :meth:`ack_offer` (the relay brings the answer from the other side)."""
+        txn = event.txn
+        assert isinstance(txn, ClientTransaction)
+        if txn.method in ("BYE", "CANCEL"):
+            return
+        if isinstance(event, ResponseReceived):
+            response = event.response
+        else:  # §8.1.3.1: no answer is a 408, no transport a 503
+            response = make_response(txn.request,
+                                     503 if isinstance(event, TransportError) else 408)
+        dialog = self.dialog
+        if dialog is not None and txn.method in ("INVITE", "UPDATE") \
+                and 200 <= response.status < 300:
+            dialog.refresh_from_response(response)  # §12.2.1.2 target refresh
+            if txn.method == "INVITE" and txn.ack_2xx is None:
+                if response.body and not txn.request.body:
+                    self.offer_txn = txn
+                else:
+                    ack = dialog.create_ack(cseq(txn.request).number)
+                    self.ua.endpoint.send_ack(txn, ack, dialog.peer)
+        self._fire(LegInput.RESPONSE, now, ResponseReceived(response, txn))
+
+    # ------------------------------------------------------------ commands (both kinds)
+
+    def release(self, now: float) -> None:
+        """End the leg whatever its state: CANCEL, reject (480) or BYE."""
+        self._fire(LegInput.RELEASE, now, Reply(480))
+
+    def hang_up(self, now: float) -> None:
+        """BYE, if the dialog is up."""
+        self._fire(LegInput.HANG_UP, now)
 
     def request(self, method: str, now: float, *, body: bytes = b"",
                 content_type: str | None = None,
@@ -112,24 +419,6 @@ class _Leg:
                                              extra=extra)
         return self.ua.send_in_dialog(self.dialog, request, self, now)
 
-    def _dialog_response(self, txn: ClientTransaction, response: Response,
-                         now: float) -> None:
-        """A response to an in-dialog request we sent; ACKs a re-INVITE's 2xx (§13.2.2.4).
-        An offerless re-INVITE's 2xx carries the offer: its ACK must carry the answer, so it
-        waits for :meth:`ack_offer` (the relay brings the answer from the other side)."""
-        if (self.dialog is not None and txn.method in ("INVITE", "UPDATE")
-                and 200 <= response.status < 300):
-            self.dialog.refresh_from_response(response)  # §12.2.1.2 target refresh
-        if (self.dialog is not None and txn.method == "INVITE"
-                and 200 <= response.status < 300 and txn.ack_2xx is None):
-            if response.body and not txn.request.body:
-                self.offer_txn = txn
-            else:
-                ack = self.dialog.create_ack(cseq(txn.request).number)
-                self.ua.endpoint.send_ack(txn, ack, self.dialog.peer)
-        if txn.method not in ("BYE", "CANCEL"):
-            self.owner.leg_event(self._me, LegEvent.RESPONSE, response, now, txn)
-
     def ack_offer(self, body: bytes, content_type: str | None) -> None:
         """Send the ACK (with the SDP answer) for the 2xx of an offerless re-INVITE."""
         txn, self.offer_txn = self.offer_txn, None
@@ -139,31 +428,40 @@ class _Leg:
                                      content_type=content_type if body else None)
         self.ua.endpoint.send_ack(txn, ack, self.dialog.peer)
 
-    def _dialog_timeout(self, txn: ClientTransaction, now: float, status: int = 408) -> None:
-        if txn.method not in ("BYE", "CANCEL"):
-            self.owner.leg_event(self._me, LegEvent.RESPONSE,
-                                 make_response(txn.request, status), now, txn)
+    # ------------------------------------------------------------ shared actions
+
+    def _send_bye(self, now: float) -> None:
+        self._stop_timers()
+        if self.dialog is not None:
+            self.ua.send_in_dialog(self.dialog, self.dialog.create_request("BYE"), self, now)
+            self.ua.drop_dialog(self.dialog)
+
+    def _answer_bye(self, payload: Payload, now: float) -> None:
+        assert isinstance(payload, DialogRequest)
+        self.ua.endpoint.reply(payload.txn, 200, now)
+        self._stop_timers()
+        self.ua.drop_dialog(payload.dialog)
+
+    def _pass(self, payload: Payload, now: float) -> None:
+        me = self._me()
+        match payload:
+            case DialogAck(ack=ack):
+                self.owner.leg_event(Acked(me, ack), now)
+            case DialogRequest(request=request, txn=txn):
+                self.owner.leg_event(PeerRequest(me, request, txn), now)
+            case ResponseReceived(response=response, txn=txn):
+                self.owner.leg_event(PeerResponse(me, response, txn), now)
 
     def _stop_timers(self) -> None:
         """Timers a leg may own (UacLeg: the RFC 4028 refresh)."""
-
-    def _dialog_request(self, dialog: Dialog, request: Request, txn: ServerTransaction,
-                        now: float) -> None:
-        """BYE ends the leg (answered 200 here); anything else goes to the owner."""
-        if request.method == "BYE":
-            self.ua.endpoint.reply(txn, 200, now)
-            self._stop_timers()
-            self.state = LegState.ENDED
-            self.ua.drop_dialog(dialog)
-            self.owner.leg_event(self._me, LegEvent.ENDED, request, now, txn)
-            return
-        self.owner.leg_event(self._me, LegEvent.REQUEST, request, now, txn)
 
 
 class UacLeg(_Leg):
     """An INVITE sent by sipdial."""
 
-    def __init__(self, ua: UserAgent, owner: Owner, *, uri: URI, peer: Peer,
+    table = UAC_TABLE
+
+    def __init__(self, ua: UserAgent, owner: LegListener, *, uri: URI, peer: Peer,
                  from_party: NameAddr, to_party: NameAddr, body: bytes = b"",
                  content_type: str | None = None,
                  extra: list[tuple[str, str]] | None = None, label: str = "",
@@ -175,9 +473,8 @@ class UacLeg(_Leg):
         self.label = label
         self.state = LegState.CALLING
         self.call_id = ua.new_call_id()
-        from_tagged = NameAddr(from_party.uri, from_party.display_name,
-                               {**from_party.params, "tag": ua.new_tag()})
-        self.from_party = from_tagged
+        self.from_party = NameAddr(from_party.uri, from_party.display_name,
+                                   {**from_party.params, "tag": ua.new_tag()})
         self.to_party = to_party
         self.body = body
         self.content_type = content_type
@@ -185,7 +482,6 @@ class UacLeg(_Leg):
         self.dialog: Dialog | None = None
         self.invite_txn: ClientTransaction | None = None
         self.final_status: int | None = None
-        self.cancelled = False
         self.answer: Response | None = None
         self.credentials = credentials  # (username, password) for an upstream's 401/407
         self._refresh: TimerHandle | None = None  # RFC 4028, when we are the refresher
@@ -201,6 +497,14 @@ class UacLeg(_Leg):
     def contact(self) -> str:
         return self.ua.endpoint.contact(self.peer)
 
+    @property
+    def cancelled(self) -> bool:
+        """sipdial CANCELled this leg (it does not count as the callee's answer)."""
+        return self.state in (LegState.CANCELLING, LegState.CANCELLED)
+
+    def _me(self) -> UacLeg:
+        return self
+
     # ------------------------------------------------------------ commands
 
     def start(self, now: float) -> None:
@@ -213,7 +517,7 @@ class UacLeg(_Leg):
         if self._authorization is not None:
             headers.add(*self._authorization)
         headers.add("Contact", self.ua.endpoint.contact(self.peer))
-        headers.add("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY, INFO, UPDATE")
+        headers.add("Allow", LEG_ALLOW)
         for name, value in self.extra:
             headers.add(name, value)
         if self.content_type is not None:
@@ -224,48 +528,131 @@ class UacLeg(_Leg):
     def cancel(self, now: float, reason: str | None = None) -> None:
         """CANCEL while ringing; a 2xx that crosses the CANCEL is ACKed and BYEd.
         ``reason`` is an RFC 3326 Reason header value for the CANCEL."""
-        if self.state in (LegState.CALLING, LegState.EARLY) and self.invite_txn is not None:
-            self.cancelled = True
-            self.ua.endpoint.cancel(self.invite_txn, now, reason)
-
-    def release(self, now: float) -> None:
-        if self.state is LegState.CONFIRMED:
-            self.bye(now)
-        else:
-            self.cancel(now)
+        self._fire(LegInput.CANCEL, now, Reply(487, reason))
 
     # ------------------------------------------------------------ SIP events
 
-    def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
+    def _client_event(self, event: ResponseReceived | TransactionTimeout | TransportError,
+                      now: float) -> None:
+        txn = event.txn
+        if isinstance(event, ResponseReceived):
+            status = event.response.status
+        else:  # §8.1.3.1: no answer is a 408, no transport a 503
+            status = 503 if isinstance(event, TransportError) else 408
         if txn is not self.invite_txn:
-            if txn is self._refresh_txn and response.status >= 200:
-                self._refresh_txn = None
-                if response.status in (408, 481):  # RFC 4028 §10: the session is gone
-                    self.bye(now)
-                    self.owner.leg_event(self, LegEvent.ENDED, None, now)
+            if txn is self._refresh_txn:
+                if status >= 200:
+                    self._refresh_txn = None
+                    if status in (408, 481):  # RFC 4028 §10: the session is gone
+                        self._fire(LegInput.SESSION_GONE, now)
                 return
-            self._dialog_response(txn, response, now)
+            self._dialog_response(event, now)
             return
-        status = response.status
+        if not isinstance(event, ResponseReceived):
+            self._fire(LegInput.TIMEOUT, now, Reply(status))
+            return
+        response = event.response
         if status < 200:
-            if self.state is LegState.CALLING and status > 100:
-                self.state = LegState.EARLY
-            if status > 100 and not self.cancelled:
-                self.owner.leg_event(self, LegEvent.PROGRESS, response, now)
-            return
-        if status < 300:
-            self._answered(txn, response, now)
-            return
-        if status in (401, 407) and self._retry_with_credentials(response, now):
-            return
-        if self.state is not LegState.ENDED:
-            self.state = LegState.ENDED
-            self.final_status = status
-            self.owner.leg_event(self, LegEvent.FAILED, response, now)
+            if status > 100:
+                self._fire(LegInput.PROVISIONAL, now, response)
+        elif status < 300:
+            self._fire(LegInput.SUCCESS, now, response)
+        elif status in (401, 407) and self._may_answer_challenge():
+            self._fire(LegInput.CHALLENGE, now, response)
+        else:
+            self._fire(LegInput.FAILURE, now, response)
+
+    def _may_answer_challenge(self) -> bool:
+        return self.credentials is not None and self._authorization is None
+
+    # ------------------------------------------------------------ actions
+
+    def _do(self, action: LegAction, now: float, payload: Payload) -> None:
+        match action:
+            case LegAction.REPORT_PROGRESS:
+                assert isinstance(payload, Response)
+                self.owner.leg_event(Progress(self, payload), now)
+            case LegAction.ACCEPT_ANSWER:
+                assert isinstance(payload, Response)
+                self._accept(payload, now)
+            case LegAction.REFUSE_ANSWER:
+                assert isinstance(payload, Response)
+                self._refuse(payload, now)
+            case LegAction.RETRY_AUTHORIZED:
+                assert isinstance(payload, Response)
+                if not self._retry_with_credentials(payload, now):
+                    self.state = LegState.FAILED
+                    self._report_failed(payload, now)
+            case LegAction.REPORT_FAILED:
+                self._report_failed(payload, now)
+            case LegAction.REPORT_CANCELLED_487:
+                self.final_status = 487
+                self.owner.leg_event(Failed(self, 487, None), now)
+            case LegAction.SEND_CANCEL:
+                assert isinstance(payload, Reply) and self.invite_txn is not None
+                self.ua.endpoint.cancel(self.invite_txn, now, payload.reason)
+            case LegAction.SEND_BYE:
+                self._send_bye(now)
+            case LegAction.ANSWER_BYE:
+                self._answer_bye(payload, now)
+            case LegAction.REPORT_HUNG_UP:
+                detail = "BYE" if isinstance(payload, DialogRequest) else "session expired"
+                self.owner.leg_event(HungUp(self, detail), now)
+            case LegAction.SEND_REFRESH:
+                self._send_refresh(now)
+            case LegAction.ANSWER_487:
+                assert isinstance(payload, CancelReceived)
+                if not payload.invite_txn.answered:
+                    self.ua.endpoint.reply(payload.invite_txn, 487, now)
+            case LegAction.PASS_ACK | LegAction.PASS_REQUEST | LegAction.PASS_RESPONSE:
+                self._pass(payload, now)
+            case _:
+                raise IllegalLegInput(f"{action} is not a UAC action")
+
+    def _report_failed(self, payload: Payload, now: float) -> None:
+        if isinstance(payload, Response):
+            self.final_status = payload.status
+            self.owner.leg_event(Failed(self, payload.status, payload), now)
+        else:  # no answer (408) or no transport (503)
+            assert isinstance(payload, Reply)
+            self.final_status = payload.status
+            self.owner.leg_event(Failed(self, payload.status, None), now)
+
+    def _abort(self, now: float) -> None:
+        if self.invite_txn is not None:
+            self.ua.endpoint.cancel(self.invite_txn, now, None)
+        self.final_status = 500
+        self.owner.leg_event(Failed(self, 500, None), now)
+
+    def _accept(self, response: Response, now: float) -> None:
+        txn = self.invite_txn
+        assert txn is not None
+        dialog = Dialog.from_uac(txn.request, response, self.peer,
+                                 self.ua.endpoint.contact(self.peer))
+        self.ua.endpoint.send_ack(txn, dialog.create_ack(self._cseq), self.peer)
+        self.dialog = dialog
+        self.answer = response
+        self.final_status = response.status
+        self.ua.add_dialog(dialog, self)
+        self._session_timer(response, now)
+        self.owner.leg_event(Answered(self, response), now)
+
+    def _refuse(self, response: Response, now: float) -> None:
+        """A 2xx we do not want: a second dialog (forked downstream) or one crossing our
+        CANCEL. ACK it (re-sent for its retransmissions only if it is our first dialog's)
+        and hang it up."""
+        txn = self.invite_txn
+        assert txn is not None
+        dialog = Dialog.from_uac(txn.request, response, self.peer,
+                                 self.ua.endpoint.contact(self.peer))
+        first = self.dialog is None
+        self.ua.endpoint.send_ack(txn, dialog.create_ack(self._cseq), self.peer,
+                                  remember=first)
+        self.ua.send_in_dialog(dialog, dialog.create_request("BYE"), self, now)
 
     def _retry_with_credentials(self, response: Response, now: float) -> bool:
         """RFC 3261 §22.2: answer an upstream's challenge once, same Call-ID and tags."""
-        if self.credentials is None or self._authorization is not None or self.cancelled:
+        if self.credentials is None:
             return False
         header = "Proxy-Authenticate" if response.status == 407 else "WWW-Authenticate"
         challenges: list[Challenge] = []
@@ -284,32 +671,8 @@ class UacLeg(_Leg):
         name = "Proxy-Authorization" if response.status == 407 else "Authorization"
         self._authorization = (name, creds.to_header())
         self._cseq += 1
-        self.state = LegState.CALLING
         self.start(now)
         return True
-
-    def _answered(self, txn: ClientTransaction, response: Response, now: float) -> None:
-        dialog = Dialog.from_uac(txn.request, response, self.peer,
-                                 self.ua.endpoint.contact(self.peer))
-        ack = dialog.create_ack(self._cseq)
-        second = self.dialog is not None  # another fork's 2xx: keep the first dialog's ACK
-        self.ua.endpoint.send_ack(txn, ack, self.peer, remember=not second)
-        if second or self.cancelled or self.state is LegState.ENDED:
-            # a second 2xx (forked downstream) or a 2xx crossing our CANCEL: hang it up
-            bye = dialog.create_request("BYE")
-            self.ua.send_in_dialog(dialog, bye, self, now)
-            if self.dialog is None:
-                self.state = LegState.ENDED
-                self.final_status = 487
-                self.owner.leg_event(self, LegEvent.FAILED, None, now)
-            return
-        self.dialog = dialog
-        self.answer = response
-        self.final_status = response.status
-        self.state = LegState.CONFIRMED
-        self.ua.add_dialog(dialog, self)
-        self._session_timer(response, now)
-        self.owner.leg_event(self, LegEvent.ANSWERED, response, now)
 
     # ------------------------------------------------------------ RFC 4028 session timers
 
@@ -329,7 +692,11 @@ class UacLeg(_Leg):
             return
         interval = min(interval, 7200)  # a peer cannot pin the call in memory for days
         self._refresh_interval = interval
-        self._refresh = self.ua.timers.schedule(now + interval / 2, self._send_refresh)
+        self._refresh = self.ua.timers.schedule(now + interval / 2, self._refresh_due)
+
+    def _refresh_due(self, now: float) -> None:
+        self._refresh = None
+        self._fire(LegInput.REFRESH_DUE, now)
 
     def _stop_timers(self) -> None:
         if self._refresh is not None:
@@ -337,45 +704,22 @@ class UacLeg(_Leg):
             self._refresh = None
 
     def _send_refresh(self, now: float) -> None:
-        self._refresh = None
-        if self.state is not LegState.CONFIRMED or self._refresh_interval is None:
+        if self._refresh_interval is None:
             return
         self._refresh_txn = self.request("UPDATE", now, extra=[
             ("Session-Expires", f"{self._refresh_interval};refresher=uac"),
             ("Supported", "timer")])
         self._refresh = self.ua.timers.schedule(now + self._refresh_interval / 2,
-                                                self._send_refresh)
-
-    def on_txn_timeout(self, txn: ClientTransaction, now: float, status: int = 408) -> None:
-        """No final response (408, timer B/F) or no transport to the peer (503)."""
-        if txn is self.invite_txn:
-            if self.state in (LegState.CALLING, LegState.EARLY):
-                self.state = LegState.ENDED
-                self.final_status = status
-                self.owner.leg_event(self, LegEvent.FAILED, None, now)
-            return
-        self._dialog_timeout(txn, now, status)
-
-    def on_dialog_request(self, dialog: Dialog, request: Request,
-                          txn: ServerTransaction | None, now: float) -> None:
-        if txn is None:  # an ACK: to a 2xx we relayed for the peer's re-INVITE
-            self.owner.leg_event(self, LegEvent.ACKED, request, now)
-            return
-        self._dialog_request(dialog, request, txn, now)
-
-    def on_cancel(self, txn: ServerTransaction, now: float) -> None:
-        if not txn.answered:
-            self.ua.endpoint.reply(txn, 487, now)
-
-    def on_ack_timeout(self, txn: ServerTransaction, now: float) -> None:
-        pass
+                                                self._refresh_due)
 
 
 class UasLeg(_Leg):
     """An INVITE received by sipdial."""
 
-    def __init__(self, ua: UserAgent, owner: Owner, txn: ServerTransaction, source: Peer,
-                 label: str = "") -> None:
+    table = UAS_TABLE
+
+    def __init__(self, ua: UserAgent, owner: LegListener, txn: ServerTransaction,
+                 source: Peer, label: str = "") -> None:
         self.ua = ua
         self.owner = owner
         self.txn = txn
@@ -385,7 +729,7 @@ class UasLeg(_Leg):
         self.local_tag = ua.new_tag()
         self.state = LegState.CALLING
         self.dialog: Dialog | None = None
-        txn.context = self
+        txn.owner = self
 
     def __repr__(self) -> str:
         return f"<UasLeg {self.label} {self.state.value}>"
@@ -394,152 +738,64 @@ class UasLeg(_Leg):
     def contact(self) -> str:
         return self.ua.endpoint.contact(self.source)
 
+    def _me(self) -> UasLeg:
+        return self
+
+    # ------------------------------------------------------------ commands
+
     def progress(self, status: int, now: float, *, body: bytes = b"",
                  content_type: str | None = None) -> None:
-        if self.state not in (LegState.CALLING, LegState.EARLY):
-            return
-        self.state = LegState.EARLY
-        self._respond(status, now, body, content_type)
+        self._fire(LegInput.PROGRESS, now, Reply(status, None, body, content_type))
 
     def answer(self, now: float, *, body: bytes = b"", content_type: str | None = None) -> None:
-        if self.state not in (LegState.CALLING, LegState.EARLY):
-            return
-        self.dialog = Dialog.from_uas(self.invite, self.local_tag, self.source, self.contact)
-        self.ua.add_dialog(self.dialog, self)
-        self.state = LegState.CONFIRMED
-        self._respond(200, now, body, content_type)
+        self._fire(LegInput.ANSWER, now, Reply(200, None, body, content_type))
 
     def reject(self, status: int, now: float, reason: str | None = None) -> None:
-        if self.state not in (LegState.CALLING, LegState.EARLY):
-            return
-        self.state = LegState.ENDED
-        response = make_response(self.invite, status, reason, to_tag=self.local_tag)
-        self.ua.endpoint.respond(self.txn, response, now)
+        self._fire(LegInput.REJECT, now, Reply(status, reason))
 
     def release(self, now: float, status: int = 480) -> None:
-        if self.state is LegState.CONFIRMED:
-            self.bye(now)
-        else:
-            self.reject(status, now)
+        self._fire(LegInput.RELEASE, now, Reply(status))
 
-    def _respond(self, status: int, now: float, body: bytes, content_type: str | None) -> None:
-        response = make_response(self.invite, status, to_tag=self.local_tag)
-        if status != 100:
+    # ------------------------------------------------------------ actions
+
+    def _do(self, action: LegAction, now: float, payload: Payload) -> None:
+        match action:
+            case LegAction.SEND_PROVISIONAL | LegAction.SEND_FINAL:
+                assert isinstance(payload, Reply)
+                self._respond(payload, now)
+            case LegAction.SEND_2XX:
+                assert isinstance(payload, Reply)
+                self.dialog = Dialog.from_uas(self.invite, self.local_tag, self.source,
+                                              self.contact)
+                self.ua.add_dialog(self.dialog, self)
+                self._respond(payload, now)
+            case LegAction.ANSWER_487:
+                if not self.txn.answered:
+                    self._respond(Reply(487), now)
+            case LegAction.REPORT_CANCELLED:
+                self.owner.leg_event(Cancelled(self), now)
+            case LegAction.SEND_BYE:
+                self._send_bye(now)
+            case LegAction.ANSWER_BYE:
+                self._answer_bye(payload, now)
+            case LegAction.REPORT_HUNG_UP:
+                detail = "BYE" if isinstance(payload, DialogRequest) else "no ACK"
+                self.owner.leg_event(HungUp(self, detail), now)
+            case LegAction.PASS_ACK | LegAction.PASS_REQUEST | LegAction.PASS_RESPONSE:
+                self._pass(payload, now)
+            case _:
+                raise IllegalLegInput(f"{action} is not a UAS action")
+
+    def _abort(self, now: float) -> None:
+        if not self.txn.answered:
+            self._respond(Reply(500), now)
+        self.owner.leg_event(Cancelled(self), now)
+
+    def _respond(self, reply: Reply, now: float) -> None:
+        response = make_response(self.invite, reply.status, reply.reason, to_tag=self.local_tag)
+        if 100 < reply.status < 300:
             response.headers.add("Contact", self.contact)
-        if body:
-            response.headers.add("Content-Type", content_type or "application/sdp")
-            response.body = body
+        if reply.body:
+            response.headers.add("Content-Type", reply.content_type or "application/sdp")
+            response.body = reply.body
         self.ua.endpoint.respond(self.txn, response, now)
-
-    # ------------------------------------------------------------ SIP events
-
-    def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
-        self._dialog_response(txn, response, now)
-
-    def on_txn_timeout(self, txn: ClientTransaction, now: float, status: int = 408) -> None:
-        self._dialog_timeout(txn, now, status)
-
-    def on_dialog_request(self, dialog: Dialog, request: Request,
-                          txn: ServerTransaction | None, now: float) -> None:
-        if txn is None:
-            if request.method == "ACK":
-                self.owner.leg_event(self, LegEvent.ACKED, request, now)
-            return
-        self._dialog_request(dialog, request, txn, now)
-
-    def on_cancel(self, txn: ServerTransaction, now: float) -> None:
-        if self.state in (LegState.CALLING, LegState.EARLY):
-            self.reject(487, now)
-            self.owner.leg_event(self, LegEvent.CANCELLED, None, now)
-
-    def on_ack_timeout(self, txn: ServerTransaction, now: float) -> None:
-        if self.state is LegState.CONFIRMED:
-            self.bye(now)
-            self.owner.leg_event(self, LegEvent.ENDED, None, now)
-
-
-class Relay:
-    """Relays in-dialog requests (re-INVITE, UPDATE, INFO …) from one leg to the other and
-    their final responses back: what keeps a B2BUA transparent after the call is up."""
-
-    def __init__(self, ua: UserAgent) -> None:
-        self.ua = ua
-        self._pending: dict[ClientTransaction, tuple[ServerTransaction, _Leg]] = {}
-        # leg whose ACK carries the SDP answer -> the leg waiting for it (offerless re-INVITE)
-        self._answers: dict[_Leg, _Leg] = {}
-
-    def forward(self, request: Request, txn: ServerTransaction, came_on: _Leg, to: _Leg,
-                now: float) -> None:
-        out = to.request(request.method, now, body=request.body,
-                         content_type=request.headers.get("Content-Type"))
-        if out is None:  # the other side has no dialog (yet, or any more)
-            self.ua.endpoint.reply(txn, 491 if request.method == "INVITE" else 481, now)
-            return
-        self._pending[out] = (txn, came_on)
-        if request.method == "INVITE" and not request.body:
-            self._answers[came_on] = to
-
-    def response(self, txn: ClientTransaction | ServerTransaction | None,
-                 message: Request | Response | None, now: float) -> bool:
-        """Relay a final response back; True if ``txn`` was one we relayed."""
-        if not isinstance(txn, ClientTransaction) or not isinstance(message, Response):
-            return False
-        if txn not in self._pending:
-            return False
-        if message.status < 200:
-            return True
-        server_txn, came_on = self._pending.pop(txn)
-        if message.status >= 300:
-            self._answers.pop(came_on, None)
-        if server_txn.answered:
-            return True
-        response = make_response(server_txn.request, message.status, message.reason)
-        if message.body:
-            response.headers.add("Content-Type",
-                                 message.headers.get("Content-Type") or "application/sdp")
-            response.body = message.body
-        if server_txn.method == "INVITE" and message.status < 300:
-            response.headers.add("Contact", came_on.contact)
-        self.ua.endpoint.respond(server_txn, response, now)
-        return True
-
-    def ack(self, came_on: _Leg, ack: Request) -> None:
-        """The ACK of a 2xx we relayed: for an offerless re-INVITE it carries the SDP answer,
-        which the other side's deferred ACK must carry (RFC 3264 §4, RFC 3261 §13.2.2.4)."""
-        waiting = self._answers.pop(came_on, None)
-        if waiting is not None:
-            waiting.ack_offer(ack.body, ack.headers.get("Content-Type"))
-
-
-# ---------------------------------------------------------------------------- forking
-
-
-def take_answer(forks: list[UacLeg], leg: UacLeg, winner: UacLeg | None, now: float) -> bool:
-    """``leg`` answered a forked call: True if it is the first (the other forks are then
-    CANCELled, RFC 3326 reason "completed elsewhere"); a late answer is hung up at once."""
-    if winner is not None:
-        leg.bye(now)
-        return False
-    for other in forks:
-        if other is not leg:
-            other.cancel(now, reason=ANSWERED_ELSEWHERE)
-    return True
-
-
-def fork_failure(forks: list[UacLeg], leg: UacLeg, now: float) -> int | None:
-    """``leg`` failed: the status of the whole forked call once it has failed, None while
-    another fork may still answer. A 6xx decides for every fork at once and CANCELs the
-    rest (RFC 3261 §16.7 step 5); otherwise a 6xx, then 486, then the first failure wins
-    (step 6). Forks sipdial itself cancelled do not count."""
-    if (leg.final_status or 0) >= 600:
-        for other in forks:
-            if other is not leg:
-                other.cancel(now)
-        return leg.final_status
-    if any(f.state is not LegState.ENDED for f in forks):
-        return None
-    statuses = [f.final_status or 500 for f in forks if not f.cancelled]
-    if not statuses:
-        return None
-    return next((s for s in statuses if s >= 600), None) \
-        or next((s for s in statuses if s == 486), None) or statuses[0]

@@ -1,12 +1,17 @@
 """The click-to-dial call as one state table (STYLE.md §2).
 
-``TRANSITIONS[(state, input)] = (next state, cause, actions)``. A call ends exactly when it
+``TRANSITIONS[(phase, input)] = (next phase, cause, actions)``. A call ends exactly when it
 reaches ``ended``, and the cause says why. Actions are abstract: what ``CONNECT_TARGET`` does
 depends on the mode (REFER: send the phone a REFER; bridge: INVITE the target), so the same
 table serves both flows.
 
-An input missing from the table raises :class:`IllegalTransition` — except after ``ended``,
-where late SIP events (a 487 after our CANCEL, a BYE crossing ours) are expected and dropped.
+:class:`Phase` is the table's state: the public :class:`CallState` (what the API, events and
+the store show) plus the one distinction the API does not name, the second playing of the
+"press 1" prompt. ``phase.state`` gives the public state.
+
+An input missing from the table is a bug, not bad input: the call logs one line and ends at
+once as ``failed`` (:class:`IllegalTransition`). After ``ended`` every input is dropped: late
+SIP events (a 487 after our CANCEL, a BYE crossing ours) are expected there.
 """
 
 from __future__ import annotations
@@ -14,8 +19,24 @@ from __future__ import annotations
 import enum
 from typing import TypeAlias
 
+__all__ = [
+    "TRANSITIONS",
+    "Action",
+    "CallState",
+    "Cause",
+    "IllegalTransition",
+    "Input",
+    "Mode",
+    "Phase",
+    "target_failure_input",
+    "transition",
+    "user_failure_input",
+]
+
 
 class CallState(enum.StrEnum):
+    """The states of a click-to-dial call, in the order a successful call passes them."""
+
     CALLING_USER = "calling_user"
     USER_RINGING = "user_ringing"
     USER_ANSWERED = "user_answered"
@@ -24,6 +45,13 @@ class CallState(enum.StrEnum):
     TARGET_RINGING = "target_ringing"
     CONNECTED = "connected"
     ENDED = "ended"
+
+
+class Mode(enum.StrEnum):
+    """How the user's phone is connected to the target."""
+
+    REFER = "refer"  #: the phone is REFERred to the target (through sipdial)
+    BRIDGE = "bridge"  #: sipdial calls the target and joins the two (3PCC)
 
 
 class Cause(enum.StrEnum):
@@ -35,6 +63,7 @@ class Cause(enum.StrEnum):
     NOT_CONFIRMED = "not_confirmed"
     TARGET_BUSY = "target_busy"
     TARGET_NO_ANSWER = "target_no_answer"
+    TARGET_UNAVAILABLE = "target_unavailable"  # a local extension with no registered device
     TARGET_FAILED = "target_failed"
     REFER_FAILED = "refer_failed"
     CANCELLED = "cancelled"
@@ -42,94 +71,134 @@ class Cause(enum.StrEnum):
     INTERRUPTED = "interrupted"  # sipdial stopped (cleanly, or found at start after a crash)
 
 
+class Phase(enum.Enum):
+    """The table's states: the public states, plus the prompt's second playing."""
+
+    CALLING_USER = CallState.CALLING_USER
+    USER_RINGING = CallState.USER_RINGING
+    USER_ANSWERED = CallState.USER_ANSWERED
+    AWAITING_CONFIRMATION = CallState.AWAITING_CONFIRMATION
+    CONFIRMING_AGAIN = "awaiting_confirmation (prompt replayed after a wrong digit)"
+    CALLING_TARGET = CallState.CALLING_TARGET
+    TARGET_RINGING = CallState.TARGET_RINGING
+    CONNECTED = CallState.CONNECTED
+    ENDED = CallState.ENDED
+
+    @property
+    def state(self) -> CallState:
+        """The public state of this phase."""
+        return _PUBLIC[self]
+
+
+_PUBLIC = {p: p.value if isinstance(p.value, CallState) else CallState.AWAITING_CONFIRMATION
+           for p in Phase}
+
+
 class Input(enum.StrEnum):
+    # the user's device(s)
     USER_RINGING = "user ringing"  # 180/183 from a device
-    USER_ANSWERED = "user answered"  # 200 from a device
-    USER_BUSY = "user busy"  # every device 486/600
+    USER_ANSWERED = "user answered"  # 200 from a device (after the first: hung up)
+    DEVICE_FAILED = "device failed"  # one device failed (others may still ring)
+    USER_BUSY = "user busy"  # every device failed, 486/600 chosen
     USER_REJECTED = "user rejected"  # 603 (declined)
     USER_NO_ANSWER = "user no answer"  # ring timeout, or 408/480
     USER_FAILED = "user failed"  # any other failure reaching the user
-    USER_HUNG_UP = "user hung up"  # the phone ended it before the target answered
+    PHONE_HUNG_UP = "phone hung up"  # the user's phone (or its referred call) ended its side
+    # the "press 1" confirmation
     ASK_CONFIRMATION = "ask confirmation"  # the call wants "press 1" before dialling
     NO_CONFIRMATION = "no confirmation"  # ... or not
-    WRONG_DIGIT = "wrong digit"  # a digit other than 1: the prompt is replayed once
-    CONFIRMED = "confirmed"  # DTMF 1
-    NOT_CONFIRMED = "not confirmed"  # no digit in time, or a wrong digit twice
+    DIGIT_ONE = "digit 1"
+    OTHER_DIGIT = "other digit"  # the prompt is replayed once, then the call ends
+    CONFIRM_TIMEOUT = "confirm timeout"  # no digit in time
+    # the target
     REFER_FAILED = "refer failed"  # REFER refused, or the transfer never happened
     TARGET_CALLING = "target calling"  # the INVITE to the target is out
     TARGET_RINGING = "target ringing"
     TARGET_ANSWERED = "target answered"
     TARGET_BUSY = "target busy"
     TARGET_NO_ANSWER = "target no answer"
+    TARGET_UNAVAILABLE = "target unavailable"
     TARGET_FAILED = "target failed"
-    HANGUP = "hangup"  # either party ended the connected call
-    CANCEL = "cancel"  # DELETE /v1/calls/{id}
+    TARGET_HUNG_UP = "target hung up"  # (or: transferred elsewhere, end not observable)
+    # commands
+    CANCEL = "cancel"  # DELETE /v1/calls/{id}, or the maximum duration passed
     SHUTDOWN = "shutdown"  # sipdial is stopping
     FAILED = "failed"  # internal error
 
 
 class Action(enum.Enum):
-    CANCEL_OTHER_DEVICES = "CANCEL the devices that did not answer"
+    STOP_TIMER = "stop the ring / prompt timer"
+    TAKE_DEVICE = "keep the answering device; CANCEL the others"
+    HANG_UP_DEVICE = "hang up a device that answered too late"
+    CHECK_DEVICES = "once every device failed, fire the failure RFC 3261 §16.7 chooses"
+    USE_PHONE_MEDIA = "point sipdial's RTP at the phone's answer (fail without G.711)"
+    DECIDE_CONFIRMATION = "fire ASK_CONFIRMATION or NO_CONFIRMATION as configured"
     PLAY_PROMPT = "play 'to connect to <number>, press 1' and wait for a digit"
-    REPLAY_PROMPT = "play the prompt once more"
+    STOP_PROMPT = "stop the prompt"
     CONNECT_TARGET = "REFER the phone to the target (refer) / INVITE the target (bridge)"
-    RELEASE_USER = "end sipdial's own dialog with the phone once the transfer took over"
-    RELEASE_ALL = "CANCEL or BYE every leg still up"
+    TARGET_CONNECTED = "refer: end sipdial's own dialog with the phone once the transfer is done"
+    RELEASE_ALL = "CANCEL or BYE every leg still up (bridge: after a busy/failure tone)"
 
 
-St, In, C, A = CallState, Input, Cause, Action
-Row: TypeAlias = tuple[CallState, Cause | None, tuple[Action, ...]]
+St, Ph, In, C, A = CallState, Phase, Input, Cause, Action
+Row: TypeAlias = tuple[Phase, Cause | None, tuple[Action, ...]]
 _ = ()
+_END = (A.STOP_TIMER, A.RELEASE_ALL)
 
-# The states in which the call is alive; used only to write the rows below compactly.
-_LIVE = (St.CALLING_USER, St.USER_RINGING, St.USER_ANSWERED, St.AWAITING_CONFIRMATION,
-         St.CALLING_TARGET, St.TARGET_RINGING, St.CONNECTED)
-_RINGING_USER = (St.CALLING_USER, St.USER_RINGING)
-_TARGET_PHASE = (St.USER_ANSWERED, St.CALLING_TARGET, St.TARGET_RINGING)
+# Groups of phases, used only to write the rows below compactly.
+_RINGING_USER = (Ph.CALLING_USER, Ph.USER_RINGING)
+_CONFIRMING = (Ph.AWAITING_CONFIRMATION, Ph.CONFIRMING_AGAIN)
+_TARGET_PHASE = (Ph.USER_ANSWERED, Ph.CALLING_TARGET, Ph.TARGET_RINGING)
+_ANSWERED = (*_CONFIRMING, *_TARGET_PHASE, Ph.CONNECTED)
+_LIVE = (*_RINGING_USER, *_ANSWERED)
+_TARGET_FAILURES = {In.REFER_FAILED: C.REFER_FAILED, In.TARGET_BUSY: C.TARGET_BUSY,
+                    In.TARGET_NO_ANSWER: C.TARGET_NO_ANSWER,
+                    In.TARGET_UNAVAILABLE: C.TARGET_UNAVAILABLE,
+                    In.TARGET_FAILED: C.TARGET_FAILED}
+_USER_FAILURES = {In.USER_BUSY: C.USER_BUSY, In.USER_REJECTED: C.USER_REJECTED,
+                  In.USER_NO_ANSWER: C.USER_NO_ANSWER, In.USER_FAILED: C.FAILED}
 
-TRANSITIONS: dict[tuple[CallState, Input], Row] = {
+TRANSITIONS: dict[tuple[Phase, Input], Row] = {
     # --- ringing the user's phone(s)
-    (St.CALLING_USER, In.USER_RINGING): (St.USER_RINGING, None, _),
-    (St.USER_RINGING, In.USER_RINGING): (St.USER_RINGING, None, _),
-    **{(s, In.USER_ANSWERED): (St.USER_ANSWERED, None, (A.CANCEL_OTHER_DEVICES,))
-       for s in _RINGING_USER},
-    **{(s, In.USER_BUSY): (St.ENDED, C.USER_BUSY, (A.RELEASE_ALL,)) for s in _RINGING_USER},
-    **{(s, In.USER_REJECTED): (St.ENDED, C.USER_REJECTED, (A.RELEASE_ALL,)) for s in _RINGING_USER},
-    **{(s, In.USER_NO_ANSWER): (St.ENDED, C.USER_NO_ANSWER, (A.RELEASE_ALL,))
-       for s in _RINGING_USER},
-    **{(s, In.USER_FAILED): (St.ENDED, C.FAILED, (A.RELEASE_ALL,)) for s in _RINGING_USER},
+    (Ph.CALLING_USER, In.USER_RINGING): (Ph.USER_RINGING, None, _),
+    (Ph.USER_RINGING, In.USER_RINGING): (Ph.USER_RINGING, None, _),
+    **{(p, In.USER_ANSWERED): (Ph.USER_ANSWERED, None,
+                               (A.STOP_TIMER, A.TAKE_DEVICE, A.USE_PHONE_MEDIA,
+                                A.DECIDE_CONFIRMATION)) for p in _RINGING_USER},
+    **{(p, In.DEVICE_FAILED): (p, None, (A.CHECK_DEVICES,)) for p in _RINGING_USER},
+    **{(p, i): (Ph.ENDED, c, _END) for p in _RINGING_USER for i, c in _USER_FAILURES.items()},
     # --- the "press 1" confirmation (pbxnsip's abuse protection), or straight on
-    (St.USER_ANSWERED, In.NO_CONFIRMATION): (St.USER_ANSWERED, None, (A.CONNECT_TARGET,)),
-    (St.USER_ANSWERED, In.ASK_CONFIRMATION): (St.AWAITING_CONFIRMATION, None,
+    (Ph.USER_ANSWERED, In.NO_CONFIRMATION): (Ph.USER_ANSWERED, None, (A.CONNECT_TARGET,)),
+    (Ph.USER_ANSWERED, In.ASK_CONFIRMATION): (Ph.AWAITING_CONFIRMATION, None,
                                               (A.PLAY_PROMPT,)),
-    (St.AWAITING_CONFIRMATION, In.WRONG_DIGIT): (St.AWAITING_CONFIRMATION, None,
-                                                 (A.REPLAY_PROMPT,)),
-    (St.AWAITING_CONFIRMATION, In.CONFIRMED): (St.CALLING_TARGET, None, (A.CONNECT_TARGET,)),
-    (St.AWAITING_CONFIRMATION, In.NOT_CONFIRMED): (St.ENDED, C.NOT_CONFIRMED,
-                                                   (A.RELEASE_ALL,)),
-    (St.AWAITING_CONFIRMATION, In.USER_HUNG_UP): (St.ENDED, C.USER_HUNG_UP, (A.RELEASE_ALL,)),
+    (Ph.AWAITING_CONFIRMATION, In.OTHER_DIGIT): (Ph.CONFIRMING_AGAIN, None, (A.PLAY_PROMPT,)),
+    (Ph.CONFIRMING_AGAIN, In.OTHER_DIGIT): (Ph.ENDED, C.NOT_CONFIRMED, _END),
+    **{(p, In.DIGIT_ONE): (Ph.CALLING_TARGET, None,
+                           (A.STOP_TIMER, A.STOP_PROMPT, A.CONNECT_TARGET)) for p in _CONFIRMING},
+    **{(p, In.CONFIRM_TIMEOUT): (Ph.ENDED, C.NOT_CONFIRMED, _END) for p in _CONFIRMING},
+    **{(p, In.PHONE_HUNG_UP): (Ph.ENDED, C.USER_HUNG_UP, _END) for p in _CONFIRMING},
     # --- reaching the target (REFER: the phone dials it through sipdial; bridge: we do)
-    (St.USER_ANSWERED, In.TARGET_CALLING): (St.CALLING_TARGET, None, _),
-    (St.CALLING_TARGET, In.TARGET_CALLING): (St.CALLING_TARGET, None, _),
-    (St.USER_ANSWERED, In.TARGET_RINGING): (St.TARGET_RINGING, None, _),
-    (St.CALLING_TARGET, In.TARGET_RINGING): (St.TARGET_RINGING, None, _),
-    (St.TARGET_RINGING, In.TARGET_RINGING): (St.TARGET_RINGING, None, _),
-    (St.TARGET_RINGING, In.TARGET_CALLING): (St.TARGET_RINGING, None, _),
-    **{(s, In.TARGET_ANSWERED): (St.CONNECTED, None, (A.RELEASE_USER,)) for s in _TARGET_PHASE},
-    **{(s, In.USER_HUNG_UP): (St.ENDED, C.USER_HUNG_UP, (A.RELEASE_ALL,)) for s in _TARGET_PHASE},
-    **{(s, In.REFER_FAILED): (St.ENDED, C.REFER_FAILED, (A.RELEASE_ALL,)) for s in _TARGET_PHASE},
-    **{(s, In.TARGET_BUSY): (St.ENDED, C.TARGET_BUSY, (A.RELEASE_ALL,)) for s in _TARGET_PHASE},
-    **{(s, In.TARGET_NO_ANSWER): (St.ENDED, C.TARGET_NO_ANSWER, (A.RELEASE_ALL,))
-       for s in _TARGET_PHASE},
-    **{(s, In.TARGET_FAILED): (St.ENDED, C.TARGET_FAILED, (A.RELEASE_ALL,))
-       for s in _TARGET_PHASE},
+    (Ph.USER_ANSWERED, In.TARGET_CALLING): (Ph.CALLING_TARGET, None, _),
+    (Ph.CALLING_TARGET, In.TARGET_CALLING): (Ph.CALLING_TARGET, None, _),
+    (Ph.TARGET_RINGING, In.TARGET_CALLING): (Ph.TARGET_RINGING, None, _),
+    **{(p, In.TARGET_RINGING): (Ph.TARGET_RINGING, None, _) for p in _TARGET_PHASE},
+    **{(p, In.TARGET_ANSWERED): (Ph.CONNECTED, None, (A.TARGET_CONNECTED,))
+       for p in _TARGET_PHASE},
+    **{(p, In.PHONE_HUNG_UP): (Ph.ENDED, C.USER_HUNG_UP, _END) for p in _TARGET_PHASE},
+    **{(p, i): (Ph.ENDED, c, _END) for p in _TARGET_PHASE for i, c in _TARGET_FAILURES.items()},
     # --- talking
-    (St.CONNECTED, In.TARGET_ANSWERED): (St.CONNECTED, None, _),
-    (St.CONNECTED, In.HANGUP): (St.ENDED, C.COMPLETED, (A.RELEASE_ALL,)),
+    (Ph.CONNECTED, In.TARGET_ANSWERED): (Ph.CONNECTED, None, _),  # NOTIFY 200 after the fact
+    (Ph.CONNECTED, In.PHONE_HUNG_UP): (Ph.ENDED, C.COMPLETED, _END),
+    (Ph.CONNECTED, In.TARGET_HUNG_UP): (Ph.ENDED, C.COMPLETED, _END),
+    # --- what may arrive in any live phase and changes nothing
+    **{(p, In.USER_ANSWERED): (p, None, (A.HANG_UP_DEVICE,)) for p in _ANSWERED},
+    **{(p, In.DEVICE_FAILED): (p, None, _) for p in _ANSWERED},  # a CANCELled device's 487
+    **{(p, i): (p, None, _) for p in _LIVE if p not in _CONFIRMING
+       for i in (In.DIGIT_ONE, In.OTHER_DIGIT)},  # key presses outside the prompt
     # --- from anywhere alive
-    **{(s, In.CANCEL): (St.ENDED, C.CANCELLED, (A.RELEASE_ALL,)) for s in _LIVE},
-    **{(s, In.FAILED): (St.ENDED, C.FAILED, (A.RELEASE_ALL,)) for s in _LIVE},
-    **{(s, In.SHUTDOWN): (St.ENDED, C.INTERRUPTED, (A.RELEASE_ALL,)) for s in _LIVE},
+    **{(p, In.CANCEL): (Ph.ENDED, C.CANCELLED, _END) for p in _LIVE},
+    **{(p, In.FAILED): (Ph.ENDED, C.FAILED, _END) for p in _LIVE},
+    **{(p, In.SHUTDOWN): (Ph.ENDED, C.INTERRUPTED, _END) for p in _LIVE},
 }
 
 
@@ -137,14 +206,14 @@ class IllegalTransition(RuntimeError):
     pass
 
 
-def transition(state: CallState, inp: Input) -> Row | None:
-    """The row for ``inp`` in ``state``; None for late input after the call ended."""
-    row = TRANSITIONS.get((state, inp))
+def transition(phase: Phase, inp: Input) -> Row | None:
+    """The row for ``inp`` in ``phase``; None for late input after the call ended."""
+    row = TRANSITIONS.get((phase, inp))
     if row is not None:
         return row
-    if state is St.ENDED:
+    if phase is Ph.ENDED:
         return None
-    raise IllegalTransition(f"call in state {state} cannot take input {inp!r}")
+    raise IllegalTransition(f"a call in phase {phase.name} cannot take input {inp.name}")
 
 
 # SIP final status of the user's device(s) -> input (RFC 3261 §21; RFC 3326 causes)

@@ -20,8 +20,8 @@ from sipdial.media.rtp import RtpSender
 log = logging.getLogger("sipdial.media")
 
 FRAME = 0.020  #: seconds of audio per frame and per tick
-OnDone = Callable[[object, float], None]
-Datagram = tuple[object, tuple[str, int], bytes]  #: (key, remote address, RTP packet)
+OnDone = Callable[[str, float], None]
+Datagram = tuple[str, tuple[str, int], bytes]  #: (key, remote address, RTP packet)
 
 
 class _Stream:
@@ -45,10 +45,10 @@ class Player:
         if max_catchup < 1:
             raise ValueError("max_catchup must be >= 1")
         self._max_catchup = max_catchup  # frames per stream and tick at most (100 ms)
-        self._streams: dict[object, _Stream] = {}
+        self._streams: dict[str, _Stream] = {}
         self._due: float | None = None  # when the next slot starts; None: no grid yet
 
-    def play(self, key: object, remote: tuple[str, int], sender: RtpSender,
+    def play(self, key: str, remote: tuple[str, int], sender: RtpSender,
              frames: Sequence[bytes], *, loop: bool = False,
              on_done: OnDone | None = None) -> None:
         """Play ``frames`` to ``remote`` with ``sender``, from the next tick on. Replaces what
@@ -60,7 +60,7 @@ class Player:
         sender.new_talkspurt()
         self._streams[key] = _Stream(remote, sender, frames, loop, on_done)
 
-    def stop(self, key: object) -> None:
+    def stop(self, key: str) -> None:
         """Stop ``key`` (no ``on_done``); unknown keys are ignored."""
         old = self._streams.pop(key, None)
         if old is not None:
@@ -93,7 +93,7 @@ class Player:
                 self._due += slots * FRAME
         out: list[Datagram] = []
         append = out.append
-        done: list[tuple[object, _Stream]] = []
+        done: list[tuple[str, _Stream]] = []
         for key, st in streams.items():
             frames = st.frames
             end = len(frames)

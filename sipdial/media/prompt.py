@@ -171,7 +171,7 @@ class PromptLibrary:
         frames += self._clips[language, "press_1", payload_type]
         return frames
 
-    def tone(self, kind: ToneKind, payload_type: int) -> Sequence[bytes]:
+    def tone(self, kind: str, payload_type: int) -> Sequence[bytes]:
         """One cadence cycle of a call-progress tone, starting with the tone (play with
         ``loop=True`` for ringback; repeat the cycle for a longer busy/failure tone)."""
         _check_pt(payload_type)

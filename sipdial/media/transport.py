@@ -22,7 +22,7 @@ from sipdial.media.rtp import PCMA, PCMU, RtpSender, parse_rtp
 
 log = logging.getLogger("sipdial.media")
 
-OnDigit = Callable[[object, str, str], None]  #: on_digit(key, digit, "rfc4733" | "inband")
+OnDigit = Callable[[str, str, str], None]  #: on_digit(key, digit, "rfc4733" | "inband")
 
 
 class MediaPortsExhausted(Exception):
@@ -44,7 +44,7 @@ class _Call:
     __slots__ = ("inband", "key", "latched", "on_digit", "payload_type", "port", "remote",
                  "rfc4733", "sender", "telephone_event")
 
-    def __init__(self, key: object, on_digit: OnDigit) -> None:
+    def __init__(self, key: str, on_digit: OnDigit) -> None:
         self.key = key
         self.on_digit = on_digit
         self.port: Any = None  # IListeningPort
@@ -75,14 +75,14 @@ class MediaManager:
         self._port_min = port_min + (port_min & 1)  # RTP on even ports (RFC 3550 §11)
         self._port_max = port_max
         self._next_port = self._port_min
-        self._calls: dict[object, _Call] = {}
-        self._finished: list[tuple[OnDone, object, float]] = []
+        self._calls: dict[str, _Call] = {}
+        self._finished: list[tuple[OnDone, str, float]] = []
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = reactor
 
     # -- calls ---------------------------------------------------------------------------------
 
-    def open(self, key: object, on_digit: OnDigit) -> tuple[str, int]:
+    def open(self, key: str, on_digit: OnDigit) -> tuple[str, int]:
         """Bind an RTP port for ``key``; returns (host, port) for our SDP. ``on_digit(key,
         digit, how)`` is called for every key press received, ``how`` in {"rfc4733", "inband"}.
         :class:`MediaPortsExhausted` when the configured range has no free even port."""
@@ -93,7 +93,7 @@ class MediaManager:
         self._calls[key] = call
         return self.host, int(call.port.getHost().port)
 
-    def set_remote(self, key: object, host: str, port: int, payload_type: int,
+    def set_remote(self, key: str, host: str, port: int, payload_type: int,
                    event_pt: int | None) -> None:
         """Where to send (from the peer's SDP) and the negotiated PTs: ``payload_type`` PCMU or
         PCMA, ``event_pt`` the peer's telephone-event PT or None (then DTMF is detected in-band
@@ -116,7 +116,7 @@ class MediaManager:
         # RFC 4733 packet. Silence costs ~10 µs a frame, speech ~60 µs (loadtest/bench_dtmf).
         call.inband = call.inband or InbandDetector()
 
-    def play(self, key: object, frames: Sequence[bytes], *, loop: bool = False,
+    def play(self, key: str, frames: Sequence[bytes], *, loop: bool = False,
              on_done: OnDone | None = None) -> None:
         """Play ``frames`` (from :attr:`prompts`, in the PT given to :meth:`set_remote`) from
         the next tick on, replacing what ``key`` played. ``on_done(key, now)`` runs after the
@@ -126,18 +126,18 @@ class MediaManager:
             raise ValueError(f"no remote RTP address for {key!r} yet (set_remote first)")
         done = None
         if on_done is not None:
-            def done(k: object, now: float, cb: OnDone = on_done) -> None:
+            def done(k: str, now: float, cb: OnDone = on_done) -> None:
                 self._finished.append((cb, k, now))
         self.player.play(key, call.remote, call.sender, frames, loop=loop, on_done=done)
         if not self._loop.running:
             self._loop.start(FRAME, now=False).addErrback(
                 lambda f: log.error("media tick failed: %s", f.getTraceback()))
 
-    def stop_playing(self, key: object) -> None:
+    def stop_playing(self, key: str) -> None:
         """Stop sending to ``key`` (no ``on_done``); the port stays open for DTMF."""
         self.player.stop(key)
 
-    def close(self, key: object) -> None:
+    def close(self, key: str) -> None:
         """Stop playing and release ``key``'s port; unknown keys are ignored."""
         self.player.stop(key)
         call = self._calls.pop(key, None)

@@ -13,7 +13,7 @@ here (RFC 3581 symmetric response routing, applied to the dialog).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sipdial.sip.errors import SipError
 from sipdial.sip.headers import Headers
@@ -38,7 +38,6 @@ class Dialog:
     peer: Peer
     local_contact: str  # our Contact header value
     secure: bool = False  # §12.1: a sips: dialog (kept for when TLS is served)
-    owner: object = field(default=None, repr=False)  # the call leg this dialog belongs to
 
     @property
     def key(self) -> DialogKey:

@@ -9,6 +9,9 @@ transport driver, which owns the sockets and the single reactor timer.
 
 from __future__ import annotations
 
+import itertools
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sipdial.sip.errors import ParseError
@@ -17,6 +20,7 @@ from sipdial.sip.message import (
     Response,
     make_response,
     parse_message,
+    to_tag,
     top_via,
 )
 from sipdial.sip.peer import Peer
@@ -27,6 +31,7 @@ from sipdial.sip.transaction import (
     ServerTransaction,
     TimerConfig,
     TransactionLayer,
+    TransactionOwner,
 )
 from sipdial.sip.uri import URI, SipURI
 
@@ -52,6 +57,20 @@ class Endpoint:
         # (transport, address family) -> (host, port) we listen on
         self.local: dict[tuple[str, int], tuple[str, int]] = {}
         self.stats = EndpointStats()
+        self._output_hook: Callable[[], None] | None = None
+        self._tag_prefix = os.urandom(4).hex()
+        self._tags = itertools.count(1)
+
+    def set_output_hook(self, hook: Callable[[], None] | None) -> None:
+        """``hook`` is told whenever the TU queues something to send (a request, response,
+        ACK or CANCEL): the transport adapter's cue to flush when the TU acted on its own
+        (an API command, a key press on the media) rather than in reply to the network."""
+        self._output_hook = hook
+
+    def _output(self) -> None:
+        hook = self._output_hook
+        if hook is not None:
+            hook()
 
     # ------------------------------------------------------------ local addresses
 
@@ -98,7 +117,11 @@ class Endpoint:
             if request is not None and request.method != "ACK":
                 try:
                     reply_to = self._process_via(request, source)  # §18.2.2 as for any reply
-                    response = make_response(request, exc.status, _short(str(exc)))
+                    try:  # §8.2.6.2 To tag, where the To can be read at all
+                        response = make_response(request, exc.status, _short(str(exc)),
+                                                 to_tag=self._tag())
+                    except Exception:
+                        response = make_response(request, exc.status, _short(str(exc)))
                     self.txns.send_stateless(response, reply_to)
                 except Exception:
                     self.stats.dropped += 1
@@ -127,14 +150,16 @@ class Endpoint:
     # ------------------------------------------------------------ output
 
     def send_request(self, request: Request, peer: Peer, now: float,
-                     context: object = None) -> ClientTransaction:
-        """Add our Via (and User-Agent) and start a client transaction."""
+                     owner: TransactionOwner | None = None) -> ClientTransaction:
+        """Add our Via (and User-Agent) and start a client transaction reporting to
+        ``owner``."""
         branch = self.txns.new_branch()
         request.headers.prepend("Via", self.via(peer, branch))
         if "User-Agent" not in request.headers:
             request.headers.add("User-Agent", self.user_agent)
         txn = self.txns.send_request(request, peer, now)
-        txn.context = context
+        txn.owner = owner
+        self._output()
         return txn
 
     def send_ack(self, invite_txn: ClientTransaction, ack: Request, peer: Peer,
@@ -146,14 +171,19 @@ class Endpoint:
             self.txns.send_ack(invite_txn, ack, peer)
         else:
             self.txns.send_stateless(ack, peer)
+        self._output()
 
     def respond(self, txn: ServerTransaction, response: Response, now: float) -> None:
         if "Server" not in response.headers:
             response.headers.add("Server", self.user_agent)
+        if response.status > 100 and to_tag(response) is None:
+            # §8.2.6.2: a UAS MUST add a To tag to a response to a request without one
+            response.headers.set("To", f"{response.headers.get('To')};tag={self._tag()}")
         if response.status in (401, 407) and not txn.peer.reliable:
             self.txns.respond_stateless(txn, response)  # no retransmissions to spoofers
-            return
-        self.txns.respond(txn, response, now)
+        else:
+            self.txns.respond(txn, response, now)
+        self._output()
 
     def reply(self, txn: ServerTransaction, status: int, now: float, reason: str | None = None,
               to_tag: str | None = None,
@@ -168,6 +198,10 @@ class Endpoint:
     def cancel(self, invite_txn: ClientTransaction, now: float,
                reason: str | None = None) -> None:
         self.txns.cancel(invite_txn, now, reason)
+        self._output()
+
+    def _tag(self) -> str:
+        return f"{self._tag_prefix}{next(self._tags):x}"
 
     def drain_events(self) -> list[Event]:
         return self.txns.drain_events()

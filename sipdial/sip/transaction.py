@@ -26,7 +26,7 @@ import os
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
 from sipdial.sip.headers import Headers, Via
 from sipdial.sip.message import (
@@ -291,6 +291,20 @@ class AckTimeout:
     txn: ServerTransaction
 
 
+#: The events a transaction reports to its owner (:class:`TransactionOwner`).
+OwnerEvent: TypeAlias = (
+    ResponseReceived | TransactionTimeout | TransportError | CancelReceived | AckTimeout
+)
+
+
+class TransactionOwner(Protocol):
+    """What a transaction belongs to (a call leg): the TU passes it every event about the
+    transaction — its responses, its timeout or transport failure, a CANCEL of it, a 2xx
+    that was never ACKed."""
+
+    def transaction_event(self, event: OwnerEvent, now: float) -> None: ...
+
+
 Event: TypeAlias = (
     RequestReceived
     | CancelReceived
@@ -305,7 +319,7 @@ Event: TypeAlias = (
 
 
 class _Txn:
-    __slots__ = ("_context", "_context_ref", "_method", "_request", "_timers", "key", "layer",
+    __slots__ = ("_method", "_owner", "_owner_ref", "_request", "_timers", "key", "layer",
                  "peer", "state", "table")
 
     def __init__(self, layer: TransactionLayer, key: tuple[str, ...], peer: Peer,
@@ -318,8 +332,8 @@ class _Txn:
         self.state = state
         self.table = table
         self._timers: dict[In, TimerHandle] = {}
-        self._context: object = None
-        self._context_ref: weakref.ref[object] | None = None
+        self._owner: TransactionOwner | None = None
+        self._owner_ref: weakref.ref[TransactionOwner] | None = None
 
     @property
     def reliable(self) -> bool:
@@ -339,26 +353,26 @@ class _Txn:
         return request
 
     @property
-    def context(self) -> object:
+    def owner(self) -> TransactionOwner | None:
         """For the TU: what this transaction belongs to. Held weakly once the transaction
         only lingers for retransmissions (then None when nothing else holds it)."""
-        if self._context_ref is not None:
-            return self._context_ref()
-        return self._context
+        if self._owner_ref is not None:
+            return self._owner_ref()
+        return self._owner
 
-    @context.setter
-    def context(self, value: object) -> None:
-        self._context = value
-        self._context_ref = None
+    @owner.setter
+    def owner(self, value: TransactionOwner | None) -> None:
+        self._owner = value
+        self._owner_ref = None
 
-    def _weaken_context(self) -> None:
-        context = self._context
-        if context is not None:
+    def _weaken_owner(self) -> None:
+        owner = self._owner
+        if owner is not None:
             try:
-                self._context_ref = weakref.ref(context)
+                self._owner_ref = weakref.ref(owner)
             except TypeError:  # not weak-referenceable: keep it
                 return
-            self._context = None
+            self._owner = None
 
     def _start_timer(self, which: In, delay: float, now: float) -> None:
         old = self._timers.get(which)
@@ -529,7 +543,7 @@ class TransactionLayer:
             headers.add("Reason", reason)
         cancel = Request("CANCEL", inv.uri, headers)
         txn = self.send_request(cancel, invite_txn.peer, now)
-        txn.context = invite_txn.context
+        txn.owner = invite_txn.owner
         return txn
 
     # ---------------------------------------------------------------- server side
@@ -773,7 +787,7 @@ class TransactionLayer:
     def _slim(txn: ClientTransaction | ServerTransaction) -> None:
         """Keep only what retransmissions, matching and the remaining timers need.
 
-        The TU context is held weakly from now on (a call that has ended can be freed;
+        The owner is held weakly from now on (a call that has ended can be freed;
         a late fork 2xx or AckTimeout still reaches a live one). Parsed messages go where no
         TU event or TU response can use them any more: a server transaction's last
         response (its bytes and status stay), its request unless it is an accepted INVITE
@@ -782,7 +796,7 @@ class TransactionLayer:
         state = txn.state
         if state is S.TERMINATED:
             return
-        txn._weaken_context()
+        txn._weaken_owner()
         if isinstance(txn, ServerTransaction):
             txn.last_response = None
             if state is not S.ACCEPTED:

@@ -134,22 +134,46 @@ class _TcpClientFactory(protocol.ClientFactory):
 
 
 class SipDriver:
-    def __init__(self, reactor: Any, endpoint: Endpoint, timers: TimerHeap) -> None:
+    """Sockets and the one timer of a sans-IO SIP stack.
+
+    ``tu`` handles the endpoint's events. The driver flushes after every datagram, stream
+    message and timer; when the TU sends or schedules on its own (an HTTP command, a key
+    press on the media), the endpoint's output hook and the timer heap's change hook tell
+    the driver, which flushes once at the end of the current reactor turn.
+    """
+
+    def __init__(self, reactor: Any, endpoint: Endpoint, timers: TimerHeap,
+                 tu: TransactionUser | None = None, *, tcp_idle_timeout: float = 3660.0,
+                 max_tcp_connections: int = 10_000) -> None:
         self.reactor = reactor
         self.endpoint = endpoint
         self.timers = timers
-        self.tu: TransactionUser | None = None
+        self.tu = tu
         self._udp: dict[int, Any] = {}  # address family -> listening UDP port
         self._tcp: dict[Peer, _TcpConnection] = {}
         self._connecting: dict[Peer, _TcpConnection] = {}
         self._listening: list[Any] = []
         self._timer: Any = None
         self._pumping = False
-        self.tcp_idle_timeout = 3660.0  # > the longest registration interval
-        self.max_tcp_connections = 10_000
+        self._wake_pending = False
+        self.tcp_idle_timeout = tcp_idle_timeout  # > the longest registration interval
+        self.max_tcp_connections = max_tcp_connections
         #: UDP destinations Twisted's Port.write has accepted (IP literals of the socket's
         #: family), sent to with the socket's sendto directly from then on
         self._udp_hosts: set[str] = set()
+        endpoint.set_output_hook(self._wake)
+        timers.set_change_hook(self._wake)
+
+    def _wake(self) -> None:
+        """Output or an earlier deadline outside :meth:`pump`: flush at the end of this turn."""
+        if self._pumping or self._wake_pending:
+            return
+        self._wake_pending = True
+        self.reactor.callLater(0, self._woken)
+
+    def _woken(self) -> None:
+        self._wake_pending = False
+        self.pump()
 
     # ------------------------------------------------------------ setup
 
@@ -170,6 +194,8 @@ class SipDriver:
         return bound
 
     def stop(self) -> None:
+        self.endpoint.set_output_hook(None)
+        self.timers.set_change_hook(None)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         for lp in self._listening:

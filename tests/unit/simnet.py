@@ -1,12 +1,11 @@
 """A simulated network for unit tests: the real sans-IO SIP stack and call engine, driven with
 bytes and a fake clock. No sockets, no real time, deterministic.
 
-:class:`SimNet` wires ``TimerHeap``, ``Endpoint`` (UDP and TCP on 127.0.0.1:5060),
-``Authenticator``, ``Registrar``, ``UserAgent`` and ``CallEngine`` (with :class:`FakeStore`)
-the way :mod:`sipdial.app` does, and :meth:`SimNet.pump` is the transport driver's loop:
-drain events -> ``ua.handle`` -> drain outbox, until quiet. What sipdial sends is queued per
-destination :class:`Peer`; :meth:`SimNet.advance` moves the clock forward firing timers in
-deadline order.
+:class:`SimNet` builds the stack with :func:`sipdial.app.build_core`, as the app does (with
+:class:`FakeStore`, UDP and TCP on 127.0.0.1:5060), and :meth:`SimNet.pump` is the transport
+driver's loop: drain events -> ``core.handle`` -> drain outbox, until quiet. What sipdial
+sends is queued per destination :class:`Peer`; :meth:`SimNet.advance` moves the clock forward
+firing timers in deadline order.
 
 :class:`Phone` is a scripted SIP device at one address: it builds requests and responses as
 bytes (replies with the real :func:`make_response`), answers digest challenges with
@@ -21,13 +20,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
-from sipdial.authn import Authenticator
-from sipdial.calls.autoanswer import DEFAULT_RULES
-from sipdial.calls.engine import CallEngine
+from sipdial.api.calls_api import CallsApi
+from sipdial.app import build_core
+from sipdial.calls import CallRequest, MediaPort, Mode, PromptSource
 from sipdial.config import Config, parse_config
-from sipdial.registrar import ExpiryLimits, Registrar
 from sipdial.sip.auth import answer_challenge, parse_challenges, preferred_challenge
-from sipdial.sip.endpoint import Endpoint
 from sipdial.sip.message import (
     Message,
     Request,
@@ -41,11 +38,8 @@ from sipdial.sip.message import (
     top_via,
 )
 from sipdial.sip.peer import Peer
-from sipdial.sip.timers import TimerHeap
-from sipdial.sip.transaction import TimerConfig
 from sipdial.sip.uri import parse_name_addr_list
 from sipdial.store.models import CallEvent, CallRecord, RegistrationRecord
-from sipdial.ua import UserAgent
 
 START = 1_700_000_000.0
 SIPDIAL_UDP = Peer("udp", "127.0.0.1", 5060)
@@ -84,16 +78,24 @@ uri = "sip:{{number}}@127.0.0.1:5080"
 user_answer_timeout = {user_answer_timeout}
 target_answer_timeout = {target_answer_timeout}
 refer_timeout = {refer_timeout}
+max_concurrent = {max_concurrent}
 """
 
 
 def make_config(*, auto_answer: bool = True, user_answer_timeout: float = 30.0,
-                target_answer_timeout: float = 60.0, refer_timeout: float = 32.0) -> Config:
+                target_answer_timeout: float = 60.0, refer_timeout: float = 32.0,
+                extra_users: range = range(0), max_concurrent: int = 2000) -> Config:
+    """The unit tests' and benchmarks' configuration: users 201 and 202, every number routed
+    to 127.0.0.1:5080; ``extra_users`` adds users with ids from the range (password
+    ``pw<id>``, auto-answer on)."""
     text = BASE_CONFIG.format(
         auto_answer="true" if auto_answer else "false",
         user_answer_timeout=user_answer_timeout,
         target_answer_timeout=target_answer_timeout,
-        refer_timeout=refer_timeout)
+        refer_timeout=refer_timeout,
+        max_concurrent=max_concurrent)
+    text += "".join(f'\n[[users]]\nid = "{uid}"\npassword = "pw{uid}"\nname = "User {uid}"\n'
+                    "auto_answer = true\n" for uid in extra_users)
     return parse_config(text)
 
 
@@ -105,6 +107,7 @@ class FakeStore:
         self.events: dict[str, list[CallEvent]] = defaultdict(list)
         self.registrations: dict[tuple[str, str], RegistrationRecord] = {}
         self.deleted: list[tuple[str, str]] = []
+        self.changes: list[tuple[str, str, bool]] = []  # (user, contact, removed)
 
     def save_call(self, call: CallRecord) -> None:
         self.calls[call.id] = call
@@ -123,10 +126,12 @@ class FakeStore:
 
     def save_registration(self, reg: RegistrationRecord) -> None:
         self.registrations[(reg.user, reg.contact)] = reg
+        self.changes.append((reg.user, reg.contact, False))
 
     def delete_registration(self, user: str, contact: str) -> None:
         self.registrations.pop((user, contact), None)
         self.deleted.append((user, contact))
+        self.changes.append((user, contact, True))
 
 
 def parse(data: bytes) -> Message:
@@ -146,34 +151,63 @@ def parse_response(data: bytes) -> Response:
 
 
 class SimNet:
-    def __init__(self, config: Config | None = None, *, now: float = START) -> None:
+    def __init__(self, config: Config | None = None, *, now: float = START,
+                 media: MediaPort | None = None, prompts: PromptSource | None = None,
+                 store: FakeStore | None = None) -> None:
         self.config = config or make_config()
         self.now = now
-        self.timers = TimerHeap()
-        cfg = self.config
-        self.endpoint = Endpoint(self.timers, TimerConfig(cfg.sip.t1, cfg.sip.t2, cfg.sip.t4),
-                                 user_agent=cfg.sip.user_agent)
+        self.store = store or FakeStore()
+        self.published: list[tuple[str, str]] = []
+        self.core = build_core(self.config, clock=lambda: self.now, store=self.store,
+                               events=self, secret=b"simnet-secret-0123456789abcdef!!",
+                               rtp_sinks={4: MEDIA}, media=media, prompts=prompts,
+                               load=self)
+        core = self.core
+        self.timers = core.timers
+        self.endpoint = core.endpoint
         self.endpoint.add_local("udp", "127.0.0.1", 5060)
         self.endpoint.add_local("tcp", "127.0.0.1", 5060)
-        users = cfg.users
-        self.auth = Authenticator(cfg.sip.realm,
-                                  lambda u: users[u].password if u in users else None,
-                                  secret=b"simnet-secret-0123456789abcdef!!",
-                                  algorithms=cfg.sip.digest_algorithms)
-        self.changes: list[tuple[str, str, bool]] = []
-        self.registrar = Registrar(
-            self.auth, users.keys(),
-            ExpiryLimits(cfg.sip.min_registration_expires, cfg.sip.max_registration_expires,
-                         cfg.sip.default_registration_expires),
-            on_change=lambda b, removed: self.changes.append((b.user, b.contact, removed)))
-        self.ua = UserAgent(self.endpoint, self.timers, self.registrar, cfg.sip.domain)
-        self.store = FakeStore()
-        self.engine = CallEngine(cfg, self.ua, self.registrar, self.auth, self.timers,
-                                 self.store, lambda: self.now, self.pump, DEFAULT_RULES,
-                                 {4: MEDIA})
+        self.auth = core.auth
+        self.registrar = core.registrar
+        self.ua = core.ua
+        self.calls = core.calls
+        self.inbound = core.inbound
+        #: the HTTP API's view of the calls (dicts, Deferreds), as the HTTP layer uses it
+        self.api = CallsApi(core.calls, core.inbound, self.store, core.registrar,
+                            lambda: self.now)
+        self.changes: list[tuple[str, str, bool]] = self.store.changes
+        self.is_overloaded = False
         self.queues: dict[Peer, deque[bytes]] = defaultdict(deque)
         self.log: list[tuple[Peer, bytes]] = []
         self._pumping = False
+        self._dirty = False
+        # as the driver: flush when the TU acts on its own (API command, media digit)
+        self.endpoint.set_output_hook(self._wake)
+        self.timers.set_change_hook(self._wake)
+
+    # EventSink and LoadGauge for the call service
+    def publish(self, record: CallRecord, event: CallEvent) -> None:
+        self.published.append((record.id, event.state))
+
+    def overloaded(self) -> bool:
+        return self.is_overloaded
+
+    def _wake(self) -> None:
+        if not self._pumping:
+            self._dirty = True
+
+    def settle(self) -> None:
+        """What the driver's end-of-turn flush does: deliver what the TU queued."""
+        if self._dirty:
+            self._dirty = False
+            self.pump()
+
+    def create_call(self, **request: Any) -> CallRecord:
+        """Start a call as the HTTP API does (raises CallRefused)."""
+        mode = request.pop("mode", None)
+        call = self.calls.create(CallRequest(mode=Mode(mode) if mode else None, **request))
+        self.settle()
+        return call.record
 
     # ------------------------------------------------------------ the driver loop
 
@@ -187,7 +221,7 @@ class SimNet:
             while True:
                 events = self.endpoint.drain_events()
                 for event in events:
-                    self.ua.handle(event, self.now)
+                    self.core.handle(event, self.now)
                 out = self.endpoint.drain_outbox()
                 for peer, data in out:
                     self.queues[peer].append(data)
@@ -204,6 +238,7 @@ class SimNet:
 
     def advance(self, seconds: float) -> None:
         """Move the clock forward, firing due timers in deadline order."""
+        self.settle()
         target = self.now + seconds
         while True:
             deadline = self.timers.next_deadline()
@@ -218,6 +253,7 @@ class SimNet:
 
     def sent_to(self, peer: Peer) -> list[bytes]:
         """Take everything queued for ``peer``."""
+        self.settle()
         queue = self.queues[peer]
         items = list(queue)
         queue.clear()
@@ -272,10 +308,12 @@ class Phone:
         self.net.deliver(data, self.peer)
 
     def received(self) -> list[Message]:
+        self.net.settle()
         return [parse(d) for d in self.net.sent_to(self.peer)]
 
     def take(self, method_or_status: str | int | None = None) -> Message:
         """The single next message sipdial sent us (optionally checked)."""
+        self.net.settle()
         queue = self.net.queues[self.peer]
         assert queue, f"nothing sent to {self.peer}"
         message = parse(queue.popleft())
@@ -298,9 +336,11 @@ class Phone:
         return message
 
     def nothing(self) -> bool:
+        self.net.settle()
         return not self.net.queues[self.peer]
 
     def pending(self) -> list[str]:
+        self.net.settle()
         return [_describe(parse(d)) for d in self.net.queues[self.peer]]
 
     # ------------------------------------------------------------ replies

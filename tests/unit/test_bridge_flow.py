@@ -56,10 +56,8 @@ class FakePrompts:
 
 
 def media_flow(**create: Any) -> tuple[Flow, FakeMedia]:
-    flow = Flow()
     media = FakeMedia()
-    flow.net.engine.media = media  # type: ignore[assignment]
-    flow.net.engine.prompts = FakePrompts()  # type: ignore[assignment]
+    flow = Flow(media=media, prompts=FakePrompts())
     flow.create(**create)
     return flow, media
 

@@ -11,6 +11,7 @@ from sipdial.calls.states import (
     Cause,
     IllegalTransition,
     Input,
+    Phase,
     target_failure_input,
     transition,
     user_failure_input,
@@ -18,8 +19,8 @@ from sipdial.calls.states import (
 
 
 def test_every_path_to_ended_carries_a_cause_and_releases_everything() -> None:
-    for (_state, inp), (nxt, cause, actions) in TRANSITIONS.items():
-        if nxt is CallState.ENDED:
+    for (_phase, inp), (nxt, cause, actions) in TRANSITIONS.items():
+        if nxt is Phase.ENDED:
             assert cause is not None, inp
             assert Action.RELEASE_ALL in actions, inp
         else:
@@ -27,20 +28,21 @@ def test_every_path_to_ended_carries_a_cause_and_releases_everything() -> None:
 
 
 def test_nothing_leaves_ended() -> None:
-    assert not [key for key in TRANSITIONS if key[0] is CallState.ENDED]
-    assert transition(CallState.ENDED, Input.USER_ANSWERED) is None
+    assert not [key for key in TRANSITIONS if key[0] is Phase.ENDED]
+    assert transition(Phase.ENDED, Input.USER_ANSWERED) is None
 
 
 def test_every_state_is_reachable_from_calling_user() -> None:
-    seen = {CallState.CALLING_USER}
-    frontier = [CallState.CALLING_USER]
+    seen = {Phase.CALLING_USER}
+    frontier = [Phase.CALLING_USER]
     while frontier:
-        state = frontier.pop()
+        phase = frontier.pop()
         for (src, _inp), (nxt, _c, _a) in TRANSITIONS.items():
-            if src is state and nxt not in seen:
+            if src is phase and nxt not in seen:
                 seen.add(nxt)
                 frontier.append(nxt)
-    assert seen == set(CallState)
+    assert seen == set(Phase)
+    assert {p.state for p in seen} == set(CallState)
 
 
 def test_every_cause_is_reachable() -> None:
@@ -49,60 +51,82 @@ def test_every_cause_is_reachable() -> None:
 
 
 def test_shutdown_interrupts_every_live_state() -> None:
-    for state in CallState:
-        if state is CallState.ENDED:
+    for phase in Phase:
+        if phase is Phase.ENDED:
             continue
-        row = transition(state, Input.SHUTDOWN)
-        assert row is not None and row[:2] == (CallState.ENDED, Cause.INTERRUPTED)
+        row = transition(phase, Input.SHUTDOWN)
+        assert row is not None and row[:2] == (Phase.ENDED, Cause.INTERRUPTED)
+
+
+def test_every_live_phase_takes_cancel_and_failure() -> None:
+    """An internal error ends the call from anywhere (IllegalTransition -> FAILED)."""
+    for phase in Phase:
+        if phase is not Phase.ENDED:
+            assert transition(phase, Input.FAILED)[:2] == (Phase.ENDED, Cause.FAILED)  # type: ignore[index]
+            assert transition(phase, Input.CANCEL)[:2] == (Phase.ENDED, Cause.CANCELLED)  # type: ignore[index]
 
 
 def _walk(path: list[Input]) -> list[tuple[CallState, Cause | None, tuple[Action, ...]]]:
-    state = CallState.CALLING_USER
+    state = Phase.CALLING_USER
     seen = []
     for inp in path:
         row = transition(state, inp)
         assert row is not None
         state = row[0]
-        seen.append(row)
+        seen.append((row[0].state, row[1], row[2]))
     return seen
 
 
 def test_happy_refer_path() -> None:
     seen = _walk([Input.USER_RINGING, Input.USER_ANSWERED, Input.NO_CONFIRMATION,
                   Input.TARGET_CALLING, Input.TARGET_RINGING, Input.TARGET_ANSWERED,
-                  Input.HANGUP])
+                  Input.TARGET_HUNG_UP])
     assert [s for s, _c, _a in seen] == [
         CallState.USER_RINGING, CallState.USER_ANSWERED, CallState.USER_ANSWERED,
         CallState.CALLING_TARGET, CallState.TARGET_RINGING, CallState.CONNECTED,
         CallState.ENDED]
-    assert seen[1][2] == (Action.CANCEL_OTHER_DEVICES,)
+    assert Action.TAKE_DEVICE in seen[1][2]  # ... which CANCELs the other devices
     assert seen[2][2] == (Action.CONNECT_TARGET,)
-    assert seen[5][2] == (Action.RELEASE_USER,)
+    assert seen[5][2] == (Action.TARGET_CONNECTED,)
     assert seen[-1][1] is Cause.COMPLETED
 
 
 def test_confirmation_path_replays_once_then_connects() -> None:
-    seen = _walk([Input.USER_ANSWERED, Input.ASK_CONFIRMATION, Input.WRONG_DIGIT,
-                  Input.CONFIRMED, Input.TARGET_RINGING, Input.TARGET_ANSWERED])
+    seen = _walk([Input.USER_ANSWERED, Input.ASK_CONFIRMATION, Input.OTHER_DIGIT,
+                  Input.DIGIT_ONE, Input.TARGET_RINGING, Input.TARGET_ANSWERED])
     assert [s for s, _c, _a in seen] == [
         CallState.USER_ANSWERED, CallState.AWAITING_CONFIRMATION,
         CallState.AWAITING_CONFIRMATION, CallState.CALLING_TARGET, CallState.TARGET_RINGING,
         CallState.CONNECTED]
     assert seen[1][2] == (Action.PLAY_PROMPT,)
-    assert seen[2][2] == (Action.REPLAY_PROMPT,)
-    assert seen[3][2] == (Action.CONNECT_TARGET,)
+    assert seen[2][2] == (Action.PLAY_PROMPT,)  # replayed once
+    assert Action.CONNECT_TARGET in seen[3][2]
 
 
 def test_not_confirmed_ends_the_call() -> None:
-    seen = _walk([Input.USER_ANSWERED, Input.ASK_CONFIRMATION, Input.NOT_CONFIRMED])
+    seen = _walk([Input.USER_ANSWERED, Input.ASK_CONFIRMATION, Input.CONFIRM_TIMEOUT])
     assert seen[-1][:2] == (CallState.ENDED, Cause.NOT_CONFIRMED)
+    seen = _walk([Input.USER_ANSWERED, Input.ASK_CONFIRMATION, Input.OTHER_DIGIT,
+                  Input.OTHER_DIGIT])
+    assert seen[-1][:2] == (CallState.ENDED, Cause.NOT_CONFIRMED)
+
+
+def test_hang_up_cause_depends_on_the_state_in_the_table() -> None:
+    """The phone hanging up ends a connected call as completed, an unconnected one as
+    user_hung_up: the table says so, no input is rewritten outside it."""
+    connected = _walk([Input.USER_ANSWERED, Input.NO_CONFIRMATION, Input.TARGET_ANSWERED,
+                       Input.PHONE_HUNG_UP])
+    assert connected[-1][:2] == (CallState.ENDED, Cause.COMPLETED)
+    ringing = _walk([Input.USER_ANSWERED, Input.NO_CONFIRMATION, Input.TARGET_RINGING,
+                     Input.PHONE_HUNG_UP])
+    assert ringing[-1][:2] == (CallState.ENDED, Cause.USER_HUNG_UP)
 
 
 def test_illegal_transition_raises() -> None:
     with pytest.raises(IllegalTransition):
-        transition(CallState.CALLING_USER, Input.TARGET_ANSWERED)
+        transition(Phase.CALLING_USER, Input.TARGET_ANSWERED)
     with pytest.raises(IllegalTransition):
-        transition(CallState.CONNECTED, Input.USER_ANSWERED)
+        transition(Phase.CONNECTED, Input.USER_BUSY)
 
 
 @pytest.mark.parametrize(("status", "inp"), [

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from sipdial.api.service import ApiError
+from sipdial.calls import MediaPort, PromptSource
 from sipdial.config import Config
 from sipdial.sip.message import Request, Response, call_id, cseq, from_, to
 from sipdial.sip.uri import NameAddr, SipURI, parse_name_addr_list
@@ -32,8 +33,9 @@ class Flow:
 
     def __init__(self, *, devices: int = 1, config: Config | None = None,
                  user_agents: tuple[str | None, ...] = ("Yealink SIP-T46S 66.86.0.15",
-                                                        "baresip v1.0.0 (x86_64/linux)")) -> None:
-        self.net = SimNet(config)
+                                                        "baresip v1.0.0 (x86_64/linux)"),
+                 media: MediaPort | None = None, prompts: PromptSource | None = None) -> None:
+        self.net = SimNet(config, media=media, prompts=prompts)
         self.phones = [Phone(self.net, port=5070 + i, contact_host=f"192.168.1.{10 + i}",
                              user_agent=user_agents[i % len(user_agents)])
                        for i in range(devices)]
@@ -79,7 +81,7 @@ class Flow:
         args.update(kw)
         results: list[dict[str, Any]] = []
         errors: list[Any] = []
-        self.net.engine.create_call(**args).addCallbacks(results.append, errors.append)
+        self.net.api.create_call(**args).addCallbacks(results.append, errors.append)
         assert not errors, errors[0]
         (result,) = results
         self.call_id = result["id"]
@@ -340,8 +342,8 @@ def test_full_call_connected_and_completed_by_phone_bye() -> None:
     assert flow.cause == "completed"
     assert flow.states() == ["calling_user", "user_ringing", "user_answered", "calling_target",
                              "target_ringing", "connected", "ended"]
-    assert flow.call_id not in flow.net.engine.calls
-    assert not flow.net.engine.bridges
+    assert flow.call_id not in flow.net.calls.calls
+    assert not flow.net.inbound.relayed
     assert flow.net.ua.dialogs == {}
 
 
@@ -601,7 +603,7 @@ def test_phone_cancels_referred_invite() -> None:
 
 def hangup(flow: Flow) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
-    flow.net.engine.hangup_call(flow.call_id).addCallback(results.append)
+    flow.net.api.hangup_call(flow.call_id).addCallback(results.append)
     (result,) = results
     return result
 
@@ -671,7 +673,7 @@ def test_hangup_of_ended_call_reads_the_store() -> None:
 def test_user_not_registered() -> None:
     net = SimNet()
     errors: list[Any] = []
-    net.engine.create_call(user="202", to=TARGET, device=None, auto_answer=None,
+    net.api.create_call(user="202", to=TARGET, device=None, auto_answer=None,
                            mode=None).addErrback(lambda f: errors.append(f.value))
     (error,) = errors
     assert isinstance(error, ApiError)
@@ -684,7 +686,7 @@ def test_user_not_registered() -> None:
 def test_unknown_user_404() -> None:
     net = SimNet()
     errors: list[Any] = []
-    net.engine.create_call(user="999", to=TARGET, device=None, auto_answer=None,
+    net.api.create_call(user="999", to=TARGET, device=None, auto_answer=None,
                            mode=None).addErrback(lambda f: errors.append(f.value))
     assert isinstance(errors[0], ApiError) and errors[0].status == 404
 
@@ -1108,7 +1110,7 @@ def test_notify_only_call_does_not_stay_live_forever() -> None:
     flow.notify("SIP/2.0 200 OK", terminated=True)
     flow.phone.reply(flow.phone.take_request("BYE"), 200, contact=False)
     flow.net.advance(24 * 3600)
-    assert flow.call_id not in flow.net.engine.calls
+    assert flow.call_id not in flow.net.calls.calls
     assert flow.state == "ended"
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sipdial.api.service import CALL_STATES
+from sipdial.calls import CallState
 from sipdial.config import EVENT_NAMES
 from sipdial.events.names import EVENTS_BY_STATE, EventName, EventSpec, events_for, is_missed
 
+CALL_STATES = tuple(s.value for s in CallState)
 N = EventName
 
 

@@ -27,10 +27,10 @@ def test_lag_monitor_sees_a_late_reactor_and_recovers() -> None:
 
 def test_engine_refuses_calls_while_overloaded() -> None:
     flow = Flow()
-    flow.net.engine.overloaded = lambda: True
+    flow.net.is_overloaded = True
     errors: list[object] = []
-    flow.net.engine.create_call(user="201", to="+4930", device=None, auto_answer=None,
-                                mode=None).addErrback(lambda f: errors.append(f.value))
+    flow.net.api.create_call(user="201", to="+4930", device=None, auto_answer=None,
+                             mode=None).addErrback(lambda f: errors.append(f.value))
     (error,) = errors
     assert isinstance(error, ApiError) and (error.status, error.code) == (503, "overloaded")
     assert flow.phone.nothing()  # nothing was sent
@@ -39,11 +39,11 @@ def test_engine_refuses_calls_while_overloaded() -> None:
 def test_a_call_past_max_duration_is_hung_up_by_the_sweep() -> None:
     flow = Flow()
     flow.to_connected()
-    engine = flow.net.engine
-    assert engine.sweep(flow.net.now + 60) == 0
-    flow.net.advance(engine.config.calls.max_duration + 1)
-    assert engine.sweep(flow.net.now) == 1
+    core = flow.net.core
+    assert core.sweep(flow.net.now + 60) == 0
+    flow.net.advance(core.config.calls.max_duration + 1)
+    assert core.sweep(flow.net.now) == 1  # the call (it releases its relayed call)
     assert flow.cause == "cancelled"
     assert flow.net_record.events[-1].detail == "maximum call duration reached"
-    assert engine.calls == {} and engine.bridges == set()
+    assert core.calls.calls == {} and core.inbound.relayed == set()
     flow.target.take_request("BYE")

@@ -320,8 +320,8 @@ def test_expiry_by_clock(net: SimNet, phone: Phone) -> None:
 def test_expired_binding_is_not_called(net: SimNet, phone: Phone) -> None:
     assert phone.register(expires=60).status == 200
     net.advance(61)
-    d = net.engine.create_call(user="201", to="+4930123", device=None, auto_answer=None,
-                               mode=None)
+    d = net.api.create_call(user="201", to="+4930123", device=None, auto_answer=None,
+                            mode=None)
     errors: list[object] = []
     d.addErrback(lambda f: errors.append(f.value))
     assert errors and getattr(errors[0], "status", None) == 409

@@ -340,10 +340,10 @@ def test_one_heap_entry_per_pending_timer_not_per_retransmission() -> None:
 
 
 class Leg:
-    """A TU context object (weak-referenceable, like the call legs)."""
+    """A TU owner object (weak-referenceable, like the call legs)."""
 
 
-def test_lingering_server_transactions_drop_messages_and_hold_context_weakly() -> None:
+def test_lingering_server_transactions_drop_messages_and_hold_owner_weakly() -> None:
     import gc
     import weakref
 
@@ -353,18 +353,18 @@ def test_lingering_server_transactions_drop_messages_and_hold_context_weakly() -
     txn = h.layer.drain_events()[0].txn  # type: ignore[union-attr]
     assert txn is not None
     leg = Leg()
-    txn.context = leg
+    txn.owner = leg
     h.layer.respond(txn, response_to(bye, 200), h.now)
     assert txn.request is bye and txn.last_response is not None  # TU may still look
     assert h.layer.drain_events() == [] and h.layer.drain_events() == []  # TU handled all
     with pytest.raises(RuntimeError):
         txn.request  # noqa: B018
     assert txn.last_response is None and txn.answered and txn.method == "BYE"
-    assert txn.context is leg  # still there while something else holds it
+    assert txn.owner is leg  # still there while something else holds it
     ref = weakref.ref(leg)
     del leg
     gc.collect()
-    assert ref() is None and txn.context is None
+    assert ref() is None and txn.owner is None
     h.sent()
     h.layer.receive(bye, UDP, h.now + 1)  # retransmission: the same bytes again
     again = h.sent()
@@ -380,16 +380,16 @@ def test_accepted_invite_server_keeps_request_and_still_reports_ack_timeout() ->
     txn = h.layer.drain_events()[0].txn  # type: ignore[union-attr]
     assert txn is not None
     leg = Leg()
-    txn.context = leg
+    txn.owner = leg
     h.layer.respond(txn, response_to(inv, 200), h.now)
     h.layer.drain_events()
     h.layer.drain_events()
-    assert txn.request is inv and txn.context is leg and txn.last_response is None
+    assert txn.request is inv and txn.owner is leg and txn.last_response is None
     h.layer.respond(txn, response_to(inv, 200), h.now)  # the TU may still send a 2xx
     h.advance(33.0)
     events = h.layer.drain_events()
     assert [type(e) for e in events] == [AckTimeout]
-    assert events[0].txn.context is leg  # type: ignore[union-attr]
+    assert events[0].txn.owner is leg  # type: ignore[union-attr]
 
 
 def test_error_to_invite_keeps_acking_retransmissions_after_slimming() -> None:
@@ -412,20 +412,20 @@ def test_error_to_invite_keeps_acking_retransmissions_after_slimming() -> None:
     assert txn.state is State.TERMINATED
 
 
-def test_completed_non_invite_client_drops_request_and_context() -> None:
+def test_completed_non_invite_client_drops_request_and_owner() -> None:
     h = Harness()
     opt = request("OPTIONS", branch="z9hG4bKo1")
     txn = h.layer.send_request(opt, UDP, h.now)
     leg = Leg()
-    txn.context = leg
+    txn.owner = leg
     h.layer.receive(response_to(opt, 200), UDP, h.now)
     (event,) = h.layer.drain_events()
     assert isinstance(event, ResponseReceived) and event.txn.request is opt
-    assert event.txn.context is leg
+    assert event.txn.owner is leg
     h.layer.drain_events()
     with pytest.raises(RuntimeError):
         txn.request  # noqa: B018
-    assert txn.method == "OPTIONS" and txn.context is leg
+    assert txn.method == "OPTIONS" and txn.owner is leg
     h.advance(5.0)
     assert txn.state is State.TERMINATED
 

@@ -7,8 +7,8 @@ import pytest
 from sipdial.sip.dialog import Dialog
 from sipdial.sip.message import Request, Response
 from sipdial.sip.peer import Peer
-from sipdial.sip.transaction import ClientTransaction, ServerTransaction
-from sipdial.ua import ALLOW
+from sipdial.sip.transaction import OwnerEvent
+from sipdial.ua import ALLOW, DialogAck, DialogEvent, DialogRequest
 from tests.unit.simnet import SimNet, parse_request, parse_response
 
 PHONE = Peer("udp", "127.0.0.1", 5070)
@@ -144,29 +144,22 @@ def test_invite_gets_100_trying_first(net: SimNet) -> None:
 
 
 class Owner:
-    """A minimal dialog owner (what a call leg implements)."""
+    """A minimal dialog owner (what a call leg implements: sipdial.ua.LegOwner)."""
 
     def __init__(self, net: SimNet) -> None:
         self.net = net
         self.requests: list[Request] = []
 
-    def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
+    def transaction_event(self, event: OwnerEvent, now: float) -> None:
         pass
 
-    def on_txn_timeout(self, txn: ClientTransaction, now: float) -> None:
-        pass
-
-    def on_dialog_request(self, dialog: Dialog, request: Request,
-                          txn: ServerTransaction | None, now: float) -> None:
-        self.requests.append(request)
-        if txn is not None:
-            self.net.endpoint.reply(txn, 200, now)
-
-    def on_cancel(self, txn: ServerTransaction, now: float) -> None:
-        pass
-
-    def on_ack_timeout(self, txn: ServerTransaction, now: float) -> None:
-        pass
+    def dialog_event(self, event: DialogEvent, now: float) -> None:
+        match event:
+            case DialogAck(ack=ack):
+                self.requests.append(ack)
+            case DialogRequest(request=request, txn=txn):
+                self.requests.append(request)
+                self.net.endpoint.reply(txn, 200, now)
 
 
 def make_dialog(net: SimNet) -> Owner:
@@ -205,7 +198,7 @@ def test_in_dialog_ack_reaches_owner_without_response(net: SimNet) -> None:
 
 def test_dropped_dialog_gives_481(net: SimNet) -> None:
     owner = make_dialog(net)
-    net.ua.drop_dialog(next(iter(net.ua.dialogs.values())))
+    net.ua.drop_dialog(next(iter(net.ua.dialogs.values()))[0])
     net.deliver(request("BYE", to_tag="lt1", cseq=6), PHONE)
     assert final(net).status == 481
     assert owner.requests == []

@@ -1,0 +1,117 @@
+"""The HTTP API's :class:`~sipdial.api.CallApi`, implemented on the calls room.
+
+Live calls come from :class:`~sipdial.calls.CallService`, ended ones from the store
+(:class:`CallHistory`); a :class:`~sipdial.calls.CallRefused` becomes an :class:`ApiError`
+with the HTTP status its :class:`~sipdial.calls.Refusal` means. The dependency points one way:
+api -> calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, fail, succeed
+
+from sipdial.api.service import ApiError
+from sipdial.calls import (
+    CallRefused,
+    CallRequest,
+    CallService,
+    CallState,
+    InboundRouter,
+    Mode,
+    Refusal,
+)
+from sipdial.registrar import Registrar
+from sipdial.store.models import CallRecord
+
+__all__ = ["REFUSAL_STATUS", "CallHistory", "CallsApi"]
+
+#: the HTTP status of each refusal (the code is the refusal's value)
+REFUSAL_STATUS: dict[Refusal, int] = {
+    Refusal.UNKNOWN_USER: 404,
+    Refusal.USER_NOT_REGISTERED: 409,
+    Refusal.DEVICE_NOT_REGISTERED: 409,
+    Refusal.INVALID_DESTINATION: 422,
+    Refusal.NO_ROUTE: 422,
+    Refusal.MEDIA_UNAVAILABLE: 422,
+    Refusal.MEDIA_PORTS_EXHAUSTED: 503,
+    Refusal.OVERLOADED: 503,
+}
+
+
+class CallHistory(Protocol):
+    """Reads of the call log (:class:`sipdial.store.SqliteStore`)."""
+
+    def get_call(self, call_id: str) -> Deferred[CallRecord | None]: ...
+
+    def list_calls(self, *, user: str | None = None, state: str | None = None,
+                   limit: int = 50) -> Deferred[list[CallRecord]]: ...
+
+
+class CallsApi:
+    def __init__(self, calls: CallService, inbound: InboundRouter, history: CallHistory,
+                 registrar: Registrar, clock: Callable[[], float]) -> None:
+        self._calls = calls
+        self._inbound = inbound
+        self._history = history
+        self._registrar = registrar
+        self._clock = clock
+
+    def create_call(self, *, user: str, to: str, device: str | None,
+                    auto_answer: bool | None, mode: Mode | None, confirm: bool | None = None,
+                    caller_id: str | None = None,
+                    clir: bool | None = None) -> Deferred[dict[str, Any]]:
+        request = CallRequest(user=user, to=to, device=device, auto_answer=auto_answer,
+                              mode=None if mode is None else Mode(mode), confirm=confirm,
+                              caller_id=caller_id, clir=clir)
+        try:
+            call = self._calls.create(request)
+        except CallRefused as exc:
+            return fail(ApiError(REFUSAL_STATUS[exc.refusal], exc.refusal.value, exc.message))
+        return succeed(call.record.to_json())
+
+    def get_call(self, call_id: str) -> Deferred[dict[str, Any] | None]:
+        live = self._calls.live(call_id)
+        if live is not None:
+            return succeed(live.record.to_json())
+        d = self._history.get_call(call_id)
+        return d.addCallback(lambda rec: rec.to_json() if rec is not None else None)
+
+    def list_calls(self, *, user: str | None, state: CallState | None,
+                   limit: int) -> Deferred[list[dict[str, Any]]]:
+        d = self._history.list_calls(user=user, state=None if state is None else state.value,
+                                     limit=limit)
+        return d.addCallback(lambda recs: [self._fresh(r).to_json() for r in recs])
+
+    def _fresh(self, record: CallRecord) -> CallRecord:
+        live = self._calls.live(record.id)
+        return live.record if live is not None else record
+
+    def hangup_call(self, call_id: str) -> Deferred[dict[str, Any]]:
+        record = self._calls.hang_up(call_id)
+        if record is not None:
+            return succeed(record.to_json())
+
+        def ended(rec: CallRecord | None) -> dict[str, Any]:
+            if rec is None:
+                raise ApiError(404, "not_found", f"no call {call_id}")
+            return rec.to_json()
+
+        return self._history.get_call(call_id).addCallback(ended)
+
+    def list_registrations(self, user: str | None) -> list[dict[str, Any]]:
+        now = self._clock()
+        registrar = self._registrar
+        bindings = registrar.contacts(user, now) if user else registrar.all(now)
+        return [b.to_json(now) for b in bindings]
+
+    def known_user(self, user: str) -> bool:
+        return user in self._calls.users
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok",
+                "calls": len(self._calls.calls),  # click-to-dial calls in progress
+                "relayed_calls": len(self._inbound.relayed),  # phones' calls via sipdial
+                "registrations": len(self._registrar.all(self._clock()))}

@@ -1,0 +1,444 @@
+"""What the two bridges share: the target's forks, the in-dialog relay, the table runner.
+
+sipdial joins two legs in two ways, each one table in its own module:
+
+* :class:`~sipdial.calls.b2bua.RelayedCall` — a phone's own INVITE (the referred call of a
+  REFER, or dialled by hand) relayed to its destination as a B2BUA;
+* :class:`~sipdial.calls.bridge.ThirdPartyBridge` — bridge mode: the phone leg sipdial
+  created, joined to the destination sipdial calls (3PCC, RFC 3725).
+
+Both ring the destination's forks (a local user's devices, or one route), let the first answer
+win, relay in-dialog requests between the two sides once connected, and report the
+destination's progress to the click-to-dial call that follows them (:class:`TargetListener`)
+as inputs of the call table. :class:`Bridge` holds that; the subclasses hold a table each.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, TypeAlias
+
+from sipdial.calls.legs import (
+    ANSWERED_ELSEWHERE,
+    Acked,
+    Answered,
+    Failed,
+    HungUp,
+    LegEvent,
+    PeerRequest,
+    PeerResponse,
+    Progress,
+    UacLeg,
+    UasLeg,
+)
+from sipdial.calls.routing import Target
+from sipdial.calls.states import Input, target_failure_input
+from sipdial.sip.message import make_response
+from sipdial.sip.timers import TimerHandle, TimerHeap
+from sipdial.sip.transaction import ClientTransaction, ServerTransaction
+from sipdial.sip.uri import NameAddr
+from sipdial.ua import UserAgent
+
+log = logging.getLogger("sipdial.calls")
+
+
+class TargetListener(Protocol):
+    """The click-to-dial call a bridge reports the destination's progress to."""
+
+    def target_event(self, inp: Input, now: float, code: int | None = None,
+                     detail: str | None = None) -> None: ...
+
+
+# ---------------------------------------------------------------------------- forks
+
+
+class Forks:
+    """The destination's legs, rung in parallel (one, or every device of a local user)."""
+
+    def __init__(self, legs: Sequence[UacLeg]) -> None:
+        self.legs = list(legs)
+
+    def start(self, now: float) -> None:
+        for leg in self.legs:
+            leg.start(now)
+
+    def cancel_others(self, winner: UacLeg, now: float) -> None:
+        """``winner`` answered first: CANCEL the rest (RFC 3326 "completed elsewhere")."""
+        for leg in self.legs:
+            if leg is not winner:
+                leg.cancel(now, reason=ANSWERED_ELSEWHERE)
+
+    def cancel(self, now: float) -> None:
+        for leg in self.legs:
+            leg.cancel(now)
+
+    def release(self, now: float, keep: UacLeg | None = None) -> None:
+        for leg in self.legs:
+            if leg is not keep:
+                leg.release(now)
+
+    def failure(self, leg: UacLeg, now: float) -> int | None:
+        """``leg`` failed: the status of the whole forked call once it has failed, None
+        while another fork may still answer. A 6xx decides for every fork at once and
+        CANCELs the rest (RFC 3261 §16.7 step 5); otherwise a 6xx, then 486, then the first
+        failure wins (step 6). Forks sipdial itself cancelled do not count."""
+        if (leg.final_status or 0) >= 600:
+            for other in self.legs:
+                if other is not leg:
+                    other.cancel(now)
+            return leg.final_status
+        if any(not f.state.over for f in self.legs):
+            return None
+        statuses = [f.final_status or 500 for f in self.legs if not f.cancelled]
+        if not statuses:
+            return None
+        return next((s for s in statuses if s >= 600), None) \
+            or next((s for s in statuses if s == 486), None) or statuses[0]
+
+
+# ---------------------------------------------------------------------------- relay
+
+
+class Relay:
+    """Relays in-dialog requests (re-INVITE, UPDATE, INFO …) from one leg to the other and
+    their final responses back: what keeps a B2BUA transparent after the call is up."""
+
+    def __init__(self, ua: UserAgent) -> None:
+        self.ua = ua
+        self._pending: dict[ClientTransaction, tuple[ServerTransaction, UacLeg | UasLeg]] = {}
+        # leg whose ACK carries the SDP answer -> the leg waiting for it (offerless re-INVITE)
+        self._answers: dict[UacLeg | UasLeg, UacLeg | UasLeg] = {}
+
+    def forward(self, event: PeerRequest, to: UacLeg | UasLeg, now: float) -> None:
+        request, came_on = event.request, event.leg
+        out = to.request(request.method, now, body=request.body,
+                         content_type=request.headers.get("Content-Type"))
+        if out is None:  # the other side has no dialog (yet, or any more)
+            self.ua.endpoint.reply(event.txn, 491 if request.method == "INVITE" else 481, now)
+            return
+        self._pending[out] = (event.txn, came_on)
+        if request.method == "INVITE" and not request.body:
+            self._answers[came_on] = to
+
+    def response(self, event: PeerResponse, now: float) -> None:
+        """Relay a final response back (responses to requests we did not relay: ignored)."""
+        message, txn = event.response, event.txn
+        if txn not in self._pending or message.status < 200:
+            return
+        server_txn, came_on = self._pending.pop(txn)
+        if message.status >= 300:
+            self._answers.pop(came_on, None)
+        if server_txn.answered:
+            return
+        response = make_response(server_txn.request, message.status, message.reason)
+        if message.body:
+            response.headers.add("Content-Type",
+                                 message.headers.get("Content-Type") or "application/sdp")
+            response.body = message.body
+        if server_txn.method == "INVITE" and message.status < 300:
+            response.headers.add("Contact", came_on.contact)
+        self.ua.endpoint.respond(server_txn, response, now)
+
+    def ack(self, event: Acked) -> None:
+        """The ACK of a 2xx we relayed: for an offerless re-INVITE it carries the SDP answer,
+        which the other side's deferred ACK must carry (RFC 3264 §4, RFC 3261 §13.2.2.4)."""
+        waiting = self._answers.pop(event.leg, None)
+        if waiting is not None:
+            waiting.ack_offer(event.ack.body, event.ack.headers.get("Content-Type"))
+
+
+# ---------------------------------------------------------------------------- the tables' words
+
+
+class BridgeState(enum.Enum):
+    CALLING = "calling"  # the destination's INVITE(s) are out, nobody answered
+    RINGBACK = "ringback"  # 3PCC: ... and the phone hears sipdial's ringback tone
+    EARLY_MEDIA = "early media"  # 3PCC: ... and the phone hears the destination's early media
+    CONNECTING = "connecting"  # 3PCC: the destination answered; the phone's re-INVITE is out
+    CONNECTED = "connected"  # both sides up, media flows phone <-> destination
+    ENDING = "ending"  # 3PCC: the phone hears a busy/failure tone before its BYE
+    ENDED = "ended"
+
+
+class BridgeInput(enum.Enum):
+    START = "start"
+    TARGET_PROGRESS = "1xx from the destination"
+    TARGET_EARLY_MEDIA = "1xx with SDP from the destination"
+    TARGET_ANSWERED = "2xx from a destination fork"
+    TARGET_LEG_FAILED = "one destination fork failed"
+    TARGET_FAILED = "every destination fork failed"
+    NO_ANSWER = "no answer within calls.target_answer_timeout"
+    TARGET_HUNG_UP = "the destination ended the call"
+    CALLER_CANCELLED = "the caller CANCELled (relay)"
+    CALLER_HUNG_UP = "the caller / phone ended the call"
+    CALLER_REQUEST = "in-dialog request from the caller / phone"
+    CALLER_LOCAL_REQUEST = "3PCC: a request from the phone that is never relayed"
+    TARGET_REQUEST = "in-dialog request from the destination"
+    STRAY_REQUEST = "in-dialog request from a fork that lost"
+    RESPONSE = "response to a request we relayed or sent"
+    ACK = "ACK of a relayed 2xx"
+    PHONE_TOOK_MEDIA = "3PCC: 2xx to the phone's re-INVITE"
+    PHONE_REFUSED_MEDIA = "3PCC: the phone refused the re-INVITE"
+    RELEASE = "end both sides now"
+    RELEASE_WITH_TONE = "3PCC: end both sides, the phone after a tone"
+    TONE_DONE = "3PCC: the tone has played"
+
+
+class BridgeAction(enum.Enum):
+    START_FORKS = "INVITE the destination (every fork)"
+    START_TIMER = "start the no-answer timer"
+    STOP_TIMER = "stop the no-answer timer"
+    REPORT = "tell the click-to-dial call (see _REPORTED)"
+    PASS_PROGRESS = "relay: send the caller the destination's 1xx"
+    PLAY_RINGBACK = "3PCC: play a ringback tone to the phone"
+    STOP_TONE = "3PCC: stop playing to the phone"
+    TAKE_TARGET = "keep the fork that answered, CANCEL the others"
+    HANG_UP_LATE_TARGET = "BYE a fork that answered too late"
+    ANSWER_CALLER = "relay: answer the caller with the destination's SDP"
+    REINVITE_PHONE = "3PCC: re-INVITE the phone with the destination's SDP"
+    CLOSE_MEDIA = "3PCC: release sipdial's RTP (media flows directly now)"
+    CHECK_FORKS = "once every fork failed, fire TARGET_FAILED with the chosen status"
+    CANCEL_FORKS = "CANCEL every fork"
+    REJECT_CALLER = "relay: answer the caller with the destination's failure"
+    REJECT_CALLER_480 = "relay: answer the caller 480 No Answer"
+    RELEASE_CALLER = "end the caller's / phone's side (487 or BYE)"
+    RELEASE_FORKS = "CANCEL or BYE every fork"
+    PLAY_TONE = "3PCC: play the busy/failure tone, then fire TONE_DONE"
+    REFUSE_REQUEST = "answer an in-dialog request that has nowhere to go"
+    ANSWER_LOCAL_REQUEST = "3PCC: answer the phone's request here (DTMF INFO 200, 491, 501)"
+    RELAY_TO_TARGET = "relay the request to the destination"
+    RELAY_TO_CALLER = "relay the request to the caller / phone"
+    RELAY_RESPONSE = "relay a final response back"
+    RELAY_ACK = "pass an ACK's SDP answer on"
+
+
+BridgeRow: TypeAlias = tuple[BridgeState, tuple[BridgeAction, ...]]
+BridgeTable: TypeAlias = dict[tuple[BridgeState, BridgeInput], BridgeRow]
+
+#: what the call following a bridge hears, per bridge input (REPORT)
+_REPORTED: dict[BridgeInput, tuple[Input, str | None]] = {
+    BridgeInput.START: (Input.TARGET_CALLING, None),
+    BridgeInput.TARGET_PROGRESS: (Input.TARGET_RINGING, None),
+    BridgeInput.TARGET_EARLY_MEDIA: (Input.TARGET_RINGING, None),
+    BridgeInput.TARGET_ANSWERED: (Input.TARGET_ANSWERED, None),
+    BridgeInput.NO_ANSWER: (Input.TARGET_NO_ANSWER, "no answer from the target"),
+    BridgeInput.TARGET_HUNG_UP: (Input.TARGET_HUNG_UP, "target hung up"),
+    BridgeInput.CALLER_CANCELLED: (Input.PHONE_HUNG_UP, "caller cancelled"),
+    BridgeInput.CALLER_HUNG_UP: (Input.PHONE_HUNG_UP, "caller hung up"),
+    BridgeInput.PHONE_REFUSED_MEDIA: (Input.FAILED,
+                                      "phone refused the re-INVITE to the destination"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A decided input's SIP status and text (the forks' failure, a timeout, a tone)."""
+
+    code: int | None = None
+    detail: str | None = None
+    tone: str | None = None
+
+
+BridgePayload: TypeAlias = LegEvent | Outcome | None
+
+
+# ---------------------------------------------------------------------------- the runner
+
+
+class Bridge:
+    """Forks to the destination, a relay, a no-answer timer and the table runner."""
+
+    table: ClassVar[BridgeTable]
+
+    def __init__(self, ua: UserAgent, timers: TimerHeap, *, targets: list[Target],
+                 caller: NameAddr, callee: NameAddr, offer: bytes, content_type: str | None,
+                 extra: list[tuple[str, str]] | None, answer_timeout: float,
+                 listener: TargetListener | None, label: str) -> None:
+        self.ua = ua
+        self.timers = timers
+        self.listener = listener
+        self.label = label
+        self.answer_timeout = answer_timeout
+        self.forks = Forks([
+            UacLeg(ua, self, uri=t.uri, peer=t.peer, from_party=caller, to_party=callee,
+                   body=offer, content_type=content_type if offer else None, extra=extra,
+                   label=t.label, credentials=t.credentials)
+            for t in targets
+        ])
+        self.b: UacLeg | None = None  # the fork that answered (data; the state says if any)
+        self.relay = Relay(ua)
+        self.state = BridgeState.CALLING
+        self.started_at = 0.0
+        self._timer: TimerHandle | None = None
+        self._queue: deque[tuple[BridgeInput, BridgePayload]] = deque()
+        self._firing = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.label} {self.state.name}>"
+
+    @property
+    def caller_leg(self) -> UacLeg | UasLeg:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ commands
+
+    def start(self, now: float) -> None:
+        self.started_at = now
+        self.fire(BridgeInput.START, now)
+
+    def release(self, now: float, tone: str | None = None) -> None:
+        """End both sides; with ``tone`` (3PCC) the phone hears it before the BYE."""
+        if tone is None:
+            self.fire(BridgeInput.RELEASE, now)
+        else:
+            self.fire(BridgeInput.RELEASE_WITH_TONE, now, Outcome(tone=tone))
+
+    @property
+    def ended(self) -> bool:
+        return self.state is BridgeState.ENDED
+
+    # ------------------------------------------------------------ the table runner
+
+    def fire(self, inp: BridgeInput, now: float, payload: BridgePayload = None) -> None:
+        """Run ``inp`` through the table; inputs fired while a row runs wait their turn."""
+        self._queue.append((inp, payload))
+        if self._firing:
+            return
+        self._firing = True
+        try:
+            while self._queue:
+                inp, payload = self._queue.popleft()
+                self._step(inp, now, payload)
+        finally:
+            self._firing = False
+
+    def _step(self, inp: BridgeInput, now: float, payload: BridgePayload) -> None:
+        row = self.table.get((self.state, inp))
+        if row is None:
+            if self.state is BridgeState.ENDED:
+                return  # late input: the legs are released
+            log.error("%r cannot take %s: ending it", self, inp.name)
+            self._report(Input.FAILED, now, None, f"internal error ({inp.name} in "
+                         f"{self.state.name})")
+            inp, payload = BridgeInput.RELEASE, None
+            row = (BridgeState.ENDED, (BridgeAction.STOP_TIMER, BridgeAction.RELEASE_CALLER,
+                                       BridgeAction.RELEASE_FORKS))
+        self.state, actions = row
+        for action in actions:
+            self._do(action, inp, now, payload)
+        if self.state is BridgeState.ENDED:
+            self._stop_timer()
+            self._ended(now)
+
+    def _ended(self, now: float) -> None:
+        """The bridge is over (the owner forgets it)."""
+
+    def _do(self, action: BridgeAction, inp: BridgeInput, now: float,
+            payload: BridgePayload) -> None:
+        match action:
+            case BridgeAction.START_FORKS:
+                self.forks.start(now)
+            case BridgeAction.START_TIMER:
+                self._timer = self.timers.schedule(now + self.answer_timeout, self._no_answer)
+            case BridgeAction.STOP_TIMER:
+                self._stop_timer()
+            case BridgeAction.REPORT:
+                self._report_input(inp, now, payload)
+            case BridgeAction.TAKE_TARGET:
+                assert isinstance(payload, Answered)
+                self.b = payload.leg
+                self.forks.cancel_others(payload.leg, now)
+            case BridgeAction.HANG_UP_LATE_TARGET:
+                assert isinstance(payload, Answered)
+                payload.leg.hang_up(now)
+            case BridgeAction.CHECK_FORKS:
+                assert isinstance(payload, Failed)
+                status = self.forks.failure(payload.leg, now)
+                if status is not None:
+                    self.fire(BridgeInput.TARGET_FAILED, now, Outcome(status, payload.reason))
+            case BridgeAction.CANCEL_FORKS:
+                self.forks.cancel(now)
+            case BridgeAction.RELEASE_FORKS:
+                self.forks.release(now)
+            case BridgeAction.RELAY_TO_TARGET:
+                assert isinstance(payload, PeerRequest) and self.b is not None
+                self.relay.forward(payload, self.b, now)
+            case BridgeAction.RELAY_TO_CALLER:
+                assert isinstance(payload, PeerRequest)
+                self.relay.forward(payload, self.caller_leg, now)
+            case BridgeAction.RELAY_RESPONSE:
+                assert isinstance(payload, PeerResponse)
+                self.relay.response(payload, now)
+            case BridgeAction.RELAY_ACK:
+                assert isinstance(payload, Acked)
+                self.relay.ack(payload)
+            case BridgeAction.REFUSE_REQUEST:
+                assert isinstance(payload, PeerRequest)
+                self.ua.endpoint.reply(payload.txn, 491 if payload.request.method == "INVITE"
+                                       else 481, now)
+            case _:
+                self._do_own(action, inp, now, payload)
+
+    def _do_own(self, action: BridgeAction, inp: BridgeInput, now: float,
+                payload: BridgePayload) -> None:
+        raise NotImplementedError(action)
+
+    def _report_input(self, inp: BridgeInput, now: float, payload: BridgePayload) -> None:
+        if inp is BridgeInput.TARGET_FAILED:
+            assert isinstance(payload, Outcome) and payload.code is not None
+            self._report(target_failure_input(payload.code), now, payload.code, payload.detail)
+            return
+        reported, detail = _REPORTED[inp]
+        code = None
+        if isinstance(payload, Progress | Answered):
+            code = payload.response.status
+            if isinstance(payload, Progress) and code not in (180, 183):
+                return  # other provisionals (181, 182 ...) do not mean ringing
+        elif isinstance(payload, Outcome):
+            code = payload.code
+            detail = payload.detail or detail
+        self._report(reported, now, code, detail)
+
+    def _report(self, inp: Input, now: float, code: int | None, detail: str | None) -> None:
+        if self.listener is not None:
+            self.listener.target_event(inp, now, code, detail)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _no_answer(self, now: float) -> None:
+        self._timer = None
+        self.fire(BridgeInput.NO_ANSWER, now, Outcome(408, "no answer from the target"))
+
+    # ------------------------------------------------------------ leg events -> inputs
+
+    def leg_event(self, event: LegEvent, now: float) -> None:
+        if event.leg is self.caller_leg:
+            self._caller_event(event, now)
+            return
+        match event:
+            case Progress(response=response):
+                self.fire(BridgeInput.TARGET_EARLY_MEDIA if response.body
+                          else BridgeInput.TARGET_PROGRESS, now, event)
+            case Answered():
+                self.fire(BridgeInput.TARGET_ANSWERED, now, event)
+            case Failed():
+                self.fire(BridgeInput.TARGET_LEG_FAILED, now, event)
+            case HungUp(leg=leg) if leg is self.b:
+                self.fire(BridgeInput.TARGET_HUNG_UP, now, event)
+            case PeerRequest(leg=leg):
+                self.fire(BridgeInput.TARGET_REQUEST if leg is self.b
+                          else BridgeInput.STRAY_REQUEST, now, event)
+            case PeerResponse():
+                self.fire(BridgeInput.RESPONSE, now, event)
+            case Acked():
+                self.fire(BridgeInput.ACK, now, event)
+
+    def _caller_event(self, event: LegEvent, now: float) -> None:
+        raise NotImplementedError

@@ -1,0 +1,127 @@
+"""New INVITEs from the phones: authenticate, route, relay.
+
+This is where a call a phone places through sipdial comes in — the referred call of a
+click-to-dial REFER, or a number dialled by hand. The router authenticates it against the
+users' digest passwords (407, RFC 3261 §22), links a referred call back to its click-to-dial
+call, finds where it goes (:class:`~sipdial.calls.Router`) and relays it
+(:class:`~sipdial.calls.b2bua.RelayedCall`). When a PBX or proxy in front of sipdial takes
+over authentication and location, this is the piece that changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from sipdial.authn import Authenticator
+from sipdial.calls.b2bua import RelayedCall
+from sipdial.calls.clicktodial import C2D_PARAM
+from sipdial.calls.routing import Destination, NoRoute, Router, Target, Unavailable
+from sipdial.calls.service import CallService
+from sipdial.calls.states import Input
+from sipdial.sip.message import Response
+from sipdial.sip.uri import URI, NameAddr, SipURI
+from sipdial.ua import IncomingInvite, UserAgent
+
+if TYPE_CHECKING:
+    from sipdial.config import Config
+
+__all__ = ["InboundRouter"]
+
+log = logging.getLogger("sipdial.calls")
+
+
+class InboundRouter:
+    def __init__(self, config: Config, ua: UserAgent, auth: Authenticator, router: Router,
+                 calls: CallService) -> None:
+        self.config = config
+        self.ua = ua
+        self.auth = auth
+        self.router = router
+        self.calls = calls
+        self.users = config.users
+        self.domain = config.sip.domain
+        self.relayed: set[RelayedCall] = set()
+
+    def accept(self, invite: IncomingInvite, now: float) -> None:
+        """A new INVITE from a phone: authenticate (407), route, relay."""
+        request, txn, source = invite.request, invite.txn, invite.source
+        endpoint = self.ua.endpoint
+        outcome = self.auth.check(request, now, proxy=True)
+        if isinstance(outcome, Response):
+            endpoint.respond(txn, outcome, now)
+            return
+        user = self.users.get(outcome)
+        if user is None:
+            endpoint.reply(txn, 403, now)
+            return
+        uri = request.uri
+        number = uri.unquote_user() if isinstance(uri, SipURI) else None
+        if not number:
+            endpoint.reply(txn, 404, now, reason="No number in Request-URI")
+            return
+        c2d = self.calls.referred_call_of(uri, user.id, number)
+        if c2d is None and _c2d_id(uri):
+            # the referred call of a click-to-dial call that has ended meanwhile
+            endpoint.reply(txn, 487, now, reason="Click-to-dial call is over")
+            return
+        destination = c2d.destination if c2d is not None else Destination(number)
+        routed = self.router.route(destination, now)
+        if isinstance(routed, NoRoute):
+            endpoint.reply(txn, 404, now, reason="No route")
+            if c2d is not None:
+                c2d.target_event(Input.TARGET_FAILED, now, 404, "no route to the target")
+            return
+        if isinstance(routed, Unavailable):
+            endpoint.reply(txn, 480, now)
+            if c2d is not None:
+                c2d.target_event(Input.TARGET_UNAVAILABLE, now, 480,
+                                 f"{routed.user} has no registered device")
+            return
+        caller_uri = SipURI("sip", user.number or user.id, None, self.domain, None, {}, {})
+        label = f"{user.id}->{destination.number}"
+        relayed = RelayedCall(
+            self.ua, self.ua.timers, txn, source, targets=routed,
+            caller=NameAddr(caller_uri, user.name or None),
+            callee=NameAddr(_public_uri(routed[0], destination.number, self.domain)),
+            answer_timeout=self.config.calls.target_answer_timeout, listener=c2d,
+            label=label, on_end=self.relayed.discard)
+        self.relayed.add(relayed)
+        log.info("relaying %s (%s)", label, f"call {c2d.id}" if c2d is not None else "dialled")
+        if c2d is not None:
+            c2d.referred_call(relayed, now)
+        try:
+            relayed.start(now)
+        except Exception:  # e.g. a route over a transport sipdial does not listen on
+            log.exception("could not call %s for %s", destination.number, user.id)
+            relayed.release(now)
+            if not txn.answered:
+                endpoint.reply(txn, 503, now)
+            if c2d is not None:
+                c2d.target_event(Input.TARGET_FAILED, now, 503, "could not call the target")
+
+    def sweep(self, now: float) -> int:
+        """Release relayed calls older than ``calls.max_duration``; returns how many."""
+        limit = now - self.config.calls.max_duration
+        stale = [r for r in self.relayed if r.started_at < limit]
+        for relayed in stale:
+            relayed.release(now)
+        return len(stale)
+
+    def shut_down(self, now: float) -> None:
+        for relayed in list(self.relayed):
+            relayed.release(now)
+
+
+def _c2d_id(uri: URI) -> str | None:
+    return uri.params.get(C2D_PARAM) if isinstance(uri, SipURI) else None
+
+
+def _public_uri(target: Target, number: str, domain: str) -> URI:
+    """The To of the relayed INVITE: the route's URI as it is, or the number at our domain
+    for a device (its Contact is private)."""
+    uri = target.uri
+    if isinstance(uri, SipURI) and uri.unquote_user() == number:
+        return uri
+    return SipURI("sip", number, None, domain, None, {}, {})
+

@@ -1,0 +1,151 @@
+"""Where a dialled destination goes: a local user's devices, a ``[[routes]]`` gateway, or a
+SIP URI's own host.
+
+:func:`parse_destination` takes apart what the API accepted (``+4930123456``, ``201``,
+``sip:bob@example.com``) once, with :mod:`sipdial.sip.uri`; :class:`Router` answers where it
+goes at a given moment. Both are sans-IO.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sipdial.registrar import Binding
+from sipdial.sip.endpoint import peer_for_uri
+from sipdial.sip.errors import SipError
+from sipdial.sip.peer import Peer
+from sipdial.sip.uri import URI, SipURI, parse_uri
+
+if TYPE_CHECKING:
+    from sipdial.config import RouteConfig
+
+__all__ = [
+    "Destination",
+    "NoRoute",
+    "Router",
+    "Target",
+    "Unavailable",
+    "local_hosts",
+    "parse_destination",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """What a click-to-dial call dials, parsed once.
+
+    ``number`` is what routes match, the prompt speaks and the user's phone shows (a number,
+    an extension, or a SIP URI's user part); ``uri`` is set for a ``sip:``/``sips:``
+    destination outside sipdial's own domain, which is called at its own host.
+    """
+
+    number: str
+    uri: SipURI | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One place to send an INVITE for a destination: a device or a route's URI."""
+
+    uri: URI
+    peer: Peer
+    credentials: tuple[str, str] | None = None  # for the gateway's 401/407
+    label: str = "target"
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """A local user without a registered device (480)."""
+
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoRoute:
+    """No local user, route or URI host for the destination."""
+
+    number: str
+
+
+def parse_destination(to: str, local_hosts: Collection[str]) -> Destination:
+    """``to`` as the API accepted it -> :class:`Destination`. Raises ``ValueError`` for a
+    URI that does not parse or has no user part. A ``sip:`` URI whose host is one of
+    ``local_hosts`` (sipdial's domain and addresses) means its user part, like a number."""
+    if ":" not in to or to.startswith("+"):
+        return Destination(to)
+    try:
+        uri = parse_uri(to)
+    except SipError as exc:
+        raise ValueError(f"not a SIP URI: {exc}") from None
+    if not isinstance(uri, SipURI):
+        raise ValueError(f"not a sip:, sips: or tel: URI: {to!r}")
+    user = uri.unquote_user()
+    if not user:
+        raise ValueError(f"no user part in {to!r}")
+    if uri.scheme == "tel" or uri.host.lower() in local_hosts:
+        return Destination(user)
+    return Destination(user, uri)
+
+
+class Router:
+    """Routes destinations: every registered device of a local user (forked), else a SIP
+    URI's own host, else the first ``[[routes]]`` entry whose pattern matches."""
+
+    def __init__(self, users: Collection[str], routes: Sequence[RouteConfig],
+                 devices: Callable[[str, float], list[Binding]],
+                 local_hosts: Collection[str]) -> None:
+        self._users = users
+        self._routes = routes
+        self._devices = devices
+        self.local_hosts = frozenset(h.lower() for h in local_hosts)
+
+    def destination(self, to: str) -> Destination:
+        return parse_destination(to, self.local_hosts)
+
+    def is_local_user(self, destination: Destination) -> bool:
+        return destination.uri is None and destination.number in self._users
+
+    def route(self, destination: Destination, now: float) -> list[Target] | Unavailable | NoRoute:
+        number = destination.number
+        if self.is_local_user(destination):
+            bindings = self._devices(number, now)
+            if not bindings:
+                return Unavailable(number)
+            return [Target(parse_uri(b.contact), b.peer, None, b.device) for b in bindings]
+        if destination.uri is not None:
+            try:
+                return [Target(destination.uri, peer_for_uri(destination.uri), None, "uri")]
+            except ValueError:
+                return NoRoute(number)
+        for route in self._routes:
+            if route.match.search(number):
+                uri = parse_uri(route.target_uri(number))
+                creds = (route.username, route.password) \
+                    if route.username and route.password is not None else None
+                try:
+                    return [Target(uri, peer_for_uri(uri), creds, "route")]
+                except ValueError:
+                    return NoRoute(number)
+        return NoRoute(number)
+
+    def routable(self, destination: Destination) -> bool:
+        """Whether ``destination`` has somewhere to go (ignoring registrations)."""
+        if self.is_local_user(destination) or destination.uri is not None:
+            return True
+        return any(route.match.search(destination.number) for route in self._routes)
+
+
+def local_hosts(domain: str, listen_hosts: Sequence[str]) -> frozenset[str]:
+    """sipdial's own names: the domain and every concrete listening address."""
+    hosts = {domain.lower().strip("[]")}
+    for host in listen_hosts:
+        try:
+            if not ipaddress.ip_address(host).is_unspecified:
+                hosts.add(host)
+        except ValueError:
+            hosts.add(host.lower())
+    return frozenset(hosts)
+

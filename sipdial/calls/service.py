@@ -1,0 +1,277 @@
+"""The call registry: starts click-to-dial calls, keeps the live ones, writes every state
+change to the store and publishes it.
+
+Everything runs on one thread (the reactor's); nothing here does I/O. The store and the event
+publisher are passed in as protocols (:class:`CallStore`, :class:`EventSink`); so is the
+reactor-lag check that refuses new calls when sipdial runs behind (:class:`LoadGauge`).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from sipdial.calls.autoanswer import AutoAnswerRule
+from sipdial.calls.clicktodial import C2D_PARAM, CallEnv, ClickToDial, Options
+from sipdial.calls.media import CallMedia, MediaPort, PromptSource
+from sipdial.calls.routing import Destination, Router, Unavailable
+from sipdial.calls.states import CallState, Input, Mode
+from sipdial.media import MediaPortsExhausted
+from sipdial.registrar import Registrar
+from sipdial.sip.uri import URI, SipURI
+from sipdial.store.models import CallEvent, CallRecord
+from sipdial.ua import UserAgent
+
+if TYPE_CHECKING:
+    from sipdial.config import Config
+
+__all__ = [
+    "CallRefused",
+    "CallRequest",
+    "CallService",
+    "CallStore",
+    "EventSink",
+    "LoadGauge",
+    "Refusal",
+]
+
+log = logging.getLogger("sipdial.calls")
+
+
+class CallStore(Protocol):
+    """Where calls are written (:class:`sipdial.store.SqliteStore`): queued, never blocking."""
+
+    def save_call(self, call: CallRecord) -> None: ...
+
+    def add_event(self, call_id: str, event: CallEvent) -> None: ...
+
+
+class EventSink(Protocol):
+    """Who hears of every state change (:class:`sipdial.events.EventHub`: SSE, webhooks)."""
+
+    def publish(self, record: CallRecord, event: CallEvent) -> None: ...
+
+
+class LoadGauge(Protocol):
+    """Whether sipdial is too far behind to take a new call (the reactor-lag monitor)."""
+
+    def overloaded(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    """A click-to-dial request, validated by the HTTP layer (or the CLI)."""
+
+    user: str
+    to: str  #: a number, an extension or a sip:/sips: URI
+    device: str | None = None  #: ring only this device (contact, instance or User-Agent part)
+    auto_answer: bool | None = None  #: None: the user's setting
+    mode: Mode | None = None  #: None: [calls] default_mode
+    confirm: bool | None = None  #: play "press 1" first; None: the user's / config default
+    caller_id: str | None = None  #: what the target sees (bridge mode)
+    clir: bool | None = None  #: hide the caller from the target (bridge mode)
+
+
+class Refusal(enum.Enum):
+    """Why a call was not started."""
+
+    UNKNOWN_USER = "unknown_user"
+    USER_NOT_REGISTERED = "user_not_registered"
+    DEVICE_NOT_REGISTERED = "device_not_registered"
+    INVALID_DESTINATION = "invalid_destination"
+    NO_ROUTE = "no_route"
+    MEDIA_UNAVAILABLE = "media_unavailable"
+    MEDIA_PORTS_EXHAUSTED = "media_ports_exhausted"
+    OVERLOADED = "overloaded"
+
+
+class CallRefused(Exception):
+    def __init__(self, refusal: Refusal, message: str) -> None:
+        super().__init__(f"{refusal.value}: {message}")
+        self.refusal = refusal
+        self.message = message
+
+
+class _NeverOverloaded:
+    def overloaded(self) -> bool:
+        return False
+
+
+class CallService:
+    def __init__(self, config: Config, ua: UserAgent, registrar: Registrar, router: Router,
+                 store: CallStore, events: EventSink, clock: Callable[[], float], *,
+                 auto_answer_rules: tuple[AutoAnswerRule, ...],
+                 rtp_sinks: dict[int, tuple[str, int]],
+                 media: MediaPort | None = None, prompts: PromptSource | None = None,
+                 load: LoadGauge | None = None) -> None:
+        self.config = config
+        self.ua = ua
+        self.registrar = registrar
+        self.router = router
+        self.store = store
+        self.events = events
+        self.clock = clock
+        self.media = media  # sipdial's own RTP (prompts, tones, DTMF); None: REFER only
+        self.prompts = prompts
+        self.load: LoadGauge = load or _NeverOverloaded()
+        self.users = dict(config.users)
+        self.calls: dict[str, ClickToDial] = {}
+        self._sessions = itertools.count(int.from_bytes(os.urandom(3), "big"))
+        self.env = CallEnv(ua=ua, timers=ua.timers, config=config.calls,
+                           domain=config.sip.domain, router=router,
+                           auto_answer_rules=auto_answer_rules, rtp_sinks=rtp_sinks,
+                           on_change=self._changed, on_end=self._ended)
+
+    # ------------------------------------------------------------ starting a call
+
+    def create(self, request: CallRequest) -> ClickToDial:
+        """Start a call; raises :class:`CallRefused`."""
+        config = self.config
+        profile = self.users.get(request.user)
+        if profile is None:
+            raise CallRefused(Refusal.UNKNOWN_USER, f"no user {request.user!r}")
+        mode = request.mode or config.calls.default_mode
+        confirm = request.confirm
+        if confirm is None:
+            confirm = profile.confirm if profile.confirm is not None else config.calls.confirm
+        if (mode is Mode.BRIDGE or confirm) and (self.media is None or self.prompts is None):
+            raise CallRefused(Refusal.MEDIA_UNAVAILABLE,
+                              "bridge mode and the confirmation prompt need sipdial's media "
+                              "(RTP) support, which is not running")
+        try:
+            destination = self.router.destination(request.to)
+        except ValueError as exc:
+            raise CallRefused(Refusal.INVALID_DESTINATION, f"to: {exc}") from None
+        if not self.router.routable(destination):
+            raise CallRefused(Refusal.NO_ROUTE,
+                              f"no route to {destination.number!r}: it is no local user and "
+                              "no [[routes]] entry matches it")
+        if len(self.calls) >= config.calls.max_concurrent:
+            raise CallRefused(Refusal.OVERLOADED, "too many calls in progress")
+        if self.load.overloaded():
+            raise CallRefused(Refusal.OVERLOADED, "sipdial is running behind; retry shortly")
+        now = self.clock()
+        bindings = self.registrar.contacts(request.user, now)
+        if not bindings:
+            raise CallRefused(Refusal.USER_NOT_REGISTERED,
+                              f"user {request.user} has no registered device")
+        device = request.device
+        if device is not None:
+            bindings = [b for b in bindings if device in (b.device, b.contact, b.instance)
+                        or (b.user_agent is not None and device.lower() in b.user_agent.lower())]
+            if not bindings:
+                raise CallRefused(Refusal.DEVICE_NOT_REGISTERED,
+                                  f"user {request.user} has no registered device {device!r}")
+            bindings = bindings[:1]
+        wants_auto = profile.auto_answer if request.auto_answer is None else request.auto_answer
+        options = Options(mode=mode, auto_answer=wants_auto, confirm=confirm,
+                          language=profile.language or config.calls.language,
+                          caller_id=request.caller_id,
+                          clir=profile.clir if request.clir is None else request.clir)
+        record = CallRecord(id=uuid.uuid4().hex, user=request.user, to=request.to,
+                            mode=mode.value, state=CallState.CALLING_USER.value, cause=None,
+                            created_at=now, ended_at=None,
+                            auto_answer=wants_auto and len(bindings) == 1)
+        media = None
+        if (mode is Mode.BRIDGE or confirm) and self.media is not None \
+                and self.prompts is not None:
+            media = CallMedia(self.media, self.prompts, record.id)
+            try:
+                media.open(self._digit)
+            except MediaPortsExhausted:
+                raise CallRefused(Refusal.MEDIA_PORTS_EXHAUSTED,
+                                  "no free RTP port for the call; retry shortly") from None
+        call = ClickToDial(self.env, record, profile, destination, bindings, options, media,
+                           next(self._sessions))
+        event = CallEvent(CallState.CALLING_USER.value, now, None, f"{len(bindings)} device(s)")
+        record.events.append(event)
+        log.info("call %s user %s: calling_user to=%s mode=%s (%d device(s))", record.id,
+                 record.user, record.to, mode.value, len(bindings))
+        self._changed(record, event)
+        self.calls[record.id] = call
+        unavailable = self._unavailable(destination, now)
+        if unavailable is not None:
+            # a local extension with no device: nobody is rung for a call that cannot connect
+            call.fire(Input.TARGET_UNAVAILABLE, now, 480,
+                      f"{unavailable.user} has no registered device")
+            return call
+        try:
+            call.start(now)
+        except Exception:  # a bug or an unroutable device: the call fails, visibly
+            log.exception("call %s could not start", record.id)
+            call.fire(Input.FAILED, now, detail="could not start the call")
+        return call
+
+    def _unavailable(self, destination: Destination, now: float) -> Unavailable | None:
+        if not self.router.is_local_user(destination):
+            return None
+        routed = self.router.route(destination, now)
+        return routed if isinstance(routed, Unavailable) else None
+
+    # ------------------------------------------------------------ live calls
+
+    def live(self, call_id: str) -> ClickToDial | None:
+        return self.calls.get(call_id)
+
+    def hang_up(self, call_id: str) -> CallRecord | None:
+        """Cancel or hang up a live call; None if it is not live (ended or unknown)."""
+        call = self.calls.get(call_id)
+        if call is None:
+            return None
+        call.hang_up(self.clock())
+        return call.record
+
+    def referred_call_of(self, uri: URI, user: str, number: str) -> ClickToDial | None:
+        """The click-to-dial call (if any) whose REFER an INVITE to ``uri`` from ``user``
+        follows: by the Refer-To's call id, or for a phone that dropped that parameter, the
+        only call of the user waiting for its referred call to ``number``."""
+        if isinstance(uri, SipURI):
+            call_id = uri.params.get(C2D_PARAM)
+            if call_id:
+                call = self.calls.get(call_id)
+                if call is not None and call.record.user == user \
+                        and call.awaiting_referred_call:
+                    return call
+                return None
+        for call in self.calls.values():
+            if (call.record.user == user and call.awaiting_referred_call
+                    and call.destination.number == number):
+                return call
+        return None
+
+    def sweep(self, now: float) -> int:
+        """Hang up what has been up longer than ``calls.max_duration`` (a BYE that never
+        arrived must not keep a call in memory forever). Returns how many."""
+        limit = now - self.config.calls.max_duration
+        old = [c for c in self.calls.values() if c.record.created_at < limit]
+        for call in old:
+            call.fire(Input.CANCEL, now, detail="maximum call duration reached")
+        return len(old)
+
+    def shut_down(self) -> None:
+        """Release every call before the process stops (CANCEL/BYE go out now)."""
+        now = self.clock()
+        for call in list(self.calls.values()):
+            call.shut_down(now)
+
+    # ------------------------------------------------------------ what calls tell us
+
+    def _changed(self, record: CallRecord, event: CallEvent) -> None:
+        self.store.save_call(record)
+        self.store.add_event(record.id, event)
+        self.events.publish(record, event)
+
+    def _ended(self, call: ClickToDial) -> None:
+        self.calls.pop(call.id, None)
+
+    def _digit(self, key: str, digit: str, how: str) -> None:
+        """A key press on sipdial's RTP (RFC 4733 or in-band)."""
+        call = self.calls.get(key)
+        if call is not None:
+            call.digit(digit, self.clock(), how)

@@ -1,0 +1,253 @@
+"""REFER mode: sipdial's first dialog with the user's phone once the REFER is out.
+
+The REFER's Refer-To points back at sipdial, so the phone's INVITE to the target normally
+arrives here and is relayed (:mod:`sipdial.calls.b2bua`): the target's progress is then seen
+first-hand. The REFER's implicit subscription (RFC 3515) is the fallback when the phone sends
+its INVITE elsewhere, and it says when sipdial's own dialog with the phone is no longer needed.
+This object owns that dialog from the REFER on; its whole behaviour is :data:`TRANSFER_TABLE`:
+
+* the REFER answered 2xx, or a first NOTIFY: the phone accepted the transfer;
+* the referred INVITE reached sipdial (``RELAYED*``): NOTIFY progress is no news any more;
+* the final NOTIFY: the transfer's outcome is known, sipdial BYEs its dialog with the phone;
+* the call connected: the REFER subscription shares the dialog (RFC 5057), so the phone may
+  still send its final NOTIFY — sipdial waits ``NOTIFY_GRACE`` seconds for it, then BYEs.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import TypeAlias
+
+from sipdial.calls.bridging import TargetListener
+from sipdial.calls.legs import (
+    Acked,
+    HungUp,
+    LegEvent,
+    PeerRequest,
+    PeerResponse,
+    UacLeg,
+)
+from sipdial.calls.phone import PhoneSession
+from sipdial.calls.states import Input, target_failure_input
+from sipdial.sip.timers import TimerHandle, TimerHeap
+from sipdial.sip.transaction import ClientTransaction
+
+__all__ = ["NOTIFY_GRACE", "TRANSFER_TABLE", "Transfer", "TransferState"]
+
+_SIPFRAG = re.compile(rb"^SIP/2\.0\s+(\d{3})")
+NOTIFY_GRACE = 4.0  # seconds to wait for the final NOTIFY once the target answered
+
+
+class TransferState(enum.Enum):
+    REFERRING = "REFER sent, not accepted yet"
+    ACCEPTED = "the phone accepted (2xx to REFER, or a NOTIFY)"
+    RELAYED = "the referred INVITE reached sipdial, the REFER not accepted yet"
+    RELAYED_ACCEPTED = "the referred INVITE reached sipdial, the REFER accepted"
+    PHONE_LEFT = "the phone left its first dialog after accepting; its INVITE is awaited"
+    LINGERING = "connected: waiting for the final NOTIFY before the BYE"
+    DONE = "the phone's first dialog is released (or the phone left it)"
+    FAILED = "the REFER failed; the call ends"
+
+
+class TransferInput(enum.Enum):
+    REFER_ACCEPTED = "2xx to the REFER"
+    REFER_REFUSED = "3xx-6xx to the REFER"
+    REFER_TIMEOUT = "no outcome within calls.refer_timeout"
+    NOTIFY_PROGRESS = "NOTIFY with a 1xx sipfrag"
+    NOTIFY_FINAL = "NOTIFY with a final sipfrag"
+    NOTIFY_ENDED = "NOTIFY ending the subscription early (1xx, terminated)"
+    REFERRED_CALL = "the phone's INVITE to the target reached sipdial"
+    PHONE_HUNG_UP = "the phone ended its first dialog"
+    CALL_CONNECTED = "the call reached the target"
+    GRACE_OVER = "NOTIFY_GRACE passed"
+    RELEASE = "the call is over"
+
+
+class TransferAction(enum.Enum):
+    STOP_TIMER = "stop the REFER / grace timer"
+    START_GRACE = "wait NOTIFY_GRACE for the final NOTIFY"
+    RELEASE_PHONE = "BYE sipdial's dialog with the phone"
+    REPORT_REFER_FAILED = "the call ends as refer_failed"
+    REPORT_HUNG_UP = "the call ends as user_hung_up"
+    REPORT_NOTIFY = "NOTIFY is the only news of the target: tell the call"
+
+
+T, TI, TA = TransferState, TransferInput, TransferAction
+TransferRow: TypeAlias = tuple[TransferState, tuple[TransferAction, ...]]
+_ = ()
+_WAITING = (T.REFERRING, T.ACCEPTED)
+_RELAYED = (T.RELAYED, T.RELAYED_ACCEPTED)
+_SETTLED = (T.LINGERING, T.DONE, T.FAILED)
+
+TRANSFER_TABLE: dict[tuple[TransferState, TransferInput], TransferRow] = {
+    **{(s, TI.REFER_ACCEPTED): (T.ACCEPTED, _) for s in _WAITING},
+    **{(s, TI.REFER_REFUSED): (T.FAILED, (TA.STOP_TIMER, TA.REPORT_REFER_FAILED))
+       for s in _WAITING},
+    (T.REFERRING, TI.PHONE_HUNG_UP): (T.DONE, (TA.STOP_TIMER, TA.REPORT_HUNG_UP)),
+    **{(s, TI.REFER_TIMEOUT): (T.FAILED, (TA.REPORT_REFER_FAILED,)) for s in _WAITING},
+    **{(s, TI.NOTIFY_PROGRESS): (T.ACCEPTED, (TA.REPORT_NOTIFY,)) for s in _WAITING},
+    **{(s, TI.NOTIFY_FINAL): (T.DONE, (TA.STOP_TIMER, TA.RELEASE_PHONE, TA.REPORT_NOTIFY))
+       for s in _WAITING},
+    **{(s, TI.NOTIFY_ENDED): (T.ACCEPTED, (TA.REPORT_NOTIFY,)) for s in _WAITING},
+    (T.REFERRING, TI.REFERRED_CALL): (T.RELAYED, (TA.STOP_TIMER,)),
+    (T.ACCEPTED, TI.REFERRED_CALL): (T.RELAYED_ACCEPTED, (TA.STOP_TIMER,)),
+    (T.ACCEPTED, TI.PHONE_HUNG_UP): (T.PHONE_LEFT, _),  # it may leave once it accepted
+    (T.PHONE_LEFT, TI.REFERRED_CALL): (T.DONE, (TA.STOP_TIMER,)),
+    (T.PHONE_LEFT, TI.REFER_TIMEOUT): (T.FAILED, (TA.REPORT_REFER_FAILED,)),
+    # the referred call goes through sipdial: NOTIFYs only tell when to let the phone go
+    **{(s, i): (T.RELAYED_ACCEPTED, _) for s in _RELAYED
+       for i in (TI.REFER_ACCEPTED, TI.NOTIFY_PROGRESS)},
+    **{(s, TI.NOTIFY_ENDED): (T.DONE, (TA.RELEASE_PHONE,)) for s in _RELAYED},
+    **{(s, TI.NOTIFY_FINAL): (T.DONE, (TA.RELEASE_PHONE,)) for s in _RELAYED},
+    **{(s, TI.PHONE_HUNG_UP): (T.DONE, _) for s in _RELAYED},
+    (T.RELAYED, TI.CALL_CONNECTED): (T.DONE, (TA.RELEASE_PHONE,)),  # it never accepted
+    (T.RELAYED_ACCEPTED, TI.CALL_CONNECTED): (T.LINGERING, (TA.START_GRACE,)),
+    **{(s, TI.REFER_REFUSED): (T.DONE, (TA.RELEASE_PHONE,)) for s in _RELAYED},
+    (T.LINGERING, TI.NOTIFY_FINAL): (T.DONE, (TA.STOP_TIMER, TA.RELEASE_PHONE)),
+    (T.LINGERING, TI.GRACE_OVER): (T.DONE, (TA.RELEASE_PHONE,)),
+    (T.LINGERING, TI.PHONE_HUNG_UP): (T.DONE, (TA.STOP_TIMER,)),
+    **{(T.LINGERING, i): (T.LINGERING, _)
+       for i in (TI.REFER_ACCEPTED, TI.NOTIFY_PROGRESS, TI.NOTIFY_ENDED)},
+    # the call is over: let the phone go
+    **{(s, TI.RELEASE): (T.DONE, (TA.STOP_TIMER, TA.RELEASE_PHONE))
+       for s in (*_WAITING, *_RELAYED, T.PHONE_LEFT, T.LINGERING, T.FAILED)},
+    # settled: news changes nothing
+    **{(T.DONE, i): (T.DONE, _) for i in TransferInput},
+    **{(T.FAILED, i): (T.FAILED, _) for i in TransferInput if i is not TI.RELEASE},
+}
+
+
+class Transfer:
+    """The phone's first dialog in REFER mode, from the REFER on."""
+
+    def __init__(self, phone: UacLeg, session: PhoneSession, timers: TimerHeap,
+                 listener: TargetListener, *, refer_to: str, referred_by: str,
+                 timeout: float, label: str) -> None:
+        self.phone = phone
+        phone.hand_to(self)
+        self.session = session
+        self.timers = timers
+        self.listener = listener
+        self.refer_to = refer_to
+        self.referred_by = referred_by
+        self.timeout = timeout
+        self.label = label
+        self.state = TransferState.REFERRING
+        self.refer_txn: ClientTransaction | None = None
+        self._timer: TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<Transfer {self.label} {self.state.name}>"
+
+    @property
+    def awaiting_referred_call(self) -> bool:
+        return self.state in (*_WAITING, TransferState.PHONE_LEFT)
+
+    # ------------------------------------------------------------ commands
+
+    def start(self, now: float) -> None:
+        self.refer_txn = self.phone.request("REFER", now, extra=[
+            ("Refer-To", f"<{self.refer_to}>"), ("Referred-By", self.referred_by)])
+        self._timer = self.timers.schedule(now + self.timeout, self._refer_timeout)
+
+    def referred_call(self, now: float) -> None:
+        self.fire(TransferInput.REFERRED_CALL, now)
+
+    def call_connected(self, now: float) -> None:
+        self.fire(TransferInput.CALL_CONNECTED, now)
+
+    def release(self, now: float) -> None:
+        self.fire(TransferInput.RELEASE, now)
+
+    # ------------------------------------------------------------ the table
+
+    def fire(self, inp: TransferInput, now: float, code: int | None = None,
+             detail: str | None = None) -> None:
+        row = TRANSFER_TABLE.get((self.state, inp))
+        if row is None:  # a bug: let the phone go and end the call
+            row = (TransferState.FAILED, (TransferAction.STOP_TIMER,
+                                          TransferAction.RELEASE_PHONE))
+            self.listener.target_event(Input.FAILED, now, None,
+                                       f"internal error ({inp.name} in {self.state.name})")
+        self.state, actions = row
+        for action in actions:
+            self._do(action, inp, now, code, detail)
+
+    def _do(self, action: TransferAction, inp: TransferInput, now: float,
+            code: int | None, detail: str | None) -> None:
+        match action:
+            case TransferAction.STOP_TIMER:
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+            case TransferAction.START_GRACE:
+                self._timer = self.timers.schedule(
+                    now + NOTIFY_GRACE, lambda t: self.fire(TransferInput.GRACE_OVER, t))
+            case TransferAction.RELEASE_PHONE:
+                self.phone.release(now)
+            case TransferAction.REPORT_REFER_FAILED:
+                if inp is TransferInput.REFER_TIMEOUT:
+                    detail = "the transfer did not complete in time"
+                self.listener.target_event(Input.REFER_FAILED, now, code, detail)
+            case TransferAction.REPORT_HUNG_UP:
+                self.listener.target_event(Input.PHONE_HUNG_UP, now, None,
+                                           "phone hung up before the transfer")
+            case TransferAction.REPORT_NOTIFY:
+                assert code is not None
+                self._report_notify(code, now)
+
+    def _report_notify(self, code: int, now: float) -> None:
+        listener = self.listener
+        if code < 180:
+            listener.target_event(Input.TARGET_CALLING, now, code, "NOTIFY")
+        elif code < 200:
+            listener.target_event(Input.TARGET_RINGING, now, code, "NOTIFY")
+        elif code < 300:
+            listener.target_event(Input.TARGET_ANSWERED, now, code, "NOTIFY")
+            # The phone reached the target without passing through sipdial, so its hang-up
+            # will never be seen here: the click-to-dial job is complete.
+            listener.target_event(Input.TARGET_HUNG_UP, now, None,
+                                  "transferred outside sipdial; end not observed")
+        else:
+            listener.target_event(target_failure_input(code), now, code, "NOTIFY")
+
+    def _refer_timeout(self, now: float) -> None:
+        self._timer = None
+        self.fire(TransferInput.REFER_TIMEOUT, now)
+
+    # ------------------------------------------------------------ the phone's events
+
+    def leg_event(self, event: LegEvent, now: float) -> None:
+        match event:
+            case HungUp():
+                self.fire(TransferInput.PHONE_HUNG_UP, now)
+            case PeerResponse(txn=txn, response=response) if txn is self.refer_txn:
+                if response.status >= 300:
+                    self.fire(TransferInput.REFER_REFUSED, now, response.status,
+                              f"REFER {response.reason}")
+                elif response.status >= 200:
+                    self.fire(TransferInput.REFER_ACCEPTED, now, response.status)
+            case PeerRequest(request=request) if request.method == "NOTIFY":
+                self.session.answer(event, now)
+                self._notify(event, now)
+            case PeerRequest():
+                self.session.answer(event, now)  # key presses after the prompt mean nothing
+            case PeerResponse() | Acked():
+                pass
+
+    def _notify(self, event: PeerRequest, now: float) -> None:
+        request = event.request
+        if not (request.headers.get("Event") or "").strip().lower().startswith("refer"):
+            return
+        match = _SIPFRAG.match(request.body.lstrip())
+        if match is None:
+            return
+        code = int(match.group(1))
+        terminated = (request.headers.get("Subscription-State") or "").strip().lower()
+        if code >= 200:
+            self.fire(TransferInput.NOTIFY_FINAL, now, code)
+        elif terminated.startswith("terminated"):
+            self.fire(TransferInput.NOTIFY_ENDED, now, code)
+        else:
+            self.fire(TransferInput.NOTIFY_PROGRESS, now, code)
