@@ -21,11 +21,11 @@ from sipdial.calls.bridging import (
     Bridge,
     BridgeAction,
     BridgeInput,
-    BridgePayload,
     BridgeState,
     BridgeTable,
     Outcome,
     TargetListener,
+    no_payload,
 )
 from sipdial.calls.legs import (
     Acked,
@@ -107,37 +107,48 @@ class RelayedCall(Bridge):
     def _caller_event(self, event: LegEvent, now: float) -> None:
         match event:
             case Cancelled():
-                self.fire(BridgeInput.CALLER_CANCELLED, now, event)
+                self.fire(BridgeInput.CALLER_CANCELLED, now, None, no_payload)
             case HungUp():
-                self.fire(BridgeInput.CALLER_HUNG_UP, now, event)
+                self.fire(BridgeInput.CALLER_HUNG_UP, now, None, no_payload)
             case PeerRequest():
-                self.fire(BridgeInput.CALLER_REQUEST, now, event)
+                self.fire(BridgeInput.CALLER_REQUEST, now, event, self._with_request)
             case PeerResponse():
-                self.fire(BridgeInput.RESPONSE, now, event)
+                self.fire(BridgeInput.RESPONSE, now, event, self._with_response)
             case Acked():
-                self.fire(BridgeInput.ACK, now, event)
+                self.fire(BridgeInput.ACK, now, event, self._with_ack)
 
-    def _do_own(self, action: BridgeAction, inp: BridgeInput, now: float,
-                payload: BridgePayload) -> None:
-        match action:
-            case BridgeAction.PASS_PROGRESS:
-                assert isinstance(payload, Progress)
-                response = payload.response
-                self.a.progress(response.status, now, body=response.body,
-                                content_type=response.headers.get("Content-Type"))
-            case BridgeAction.ANSWER_CALLER:
-                assert isinstance(payload, Answered)
-                response = payload.response
-                self.a.answer(now, body=response.body,
-                              content_type=response.headers.get("Content-Type"))
-            case BridgeAction.REJECT_CALLER:
-                assert isinstance(payload, Outcome) and payload.code is not None
-                status = payload.code
-                self.a.reject(status if status in _RELAYED else (480 if status < 500 else 502),
-                              now)
-            case BridgeAction.REJECT_CALLER_480:
-                self.a.reject(480, now, "No Answer")
-            case BridgeAction.RELEASE_CALLER:
-                self.a.release(now, 487)
-            case _:
-                raise NotImplementedError(action)
+    def _release_caller(self, now: float) -> None:
+        self.a.release(now, 487)
+
+    def _plain(self, action: BridgeAction, inp: BridgeInput, now: float) -> bool:
+        if action is BridgeAction.REJECT_CALLER_480:
+            self.a.reject(480, now, "No Answer")
+            return True
+        return super()._plain(action, inp, now)
+
+    def _with_progress(self, action: BridgeAction, inp: BridgeInput, event: Progress,
+                       now: float) -> bool:
+        if action is BridgeAction.PASS_PROGRESS:
+            response = event.response
+            self.a.progress(response.status, now, body=response.body,
+                            content_type=response.headers.get("Content-Type"))
+            return True
+        return super()._with_progress(action, inp, event, now)
+
+    def _with_answer(self, action: BridgeAction, inp: BridgeInput, event: Answered,
+                     now: float) -> bool:
+        if action is BridgeAction.ANSWER_CALLER:
+            response = event.response
+            self.a.answer(now, body=response.body,
+                          content_type=response.headers.get("Content-Type"))
+            return True
+        return super()._with_answer(action, inp, event, now)
+
+    def _with_outcome(self, action: BridgeAction, inp: BridgeInput, outcome: Outcome,
+                      now: float) -> bool:
+        if action is BridgeAction.REJECT_CALLER and outcome.code is not None:
+            status = outcome.code
+            self.a.reject(status if status in _RELAYED else (480 if status < 500 else 502),
+                          now)
+            return True
+        return super()._with_outcome(action, inp, outcome, now)

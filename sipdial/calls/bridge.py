@@ -27,11 +27,11 @@ from sipdial.calls.bridging import (
     Bridge,
     BridgeAction,
     BridgeInput,
-    BridgePayload,
     BridgeState,
     BridgeTable,
     Outcome,
     TargetListener,
+    no_payload,
 )
 from sipdial.calls.legs import (
     Acked,
@@ -130,55 +130,72 @@ class ThirdPartyBridge(Bridge):
     def _caller_event(self, event: LegEvent, now: float) -> None:
         match event:
             case HungUp():
-                self.fire(BridgeInput.CALLER_HUNG_UP, now, Outcome(detail="phone hung up"))
+                self.fire(BridgeInput.CALLER_HUNG_UP, now, Outcome(detail="phone hung up"),
+                          self._with_outcome)
             case PeerRequest(request=request):
                 self.fire(BridgeInput.CALLER_REQUEST if request.method in _RELAYED_METHODS
-                          else BridgeInput.CALLER_LOCAL_REQUEST, now, event)
+                          else BridgeInput.CALLER_LOCAL_REQUEST, now, event,
+                          self._with_request)
             case PeerResponse(txn=txn, response=response) if txn is self.reinvite:
                 if response.status >= 200:
                     self.reinvite = None
                     self.fire(BridgeInput.PHONE_TOOK_MEDIA if response.status < 300
                               else BridgeInput.PHONE_REFUSED_MEDIA, now,
-                              Outcome(response.status))
+                              Outcome(response.status), self._with_outcome)
             case PeerResponse():
-                self.fire(BridgeInput.RESPONSE, now, event)
+                self.fire(BridgeInput.RESPONSE, now, event, self._with_response)
             case Acked():
-                self.fire(BridgeInput.ACK, now, event)
+                self.fire(BridgeInput.ACK, now, event, self._with_ack)
 
-    def _do_own(self, action: BridgeAction, inp: BridgeInput, now: float,
-                payload: BridgePayload) -> None:
+    def _release_caller(self, now: float) -> None:
+        self.phone.release(now)
+        self.media.close()
+
+    def _plain(self, action: BridgeAction, inp: BridgeInput, now: float) -> bool:
         match action:
             case BridgeAction.PLAY_RINGBACK:
                 self.media.play_tone(Tone.RINGBACK)
             case BridgeAction.STOP_TONE:
                 self.media.stop_playing()
-            case BridgeAction.REINVITE_PHONE:
-                assert isinstance(payload, Answered)
-                response = payload.response
-                self.reinvite = self.phone.request(
-                    "INVITE", now, body=response.body,
-                    content_type=response.headers.get("Content-Type") or sdp.CONTENT_TYPE)
             case BridgeAction.CLOSE_MEDIA:
                 self.media.close()  # media now flows phone <-> destination
-            case BridgeAction.PLAY_TONE:
-                assert isinstance(payload, Outcome) and payload.tone is not None
-                if self.phone.state is LegState.CONFIRMED and self.media.play_tone(
-                        Tone(payload.tone), loop=True):
-                    self.timers.schedule(now + TONE_SECONDS,
-                                         lambda t: self.fire(BridgeInput.TONE_DONE, t))
-                else:
-                    self.fire(BridgeInput.TONE_DONE, now)
-            case BridgeAction.RELEASE_CALLER:
-                self.phone.release(now)
-                self.media.close()
-            case BridgeAction.ANSWER_LOCAL_REQUEST:
-                assert isinstance(payload, PeerRequest)
-                request = payload.request
-                if request.method == "INFO" and digit_from_info(
-                        request.headers.get("Content-Type"), request.body) is not None:
-                    self.ua.endpoint.reply(payload.txn, 200, now)  # key presses while ringing
-                else:
-                    self.ua.endpoint.reply(payload.txn, 491 if request.method == "INVITE"
-                                           else 501, now)
             case _:
-                raise NotImplementedError(action)
+                return super()._plain(action, inp, now)
+        return True
+
+    def _with_answer(self, action: BridgeAction, inp: BridgeInput, event: Answered,
+                     now: float) -> bool:
+        if action is BridgeAction.REINVITE_PHONE:
+            response = event.response
+            self.reinvite = self.phone.request(
+                "INVITE", now, body=response.body,
+                content_type=response.headers.get("Content-Type") or sdp.CONTENT_TYPE)
+            return True
+        return super()._with_answer(action, inp, event, now)
+
+    def _with_outcome(self, action: BridgeAction, inp: BridgeInput, outcome: Outcome,
+                      now: float) -> bool:
+        if action is BridgeAction.PLAY_TONE:
+            if outcome.tone is not None and self.phone.state is LegState.CONFIRMED \
+                    and self.media.play_tone(Tone(outcome.tone), loop=True):
+                self.timers.schedule(now + TONE_SECONDS, self._tone_done)
+            else:
+                self.fire(BridgeInput.TONE_DONE, now, None, no_payload)
+            return True
+        return super()._with_outcome(action, inp, outcome, now)
+
+    def _tone_done(self, now: float) -> None:
+        self.fire(BridgeInput.TONE_DONE, now, None, no_payload)
+
+    def _with_request(self, action: BridgeAction, inp: BridgeInput, event: PeerRequest,
+                      now: float) -> bool:
+        if action is BridgeAction.ANSWER_LOCAL_REQUEST:
+            request = event.request
+            if request.method == "INFO" and digit_from_info(
+                    request.headers.get("Content-Type"), request.body) is not None:
+                self.ua.endpoint.reply(event.txn, 200, now)  # key presses while ringing
+            else:
+                self.ua.endpoint.reply(event.txn, 491 if request.method == "INVITE"
+                                       else 501, now)
+            return True
+        return super()._with_request(action, inp, event, now)

@@ -18,9 +18,9 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, TypeAlias
+from typing import ClassVar, Protocol, TypeAlias, TypeVar
 
 from sipdial.calls.legs import (
     ANSWERED_ELSEWHERE,
@@ -243,14 +243,22 @@ class Outcome:
     tone: str | None = None
 
 
-BridgePayload: TypeAlias = LegEvent | Outcome | None
+P = TypeVar("P")
+#: runs the actions that need an input's payload; False: not one of those
+Executor = Callable[[BridgeAction, BridgeInput, P, float], bool]
 
 
 # ---------------------------------------------------------------------------- the runner
 
 
 class Bridge:
-    """Forks to the destination, a relay, a no-answer timer and the table runner."""
+    """Forks to the destination, a relay, a no-answer timer and the table runner.
+
+    Each input comes with its payload (the leg event or :class:`Outcome` behind it) and the
+    executor for that payload's type; the table says which actions run, the executor runs
+    those that need the payload, :meth:`_plain` the others. Subclasses add their own
+    actions to the executors they override.
+    """
 
     table: ClassVar[BridgeTable]
 
@@ -274,7 +282,7 @@ class Bridge:
         self.state = BridgeState.CALLING
         self.started_at = 0.0
         self._timer: TimerHandle | None = None
-        self._queue: deque[tuple[BridgeInput, BridgePayload]] = deque()
+        self._queue: deque[Callable[[], None]] = deque()
         self._firing = False
 
     def __repr__(self) -> str:
@@ -288,14 +296,15 @@ class Bridge:
 
     def start(self, now: float) -> None:
         self.started_at = now
-        self.fire(BridgeInput.START, now)
+        self.fire(BridgeInput.START, now, None, no_payload)
 
     def release(self, now: float, tone: str | None = None) -> None:
         """End both sides; with ``tone`` (3PCC) the phone hears it before the BYE."""
         if tone is None:
-            self.fire(BridgeInput.RELEASE, now)
+            self.fire(BridgeInput.RELEASE, now, None, no_payload)
         else:
-            self.fire(BridgeInput.RELEASE_WITH_TONE, now, Outcome(tone=tone))
+            self.fire(BridgeInput.RELEASE_WITH_TONE, now, Outcome(tone=tone),
+                      self._with_outcome)
 
     @property
     def ended(self) -> bool:
@@ -303,42 +312,53 @@ class Bridge:
 
     # ------------------------------------------------------------ the table runner
 
-    def fire(self, inp: BridgeInput, now: float, payload: BridgePayload = None) -> None:
+    def fire(self, inp: BridgeInput, now: float, payload: P, execute: Executor[P]) -> None:
         """Run ``inp`` through the table; inputs fired while a row runs wait their turn."""
-        self._queue.append((inp, payload))
+        self._queue.append(lambda: self._step(inp, now, payload, execute))
         if self._firing:
             return
         self._firing = True
         try:
             while self._queue:
-                inp, payload = self._queue.popleft()
-                self._step(inp, now, payload)
+                self._queue.popleft()()
         finally:
             self._firing = False
 
-    def _step(self, inp: BridgeInput, now: float, payload: BridgePayload) -> None:
+    def _step(self, inp: BridgeInput, now: float, payload: P, execute: Executor[P]) -> None:
         row = self.table.get((self.state, inp))
         if row is None:
             if self.state is BridgeState.ENDED:
                 return  # late input: the legs are released
-            log.error("%r cannot take %s: ending it", self, inp.name)
-            self._report(Input.FAILED, now, None, f"internal error ({inp.name} in "
-                         f"{self.state.name})")
-            inp, payload = BridgeInput.RELEASE, None
-            row = (BridgeState.ENDED, (BridgeAction.STOP_TIMER, BridgeAction.RELEASE_CALLER,
-                                       BridgeAction.RELEASE_FORKS))
+            self._illegal(f"{inp.name} in {self.state.name}", now)
+            return
         self.state, actions = row
         for action in actions:
-            self._do(action, inp, now, payload)
+            if not execute(action, inp, payload, now) and not self._plain(action, inp, now):
+                self._illegal(f"{action.name} for {inp.name}", now)
+                return
         if self.state is BridgeState.ENDED:
             self._stop_timer()
             self._ended(now)
 
+    def _illegal(self, what: str, now: float) -> None:
+        log.error("%r cannot take %s: ending it", self, what)
+        self._report(Input.FAILED, now, None, f"internal error ({what})")
+        self.state = BridgeState.ENDED
+        self._stop_timer()
+        self.forks.release(now)
+        self._release_caller(now)
+        self._ended(now)
+
     def _ended(self, now: float) -> None:
         """The bridge is over (the owner forgets it)."""
 
-    def _do(self, action: BridgeAction, inp: BridgeInput, now: float,
-            payload: BridgePayload) -> None:
+    def _release_caller(self, now: float) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ actions
+
+    def _plain(self, action: BridgeAction, inp: BridgeInput, now: float) -> bool:
+        """The actions that need no payload."""
         match action:
             case BridgeAction.START_FORKS:
                 self.forks.start(now)
@@ -346,62 +366,90 @@ class Bridge:
                 self._timer = self.timers.schedule(now + self.answer_timeout, self._no_answer)
             case BridgeAction.STOP_TIMER:
                 self._stop_timer()
-            case BridgeAction.REPORT:
-                self._report_input(inp, now, payload)
-            case BridgeAction.TAKE_TARGET:
-                assert isinstance(payload, Answered)
-                self.b = payload.leg
-                self.forks.cancel_others(payload.leg, now)
-            case BridgeAction.HANG_UP_LATE_TARGET:
-                assert isinstance(payload, Answered)
-                payload.leg.hang_up(now)
-            case BridgeAction.CHECK_FORKS:
-                assert isinstance(payload, Failed)
-                status = self.forks.failure(payload.leg, now)
-                if status is not None:
-                    self.fire(BridgeInput.TARGET_FAILED, now, Outcome(status, payload.reason))
             case BridgeAction.CANCEL_FORKS:
                 self.forks.cancel(now)
             case BridgeAction.RELEASE_FORKS:
                 self.forks.release(now)
-            case BridgeAction.RELAY_TO_TARGET:
-                assert isinstance(payload, PeerRequest) and self.b is not None
-                self.relay.forward(payload, self.b, now)
+            case BridgeAction.RELEASE_CALLER:
+                self._release_caller(now)
+            case BridgeAction.REPORT:
+                reported, detail = _REPORTED[inp]
+                self._report(reported, now, None, detail)
+            case _:
+                return False
+        return True
+
+    def _with_progress(self, action: BridgeAction, inp: BridgeInput, event: Progress,
+                       now: float) -> bool:
+        if action is not BridgeAction.REPORT:
+            return False
+        code = event.response.status
+        if code in (180, 183):  # other provisionals (181, 182 ...) do not mean ringing
+            self._report(_REPORTED[inp][0], now, code, None)
+        return True
+
+    def _with_answer(self, action: BridgeAction, inp: BridgeInput, event: Answered,
+                     now: float) -> bool:
+        match action:
+            case BridgeAction.REPORT:
+                self._report(_REPORTED[inp][0], now, event.response.status, None)
+            case BridgeAction.TAKE_TARGET:
+                self.b = event.leg
+                self.forks.cancel_others(event.leg, now)
+            case BridgeAction.HANG_UP_LATE_TARGET:
+                event.leg.hang_up(now)
+            case _:
+                return False
+        return True
+
+    def _with_failed(self, action: BridgeAction, inp: BridgeInput, event: Failed,
+                     now: float) -> bool:
+        if action is not BridgeAction.CHECK_FORKS:
+            return False
+        status = self.forks.failure(event.leg, now)
+        if status is not None:
+            self.fire(BridgeInput.TARGET_FAILED, now, Outcome(status, event.reason),
+                      self._with_outcome)
+        return True
+
+    def _with_outcome(self, action: BridgeAction, inp: BridgeInput, outcome: Outcome,
+                      now: float) -> bool:
+        if action is not BridgeAction.REPORT:
+            return False
+        if inp is BridgeInput.TARGET_FAILED and outcome.code is not None:
+            self._report(target_failure_input(outcome.code), now, outcome.code, outcome.detail)
+        else:
+            reported, detail = _REPORTED[inp]
+            self._report(reported, now, outcome.code, outcome.detail or detail)
+        return True
+
+    def _with_request(self, action: BridgeAction, inp: BridgeInput, event: PeerRequest,
+                      now: float) -> bool:
+        match action:
+            case BridgeAction.RELAY_TO_TARGET if self.b is not None:
+                self.relay.forward(event, self.b, now)
             case BridgeAction.RELAY_TO_CALLER:
-                assert isinstance(payload, PeerRequest)
-                self.relay.forward(payload, self.caller_leg, now)
-            case BridgeAction.RELAY_RESPONSE:
-                assert isinstance(payload, PeerResponse)
-                self.relay.response(payload, now)
-            case BridgeAction.RELAY_ACK:
-                assert isinstance(payload, Acked)
-                self.relay.ack(payload)
+                self.relay.forward(event, self.caller_leg, now)
             case BridgeAction.REFUSE_REQUEST:
-                assert isinstance(payload, PeerRequest)
-                self.ua.endpoint.reply(payload.txn, 491 if payload.request.method == "INVITE"
+                self.ua.endpoint.reply(event.txn, 491 if event.request.method == "INVITE"
                                        else 481, now)
             case _:
-                self._do_own(action, inp, now, payload)
+                return False
+        return True
 
-    def _do_own(self, action: BridgeAction, inp: BridgeInput, now: float,
-                payload: BridgePayload) -> None:
-        raise NotImplementedError(action)
+    def _with_response(self, action: BridgeAction, inp: BridgeInput, event: PeerResponse,
+                       now: float) -> bool:
+        if action is not BridgeAction.RELAY_RESPONSE:
+            return False
+        self.relay.response(event, now)
+        return True
 
-    def _report_input(self, inp: BridgeInput, now: float, payload: BridgePayload) -> None:
-        if inp is BridgeInput.TARGET_FAILED:
-            assert isinstance(payload, Outcome) and payload.code is not None
-            self._report(target_failure_input(payload.code), now, payload.code, payload.detail)
-            return
-        reported, detail = _REPORTED[inp]
-        code = None
-        if isinstance(payload, Progress | Answered):
-            code = payload.response.status
-            if isinstance(payload, Progress) and code not in (180, 183):
-                return  # other provisionals (181, 182 ...) do not mean ringing
-        elif isinstance(payload, Outcome):
-            code = payload.code
-            detail = payload.detail or detail
-        self._report(reported, now, code, detail)
+    def _with_ack(self, action: BridgeAction, inp: BridgeInput, event: Acked,
+                  now: float) -> bool:
+        if action is not BridgeAction.RELAY_ACK:
+            return False
+        self.relay.ack(event)
+        return True
 
     def _report(self, inp: Input, now: float, code: int | None, detail: str | None) -> None:
         if self.listener is not None:
@@ -414,7 +462,8 @@ class Bridge:
 
     def _no_answer(self, now: float) -> None:
         self._timer = None
-        self.fire(BridgeInput.NO_ANSWER, now, Outcome(408, "no answer from the target"))
+        self.fire(BridgeInput.NO_ANSWER, now, Outcome(408, "no answer from the target"),
+                  self._with_outcome)
 
     # ------------------------------------------------------------ leg events -> inputs
 
@@ -425,20 +474,24 @@ class Bridge:
         match event:
             case Progress(response=response):
                 self.fire(BridgeInput.TARGET_EARLY_MEDIA if response.body
-                          else BridgeInput.TARGET_PROGRESS, now, event)
+                          else BridgeInput.TARGET_PROGRESS, now, event, self._with_progress)
             case Answered():
-                self.fire(BridgeInput.TARGET_ANSWERED, now, event)
+                self.fire(BridgeInput.TARGET_ANSWERED, now, event, self._with_answer)
             case Failed():
-                self.fire(BridgeInput.TARGET_LEG_FAILED, now, event)
+                self.fire(BridgeInput.TARGET_LEG_FAILED, now, event, self._with_failed)
             case HungUp(leg=leg) if leg is self.b:
-                self.fire(BridgeInput.TARGET_HUNG_UP, now, event)
+                self.fire(BridgeInput.TARGET_HUNG_UP, now, None, no_payload)
             case PeerRequest(leg=leg):
                 self.fire(BridgeInput.TARGET_REQUEST if leg is self.b
-                          else BridgeInput.STRAY_REQUEST, now, event)
+                          else BridgeInput.STRAY_REQUEST, now, event, self._with_request)
             case PeerResponse():
-                self.fire(BridgeInput.RESPONSE, now, event)
+                self.fire(BridgeInput.RESPONSE, now, event, self._with_response)
             case Acked():
-                self.fire(BridgeInput.ACK, now, event)
+                self.fire(BridgeInput.ACK, now, event, self._with_ack)
 
     def _caller_event(self, event: LegEvent, now: float) -> None:
         raise NotImplementedError
+
+
+def no_payload(action: BridgeAction, inp: BridgeInput, payload: None, now: float) -> bool:
+    return False

@@ -17,8 +17,9 @@ from __future__ import annotations
 import enum
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias
+from typing import Protocol, TypeAlias, TypeVar
 
 from sipdial.sip.auth import (
     AuthError,
@@ -289,13 +290,20 @@ class Reply:
     content_type: str | None = None
 
 
-#: what an input carries: the SIP message or event behind it, or the owner's reply
-Payload: TypeAlias = Response | DialogRequest | DialogAck | OwnerEvent | Reply | None
+P = TypeVar("P")
+#: an executor runs the actions that need an input's payload; False: not one of those
+Executor = Callable[[LegAction, P, float], bool]
 
 
 class _Leg:
     """What both kinds of leg share: the table runner, in-dialog requests, offerless
-    re-INVITE ACKs."""
+    re-INVITE ACKs.
+
+    An input comes with its payload (the response, request or reply behind it) and the
+    executor for that kind of payload: the table says which actions run, the executor runs
+    those that need the payload, :meth:`_plain` the rest. An action the table names for an
+    input whose executor cannot run it is a bug, like a missing row.
+    """
 
     table: dict[tuple[LegState, LegInput], LegRow]
     ua: UserAgent
@@ -316,17 +324,22 @@ class _Leg:
 
     # ------------------------------------------------------------ the table runner
 
-    def _fire(self, inp: LegInput, now: float, payload: Payload = None) -> None:
+    def _fire(self, inp: LegInput, now: float, payload: P, execute: Executor[P]) -> None:
         row = self.table.get((self.state, inp))
         if row is None:
-            self._illegal(inp, now)
+            self._illegal(f"{inp.name} in {self.state.name}", now)
             return
         self.state, actions = row
         for action in actions:
-            self._do(action, now, payload)
+            if not execute(action, payload, now) and not self._plain(action, now):
+                self._illegal(f"{action.name} for {inp.name}", now)
+                return
 
-    def _illegal(self, inp: LegInput, now: float) -> None:
-        log.error("%r cannot take %s: releasing it", self, inp.name)
+    def _fire_plain(self, inp: LegInput, now: float) -> None:
+        self._fire(inp, now, None, _nothing)
+
+    def _illegal(self, what: str, now: float) -> None:
+        log.error("%r cannot take %s: releasing it", self, what)
         state = self.state
         if state in _RINGING or state is LegState.CANCELLING:
             self.state = LegState.FAILED
@@ -342,8 +355,14 @@ class _Leg:
     def _me(self) -> UacLeg | UasLeg:
         raise NotImplementedError
 
-    def _do(self, action: LegAction, now: float, payload: Payload) -> None:
-        raise NotImplementedError
+    def _plain(self, action: LegAction, now: float) -> bool:
+        """Actions that need no payload."""
+        match action:
+            case LegAction.SEND_BYE:
+                self._send_bye(now)
+            case _:
+                return False
+        return True
 
     # ------------------------------------------------------------ SIP events in
 
@@ -351,9 +370,9 @@ class _Leg:
         """The UA's events about our transactions (the leg is their owner)."""
         match event:
             case CancelReceived():
-                self._fire(LegInput.REMOTE_CANCEL, now, event)
+                self._fire(LegInput.REMOTE_CANCEL, now, event, self._with_cancel)
             case AckTimeout():
-                self._fire(LegInput.ACK_TIMEOUT, now, event)
+                self._fire(LegInput.ACK_TIMEOUT, now, "no ACK", self._with_detail)
             case _:
                 self._client_event(event, now)
 
@@ -367,11 +386,11 @@ class _Leg:
         """A request inside our dialog."""
         match event:
             case DialogAck():
-                self._fire(LegInput.ACK, now, event)
+                self._fire(LegInput.ACK, now, event, self._with_ack)
             case DialogRequest(request=request) if request.method == "BYE":
-                self._fire(LegInput.REMOTE_BYE, now, event)
+                self._fire(LegInput.REMOTE_BYE, now, event, self._with_request)
             case DialogRequest():
-                self._fire(LegInput.REQUEST, now, event)
+                self._fire(LegInput.REQUEST, now, event, self._with_request)
 
     def _dialog_response(self, event: ResponseReceived | TransactionTimeout | TransportError,
                          now: float) -> None:
@@ -379,8 +398,7 @@ class _Leg:
         An offerless re-INVITE's 2xx carries the offer: its ACK must carry the answer, so it
         waits for :meth:`ack_offer` (the relay brings the answer from the other side)."""
         txn = event.txn
-        assert isinstance(txn, ClientTransaction)
-        if txn.method in ("BYE", "CANCEL"):
+        if not isinstance(txn, ClientTransaction) or txn.method in ("BYE", "CANCEL"):
             return
         if isinstance(event, ResponseReceived):
             response = event.response
@@ -397,17 +415,54 @@ class _Leg:
                 else:
                     ack = dialog.create_ack(cseq(txn.request).number)
                     self.ua.endpoint.send_ack(txn, ack, dialog.peer)
-        self._fire(LegInput.RESPONSE, now, ResponseReceived(response, txn))
+        self._fire(LegInput.RESPONSE, now, ResponseReceived(response, txn), self._with_result)
+
+    # ------------------------------------------------------------ executors (both kinds)
+
+    def _with_request(self, action: LegAction, event: DialogRequest, now: float) -> bool:
+        match action:
+            case LegAction.ANSWER_BYE:
+                self.ua.endpoint.reply(event.txn, 200, now)
+                self._stop_timers()
+                self.ua.drop_dialog(event.dialog)
+            case LegAction.REPORT_HUNG_UP:
+                self.owner.leg_event(HungUp(self._me(), "BYE"), now)
+            case LegAction.PASS_REQUEST:
+                self.owner.leg_event(PeerRequest(self._me(), event.request, event.txn), now)
+            case _:
+                return False
+        return True
+
+    def _with_ack(self, action: LegAction, event: DialogAck, now: float) -> bool:
+        if action is not LegAction.PASS_ACK:
+            return False
+        self.owner.leg_event(Acked(self._me(), event.ack), now)
+        return True
+
+    def _with_result(self, action: LegAction, event: ResponseReceived, now: float) -> bool:
+        if action is not LegAction.PASS_RESPONSE:
+            return False
+        self.owner.leg_event(PeerResponse(self._me(), event.response, event.txn), now)
+        return True
+
+    def _with_detail(self, action: LegAction, detail: str, now: float) -> bool:
+        if action is not LegAction.REPORT_HUNG_UP:
+            return False
+        self.owner.leg_event(HungUp(self._me(), detail), now)
+        return True
+
+    def _with_cancel(self, action: LegAction, event: CancelReceived, now: float) -> bool:
+        raise NotImplementedError
 
     # ------------------------------------------------------------ commands (both kinds)
 
     def release(self, now: float) -> None:
         """End the leg whatever its state: CANCEL, reject (480) or BYE."""
-        self._fire(LegInput.RELEASE, now, Reply(480))
+        raise NotImplementedError
 
     def hang_up(self, now: float) -> None:
         """BYE, if the dialog is up."""
-        self._fire(LegInput.HANG_UP, now)
+        self._fire_plain(LegInput.HANG_UP, now)
 
     def request(self, method: str, now: float, *, body: bytes = b"",
                 content_type: str | None = None,
@@ -436,24 +491,12 @@ class _Leg:
             self.ua.send_in_dialog(self.dialog, self.dialog.create_request("BYE"), self, now)
             self.ua.drop_dialog(self.dialog)
 
-    def _answer_bye(self, payload: Payload, now: float) -> None:
-        assert isinstance(payload, DialogRequest)
-        self.ua.endpoint.reply(payload.txn, 200, now)
-        self._stop_timers()
-        self.ua.drop_dialog(payload.dialog)
-
-    def _pass(self, payload: Payload, now: float) -> None:
-        me = self._me()
-        match payload:
-            case DialogAck(ack=ack):
-                self.owner.leg_event(Acked(me, ack), now)
-            case DialogRequest(request=request, txn=txn):
-                self.owner.leg_event(PeerRequest(me, request, txn), now)
-            case ResponseReceived(response=response, txn=txn):
-                self.owner.leg_event(PeerResponse(me, response, txn), now)
-
     def _stop_timers(self) -> None:
         """Timers a leg may own (UacLeg: the RFC 4028 refresh)."""
+
+
+def _nothing(action: LegAction, payload: None, now: float) -> bool:
+    return False
 
 
 class UacLeg(_Leg):
@@ -528,7 +571,10 @@ class UacLeg(_Leg):
     def cancel(self, now: float, reason: str | None = None) -> None:
         """CANCEL while ringing; a 2xx that crosses the CANCEL is ACKed and BYEd.
         ``reason`` is an RFC 3326 Reason header value for the CANCEL."""
-        self._fire(LegInput.CANCEL, now, Reply(487, reason))
+        self._fire(LegInput.CANCEL, now, reason, self._with_reason)
+
+    def release(self, now: float) -> None:
+        self._fire(LegInput.RELEASE, now, None, self._with_reason)
 
     # ------------------------------------------------------------ SIP events
 
@@ -544,89 +590,93 @@ class UacLeg(_Leg):
                 if status >= 200:
                     self._refresh_txn = None
                     if status in (408, 481):  # RFC 4028 §10: the session is gone
-                        self._fire(LegInput.SESSION_GONE, now)
+                        self._fire(LegInput.SESSION_GONE, now, "session expired",
+                                   self._with_detail)
                 return
             self._dialog_response(event, now)
             return
         if not isinstance(event, ResponseReceived):
-            self._fire(LegInput.TIMEOUT, now, Reply(status))
+            self._fire(LegInput.TIMEOUT, now, status, self._with_status)
             return
         response = event.response
         if status < 200:
             if status > 100:
-                self._fire(LegInput.PROVISIONAL, now, response)
+                self._fire(LegInput.PROVISIONAL, now, response, self._with_response)
         elif status < 300:
-            self._fire(LegInput.SUCCESS, now, response)
+            self._fire(LegInput.SUCCESS, now, response, self._with_response)
         elif status in (401, 407) and self._may_answer_challenge():
-            self._fire(LegInput.CHALLENGE, now, response)
+            self._fire(LegInput.CHALLENGE, now, response, self._with_response)
         else:
-            self._fire(LegInput.FAILURE, now, response)
+            self._fire(LegInput.FAILURE, now, response, self._with_response)
 
     def _may_answer_challenge(self) -> bool:
         return self.credentials is not None and self._authorization is None
 
-    # ------------------------------------------------------------ actions
+    # ------------------------------------------------------------ executors
 
-    def _do(self, action: LegAction, now: float, payload: Payload) -> None:
+    def _with_response(self, action: LegAction, response: Response, now: float) -> bool:
+        """The final or provisional response to our INVITE."""
         match action:
             case LegAction.REPORT_PROGRESS:
-                assert isinstance(payload, Response)
-                self.owner.leg_event(Progress(self, payload), now)
+                self.owner.leg_event(Progress(self, response), now)
             case LegAction.ACCEPT_ANSWER:
-                assert isinstance(payload, Response)
-                self._accept(payload, now)
+                self._accept(response, now)
             case LegAction.REFUSE_ANSWER:
-                assert isinstance(payload, Response)
-                self._refuse(payload, now)
+                self._refuse(response, now)
             case LegAction.RETRY_AUTHORIZED:
-                assert isinstance(payload, Response)
-                if not self._retry_with_credentials(payload, now):
+                if not self._retry_with_credentials(response, now):
                     self.state = LegState.FAILED
-                    self._report_failed(payload, now)
+                    self._report_failed(response.status, response, now)
             case LegAction.REPORT_FAILED:
-                self._report_failed(payload, now)
+                self._report_failed(response.status, response, now)
+            case _:
+                return False
+        return True
+
+    def _with_status(self, action: LegAction, status: int, now: float) -> bool:
+        """No response to our INVITE at all (408) or no way to send it (503)."""
+        if action is not LegAction.REPORT_FAILED:
+            return False
+        self._report_failed(status, None, now)
+        return True
+
+    def _with_reason(self, action: LegAction, reason: str | None, now: float) -> bool:
+        if action is not LegAction.SEND_CANCEL:
+            return False
+        if self.invite_txn is not None:
+            self.ua.endpoint.cancel(self.invite_txn, now, reason)
+        return True
+
+    def _with_cancel(self, action: LegAction, event: CancelReceived, now: float) -> bool:
+        if action is not LegAction.ANSWER_487:
+            return False
+        if not event.invite_txn.answered:  # the peer CANCELled its re-INVITE
+            self.ua.endpoint.reply(event.invite_txn, 487, now)
+        return True
+
+    def _plain(self, action: LegAction, now: float) -> bool:
+        match action:
             case LegAction.REPORT_CANCELLED_487:
-                self.final_status = 487
-                self.owner.leg_event(Failed(self, 487, None), now)
-            case LegAction.SEND_CANCEL:
-                assert isinstance(payload, Reply) and self.invite_txn is not None
-                self.ua.endpoint.cancel(self.invite_txn, now, payload.reason)
-            case LegAction.SEND_BYE:
-                self._send_bye(now)
-            case LegAction.ANSWER_BYE:
-                self._answer_bye(payload, now)
-            case LegAction.REPORT_HUNG_UP:
-                detail = "BYE" if isinstance(payload, DialogRequest) else "session expired"
-                self.owner.leg_event(HungUp(self, detail), now)
+                self._report_failed(487, None, now)
             case LegAction.SEND_REFRESH:
                 self._send_refresh(now)
-            case LegAction.ANSWER_487:
-                assert isinstance(payload, CancelReceived)
-                if not payload.invite_txn.answered:
-                    self.ua.endpoint.reply(payload.invite_txn, 487, now)
-            case LegAction.PASS_ACK | LegAction.PASS_REQUEST | LegAction.PASS_RESPONSE:
-                self._pass(payload, now)
             case _:
-                raise IllegalLegInput(f"{action} is not a UAC action")
+                return super()._plain(action, now)
+        return True
 
-    def _report_failed(self, payload: Payload, now: float) -> None:
-        if isinstance(payload, Response):
-            self.final_status = payload.status
-            self.owner.leg_event(Failed(self, payload.status, payload), now)
-        else:  # no answer (408) or no transport (503)
-            assert isinstance(payload, Reply)
-            self.final_status = payload.status
-            self.owner.leg_event(Failed(self, payload.status, None), now)
+    def _report_failed(self, status: int, response: Response | None, now: float) -> None:
+        self.final_status = status
+        self.owner.leg_event(Failed(self, status, response), now)
 
     def _abort(self, now: float) -> None:
         if self.invite_txn is not None:
             self.ua.endpoint.cancel(self.invite_txn, now, None)
-        self.final_status = 500
-        self.owner.leg_event(Failed(self, 500, None), now)
+        self._report_failed(500, None, now)
 
     def _accept(self, response: Response, now: float) -> None:
         txn = self.invite_txn
-        assert txn is not None
+        if txn is None:
+            raise IllegalLegInput("a 2xx without our INVITE")
         dialog = Dialog.from_uac(txn.request, response, self.peer,
                                  self.ua.endpoint.contact(self.peer))
         self.ua.endpoint.send_ack(txn, dialog.create_ack(self._cseq), self.peer)
@@ -642,7 +692,8 @@ class UacLeg(_Leg):
         CANCEL. ACK it (re-sent for its retransmissions only if it is our first dialog's)
         and hang it up."""
         txn = self.invite_txn
-        assert txn is not None
+        if txn is None:
+            raise IllegalLegInput("a 2xx without our INVITE")
         dialog = Dialog.from_uac(txn.request, response, self.peer,
                                  self.ua.endpoint.contact(self.peer))
         first = self.dialog is None
@@ -696,7 +747,7 @@ class UacLeg(_Leg):
 
     def _refresh_due(self, now: float) -> None:
         self._refresh = None
-        self._fire(LegInput.REFRESH_DUE, now)
+        self._fire_plain(LegInput.REFRESH_DUE, now)
 
     def _stop_timers(self) -> None:
         if self._refresh is not None:
@@ -745,46 +796,43 @@ class UasLeg(_Leg):
 
     def progress(self, status: int, now: float, *, body: bytes = b"",
                  content_type: str | None = None) -> None:
-        self._fire(LegInput.PROGRESS, now, Reply(status, None, body, content_type))
+        self._fire(LegInput.PROGRESS, now, Reply(status, None, body, content_type),
+                   self._with_reply)
 
     def answer(self, now: float, *, body: bytes = b"", content_type: str | None = None) -> None:
-        self._fire(LegInput.ANSWER, now, Reply(200, None, body, content_type))
+        self._fire(LegInput.ANSWER, now, Reply(200, None, body, content_type), self._with_reply)
 
     def reject(self, status: int, now: float, reason: str | None = None) -> None:
-        self._fire(LegInput.REJECT, now, Reply(status, reason))
+        self._fire(LegInput.REJECT, now, Reply(status, reason), self._with_reply)
 
     def release(self, now: float, status: int = 480) -> None:
-        self._fire(LegInput.RELEASE, now, Reply(status))
+        self._fire(LegInput.RELEASE, now, Reply(status), self._with_reply)
 
-    # ------------------------------------------------------------ actions
+    # ------------------------------------------------------------ executors
 
-    def _do(self, action: LegAction, now: float, payload: Payload) -> None:
+    def _with_reply(self, action: LegAction, reply: Reply, now: float) -> bool:
         match action:
             case LegAction.SEND_PROVISIONAL | LegAction.SEND_FINAL:
-                assert isinstance(payload, Reply)
-                self._respond(payload, now)
+                self._respond(reply, now)
             case LegAction.SEND_2XX:
-                assert isinstance(payload, Reply)
                 self.dialog = Dialog.from_uas(self.invite, self.local_tag, self.source,
                                               self.contact)
                 self.ua.add_dialog(self.dialog, self)
-                self._respond(payload, now)
+                self._respond(reply, now)
+            case _:
+                return False
+        return True
+
+    def _with_cancel(self, action: LegAction, event: CancelReceived, now: float) -> bool:
+        match action:
             case LegAction.ANSWER_487:
                 if not self.txn.answered:
                     self._respond(Reply(487), now)
             case LegAction.REPORT_CANCELLED:
                 self.owner.leg_event(Cancelled(self), now)
-            case LegAction.SEND_BYE:
-                self._send_bye(now)
-            case LegAction.ANSWER_BYE:
-                self._answer_bye(payload, now)
-            case LegAction.REPORT_HUNG_UP:
-                detail = "BYE" if isinstance(payload, DialogRequest) else "no ACK"
-                self.owner.leg_event(HungUp(self, detail), now)
-            case LegAction.PASS_ACK | LegAction.PASS_REQUEST | LegAction.PASS_RESPONSE:
-                self._pass(payload, now)
             case _:
-                raise IllegalLegInput(f"{action} is not a UAS action")
+                return False
+        return True
 
     def _abort(self, now: float) -> None:
         if not self.txn.answered:

@@ -10,7 +10,7 @@ session, version one higher per new offer).
 
 from __future__ import annotations
 
-from sipdial.calls.legs import PeerRequest, UacLeg
+from sipdial.calls.legs import PeerRequest
 from sipdial.media.dtmf import digit_from_info
 from sipdial.sip import sdp
 from sipdial.ua import UserAgent
@@ -39,13 +39,12 @@ class PhoneSession:
             endpoint.reply(txn, 200, now)  # e.g. a session refresh: no offer, no answer
         elif method in ("INVITE", "UPDATE"):
             # e.g. the phone holds its first call before it transfers: answer in kind
-            assert isinstance(leg, UacLeg)
             self.version += 1
             offer = sdp.audio_offer(*self.media_at, session_id=self.session_id,
                                     version=self.version,
                                     direction=sdp.answer_direction(request.body))
             endpoint.reply(txn, 200, now, headers=[
-                ("Contact", endpoint.contact(leg.peer)),
+                ("Contact", leg.contact),
                 ("Content-Type", sdp.CONTENT_TYPE)], body=offer)
         elif method == "INFO":
             endpoint.reply(txn, 200, now)

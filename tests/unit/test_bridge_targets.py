@@ -12,7 +12,8 @@ from tests.unit.test_clicktodial_flow import Flow
 
 def _config_with_trunk_credentials() -> str:
     text = BASE_CONFIG.format(auto_answer="true", user_answer_timeout=30.0,
-                              target_answer_timeout=60.0, refer_timeout=32.0)
+                              target_answer_timeout=60.0, refer_timeout=32.0,
+                              max_concurrent=2000)
     return text.replace('uri = "sip:{number}@127.0.0.1:5080"',
                         'uri = "sip:{number}@127.0.0.1:5080"\n'
                         'username = "trunkuser"\npassword = "trunkpass"')
