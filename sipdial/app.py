@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,6 +34,7 @@ from sipdial.calls import (
     rules_from_config,
 )
 from sipdial.config import Config, ConfigError, load_config
+from sipdial.demo_secrets import check_demo_secrets
 from sipdial.events import EventHub
 from sipdial.media import MediaManager
 from sipdial.media.prompt import PromptLibrary
@@ -366,6 +368,7 @@ def serve(config_path: str, ready_file: str | None = None) -> int:
     _route_twisted_logs()
     try:
         config = load_config(config_path)
+        check_demo_secrets(config)
     except (ConfigError, OSError) as exc:
         print(f"sipdial: {config_path}: {exc}", file=sys.stderr)
         return 2
@@ -386,7 +389,10 @@ def serve(config_path: str, ready_file: str | None = None) -> int:
     def failed(failure: Any) -> None:
         log.error("sipdial failed to start: %s", failure.getErrorMessage())
         exit_code[0] = 1
-        reactor.stop()
+        if reactor.running:
+            reactor.stop()
+        else:  # failed before the reactor ran: stop it as soon as it does
+            reactor.callWhenRunning(reactor.stop)
 
     def shutdown() -> Deferred[Any] | None:
         if holder:
@@ -400,7 +406,29 @@ def serve(config_path: str, ready_file: str | None = None) -> int:
         if reactor.running:  # a second signal during shutdown is not an error
             reactor.stop()
 
-    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(stop_once))
-    reactor.run()
+    def on_signal(signum: int, _frame: object) -> None:
+        _exit_if_stuck(STOP_GRACE)
+        reactor.callFromThread(stop_once)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    reactor.run(installSignalHandlers=False)
+    log.info("sipdial stopped")
     sys.stdout.flush()
     return exit_code[0]
+
+
+STOP_GRACE = 5.0  # seconds a clean stop may take after SIGTERM before the process exits anyway
+
+
+def _exit_if_stuck(grace: float) -> None:
+    """SIGTERM stops sipdial within ``grace`` seconds in every state: if the clean stop
+    (calls released, store flushed) has not finished by then, exit anyway."""
+    def watchdog() -> None:
+        log.error("sipdial did not stop within %g s of the signal: exiting now", grace)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(grace, watchdog)
+    timer.daemon = True
+    timer.start()

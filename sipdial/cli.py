@@ -199,9 +199,11 @@ def _serve(config_path: str, ready_file: str | None) -> int:
 
 def _check_config(path: str, out: TextIO, err: TextIO) -> int:
     from sipdial.config import ConfigError, load_config
+    from sipdial.demo_secrets import check_demo_secrets
 
     try:
         config = load_config(path)
+        check_demo_secrets(config)
     except ConfigError as exc:
         print(f"sipdial: {exc}", file=err)
         return EXIT_ERROR
