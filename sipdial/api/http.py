@@ -3,7 +3,8 @@
 Layout: :func:`build_site` is the one public entry point. ``_Router`` holds everything a
 request means (routing, authentication, validation, talking to :class:`CallApi`) and maps an
 ``_Incoming`` request to a ``_Reply`` without touching Twisted's request object; the
-``_Resource`` adapter copies bytes in and writes the reply out.
+``_Resource`` adapter copies bytes in, writes the reply out and logs one INFO line per request
+on ``sipdial.api`` (method, path without the query string, status, milliseconds).
 
 Routes (all JSON, ``application/json; charset=utf-8``):
 
@@ -29,7 +30,9 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -37,7 +40,6 @@ from typing import Any, BinaryIO, Final, Protocol
 from urllib.parse import quote, unquote_plus
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http_headers import Headers
@@ -46,6 +48,7 @@ from twisted.web.resource import Resource
 from sipdial.api.service import ApiError, CallApi
 from sipdial.api.sse import EventSource, EventStream
 from sipdial.calls import CallState, Mode
+from sipdial.reactor_types import exc_info
 
 __all__ = ["MAX_BODY_BYTES", "build_site", "normalise_destination"]
 
@@ -57,7 +60,7 @@ _LIMIT_MAX: Final = 500
 _REALM: Final = "sipdial"
 _JSON_CONTENT_TYPE: Final = b"application/json; charset=utf-8"
 
-_log = Logger()
+log = logging.getLogger("sipdial.api")
 
 
 # --------------------------------------------------------------------------- validation
@@ -79,6 +82,7 @@ _SIP_URI: Final = re.compile(
 _USER: Final = re.compile(r"[A-Za-z0-9._~+-]{1,64}")
 _CALL_ID: Final = r"[A-Za-z0-9._~-]{1,128}"
 _CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
+_UNPRINTABLE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _BODY_FIELDS: Final = frozenset(
     {"user", "to", "device", "auto_answer", "mode", "confirm", "caller_id", "clir"}
 )
@@ -410,12 +414,8 @@ class _Router:
         if isinstance(error, ApiError) and 400 <= error.status <= 599:
             headers = error.headers if isinstance(error, _HttpError) else []
             return _Reply(error.status, _error_body(error.code, error.message), headers)
-        _log.failure(
-            "unexpected error handling {method} {path}",
-            failure,
-            method=request.method,
-            path=request.path,
-        )
+        log.error("unexpected error handling %s %s", request.method, _loggable(request.path),
+                  exc_info=exc_info(failure))
         return _Reply(500, _error_body("internal", "internal server error"))
 
     # ---------------------------------------------------------------- authentication
@@ -698,43 +698,76 @@ def _encode(reply: _Reply) -> tuple[_Reply, bytes]:
     try:
         return reply, json.dumps(reply.body, ensure_ascii=False).encode("utf-8") + b"\n"
     except (TypeError, ValueError):
-        _log.failure("cannot serialise reply with status {status}", status=reply.status)
+        log.exception("cannot serialise reply with status %d", reply.status)
         fallback = _Reply(500, _error_body("internal", "internal server error"))
         return fallback, json.dumps(fallback.body).encode("utf-8") + b"\n"
 
 
+def _loggable(path: str) -> str:
+    """``path`` for a log line: at most 200 characters, control characters escaped."""
+    if len(path) > 200:
+        path = path[:200] + "..."
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", path)
+
+
 class _Resource(Resource):
+    """Copies the request in, the reply out, and logs one INFO line per request on
+    ``sipdial.api``: ``GET /v1/calls/abc 200 1.3 ms`` (milliseconds from receipt until the
+    response is written; for ``/v1/events`` until the stream opens).
+
+    The line never has the query string (pbxnsip's ``remote_call.htm?auth=201:secret`` carries
+    a password), headers or bodies. ``clock`` is a monotonic clock in seconds.
+    """
+
     isLeaf = True
 
-    def __init__(self, router: _Router, events: EventStream | None = None) -> None:
+    def __init__(
+        self,
+        router: _Router,
+        events: EventStream | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._router = router
         self._events = events
+        self._clock = clock
 
     def render(self, request: _TwistedRequest) -> int:
+        received = self._clock()
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
-        d = self._router.handle(_incoming(request))
-        d.addCallback(self._respond_or_stream, request, gone)
-        d.addErrback(lambda f: _log.failure("failed to write the response", f))
+        incoming = _incoming(request)
+        d = self._router.handle(incoming)
+        d.addCallback(self._respond_or_stream, request, gone, incoming, received)
+        d.addErrback(
+            lambda f: log.error("failed to write the response", exc_info=exc_info(f))
+        )
         return server.NOT_DONE_YET
 
+    def _access(self, incoming: _Incoming, received: float, status: int, note: str = "") -> None:
+        elapsed = (self._clock() - received) * 1000.0
+        log.info("%s %s %d %.1f ms%s", incoming.method, _loggable(incoming.path), status, elapsed,
+                 note)
+
     def _respond_or_stream(
-        self, reply: _Reply, request: _TwistedRequest, gone: list[Failure]
+        self,
+        reply: _Reply,
+        request: _TwistedRequest,
+        gone: list[Failure],
+        incoming: _Incoming,
+        received: float,
     ) -> None:
+        if gone:  # the client went away while the engine was working: nobody to tell
+            self._access(incoming, received, reply.status, " (not sent: the client went away)")
+            return
         if isinstance(reply.body, _OpenEventStream):
-            if not gone and self._events is not None:
+            if self._events is not None:
                 stream = reply.body
+                self._access(incoming, received, reply.status, " (event stream opened)")
                 # the real request also has the producer methods sse needs
                 self._events.open(
                     request, user=stream.user, after=stream.after  # type: ignore[arg-type]
                 )
-            return
-        self._respond(reply, request, gone)
-
-    @staticmethod
-    def _respond(reply: _Reply, request: _TwistedRequest, gone: list[Failure]) -> None:
-        if gone:  # the client went away while the engine was working: nobody to tell
             return
         reply, payload = _encode(reply)
         request.setResponseCode(reply.status)
@@ -743,8 +776,18 @@ class _Resource(Resource):
         request.setHeader(b"Content-Length", str(len(payload)).encode("ascii"))
         for name, value in reply.headers:
             request.responseHeaders.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+        # logged before the bytes go out: the line is there when the client has its answer
+        self._access(incoming, received, reply.status)
         request.write(payload)
         request.finish()
+
+
+class _Site(server.Site):
+    """A ``Site`` without Twisted's access log: :class:`_Resource` logs each request itself
+    (Twisted's line would carry the query string, and with it pbxnsip's ``auth=`` password)."""
+
+    def log(self, request: object) -> None:
+        pass
 
 
 def build_site(
@@ -770,7 +813,7 @@ def build_site(
 
             reactor = global_reactor
         stream = EventStream(events, reactor)
-    site = server.Site(  # type: ignore[no-untyped-call]
+    site = _Site(  # type: ignore[no-untyped-call]
         _Resource(_Router(api, tokens, check_password, events=stream is not None), stream),
         requestFactory=_LimitedRequest,
         parsePOSTFormSubmission=False,

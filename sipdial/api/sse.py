@@ -29,13 +29,13 @@ reconnects with its ``Last-Event-ID`` and is replayed from the database).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # the HTTP API does not need the hub (nor its HTTP client) at
 
 __all__ = ["EventSource", "EventStream", "format_event"]
 
-_log = Logger()
+log = logging.getLogger("sipdial.api")
 
 _CONTENT_TYPE: Final = b"text/event-stream; charset=utf-8"
 _PREAMBLE: Final = b": sipdial events\nretry: 3000\n\n"
@@ -126,7 +126,7 @@ class EventStream:
         try:
             stream.subscription = self._source.subscribe(stream, user=user, after=after)
         except Exception:
-            _log.failure("events: cannot subscribe")
+            log.exception("events: cannot subscribe")
             stream.close()
             return
         self._start_heartbeat()
@@ -178,7 +178,7 @@ class _Stream:
             return
         self._pending.append(frame)
         if len(self._pending) > self._max_pending:
-            _log.info("events: client reads too slowly; ending its stream (it will resume)")
+            log.info("events: client reads too slowly; ending its stream (it will resume)")
             self._end(finish=True)
 
     def close(self) -> None:
@@ -222,4 +222,4 @@ class _Stream:
             if finish:
                 self._request.finish()
         except Exception:  # the connection is already gone
-            _log.debug("events: stream ended after its connection")
+            log.debug("events: stream ended after its connection")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import json.encoder
+import logging
 import operator
 import random
 from collections import deque
@@ -37,17 +38,17 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sipdial.config import WebhookConfig
 from sipdial.events.names import EventName, EventSpec, events_for, is_missed
 from sipdial.events.webhooks import DeliveryPolicy, Poster, WebhookDeliverer
+from sipdial.reactor_types import exc_info
 from sipdial.store.models import CallEvent, CallRecord, OutboxEntry, PublishedEvent, iso_time
 
 __all__ = ["EventHub", "EventStore", "Subscriber", "Subscription"]
 
-_log = Logger()
+log = logging.getLogger("sipdial.events")
 
 _REPLAY_PAGE: Final = 500  #: events read from the database per query when resuming
 #: calls whose events' JSON the hub keeps (see ``EventHub._events_text``); past this the
@@ -164,7 +165,7 @@ class EventHub:
         self._webhooks: dict[str, WebhookConfig] = {}
         for webhook in webhooks:
             if webhook.url in self._webhooks:
-                _log.warn("webhook {url} is configured twice: using the first", url=webhook.url)
+                log.warning("webhook %s is configured twice: using the first", webhook.url)
                 continue
             self._webhooks[webhook.url] = webhook
         if poster is None:
@@ -229,13 +230,13 @@ class EventHub:
                     self._store.update_outbox_entry(entry)
                     orphans += 1
             if orphans:
-                _log.warn(
-                    "{n} pending webhook deliveries are for URLs no longer configured: "
+                log.warning(
+                    "%d pending webhook deliveries are for URLs no longer configured: "
                     "marked failed",
-                    n=orphans,
+                    orphans,
                 )
             if entries:
-                _log.info("resuming {n} pending webhook deliveries", n=len(entries) - orphans)
+                log.info("resuming %d pending webhook deliveries", len(entries) - orphans)
             self._state = "running"
             self._deliverer.start()
 
@@ -259,7 +260,7 @@ class EventHub:
             try:
                 subscription.subscriber.close()
             except Exception:
-                _log.failure("event hub: closing a subscriber failed")
+                log.exception("event hub: closing a subscriber failed")
         return self._deliverer.stop()
 
     # --- publishing ---------------------------------------------------------------------------
@@ -270,19 +271,18 @@ class EventHub:
         Never raises: live events must not disturb a call.
         """
         if self._state != "running":
-            _log.warn(
-                "event hub is {state}: dropped the events of call {call} entering {to}",
-                state=self._state,
-                call=record.id,
-                to=event.state,
+            log.warning(
+                "event hub is %s: dropped the events of call %s entering %s",
+                self._state,
+                record.id,
+                event.state,
             )
             return
         try:
             for spec in events_for(_previous_state(record, event), event.state):
                 self._publish_one(record, event, spec)
         except Exception:
-            _log.failure("event hub: cannot publish call {call} entering {to}",
-                         call=record.id, to=event.state)
+            log.exception("event hub: cannot publish call %s entering %s", record.id, event.state)
 
     def _publish_one(self, record: CallRecord, event: CallEvent, spec: EventSpec) -> None:
         self._last_event_id += 1
@@ -318,7 +318,7 @@ class EventHub:
             try:
                 subscription._offer(published)
             except Exception:
-                _log.failure("event hub: a subscriber failed; unsubscribed")
+                log.exception("event hub: a subscriber failed; unsubscribed")
                 subscription.cancel()
         now = self._clock()
         for url, webhook in self._webhooks.items():
@@ -402,7 +402,8 @@ class EventHub:
             _hand_over(subscription, backlog)
 
         def failed(failure: Failure) -> None:
-            _log.failure("event hub: cannot replay events from the database", failure)
+            log.error("event hub: cannot replay events from the database",
+                      exc_info=exc_info(failure))
             subscription.cancel()
             subscription.subscriber.close()
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
+import logging
 import random
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -51,7 +52,6 @@ from typing import Any, Final, Protocol, cast
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sipdial.reactor_types import DelayedCall, TimeReactor
@@ -67,7 +67,7 @@ __all__ = [
     "verify_signature",
 ]
 
-_log = Logger()
+log = logging.getLogger("sipdial.events")
 
 EVENT_HEADER: Final = "X-Sipdial-Event"
 DELIVERY_HEADER: Final = "X-Sipdial-Delivery"
@@ -429,30 +429,28 @@ class WebhookDeliverer:
         else:
             self._queue.failed(entry, now, error)
             if entry.status == "failed":
-                _log.error(
-                    "webhook {url}: gave up on delivery {id} ({event}, call {call}) after "
-                    "{attempts} attempts: {error}",
-                    url=entry.webhook_url,
-                    id=entry.id,
-                    event=entry.event_name,
-                    call=entry.call_id,
-                    attempts=entry.attempts,
-                    error=error,
+                log.error(
+                    "webhook %s: gave up on delivery %d (%s, call %s) after %d attempts: %s",
+                    entry.webhook_url,
+                    entry.id,
+                    entry.event_name,
+                    entry.call_id,
+                    entry.attempts,
+                    error,
                 )
             else:
-                _log.info(
-                    "webhook {url}: delivery {id} attempt {attempts} failed ({error}); "
-                    "retry in {delay:.1f} s",
-                    url=entry.webhook_url,
-                    id=entry.id,
-                    attempts=entry.attempts,
-                    error=error,
-                    delay=entry.next_attempt_at - now,
+                log.info(
+                    "webhook %s: delivery %d attempt %d failed (%s); retry in %.1f s",
+                    entry.webhook_url,
+                    entry.id,
+                    entry.attempts,
+                    error,
+                    entry.next_attempt_at - now,
                 )
         try:
             self._on_change(entry)
         except Exception:
-            _log.failure("webhook: cannot record the outcome of delivery {id}", id=entry.id)
+            log.exception("webhook: cannot record the outcome of delivery %d", entry.id)
         self._schedule()
 
     def _abort_all(self) -> None:

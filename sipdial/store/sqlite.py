@@ -16,6 +16,7 @@ restart loses none). :data:`_SQL_MIGRATIONS` brings an older database up to date
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -26,11 +27,10 @@ from typing import Any, Final, Protocol, TypeVar, cast
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from sipdial.reactor_types import DelayedCall, TimeReactor
+from sipdial.reactor_types import DelayedCall, TimeReactor, exc_info
 from sipdial.store.models import (
     CallEvent,
     CallRecord,
@@ -42,7 +42,7 @@ from sipdial.store.models import (
 __all__ = ["RunInThread", "SqliteStore", "StoreError", "StoreReactor"]
 
 _T = TypeVar("_T")
-_log = Logger()
+log = logging.getLogger("sipdial.store")
 
 SCHEMA_VERSION: Final = 2
 
@@ -612,7 +612,7 @@ class SqliteStore:
         d.addErrback(self._flush_failed, len(batch))
 
     def _flush_failed(self, failure: Failure, size: int) -> None:
-        _log.failure("store: lost {size} queued writes", failure, size=size)
+        log.error("store: lost %d queued writes", size, exc_info=exc_info(failure))
 
     # --- worker-thread side -----------------------------------------------------------------
 

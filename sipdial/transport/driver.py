@@ -24,11 +24,13 @@ from sipdial.sip.timers import TimerHeap
 from sipdial.sip.transaction import Event
 
 log = logging.getLogger("sipdial.transport")
+#: Every SIP message sent and received, logged at INFO: ``SIPDIAL_TRACE=1`` alone shows them
+#: at the default level. Off (``SIPDIAL_TRACE`` unset, empty or ``0``) it costs one global
+#: lookup per message.
+_trace_log = logging.getLogger("sipdial.trace")
+_trace = os.environ.get("SIPDIAL_TRACE", "") not in ("", "0")
 
 TransactionUser = Callable[[Event, float], None]
-
-# Message tracing costs one global lookup per message when off (SIPDIAL_TRACE=1 enables it).
-_trace = bool(os.environ.get("SIPDIAL_TRACE"))
 
 
 UDP_BUFFER = 4 * 1024 * 1024
@@ -209,7 +211,7 @@ class SipDriver:
 
     def receive(self, data: bytes, peer: Peer) -> None:
         if _trace:
-            log.debug("recv from %s:\n%s", peer, data.decode("utf-8", "replace"))
+            _trace_log.info("recv from %s:\n%s", peer, data.decode("utf-8", "replace"))
         try:
             self.endpoint.receive(data, peer, self.reactor.seconds())
         except Exception:  # a bug must not take the next datagram down with it
@@ -273,7 +275,7 @@ class SipDriver:
 
     def _send(self, peer: Peer, data: bytes) -> None:
         if _trace:
-            log.debug("send to %s:\n%s", peer, data.decode("utf-8", "replace"))
+            _trace_log.info("send to %s:\n%s", peer, data.decode("utf-8", "replace"))
         if peer.transport == "udp":
             lp = self._udp.get(family(peer.host))
             if lp is None:

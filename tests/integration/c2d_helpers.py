@@ -146,7 +146,7 @@ def sipp_trace(sipp: Sipp) -> list[SipMsg]:
 
 
 _SIPDIAL_BLOCK = re.compile(
-    r"^\S+ \S+ DEBUG sipdial\.transport: (recv from|send to) (\S+):\n", re.MULTILINE)
+    r"^\S+ \S+ INFO sipdial\.trace: (recv from|send to) (\S+):\n", re.MULTILINE)
 _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ", re.MULTILINE)
 
 

@@ -10,25 +10,32 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import logging
+import re
 import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.selectreactor import SelectReactor
 from twisted.internet.threads import blockingCallFromThread
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from sipdial.api import ApiError, build_site
-from sipdial.api.http import MAX_BODY_BYTES, _Resource, _Router, normalise_destination
+from sipdial.api.http import (
+    MAX_BODY_BYTES,
+    _loggable,
+    _Resource,
+    _Router,
+    normalise_destination,
+)
 
 TOKENS = {"admin-token": "*", "tok-201": "201", "tok-202": "202"}
 JSON_TYPE = "application/json; charset=utf-8"
@@ -181,6 +188,22 @@ class Response:
     def error_message(self) -> str:
         message: str = self.json["error"]["message"]
         return message
+
+
+@dataclass
+class FakeEventSource:
+    """An :class:`~sipdial.api.sse.EventSource` that publishes nothing."""
+
+    subscribed: threading.Event = field(default_factory=threading.Event)
+
+    def subscribe(
+        self, subscriber: object, *, user: str | None = None, after: int | None = None
+    ) -> FakeEventSource:
+        self.subscribed.set()
+        return self
+
+    def cancel(self) -> None:
+        pass
 
 
 def check_password(user: str, password: str) -> bool:
@@ -343,17 +366,15 @@ def test_engine_api_error_is_passed_through(server: Server) -> None:
 
 
 @pytest.fixture
-def logged() -> Iterator[list[LogEvent]]:
-    events: list[LogEvent] = []
-    observer = cast(ILogObserver, events.append)
-    globalLogPublisher.addObserver(observer)
-    yield events
-    globalLogPublisher.removeObserver(observer)
+def logged(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """What ``sipdial.api`` logs (INFO and up) during the test, from the reactor thread too."""
+    with caplog.at_level(logging.INFO, "sipdial.api"):
+        yield caplog
 
 
 @pytest.mark.parametrize("how", ["errback", "raise"])
 def test_unexpected_engine_error_is_500_logged_without_traceback(
-    server: Server, how: str, logged: list[LogEvent]
+    server: Server, how: str, logged: pytest.LogCaptureFixture
 ) -> None:
     error = RuntimeError("secret internals")
     if how == "errback":
@@ -364,16 +385,18 @@ def test_unexpected_engine_error_is_500_logged_without_traceback(
     assert r.status == 500
     assert r.json == {"error": {"code": "internal", "message": "internal server error"}}
     assert b"secret" not in r.raw and b"Traceback" not in r.raw
-    failures = [e["log_failure"].value for e in logged if "log_failure" in e]
+    failures = [r.exc_info[1] for r in logged.records if r.exc_info]
     assert error in failures
 
 
-def test_resource_that_is_not_json_is_500(server: Server, logged: list[LogEvent]) -> None:
+def test_resource_that_is_not_json_is_500(
+    server: Server, logged: pytest.LogCaptureFixture
+) -> None:
     server.api.pending = succeed({"id": "c1", "user": "201", "created_at": object()})
     r = server.request("POST", "/v1/calls", body=call_body())
     assert r.status == 500
     assert r.error_code == "internal"
-    assert any("log_failure" in e for e in logged)
+    assert any(r.exc_info and r.levelno == logging.ERROR for r in logged.records)
 
 
 def test_body_over_64k_is_413(server: Server) -> None:
@@ -440,11 +463,14 @@ class _DummyRequest(DummyRequest):
     content: BinaryIO | None = None
 
 
-def test_nothing_is_written_after_the_client_went_away() -> None:
+def test_nothing_is_written_after_the_client_went_away(
+    logged: pytest.LogCaptureFixture,
+) -> None:
     api = FakeApi()
     pending: Deferred[dict[str, Any]] = Deferred()
     api.pending = pending
-    resource = _Resource(_Router(api, TOKENS, None))
+    times = iter([100.0, 101.5])  # received, then the engine answers 1.5 s later
+    resource = _Resource(_Router(api, TOKENS, None), clock=lambda: next(times))
     request = _DummyRequest([b""])
     request.method = b"POST"
     request.uri = b"/v1/calls"
@@ -456,6 +482,9 @@ def test_nothing_is_written_after_the_client_went_away() -> None:
     pending.callback({"id": "c9", "user": "201", "state": "calling_user"})
     assert request.written == []
     assert request.finished == 0
+    assert [r.getMessage() for r in logged.records] == [
+        "POST /v1/calls 201 1500.0 ms (not sent: the client went away)"
+    ]
 
 
 def test_a_request_whose_client_left_does_not_disturb_the_next(server: Server) -> None:
@@ -799,6 +828,85 @@ def test_pbxnsip_auth_parameter_without_password_checker(reactor: SelectReactor)
     for srv in serve(reactor, FakeApi()):
         r = srv.request("GET", "/remote_call.htm?user=201&dest=1&auth=201%3Asecret", token=None)
         assert r.status == 401
+
+
+# -------------------------------------------------------------------------- access log
+
+
+_ACCESS_LINE = re.compile(r"(?P<request>\S+ \S+ \d{3}) \d+\.\d ms(?P<note>.*)")
+
+
+def access_lines(logged: pytest.LogCaptureFixture) -> list[str]:
+    """The access-log lines (``sipdial.api``, INFO) without their milliseconds."""
+    lines = []
+    for record in logged.records:
+        match = _ACCESS_LINE.fullmatch(record.getMessage())
+        if match and record.name == "sipdial.api" and record.levelno == logging.INFO:
+            lines.append(match.group("request") + match.group("note"))
+    return lines
+
+
+def test_one_info_line_per_request(server: Server, logged: pytest.LogCaptureFixture) -> None:
+    server.api.add_call("abc", "201")
+    assert server.request("GET", "/v1/calls/abc").status == 200
+    assert server.request("POST", "/v1/calls", body=call_body()).status == 201
+    assert server.request("GET", "/v1/calls?user=201&limit=5").status == 200
+    assert server.request("HEAD", "/v1/calls/abc").status == 200
+    assert server.request("GET", "/nowhere").status == 404
+    assert server.request("GET", "/v1/calls", token="wrong").status == 401
+    assert access_lines(logged) == [
+        "GET /v1/calls/abc 200",
+        "POST /v1/calls 201",
+        "GET /v1/calls 200",  # never the query string
+        "HEAD /v1/calls/abc 200",
+        "GET /nowhere 404",
+        "GET /v1/calls 401",
+    ]
+    # no credentials, no bodies
+    assert "admin-token" not in logged.text and "wrong" not in logged.text
+    assert "4930123456" not in logged.text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/remote_call.htm?user=201&dest=1234&auth=201:secret201",
+        "/pbx/remote_call.htm?user=201&dest=1234&auth=201%3Asecret201",
+        "/remote_call.htm?auth=201%40pbx.example.com%3Asecret&user=201&dest=1234",
+    ],
+)
+def test_the_pbxnsip_password_never_reaches_the_log(
+    server: Server, logged: pytest.LogCaptureFixture, path: str
+) -> None:
+    status = server.request("GET", path, token=None).status
+    assert status in (201, 401)  # "secret" is 201's password in these tests
+    assert access_lines(logged) == [f"GET {path.partition('?')[0]} {status}"]
+    assert "secret" not in logged.text and "auth" not in logged.text
+
+
+def test_an_event_stream_is_logged_when_it_opens(
+    reactor: SelectReactor, logged: pytest.LogCaptureFixture
+) -> None:
+    source = FakeEventSource()
+    for srv in serve(reactor, FakeApi(), events=source):
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+            sock.sendall(b"GET /v1/events?user=201 HTTP/1.1\r\nHost: x\r\n"
+                         b"Authorization: Bearer admin-token\r\n\r\n")
+            received = b""
+            while b"retry: 3000" not in received:
+                chunk = sock.recv(4096)
+                assert chunk, received
+                received += chunk
+            assert received.startswith(b"HTTP/1.1 200 ")
+            lines = access_lines(logged)
+        assert source.subscribed.wait(10)
+    assert lines == ["GET /v1/events 200 (event stream opened)"]
+
+
+def test_loggable_path_is_short_and_printable() -> None:
+    assert _loggable("/v1/calls/abc") == "/v1/calls/abc"
+    assert _loggable("/a\x1b[31mb\x85") == "/a\\x1b[31mb\\x85"
+    assert _loggable("/" + "x" * 300) == "/" + "x" * 199 + "..."
 
 
 # ---------------------------------------------------------------------------- helpers
