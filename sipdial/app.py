@@ -28,7 +28,10 @@ from sipdial.calls import (
     InboundRouter,
     LoadGauge,
     MediaPort,
+    NumericResolver,
+    OnResolved,
     PromptSource,
+    Resolver,
     Router,
     local_hosts,
     rules_from_config,
@@ -44,8 +47,9 @@ from sipdial.sip.errors import SipError
 from sipdial.sip.peer import Peer
 from sipdial.sip.timers import TimerHeap
 from sipdial.sip.transaction import Event, TimerConfig
-from sipdial.sip.uri import parse_uri
+from sipdial.sip.uri import SipURI, parse_uri
 from sipdial.store import RegistrationRecord, SqliteStore
+from sipdial.transport.dns import DnsResolver
 from sipdial.transport.driver import SipDriver
 from sipdial.ua import UserAgent
 
@@ -159,7 +163,7 @@ class Core:
 def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
                events: EventSink, secret: bytes, rtp_sinks: dict[int, tuple[str, int]],
                media: MediaPort | None = None, prompts: PromptSource | None = None,
-               load: LoadGauge | None = None) -> Core:
+               load: LoadGauge | None = None, resolver: Resolver | None = None) -> Core:
     """The whole SIP and call stack for ``config``; nothing listens yet (the transport adds
     its local addresses to ``core.endpoint`` as it binds)."""
     timers = TimerHeap()
@@ -188,10 +192,23 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
                     local_hosts(config.sip.domain, [a.host for a in config.sip.listen]))
     rules = rules_from_config([dict(e) for e in config.auto_answer]) + DEFAULT_RULES
     calls = CallService(config, ua, registrar, router, store, events, clock,
-                        auto_answer_rules=rules, rtp_sinks=rtp_sinks, media=media,
+                        auto_answer_rules=rules, rtp_sinks=rtp_sinks,
+                        resolver=resolver or NumericResolver(clock), media=media,
                         prompts=prompts, load=load)
     inbound = InboundRouter(config, ua, auth, router, calls)
     return Core(config, timers, endpoint, auth, registrar, ua, router, calls, inbound)
+
+
+class _ClockedResolver:
+    """The DNS resolver as the calls layer sees it: the answer comes with the time."""
+
+    def __init__(self, dns: DnsResolver, clock: Callable[[], float]) -> None:
+        self._dns = dns
+        self._clock = clock
+
+    def resolve(self, uri: SipURI, default_transport: str, on_done: OnResolved) -> None:
+        self._dns.resolve(uri, default_transport,
+                          lambda result: on_done(result, self._clock()))
 
 
 @dataclass
@@ -279,7 +296,7 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     events = EventHub(store, reactor, config.webhooks)
     core = build_core(config, clock=reactor.seconds, store=store, events=events,
                       secret=os.urandom(32), rtp_sinks=sinks, media=media, prompts=prompts,
-                      load=lag)
+                      load=lag, resolver=_ClockedResolver(DnsResolver(reactor), reactor.seconds))
     saved = yield store.load_registrations()
     core.registrar.restore((_binding(r) for r in saved), reactor.seconds())
 

@@ -28,7 +28,15 @@ from sipdial.calls.autoanswer import DEFAULT_RULES, AutoAnswerRule, rules_from_c
 from sipdial.calls.clicktodial import ClickToDial
 from sipdial.calls.inbound import InboundRouter
 from sipdial.calls.media import MediaPort, PromptSource, Tone
-from sipdial.calls.routing import Destination, Router, Target, local_hosts
+from sipdial.calls.routing import (
+    Destination,
+    NumericResolver,
+    OnResolved,
+    Resolver,
+    Router,
+    Target,
+    local_hosts,
+)
 from sipdial.calls.service import (
     CallRefused,
     CallRequest,
@@ -56,8 +64,11 @@ __all__ = [
     "LoadGauge",
     "MediaPort",
     "Mode",
+    "NumericResolver",
+    "OnResolved",
     "PromptSource",
     "Refusal",
+    "Resolver",
     "Router",
     "Target",
     "Tone",

@@ -38,7 +38,7 @@ from sipdial.calls.legs import (
     Progress,
     UasLeg,
 )
-from sipdial.calls.routing import Target
+from sipdial.calls.routing import Resolver, Target
 from sipdial.sip.peer import Peer
 from sipdial.sip.timers import TimerHeap
 from sipdial.sip.transaction import ServerTransaction
@@ -88,12 +88,12 @@ class RelayedCall(Bridge):
     def __init__(self, ua: UserAgent, timers: TimerHeap, txn: ServerTransaction, source: Peer,
                  *, targets: list[Target], caller: NameAddr, callee: NameAddr,
                  answer_timeout: float, listener: TargetListener | None, label: str,
-                 on_end: Callable[[RelayedCall], None]) -> None:
+                 resolver: Resolver, on_end: Callable[[RelayedCall], None]) -> None:
         invite = txn.request
         super().__init__(ua, timers, targets=targets, caller=caller, callee=callee,
                          offer=invite.body, content_type=invite.headers.get("Content-Type"),
                          extra=None, answer_timeout=answer_timeout, listener=listener,
-                         label=label)
+                         label=label, resolver=resolver)
         self.a = UasLeg(ua, self, txn, source, label=label)
         self._on_end = on_end
 

@@ -44,7 +44,7 @@ from sipdial.calls.legs import (
     UacLeg,
 )
 from sipdial.calls.media import CallMedia, Tone
-from sipdial.calls.routing import Target
+from sipdial.calls.routing import Resolver, Target
 from sipdial.media.dtmf import digit_from_info
 from sipdial.sip import sdp
 from sipdial.sip.timers import TimerHeap
@@ -113,11 +113,12 @@ class ThirdPartyBridge(Bridge):
     def __init__(self, ua: UserAgent, timers: TimerHeap, phone: UacLeg, media: CallMedia,
                  *, targets: list[Target], caller: NameAddr, callee: NameAddr,
                  extra: list[tuple[str, str]], answer_timeout: float,
-                 listener: TargetListener, label: str) -> None:
+                 listener: TargetListener, label: str, resolver: Resolver) -> None:
         offer = phone.answer.body if phone.answer is not None else b""
         super().__init__(ua, timers, targets=targets, caller=caller, callee=callee,
                          offer=offer, content_type=sdp.CONTENT_TYPE, extra=extra,
-                         answer_timeout=answer_timeout, listener=listener, label=label)
+                         answer_timeout=answer_timeout, listener=listener, label=label,
+                         resolver=resolver)
         self.phone = phone
         phone.hand_to(self)
         self.media = media

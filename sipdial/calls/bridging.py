@@ -35,7 +35,7 @@ from sipdial.calls.legs import (
     UacLeg,
     UasLeg,
 )
-from sipdial.calls.routing import Target
+from sipdial.calls.routing import Resolver, Target
 from sipdial.calls.states import Input, target_failure_input
 from sipdial.sip.message import make_response
 from sipdial.sip.timers import TimerHandle, TimerHeap
@@ -265,7 +265,7 @@ class Bridge:
     def __init__(self, ua: UserAgent, timers: TimerHeap, *, targets: list[Target],
                  caller: NameAddr, callee: NameAddr, offer: bytes, content_type: str | None,
                  extra: list[tuple[str, str]] | None, answer_timeout: float,
-                 listener: TargetListener | None, label: str) -> None:
+                 listener: TargetListener | None, label: str, resolver: Resolver) -> None:
         self.ua = ua
         self.timers = timers
         self.listener = listener
@@ -274,7 +274,7 @@ class Bridge:
         self.forks = Forks([
             UacLeg(ua, self, uri=t.uri, peer=t.peer, from_party=caller, to_party=callee,
                    body=offer, content_type=content_type if offer else None, extra=extra,
-                   label=t.label, credentials=t.credentials)
+                   label=t.label, credentials=t.credentials, resolver=resolver)
             for t in targets
         ])
         self.b: UacLeg | None = None  # the fork that answered (data; the state says if any)

@@ -34,7 +34,14 @@ from sipdial.calls.legs import (
 )
 from sipdial.calls.media import CallMedia, DigitSource, Tone
 from sipdial.calls.phone import PhoneSession
-from sipdial.calls.routing import Destination, NoRoute, Router, Target, Unavailable
+from sipdial.calls.routing import (
+    Destination,
+    NoRoute,
+    Resolver,
+    Router,
+    Target,
+    Unavailable,
+)
 from sipdial.calls.states import (
     Action,
     CallState,
@@ -78,6 +85,7 @@ class CallEnv:
     config: CallsConfig
     domain: str
     router: Router
+    resolver: Resolver  #: RFC 3263, for routes and URIs whose host is a name
     auto_answer_rules: tuple[AutoAnswerRule, ...]
     #: where REFER-mode offers point the phone's audio (received and dropped), per family
     rtp_sinks: dict[int, tuple[str, int]]
@@ -383,7 +391,7 @@ class ClickToDial:
             env.ua, env.timers, phone, self.media, targets=routed, caller=caller,
             callee=_callee(routed[0], self.destination, env.domain), extra=extra,
             answer_timeout=env.config.target_answer_timeout, listener=self,
-            label=f"{self.id} {user.id}->{self.destination.number}")
+            label=f"{self.id} {user.id}->{self.destination.number}", resolver=env.resolver)
         self.bridge.start(now)
 
     def _unroutable(self, routed: NoRoute | Unavailable, now: float) -> None:

@@ -85,7 +85,7 @@ class InboundRouter:
             caller=NameAddr(caller_uri, user.name or None),
             callee=NameAddr(_public_uri(routed[0], destination.number, self.domain)),
             answer_timeout=self.config.calls.target_answer_timeout, listener=c2d,
-            label=label, on_end=self.relayed.discard)
+            label=label, resolver=self.calls.env.resolver, on_end=self.relayed.discard)
         self.relayed.add(relayed)
         log.info("relaying %s (%s)", label, f"call {c2d.id}" if c2d is not None else "dialled")
         if c2d is not None:

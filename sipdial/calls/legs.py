@@ -19,7 +19,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeAlias, TypeVar
 
 from sipdial.sip.auth import (
     AuthError,
@@ -32,6 +32,7 @@ from sipdial.sip.dialog import Dialog
 from sipdial.sip.headers import Headers
 from sipdial.sip.message import Request, Response, cseq, make_response
 from sipdial.sip.peer import Peer
+from sipdial.sip.rfc3263 import ResolveError
 from sipdial.sip.timers import TimerHandle
 from sipdial.sip.transaction import (
     AckTimeout,
@@ -43,8 +44,11 @@ from sipdial.sip.transaction import (
     TransactionTimeout,
     TransportError,
 )
-from sipdial.sip.uri import URI, NameAddr
+from sipdial.sip.uri import URI, NameAddr, SipURI
 from sipdial.ua import DialogAck, DialogEvent, DialogRequest, UserAgent
+
+if TYPE_CHECKING:
+    from sipdial.calls.routing import Resolver
 
 log = logging.getLogger("sipdial.calls")
 
@@ -80,9 +84,12 @@ class Failed:
     leg: UacLeg
     status: int
     response: Response | None
+    detail: str | None = None  #: why, when no response says it (e.g. "cannot resolve ...")
 
     @property
     def reason(self) -> str:
+        if self.detail is not None:
+            return self.detail
         return self.response.reason if self.response is not None else "timeout"
 
 
@@ -143,6 +150,7 @@ class LegListener(Protocol):
 
 
 class LegState(enum.Enum):
+    RESOLVING = "resolving"  # UAC: looking up where the INVITE goes (RFC 3263)
     CALLING = "calling"  # INVITE sent (UAC) / received (UAS), no provisional yet
     EARLY = "early"  # a provisional went out (UAS) / came in (UAC)
     CANCELLING = "cancelling"  # UAC: our CANCEL is out, the final response not in yet
@@ -160,6 +168,10 @@ _OVER = frozenset({LegState.FAILED, LegState.CANCELLED, LegState.ENDED})
 
 
 class LegInput(enum.Enum):
+    # from the resolver
+    RESOLVED = "the destination's addresses"
+    UNRESOLVABLE = "the destination's name does not resolve"
+    NEXT_TARGET = "no answer, no transport or 503, and another address to try (RFC 3263 §4.3)"
     # from the wire
     PROVISIONAL = "101-199 to our INVITE"
     SUCCESS = "2xx to our INVITE"
@@ -184,6 +196,9 @@ class LegInput(enum.Enum):
 
 
 class LegAction(enum.Enum):
+    USE_PEERS = "keep the resolved addresses, the first one to try"
+    NEXT_PEER = "take the next resolved address"
+    SEND_INVITE = "send the INVITE (a new transaction)"
     REPORT_PROGRESS = "tell the owner: Progress"
     ACCEPT_ANSWER = "ACK the 2xx, keep the dialog, start RFC 4028 refreshes, tell: Answered"
     REFUSE_ANSWER = "ACK a 2xx we no longer want (another fork's, or after CANCEL), BYE it"
@@ -212,6 +227,15 @@ _RINGING = (Ls.CALLING, Ls.EARLY)
 _ALL = tuple(LegState)
 
 UAC_TABLE: dict[tuple[LegState, LegInput], LegRow] = {
+    (Ls.RESOLVING, Li.RESOLVED): (Ls.CALLING, (La.USE_PEERS, La.SEND_INVITE)),
+    (Ls.RESOLVING, Li.UNRESOLVABLE): (Ls.FAILED, (La.REPORT_FAILED,)),
+    **{(Ls.RESOLVING, i): (Ls.CANCELLED, (La.REPORT_CANCELLED_487,))
+       for i in (Li.CANCEL, Li.RELEASE)},
+    **{(Ls.RESOLVING, i): (Ls.RESOLVING, _) for i in (Li.HANG_UP, Li.REFRESH_DUE)},
+    **{(s, i): (s, _) for s in _OVER for i in (Li.RESOLVED, Li.UNRESOLVABLE, Li.NEXT_TARGET)},
+    (Ls.CALLING, Li.NEXT_TARGET): (Ls.CALLING, (La.NEXT_PEER, La.SEND_INVITE)),
+    (Ls.EARLY, Li.NEXT_TARGET): (Ls.FAILED, (La.REPORT_FAILED,)),
+    (Ls.CANCELLING, Li.NEXT_TARGET): (Ls.CANCELLED, (La.REPORT_FAILED,)),
     (Ls.CALLING, Li.PROVISIONAL): (Ls.EARLY, (La.REPORT_PROGRESS,)),
     (Ls.EARLY, Li.PROVISIONAL): (Ls.EARLY, (La.REPORT_PROGRESS,)),
     **{(s, Li.SUCCESS): (Ls.CONFIRMED, (La.ACCEPT_ANSWER,)) for s in _RINGING},
@@ -504,15 +528,18 @@ class UacLeg(_Leg):
 
     table = UAC_TABLE
 
-    def __init__(self, ua: UserAgent, owner: LegListener, *, uri: URI, peer: Peer,
+    def __init__(self, ua: UserAgent, owner: LegListener, *, uri: URI, peer: Peer | None,
                  from_party: NameAddr, to_party: NameAddr, body: bytes = b"",
                  content_type: str | None = None,
                  extra: list[tuple[str, str]] | None = None, label: str = "",
-                 credentials: tuple[str, str] | None = None) -> None:
+                 credentials: tuple[str, str] | None = None,
+                 resolver: Resolver | None = None) -> None:
         self.ua = ua
         self.owner = owner
         self.uri = uri
-        self.peer = peer
+        self._peer = peer  # None until resolved (a route's or URI's host)
+        self._alternates: list[Peer] = []  # further addresses to try (RFC 3263 §4.3)
+        self.resolver = resolver
         self.label = label
         self.state = LegState.CALLING
         self.call_id = ua.new_call_id()
@@ -537,6 +564,13 @@ class UacLeg(_Leg):
         return f"<UacLeg {self.label} {self.uri} {self.state.value}>"
 
     @property
+    def peer(self) -> Peer:
+        """Where the INVITE went (known once resolved)."""
+        if self._peer is None:
+            raise IllegalLegInput(f"{self!r} has no address yet")
+        return self._peer
+
+    @property
     def contact(self) -> str:
         return self.ua.endpoint.contact(self.peer)
 
@@ -551,6 +585,25 @@ class UacLeg(_Leg):
     # ------------------------------------------------------------ commands
 
     def start(self, now: float) -> None:
+        """Send the INVITE; first resolve the destination's host if it is a name."""
+        if self._peer is not None:
+            self._send_invite(now)
+            return
+        self.state = LegState.RESOLVING
+        uri = self.uri
+        if self.resolver is None or not isinstance(uri, SipURI):
+            self._resolved(ResolveError(str(uri), "no resolver for this URI"), now)
+            return
+        self.resolver.resolve(uri, "udp", self._resolved)
+
+    def _resolved(self, result: list[Peer] | ResolveError, now: float) -> None:
+        if isinstance(result, ResolveError):
+            log.info("%r: %s", self, result.message)
+            self._fire(LegInput.UNRESOLVABLE, now, result, self._with_resolution)
+        else:
+            self._fire(LegInput.RESOLVED, now, result, self._with_resolution)
+
+    def _send_invite(self, now: float) -> None:
         headers = Headers()
         headers.add("Max-Forwards", "70")
         headers.add("From", str(self.from_party))
@@ -567,6 +620,18 @@ class UacLeg(_Leg):
             headers.add("Content-Type", self.content_type)
         request = Request("INVITE", self.uri, headers, self.body)
         self.invite_txn = self.ua.send(request, self.peer, self, now)
+
+    def _with_resolution(self, action: LegAction, result: list[Peer] | ResolveError,
+                         now: float) -> bool:
+        match action:
+            case LegAction.USE_PEERS if not isinstance(result, ResolveError):
+                self._peer, *self._alternates = result
+            case LegAction.REPORT_FAILED if isinstance(result, ResolveError):
+                self.final_status = 503
+                self.owner.leg_event(Failed(self, 503, None, result.message), now)
+            case _:
+                return False
+        return True
 
     def cancel(self, now: float, reason: str | None = None) -> None:
         """CANCEL while ringing; a 2xx that crosses the CANCEL is ACKed and BYEd.
@@ -596,7 +661,8 @@ class UacLeg(_Leg):
             self._dialog_response(event, now)
             return
         if not isinstance(event, ResponseReceived):
-            self._fire(LegInput.TIMEOUT, now, status, self._with_status)
+            self._fire(LegInput.NEXT_TARGET if self._alternates else LegInput.TIMEOUT, now,
+                       status, self._with_status)
             return
         response = event.response
         if status < 200:
@@ -606,6 +672,8 @@ class UacLeg(_Leg):
             self._fire(LegInput.SUCCESS, now, response, self._with_response)
         elif status in (401, 407) and self._may_answer_challenge():
             self._fire(LegInput.CHALLENGE, now, response, self._with_response)
+        elif status == 503 and self._alternates:
+            self._fire(LegInput.NEXT_TARGET, now, status, self._with_status)
         else:
             self._fire(LegInput.FAILURE, now, response, self._with_response)
 
@@ -656,6 +724,15 @@ class UacLeg(_Leg):
 
     def _plain(self, action: LegAction, now: float) -> bool:
         match action:
+            case LegAction.SEND_INVITE:
+                try:
+                    self._send_invite(now)
+                except (LookupError, ValueError) as exc:  # e.g. no listener for its transport
+                    log.warning("%r: cannot send the INVITE: %s", self, exc)
+                    self._fire(LegInput.TIMEOUT, now, 503, self._with_status)
+            case LegAction.NEXT_PEER:
+                self._peer = self._alternates.pop(0)
+                self._cseq += 1
             case LegAction.REPORT_CANCELLED_487:
                 self._report_failed(487, None, now)
             case LegAction.SEND_REFRESH:
@@ -722,7 +799,7 @@ class UacLeg(_Leg):
         name = "Proxy-Authorization" if response.status == 407 else "Authorization"
         self._authorization = (name, creds.to_header())
         self._cseq += 1
-        self.start(now)
+        self._send_invite(now)
         return True
 
     # ------------------------------------------------------------ RFC 4028 session timers

@@ -11,12 +11,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sipdial.registrar import Binding
-from sipdial.sip.endpoint import peer_for_uri
 from sipdial.sip.errors import SipError
 from sipdial.sip.peer import Peer
+from sipdial.sip.rfc3263 import ResolveError, Step, plan
 from sipdial.sip.uri import URI, SipURI, parse_uri
 
 if TYPE_CHECKING:
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 __all__ = [
     "Destination",
     "NoRoute",
+    "NumericResolver",
+    "OnResolved",
+    "Resolver",
     "Router",
     "Target",
     "Unavailable",
@@ -48,12 +51,42 @@ class Destination:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One place to send an INVITE for a destination: a device or a route's URI."""
+    """One place to send an INVITE for a destination: a device (``peer``: where its
+    REGISTER came from) or a route's / URI's address (``peer`` None: resolved by RFC 3263
+    when the INVITE goes out)."""
 
     uri: URI
-    peer: Peer
+    peer: Peer | None
     credentials: tuple[str, str] | None = None  # for the gateway's 401/407
     label: str = "target"
+
+
+#: on_done(peers or the error, now)
+OnResolved = Callable[[list[Peer] | ResolveError, float], None]
+
+
+class Resolver(Protocol):
+    """RFC 3263: where requests for a SIP URI go (:class:`sipdial.transport.DnsResolver`,
+    adapted with the clock). ``on_done`` is called exactly once, maybe before ``resolve``
+    returns; the peers are in the order to try them (RFC 3263 §4.3 fail-over)."""
+
+    def resolve(self, uri: SipURI, default_transport: str, on_done: OnResolved) -> None: ...
+
+
+class NumericResolver:
+    """A resolver for IP literals only (no DNS): what the unit tests and benchmarks use."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+
+    def resolve(self, uri: SipURI, default_transport: str, on_done: OnResolved) -> None:
+        found = plan(uri, default_transport)
+        if isinstance(found, ResolveError):
+            on_done(found, self._clock())
+        elif found.step is not Step.NUMERIC:
+            on_done(ResolveError(found.target, "no DNS resolver configured"), self._clock())
+        else:
+            on_done(found.address_peers([found.target]), self._clock())
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,19 +149,13 @@ class Router:
                 return Unavailable(number)
             return [Target(parse_uri(b.contact), b.peer, None, b.device) for b in bindings]
         if destination.uri is not None:
-            try:
-                return [Target(destination.uri, peer_for_uri(destination.uri), None, "uri")]
-            except ValueError:
-                return NoRoute(number)
+            return [Target(destination.uri, None, None, "uri")]
         for route in self._routes:
             if route.match.search(number):
                 uri = parse_uri(route.target_uri(number))
                 creds = (route.username, route.password) \
                     if route.username and route.password is not None else None
-                try:
-                    return [Target(uri, peer_for_uri(uri), creds, "route")]
-                except ValueError:
-                    return NoRoute(number)
+                return [Target(uri, None, creds, "route")]
         return NoRoute(number)
 
     def routable(self, destination: Destination) -> bool:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from sipdial.calls.autoanswer import AutoAnswerRule
 from sipdial.calls.clicktodial import C2D_PARAM, CallEnv, ClickToDial, Options
 from sipdial.calls.media import CallMedia, MediaPort, PromptSource
-from sipdial.calls.routing import Destination, Router, Unavailable
+from sipdial.calls.routing import Destination, Resolver, Router, Unavailable
 from sipdial.calls.states import CallState, Input, Mode
 from sipdial.media import MediaPortsExhausted
 from sipdial.registrar import Registrar
@@ -107,7 +107,7 @@ class CallService:
     def __init__(self, config: Config, ua: UserAgent, registrar: Registrar, router: Router,
                  store: CallStore, events: EventSink, clock: Callable[[], float], *,
                  auto_answer_rules: tuple[AutoAnswerRule, ...],
-                 rtp_sinks: dict[int, tuple[str, int]],
+                 rtp_sinks: dict[int, tuple[str, int]], resolver: Resolver,
                  media: MediaPort | None = None, prompts: PromptSource | None = None,
                  load: LoadGauge | None = None) -> None:
         self.config = config
@@ -124,7 +124,7 @@ class CallService:
         self.calls: dict[str, ClickToDial] = {}
         self._sessions = itertools.count(int.from_bytes(os.urandom(3), "big"))
         self.env = CallEnv(ua=ua, timers=ua.timers, config=config.calls,
-                           domain=config.sip.domain, router=router,
+                           domain=config.sip.domain, router=router, resolver=resolver,
                            auto_answer_rules=auto_answer_rules, rtp_sinks=rtp_sinks,
                            on_change=self._changed, on_end=self._ended)
 

@@ -167,6 +167,8 @@ TRANSITIONS: dict[tuple[Phase, Input], Row] = {
                                 A.DECIDE_CONFIRMATION)) for p in _RINGING_USER},
     **{(p, In.DEVICE_FAILED): (p, None, (A.CHECK_DEVICES,)) for p in _RINGING_USER},
     **{(p, i): (Ph.ENDED, c, _END) for p in _RINGING_USER for i, c in _USER_FAILURES.items()},
+    # a local extension without a device: nobody is rung for a call that cannot connect
+    (Ph.CALLING_USER, In.TARGET_UNAVAILABLE): (Ph.ENDED, C.TARGET_UNAVAILABLE, _END),
     # --- the "press 1" confirmation (pbxnsip's abuse protection), or straight on
     (Ph.USER_ANSWERED, In.NO_CONFIRMATION): (Ph.USER_ANSWERED, None, (A.CONNECT_TARGET,)),
     (Ph.USER_ANSWERED, In.ASK_CONFIRMATION): (Ph.AWAITING_CONFIRMATION, None,

@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from sipdial.api.calls_api import CallsApi
 from sipdial.app import build_core
-from sipdial.calls import CallRequest, MediaPort, Mode, PromptSource
+from sipdial.calls import CallRequest, MediaPort, Mode, PromptSource, Resolver
 from sipdial.config import Config, parse_config
 from sipdial.sip.auth import answer_challenge, parse_challenges, preferred_challenge
 from sipdial.sip.message import (
@@ -153,7 +153,7 @@ def parse_response(data: bytes) -> Response:
 class SimNet:
     def __init__(self, config: Config | None = None, *, now: float = START,
                  media: MediaPort | None = None, prompts: PromptSource | None = None,
-                 store: FakeStore | None = None) -> None:
+                 store: FakeStore | None = None, resolver: Resolver | None = None) -> None:
         self.config = config or make_config()
         self.now = now
         self.store = store or FakeStore()
@@ -161,7 +161,7 @@ class SimNet:
         self.core = build_core(self.config, clock=lambda: self.now, store=self.store,
                                events=self, secret=b"simnet-secret-0123456789abcdef!!",
                                rtp_sinks={4: MEDIA}, media=media, prompts=prompts,
-                               load=self)
+                               load=self, resolver=resolver)
         core = self.core
         self.timers = core.timers
         self.endpoint = core.endpoint

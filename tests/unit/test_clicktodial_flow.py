@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sipdial.api.service import ApiError
-from sipdial.calls import MediaPort, PromptSource
+from sipdial.calls import MediaPort, PromptSource, Resolver
 from sipdial.config import Config
 from sipdial.sip.message import Request, Response, call_id, cseq, from_, to
 from sipdial.sip.uri import NameAddr, SipURI, parse_name_addr_list
@@ -34,8 +34,9 @@ class Flow:
     def __init__(self, *, devices: int = 1, config: Config | None = None,
                  user_agents: tuple[str | None, ...] = ("Yealink SIP-T46S 66.86.0.15",
                                                         "baresip v1.0.0 (x86_64/linux)"),
-                 media: MediaPort | None = None, prompts: PromptSource | None = None) -> None:
-        self.net = SimNet(config, media=media, prompts=prompts)
+                 media: MediaPort | None = None, prompts: PromptSource | None = None,
+                 resolver: Resolver | None = None) -> None:
+        self.net = SimNet(config, media=media, prompts=prompts, resolver=resolver)
         self.phones = [Phone(self.net, port=5070 + i, contact_host=f"192.168.1.{10 + i}",
                              user_agent=user_agents[i % len(user_agents)])
                        for i in range(devices)]

@@ -1,0 +1,297 @@
+"""What the calls-layer redesign changed on purpose: illegal inputs end a call at once,
+destinations are parsed with sipdial.sip.uri (scheme and host kept), an unroutable
+destination is refused before anyone is rung, an unregistered extension ends the call as
+target_unavailable, every response to a request without a To tag carries one, and /healthz
+names what it counts."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from sipdial.api import ApiError
+from sipdial.calls import Destination, Mode
+from sipdial.calls.routing import parse_destination
+from sipdial.calls.states import Input
+from sipdial.config import parse_config
+from sipdial.sip.message import Response, to
+from sipdial.sip.peer import Peer
+from sipdial.sip.rfc3263 import ResolveError
+from sipdial.sip.uri import SipURI
+from tests.unit.simnet import BASE_CONFIG, Phone, SimNet, parse_request, parse_response
+from tests.unit.test_bridge_flow import FakeMedia, FakePrompts
+from tests.unit.test_clicktodial_flow import Flow
+
+LOCAL = frozenset({"127.0.0.1", "sipdial.example"})
+
+
+def _refused(flow: Flow, **create: Any) -> ApiError:
+    errors: list[Any] = []
+    args: dict[str, Any] = {"user": "201", "device": None, "auto_answer": None, "mode": None}
+    args.update(create)
+    flow.net.api.create_call(**args).addErrback(lambda f: errors.append(f.value))
+    (error,) = errors
+    assert isinstance(error, ApiError)
+    return error
+
+
+# ----------------------------------------------------------------- destinations
+
+
+@pytest.mark.parametrize(("to", "number", "uri"), [
+    ("+4930123456", "+4930123456", None),
+    ("201", "201", None),
+    ("sip:202@127.0.0.1", "202", None),  # our own host: the extension
+    ("sip:+4930123@sipdial.example;user=phone", "+4930123", None),
+    ("tel:+4930123", "+4930123", None),
+    ("sip:bob@example.com", "bob", "sip:bob@example.com"),
+    ("sips:bob@example.com", "bob", "sips:bob@example.com"),  # was the user "sips:bob"
+    ("sip:alice@192.0.2.7:5090", "alice", "sip:alice@192.0.2.7:5090"),
+])
+def test_destinations_are_parsed_with_the_uri_grammar(to: str, number: str,
+                                                      uri: str | None) -> None:
+    destination = parse_destination(to, LOCAL)
+    assert destination.number == number
+    assert (str(destination.uri) if destination.uri is not None else None) == uri
+
+
+@pytest.mark.parametrize("to", ["sip:@example.com", "sip:example.com", "sip:bob@"])
+def test_a_destination_uri_without_user_or_host_is_invalid(to: str) -> None:
+    with pytest.raises(ValueError):
+        parse_destination(to, LOCAL)
+
+
+def test_a_foreign_sip_uri_is_called_at_its_host_in_bridge_mode() -> None:
+    media = FakeMedia()
+    flow = Flow(media=media, prompts=FakePrompts())
+    far = flow.net.core.router.route(Destination("alice", SipURI.parse(
+        "sip:alice@192.0.2.7:5090")), flow.net.now)
+    assert isinstance(far, list) and far[0].peer is None  # resolved when the INVITE goes
+    assert str(far[0].uri) == "sip:alice@192.0.2.7:5090"
+    flow.create(mode="bridge", to="sip:alice@192.0.2.7:5090")
+    flow.ring()
+    flow.answer()
+    sent = flow.net.sent_to(Peer("udp", "192.0.2.7", 5090))
+    assert sent, "the target's host was dropped"
+    invite = sent[0]
+    assert invite.startswith(b"INVITE sip:alice@192.0.2.7:5090 SIP/2.0")
+
+
+def test_refer_to_names_the_uri_user_not_the_scheme() -> None:
+    flow = Flow()
+    flow.create(to="sips:bob@example.com")
+    flow.ring()
+    flow.answer()
+    refer = flow.take_refer()
+    refer_to = refer.headers.get("Refer-To") or ""
+    assert refer_to.startswith("<sip:bob@127.0.0.1"), refer_to
+
+
+def test_an_unroutable_destination_is_refused_before_ringing() -> None:
+    text = BASE_CONFIG.format(auto_answer="true", user_answer_timeout=30.0,
+                              target_answer_timeout=60.0, refer_timeout=32.0,
+                              max_concurrent=2000)
+    flow = Flow(config=parse_config(text.replace("^\\\\+?[0-9]+$", "^\\\\+49[0-9]+$")))
+    assert flow.net.config.routes[0].match.pattern == "^\\+49[0-9]+$"
+    error = _refused(flow, to="+4420123")
+    assert (error.status, error.code) == (422, "no_route")
+    assert flow.phone.nothing(), flow.phone.pending()  # nobody was rung
+    assert flow.net.store.calls == {}
+
+
+def test_an_invalid_destination_uri_is_refused() -> None:
+    flow = Flow()
+    error = _refused(flow, to="sip:bob@")
+    assert error.status == 422 and error.code == "invalid_destination"
+    assert flow.phone.nothing()
+
+
+def test_an_unregistered_extension_ends_as_target_unavailable_without_ringing() -> None:
+    flow = Flow()
+    result = flow.create(to="202")
+    assert result["state"] == "ended" and result["cause"] == "target_unavailable"
+    assert flow.net_record.events[-1].sip_code == 480
+    assert flow.phone.nothing(), flow.phone.pending()  # the user was not rung for nothing
+    assert (flow.call_id, "ended") in flow.net.published
+
+
+def test_an_extension_that_unregisters_meanwhile_ends_as_target_unavailable() -> None:
+    flow = Flow()
+    bob = Phone(flow.net, "202", "secret202", port=5090, contact_host="192.168.1.50")
+    assert bob.register().status == 200
+    bob.net.clear()
+    flow.create(to="202")
+    flow.ring()
+    flow.answer()
+    flow.take_refer()
+    flow.accept_refer()
+    assert bob.register(expires=0).status == 200  # 202 goes away before the transfer
+    flow.referred_invite()
+    assert flow.answered is not None
+    assert flow.answered.take_response(480).status == 480
+    assert flow.cause == "target_unavailable"
+
+
+# ----------------------------------------------------------------- illegal transitions
+
+
+def test_an_illegal_input_ends_the_call_at_once_as_failed(
+        caplog: pytest.LogCaptureFixture) -> None:
+    flow = Flow()
+    flow.create()
+    flow.ring()
+    call = flow.net.calls.live(flow.call_id)
+    assert call is not None
+    with caplog.at_level(logging.ERROR, logger="sipdial.calls"):
+        call.fire(Input.TARGET_ANSWERED, flow.net.now)  # a bug: nothing rang yet
+    assert flow.state == "ended" and flow.cause == "failed"
+    assert "internal error" in (flow.net_record.events[-1].detail or "")
+    assert flow.net.calls.live(flow.call_id) is None  # not left for the 4-hour sweep
+    flow.phone.take_request("CANCEL")  # every leg released
+    assert (flow.call_id, "ended") in flow.net.published  # the CRM hears of it
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "TARGET_ANSWERED" in errors[0].getMessage()
+
+
+def test_an_action_that_raises_ends_the_call_as_failed() -> None:
+    flow = Flow()
+    flow.create()
+    call = flow.net.calls.live(flow.call_id)
+    assert call is not None
+    call.forks.cancel_others = None  # type: ignore[assignment,method-assign]  # a bug
+    flow.ring()
+    flow.answer()
+    assert flow.cause == "failed"
+    assert flow.net.calls.live(flow.call_id) is None
+
+
+# ----------------------------------------------------------------- To tags (RFC 3261 §8.2.6.2)
+
+
+PHONE = Peer("udp", "127.0.0.1", 5070)
+
+
+def _request(method: str, extra: str = "") -> bytes:
+    return (f"{method} sip:201@127.0.0.1 SIP/2.0\r\n"
+            "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-totag-" + method + "\r\n"
+            "Max-Forwards: 70\r\nFrom: <sip:201@127.0.0.1>;tag=ft\r\nTo: <sip:201@127.0.0.1>\r\n"
+            "Call-ID: totag@phone\r\nCSeq: 1 " + method + "\r\n"
+            "Contact: <sip:201@127.0.0.1:5070>\r\n" + extra + "Content-Length: 0\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize(("method", "extra", "status"), [
+    ("OPTIONS", "", 200),
+    ("REGISTER", "", 401),
+    ("INVITE", "", 407),
+    ("INVITE", "Max-Forwards: 0\r\n", 483),
+    ("SUBSCRIBE", "", 405),
+    ("FOO", "", 501),
+    ("BYE", "", 481),
+])
+def test_responses_to_requests_without_to_tag_carry_one(method: str, extra: str,
+                                                        status: int) -> None:
+    net = SimNet()
+    data = _request(method, extra)
+    if extra.startswith("Max-Forwards"):
+        data = data.replace(b"Max-Forwards: 70\r\n", b"")
+    net.deliver(data, PHONE)
+    responses = [parse_response(d) for d in net.sent_to(PHONE)]
+    final = [r for r in responses if r.status >= 200]
+    assert final and final[-1].status == status
+    assert all(to(r).tag for r in final), [str(r.headers.get("To")) for r in final]
+    assert all(to(r).tag is None for r in responses if r.status == 100)
+
+
+def test_registered_200_carries_a_to_tag() -> None:
+    net = SimNet()
+    ok = Phone(net).register()
+    assert isinstance(ok, Response) and ok.status == 200 and to(ok).tag
+
+
+# ----------------------------------------------------------------- /healthz
+
+
+def test_health_names_what_it_counts() -> None:
+    flow = Flow()
+    flow.to_refer()
+    flow.accept_refer()
+    flow.referred_invite()
+    health = flow.net.api.health()
+    assert health["calls"] == 1  # click-to-dial calls in progress
+    assert health["relayed_calls"] == 1  # the phone's referred call, relayed by sipdial
+    assert "bridges" not in health
+    assert health["registrations"] == 1
+
+
+def test_bridge_mode_is_a_mode_not_a_string() -> None:
+    flow = Flow(media=FakeMedia(), prompts=FakePrompts())
+    record = flow.net.create_call(user="201", to="+4930123", mode="bridge")
+    assert record.mode == Mode.BRIDGE == "bridge"
+
+
+# ----------------------------------------------------------------- RFC 3263 resolution
+
+
+class ScriptedResolver:
+    """Answers every lookup with what the test says, and records the lookups."""
+
+    def __init__(self, answer: list[Peer] | ResolveError) -> None:
+        self.answer = answer
+        self.asked: list[str] = []
+        self.pending: list[Any] = []
+
+    def resolve(self, uri: SipURI, default_transport: str, on_done: Any) -> None:
+        self.asked.append(str(uri))
+        self.pending.append(on_done)
+
+
+def _trunk_flow(resolver: ScriptedResolver) -> Flow:
+    text = BASE_CONFIG.format(auto_answer="true", user_answer_timeout=30.0,
+                              target_answer_timeout=60.0, refer_timeout=32.0,
+                              max_concurrent=2000)
+    text = text.replace("@127.0.0.1:5080", "@trunk.example.com")
+    flow = Flow(config=parse_config(text), resolver=resolver)
+    return flow
+
+
+def test_a_route_host_name_that_does_not_resolve_fails_the_call_cleanly(
+        caplog: pytest.LogCaptureFixture) -> None:
+    resolver = ScriptedResolver(ResolveError("trunk.example.com", "no such host (NXDOMAIN)"))
+    flow = _trunk_flow(resolver)
+    flow.to_refer()
+    flow.accept_refer()
+    flow.referred_invite()
+    assert resolver.asked == ["sip:+4930123@trunk.example.com"]
+    (on_done,) = resolver.pending
+    with caplog.at_level(logging.INFO):
+        on_done(resolver.answer, flow.net.now)  # the answer comes later, from the reactor
+    assert flow.cause == "target_failed"
+    assert flow.net_record.events[-1].detail == (
+        "cannot resolve trunk.example.com: no such host (NXDOMAIN)")
+    assert flow.answered is not None
+    assert flow.answered.take_response().status >= 400  # the phone's call is answered
+    assert not [r for r in caplog.records if r.exc_info], "a peer's fault is no traceback"
+
+
+def test_resolved_addresses_are_tried_in_order_on_timeout_and_503() -> None:
+    first, second, third = (Peer("udp", "127.0.0.1", p) for p in (5081, 5082, 5083))
+    resolver = ScriptedResolver([first, second, third])
+    flow = _trunk_flow(resolver)
+    flow.to_refer()
+    flow.accept_refer()
+    flow.referred_invite()
+    (on_done,) = resolver.pending
+    on_done(resolver.answer, flow.net.now)
+    one = flow.net.sent_to(first)
+    assert one and one[0].startswith(b"INVITE sip:+4930123@trunk.example.com SIP/2.0")
+    flow.net.advance(33)  # timer B: no answer from the first address
+    two = [m for m in flow.net.sent_to(second) if m.startswith(b"INVITE")]
+    assert two, "no fail-over to the second address"
+    invite = parse_request(two[0])
+    net_peer = Phone(flow.net, "x", None, port=5082, contact_host="127.0.0.1", user_agent=None)
+    net_peer.reply(invite, 503)
+    three = [m for m in flow.net.sent_to(third) if m.startswith(b"INVITE")]
+    assert three, "no fail-over on 503"
+    assert flow.state != "ended"
