@@ -6,6 +6,9 @@ mono 16-bit, padded with silence to whole 20 ms frames and encoded to both PCMU 
 160-byte ``bytes`` frames. A call's prompt is then a list of *references* to those frames:
 1,000 calls hearing "to connect to plus 4 9 ..." share one copy of the audio.
 
+Every clip ends in a short pause (part of the file), so a prompt is the plain concatenation
+of its clips.
+
 Tones (ringback, busy, failure) are generated here, one cadence cycle each, and shared the
 same way; silent parts reuse one silence frame object.
 """
@@ -173,7 +176,11 @@ class PromptLibrary:
 
     def tone(self, kind: str, payload_type: int) -> Sequence[bytes]:
         """One cadence cycle of a call-progress tone, starting with the tone (play with
-        ``loop=True`` for ringback; repeat the cycle for a longer busy/failure tone)."""
+        ``loop=True`` for ringback; repeat the cycle for a longer busy/failure tone).
+
+        ``"ringback"``: 425 Hz, 1 s on, 4 s off; ``"busy"``: 425 Hz, 0.48 s on, 0.48 s off;
+        ``"failure"``: the special information tone, 950, 1400, 1800 Hz (320 ms each), 1 s
+        silence. ``ValueError`` for another kind or payload type."""
         _check_pt(payload_type)
         try:
             return self._tones[kind][payload_type]

@@ -4,6 +4,9 @@ Glue only: one UDP port per call (symmetric RTP: we send from the port our SDP n
 ``LoopingCall`` every 20 ms that runs :meth:`Player.tick` while anything plays and writes the
 packets it returns, and incoming datagrams parsed as RTP and fed to the call's DTMF receiver.
 The reactor is injected (``IReactorUDP`` + ``IReactorTime``).
+
+Incoming RTP is latched: the source of the first valid RTP packet is where the call's audio
+goes from then on (behind NAT the SDP names a private address) and other sources are ignored.
 """
 
 from __future__ import annotations
@@ -85,7 +88,9 @@ class MediaManager:
     def open(self, key: str, on_digit: OnDigit) -> tuple[str, int]:
         """Bind an RTP port for ``key``; returns (host, port) for our SDP. ``on_digit(key,
         digit, how)`` is called for every key press received, ``how`` in {"rfc4733", "inband"}.
-        :class:`MediaPortsExhausted` when the configured range has no free even port."""
+        Ports are even, handed out round robin in ``port_min..port_max`` (0/0: an ephemeral
+        port). :class:`MediaPortsExhausted` when the range has no free even port, ``ValueError``
+        if ``key`` is open already."""
         if key in self._calls:
             raise ValueError(f"media already open for {key!r}")
         call = _Call(key, on_digit)
@@ -98,7 +103,7 @@ class MediaManager:
         """Where to send (from the peer's SDP) and the negotiated PTs: ``payload_type`` PCMU or
         PCMA, ``event_pt`` the peer's telephone-event PT or None (then DTMF is detected in-band
         in the audio). Takes effect for the next :meth:`play`; the RTP stream (SSRC, sequence)
-        continues unless the payload type changes."""
+        continues unless the payload type changes. ``ValueError`` for any other payload type."""
         if payload_type not in (PCMU, PCMA):
             raise ValueError(f"sipdial plays PCMU/PCMA only, not PT {payload_type}")
         call = self._calls[key]
@@ -120,7 +125,7 @@ class MediaManager:
              on_done: OnDone | None = None) -> None:
         """Play ``frames`` (from :attr:`prompts`, in the PT given to :meth:`set_remote`) from
         the next tick on, replacing what ``key`` played. ``on_done(key, now)`` runs after the
-        last packet has been written to the socket."""
+        last packet has been written to the socket. ``ValueError`` before :meth:`set_remote`."""
         call = self._calls[key]
         if call.remote is None or call.sender is None:
             raise ValueError(f"no remote RTP address for {key!r} yet (set_remote first)")
@@ -138,7 +143,8 @@ class MediaManager:
         self.player.stop(key)
 
     def close(self, key: str) -> None:
-        """Stop playing and release ``key``'s port; unknown keys are ignored."""
+        """Stop playing and release ``key``'s port (the socket closes at the next reactor
+        iteration); unknown keys are ignored."""
         self.player.stop(key)
         call = self._calls.pop(key, None)
         if call is not None:

@@ -541,11 +541,14 @@ class NonceManager:
         return hmac.new(self._secret, body, hashlib.sha256).digest()[: self._MAC_LEN]
 
     def make(self, now: float) -> str:
+        """A fresh nonce, stamped ``now``."""
         stamp = max(0, int(now * 1000)).to_bytes(self._TS_LEN, "big")
         body = stamp + self._random_bytes(self._RAND_LEN)
         return base64.urlsafe_b64encode(body + self._mac(body)).decode("ascii").rstrip("=")
 
     def check(self, nonce: str, now: float) -> VerifyResult:
+        """``"ok"``; ``"stale"`` once older than ``lifetime``; ``"bad"`` if forged, made with
+        another secret, malformed or stamped in the future."""
         expected_len = self._TS_LEN + self._RAND_LEN + self._MAC_LEN
         if len(nonce) != (expected_len * 4 + 2) // 3 or not nonce.isascii():
             return "bad"
@@ -567,7 +570,12 @@ class NonceManager:
 
 
 class DigestServer:
-    """Challenge and verify for one realm. See the module docstring for the replay policy."""
+    """Challenge and verify for one realm. See the module docstring for the replay policy.
+
+    ``lookup_password(user)`` is the user's password or None for an unknown user (who gets the
+    same challenge and the same work as a known one). ``max_tracked_nonces`` bounds the LRU of
+    the highest ``nc`` seen per nonce.
+    """
 
     def __init__(
         self,

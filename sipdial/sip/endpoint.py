@@ -49,6 +49,9 @@ def family(host: str) -> int:
 
 
 class Endpoint:
+    """One SIP endpoint (see the module docstring): ``receive`` bytes, ``drain_events`` for
+    the TU and ``drain_outbox`` for the transport."""
+
     def __init__(self, timers: TimerHeap, config: TimerConfig | None = None,
                  user_agent: str = "sipdial") -> None:
         self.timers = timers

@@ -235,9 +235,11 @@ class Headers:
         return [(n, v) for _, n, v in self._items]
 
     def __len__(self) -> int:
+        """The number of header lines."""
         return len(self._items)
 
     def __eq__(self, other: object) -> bool:
+        """The same names and values in the same order."""
         if not isinstance(other, Headers):
             return NotImplemented
         return [(k, v) for k, _, v in self._items] == [(k, v) for k, _, v in other._items]

@@ -53,6 +53,7 @@ __all__ = [
 
 #: Largest message accepted, in bytes (the largest UDP payload; RFC 3261 §18.1.1).
 #: Bigger -> ParseError(status=413); on a stream the connection is closed.
+#: bytes; a larger message is a ParseError with status 413 (a datagram is dropped or answered)
 MAX_MESSAGE_SIZE = 65535
 
 #: Standard reason phrases (RFC 3261 §21 and the extensions registered with IANA).
@@ -208,6 +209,11 @@ def _top_via(h: Headers) -> Via:
     return value
 
 
+# Typed accessors for requests and responses alike. Each header is parsed once per state of
+# the Headers (cached until it is next mutated); NameAddr and Via values are handed out as
+# fresh copies, so mutating one never changes the message (the peek_* variants skip the copy).
+
+
 def call_id(msg: Message) -> str:
     """The Call-ID value; raises ParseError if missing."""
     return _parse_single(msg.headers, "Call-ID")
@@ -315,6 +321,11 @@ def parse_message(data: bytes) -> Message:
     Via/From/To were readable and that has Call-ID and CSeq, ``error.request`` is a
     best-effort Request (empty body; Request-URI an ``AbsoluteURI("", raw)`` if unparseable)
     to build the error response with :func:`make_response`.
+
+    Also rejected: a Contact that is neither ``*`` nor name-addr values, a second To, From,
+    Call-ID, CSeq, Max-Forwards or Content-Length, a non-numeric Max-Forwards, headers in the
+    Request-URI, extra spaces in the Request-Line, a header section that is not UTF-8. Date
+    is not interpreted.
     """
     try:
         return _parse(data)
@@ -546,6 +557,10 @@ class StreamFramer:
         self._error: ParseError | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
+        """The messages ``data`` completes (and :data:`PING` for each keep-alive), in order.
+
+        Raises ParseError for a broken stream, and again on every later call.
+        """
         if self._error is not None:
             raise ParseError(str(self._error), self._error.status)
         try:

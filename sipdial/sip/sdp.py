@@ -10,6 +10,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+__all__ = [
+    "CONTENT_TYPE",
+    "MediaAnswer",
+    "answer_direction",
+    "audio_offer",
+    "media_address",
+    "parse_answer",
+]
+
 CONTENT_TYPE = "application/sdp"
 
 _CONNECTION = re.compile(rb"^c=IN IP[46] (\S+)", re.MULTILINE)

@@ -56,6 +56,9 @@ class TimerHandle:
 
 
 class TimerHeap:
+    """Every timer of the process; the adapter arms one reactor timer for
+    :meth:`next_deadline` and calls :meth:`run_due` when it fires."""
+
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()

@@ -193,7 +193,8 @@ class SipURI:
     password: str | None
     host: str  #: lower-case; IPv6 without brackets; "" for tel:
     port: int | None
-    params: dict[str, str | None] = field(default_factory=dict)  #: keys lower-cased
+    #: in order; keys lower-cased; a flag parameter (``;lr``) has the value None
+    params: dict[str, str | None] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)  #: ?h=v&h2=v2, escaped form
 
     @classmethod
@@ -247,6 +248,7 @@ class SipURI:
         return cls("tel", m.group("number"), None, "", None, split_params(m.group("params")))
 
     def __str__(self) -> str:
+        """The canonical wire form, with brackets around an IPv6 host."""
         if self.scheme == "tel":
             return f"tel:{self.user or ''}{format_params(self.params)}"
         out = [self.scheme, ":"]
@@ -386,7 +388,9 @@ class NameAddr:
 
     uri: URI
     display_name: str | None = None  #: unquoted text (quoted-pairs resolved)
-    params: dict[str, str | None] = field(default_factory=dict)  #: tag, expires, q, ...
+    #: header parameters (tag, expires, q, +sip.instance, ...): keys lower-cased, quoted-string
+    #: values keep their quotes
+    params: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def tag(self) -> str | None:
@@ -435,6 +439,7 @@ class NameAddr:
         return cls(uri, None, parse_generic_params(s, semi) if semi >= 0 else {})
 
     def __str__(self) -> str:
+        """Always the ``<uri>`` form; the display name quoted when it needs to be."""
         head = "" if self.display_name is None else _quote_display(self.display_name) + " "
         return f"{head}<{self.uri}>{format_params(self.params)}"
 

@@ -1,0 +1,20 @@
+"""The Twisted side of SIP: sockets, the one timer, and DNS (RFC 3263) without blocking.
+
+Everything SIP means is decided in :mod:`sipdial.sip` (sans-IO); this room only moves bytes
+and time between it and the reactor, which is injected, never imported:
+
+* :class:`SipDriver` — UDP and TCP listeners and outgoing TCP connections for an
+  :class:`~sipdial.sip.Endpoint`. Every datagram, stream message and timer goes to the
+  endpoint with ``reactor.seconds()``; then the endpoint's events go to the
+  :data:`TransactionUser`, its outbox to the sockets, and ONE ``callLater`` is re-armed for
+  :meth:`~sipdial.sip.TimerHeap.next_deadline`. With ``SIPDIAL_TRACE=1`` every message sent
+  and received is logged (INFO, logger ``sipdial.trace``).
+* :class:`DnsResolver` — ``resolve(uri, default_transport, on_done)`` calls ``on_done`` once
+  with the peers to try, in order, or a :class:`~sipdial.sip.ResolveError`; cached per TTL,
+  hosts file first (see :mod:`.dns`).
+"""
+
+from sipdial.transport.dns import DnsResolver, OnResolved
+from sipdial.transport.driver import SipDriver, TransactionUser
+
+__all__ = ["DnsResolver", "OnResolved", "SipDriver", "TransactionUser"]

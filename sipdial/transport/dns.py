@@ -55,19 +55,19 @@ from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
 from sipdial.reactor_types import DelayedCall, TimeReactor
-from sipdial.sip.peer import Peer
-from sipdial.sip.rfc3263 import (
+from sipdial.sip import (
     Answer,
     DnsFailure,
     NaptrRecord,
+    Peer,
     Query,
     RecordType,
     Resolution,
     ResolveError,
+    SipURI,
     SrvRecord,
     plan,
 )
-from sipdial.sip.uri import SipURI
 
 __all__ = ["HOSTS_TTL", "DnsLookups", "DnsResolver", "OnResolved"]
 

@@ -16,12 +16,9 @@ from typing import Any
 
 from twisted.internet import protocol
 
-from sipdial.sip.endpoint import Endpoint, family
-from sipdial.sip.errors import ParseError
-from sipdial.sip.message import StreamFramer
-from sipdial.sip.peer import Peer
-from sipdial.sip.timers import TimerHeap
-from sipdial.sip.transaction import Event
+from sipdial.sip import Endpoint, Event, ParseError, Peer, StreamFramer, TimerHeap, family
+
+__all__ = ["SipDriver", "TransactionUser"]
 
 log = logging.getLogger("sipdial.transport")
 #: Every SIP message sent and received, logged at INFO: ``SIPDIAL_TRACE=1`` alone shows them
@@ -30,6 +27,7 @@ log = logging.getLogger("sipdial.transport")
 _trace_log = logging.getLogger("sipdial.trace")
 _trace = os.environ.get("SIPDIAL_TRACE", "") not in ("", "0")
 
+#: Where the endpoint's events go, with the time: the user agent.
 TransactionUser = Callable[[Event, float], None]
 
 

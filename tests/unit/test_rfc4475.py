@@ -424,7 +424,7 @@ CASES = [
     Case("mismatch01", "3.1.2.17", "Start Line and CSeq Method Mismatch", "reject",
          why="CSeq method does not match", answerable=True),
     # RFC 4475 prefers 501 here but accepts 400; the parser cannot tell "unknown method" from
-    # "mismatch" without the method table, and API.md fixes 400.
+    # "mismatch" without the method table, and parse_message documents 400.
     Case("mismatch02", "3.1.2.18", "Unknown Method with CSeq Method Mismatch", "reject",
          why="CSeq method does not match", answerable=True),
     Case("bigcode", "3.1.2.19", "Overlarge Response Code", "reject",
@@ -448,7 +448,7 @@ CASES = [
     Case("regaut01", "3.3.7", "Unknown Authorization Scheme", "parse", check_regaut01,
          layer="registrar: 401 with a Digest challenge"),
     # §3.3.8/§3.3.9 are "application layer" in the RFC, but the answer is a 400 either way and
-    # API.md puts the single-value check in the parser.
+    # parse_message does the single-value check (see its docstring).
     Case("multi01", "3.3.8", "Multiple Values in Single Value Required Fields", "reject",
          why="more than one To header", answerable=True),
     Case("mcl01", "3.3.9", "Multiple Content-Length Values", "reject",
