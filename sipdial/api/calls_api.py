@@ -24,7 +24,7 @@ from sipdial.calls import (
     Refusal,
 )
 from sipdial.registrar import Registrar
-from sipdial.store.models import CallRecord
+from sipdial.store import CallRecord
 
 __all__ = ["REFUSAL_STATUS", "CallHistory", "CallsApi"]
 

@@ -39,10 +39,10 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-from sipdial.store.models import PublishedEvent
+from sipdial.store import PublishedEvent
 
 if TYPE_CHECKING:  # the HTTP API does not need the hub (nor its HTTP client) at run time
-    from sipdial.events.hub import Subscriber
+    from sipdial.events import Subscriber
 
 __all__ = ["EventSource", "EventStream", "format_event"]
 

@@ -2,23 +2,33 @@
 streams (:mod:`sipdial.api.sse`) and to webhooks (:mod:`.webhooks`, delivered from an outbox
 in the store).
 
+What receivers see — the event names, the JSON document, the webhook request and its
+signature, retries and ordering, the SSE stream and its resume — is an external contract,
+documented for CRM developers in ``docs/events.md``; a change here that changes the wire is a
+change of that document too.
+
 Wiring (``sipdial.app``)::
 
-    hub = EventHub(store, reactor, config.webhooks)
-    yield hub.start()                         # after store.start(), before calls are taken
-    engine.persist -> also hub.publish(record, event)
-    build_site(engine, tokens, reactor=reactor, events=hub)
-    # at stop: engine.shut_down(); yield hub.stop(); yield store.stop()
+    hub = EventHub(store, reactor, config.webhooks)  # store: an EventStore (SqliteStore)
+    yield hub.start()          # after store.start(), before calls are taken: continues the
+                               # event ids, resumes pending webhook deliveries
+    hub.publish(record, event) # on the reactor thread, right after the engine's persist()
+    build_site(api, tokens, reactor=reactor, events=hub)   # GET /v1/events
+    # at stop: no more calls; yield hub.stop(); yield store.stop()
+
+:func:`verify_signature` is what a Python receiver needs to check a webhook request.
 """
 
-from sipdial.events.hub import EventHub, Subscriber, Subscription
+from sipdial.events.hub import EventHub, EventStore, Subscriber, Subscription
 from sipdial.events.names import EventName, events_for
-from sipdial.events.webhooks import DeliveryPolicy, sign, verify_signature
+from sipdial.events.webhooks import DeliveryPolicy, Poster, sign, verify_signature
 
 __all__ = [
     "DeliveryPolicy",
     "EventHub",
     "EventName",
+    "EventStore",
+    "Poster",
     "Subscriber",
     "Subscription",
     "events_for",

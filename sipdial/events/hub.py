@@ -44,7 +44,7 @@ from sipdial.config import WebhookConfig
 from sipdial.events.names import EventName, EventSpec, events_for, is_missed
 from sipdial.events.webhooks import DeliveryPolicy, Poster, WebhookDeliverer
 from sipdial.reactor_types import exc_info
-from sipdial.store.models import CallEvent, CallRecord, OutboxEntry, PublishedEvent, iso_time
+from sipdial.store import CallEvent, CallRecord, OutboxEntry, PublishedEvent, iso_time
 
 __all__ = ["EventHub", "EventStore", "Subscriber", "Subscription"]
 

@@ -55,7 +55,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from sipdial.reactor_types import DelayedCall, TimeReactor
-from sipdial.store.models import OutboxEntry
+from sipdial.store import OutboxEntry
 
 __all__ = [
     "DeliveryPolicy",
