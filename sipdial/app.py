@@ -17,8 +17,7 @@ from typing import Any, Protocol
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, inlineCallbacks
 
-from sipdial.api import build_site
-from sipdial.api.calls_api import CallsApi
+from sipdial.api import CallsApi, build_site
 from sipdial.authn import Authenticator
 from sipdial.calls import (
     DEFAULT_RULES,
@@ -39,18 +38,21 @@ from sipdial.calls import (
 from sipdial.config import Config, ConfigError, load_config
 from sipdial.demo_secrets import check_demo_secrets
 from sipdial.events import EventHub
-from sipdial.media import MediaManager
-from sipdial.media.prompt import PromptLibrary
+from sipdial.media import MediaManager, PromptLibrary
 from sipdial.registrar import Binding, ExpiryLimits, Registrar
-from sipdial.sip.endpoint import Endpoint, peer_for_uri
-from sipdial.sip.errors import SipError
-from sipdial.sip.peer import Peer
-from sipdial.sip.timers import TimerHeap
-from sipdial.sip.transaction import Event, TimerConfig
-from sipdial.sip.uri import SipURI, parse_uri
+from sipdial.sip import (
+    Endpoint,
+    Event,
+    Peer,
+    SipError,
+    SipURI,
+    TimerConfig,
+    TimerHeap,
+    parse_uri,
+    peer_for_uri,
+)
 from sipdial.store import RegistrationRecord, SqliteStore
-from sipdial.transport.dns import DnsResolver
-from sipdial.transport.driver import SipDriver
+from sipdial.transport import DnsResolver, SipDriver
 from sipdial.ua import UserAgent
 
 log = logging.getLogger("sipdial")
@@ -345,8 +347,9 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
 
 
 def _route_twisted_logs() -> None:
-    """Parts of sipdial (store, events, HTTP API) log through ``twisted.logger``: send that to
-    Python logging too, without Twisted's own chatter (one access-log line per request)."""
+    """sipdial logs through Python logging; Twisted itself still uses ``twisted.logger``.
+    Send its warnings and errors (an unhandled error in a Deferred, ...) there too and drop
+    its INFO chatter ("Starting factory ..."). The API's access log is sipdial's own."""
     from twisted.logger import (
         FilteringLogObserver,
         LogLevel,
@@ -355,9 +358,7 @@ def _route_twisted_logs() -> None:
         globalLogBeginner,
     )
 
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
-    for namespace in ("twisted", "log_legacy"):
-        predicate.setLogLevelForNamespace(namespace, LogLevel.warn)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
     # zope interfaces do not type-check (no mypy plugin here): hence the Any
     stdlib: Any = STDLibLogObserver()
     filters: Any = [predicate]

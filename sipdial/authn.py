@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sipdial.sip.auth import AuthError, Credentials, DigestServer, NonceManager
-from sipdial.sip.errors import SipError
-from sipdial.sip.message import Request, Response, make_response
-from sipdial.sip.uri import URI, SipURI, parse_uri
+from sipdial.sip import (
+    URI,
+    AuthError,
+    Credentials,
+    DigestServer,
+    NonceManager,
+    Request,
+    Response,
+    SipError,
+    SipURI,
+    make_response,
+    parse_uri,
+)
 
 
 class Authenticator:

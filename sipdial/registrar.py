@@ -14,9 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from sipdial.authn import Authenticator
-from sipdial.sip.message import Request, Response, call_id, cseq, make_response, to
-from sipdial.sip.peer import Peer
-from sipdial.sip.uri import NameAddr, SipURI, parse_name_addr_list
+from sipdial.sip import (
+    NameAddr,
+    Peer,
+    Request,
+    Response,
+    SipURI,
+    call_id,
+    cseq,
+    make_response,
+    parse_name_addr_list,
+    to,
+)
 from sipdial.store import iso_time
 
 

@@ -22,22 +22,26 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sipdial.registrar import Registrar
-from sipdial.sip.dialog import Dialog, DialogKey
-from sipdial.sip.endpoint import Endpoint
-from sipdial.sip.errors import SipError
-from sipdial.sip.message import Request, call_id, from_tag, to_tag
-from sipdial.sip.peer import Peer
-from sipdial.sip.transaction import (
+from sipdial.sip import (
     AckTimeout,
     CancelReceived,
     ClientTransaction,
+    Dialog,
+    DialogKey,
+    Endpoint,
     Event,
+    Peer,
+    Request,
     RequestReceived,
     ResponseReceived,
     ServerTransaction,
+    SipError,
     TransactionOwner,
     TransactionTimeout,
     TransportError,
+    call_id,
+    from_tag,
+    to_tag,
 )
 
 __all__ = [

@@ -39,10 +39,7 @@ from sipdial.calls.legs import (
     UasLeg,
 )
 from sipdial.calls.routing import Resolver, Target
-from sipdial.sip.peer import Peer
-from sipdial.sip.timers import TimerHeap
-from sipdial.sip.transaction import ServerTransaction
-from sipdial.sip.uri import NameAddr
+from sipdial.sip import NameAddr, Peer, ServerTransaction, TimerHeap
 from sipdial.ua import UserAgent
 
 __all__ = ["RELAY_TABLE", "RelayedCall"]

@@ -45,11 +45,8 @@ from sipdial.calls.legs import (
 )
 from sipdial.calls.media import CallMedia, Tone
 from sipdial.calls.routing import Resolver, Target
-from sipdial.media.dtmf import digit_from_info
-from sipdial.sip import sdp
-from sipdial.sip.timers import TimerHeap
-from sipdial.sip.transaction import ClientTransaction
-from sipdial.sip.uri import NameAddr
+from sipdial.media import digit_from_info
+from sipdial.sip import ClientTransaction, NameAddr, TimerHeap, sdp
 from sipdial.ua import UserAgent
 
 __all__ = ["THIRD_PARTY_TABLE", "TONE_SECONDS", "ThirdPartyBridge"]

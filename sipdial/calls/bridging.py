@@ -15,7 +15,6 @@ as inputs of the call table. :class:`Bridge` holds that; the subclasses hold a t
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -37,10 +36,15 @@ from sipdial.calls.legs import (
 )
 from sipdial.calls.routing import Resolver, Target
 from sipdial.calls.states import Input, target_failure_input
-from sipdial.sip.message import make_response
-from sipdial.sip.timers import TimerHandle, TimerHeap
-from sipdial.sip.transaction import ClientTransaction, ServerTransaction
-from sipdial.sip.uri import NameAddr
+from sipdial.sip import (
+    ClientTransaction,
+    NameAddr,
+    ServerTransaction,
+    Symbol,
+    TimerHandle,
+    TimerHeap,
+    make_response,
+)
 from sipdial.ua import UserAgent
 
 log = logging.getLogger("sipdial.calls")
@@ -154,7 +158,7 @@ class Relay:
 # ---------------------------------------------------------------------------- the tables' words
 
 
-class BridgeState(enum.Enum):
+class BridgeState(Symbol):
     CALLING = "calling"  # the destination's INVITE(s) are out, nobody answered
     RINGBACK = "ringback"  # 3PCC: ... and the phone hears sipdial's ringback tone
     EARLY_MEDIA = "early media"  # 3PCC: ... and the phone hears the destination's early media
@@ -164,7 +168,7 @@ class BridgeState(enum.Enum):
     ENDED = "ended"
 
 
-class BridgeInput(enum.Enum):
+class BridgeInput(Symbol):
     START = "start"
     TARGET_PROGRESS = "1xx from the destination"
     TARGET_EARLY_MEDIA = "1xx with SDP from the destination"
@@ -188,7 +192,7 @@ class BridgeInput(enum.Enum):
     TONE_DONE = "3PCC: the tone has played"
 
 
-class BridgeAction(enum.Enum):
+class BridgeAction(Symbol):
     START_FORKS = "INVITE the destination (every fork)"
     START_TIMER = "start the no-answer timer"
     STOP_TIMER = "stop the no-answer timer"
@@ -314,11 +318,12 @@ class Bridge:
 
     def fire(self, inp: BridgeInput, now: float, payload: P, execute: Executor[P]) -> None:
         """Run ``inp`` through the table; inputs fired while a row runs wait their turn."""
-        self._queue.append(lambda: self._step(inp, now, payload, execute))
         if self._firing:
+            self._queue.append(lambda: self._step(inp, now, payload, execute))
             return
         self._firing = True
         try:
+            self._step(inp, now, payload, execute)
             while self._queue:
                 self._queue.popleft()()
         finally:

@@ -55,11 +55,8 @@ from sipdial.calls.states import (
 )
 from sipdial.calls.transfer import Transfer
 from sipdial.registrar import Binding
-from sipdial.sip import sdp
-from sipdial.sip.peer import Peer
-from sipdial.sip.timers import TimerHandle, TimerHeap
-from sipdial.sip.uri import NameAddr, SipURI, parse_uri
-from sipdial.store.models import CallEvent, CallRecord
+from sipdial.sip import NameAddr, Peer, SipURI, TimerHandle, TimerHeap, parse_uri, sdp
+from sipdial.store import CallEvent, CallRecord
 from sipdial.ua import UserAgent
 
 if TYPE_CHECKING:
@@ -160,11 +157,12 @@ class ClickToDial:
              detail: str | None = None, leg: UacLeg | None = None) -> None:
         """Run ``inp`` through the table (after the row being run, if any). ``leg``: the
         device the input is about."""
-        self._queue.append((inp, sip_code, detail, leg))
         if self._firing:
+            self._queue.append((inp, sip_code, detail, leg))
             return
         self._firing = True
         try:
+            self._step(inp, sip_code, detail, leg, now)
             while self._queue:
                 self._step(*self._queue.popleft(), now)
         finally:
@@ -210,10 +208,11 @@ class ClickToDial:
             detail = detail or cause.value
         event = CallEvent(state.value, now, sip_code, detail)
         rec.events.append(event)
-        log.info("call %s user %s: %s%s%s%s", rec.id, rec.user, state.value,
-                 f" cause={cause.value}" if cause is not None else "",
-                 f" sip={sip_code}" if sip_code is not None else "",
-                 f" ({detail})" if detail and detail != (cause and cause.value) else "")
+        if log.isEnabledFor(logging.INFO):
+            log.info("call %s user %s: %s%s%s%s", rec.id, rec.user, state.value,
+                     f" cause={cause.value}" if cause is not None else "",
+                     f" sip={sip_code}" if sip_code is not None else "",
+                     f" ({detail})" if detail and detail != (cause and cause.value) else "")
         self.env.on_change(rec, event)
 
     def _do(self, action: Action, now: float, leg: UacLeg | None) -> None:

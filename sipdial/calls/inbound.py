@@ -19,8 +19,7 @@ from sipdial.calls.clicktodial import C2D_PARAM
 from sipdial.calls.routing import Destination, NoRoute, Router, Target, Unavailable
 from sipdial.calls.service import CallService
 from sipdial.calls.states import Input
-from sipdial.sip.message import Response
-from sipdial.sip.uri import URI, NameAddr, SipURI
+from sipdial.sip import URI, NameAddr, Response, SipURI
 from sipdial.ua import IncomingInvite, UserAgent
 
 if TYPE_CHECKING:

@@ -14,37 +14,40 @@ tells its owner it failed, so no call waits for a leg that will never report aga
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias, TypeVar
 
-from sipdial.sip.auth import (
+from sipdial.sip import (
+    URI,
+    AckTimeout,
     AuthError,
+    CancelReceived,
     Challenge,
+    ClientTransaction,
+    Dialog,
+    Headers,
+    NameAddr,
+    OwnerEvent,
+    Peer,
+    Request,
+    ResolveError,
+    Response,
+    ResponseReceived,
+    ServerTransaction,
+    SipURI,
+    Symbol,
+    TimerHandle,
+    TransactionTimeout,
+    TransportError,
     answer_challenge,
+    cseq,
+    make_response,
     parse_challenges,
     preferred_challenge,
 )
-from sipdial.sip.dialog import Dialog
-from sipdial.sip.headers import Headers
-from sipdial.sip.message import Request, Response, cseq, make_response
-from sipdial.sip.peer import Peer
-from sipdial.sip.rfc3263 import ResolveError
-from sipdial.sip.timers import TimerHandle
-from sipdial.sip.transaction import (
-    AckTimeout,
-    CancelReceived,
-    ClientTransaction,
-    OwnerEvent,
-    ResponseReceived,
-    ServerTransaction,
-    TransactionTimeout,
-    TransportError,
-)
-from sipdial.sip.uri import URI, NameAddr, SipURI
 from sipdial.ua import DialogAck, DialogEvent, DialogRequest, UserAgent
 
 if TYPE_CHECKING:
@@ -149,7 +152,7 @@ class LegListener(Protocol):
 # ---------------------------------------------------------------------------- the tables
 
 
-class LegState(enum.Enum):
+class LegState(Symbol):
     RESOLVING = "resolving"  # UAC: looking up where the INVITE goes (RFC 3263)
     CALLING = "calling"  # INVITE sent (UAC) / received (UAS), no provisional yet
     EARLY = "early"  # a provisional went out (UAS) / came in (UAC)
@@ -167,7 +170,7 @@ class LegState(enum.Enum):
 _OVER = frozenset({LegState.FAILED, LegState.CANCELLED, LegState.ENDED})
 
 
-class LegInput(enum.Enum):
+class LegInput(Symbol):
     # from the resolver
     RESOLVED = "the destination's addresses"
     UNRESOLVABLE = "the destination's name does not resolve"
@@ -195,7 +198,7 @@ class LegInput(enum.Enum):
     RELEASE = "end the leg whatever its state (CANCEL, reject or BYE)"
 
 
-class LegAction(enum.Enum):
+class LegAction(Symbol):
     USE_PEERS = "keep the resolved addresses, the first one to try"
     NEXT_PEER = "take the next resolved address"
     SEND_INVITE = "send the INVITE (a new transaction)"

@@ -1,3 +1,4 @@
+
 """One call's use of sipdial's own RTP: the "press 1" prompt, tones and DTMF.
 
 The calls layer does no I/O: it talks to sipdial's RTP through :class:`MediaPort` (implemented
@@ -13,7 +14,7 @@ import enum
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from sipdial.sip.sdp import MediaAnswer
+from sipdial.sip import MediaAnswer
 
 __all__ = ["CallMedia", "DigitSource", "MediaPort", "OnDigit", "PromptSource", "Tone"]
 

@@ -11,7 +11,7 @@ session, version one higher per new offer).
 from __future__ import annotations
 
 from sipdial.calls.legs import PeerRequest
-from sipdial.media.dtmf import digit_from_info
+from sipdial.media import digit_from_info
 from sipdial.sip import sdp
 from sipdial.ua import UserAgent
 

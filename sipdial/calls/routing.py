@@ -8,16 +8,24 @@ goes at a given moment. Both are sans-IO.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from sipdial.registrar import Binding
-from sipdial.sip.errors import SipError
-from sipdial.sip.peer import Peer
-from sipdial.sip.rfc3263 import ResolveError, Step, plan
-from sipdial.sip.uri import URI, SipURI, parse_uri
+from sipdial.sip import (
+    URI,
+    Peer,
+    ResolveError,
+    SipError,
+    SipURI,
+    Step,
+    parse_uri,
+    peer_for_uri,
+    plan,
+)
 
 if TYPE_CHECKING:
     from sipdial.config import RouteConfig
@@ -149,13 +157,13 @@ class Router:
                 return Unavailable(number)
             return [Target(parse_uri(b.contact), b.peer, None, b.device) for b in bindings]
         if destination.uri is not None:
-            return [Target(destination.uri, None, None, "uri")]
+            return [Target(destination.uri, _literal_peer(destination.uri), None, "uri")]
         for route in self._routes:
             if route.match.search(number):
                 uri = parse_uri(route.target_uri(number))
                 creds = (route.username, route.password) \
                     if route.username and route.password is not None else None
-                return [Target(uri, None, creds, "route")]
+                return [Target(uri, _literal_peer(uri), creds, "route")]
         return NoRoute(number)
 
     def routable(self, destination: Destination) -> bool:
@@ -163,6 +171,24 @@ class Router:
         if self.is_local_user(destination) or destination.uri is not None:
             return True
         return any(route.match.search(destination.number) for route in self._routes)
+
+
+def _literal_peer(uri: URI) -> Peer | None:
+    """The peer of a URI whose host is an IP literal (no lookup needed), else None."""
+    if not isinstance(uri, SipURI) or uri.scheme == "tel":
+        return None
+    if not _is_ip(uri.params.get("maddr") or uri.host):
+        return None
+    return peer_for_uri(uri)
+
+
+@functools.lru_cache(maxsize=256)
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def local_hosts(domain: str, listen_hosts: Sequence[str]) -> frozenset[str]:

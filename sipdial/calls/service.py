@@ -24,8 +24,8 @@ from sipdial.calls.routing import Destination, Resolver, Router, Unavailable
 from sipdial.calls.states import CallState, Input, Mode
 from sipdial.media import MediaPortsExhausted
 from sipdial.registrar import Registrar
-from sipdial.sip.uri import URI, SipURI
-from sipdial.store.models import CallEvent, CallRecord
+from sipdial.sip import URI, SipURI
+from sipdial.store import CallEvent, CallRecord
 from sipdial.ua import UserAgent
 
 if TYPE_CHECKING:

@@ -1,3 +1,4 @@
+
 """The click-to-dial call as one state table (STYLE.md §2).
 
 ``TRANSITIONS[(phase, input)] = (next phase, cause, actions)``. A call ends exactly when it
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import enum
 from typing import TypeAlias
+
+from sipdial.sip import Symbol
 
 __all__ = [
     "TRANSITIONS",
@@ -71,7 +74,7 @@ class Cause(enum.StrEnum):
     INTERRUPTED = "interrupted"  # sipdial stopped (cleanly, or found at start after a crash)
 
 
-class Phase(enum.Enum):
+class Phase(Symbol):
     """The table's states: the public states, plus the prompt's second playing."""
 
     CALLING_USER = CallState.CALLING_USER
@@ -126,7 +129,7 @@ class Input(enum.StrEnum):
     FAILED = "failed"  # internal error
 
 
-class Action(enum.Enum):
+class Action(Symbol):
     STOP_TIMER = "stop the ring / prompt timer"
     TAKE_DEVICE = "keep the answering device; CANCEL the others"
     HANG_UP_DEVICE = "hang up a device that answered too late"

@@ -15,7 +15,6 @@ This object owns that dialog from the REFER on; its whole behaviour is :data:`TR
 
 from __future__ import annotations
 
-import enum
 import re
 from typing import TypeAlias
 
@@ -30,8 +29,7 @@ from sipdial.calls.legs import (
 )
 from sipdial.calls.phone import PhoneSession
 from sipdial.calls.states import Input, target_failure_input
-from sipdial.sip.timers import TimerHandle, TimerHeap
-from sipdial.sip.transaction import ClientTransaction
+from sipdial.sip import ClientTransaction, Symbol, TimerHandle, TimerHeap
 
 __all__ = ["NOTIFY_GRACE", "TRANSFER_TABLE", "Transfer", "TransferState"]
 
@@ -39,7 +37,7 @@ _SIPFRAG = re.compile(rb"^SIP/2\.0\s+(\d{3})")
 NOTIFY_GRACE = 4.0  # seconds to wait for the final NOTIFY once the target answered
 
 
-class TransferState(enum.Enum):
+class TransferState(Symbol):
     REFERRING = "REFER sent, not accepted yet"
     ACCEPTED = "the phone accepted (2xx to REFER, or a NOTIFY)"
     RELAYED = "the referred INVITE reached sipdial, the REFER not accepted yet"
@@ -50,7 +48,7 @@ class TransferState(enum.Enum):
     FAILED = "the REFER failed; the call ends"
 
 
-class TransferInput(enum.Enum):
+class TransferInput(Symbol):
     REFER_ACCEPTED = "2xx to the REFER"
     REFER_REFUSED = "3xx-6xx to the REFER"
     REFER_TIMEOUT = "no outcome within calls.refer_timeout"
@@ -64,7 +62,7 @@ class TransferInput(enum.Enum):
     RELEASE = "the call is over"
 
 
-class TransferAction(enum.Enum):
+class TransferAction(Symbol):
     STOP_TIMER = "stop the REFER / grace timer"
     START_GRACE = "wait NOTIFY_GRACE for the final NOTIFY"
     RELEASE_PHONE = "BYE sipdial's dialog with the phone"

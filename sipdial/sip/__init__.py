@@ -41,6 +41,7 @@ Each module documents its part of the contract:
                            :class:`Peer` targets they give (:class:`Resolution`)
 :mod:`~.timers`            :class:`TimerHeap`: one heap for every timer in the process
 :mod:`~.peer`              :class:`Peer`: transport and address
+:mod:`~.symbols`           :class:`Symbol`: enums for state-table keys, hashed by identity
 :mod:`~.errors`            :class:`SipError`, :class:`ParseError`
 =========================  ===========================================================
 
@@ -95,6 +96,7 @@ from sipdial.sip.rfc3263 import (
     plan,
 )
 from sipdial.sip.sdp import MediaAnswer
+from sipdial.sip.symbols import Symbol
 from sipdial.sip.timers import TimerHandle, TimerHeap
 from sipdial.sip.transaction import (
     AckTimeout,
@@ -160,6 +162,7 @@ __all__ = [
     "SrvRecord",
     "Step",
     "StreamFramer",
+    "Symbol",
     "TimerConfig",
     "TimerHandle",
     "TimerHeap",

@@ -20,7 +20,6 @@ INVITE, because they are pure retransmission bookkeeping:
 
 from __future__ import annotations
 
-import enum
 import itertools
 import os
 import weakref
@@ -40,6 +39,7 @@ from sipdial.sip.message import (
     to_tag,
 )
 from sipdial.sip.peer import Peer
+from sipdial.sip.symbols import Symbol
 from sipdial.sip.timers import TimerHandle, TimerHeap
 
 MAGIC_COOKIE = "z9hG4bK"
@@ -58,7 +58,7 @@ class IllegalTransition(RuntimeError):
     """An input arrived in a state whose table has no entry for it (a bug, not bad input)."""
 
 
-class State(enum.Enum):
+class State(Symbol):
     CALLING = "calling"
     TRYING = "trying"
     PROCEEDING = "proceeding"
@@ -68,7 +68,7 @@ class State(enum.Enum):
     TERMINATED = "terminated"
 
 
-class In(enum.Enum):
+class In(Symbol):
     """Inputs to the transaction machines."""
 
     R1XX = "1xx"
@@ -95,7 +95,7 @@ class In(enum.Enum):
     TRANSPORT_ERROR = "transport error"
 
 
-class Do(enum.Enum):
+class Do(Symbol):
     """Side effects; run in the order listed."""
 
     PASS_TO_TU = "pass response/request to TU"

@@ -68,8 +68,11 @@ def test_a_foreign_sip_uri_is_called_at_its_host_in_bridge_mode() -> None:
     flow = Flow(media=media, prompts=FakePrompts())
     far = flow.net.core.router.route(Destination("alice", SipURI.parse(
         "sip:alice@192.0.2.7:5090")), flow.net.now)
-    assert isinstance(far, list) and far[0].peer is None  # resolved when the INVITE goes
+    assert isinstance(far, list) and far[0].peer == Peer("udp", "192.0.2.7", 5090)
     assert str(far[0].uri) == "sip:alice@192.0.2.7:5090"
+    named = flow.net.core.router.route(Destination("bob", SipURI.parse(
+        "sip:bob@pbx.example.com")), flow.net.now)
+    assert isinstance(named, list) and named[0].peer is None  # resolved when the INVITE goes
     flow.create(mode="bridge", to="sip:alice@192.0.2.7:5090")
     flow.ring()
     flow.answer()
