@@ -181,8 +181,6 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
             store.delete_registration(binding.user, binding.contact)
         else:
             store.save_registration(_record(binding))
-        log.info("registration %s %s: %s (%s)", "removed" if removed else "of", binding.user,
-                 binding.contact, binding.user_agent or "no User-Agent")
 
     registrar = Registrar(auth, users.keys(),
                           ExpiryLimits(config.sip.min_registration_expires,

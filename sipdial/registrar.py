@@ -9,6 +9,7 @@ auto-answer headers. Bindings expire lazily (checked on lookup) and by a periodi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,8 @@ from sipdial.sip import (
     to,
 )
 from sipdial.store import iso_time
+
+log = logging.getLogger("sipdial.registrar")
 
 
 @dataclass(slots=True)
@@ -193,6 +196,9 @@ class Registrar:
                 registered_at=existing.registered_at if existing else now,
             )
             table[contact] = binding
+            if existing is None:
+                log.info("registered %s at %s from %s (%s)", user, contact, source,
+                         user_agent or "no User-Agent")
             self._changed(binding, False)
         if not table:
             self._bindings.pop(user, None)
@@ -209,6 +215,8 @@ class Registrar:
         return response
 
     def _changed(self, binding: Binding, removed: bool) -> None:
+        if removed:
+            log.info("unregistered %s at %s", binding.user, binding.contact)
         if self.on_change is not None:
             self.on_change(binding, removed)
 

@@ -16,7 +16,7 @@ Routes (all JSON, ``application/json; charset=utf-8``):
 ``/v1/registrations``        GET     ``?user=`` -> ``{"registrations": [...]}``
 ``/v1/events``               GET     Server-Sent Events (:mod:`sipdial.api.sse`), if enabled
 ``/healthz``                 GET     ``api.health()``, no authentication
-``.../call-init.php``        GET     LocaPhone: ``?user=&to=`` [&from&cidnum&clir&prv ignored]
+``.../call-init.php``        GET     LocaPhone: ``?user=&to=`` [&cidnum=][&clir=1], from+prv ignored
 ``.../remote_call.htm``      GET     pbxnsip: ``?user=&dest=`` [&auth=id:password][&connect=]
 ===========================  ======  ===========================================
 
@@ -257,6 +257,8 @@ class _Principal:
     """Who is asking: a user, or an administrator (``user is None``)."""
 
     user: str | None
+    #: how it proved who it is, for messages: "token" or "credentials" (SIP user's password)
+    proof: str = "token"
 
     def may_act_for(self, user: object) -> bool:
         return self.user is None or self.user == user
@@ -296,8 +298,10 @@ def _unauthorized(message: str, *, basic: bool = False, invalid: bool = False) -
     return _HttpError(401, "unauthorized", message, [("WWW-Authenticate", c) for c in challenges])
 
 
-def _forbidden(user: str) -> ApiError:
-    return ApiError(403, "forbidden", f"this token may not act for user {user}")
+def _forbidden(principal: _Principal, user: str) -> ApiError:
+    return ApiError(403, "forbidden", f"these {principal.proof} may not act for user {user}"
+                    if principal.proof == "credentials"
+                    else f"this {principal.proof} may not act for user {user}")
 
 
 def _strip_domain(user: str) -> str:
@@ -422,7 +426,8 @@ class _Router:
 
     def _authenticate(self, request: _Incoming, *, basic: bool = False) -> _Principal:
         if request.authorization is None:
-            raise _unauthorized("missing bearer token", basic=basic)
+            raise _unauthorized("missing credentials: auth=user:password, HTTP Basic or a "
+                                "Bearer token" if basic else "missing bearer token", basic=basic)
         scheme, _, credentials = request.authorization.strip().partition(" ")
         credentials = credentials.strip()
         if scheme.lower() == "bearer" and credentials:
@@ -449,7 +454,7 @@ class _Router:
             or not self._check_password(user, password)
         ):
             raise _unauthorized("wrong user name or password", basic=basic)
-        return _Principal(user=user)
+        return _Principal(user=user, proof="credentials")
 
     @staticmethod
     def _limit_to(principal: _Principal, user: str | None) -> str | None:
@@ -457,7 +462,7 @@ class _Router:
         if principal.user is None:
             return user
         if user is not None and user != principal.user:
-            raise _forbidden(user)
+            raise _forbidden(principal, user)
         return principal.user
 
     # ---------------------------------------------------------------------- handlers
@@ -469,7 +474,7 @@ class _Router:
 
     def _start_call(self, principal: _Principal, call: _CallRequest) -> Deferred[_Reply]:
         if not principal.may_act_for(call.user):
-            raise _forbidden(call.user)
+            raise _forbidden(principal, call.user)
         if not self._api.known_user(call.user):
             raise ApiError(404, "unknown_user", f"no user {call.user}")
         d = self._api.create_call(

@@ -359,7 +359,7 @@ class ClickToDial:
 
     def _play_prompt(self, now: float) -> None:
         assert self.media is not None  # the service opens media for every confirmed call
-        seconds = self.media.play_prompt(self.record.to, self.options.language)
+        seconds = self.media.play_prompt(self.destination.number, self.options.language)
         self._set_timer(now + seconds + self.env.config.confirm_timeout, self._confirm_timeout)
 
     def digit(self, digit: str, now: float, how: str) -> None:

@@ -39,6 +39,8 @@ import enum
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from sipdial.calls import CallState, Cause
+
 __all__ = ["EVENTS_BY_STATE", "EventName", "EventSpec", "events_for", "is_missed"]
 
 
@@ -65,20 +67,19 @@ class EventSpec:
 
 
 N = EventName
-_AWAITING_CONFIRMATION: Final = "awaiting_confirmation"
-_ENDED: Final = "ended"
-_MISSED_CAUSE: Final = "user_no_answer"
+St = CallState
 
-#: state entered -> the event it produces (see the module docstring)
+#: state entered -> the event it produces (see the module docstring); the keys are the
+#: CallState values (str), as records and the store carry them
 EVENTS_BY_STATE: Final[dict[str, EventSpec]] = {
-    "calling_user": EventSpec(N.DIALING, "user"),
-    "user_ringing": EventSpec(N.RINGING, "user"),
-    "user_answered": EventSpec(N.ANSWERED, "user"),
-    _AWAITING_CONFIRMATION: EventSpec(N.ANSWERED, "user"),
-    "calling_target": EventSpec(N.DIALING, "target"),
-    "target_ringing": EventSpec(N.RINGING, "target"),
-    "connected": EventSpec(N.CONNECTED),
-    _ENDED: EventSpec(N.ENDED),
+    St.CALLING_USER: EventSpec(N.DIALING, "user"),
+    St.USER_RINGING: EventSpec(N.RINGING, "user"),
+    St.USER_ANSWERED: EventSpec(N.ANSWERED, "user"),
+    St.AWAITING_CONFIRMATION: EventSpec(N.ANSWERED, "user"),
+    St.CALLING_TARGET: EventSpec(N.DIALING, "target"),
+    St.TARGET_RINGING: EventSpec(N.RINGING, "target"),
+    St.CONNECTED: EventSpec(N.CONNECTED),
+    St.ENDED: EventSpec(N.ENDED),
 }
 
 _CONFIRMED: Final = EventSpec(N.CONFIRMED)
@@ -91,11 +92,11 @@ def events_for(previous: str | None, state: str) -> tuple[EventSpec, ...]:
         return ()
     if previous is not None and EVENTS_BY_STATE.get(previous) == spec:
         return ()
-    if previous == _AWAITING_CONFIRMATION and state != _ENDED:
+    if previous == St.AWAITING_CONFIRMATION and state != St.ENDED:
         return (_CONFIRMED, spec)
     return (spec,)
 
 
 def is_missed(cause: str | None) -> bool:
     """Whether a call that ended with ``cause`` is a missed call (the user did not answer)."""
-    return cause == _MISSED_CAUSE
+    return cause == Cause.USER_NO_ANSWER

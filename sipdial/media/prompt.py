@@ -25,6 +25,7 @@ import av
 
 from sipdial.media.g711 import pcm_to_alaw, pcm_to_ulaw
 from sipdial.media.rtp import PCMA, PCMU, SAMPLES_PER_FRAME
+from sipdial.sip import SipError, SipURI, parse_uri
 
 RATE = 8000  #: Hz, G.711
 DEFAULT_DIR = Path(__file__).with_name("prompts")  #: shipped clips, one folder per language
@@ -103,10 +104,15 @@ def _tone(cadence: tuple[tuple[int, int], ...]) -> dict[int, tuple[bytes, ...]]:
 
 def _user_part(number: str) -> str:
     """``sip:+49301@host;x`` / ``tel:+49301;phone-context=..`` -> ``+49301``; else unchanged."""
-    scheme, sep, rest = number.partition(":")
-    if sep and scheme.lower() in ("sip", "sips", "tel"):
-        number = rest
-    return number.split("@", 1)[0].split(";", 1)[0]
+    if ":" in number:
+        try:
+            uri = parse_uri(number)
+        except SipError:
+            pass
+        else:
+            if isinstance(uri, SipURI):
+                return uri.unquote_user() or ""
+    return number.split(";", 1)[0]  # "+4930123;ext=5": parameters are not spoken
 
 
 def _check_pt(payload_type: int) -> None:

@@ -810,8 +810,11 @@ def test_pbxnsip_auth_failures(server: Server) -> None:
     assert r.status == 401
     r = server.request("GET", "/remote_call.htm?user=201&dest=1", token=None)
     assert r.status == 401
+    assert "token" not in (r.error_message or "").split(":")[0]  # not only tokens work here
+    assert "auth=user:password" in (r.error_message or "")
     r = server.request("GET", "/remote_call.htm?user=202&dest=1&auth=201%3Asecret", token=None)
     assert (r.status, r.error_code) == (403, "forbidden")
+    assert r.error_message == "these credentials may not act for user 202"  # no "token"
     assert server.api.created == []
 
 
