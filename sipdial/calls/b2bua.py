@@ -138,6 +138,8 @@ class RelayedCall(Bridge):
             response = event.response
             self.a.answer(now, body=response.body,
                           content_type=response.headers.get("Content-Type"))
+            if not self.a.invite.body:  # the caller's ACK brings the answer to the target
+                self.relay.expect_answer(self.a, event.leg)
             return True
         return super()._with_answer(action, inp, event, now)
 

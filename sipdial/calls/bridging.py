@@ -25,6 +25,7 @@ from sipdial.calls.legs import (
     ANSWERED_ELSEWHERE,
     Acked,
     Answered,
+    Broken,
     Failed,
     HungUp,
     LegEvent,
@@ -146,6 +147,11 @@ class Relay:
         if server_txn.method == "INVITE" and message.status < 300:
             response.headers.add("Contact", came_on.contact)
         self.ua.endpoint.respond(server_txn, response, now)
+
+    def expect_answer(self, acked_on: UacLeg | UasLeg, waiting: UacLeg | UasLeg) -> None:
+        """The ACK of ``acked_on``'s 2xx will carry the SDP answer ``waiting`` owes its peer
+        (an INVITE without offer, relayed: the 2xx carried the offer)."""
+        self._answers[acked_on] = waiting
 
     def ack(self, event: Acked) -> None:
         """The ACK of a 2xx we relayed: for an offerless re-INVITE it carries the SDP answer,
@@ -337,21 +343,31 @@ class Bridge:
             self._illegal(f"{inp.name} in {self.state.name}", now)
             return
         self.state, actions = row
-        for action in actions:
-            if not execute(action, inp, payload, now) and not self._plain(action, inp, now):
-                self._illegal(f"{action.name} for {inp.name}", now)
-                return
+        try:
+            for action in actions:
+                if not execute(action, inp, payload, now) \
+                        and not self._plain(action, inp, now):
+                    self._illegal(f"{action.name} for {inp.name}", now)
+                    return
+        except Exception:
+            log.exception("%r: %s failed", self, inp.name)
+            self._illegal(f"{inp.name} (an action raised)", now)
+            return
         if self.state is BridgeState.ENDED:
             self._stop_timer()
             self._ended(now)
 
     def _illegal(self, what: str, now: float) -> None:
+        """A bug: one log line, both sides released, the call told it failed."""
         log.error("%r cannot take %s: ending it", self, what)
-        self._report(Input.FAILED, now, None, f"internal error ({what})")
         self.state = BridgeState.ENDED
         self._stop_timer()
-        self.forks.release(now)
-        self._release_caller(now)
+        for release in (self.forks.release, self._release_caller):
+            try:
+                release(now)
+            except Exception:
+                log.exception("%r: releasing failed", self)
+        self._report(Input.FAILED, now, None, f"internal error ({what})")
         self._ended(now)
 
     def _ended(self, now: float) -> None:
@@ -473,6 +489,9 @@ class Bridge:
     # ------------------------------------------------------------ leg events -> inputs
 
     def leg_event(self, event: LegEvent, now: float) -> None:
+        if isinstance(event, Broken):
+            self._illegal(f"{event.leg!r}: {event.detail}", now)
+            return
         if event.leg is self.caller_leg:
             self._caller_event(event, now)
             return

@@ -24,6 +24,7 @@ from sipdial.calls.bridging import Bridge, Forks
 from sipdial.calls.legs import (
     Acked,
     Answered,
+    Broken,
     Failed,
     HungUp,
     LegEvent,
@@ -192,11 +193,10 @@ class ClickToDial:
             if next_phase is not Phase.ENDED:
                 self._queue.clear()
                 self._queue.append((Input.FAILED, None, "internal error", None))
-            else:
-                self._release_all(now)
-        if next_phase is Phase.ENDED and changed:
-            self._stop_timer()
-            self.env.on_end(self)
+        finally:
+            if next_phase is Phase.ENDED and changed:
+                self._stop_timer()
+                self.env.on_end(self)
 
     def _record(self, state: CallState, cause: Cause | None, now: float,
                 sip_code: int | None, detail: str | None) -> None:
@@ -330,19 +330,30 @@ class ClickToDial:
     # ------------------------------------------------------------ actions
 
     def _release_all(self, now: float) -> None:
+        """Every part of the call lets go; one that fails does not keep the others up."""
         cause = Cause(self.record.cause) if self.record.cause else None
+        steps: list[Callable[[], None]] = []
         if self.bridge is not None:
             # the phone hears a busy/failure tone, then the BYE (the bridge owns it now)
-            self.bridge.release(now, _TONES.get(cause) if cause is not None else None)
-            self.forks.release(now, keep=self.user_leg)
-            return
-        if self.relayed is not None:
-            self.relayed.release(now)
-        if self.transfer is not None:
-            self.transfer.release(now)
-        self.forks.release(now)
-        if self.media is not None:
-            self.media.close()
+            bridge = self.bridge
+            tone = _TONES.get(cause) if cause is not None else None
+            steps.append(lambda: bridge.release(now, tone))
+            steps.append(lambda: self.forks.release(now, keep=self.user_leg))
+        else:
+            if self.relayed is not None:
+                relayed = self.relayed
+                steps.append(lambda: relayed.release(now))
+            if self.transfer is not None:
+                transfer = self.transfer
+                steps.append(lambda: transfer.release(now))
+            steps.append(lambda: self.forks.release(now))
+            if self.media is not None:
+                steps.append(self.media.close)
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("call %s: releasing a part failed", self.id)
 
     def _use_phone_media(self, now: float) -> None:
         """Point our RTP at the phone's, in the codec it chose (RFC 3264 answer). The call
@@ -436,6 +447,8 @@ class ClickToDial:
                 self.fire(Input.USER_ANSWERED, now, response.status, leg.label, leg)
             case Failed(leg=leg, status=status):
                 self.fire(Input.DEVICE_FAILED, now, status, leg.label, leg)
+            case Broken(detail=detail):
+                self.fire(Input.FAILED, now, None, detail)
             case HungUp(leg=leg) if leg is self.user_leg:
                 self.fire(Input.PHONE_HUNG_UP, now, detail="phone hung up during the prompt")
             case PeerRequest(leg=leg) if leg is self.user_leg and self.session is not None:

@@ -113,6 +113,15 @@ class HungUp:
 
 
 @dataclass(frozen=True, slots=True)
+class Broken:
+    """A bug in the leg (an input its table lacks, an action that raised): the leg has
+    released itself; the owner should end the call as failed."""
+
+    leg: UacLeg | UasLeg
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class Acked:
     """The ACK of a 2xx we sent in the dialog (for a relayed re-INVITE: it may carry SDP)."""
 
@@ -139,7 +148,8 @@ class PeerResponse:
 
 
 LegEvent: TypeAlias = (
-    Progress | Answered | Failed | Cancelled | HungUp | Acked | PeerRequest | PeerResponse
+    Progress | Answered | Failed | Cancelled | HungUp | Broken | Acked | PeerRequest
+    | PeerResponse
 )
 
 
@@ -261,6 +271,9 @@ UAC_TABLE: dict[tuple[LegState, LegInput], LegRow] = {
     (Ls.CONFIRMED, Li.REFRESH_DUE): (Ls.CONFIRMED, (La.SEND_REFRESH,)),
     (Ls.CONFIRMED, Li.ACK): (Ls.CONFIRMED, (La.PASS_ACK,)),
     (Ls.CONFIRMED, Li.REQUEST): (Ls.CONFIRMED, (La.PASS_REQUEST,)),
+    # BYE'd, but a subscription in the dialog lives on (hold_dialog): its NOTIFYs (RFC 5057)
+    (Ls.ENDED, Li.REQUEST): (Ls.ENDED, (La.PASS_REQUEST,)),
+    (Ls.ENDED, Li.REMOTE_BYE): (Ls.ENDED, (La.ANSWER_BYE,)),
     # in any state
     **{(s, Li.RESPONSE): (s, (La.PASS_RESPONSE,)) for s in _ALL},
     **{(s, Li.REMOTE_CANCEL): (s, (La.ANSWER_487,)) for s in _ALL},  # of a peer's re-INVITE
@@ -339,6 +352,7 @@ class _Leg:
     dialog: Dialog | None
     label: str
     offer_txn: ClientTransaction | None = None  # an offerless re-INVITE's 2xx, ACK pending
+    _held = False  # another usage (a subscription) keeps the dialog after the INVITE ends
 
     @property
     def contact(self) -> str:
@@ -356,27 +370,39 @@ class _Leg:
         if row is None:
             self._illegal(f"{inp.name} in {self.state.name}", now)
             return
-        self.state, actions = row
-        for action in actions:
-            if not execute(action, payload, now) and not self._plain(action, now):
-                self._illegal(f"{action.name} for {inp.name}", now)
-                return
+        previous, (self.state, actions) = self.state, row
+        try:
+            for action in actions:
+                if not execute(action, payload, now) and not self._plain(action, now):
+                    self.state = previous
+                    self._illegal(f"{action.name} for {inp.name}", now)
+                    return
+        except Exception:
+            log.exception("%r: %s failed", self, inp.name)
+            self._illegal(f"{inp.name} (an action raised)", now)
 
     def _fire_plain(self, inp: LegInput, now: float) -> None:
         self._fire(inp, now, None, _nothing)
 
     def _illegal(self, what: str, now: float) -> None:
+        """A bug: log one line, release the leg as best we can and tell the owner, whose
+        call then ends as failed."""
         log.error("%r cannot take %s: releasing it", self, what)
         state = self.state
-        if state in _RINGING or state is LegState.CANCELLING:
-            self.state = LegState.FAILED
-            self._abort(now)
-        elif state is LegState.CONFIRMED:
-            self.state = LegState.ENDED
-            self._send_bye(now)
-            self.owner.leg_event(HungUp(self._me(), "internal error"), now)
+        if state.over:
+            return  # nothing left to release; the owner was told when it ended
+        self.state = LegState.ENDED if state is LegState.CONFIRMED else LegState.FAILED
+        try:
+            if state is LegState.CONFIRMED:
+                self._send_bye(now)
+            else:
+                self._abort(now)
+        except Exception:
+            log.exception("%r: could not release it", self)
+        self.owner.leg_event(Broken(self._me(), f"internal error: {what}"), now)
 
     def _abort(self, now: float) -> None:
+        """Give up an unanswered INVITE (ours: CANCEL; the caller's: 500)."""
         raise NotImplementedError
 
     def _me(self) -> UacLeg | UasLeg:
@@ -451,7 +477,7 @@ class _Leg:
             case LegAction.ANSWER_BYE:
                 self.ua.endpoint.reply(event.txn, 200, now)
                 self._stop_timers()
-                self.ua.drop_dialog(event.dialog)
+                self._drop_dialog(event.dialog)
             case LegAction.REPORT_HUNG_UP:
                 self.owner.leg_event(HungUp(self._me(), "BYE"), now)
             case LegAction.PASS_REQUEST:
@@ -516,6 +542,21 @@ class _Leg:
         self._stop_timers()
         if self.dialog is not None:
             self.ua.send_in_dialog(self.dialog, self.dialog.create_request("BYE"), self, now)
+            self._drop_dialog(self.dialog)
+
+    def _drop_dialog(self, dialog: Dialog) -> None:
+        """The INVITE usage is over; the dialog goes too unless another usage holds it."""
+        if not self._held:
+            self.ua.drop_dialog(dialog)
+
+    def hold_dialog(self) -> None:
+        """A subscription lives in this dialog (a REFER's): after a BYE its NOTIFYs still
+        belong here (RFC 5057 §5). :meth:`forget_dialog` ends that."""
+        self._held = True
+
+    def forget_dialog(self) -> None:
+        self._held = False
+        if self.dialog is not None and self.state.over:
             self.ua.drop_dialog(self.dialog)
 
     def _stop_timers(self) -> None:
@@ -693,7 +734,9 @@ class UacLeg(_Leg):
             case LegAction.ACCEPT_ANSWER:
                 self._accept(response, now)
             case LegAction.REFUSE_ANSWER:
-                self._refuse(response, now)
+                if self.invite_txn is None:
+                    raise IllegalLegInput("a 2xx without our INVITE")
+                self._refuse(response, self.invite_txn, now)
             case LegAction.RETRY_AUTHORIZED:
                 if not self._retry_with_credentials(response, now):
                     self.state = LegState.FAILED
@@ -749,9 +792,9 @@ class UacLeg(_Leg):
         self.owner.leg_event(Failed(self, status, response), now)
 
     def _abort(self, now: float) -> None:
+        self.final_status = 500
         if self.invite_txn is not None:
             self.ua.endpoint.cancel(self.invite_txn, now, None)
-        self._report_failed(500, None, now)
 
     def _accept(self, response: Response, now: float) -> None:
         txn = self.invite_txn
@@ -759,7 +802,12 @@ class UacLeg(_Leg):
             raise IllegalLegInput("a 2xx without our INVITE")
         dialog = Dialog.from_uac(txn.request, response, self.peer,
                                  self.ua.endpoint.contact(self.peer))
-        self.ua.endpoint.send_ack(txn, dialog.create_ack(self._cseq), self.peer)
+        if response.body and not txn.request.body:
+            # our INVITE had no offer, so the 2xx carries it: the ACK must carry the answer,
+            # which the owner brings (from the other side) through ack_offer
+            self.offer_txn = txn
+        else:
+            self.ua.endpoint.send_ack(txn, dialog.create_ack(self._cseq), self.peer)
         self.dialog = dialog
         self.answer = response
         self.final_status = response.status
@@ -767,17 +815,14 @@ class UacLeg(_Leg):
         self._session_timer(response, now)
         self.owner.leg_event(Answered(self, response), now)
 
-    def _refuse(self, response: Response, now: float) -> None:
-        """A 2xx we do not want: a second dialog (forked downstream) or one crossing our
-        CANCEL. ACK it (re-sent for its retransmissions only if it is our first dialog's)
-        and hang it up."""
-        txn = self.invite_txn
-        if txn is None:
-            raise IllegalLegInput("a 2xx without our INVITE")
+    def _refuse(self, response: Response, txn: ClientTransaction, now: float) -> None:
+        """A 2xx we do not want: a second dialog (forked downstream), one crossing our
+        CANCEL, or one to an INVITE we replaced. ACK it (re-sent for its retransmissions
+        only if it is our first dialog's) and hang it up."""
         dialog = Dialog.from_uac(txn.request, response, self.peer,
                                  self.ua.endpoint.contact(self.peer))
-        first = self.dialog is None
-        self.ua.endpoint.send_ack(txn, dialog.create_ack(self._cseq), self.peer,
+        first = self.dialog is None and txn is self.invite_txn
+        self.ua.endpoint.send_ack(txn, dialog.create_ack(cseq(txn.request).number), self.peer,
                                   remember=first)
         self.ua.send_in_dialog(dialog, dialog.create_request("BYE"), self, now)
 
@@ -917,7 +962,6 @@ class UasLeg(_Leg):
     def _abort(self, now: float) -> None:
         if not self.txn.answered:
             self._respond(Reply(500), now)
-        self.owner.leg_event(Cancelled(self), now)
 
     def _respond(self, reply: Reply, now: float) -> None:
         response = make_response(self.invite, reply.status, reply.reason, to_tag=self.local_tag)

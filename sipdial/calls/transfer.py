@@ -15,12 +15,14 @@ This object owns that dialog from the REFER on; its whole behaviour is :data:`TR
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import TypeAlias
 
 from sipdial.calls.bridging import TargetListener
 from sipdial.calls.legs import (
     Acked,
+    Broken,
     HungUp,
     LegEvent,
     PeerRequest,
@@ -32,6 +34,8 @@ from sipdial.calls.states import Input, target_failure_input
 from sipdial.sip import ClientTransaction, Symbol, TimerHandle, TimerHeap
 
 __all__ = ["NOTIFY_GRACE", "TRANSFER_TABLE", "Transfer", "TransferState"]
+
+log = logging.getLogger("sipdial.calls")
 
 _SIPFRAG = re.compile(rb"^SIP/2\.0\s+(\d{3})")
 NOTIFY_GRACE = 4.0  # seconds to wait for the final NOTIFY once the target answered
@@ -65,7 +69,8 @@ class TransferInput(Symbol):
 class TransferAction(Symbol):
     STOP_TIMER = "stop the REFER / grace timer"
     START_GRACE = "wait NOTIFY_GRACE for the final NOTIFY"
-    RELEASE_PHONE = "BYE sipdial's dialog with the phone"
+    HOLD_DIALOG = "the REFER subscription lives: keep the dialog for NOTIFYs after a BYE"
+    RELEASE_PHONE = "BYE sipdial's dialog with the phone (and forget it: RFC 5057 usages)"
     REPORT_REFER_FAILED = "the call ends as refer_failed"
     REPORT_HUNG_UP = "the call ends as user_hung_up"
     REPORT_NOTIFY = "NOTIFY is the only news of the target: tell the call"
@@ -79,22 +84,31 @@ _RELAYED = (T.RELAYED, T.RELAYED_ACCEPTED)
 _SETTLED = (T.LINGERING, T.DONE, T.FAILED)
 
 TRANSFER_TABLE: dict[tuple[TransferState, TransferInput], TransferRow] = {
-    **{(s, TI.REFER_ACCEPTED): (T.ACCEPTED, _) for s in _WAITING},
+    **{(s, TI.REFER_ACCEPTED): (T.ACCEPTED, (TA.HOLD_DIALOG,)) for s in _WAITING},
     **{(s, TI.REFER_REFUSED): (T.FAILED, (TA.STOP_TIMER, TA.REPORT_REFER_FAILED))
        for s in _WAITING},
     (T.REFERRING, TI.PHONE_HUNG_UP): (T.DONE, (TA.STOP_TIMER, TA.REPORT_HUNG_UP)),
     **{(s, TI.REFER_TIMEOUT): (T.FAILED, (TA.REPORT_REFER_FAILED,)) for s in _WAITING},
-    **{(s, TI.NOTIFY_PROGRESS): (T.ACCEPTED, (TA.REPORT_NOTIFY,)) for s in _WAITING},
+    **{(s, TI.NOTIFY_PROGRESS): (T.ACCEPTED, (TA.HOLD_DIALOG, TA.REPORT_NOTIFY))
+       for s in _WAITING},
     **{(s, TI.NOTIFY_FINAL): (T.DONE, (TA.STOP_TIMER, TA.RELEASE_PHONE, TA.REPORT_NOTIFY))
        for s in _WAITING},
     **{(s, TI.NOTIFY_ENDED): (T.ACCEPTED, (TA.REPORT_NOTIFY,)) for s in _WAITING},
     (T.REFERRING, TI.REFERRED_CALL): (T.RELAYED, (TA.STOP_TIMER,)),
     (T.ACCEPTED, TI.REFERRED_CALL): (T.RELAYED_ACCEPTED, (TA.STOP_TIMER,)),
     (T.ACCEPTED, TI.PHONE_HUNG_UP): (T.PHONE_LEFT, _),  # it may leave once it accepted
+    # it hung up its first dialog; the subscription (and its NOTIFYs) may go on (RFC 5057)
     (T.PHONE_LEFT, TI.REFERRED_CALL): (T.DONE, (TA.STOP_TIMER,)),
-    (T.PHONE_LEFT, TI.REFER_TIMEOUT): (T.FAILED, (TA.REPORT_REFER_FAILED,)),
+    (T.PHONE_LEFT, TI.REFER_TIMEOUT): (T.FAILED, (TA.RELEASE_PHONE, TA.REPORT_REFER_FAILED)),
+    (T.PHONE_LEFT, TI.REFER_REFUSED): (T.FAILED, (TA.STOP_TIMER, TA.RELEASE_PHONE,
+                                                  TA.REPORT_REFER_FAILED)),
+    (T.PHONE_LEFT, TI.NOTIFY_PROGRESS): (T.PHONE_LEFT, (TA.REPORT_NOTIFY,)),
+    (T.PHONE_LEFT, TI.NOTIFY_ENDED): (T.PHONE_LEFT, (TA.RELEASE_PHONE, TA.REPORT_NOTIFY)),
+    (T.PHONE_LEFT, TI.NOTIFY_FINAL): (T.DONE, (TA.STOP_TIMER, TA.RELEASE_PHONE,
+                                               TA.REPORT_NOTIFY)),
+    **{(T.PHONE_LEFT, i): (T.PHONE_LEFT, _) for i in (TI.REFER_ACCEPTED, TI.PHONE_HUNG_UP)},
     # the referred call goes through sipdial: NOTIFYs only tell when to let the phone go
-    **{(s, i): (T.RELAYED_ACCEPTED, _) for s in _RELAYED
+    **{(s, i): (T.RELAYED_ACCEPTED, (TA.HOLD_DIALOG,)) for s in _RELAYED
        for i in (TI.REFER_ACCEPTED, TI.NOTIFY_PROGRESS)},
     **{(s, TI.NOTIFY_ENDED): (T.DONE, (TA.RELEASE_PHONE,)) for s in _RELAYED},
     **{(s, TI.NOTIFY_FINAL): (T.DONE, (TA.RELEASE_PHONE,)) for s in _RELAYED},
@@ -163,27 +177,46 @@ class Transfer:
     def fire(self, inp: TransferInput, now: float, code: int | None = None,
              detail: str | None = None) -> None:
         row = TRANSFER_TABLE.get((self.state, inp))
-        if row is None:  # a bug: let the phone go and end the call
-            row = (TransferState.FAILED, (TransferAction.STOP_TIMER,
-                                          TransferAction.RELEASE_PHONE))
-            self.listener.target_event(Input.FAILED, now, None,
-                                       f"internal error ({inp.name} in {self.state.name})")
+        if row is None:
+            self._broken(f"{inp.name} in {self.state.name}", now)
+            return
         self.state, actions = row
-        for action in actions:
-            self._do(action, inp, now, code, detail)
+        try:
+            for action in actions:
+                self._do(action, inp, now, code, detail)
+        except Exception:
+            log.exception("%r: %s failed", self, inp.name)
+            self._broken(f"{inp.name} (an action raised)", now)
+
+    def _broken(self, what: str, now: float) -> None:
+        """A bug: one log line, the phone let go, the call told it failed."""
+        log.error("%r cannot take %s: ending it", self, what)
+        self.state = TransferState.FAILED
+        self._stop_timer()
+        try:
+            self.phone.release(now)
+        except Exception:
+            log.exception("%r: could not release the phone", self)
+        self.listener.target_event(Input.FAILED, now, None, f"internal error ({what})")
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _do(self, action: TransferAction, inp: TransferInput, now: float,
             code: int | None, detail: str | None) -> None:
         match action:
             case TransferAction.STOP_TIMER:
-                if self._timer is not None:
-                    self._timer.cancel()
-                    self._timer = None
+                self._stop_timer()
             case TransferAction.START_GRACE:
                 self._timer = self.timers.schedule(
                     now + NOTIFY_GRACE, lambda t: self.fire(TransferInput.GRACE_OVER, t))
+            case TransferAction.HOLD_DIALOG:
+                self.phone.hold_dialog()
             case TransferAction.RELEASE_PHONE:
                 self.phone.release(now)
+                self.phone.forget_dialog()
             case TransferAction.REPORT_REFER_FAILED:
                 if inp is TransferInput.REFER_TIMEOUT:
                     detail = "the transfer did not complete in time"
@@ -218,6 +251,8 @@ class Transfer:
 
     def leg_event(self, event: LegEvent, now: float) -> None:
         match event:
+            case Broken(detail=detail):
+                self._broken(detail, now)
             case HungUp():
                 self.fire(TransferInput.PHONE_HUNG_UP, now)
             case PeerResponse(txn=txn, response=response) if txn is self.refer_txn:

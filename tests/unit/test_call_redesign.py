@@ -19,8 +19,15 @@ from sipdial.config import parse_config
 from sipdial.sip.message import Response, to
 from sipdial.sip.peer import Peer
 from sipdial.sip.rfc3263 import ResolveError
-from sipdial.sip.uri import SipURI
-from tests.unit.simnet import BASE_CONFIG, Phone, SimNet, parse_request, parse_response
+from sipdial.sip.uri import NameAddr, SipURI
+from tests.unit.simnet import (
+    BASE_CONFIG,
+    Phone,
+    SimNet,
+    parse_request,
+    parse_response,
+    sdp_answer,
+)
 from tests.unit.test_bridge_flow import FakeMedia, FakePrompts
 from tests.unit.test_clicktodial_flow import Flow
 
@@ -298,3 +305,96 @@ def test_resolved_addresses_are_tried_in_order_on_timeout_and_503() -> None:
     three = [m for m in flow.net.sent_to(third) if m.startswith(b"INVITE")]
     assert three, "no fail-over on 503"
     assert flow.state != "ended"
+
+
+# ----------------------------------------------------------------- review fixes
+
+
+def test_notify_before_202_then_bye_then_202_keeps_the_call() -> None:
+    """RFC 3515 allows the first NOTIFY before the 202; the phone may then leave its first
+    dialog. The late 202 must not end the call (it used to be an illegal input)."""
+    flow = Flow()
+    refer = flow.to_refer()
+    flow.notify("SIP/2.0 100 Trying")
+    assert flow.dialog is not None and flow.answered is not None
+    flow.answered.send(flow.dialog.request("BYE"))
+    flow.answered.take_response(200)
+    flow.answered.reply(refer, 202, contact=False)
+    assert flow.state in ("user_answered", "calling_target"), flow.states()
+    flow.referred_invite()
+    flow.target_gets_invite()
+    flow.target_rings()
+    flow.target_answers()
+    flow.phone_acks_bridge()
+    assert flow.state == "connected"
+
+
+def test_notify_after_the_phone_left_its_first_dialog_is_still_answered() -> None:
+    """RFC 5057: the BYE ends the INVITE usage; the REFER subscription's NOTIFYs still belong
+    to the dialog (200, not 481)."""
+    flow = Flow()
+    flow.to_refer()
+    flow.accept_refer()
+    assert flow.dialog is not None and flow.answered is not None
+    flow.answered.send(flow.dialog.request("BYE"))
+    flow.answered.take_response(200)
+    ok = flow.notify("SIP/2.0 180 Ringing")
+    assert ok.status == 200
+    assert flow.state == "target_ringing"  # the NOTIFY is still news of the target
+
+
+def test_a_broken_leg_ends_the_call_as_failed_not_hung_up() -> None:
+    flow = Flow()
+    flow.to_refer()
+    flow.accept_refer()
+    flow.referred_invite()
+    flow.target_gets_invite()
+    flow.target_rings()
+    flow.target_answers()
+    flow.phone_acks_bridge()
+    relayed = next(iter(flow.net.inbound.relayed))
+    b = relayed.b
+    assert b is not None
+    b._illegal("a test's bug", flow.net.now)  # what an input missing from a table does
+    assert flow.cause == "failed", flow.states()
+    assert "internal error" in (flow.net_record.events[-1].detail or "")
+    flow.target.take_request("BYE")
+
+
+def test_an_invite_without_offer_is_relayed_with_the_answer_in_the_ack() -> None:
+    """RFC 3264 §4 / RFC 3261 §13.2.2.4: the phone's INVITE has no SDP, so the target's 2xx
+    carries the offer; the target's ACK must carry the phone's answer."""
+    net = SimNet()
+    phone = Phone(net, port=5070)
+    assert phone.register().status == 200
+    target = Phone(net, "+4930123", None, port=5080, contact_host="127.0.0.1", user_agent=None)
+    net.clear()
+    uri = "sip:+4930123@127.0.0.1"
+    first = phone.request("INVITE", uri, call_id_value="offerless@phone", from_tag="ol",
+                          to_value=f"<{uri}>", cseq_number=1)
+    phone.send(first)
+    phone.take_response(100)
+    challenge = phone.take_response(407)
+    from tests.unit.simnet import ack_for, first_via
+    phone.send(ack_for(first, challenge, first_via(first)))
+    auth = phone.authorization(challenge, "INVITE", uri, proxy=True)
+    second = phone.request("INVITE", uri, call_id_value="offerless@phone", from_tag="ol",
+                           to_value=f"<{uri}>", cseq_number=2,
+                           extra=[("Proxy-Authorization", auth)])
+    phone.send(second)
+    phone.take_response(100)
+    invite = target.take_request("INVITE")
+    assert invite.body == b""  # the offer is the target's to make
+    offer = sdp_answer("10.7.7.7", 40000)
+    target.reply(invite, 200, to_tag="tg", body=offer)
+    assert target.nothing(), target.pending()  # no ACK yet: its answer is the phone's
+    ok = phone.take_response(200)
+    assert ok.body == offer
+    answer = sdp_answer("192.168.1.10", 30000)
+    contact = str(NameAddr.parse(ok.headers.get("Contact") or "").uri)
+    ack = phone.request("ACK", contact, call_id_value="offerless@phone", from_tag="ol",
+                        to_value=ok.headers.get("To") or "", cseq_number=2, body=answer,
+                        content_type="application/sdp")
+    phone.send(ack)
+    target_ack = target.take_request("ACK")
+    assert target_ack.body == answer
