@@ -23,6 +23,8 @@ The whole behaviour is :data:`THIRD_PARTY_TABLE`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sipdial.calls.bridging import (
     Bridge,
     BridgeAction,
@@ -90,7 +92,8 @@ THIRD_PARTY_TABLE: BridgeTable = {
        for s in _LIVE},
     (S.ENDING, In.TONE_DONE): (S.ENDED, (A.RELEASE_CALLER,)),
     (S.ENDING, In.CALLER_HUNG_UP): (S.ENDED, (A.RELEASE_CALLER,)),
-    **{(S.ENDING, i): (S.ENDING, _) for i in (In.RELEASE, In.RELEASE_WITH_TONE)},
+    (S.ENDING, In.RELEASE): (S.ENDED, (A.STOP_TIMER, A.RELEASE_CALLER)),  # no time for a tone
+    (S.ENDING, In.RELEASE_WITH_TONE): (S.ENDING, _),
     # in any state
     **{(s, In.RESPONSE): (s, (A.RELAY_RESPONSE,)) for s in (*_LIVE, S.ENDING, S.ENDED)},
     **{(s, In.ACK): (s, (A.RELAY_ACK,)) for s in (*_LIVE, S.ENDING, S.ENDED)},
@@ -110,7 +113,8 @@ class ThirdPartyBridge(Bridge):
     def __init__(self, ua: UserAgent, timers: TimerHeap, phone: UacLeg, media: CallMedia,
                  *, targets: list[Target], caller: NameAddr, callee: NameAddr,
                  extra: list[tuple[str, str]], answer_timeout: float,
-                 listener: TargetListener, label: str, resolver: Resolver) -> None:
+                 listener: TargetListener, label: str, resolver: Resolver,
+                 on_end: Callable[[ThirdPartyBridge], None]) -> None:
         offer = phone.answer.body if phone.answer is not None else b""
         super().__init__(ua, timers, targets=targets, caller=caller, callee=callee,
                          offer=offer, content_type=sdp.CONTENT_TYPE, extra=extra,
@@ -120,6 +124,10 @@ class ThirdPartyBridge(Bridge):
         phone.hand_to(self)
         self.media = media
         self.reinvite: ClientTransaction | None = None
+        self._on_end = on_end
+
+    def _ended(self, now: float) -> None:
+        self._on_end(self)
 
     @property
     def caller_leg(self) -> UacLeg:
@@ -176,13 +184,14 @@ class ThirdPartyBridge(Bridge):
         if action is BridgeAction.PLAY_TONE:
             if outcome.tone is not None and self.phone.state is LegState.CONFIRMED \
                     and self.media.play_tone(Tone(outcome.tone), loop=True):
-                self.timers.schedule(now + TONE_SECONDS, self._tone_done)
+                self._timer = self.timers.schedule(now + TONE_SECONDS, self._tone_done)
             else:
                 self.fire(BridgeInput.TONE_DONE, now, None, no_payload)
             return True
         return super()._with_outcome(action, inp, outcome, now)
 
     def _tone_done(self, now: float) -> None:
+        self._timer = None
         self.fire(BridgeInput.TONE_DONE, now, None, no_payload)
 
     def _with_request(self, action: BridgeAction, inp: BridgeInput, event: PeerRequest,

@@ -16,7 +16,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 from sipdial.calls.autoanswer import AutoAnswerRule, auto_answer_headers
 from sipdial.calls.bridge import ThirdPartyBridge
@@ -40,8 +39,9 @@ from sipdial.calls.routing import (
     NoRoute,
     Resolver,
     Router,
-    Target,
     Unavailable,
+    callee_uri,
+    user_uri,
 )
 from sipdial.calls.states import (
     Action,
@@ -56,7 +56,7 @@ from sipdial.calls.states import (
 )
 from sipdial.calls.transfer import Transfer
 from sipdial.registrar import Binding
-from sipdial.sip import NameAddr, Peer, SipURI, TimerHandle, TimerHeap, parse_uri, sdp
+from sipdial.sip import NameAddr, Peer, TimerHandle, TimerHeap, parse_uri, sdp
 from sipdial.store import CallEvent, CallRecord
 from sipdial.ua import UserAgent
 
@@ -90,6 +90,8 @@ class CallEnv:
     #: persist and publish a state change; tell the service the call is over
     on_change: Callable[[CallRecord, CallEvent], None]
     on_end: Callable[[ClickToDial], None]
+    #: bridge-mode bridges not ended yet (one may outlive its call while a tone plays)
+    bridges: set[ThirdPartyBridge]
 
     def sink_for(self, peer: Peer) -> tuple[str, int]:
         family = 6 if ":" in peer.host else 4
@@ -263,10 +265,8 @@ class ClickToDial:
     def start(self, now: float) -> None:
         env = self.env
         number = self.destination.number
-        caller = NameAddr(SipURI("sip", number, None, env.domain, None, {}, {}),
-                          self.record.to)
-        callee = NameAddr(SipURI("sip", self.user.id, None, env.domain, None, {}, {}),
-                          self.user.name or None)
+        caller = NameAddr(user_uri(number, env.domain), self.record.to)
+        callee = NameAddr(user_uri(self.user.id, env.domain), self.user.name or None)
         legs = []
         for binding in self.bindings:
             extra = [("P-Asserted-Identity", str(caller))]
@@ -388,20 +388,21 @@ class ClickToDial:
             return
         user = self.user
         shown = self.options.caller_id or user.number or user.id
-        identity = NameAddr(SipURI("sip", shown, None, env.domain, None, {}, {}),
-                            user.name or None)
+        identity = NameAddr(user_uri(shown, env.domain), user.name or None)
         extra = [("P-Asserted-Identity", str(identity))]
         caller = identity
         if self.options.clir:
             # RFC 3323/3325: anonymous From, the real identity only for trusted hops
-            caller = NameAddr(SipURI("sip", "anonymous", None, "anonymous.invalid", None, {},
-                                     {}), "Anonymous")
+            caller = NameAddr(user_uri("anonymous", "anonymous.invalid"), "Anonymous")
             extra.append(("Privacy", "id"))
         self.bridge = ThirdPartyBridge(
             env.ua, env.timers, phone, self.media, targets=routed, caller=caller,
-            callee=_callee(routed[0], self.destination, env.domain), extra=extra,
+            callee=NameAddr(callee_uri(routed[0], self.destination.number, env.domain)),
+            extra=extra,
             answer_timeout=env.config.target_answer_timeout, listener=self,
-            label=f"{self.id} {user.id}->{self.destination.number}", resolver=env.resolver)
+            label=f"{self.id} {user.id}->{self.destination.number}", resolver=env.resolver,
+            on_end=env.bridges.discard)
+        env.bridges.add(self.bridge)
         self.bridge.start(now)
 
     def _unroutable(self, routed: NoRoute | Unavailable, now: float) -> None:
@@ -431,9 +432,9 @@ class ClickToDial:
         if phone.transport != "udp":
             params["transport"] = phone.transport
         params[C2D_PARAM] = self.id
-        uri = SipURI("sip", _escape_user(self.destination.number), None,
-                     env.domain.strip("[]"),
-                     None if port == 5060 and phone.transport == "udp" else port, params, {})
+        uri = user_uri(self.destination.number, env.domain)
+        uri.port = None if port == 5060 and phone.transport == "udp" else port
+        uri.params = params
         return str(uri)
 
     # ------------------------------------------------------------ leg events -> inputs
@@ -459,18 +460,3 @@ class ClickToDial:
                 self.env.ua.endpoint.reply(txn, 481, now)
             case HungUp() | PeerResponse() | Acked():
                 pass
-
-
-def _callee(target: Target, destination: Destination, domain: str) -> NameAddr:
-    """The To of the target's INVITE: the route's or URI's own address, else the number at
-    our domain (a device's Contact is private)."""
-    uri = target.uri
-    if isinstance(uri, SipURI) and uri.user is not None \
-            and uri.unquote_user() == destination.number:
-        return NameAddr(uri.copy(params={}, headers={}))
-    return NameAddr(SipURI("sip", _escape_user(destination.number), None, domain, None, {}, {}))
-
-
-def _escape_user(user: str) -> str:
-    """RFC 3261 §25.1 user part: escape what is not unreserved / user-unreserved."""
-    return quote(user, safe="-_.!~*'()&=+$,;?/")

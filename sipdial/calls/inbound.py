@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from sipdial.authn import Authenticator
 from sipdial.calls.b2bua import RelayedCall
 from sipdial.calls.clicktodial import C2D_PARAM
-from sipdial.calls.routing import Destination, NoRoute, Router, Target, Unavailable
+from sipdial.calls.routing import Destination, NoRoute, Router, Unavailable, callee_uri, user_uri
 from sipdial.calls.service import CallService
 from sipdial.calls.states import Input
 from sipdial.sip import URI, NameAddr, Response, SipURI
@@ -77,12 +77,12 @@ class InboundRouter:
                 c2d.target_event(Input.TARGET_UNAVAILABLE, now, 480,
                                  f"{routed.user} has no registered device")
             return
-        caller_uri = SipURI("sip", user.number or user.id, None, self.domain, None, {}, {})
+        caller_uri = user_uri(user.number or user.id, self.domain)
         label = f"{user.id}->{destination.number}"
         relayed = RelayedCall(
             self.ua, self.ua.timers, txn, source, targets=routed,
             caller=NameAddr(caller_uri, user.name or None),
-            callee=NameAddr(_public_uri(routed[0], destination.number, self.domain)),
+            callee=NameAddr(callee_uri(routed[0], destination.number, self.domain)),
             answer_timeout=self.config.calls.target_answer_timeout, listener=c2d,
             label=label, resolver=self.calls.env.resolver, on_end=self.relayed.discard)
         self.relayed.add(relayed)
@@ -114,13 +114,3 @@ class InboundRouter:
 
 def _c2d_id(uri: URI) -> str | None:
     return uri.params.get(C2D_PARAM) if isinstance(uri, SipURI) else None
-
-
-def _public_uri(target: Target, number: str, domain: str) -> URI:
-    """The To of the relayed INVITE: the route's URI as it is, or the number at our domain
-    for a device (its Contact is private)."""
-    uri = target.uri
-    if isinstance(uri, SipURI) and uri.unquote_user() == number:
-        return uri
-    return SipURI("sip", number, None, domain, None, {}, {})
-

@@ -13,6 +13,7 @@ import ipaddress
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import quote
 
 from sipdial.registrar import Binding
 from sipdial.sip import (
@@ -39,8 +40,10 @@ __all__ = [
     "Router",
     "Target",
     "Unavailable",
+    "callee_uri",
     "local_hosts",
     "parse_destination",
+    "user_uri",
 ]
 
 
@@ -171,6 +174,24 @@ class Router:
         if self.is_local_user(destination) or destination.uri is not None:
             return True
         return any(route.match.search(destination.number) for route in self._routes)
+
+
+def user_uri(user: str, host: str) -> SipURI:
+    """``sip:user@host`` with the user part escaped (RFC 3261 §25.1)."""
+    return SipURI("sip", quote(user, safe=_USER_SAFE), None, host.strip("[]"), None, {}, {})
+
+
+_USER_SAFE = "-_.!~*'()&=+$,;?/"  # unreserved and user-unreserved: not escaped
+
+
+def callee_uri(target: Target, number: str, domain: str) -> SipURI:
+    """The To of an INVITE to ``target`` for ``number``: the route's or URI's own address
+    (without its parameters), else the number at our domain (a device's Contact is
+    private and means nothing to anyone else)."""
+    uri = target.uri
+    if isinstance(uri, SipURI) and uri.user is not None and uri.unquote_user() == number:
+        return uri.copy(params={}, headers={})
+    return user_uri(number, domain)
 
 
 def _literal_peer(uri: URI) -> Peer | None:

@@ -126,7 +126,7 @@ class CallService:
         self.env = CallEnv(ua=ua, timers=ua.timers, config=config.calls,
                            domain=config.sip.domain, router=router, resolver=resolver,
                            auto_answer_rules=auto_answer_rules, rtp_sinks=rtp_sinks,
-                           on_change=self._changed, on_end=self._ended)
+                           on_change=self._changed, on_end=self._ended, bridges=set())
 
     # ------------------------------------------------------------ starting a call
 
@@ -259,6 +259,8 @@ class CallService:
         now = self.clock()
         for call in list(self.calls.values()):
             call.shut_down(now)
+        for bridge in list(self.env.bridges):  # a failure tone playing: BYE now, not later
+            bridge.release(now)
 
     # ------------------------------------------------------------ what calls tell us
 

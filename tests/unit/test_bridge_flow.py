@@ -207,6 +207,22 @@ def test_bridge_target_busy_plays_busy_tone_then_bye() -> None:
     flow.answered.take_request("BYE")
 
 
+def test_stopping_sipdial_during_the_busy_tone_byes_the_phone_at_once() -> None:
+    """The call has ended (target_busy) but its bridge still plays the tone: a shutdown
+    must not leave the phone without its BYE."""
+    flow, media, invite = to_bridge_target()
+    flow.target.reply(invite, 486, to_tag="tgt")
+    flow.target.take_request("ACK")
+    assert flow.cause == "target_busy" and playing(media) == "tone:busy:0"
+    assert len(flow.net.calls.env.bridges) == 1  # outlives its call while the tone plays
+    flow.net.core.shut_down(flow.net.now)
+    assert flow.answered is not None
+    flow.answered.reply(flow.answered.take_request("BYE"), 200)
+    assert not flow.net.calls.env.bridges
+    flow.net.advance(3.1)
+    assert flow.answered.nothing(), flow.answered.pending()  # the tone's timer is gone too
+
+
 def test_bridge_target_hangs_up_first() -> None:
     flow, _media, invite = to_bridge_target()
     flow.target.reply(invite, 200, to_tag="tgt", body=sdp_answer("10.7.7.7", 50000))
