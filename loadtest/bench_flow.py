@@ -4,7 +4,8 @@
 
 Run from the repository root (it imports ``tests.unit.simnet``). The real ``Endpoint``,
 ``TransactionLayer``, ``UserAgent``, ``Registrar``, ``Authenticator`` and the calls are
-wired by :func:`sipdial.app.build_core`, as in the app, and fed bytes by scripted phones, with a fake clock. There are
+wired by :func:`sipdial.app.build_core`, as in the app, and fed bytes by scripted phones,
+with a fake clock. There are
 NO sockets and NO reactor: what is measured is sipdial's own work per call (parse, transactions,
 dialogs, digest auth, call logic, serialise, timers), not the kernel or Twisted.
 

@@ -23,6 +23,7 @@ The whole behaviour is :data:`THIRD_PARTY_TABLE`.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 from sipdial.calls.bridging import (
@@ -48,12 +49,13 @@ from sipdial.calls.legs import (
 from sipdial.calls.media import CallMedia, Tone
 from sipdial.calls.routing import Resolver, Target
 from sipdial.media import digit_from_info
-from sipdial.sip import ClientTransaction, NameAddr, TimerHeap, sdp
+from sipdial.sip import ClientTransaction, NameAddr, Response, TimerHeap, sdp
 from sipdial.ua import UserAgent
 
 __all__ = ["THIRD_PARTY_TABLE", "TONE_SECONDS", "ThirdPartyBridge"]
 
 TONE_SECONDS = 3.0
+GLARE_MIN, GLARE_MAX = 2.1, 4.0  # RFC 3261 §14.1: the Call-ID's owner waits 2.1-4 s
 _RELAYED_METHODS = frozenset({"INVITE", "UPDATE", "INFO", "MESSAGE", "OPTIONS"})
 
 S, In, A = BridgeState, BridgeInput, BridgeAction
@@ -81,6 +83,9 @@ THIRD_PARTY_TABLE: BridgeTable = {
     # answered: the phone's re-INVITE moves its media to the destination
     (S.CONNECTING, In.PHONE_TOOK_MEDIA): (S.CONNECTED, (A.CLOSE_MEDIA,)),
     (S.CONNECTING, In.PHONE_REFUSED_MEDIA): (S.CONNECTING, (A.REPORT,)),
+    (S.CONNECTING, In.PHONE_GLARE): (S.CONNECTING, (A.REINVITE_LATER,)),
+    (S.CONNECTING, In.REINVITE_DUE): (S.CONNECTING, (A.REINVITE_PHONE,)),
+    **{(s, In.REINVITE_DUE): (s, _) for s in (S.ENDING, S.ENDED)},
     **{(s, In.CALLER_REQUEST): (s, (A.RELAY_TO_TARGET,)) for s in _UP},
     **{(s, In.TARGET_REQUEST): (s, (A.RELAY_TO_CALLER,)) for s in _UP},
     **{(s, In.TARGET_HUNG_UP): (s, (A.REPORT,)) for s in _UP},
@@ -125,6 +130,7 @@ class ThirdPartyBridge(Bridge):
         self.media = media
         self.reinvite: ClientTransaction | None = None
         self._on_end = on_end
+        self.rng = random.Random()
 
     def _ended(self, now: float) -> None:
         self._on_end(self)
@@ -145,9 +151,11 @@ class ThirdPartyBridge(Bridge):
             case PeerResponse(txn=txn, response=response) if txn is self.reinvite:
                 if response.status >= 200:
                     self.reinvite = None
-                    self.fire(BridgeInput.PHONE_TOOK_MEDIA if response.status < 300
+                    status = response.status
+                    self.fire(BridgeInput.PHONE_TOOK_MEDIA if status < 300
+                              else BridgeInput.PHONE_GLARE if status == 491
                               else BridgeInput.PHONE_REFUSED_MEDIA, now,
-                              Outcome(response.status), self._with_outcome)
+                              Outcome(status), self._with_outcome)
             case PeerResponse():
                 self.fire(BridgeInput.RESPONSE, now, event, self._with_response)
             case Acked():
@@ -159,6 +167,11 @@ class ThirdPartyBridge(Bridge):
 
     def _plain(self, action: BridgeAction, inp: BridgeInput, now: float) -> bool:
         match action:
+            case BridgeAction.REINVITE_PHONE if self.b is not None and self.b.answer:
+                self._reinvite_phone(self.b.answer, now)  # the retry after a 491
+            case BridgeAction.REINVITE_LATER:
+                delay = GLARE_MIN + self.rng.random() * (GLARE_MAX - GLARE_MIN)
+                self._timer = self.timers.schedule(now + delay, self._reinvite_due)
             case BridgeAction.PLAY_RINGBACK:
                 self.media.play_tone(Tone.RINGBACK)
             case BridgeAction.STOP_TONE:
@@ -172,12 +185,16 @@ class ThirdPartyBridge(Bridge):
     def _with_answer(self, action: BridgeAction, inp: BridgeInput, event: Answered,
                      now: float) -> bool:
         if action is BridgeAction.REINVITE_PHONE:
-            response = event.response
-            self.reinvite = self.phone.request(
-                "INVITE", now, body=response.body,
-                content_type=response.headers.get("Content-Type") or sdp.CONTENT_TYPE)
+            self._reinvite_phone(event.response, now)
             return True
         return super()._with_answer(action, inp, event, now)
+
+    def _reinvite_phone(self, answer: Response, now: float) -> None:
+        """Move the phone's media to the destination: re-INVITE it with the destination's
+        SDP (the destination's answer to the phone's own offer)."""
+        self.reinvite = self.phone.request(
+            "INVITE", now, body=answer.body,
+            content_type=answer.headers.get("Content-Type") or sdp.CONTENT_TYPE)
 
     def _with_outcome(self, action: BridgeAction, inp: BridgeInput, outcome: Outcome,
                       now: float) -> bool:
@@ -189,6 +206,10 @@ class ThirdPartyBridge(Bridge):
                 self.fire(BridgeInput.TONE_DONE, now, None, no_payload)
             return True
         return super()._with_outcome(action, inp, outcome, now)
+
+    def _reinvite_due(self, now: float) -> None:
+        self._timer = None
+        self.fire(BridgeInput.REINVITE_DUE, now, None, no_payload)
 
     def _tone_done(self, now: float) -> None:
         self._timer = None

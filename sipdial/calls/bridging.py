@@ -193,6 +193,8 @@ class BridgeInput(Symbol):
     ACK = "ACK of a relayed 2xx"
     PHONE_TOOK_MEDIA = "3PCC: 2xx to the phone's re-INVITE"
     PHONE_REFUSED_MEDIA = "3PCC: the phone refused the re-INVITE"
+    PHONE_GLARE = "3PCC: the phone answered the re-INVITE 491 (its own was under way)"
+    REINVITE_DUE = "3PCC: time to send the re-INVITE again (RFC 3261 §14.1)"
     RELEASE = "end both sides now"
     RELEASE_WITH_TONE = "3PCC: end both sides, the phone after a tone"
     TONE_DONE = "3PCC: the tone has played"
@@ -210,6 +212,7 @@ class BridgeAction(Symbol):
     HANG_UP_LATE_TARGET = "BYE a fork that answered too late"
     ANSWER_CALLER = "relay: answer the caller with the destination's SDP"
     REINVITE_PHONE = "3PCC: re-INVITE the phone with the destination's SDP"
+    REINVITE_LATER = "3PCC: after a 491, re-INVITE again in 2.1-4 s (we own the Call-ID)"
     CLOSE_MEDIA = "3PCC: release sipdial's RTP (media flows directly now)"
     CHECK_FORKS = "once every fork failed, fire TARGET_FAILED with the chosen status"
     CANCEL_FORKS = "CANCEL every fork"
@@ -355,6 +358,8 @@ class Bridge:
             return
         if self.state is BridgeState.ENDED:
             self._stop_timer()
+            if self.listener is None:  # a call of its own (dialled by hand): say how it ended
+                log.info("relayed call %s ended: %s", self.label, inp.value)
             self._ended(now)
 
     def _illegal(self, what: str, now: float) -> None:

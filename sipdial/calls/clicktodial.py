@@ -257,6 +257,8 @@ class ClickToDial:
             case Action.TARGET_CONNECTED:
                 if self.transfer is not None:
                     self.transfer.call_connected(now)
+                    if self.media is not None:  # the prompt is long over: free the port
+                        self.media.close()
             case Action.RELEASE_ALL:
                 self._release_all(now)
 

@@ -27,9 +27,6 @@ class PhoneSession:
         #: where the phone sends its audio: sipdial's RTP port for the call, or the sink
         self.media_at = media_at or sink
 
-    def offer(self) -> bytes:
-        return sdp.audio_offer(*self.media_at, session_id=self.session_id)
-
     def answer(self, event: PeerRequest, now: float) -> str | None:
         """Answer ``event``; returns the digit of a DTMF INFO, if it carried one."""
         request, txn, leg = event.request, event.txn, event.leg

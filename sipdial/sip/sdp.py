@@ -1,8 +1,8 @@
 """Minimal SDP (RFC 4566) for sipdial's own media offers, sans-IO.
 
-REFER mode never carries media through sipdial, but a phone must be offered a session it can
-accept. The offer points at sipdial's RTP sink port (audio is discarded there); bridge mode
-(a later issue) replaces the sink with a real RTP endpoint.
+sipdial offers the user's phone a session it can accept: in REFER mode without the prompt the
+offer points at sipdial's RTP sink (audio is discarded there); with the prompt and in bridge
+mode at the call's own RTP port (:mod:`sipdial.media`).
 """
 
 from __future__ import annotations

@@ -223,6 +223,29 @@ def test_stopping_sipdial_during_the_busy_tone_byes_the_phone_at_once() -> None:
     assert flow.answered.nothing(), flow.answered.pending()  # the tone's timer is gone too
 
 
+def test_a_491_to_the_phones_reinvite_is_retried_after_2_to_4_seconds() -> None:
+    """RFC 3261 §14.1: glare is not a failure; the Call-ID's owner (sipdial) tries again."""
+    flow, _media, invite = to_bridge_target()
+    flow.target.reply(invite, 200, to_tag="tgt", body=sdp_answer("10.7.7.7", 50000))
+    flow.target.take_request("ACK")
+    assert flow.answered is not None
+    first = flow.answered.take_request("INVITE")
+    flow.answered.reply(first, 491)
+    flow.answered.take_request("ACK")
+    assert flow.cause is None and flow.state == "connected"
+    flow.net.advance(2.0)
+    assert flow.answered.nothing(), flow.answered.pending()  # not before 2.1 s
+    flow.net.advance(2.1)
+    again, *retransmitted = flow.answered.received()  # timer A may have fired meanwhile
+    assert isinstance(again, Request) and again.method == "INVITE"
+    assert all(m.to_bytes() == again.to_bytes() for m in retransmitted)
+    assert sdp.media_address(again.body) == ("10.7.7.7", 50000)
+    assert cseq(again).number > cseq(first).number
+    flow.answered.reply(again, 200, body=sdp_answer())
+    flow.answered.take_request("ACK")
+    assert flow.state == "connected" and flow.cause is None
+
+
 def test_bridge_target_hangs_up_first() -> None:
     flow, _media, invite = to_bridge_target()
     flow.target.reply(invite, 200, to_tag="tgt", body=sdp_answer("10.7.7.7", 50000))
