@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TextIO
 
+from sipdial.vocabulary import CallState, Mode
+
 __all__ = ["main"]
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -125,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     call.add_argument(
         "--mode",
-        choices=("refer", "bridge"),
+        choices=tuple(Mode),
         help="transfer the phone to TO (refer) or call TO and join the two (bridge); "
         "default: the server's",
     )
@@ -392,7 +394,7 @@ def _call(
     try:
         while True:
             progress.show(call)
-            if call.get("state") == "ended":
+            if call.get("state") == CallState.ENDED:
                 cause = call.get("cause")
                 print(f"cause: {cause}", file=out)
                 return EXIT_OK if cause == "completed" else EXIT_CALL_FAILED

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, TypeVar
 
-from sipdial.calls.states import Mode
+from sipdial.vocabulary import Mode
 
 __all__ = [
     "ApiConfig",

@@ -21,6 +21,7 @@ import enum
 from typing import TypeAlias
 
 from sipdial.sip import Symbol
+from sipdial.vocabulary import CallState, Cause, Mode
 
 __all__ = [
     "TRANSITIONS",
@@ -35,43 +36,6 @@ __all__ = [
     "transition",
     "user_failure_input",
 ]
-
-
-class CallState(enum.StrEnum):
-    """The states of a click-to-dial call, in the order a successful call passes them."""
-
-    CALLING_USER = "calling_user"
-    USER_RINGING = "user_ringing"
-    USER_ANSWERED = "user_answered"
-    AWAITING_CONFIRMATION = "awaiting_confirmation"
-    CALLING_TARGET = "calling_target"
-    TARGET_RINGING = "target_ringing"
-    CONNECTED = "connected"
-    ENDED = "ended"
-
-
-class Mode(enum.StrEnum):
-    """How the user's phone is connected to the target."""
-
-    REFER = "refer"  #: the phone is REFERred to the target (through sipdial)
-    BRIDGE = "bridge"  #: sipdial calls the target and joins the two (3PCC)
-
-
-class Cause(enum.StrEnum):
-    COMPLETED = "completed"
-    USER_BUSY = "user_busy"
-    USER_REJECTED = "user_rejected"
-    USER_NO_ANSWER = "user_no_answer"
-    USER_HUNG_UP = "user_hung_up"
-    NOT_CONFIRMED = "not_confirmed"
-    TARGET_BUSY = "target_busy"
-    TARGET_NO_ANSWER = "target_no_answer"
-    TARGET_UNAVAILABLE = "target_unavailable"  # a local extension with no registered device
-    TARGET_FAILED = "target_failed"
-    REFER_FAILED = "refer_failed"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-    INTERRUPTED = "interrupted"  # sipdial stopped (cleanly, or found at start after a crash)
 
 
 class Phase(Symbol):

@@ -39,7 +39,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from sipdial.calls import CallState, Cause
+from sipdial.vocabulary import CallState, Cause
 
 __all__ = ["EVENTS_BY_STATE", "EventName", "EventSpec", "events_for", "is_missed"]
 
