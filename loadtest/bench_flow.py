@@ -44,10 +44,17 @@ from types import BuiltinFunctionType, CodeType, FunctionType, MethodType, Modul
 
 from sipdial.calls import CallRefused, CallRequest
 from sipdial.config import Config
-from sipdial.sip.message import Message, Request, Response, call_id, parse_message
-from sipdial.sip.peer import Peer
-from sipdial.sip.uri import NameAddr, parse_name_addr_list
-from sipdial.store.models import CallEvent, CallRecord, RegistrationRecord
+from sipdial.sip import (
+    Message,
+    NameAddr,
+    Peer,
+    Request,
+    Response,
+    call_id,
+    parse_message,
+    parse_name_addr_list,
+)
+from sipdial.store import CallEvent, CallRecord, RegistrationRecord
 from tests.unit.simnet import (
     FakeStore,
     Phone,

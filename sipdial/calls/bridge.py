@@ -200,7 +200,7 @@ class ThirdPartyBridge(Bridge):
                       now: float) -> bool:
         if action is BridgeAction.PLAY_TONE:
             if outcome.tone is not None and self.phone.state is LegState.CONFIRMED \
-                    and self.media.play_tone(Tone(outcome.tone), loop=True):
+                    and self.media.play_tone(outcome.tone, loop=True):
                 self._timer = self.timers.schedule(now + TONE_SECONDS, self._tone_done)
             else:
                 self.fire(BridgeInput.TONE_DONE, now, None, no_payload)

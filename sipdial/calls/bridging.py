@@ -35,6 +35,7 @@ from sipdial.calls.legs import (
     UacLeg,
     UasLeg,
 )
+from sipdial.calls.media import Tone
 from sipdial.calls.routing import Resolver, Target
 from sipdial.calls.states import Input, target_failure_input
 from sipdial.sip import (
@@ -253,7 +254,7 @@ class Outcome:
 
     code: int | None = None
     detail: str | None = None
-    tone: str | None = None
+    tone: Tone | None = None
 
 
 P = TypeVar("P")
@@ -311,7 +312,7 @@ class Bridge:
         self.started_at = now
         self.fire(BridgeInput.START, now, None, no_payload)
 
-    def release(self, now: float, tone: str | None = None) -> None:
+    def release(self, now: float, tone: Tone | None = None) -> None:
         """End both sides; with ``tone`` (3PCC) the phone hears it before the BYE."""
         if tone is None:
             self.fire(BridgeInput.RELEASE, now, None, no_payload)

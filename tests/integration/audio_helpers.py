@@ -11,10 +11,11 @@ from __future__ import annotations
 import array
 import math
 import struct
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from tests.integration.c2d_helpers import wait_until
 
 RATE = 8000
 
@@ -54,18 +55,6 @@ def wait_recorded(phone: Any, seconds: float, timeout: float) -> None:
     """Until the phone has recorded ``seconds`` of audio (bounded)."""
     wait_until(lambda: recorded_seconds(phone) >= seconds, timeout,
                f"{seconds} s of audio recorded by {phone.name}")
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str,
-               interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 # ------------------------------------------------------------------ analysis

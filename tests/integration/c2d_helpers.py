@@ -69,11 +69,13 @@ def place_call(sd: Sipdial, uid: str = "201", to: str = TARGET,
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str,
                interval: float = 0.05) -> Any:
-    """Poll ``check`` until it returns something other than None/False (bounded)."""
+    """Poll ``check`` until it returns something true (bounded): True, a non-empty list, a
+    document. An empty list is *not* done (it used to be, so a check for "the CANCEL is in
+    the history" passed at once and the test then indexed an empty list)."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
-        if result is not None and result is not False:
+        if result:
             return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -20,26 +20,28 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
-from sipdial.api.calls_api import CallsApi
+from sipdial.api import CallsApi
 from sipdial.app import build_core
 from sipdial.calls import CallRequest, MediaPort, Mode, PromptSource, Resolver
 from sipdial.config import Config, parse_config
-from sipdial.sip.auth import answer_challenge, parse_challenges, preferred_challenge
-from sipdial.sip.message import (
+from sipdial.sip import (
     Message,
+    Peer,
     Request,
     Response,
+    answer_challenge,
     call_id,
     cseq,
     from_,
     make_response,
+    parse_challenges,
     parse_message,
+    parse_name_addr_list,
+    preferred_challenge,
     to,
     top_via,
 )
-from sipdial.sip.peer import Peer
-from sipdial.sip.uri import parse_name_addr_list
-from sipdial.store.models import CallEvent, CallRecord, RegistrationRecord
+from sipdial.store import CallEvent, CallRecord, RegistrationRecord
 
 START = 1_700_000_000.0
 SIPDIAL_UDP = Peer("udp", "127.0.0.1", 5060)
