@@ -55,6 +55,8 @@ from sipdial.store import RegistrationRecord, SqliteStore
 from sipdial.transport import DnsResolver, SipDriver
 from sipdial.ua import UserAgent
 
+__all__ = ["Core", "CoreStore", "LagMonitor", "Running", "build_core", "serve", "start"]
+
 log = logging.getLogger("sipdial")
 
 SWEEP_INTERVAL = 10.0
@@ -191,11 +193,11 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
     router = Router(users.keys(), config.routes, registrar.contacts,
                     local_hosts(config.sip.domain, [a.host for a in config.sip.listen]))
     rules = rules_from_config([dict(e) for e in config.auto_answer]) + DEFAULT_RULES
+    resolver = resolver or NumericResolver(clock)
     calls = CallService(config, ua, registrar, router, store, events, clock,
-                        auto_answer_rules=rules, rtp_sinks=rtp_sinks,
-                        resolver=resolver or NumericResolver(clock), media=media,
-                        prompts=prompts, load=load)
-    inbound = InboundRouter(config, ua, auth, router, calls)
+                        auto_answer_rules=rules, rtp_sinks=rtp_sinks, resolver=resolver,
+                        media=media, prompts=prompts, load=load)
+    inbound = InboundRouter(config, ua, auth, router, calls, resolver)
     return Core(config, timers, endpoint, auth, registrar, ua, router, calls, inbound)
 
 

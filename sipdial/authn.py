@@ -22,6 +22,7 @@ from sipdial.sip import (
     parse_uri,
 )
 
+__all__ = ["Authenticator"]
 
 class Authenticator:
     def __init__(self, realm: str, lookup_password: Callable[[str], str | None],

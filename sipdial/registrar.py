@@ -29,6 +29,8 @@ from sipdial.sip import (
 )
 from sipdial.store import iso_time
 
+__all__ = ["Binding", "BindingHook", "ExpiryLimits", "Registrar"]
+
 log = logging.getLogger("sipdial.registrar")
 
 

@@ -108,10 +108,10 @@ class CallsApi:
         return [b.to_json(now) for b in bindings]
 
     def known_user(self, user: str) -> bool:
-        return user in self._calls.users
+        return self._calls.knows_user(user)
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok",
-                "calls": len(self._calls.calls),  # click-to-dial calls in progress
-                "relayed_calls": len(self._inbound.relayed),  # phones' calls via sipdial
+                "calls": self._calls.count,  # click-to-dial calls in progress
+                "relayed_calls": self._inbound.count,  # the phones' own calls, relayed
                 "registrations": len(self._registrar.all(self._clock()))}

@@ -109,6 +109,12 @@ class Forks:
 # ---------------------------------------------------------------------------- relay
 
 
+def no_dialog_status(method: str) -> int:
+    """What to answer a request the other side cannot take now: a re-INVITE 491 (an offer
+    is pending or the other side is not up yet: retry, RFC 3261 §14.2), anything else 481."""
+    return 491 if method == "INVITE" else 481
+
+
 class Relay:
     """Relays in-dialog requests (re-INVITE, UPDATE, INFO …) from one leg to the other and
     their final responses back: what keeps a B2BUA transparent after the call is up."""
@@ -124,7 +130,7 @@ class Relay:
         out = to.request(request.method, now, body=request.body,
                          content_type=request.headers.get("Content-Type"))
         if out is None:  # the other side has no dialog (yet, or any more)
-            self.ua.endpoint.reply(event.txn, 491 if request.method == "INVITE" else 481, now)
+            self.ua.endpoint.reply(event.txn, no_dialog_status(request.method), now)
             return
         self._pending[out] = (event.txn, came_on)
         if request.method == "INVITE" and not request.body:
@@ -458,8 +464,7 @@ class Bridge:
             case BridgeAction.RELAY_TO_CALLER:
                 self.relay.forward(event, self.caller_leg, now)
             case BridgeAction.REFUSE_REQUEST:
-                self.ua.endpoint.reply(event.txn, 491 if event.request.method == "INVITE"
-                                       else 481, now)
+                self.ua.endpoint.reply(event.txn, no_dialog_status(event.request.method), now)
             case _:
                 return False
         return True

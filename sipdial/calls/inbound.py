@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 from sipdial.authn import Authenticator
 from sipdial.calls.b2bua import RelayedCall
 from sipdial.calls.clicktodial import C2D_PARAM
-from sipdial.calls.routing import Destination, NoRoute, Router, Unavailable, callee_uri, user_uri
+from sipdial.calls.routing import (
+    Destination,
+    NoRoute,
+    Resolver,
+    Router,
+    Unavailable,
+    callee_uri,
+    user_uri,
+)
 from sipdial.calls.service import CallService
 from sipdial.calls.states import Input
 from sipdial.sip import URI, NameAddr, Response, SipURI
@@ -32,12 +40,13 @@ log = logging.getLogger("sipdial.calls")
 
 class InboundRouter:
     def __init__(self, config: Config, ua: UserAgent, auth: Authenticator, router: Router,
-                 calls: CallService) -> None:
+                 calls: CallService, resolver: Resolver) -> None:
         self.config = config
         self.ua = ua
         self.auth = auth
         self.router = router
         self.calls = calls
+        self.resolver = resolver
         self.users = config.users
         self.domain = config.sip.domain
         self.relayed: set[RelayedCall] = set()
@@ -84,7 +93,7 @@ class InboundRouter:
             caller=NameAddr(caller_uri, user.name or None),
             callee=NameAddr(callee_uri(routed[0], destination.number, self.domain)),
             answer_timeout=self.config.calls.target_answer_timeout, listener=c2d,
-            label=label, resolver=self.calls.env.resolver, on_end=self.relayed.discard)
+            label=label, resolver=self.resolver, on_end=self.relayed.discard)
         self.relayed.add(relayed)
         log.info("relaying %s (%s)", label, f"call {c2d.id}" if c2d is not None else "dialled")
         if c2d is not None:
@@ -98,6 +107,11 @@ class InboundRouter:
                 endpoint.reply(txn, 503, now)
             if c2d is not None:
                 c2d.target_event(Input.TARGET_FAILED, now, 503, "could not call the target")
+
+    @property
+    def count(self) -> int:
+        """Calls being relayed (the phones' own calls through sipdial)."""
+        return len(self.relayed)
 
     def sweep(self, now: float) -> int:
         """Release relayed calls older than ``calls.max_duration``; returns how many."""

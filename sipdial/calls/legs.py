@@ -48,7 +48,7 @@ from sipdial.sip import (
     parse_challenges,
     preferred_challenge,
 )
-from sipdial.ua import DialogAck, DialogEvent, DialogRequest, UserAgent
+from sipdial.ua import ALLOW, DialogAck, DialogEvent, DialogRequest, UserAgent
 
 if TYPE_CHECKING:
     from sipdial.calls.routing import Resolver
@@ -57,7 +57,8 @@ log = logging.getLogger("sipdial.calls")
 
 # RFC 3326: tells devices that lost the race not to log a missed call
 ANSWERED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
-LEG_ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY, INFO, UPDATE"
+#: a leg's INVITE allows what the UA does, but REGISTER (sipdial is no registrar for peers)
+LEG_ALLOW = ", ".join(m.strip() for m in ALLOW.split(",") if m.strip() != "REGISTER")
 
 
 # ---------------------------------------------------------------------------- events

@@ -216,6 +216,14 @@ class CallService:
 
     # ------------------------------------------------------------ live calls
 
+    @property
+    def count(self) -> int:
+        """Click-to-dial calls in progress."""
+        return len(self.calls)
+
+    def knows_user(self, user: str) -> bool:
+        return user in self.users
+
     def live(self, call_id: str) -> ClickToDial | None:
         return self.calls.get(call_id)
 
