@@ -190,7 +190,7 @@ def callee_uri(target: Target, number: str, domain: str) -> SipURI:
     private and means nothing to anyone else)."""
     uri = target.uri
     if isinstance(uri, SipURI) and uri.user is not None and uri.unquote_user() == number:
-        return uri.copy(params={}, headers={})
+        return SipURI(uri.scheme, uri.user, None, uri.host, uri.port, {}, {})
     return user_uri(number, domain)
 
 
