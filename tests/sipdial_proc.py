@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 ADMIN = "admin-secret"
+MEDIA_PORTS = (20000, 29998)
 
 
 def config_text(db: Path, *, users: list[dict[str, Any]], routes: list[dict[str, str]],
@@ -49,6 +50,11 @@ def config_text(db: Path, *, users: list[dict[str, Any]], routes: list[dict[str,
         lines.append("[calls]")
         for key, value in calls.items():
             lines.append(f"{key} = {json.dumps(value)}")
+    if "[media]" not in extra:
+        # RTP below the kernel's ephemeral range: a call's RTP port must not take the port a
+        # test peer has just let go of and is about to bind again (SippPhone: REGISTER, then
+        # the UAS scenario on the same port)
+        lines += ["[media]", f"port_min = {MEDIA_PORTS[0]}", f"port_max = {MEDIA_PORTS[1]}"]
     return "\n".join(lines) + "\n" + extra
 
 

@@ -77,11 +77,12 @@ def _without_telephone_event(phone: Any) -> None:
 
 
 def _pyvoip_answer(sd: Any) -> str:
-    """pyVoIP's 200 OK to sipdial's INVITE (its SDP answer)."""
-    answers = [m for m in responses(sipdial_trace(sd), "INVITE", "in")
-               if m.status == 200 and "pyVoIP" in m.text]
-    assert answers, "no 200 OK from pyVoIP"
-    return answers[0].text
+    """pyVoIP's 200 OK to sipdial's INVITE (its SDP answer), from sipdial's trace. The log is
+    read from sipdial's stdout by a thread of the test harness: wait until it has the line."""
+    answers = wait_until(lambda: [m for m in responses(sipdial_trace(sd), "INVITE", "in")
+                                  if m.status == 200 and "pyVoIP" in m.text], 5,
+                         "pyVoIP's 200 OK in sipdial's trace")
+    return str(answers[0].text)
 
 
 def _left_the_prompt(sd: Any, call_id: str) -> dict[str, Any] | None:

@@ -398,3 +398,26 @@ def test_an_invite_without_offer_is_relayed_with_the_answer_in_the_ack() -> None
     phone.send(ack)
     target_ack = target.take_request("ACK")
     assert target_ack.body == answer
+
+
+# ----------------------------------------------------------------- one line per change
+
+
+def test_info_log_has_one_line_per_call_state_change_and_registration(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="sipdial"):
+        flow = Flow()
+        flow.create()
+        flow.ring()
+        flow.phone.reply(flow.invite(), 486, to_tag="busy")
+    lines = [r.getMessage() for r in caplog.records if r.name == "sipdial.calls"]
+    call = flow.call_id
+    assert [line for line in lines if line.startswith(f"call {call}")] == [
+        f"call {call} user 201: calling_user to=+4930123 mode=refer (1 device(s))",
+        f"call {call} user 201: user_ringing sip=180 (sip:201@192.168.1.10:5070)",
+        f"call {call} user 201: ended cause=user_busy sip=486 (sip:201@192.168.1.10:5070)",
+    ]
+    registrations = [r.getMessage() for r in caplog.records if r.name == "sipdial.registrar"]
+    assert registrations == [
+        "registered 201 at sip:201@192.168.1.10:5070 from udp:127.0.0.1:5070 "
+        "(Yealink SIP-T46S 66.86.0.15)"]
