@@ -42,6 +42,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from types import BuiltinFunctionType, CodeType, FunctionType, MethodType, ModuleType
 
+from sipdial.app import tune_gc
 from sipdial.calls import CallRefused, CallRequest
 from sipdial.config import Config
 from sipdial.sip import (
@@ -645,7 +646,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the memory pass")
     parser.add_argument("--profile", action="store_true",
                         help="also run a cProfile pass and print the top 20")
+    parser.add_argument("--serve-gc", action="store_true",
+                        help="the garbage-collector settings `sipdial serve` uses "
+                             "(sipdial.app.tune_gc) instead of Python's defaults")
     args = parser.parse_args(argv)
+    if args.serve_gc:
+        tune_gc()
     if args.calls < 1 or args.concurrency < 1 or not 0 < args.tick < 0.5:
         parser.error("--calls and --concurrency must be >= 1, 0 < --tick < 0.5")
     mem = None if args.no_memory else memory_pass(args)  # first: RSS of a fresh heap

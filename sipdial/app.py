@@ -55,7 +55,7 @@ from sipdial.store import RegistrationRecord, SqliteStore
 from sipdial.transport import DnsResolver, SipDriver
 from sipdial.ua import UserAgent
 
-__all__ = ["Core", "CoreStore", "LagMonitor", "Running", "build_core", "serve", "start"]
+__all__ = ["Core", "CoreStore", "LagMonitor", "Running", "build_core", "serve", "start", "tune_gc"]
 
 log = logging.getLogger("sipdial")
 
@@ -366,7 +366,7 @@ def _route_twisted_logs() -> None:
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Calls are short-lived object graphs with cycles; the default thresholds made the
     collector ~45% of the CPU per call (loadtest/README.md). Freeze what start-up built and
     collect young objects less often."""
@@ -390,7 +390,7 @@ def serve(config_path: str, ready_file: str | None = None) -> int:
     except (ConfigError, OSError) as exc:
         print(f"sipdial: {config_path}: {exc}", file=sys.stderr)
         return 2
-    _tune_gc()
+    tune_gc()
     exit_code = [0]
     holder: list[Running] = []
 
