@@ -9,45 +9,28 @@ callback has run, and is bounded by ``WAIT``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.internet import defer, protocol
-from twisted.internet.selectreactor import SelectReactor
 from twisted.names import authority, dns, server
 
 from sipdial.sip.peer import Peer
 from sipdial.sip.rfc3263 import ResolveError
 from sipdial.sip.uri import SipURI
 from sipdial.transport.dns import DnsResolver
+from tests.integration.reactor_helpers import WAIT, pump
 
 pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
-WAIT = 5.0  # seconds, upper bound of every wait
 
 Result = list[Peer] | ResolveError
 
 
-@pytest.fixture
-def reactor() -> Iterator[Any]:
-    r: Any = SelectReactor()
-    yield r
-    for port in list(r.getReaders()):  # anything a test left open
-        if hasattr(port, "stopListening"):
-            port.stopListening()
-    r.iterate(0)  # UDP ports close at the next iteration
 
 
-def pump(reactor: Any, done: Callable[[], bool], what: str) -> None:
-    """Run ``reactor`` until ``done()``; fail after ``WAIT`` seconds."""
-    deadline = time.monotonic() + WAIT
-    while not done():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        reactor.iterate(0.02)
 
 
 class Zone(authority.FileAuthority):

@@ -11,23 +11,21 @@ import errno
 import math
 import socket
 import struct
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from twisted.internet import protocol
-from twisted.internet.selectreactor import SelectReactor
 
 from sipdial.media.g711 import pcm_to_ulaw
 from sipdial.media.prompt import PromptLibrary
 from sipdial.media.rtp import PCMA, PCMU, TELEPHONE_EVENT, RtpSender, parse_rtp
 from sipdial.media.transport import MediaManager, MediaPortsExhausted
+from tests.integration.reactor_helpers import pump
 
 pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
-WAIT = 5.0  # seconds, upper bound of every wait
 
 
 @pytest.fixture(scope="module")
@@ -35,23 +33,8 @@ def prompts() -> PromptLibrary:
     return PromptLibrary.load()
 
 
-@pytest.fixture
-def reactor() -> Iterator[Any]:
-    r: Any = SelectReactor()
-    yield r
-    for port in list(r.getReaders()):  # anything a failed test left open
-        if hasattr(port, "stopListening"):
-            port.stopListening()
-    r.iterate(0)  # UDP ports close at the next iteration
 
 
-def pump(reactor: Any, done: Callable[[], bool], what: str) -> None:
-    """Run ``reactor`` until ``done()``; fail after ``WAIT`` seconds."""
-    deadline = time.monotonic() + WAIT
-    while not done():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        reactor.iterate(0.05)
 
 
 class Phone(protocol.DatagramProtocol):
