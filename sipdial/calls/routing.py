@@ -131,7 +131,10 @@ def parse_destination(to: str, local_hosts: Collection[str]) -> Destination:
         raise ValueError(f"no user part in {to!r}")
     if uri.scheme == "tel" or uri.host.lower() in local_hosts:
         return Destination(user)
-    return Destination(user, uri)
+    # a Request-URI carries no headers and no method (RFC 3261 §19.1.5, table 1): an API
+    # client's "?Subject=..." or ";method=..." does not reach the target's INVITE
+    params = {k: v for k, v in uri.params.items() if k != "method"}
+    return Destination(user, SipURI(uri.scheme, uri.user, None, uri.host, uri.port, params, {}))
 
 
 class Router:

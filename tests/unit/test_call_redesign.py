@@ -56,6 +56,9 @@ def _refused(flow: Flow, **create: Any) -> ApiError:
     ("sip:bob@example.com", "bob", "sip:bob@example.com"),
     ("sips:bob@example.com", "bob", "sips:bob@example.com"),  # was the user "sips:bob"
     ("sip:alice@192.0.2.7:5090", "alice", "sip:alice@192.0.2.7:5090"),
+    # what a Request-URI may not carry is dropped (RFC 3261 §19.1.5)
+    ("sip:bob@example.com;method=REGISTER?Subject=hi", "bob", "sip:bob@example.com"),
+    ("sip:bob:pw@example.com;transport=tcp", "bob", "sip:bob@example.com;transport=tcp"),
 ])
 def test_destinations_are_parsed_with_the_uri_grammar(to: str, number: str,
                                                       uri: str | None) -> None:
