@@ -48,6 +48,7 @@ from sipdial.sip import (
     SipURI,
     TimerConfig,
     TimerHeap,
+    family,
     parse_uri,
     peer_for_uri,
 )
@@ -283,11 +284,10 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     # where REFER-mode offers point the phones' audio, one sink per address family
     sinks: dict[int, tuple[str, int]] = {}
     for addr in config.sip.listen:
-        family = 6 if ":" in addr.host else 4
-        if family not in sinks:
+        if family(addr.host) not in sinks:
             sink = reactor.listenUDP(0, _RtpSink(), interface=addr.host)
             listeners.append(sink)
-            sinks[family] = (addr.host, sink.getHost().port)
+            sinks[family(addr.host)] = (addr.host, sink.getHost().port)
 
     # sipdial's own RTP: prompts decoded and G.711-encoded once, here
     prompts = PromptLibrary.load(custom_file=config.media.prompt_file)

@@ -56,7 +56,7 @@ from sipdial.calls.states import (
 )
 from sipdial.calls.transfer import Transfer
 from sipdial.registrar import Binding
-from sipdial.sip import NameAddr, Peer, TimerHandle, TimerHeap, parse_uri, sdp
+from sipdial.sip import NameAddr, Peer, TimerHandle, TimerHeap, family, parse_uri, sdp
 from sipdial.store import CallEvent, CallRecord
 from sipdial.ua import UserAgent
 
@@ -94,8 +94,7 @@ class CallEnv:
     bridges: set[ThirdPartyBridge]
 
     def sink_for(self, peer: Peer) -> tuple[str, int]:
-        family = 6 if ":" in peer.host else 4
-        return self.rtp_sinks.get(family) or next(iter(self.rtp_sinks.values()))
+        return self.rtp_sinks.get(family(peer.host)) or next(iter(self.rtp_sinks.values()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +119,6 @@ class ClickToDial:
         self.destination = destination
         self.bindings = bindings
         self.options = options
-        self.auto_answer = options.auto_answer and len(bindings) == 1
         self.media = media  # sipdial's own RTP: the prompt, tones, DTMF (None: not needed)
         self.phase = Phase(CallState(record.state))
         self.forks = Forks([])
@@ -225,7 +223,6 @@ class ClickToDial:
                 assert leg is not None
                 self.user_leg = leg
                 self.record.device = leg.label
-                self.record.auto_answer = self.auto_answer
                 self.forks.cancel_others(leg, now)
                 self.session = PhoneSession(
                     self.env.ua, self._session_id,
@@ -269,14 +266,14 @@ class ClickToDial:
         number = self.destination.number
         caller = NameAddr(user_uri(number, env.domain), self.record.to)
         callee = NameAddr(user_uri(self.user.id, env.domain), self.user.name or None)
+        media_at = self.media.address if self.media is not None else None
         legs = []
         for binding in self.bindings:
             extra = [("P-Asserted-Identity", str(caller))]
-            if self.auto_answer:
+            if self.options.auto_answer:
                 extra += auto_answer_headers(binding.user_agent,
-                                             local_uri=f"sip:sipdial@{env.domain}",
+                                             local_uri=str(user_uri("sipdial", env.domain)),
                                              rules=env.auto_answer_rules)
-            media_at = self.media.address if self.media is not None else None
             offer = sdp.audio_offer(*(media_at or env.sink_for(binding.peer)),
                                     session_id=self._session_id)
             legs.append(UacLeg(env.ua, self, uri=parse_uri(binding.contact), peer=binding.peer,
@@ -421,7 +418,7 @@ class ClickToDial:
         self.transfer = Transfer(
             phone, self.session, env.timers, self,
             refer_to=self._refer_to(phone.peer),
-            referred_by=f"<sip:{self.user.id}@{env.domain}>",
+            referred_by=f"<{user_uri(self.user.id, env.domain)}>",
             timeout=env.config.refer_timeout, label=self.id)
         self.transfer.start(now)
 

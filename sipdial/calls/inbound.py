@@ -98,15 +98,9 @@ class InboundRouter:
         log.info("relaying %s (%s)", label, f"call {c2d.id}" if c2d is not None else "dialled")
         if c2d is not None:
             c2d.referred_call(relayed, now)
-        try:
-            relayed.start(now)
-        except Exception:  # e.g. a route over a transport sipdial does not listen on
-            log.exception("could not call %s for %s", destination.number, user.id)
-            relayed.release(now)
-            if not txn.answered:
-                endpoint.reply(txn, 503, now)
-            if c2d is not None:
-                c2d.target_event(Input.TARGET_FAILED, now, 503, "could not call the target")
+        # a target that cannot be sent to (no address, no listener for its transport) fails
+        # like a 503 inside its leg; a bug ends the relay (and its call) as failed
+        relayed.start(now)
 
     @property
     def count(self) -> int:

@@ -454,11 +454,8 @@ class _Leg:
         txn = event.txn
         if not isinstance(txn, ClientTransaction) or txn.method in ("BYE", "CANCEL"):
             return
-        if isinstance(event, ResponseReceived):
-            response = event.response
-        else:  # §8.1.3.1: no answer is a 408, no transport a 503
-            response = make_response(txn.request,
-                                     503 if isinstance(event, TransportError) else 408)
+        response = event.response if isinstance(event, ResponseReceived) \
+            else make_response(txn.request, _status_of(event))
         dialog = self.dialog
         if dialog is not None and txn.method in ("INVITE", "UPDATE") \
                 and 200 <= response.status < 300:
@@ -566,6 +563,13 @@ class _Leg:
 
 def _nothing(action: LegAction, payload: None, now: float) -> bool:
     return False
+
+
+def _status_of(event: ResponseReceived | TransactionTimeout | TransportError) -> int:
+    """The response's status; §8.1.3.1: no answer counts as 408, no transport as 503."""
+    if isinstance(event, ResponseReceived):
+        return event.response.status
+    return 503 if isinstance(event, TransportError) else 408
 
 
 class UacLeg(_Leg):
@@ -691,10 +695,7 @@ class UacLeg(_Leg):
     def _client_event(self, event: ResponseReceived | TransactionTimeout | TransportError,
                       now: float) -> None:
         txn = event.txn
-        if isinstance(event, ResponseReceived):
-            status = event.response.status
-        else:  # §8.1.3.1: no answer is a 408, no transport a 503
-            status = 503 if isinstance(event, TransportError) else 408
+        status = _status_of(event)
         if txn is not self.invite_txn:
             if txn is self._refresh_txn:
                 if status >= 200:

@@ -8,7 +8,6 @@ goes at a given moment. Both are sans-IO.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from sipdial.sip import (
     SipError,
     SipURI,
     Step,
+    is_ip_literal,
     parse_uri,
     peer_for_uri,
     plan,
@@ -164,19 +164,28 @@ class Router:
             return [Target(parse_uri(b.contact), b.peer, None, b.device) for b in bindings]
         if destination.uri is not None:
             return [Target(destination.uri, _literal_peer(destination.uri), None, "uri")]
-        for route in self._routes:
-            if route.match.search(number):
-                uri = parse_uri(route.target_uri(number))
-                creds = (route.username, route.password) \
-                    if route.username and route.password is not None else None
-                return [Target(uri, _literal_peer(uri), creds, "route")]
-        return NoRoute(number)
+        route = self._route_for(number)
+        if route is None:
+            return NoRoute(number)
+        try:
+            # the number goes into the template escaped: whatever a phone put in its
+            # Request-URI ("%40evil.example", "%0D%0A") cannot change the route's host or
+            # reach a header
+            uri = parse_uri(route.target_uri(quote(number, safe=_USER_SAFE)))
+        except SipError:
+            return NoRoute(number)
+        creds = (route.username, route.password) \
+            if route.username and route.password is not None else None
+        return [Target(uri, _literal_peer(uri), creds, "route")]
 
     def routable(self, destination: Destination) -> bool:
         """Whether ``destination`` has somewhere to go (ignoring registrations)."""
-        if self.is_local_user(destination) or destination.uri is not None:
-            return True
-        return any(route.match.search(destination.number) for route in self._routes)
+        return (self.is_local_user(destination) or destination.uri is not None
+                or self._route_for(destination.number) is not None)
+
+    def _route_for(self, number: str) -> RouteConfig | None:
+        """The first ``[[routes]]`` entry matching ``number``."""
+        return next((r for r in self._routes if r.match.search(number)), None)
 
 
 def user_uri(user: str, host: str) -> SipURI:
@@ -201,18 +210,9 @@ def _literal_peer(uri: URI) -> Peer | None:
     """The peer of a URI whose host is an IP literal (no lookup needed), else None."""
     if not isinstance(uri, SipURI) or uri.scheme == "tel":
         return None
-    if not _is_ip(uri.params.get("maddr") or uri.host):
+    if not is_ip_literal(uri.params.get("maddr") or uri.host):
         return None
     return peer_for_uri(uri)
-
-
-@functools.lru_cache(maxsize=256)
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def local_hosts(domain: str, listen_hosts: Sequence[str]) -> frozenset[str]:

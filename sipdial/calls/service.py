@@ -140,7 +140,8 @@ class CallService:
         confirm = request.confirm
         if confirm is None:
             confirm = profile.confirm if profile.confirm is not None else config.calls.confirm
-        if (mode is Mode.BRIDGE or confirm) and (self.media is None or self.prompts is None):
+        needs_media = mode is Mode.BRIDGE or confirm  # sipdial's own RTP: tones, prompt
+        if needs_media and (self.media is None or self.prompts is None):
             raise CallRefused(Refusal.MEDIA_UNAVAILABLE,
                               "bridge mode and the confirmation prompt need sipdial's media "
                               "(RTP) support, which is not running")
@@ -170,17 +171,18 @@ class CallService:
                                   f"user {request.user} has no registered device {device!r}")
             bindings = bindings[:1]
         wants_auto = profile.auto_answer if request.auto_answer is None else request.auto_answer
-        options = Options(mode=mode, auto_answer=wants_auto, confirm=confirm,
+        # auto-answer only when exactly one device rings: never answer a forked call for it
+        auto_answer = wants_auto and len(bindings) == 1
+        options = Options(mode=mode, auto_answer=auto_answer, confirm=confirm,
                           language=profile.language or config.calls.language,
                           caller_id=request.caller_id,
                           clir=profile.clir if request.clir is None else request.clir)
         record = CallRecord(id=uuid.uuid4().hex, user=request.user, to=request.to,
                             mode=mode.value, state=CallState.CALLING_USER.value, cause=None,
                             created_at=now, ended_at=None,
-                            auto_answer=wants_auto and len(bindings) == 1)
+                            auto_answer=auto_answer)
         media = None
-        if (mode is Mode.BRIDGE or confirm) and self.media is not None \
-                and self.prompts is not None:
+        if needs_media and self.media is not None and self.prompts is not None:
             media = CallMedia(self.media, self.prompts, record.id)
             try:
                 media.open(self._digit)

@@ -93,6 +93,7 @@ from sipdial.sip.rfc3263 import (
     ResolveError,
     SrvRecord,
     Step,
+    is_ip_literal,
     plan,
 )
 from sipdial.sip.sdp import MediaAnswer
@@ -178,6 +179,7 @@ __all__ = [
     "family",
     "from_",
     "from_tag",
+    "is_ip_literal",
     "make_response",
     "parse_challenges",
     "parse_message",

@@ -179,9 +179,14 @@ class Endpoint:
     def respond(self, txn: ServerTransaction, response: Response, now: float) -> None:
         if "Server" not in response.headers:
             response.headers.add("Server", self.user_agent)
-        if response.status > 100 and to_tag(response) is None:
-            # §8.2.6.2: a UAS MUST add a To tag to a response to a request without one
-            response.headers.set("To", f"{response.headers.get('To')};tag={self._tag()}")
+        if response.status > 100:
+            # §8.2.6.2: a UAS MUST add a To tag to a response to a request without one. The
+            # request's To is parsed (and cached) already; a response whose To is still the
+            # request's very text got no tag from the TU.
+            request = txn.request
+            to_value = response.headers.get("To")
+            if to_value == request.headers.get("To") and to_tag(request) is None:
+                response.headers.set("To", f"{to_value};tag={self._tag()}")
         if response.status in (401, 407) and not txn.peer.reliable:
             self.txns.respond_stateless(txn, response)  # no retransmissions to spoofers
         else:

@@ -47,6 +47,7 @@ An SRV target of "." (service not available, RFC 2782) stops the fall-back to A/
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 from collections.abc import Iterable, Mapping, Sequence
@@ -241,7 +242,7 @@ def plan(
     def make(step: Step, srv: tuple[str, ...] = ()) -> LookupPlan:
         return LookupPlan(target, step, transport, port, sips, srv, supported_set)
 
-    if _is_ip(target):
+    if is_ip_literal(target):
         return make(Step.NUMERIC)
     if uri.port is not None:
         return make(Step.ADDRESS)
@@ -428,7 +429,7 @@ class _Walk:
 
     def addresses(self, name: str, transport: str, port: int) -> list[Peer] | None:
         """A + AAAA of ``name`` (both asked at once), IPv4 first."""
-        if _is_ip(name):  # an SRV target written as an address
+        if is_ip_literal(name):  # an SRV target written as an address
             return [Peer(transport, name, port)]
         found: list[Peer] = []
         complete = True
@@ -502,7 +503,9 @@ def _normalize_name(host: str) -> str:
     return host.rstrip(".")
 
 
-def _is_ip(host: str) -> bool:
+@functools.lru_cache(maxsize=256)
+def is_ip_literal(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address (no DNS needed for it)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:

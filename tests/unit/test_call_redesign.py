@@ -424,3 +424,22 @@ def test_info_log_has_one_line_per_call_state_change_and_registration(
     assert registrations == [
         "registered 201 at sip:201@192.168.1.10:5070 from udp:127.0.0.1:5070 "
         "(Yealink SIP-T46S 66.86.0.15)"]
+
+
+@pytest.mark.parametrize("number", ["x@evil.example", "1\r\nX-Evil: 1", "1>;lr", "+49 30"])
+def test_a_number_from_the_wire_cannot_change_a_routes_host(number: str) -> None:
+    """A phone's Request-URI user is percent-decoded; substituted raw into a route template
+    ("sip:{number}@gw") it could name another host or break the header. It goes in escaped."""
+    import re
+
+    from sipdial.calls import Router
+    from sipdial.config import RouteConfig
+
+    route = RouteConfig(re.compile(".*"), "sip:{number}@192.0.2.50:5080")
+    router = Router([], [route], lambda user, now: [], LOCAL)
+    (target,) = router.route(Destination(number), 0.0)  # type: ignore[misc]
+    assert isinstance(target.uri, SipURI)
+    assert (target.uri.host, target.uri.port) == ("192.0.2.50", 5080)
+    assert target.uri.unquote_user() == number
+    assert target.peer == Peer("udp", "192.0.2.50", 5080)
+    assert "\r" not in str(target.uri) and "\n" not in str(target.uri)
