@@ -100,7 +100,8 @@ class LegOwner(TransactionOwner, DialogOwner, Protocol):
 @dataclass(frozen=True, slots=True)
 class IncomingInvite:
     """A new INVITE outside any dialog that passed the UA's checks (§8.2): a call to route.
-    Nothing has answered ``txn`` yet (beyond the transaction layer's automatic 100)."""
+    Nothing has answered ``txn`` yet: the transaction layer sends 100 Trying once the TU has
+    handled the request without answering it (so a challenge goes out without one)."""
 
     request: Request
     txn: ServerTransaction

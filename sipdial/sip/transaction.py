@@ -470,6 +470,11 @@ class TransactionLayer:
         # handled every event that was queued with the transition.
         self._linger_new: list[ClientTransaction | ServerTransaction] = []
         self._linger_ready: list[ClientTransaction | ServerTransaction] = []
+        # New INVITE server transactions and when they arrived, handed to the TU: at the
+        # second drain_events() after that (the TU has handled the request) those it has not
+        # answered get their 100 Trying (see _send_trying).
+        self._trying_new: list[tuple[ServerTransaction, float]] = []
+        self._trying_ready: list[tuple[ServerTransaction, float]] = []
         self.on_terminated: Callable[[ClientTransaction | ServerTransaction], None] | None = None
 
     # ---------------------------------------------------------------- identifiers
@@ -632,9 +637,8 @@ class TransactionLayer:
         txn = ServerTransaction(self, key, source, request)
         self.server[key] = txn
         self.events.append(RequestReceived(request, txn, source))
-        if request.method == "INVITE" and txn.last_status is None:
-            # §17.2.1: we answer 100 at once rather than arm a 200 ms timer for it.
-            self.respond(txn, make_response(request, 100), now)
+        if request.method == "INVITE":
+            self._trying_new.append((txn, now))
 
     def _receive_cancel(self, cancel: Request, key: tuple[str, ...], source: Peer,
                         now: float) -> None:
@@ -776,12 +780,28 @@ class TransactionLayer:
     def drain_events(self) -> list[Event]:
         """The TU's events, in order. The TU must handle them before the next call (the
         transport adapters' pump loops do): lingering transactions are slimmed then."""
+        if self._trying_ready:
+            self._send_trying(self._trying_ready)
+        self._trying_ready, self._trying_new = self._trying_new, []
         if self._linger_ready:
             for txn in self._linger_ready:
                 self._slim(txn)
         self._linger_ready, self._linger_new = self._linger_new, []
         events, self.events = self.events, []
         return events
+
+    def _send_trying(self, handled: list[tuple[ServerTransaction, float]]) -> None:
+        """§17.2.1: a 100 Trying for each new INVITE the TU has seen but not answered.
+
+        The RFC lets the server skip the 100 when the TU answers within 200 ms; the TU's own
+        handling of the request is that window here. A request the TU answered at once gets
+        no 100 before its answer — above all a challenge (401/407), which is sent statelessly
+        (:meth:`respond_stateless`): with no 100 the client's Timer A keeps retransmitting
+        the INVITE and each copy is challenged again, so a lost challenge costs one
+        retransmission, not the call (a 100 would have stopped those retransmissions)."""
+        for txn, arrived in handled:
+            if txn.last_status is None and txn.state is S.PROCEEDING:
+                self.respond(txn, make_response(txn.request, 100), arrived)
 
     @staticmethod
     def _slim(txn: ClientTransaction | ServerTransaction) -> None:

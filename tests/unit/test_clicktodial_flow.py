@@ -153,7 +153,6 @@ class Flow:
                               to_value=f"<sip:{TARGET}@127.0.0.1>", cseq_number=1,
                               extra=extra, body=sdp, content_type="application/sdp")
         phone.send(first)
-        phone.take_response(100)
         challenge = phone.take_response(407)
         phone.send(ack_for(first, challenge, first_via(first)))
         assert phone.nothing(), phone.pending()
@@ -163,7 +162,8 @@ class Flow:
                                extra=[*extra, ("Proxy-Authorization", auth)], body=sdp,
                                content_type="application/sdp")
         phone.send(second)
-        phone.take_response(100)
+        if phone.pending()[:1] and phone.pending()[0].startswith("100 "):
+            phone.take_response(100)  # none when sipdial refused it at once
         self.referred = second
         return second
 
@@ -847,7 +847,6 @@ def test_phone_holds_first_call_before_transfer() -> None:
     hold = sdp_answer().replace(b"a=sendrecv", b"a=sendonly")
     reinvite = flow.dialog.request("INVITE", body=hold, content_type="application/sdp")
     flow.phone.send(reinvite)
-    flow.phone.take_response(100)
     ok = flow.phone.take_response(200)
     assert b"a=recvonly" in ok.body
     assert to(ok).tag == to(reinvite).tag
@@ -936,7 +935,6 @@ def test_refer_to_local_user_target() -> None:
     referred = flow.phone.request("INVITE", uri, call_id_value="loc@phone", from_tag="l1",
                                   to_value="<sip:202@127.0.0.1>", cseq_number=1)
     flow.phone.send(referred)
-    flow.phone.take_response(100)
     c407 = flow.phone.take_response(407)
     flow.phone.send(ack_for(referred, c407, first_via(referred)))
     auth = flow.phone.authorization(c407, "INVITE", uri, proxy=True)

@@ -231,6 +231,8 @@ def test_invite_server_sends_100_absorbs_retransmission_and_repeats_response() -
     assert len(events) == 1 and isinstance(events[0], RequestReceived)
     txn = events[0].txn
     assert txn is not None
+    assert h.sent() == []  # the TU has not handled it yet
+    assert h.layer.drain_events() == []  # ... now it has, and did not answer: 100
     assert first_line(h.sent()[0]) == "SIP/2.0 100 Trying"
     h.layer.receive(inv, UDP, h.now + 0.5)
     assert h.layer.drain_events() == []
@@ -304,6 +306,7 @@ def test_cancel_matches_pending_invite_and_unknown_cancel_gets_481() -> None:
     inv = request()
     h.layer.receive(inv, UDP, h.now)
     h.layer.drain_events()
+    h.layer.drain_events()  # the TU has handled the INVITE: 100 Trying
     h.sent()
     h.layer.receive(request("CANCEL"), UDP, h.now)
     assert first_line(h.sent()[0]) == "SIP/2.0 200 OK"
@@ -443,3 +446,54 @@ def test_stateless_final_response_is_sent_once_and_forgets_the_transaction() -> 
     assert h.layer.server == {}
     h.advance(40.0)
     assert h.sent() == [] and h.layer.drain_events() == []
+
+
+# --- 100 Trying only for an INVITE the TU did not answer at once (issue 7 §4) ------------------
+
+
+def test_no_100_before_a_challenge_so_the_client_keeps_retransmitting() -> None:
+    """A challenge is sent once, statelessly (no amplification towards a spoofed source).
+    Had a 100 gone first, the client would stop its Timer A and a lost 407 would end the
+    call; without it every retransmitted INVITE is challenged again."""
+    h = Harness()
+    inv = request()
+    challenged = 0
+    for arrival in (0.0, 0.5, 1.5):  # the INVITE and two Timer A retransmissions
+        h.layer.receive(inv, UDP, arrival)
+        (event,) = h.layer.drain_events()
+        assert isinstance(event, RequestReceived) and event.txn is not None
+        h.layer.respond_stateless(event.txn, response_to(inv, 407))
+        assert h.layer.drain_events() == []
+        assert [first_line(d) for d in h.sent()] == [
+            "SIP/2.0 407 Proxy Authentication Required"]  # no 100, one 407 per INVITE
+        challenged += 1
+        assert h.layer.server == {}  # nothing kept for a source that may be spoofed
+    assert challenged == 3
+    h.advance(40.0)
+    assert h.sent() == []  # and nothing retransmitted
+
+
+def test_no_100_when_the_tu_answers_at_once_and_100_when_it_does_not() -> None:
+    h = Harness()
+    ringing, later = request(branch="z9hG4bKr"), request(branch="z9hG4bKl")
+    h.layer.receive(ringing, UDP, h.now)
+    h.layer.receive(later, UDP, h.now)
+    events = h.layer.drain_events()
+    assert len(events) == 2
+    txn = events[0].txn  # type: ignore[union-attr]
+    assert txn is not None
+    h.layer.respond(txn, response_to(ringing, 180), h.now)  # the TU answers one of them
+    assert h.layer.drain_events() == []
+    sent = [(first_line(d), d) for d in h.sent()]
+    assert [line for line, _ in sent] == ["SIP/2.0 180 Ringing", "SIP/2.0 100 Trying"]
+    assert b"branch=z9hG4bKl" in sent[1][1]
+    h.layer.drain_events()
+    assert h.sent() == []  # one 100, not one per drain
+
+
+def test_non_invite_requests_get_no_automatic_100() -> None:
+    h = Harness()
+    h.layer.receive(request("OPTIONS"), UDP, h.now)
+    h.layer.drain_events()
+    h.layer.drain_events()
+    assert h.sent() == []

@@ -136,11 +136,15 @@ def test_max_forwards_zero_invite_483(net: SimNet) -> None:
     assert final(net).status == 483
 
 
-def test_invite_gets_100_trying_first(net: SimNet) -> None:
-    net.deliver(request("INVITE"), PHONE)
-    statuses = [parse_response(d).status for d in net.sent_to(PHONE)]
-    assert statuses[0] == 100
-    assert statuses[-1] == 407  # an unauthenticated call attempt is challenged
+def test_unauthenticated_invite_gets_its_407_without_100_each_time_it_comes(
+        net: SimNet) -> None:
+    """No 100 before the challenge: the phone's Timer A goes on retransmitting the INVITE
+    until a 407 gets through, and every copy is challenged again (issue 7 §4)."""
+    for _ in range(3):
+        net.deliver(request("INVITE"), PHONE)
+        statuses = [parse_response(d).status for d in net.sent_to(PHONE)]
+        assert statuses == [407]
+    assert net.endpoint.txns.server == {}
 
 
 class Owner:
