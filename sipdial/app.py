@@ -53,7 +53,7 @@ from sipdial.sip import (
     peer_for_uri,
 )
 from sipdial.store import RegistrationRecord, SqliteStore
-from sipdial.transport import DnsResolver, SipDriver
+from sipdial.transport import DnsResolver, SipDriver, TcpLimits, raise_nofile, tcp_budget
 from sipdial.ua import UserAgent
 
 __all__ = ["Core", "CoreStore", "LagMonitor", "Running", "build_core", "serve", "start", "tune_gc"]
@@ -302,8 +302,16 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     saved = yield store.load_registrations()
     core.registrar.restore((_binding(r) for r in saved), reactor.seconds())
 
-    driver = SipDriver(reactor, core.endpoint, core.timers, core.handle,
-                       tcp_idle_timeout=config.sip.max_registration_expires + 60.0)
+    sip = config.sip
+    tcp = TcpLimits(message_timeout=sip.tcp_message_timeout,
+                    idle_timeout=sip.tcp_idle_timeout or sip.max_registration_expires + 60.0,
+                    max_per_source=sip.tcp_max_per_source,
+                    # the HTTP listener must always find a descriptor (issue 7 §6)
+                    max_connections=tcp_budget(sip.tcp_max_connections, sip.tcp_fd_reserve))
+    if any(addr.transport == "tcp" for addr in sip.listen):
+        log.info("SIP-TCP: at most %d connections, %d per source; a message within %g s",
+                 tcp.max_connections, tcp.max_per_source, tcp.message_timeout)
+    driver = SipDriver(reactor, core.endpoint, core.timers, core.handle, tcp=tcp)
     sip_ports: list[tuple[str, str, int]] = []
     try:
         for addr in config.sip.listen:
@@ -391,6 +399,9 @@ def serve(config_path: str, ready_file: str | None = None) -> int:
         print(f"sipdial: {config_path}: {exc}", file=sys.stderr)
         return 2
     tune_gc()
+    nofile = raise_nofile()
+    if nofile is not None:
+        log.info("open-file limit: %d (hard %d)", *nofile)
     exit_code = [0]
     holder: list[Running] = []
 

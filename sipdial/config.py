@@ -25,6 +25,7 @@ from sipdial.vocabulary import Mode
 
 __all__ = [
     "ApiConfig",
+    "AuthConfig",
     "CallsConfig",
     "Config",
     "ConfigError",
@@ -80,6 +81,17 @@ class SipConfig:
     #: challenge names an algorithm they lack, instead of skipping it. Set
     #: ["SHA-256", "MD5"] when every device handles multiple challenges.
     digest_algorithms: tuple[str, ...] = ("MD5",)
+    #: SIP-over-TCP limits (README "Resource limits"): a message must arrive whole within
+    #: tcp_message_timeout s of its first byte (a new connection's first one, of the accept)
+    tcp_message_timeout: float = 5.0
+    #: s without a complete message before a TCP connection closes; 0: max_registration_expires
+    #: + 60 (a registered phone keeps its connection)
+    tcp_idle_timeout: float = 0.0
+    tcp_max_per_source: int = 64  #: TCP connections one source IP may hold
+    #: SIP-TCP connections in all, at most; never more than the open-file limit minus
+    #: tcp_fd_reserve (descriptors kept for the HTTP API, RTP, the store, webhooks)
+    tcp_max_connections: int = 10_000
+    tcp_fd_reserve: int = 256
 
     def __post_init__(self) -> None:
         if not self.realm:
@@ -179,6 +191,22 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """``[auth]``: limits on password guessing (:mod:`sipdial.guard`) and weak passwords."""
+
+    backoff_after: int = 5  #: failed attempts (per source / account) before back-off starts
+    backoff_base: float = 1.0  #: first back-off (s), doubled for each further failure
+    backoff_max: float = 60.0  #: longest back-off (s)
+    lockout_after: int = 10  #: the failed attempt that locks the source / account out
+    lockout_time: float = 900.0  #: how long a lockout lasts (s)
+    forget_after: float = 3600.0  #: a source / account with no failure for this long is clean
+    trust_time: float = 86400.0  #: a source that logged in as an account stays exempt (s)
+    max_tracked: int = 100_000  #: counters (and trusted pairs) kept at most
+    min_password_length: int = 8  #: shorter SIP passwords are refused at start
+    allow_weak_passwords: bool = False  #: accept short or digits-only SIP passwords
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -193,6 +221,7 @@ class Config:
     auto_answer: tuple[dict[str, object], ...] = ()
     media: MediaConfig = field(default_factory=MediaConfig)
     webhooks: tuple[WebhookConfig, ...] = ()
+    auth: AuthConfig = field(default_factory=AuthConfig)
     source: str = "<string>"  #: file the configuration came from
 
 
@@ -234,7 +263,9 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     auto_answer = tuple(_parse_auto_answer(t) for t in root.array_of_tables("auto_answer"))
     media = _parse_media(root.table("media", required=False))
     webhooks = tuple(_parse_webhook(t) for t in root.array_of_tables("webhooks"))
+    auth = _parse_auth(root.table("auth", required=False))
     return Config(
+        auth=auth,
         media=media,
         webhooks=webhooks,
         sip=sip,
@@ -258,7 +289,10 @@ _SQLITE_PREFIX: Final = "sqlite:///"
 #: Every key the file may contain, by table ("name[]" for each entry of an array of tables).
 _KEYS: Final[dict[str, frozenset[str]]] = {
     "": frozenset({"sip", "http", "store", "api", "users", "routes", "calls", "auto_answer",
-                   "media", "webhooks"}),
+                   "media", "webhooks", "auth"}),
+    "auth": frozenset({"backoff_after", "backoff_base", "backoff_max", "lockout_after",
+                       "lockout_time", "forget_after", "trust_time", "max_tracked",
+                       "min_password_length", "allow_weak_passwords"}),
     "media": frozenset({"host", "port_min", "port_max", "prompt_file"}),
     "webhooks[]": frozenset({"url", "secret", "events"}),
     "sip": frozenset(
@@ -274,6 +308,11 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
             "min_registration_expires",
             "default_registration_expires",
             "digest_algorithms",
+            "tcp_message_timeout",
+            "tcp_idle_timeout",
+            "tcp_max_per_source",
+            "tcp_max_connections",
+            "tcp_fd_reserve",
         }
     ),
     "http": frozenset({"listen"}),
@@ -360,6 +399,11 @@ def _parse_sip(t: _Table) -> SipConfig:
                     '(use "MD5" or "SHA-256")')
         algorithms = tuple(n.upper() for n in names)
     return SipConfig(
+        tcp_message_timeout=t.positive_float("tcp_message_timeout", 5.0),
+        tcp_idle_timeout=t.positive_float("tcp_idle_timeout", max_exp + 60.0),
+        tcp_max_per_source=t.positive_int("tcp_max_per_source", 64),
+        tcp_max_connections=t.positive_int("tcp_max_connections", 10_000),
+        tcp_fd_reserve=t.positive_int("tcp_fd_reserve", 256),
         digest_algorithms=algorithms,
         listen=tuple(listen),
         domain=domain,
@@ -550,6 +594,32 @@ def _parse_webhook(t: _Table) -> WebhookConfig:
                                   f'(one of {", ".join(EVENT_NAMES)} or "*")')
         events = tuple(names) or ("*",)
     return WebhookConfig(url, secret, events)
+
+
+def _parse_auth(t: _Table) -> AuthConfig:
+    d = AuthConfig()
+    backoff_after = t.get("backoff_after", int, "an integer", d.backoff_after)
+    if backoff_after < 0:
+        raise ConfigError(f"{t.path('backoff_after')}: must be >= 0, got {backoff_after}")
+    lockout_after = t.positive_int("lockout_after", d.lockout_after)
+    if lockout_after <= backoff_after:
+        raise ConfigError(f"{t.path('lockout_after')}: must be > {t.path('backoff_after')} "
+                          f"({backoff_after}), got {lockout_after}")
+    trust_time = t.get("trust_time", float, "a number", d.trust_time)
+    if not math.isfinite(trust_time) or trust_time < 0:
+        raise ConfigError(f"{t.path('trust_time')}: must be >= 0, got {trust_time}")
+    return AuthConfig(
+        backoff_after=backoff_after,
+        backoff_base=t.positive_float("backoff_base", d.backoff_base),
+        backoff_max=t.positive_float("backoff_max", d.backoff_max),
+        lockout_after=lockout_after,
+        lockout_time=t.positive_float("lockout_time", d.lockout_time),
+        forget_after=t.positive_float("forget_after", d.forget_after),
+        trust_time=trust_time,
+        max_tracked=t.positive_int("max_tracked", d.max_tracked),
+        min_password_length=t.positive_int("min_password_length", d.min_password_length),
+        allow_weak_passwords=t.boolean("allow_weak_passwords", d.allow_weak_passwords),
+    )
 
 
 def _parse_auto_answer(t: _Table) -> dict[str, object]:

@@ -8,7 +8,9 @@ and time between it and the reactor, which is injected, never imported:
   endpoint with ``reactor.seconds()``; then the endpoint's events go to the
   :data:`TransactionUser`, its outbox to the sockets, and ONE ``callLater`` is re-armed for
   :meth:`~sipdial.sip.TimerHeap.next_deadline`. With ``SIPDIAL_TRACE=1`` every message sent
-  and received is logged (INFO, logger ``sipdial.trace``).
+  and received is logged (INFO, logger ``sipdial.trace``). TCP connections are held to
+  :class:`TcpLimits` (message deadline, idle timeout, per-source limit, a budget that
+  :func:`tcp_budget` derives from ``nofile``; :func:`raise_nofile` at start).
 * :class:`DnsResolver` — ``resolve(uri, default_transport, on_done)`` calls ``on_done`` once
   with the peers to try, in order, or a :class:`~sipdial.sip.ResolveError`; cached per TTL,
   hosts file first (see :mod:`.dns`).
@@ -16,5 +18,7 @@ and time between it and the reactor, which is injected, never imported:
 
 from sipdial.transport.dns import DnsResolver, OnResolved
 from sipdial.transport.driver import SipDriver, TransactionUser
+from sipdial.transport.limits import TcpLimits, raise_nofile, tcp_budget
 
-__all__ = ["DnsResolver", "OnResolved", "SipDriver", "TransactionUser"]
+__all__ = ["DnsResolver", "OnResolved", "SipDriver", "TcpLimits", "TransactionUser",
+           "raise_nofile", "tcp_budget"]

@@ -16,7 +16,17 @@ from typing import Any
 
 from twisted.internet import protocol
 
-from sipdial.sip import Endpoint, Event, ParseError, Peer, StreamFramer, TimerHeap, family
+from sipdial.sip import (
+    Endpoint,
+    Event,
+    ParseError,
+    Peer,
+    StreamFramer,
+    TimerHandle,
+    TimerHeap,
+    family,
+)
+from sipdial.transport.limits import TcpLimits
 
 __all__ = ["SipDriver", "TransactionUser"]
 
@@ -32,6 +42,7 @@ TransactionUser = Callable[[Event, float], None]
 
 
 UDP_BUFFER = 4 * 1024 * 1024
+_REFUSAL_LOG_INTERVAL = 10.0  # seconds between warnings about refused TCP connections
 _UDP_HOSTS_MAX = 10_000
 
 
@@ -57,30 +68,77 @@ class _Udp(protocol.DatagramProtocol):
         self.driver.receive(datagram, Peer("udp", addr[0], addr[1]))
 
 
+def _skip_separators(data: bytes, pos: int) -> int:
+    """The index of the first byte at or after ``pos`` that is not CR or LF."""
+    n = len(data)
+    while pos < n and data[pos] in b"\r\n":
+        pos += 1
+    return pos
+
+
+class _Progress:
+    """How many bytes of an unfinished message the framer holds, worked out from what went
+    in and what came out (:class:`StreamFramer` keeps its buffer to itself): messages are
+    contiguous in the stream but for CR/LF between them, which the framer skips."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = 0  # bytes of the unfinished message, from its first byte; 0: none
+
+    def update(self, data: bytes, messages: list[bytes]) -> None:
+        held = self.held
+        pos = 0 if held else _skip_separators(data, 0)
+        for message in messages:
+            if message == StreamFramer.PING:
+                continue  # CRLFs between messages: skipped below
+            pos += len(message) - held
+            held = 0
+            pos = _skip_separators(data, pos)
+        self.held = held + len(data) - pos if pos < len(data) else held
+
+
 class _TcpConnection(protocol.Protocol):
-    def __init__(self, driver: SipDriver) -> None:
+    """One SIP-over-TCP connection. Its one deadline (a :class:`TimerHandle` on the
+    endpoint's heap, not a reactor timer of its own) is the earlier of: the unfinished
+    message's first byte (or the accept) + ``message_timeout``, and the last complete
+    message + ``idle_timeout``. The handle is re-armed lazily: a deadline moving later
+    waits for the old handle to fire."""
+
+    def __init__(self, driver: SipDriver, *, inbound: bool = False) -> None:
         self.driver = driver
         self.framer = StreamFramer()
         self.peer: Peer | None = None
         self.pending: list[bytes] = []
-        self._idle: Any = None  # DelayedCall closing the connection when it falls silent
+        self.inbound = inbound
+        self._progress = _Progress()
+        #: when the unfinished message began (or the accept, until the first message)
+        self._started: float | None = None
+        self._last_message = 0.0
+        self._deadline = 0.0
+        self._timer: TimerHandle | None = None
+        self._counted = False  # in the driver's per-source count
 
     def connectionMade(self) -> None:
-        # idle connections are closed: a device that stopped re-registering is gone
-        self._idle = self.driver.reactor.callLater(self.driver.tcp_idle_timeout, self._close)
         transport: Any = self.transport
         addr = transport.getPeer()
         self.peer = Peer("tcp", addr.host, addr.port)
-        self.driver._tcp[self.peer] = self
-        self.driver._connecting.pop(self.peer, None)
+        driver = self.driver
+        driver._tcp[self.peer] = self
+        driver._connecting.pop(self.peer, None)
+        driver._per_source[addr.host] = driver._per_source.get(addr.host, 0) + 1
+        self._counted = True
+        now = driver.reactor.seconds()
+        self._last_message = now
+        if self.inbound:  # the peer opened it to send something: it must come
+            self._started = now
+        self._arm()
         for data in self.pending:
             transport.write(data)
         self.pending.clear()
 
     def dataReceived(self, data: bytes) -> None:
         assert self.peer is not None
-        if self._idle is not None and self._idle.active():
-            self._idle.reset(self.driver.tcp_idle_timeout)
         try:
             messages = self.framer.feed(data)
         except ParseError as exc:
@@ -88,6 +146,17 @@ class _TcpConnection(protocol.Protocol):
             transport: Any = self.transport
             transport.loseConnection()
             return
+        progress = self._progress
+        was_held = progress.held
+        progress.update(data, messages)
+        now = self.driver.reactor.seconds()
+        if messages:
+            self._last_message = now
+            # a message that began in this segment began now
+            self._started = now if progress.held else None
+        elif progress.held and not was_held and self._started is None:
+            self._started = now
+        self._arm()
         for message in messages:
             if message == StreamFramer.PING:  # RFC 5626 §4.4.1 keep-alive
                 pong: Any = self.transport
@@ -95,16 +164,46 @@ class _TcpConnection(protocol.Protocol):
                 continue
             self.driver.receive(message, self.peer)
 
-    def _close(self) -> None:
-        log.info("closing idle TCP connection from %s", self.peer)
+    def _arm(self) -> None:
+        limits = self.driver.tcp
+        deadline = self._last_message + limits.idle_timeout
+        if self._started is not None:
+            deadline = min(deadline, self._started + limits.message_timeout)
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or timer.cancelled or deadline < timer.deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.driver.timers.schedule(deadline, self._on_deadline)
+
+    def _on_deadline(self, now: float) -> None:
+        self._timer = None
+        if now < self._deadline:  # moved later since the handle was armed
+            self._timer = self.driver.timers.schedule(self._deadline, self._on_deadline)
+            return
+        if self._started is not None and now >= self._started + self.driver.tcp.message_timeout:
+            log.info("closing TCP connection from %s: no complete message within %g s",
+                     self.peer, self.driver.tcp.message_timeout)
+        else:
+            log.info("closing idle TCP connection from %s", self.peer)
         transport: Any = self.transport
-        transport.loseConnection()
+        if transport is not None:
+            transport.abortConnection()  # a peer that does not read must not hold it either
 
     def connectionLost(self, reason: Any = None) -> None:
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        if self.peer is not None and self.driver._tcp.get(self.peer) is self:
-            del self.driver._tcp[self.peer]
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        driver = self.driver
+        if self.peer is not None and driver._tcp.get(self.peer) is self:
+            del driver._tcp[self.peer]
+        if self._counted and self.peer is not None:
+            self._counted = False
+            left = driver._per_source.get(self.peer.host, 1) - 1
+            if left > 0:
+                driver._per_source[self.peer.host] = left
+            else:
+                driver._per_source.pop(self.peer.host, None)
 
 
 class _TcpFactory(protocol.ServerFactory):
@@ -112,11 +211,15 @@ class _TcpFactory(protocol.ServerFactory):
         self.driver = driver
 
     def buildProtocol(self, addr: Any) -> _TcpConnection | None:
-        if len(self.driver._tcp) >= self.driver.max_tcp_connections:
-            log.warning("refusing TCP connection from %s: %d open", addr,
-                        len(self.driver._tcp))
-            return None  # Twisted closes it
-        return _TcpConnection(self.driver)
+        driver = self.driver
+        host = getattr(addr, "host", "")
+        if len(driver._tcp) + len(driver._connecting) >= driver.tcp.max_connections:
+            driver._refused("budget", host)
+            return None  # Twisted closes it at once
+        if driver._per_source.get(host, 0) >= driver.tcp.max_per_source:
+            driver._refused("per-source", host)
+            return None
+        return _TcpConnection(driver, inbound=True)
 
 
 class _TcpClientFactory(protocol.ClientFactory):
@@ -143,8 +246,7 @@ class SipDriver:
     """
 
     def __init__(self, reactor: Any, endpoint: Endpoint, timers: TimerHeap,
-                 tu: TransactionUser | None = None, *, tcp_idle_timeout: float = 3660.0,
-                 max_tcp_connections: int = 10_000) -> None:
+                 tu: TransactionUser | None = None, *, tcp: TcpLimits | None = None) -> None:
         self.reactor = reactor
         self.endpoint = endpoint
         self.timers = timers
@@ -156,8 +258,11 @@ class SipDriver:
         self._timer: Any = None
         self._pumping = False
         self._wake_pending = False
-        self.tcp_idle_timeout = tcp_idle_timeout  # > the longest registration interval
-        self.max_tcp_connections = max_tcp_connections
+        #: limits on SIP-TCP connections (read at each decision: may be replaced)
+        self.tcp = tcp or TcpLimits()
+        self._per_source: dict[str, int] = {}  # source IP -> open TCP connections
+        self._refusals = 0  # TCP connections refused since the last warning
+        self._refusal_logged = -_REFUSAL_LOG_INTERVAL
         #: UDP destinations Twisted's Port.write has accepted (IP literals of the socket's
         #: family), sent to with the socket's sendto directly from then on
         self._udp_hosts: set[str] = set()
@@ -215,6 +320,23 @@ class SipDriver:
         except Exception:  # a bug must not take the next datagram down with it
             log.exception("error handling message from %s", peer)
         self.pump()
+
+    def tcp_connections(self) -> int:
+        """SIP-TCP connections open or being opened."""
+        return len(self._tcp) + len(self._connecting)
+
+    def _refused(self, why: str, host: str) -> None:
+        """A connection refused at accept: one warning per interval, not one per refusal
+        (a flood would flood the log too)."""
+        self._refusals += 1
+        now = self.reactor.seconds()
+        if now - self._refusal_logged >= _REFUSAL_LOG_INTERVAL:
+            log.warning("refusing TCP connections (%s limit; latest from %s): %d refused, "
+                        "%d open, at most %d per source, %d in all", why, host,
+                        self._refusals, self.tcp_connections(), self.tcp.max_per_source,
+                        self.tcp.max_connections)
+            self._refusals = 0
+            self._refusal_logged = now
 
     def transport_failed(self, peer: Peer) -> None:
         self.endpoint.txns.transport_error(peer, self.reactor.seconds())
@@ -305,6 +427,11 @@ class SipDriver:
             return
         if conn is not None:
             conn.pending.append(data)
+            return
+        if self.tcp_connections() >= self.tcp.max_connections:
+            log.warning("cannot connect to %s: %d SIP-TCP connections open", peer,
+                        self.tcp_connections())
+            self.reactor.callLater(0, self.transport_failed, peer)
             return
         conn = _TcpConnection(self)
         conn.pending.append(data)

@@ -10,6 +10,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from sipdial.sip.endpoint import Endpoint
 from sipdial.sip.timers import TimerHeap
+from sipdial.transport import TcpLimits
 from sipdial.transport.driver import SipDriver
 
 
@@ -31,10 +32,10 @@ def connect(factory: Any, port: int) -> tuple[Any, StringTransport]:
 
 def test_keepalive_is_answered_and_activity_postpones_the_idle_close() -> None:
     d, reactor, factory = driver()
-    d.tcp_idle_timeout = 60.0
+    d.tcp = TcpLimits(idle_timeout=60.0, message_timeout=100.0)
     proto, transport = connect(factory, 40000)
     reactor.advance(50)
-    proto.dataReceived(b"\r\n\r\n")  # RFC 5626 ping
+    proto.dataReceived(b"\r\n\r\n")  # RFC 5626 ping: a complete message
     assert transport.value() == b"\r\n"  # pong
     reactor.advance(50)
     assert not transport.disconnecting  # 50 s since the last traffic
@@ -44,7 +45,7 @@ def test_keepalive_is_answered_and_activity_postpones_the_idle_close() -> None:
 
 def test_connections_beyond_the_cap_are_refused() -> None:
     d, _reactor, factory = driver()
-    d.max_tcp_connections = 2
+    d.tcp = TcpLimits(max_connections=2)
     connect(factory, 40001)
     connect(factory, 40002)
     assert factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40003)) is None
