@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import hmac
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from sipdial.calls import (
 from sipdial.config import Config, ConfigError, load_config
 from sipdial.demo_secrets import check_demo_secrets
 from sipdial.events import EventHub
+from sipdial.guard import FailureGuard, GuardPolicy, Lockout, check_weak_passwords
 from sipdial.media import MediaManager, PromptLibrary
 from sipdial.registrar import Binding, ExpiryLimits, Registrar
 from sipdial.sip import (
@@ -168,16 +168,19 @@ class Core:
 def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
                events: EventSink, secret: bytes, rtp_sinks: dict[int, tuple[str, int]],
                media: MediaPort | None = None, prompts: PromptSource | None = None,
-               load: LoadGauge | None = None, resolver: Resolver | None = None) -> Core:
+               load: LoadGauge | None = None, resolver: Resolver | None = None,
+               on_lockout: Callable[[Lockout], None] | None = None) -> Core:
     """The whole SIP and call stack for ``config``; nothing listens yet (the transport adds
     its local addresses to ``core.endpoint`` as it binds)."""
     timers = TimerHeap()
     endpoint = Endpoint(timers, TimerConfig(config.sip.t1, config.sip.t2, config.sip.t4),
                         user_agent=config.sip.user_agent)
     users = config.users
+    # one guard for every password check: REGISTER, the phones' calls, the HTTP auth=
+    guard = FailureGuard(GuardPolicy.from_config(config.auth), on_lockout)
     auth = Authenticator(config.sip.realm,
                          lambda u: users[u].password if u in users else None,
-                         secret=secret, algorithms=config.sip.digest_algorithms)
+                         secret=secret, algorithms=config.sip.digest_algorithms, guard=guard)
 
     def on_change(binding: Binding, removed: bool) -> None:
         if removed:
@@ -330,12 +333,8 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
         if record is not None and record.events:
             events.publish(record, record.events[-1])
 
-    users = config.users
-
-    def check_password(user: str, password: str) -> bool:
-        profile = users.get(user)
-        return profile is not None and hmac.compare_digest(profile.password.encode(),
-                                                           password.encode())
+    def check_password(user: str, password: str, client: str) -> bool:
+        return core.auth.check_password(user, password, client, reactor.seconds())
 
     api = CallsApi(core.calls, core.inbound, store, core.registrar, reactor.seconds)
     site = build_site(api, config.api.tokens, reactor=reactor,
@@ -395,6 +394,7 @@ def serve(config_path: str, ready_file: str | None = None) -> int:
     try:
         config = load_config(config_path)
         check_demo_secrets(config)
+        check_weak_passwords(config)
     except (ConfigError, OSError) as exc:
         print(f"sipdial: {config_path}: {exc}", file=sys.stderr)
         return 2

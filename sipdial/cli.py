@@ -202,10 +202,12 @@ def _serve(config_path: str, ready_file: str | None) -> int:
 def _check_config(path: str, out: TextIO, err: TextIO) -> int:
     from sipdial.config import ConfigError, load_config
     from sipdial.demo_secrets import check_demo_secrets
+    from sipdial.guard import check_weak_passwords
 
     try:
         config = load_config(path)
         check_demo_secrets(config)
+        check_weak_passwords(config)
     except ConfigError as exc:
         print(f"sipdial: {exc}", file=err)
         return EXIT_ERROR

@@ -130,7 +130,7 @@ class Registrar:
         if not isinstance(aor, SipURI) or aor.scheme not in ("sip", "sips") or not aor.user:
             return make_response(request, 404, "Not Found")
         user = aor.user
-        outcome = self.auth.check(request, now, proxy=False)
+        outcome = self.auth.check(request, now, proxy=False, source=source.host)
         if isinstance(outcome, Response):
             return outcome
         if outcome != user:

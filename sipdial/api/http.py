@@ -333,6 +333,7 @@ class _Incoming:
     body: bytes = b""
     body_too_large: bool = False
     last_event_id: str | None = None  #: the SSE ``Last-Event-ID`` header
+    client: str = ""  #: the client's address (host), for the password-guessing limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,7 +377,7 @@ class _Router:
         self,
         api: CallApi,
         tokens: Mapping[str, str],
-        check_password: Callable[[str, str], bool] | None,
+        check_password: Callable[[str, str, str], bool] | None,
         events: bool = False,
     ) -> None:
         self._api = api
@@ -440,18 +441,23 @@ class _Router:
                 decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
             except (binascii.Error, UnicodeDecodeError):
                 raise _unauthorized("malformed basic credentials", basic=True) from None
-            return self._sip_password(decoded, basic=True)
+            return self._sip_password(decoded, basic=True, client=request.client)
         raise _unauthorized("expected an Authorization: Bearer token", basic=basic)
 
-    def _sip_password(self, user_password: str, *, basic: bool) -> _Principal:
-        """Check ``"201[@domain]:password"`` against the SIP user's password."""
+    def _sip_password(self, user_password: str, *, basic: bool, client: str) -> _Principal:
+        """Check ``"201[@domain]:password"`` against the SIP user's password.
+
+        ``check_password(user, password, client)`` applies the password-guessing limits
+        (:mod:`sipdial.guard`): while ``client`` or the user is locked out it says no without
+        checking, and the answer is this same 401 a wrong password gets.
+        """
         name, colon, password = user_password.partition(":")
         user = _strip_domain(name)
         if (
             not colon
             or not _USER.fullmatch(user)
             or self._check_password is None
-            or not self._check_password(user, password)
+            or not self._check_password(user, password, client)
         ):
             raise _unauthorized("wrong user name or password", basic=basic)
         return _Principal(user=user, proof="credentials")
@@ -599,7 +605,7 @@ class _Router:
         query = _Query(request.query)
         auth = query.text("auth")
         if request.authorization is None and auth is not None:
-            principal = self._sip_password(auth, basic=True)
+            principal = self._sip_password(auth, basic=True, client=request.client)
         else:
             principal = self._authenticate(request, basic=True)
         connect = query.text("connect")
@@ -678,6 +684,7 @@ class _TwistedRequest(Protocol):
     def write(self, data: bytes) -> None: ...
     def finish(self) -> None: ...
     def notifyFinish(self) -> Deferred[None]: ...
+    def getClientAddress(self) -> object: ...
 
 
 def _incoming(request: _TwistedRequest) -> _Incoming:
@@ -695,7 +702,14 @@ def _incoming(request: _TwistedRequest) -> _Incoming:
         body=body,
         body_too_large=too_large,
         last_event_id=None if last_event_id is None else last_event_id.decode("latin-1"),
+        client=_client_host(request),
     )
+
+
+def _client_host(request: _TwistedRequest) -> str:
+    """The peer's IP address ("" if the transport has none, e.g. a UNIX socket)."""
+    address = request.getClientAddress()
+    return str(getattr(address, "host", ""))
 
 
 def _encode(reply: _Reply) -> tuple[_Reply, bytes]:
@@ -800,13 +814,14 @@ def build_site(
     tokens: Mapping[str, str],
     *,
     reactor: Any = None,
-    check_password: Callable[[str, str], bool] | None = None,
+    check_password: Callable[[str, str, str], bool] | None = None,
     events: EventSource | None = None,
 ) -> server.Site:
     """The HTTP API as a Twisted ``Site``; listen on it with ``reactor.listenTCP``.
 
     ``tokens`` maps a bearer token to the user id it may act for, or to ``"*"`` for an
-    administrator. ``check_password(user, password)`` verifies a SIP user's credentials for
+    administrator. ``check_password(user, password, client address)`` verifies a SIP user's
+    credentials (under the password-guessing limits) for
     pbxnsip's ``remote_call.htm?auth=``; without it only bearer tokens are accepted there.
     ``reactor`` (an ``IReactorTime``) drives the HTTP connection timeouts.
     ``events`` (the :class:`~sipdial.events.hub.EventHub`) enables ``GET /v1/events``.

@@ -55,7 +55,7 @@ class InboundRouter:
         """A new INVITE from a phone: authenticate (407), route, relay."""
         request, txn, source = invite.request, invite.txn, invite.source
         endpoint = self.ua.endpoint
-        outcome = self.auth.check(request, now, proxy=True)
+        outcome = self.auth.check(request, now, proxy=True, source=source.host)
         if isinstance(outcome, Response):
             endpoint.respond(txn, outcome, now)
             return

@@ -10,14 +10,22 @@ Server side (:class:`DigestServer`)
     * :meth:`DigestServer.verify` accepts qop=auth responses *and* RFC 2069 responses without
       qop/nc/cnonce even though the challenge offered qop (old phones, pyVoIP).
     * Nonces are stateless (:class:`NonceManager`): timestamp + random, HMAC-signed with a
-      per-process secret. A validly signed nonce older than ``lifetime`` is "stale".
-    * Replay: a small bounded LRU remembers the highest ``nc`` accepted per nonce; a qop=auth
-      request whose ``nc`` does not increase is answered "stale" (the caller re-challenges with
-      ``stale=true``; a legitimate client retries transparently, a replaying attacker gets a
-      challenge it cannot answer). Entries evicted from the LRU, and RFC 2069 responses
-      (which carry no counter), can be replayed only until the nonce expires; that window
-      (``lifetime``, 5 minutes by default) is the accepted cost of not keeping per-nonce state.
+      per-process secret and, optionally, bound to a string (the client's address: a nonce
+      answered from another address is "bad"). A validly signed nonce older than
+      ``lifetime`` is "stale".
+    * Replay: a bounded LRU remembers, per nonce, the highest ``nc`` accepted (qop=auth) or
+      that it was used without qop. A qop=auth answer whose ``nc`` does not increase, and any
+      second use of a nonce answered without qop (RFC 2069 has no counter, so such nonces are
+      single-use), is answered "stale": the caller re-challenges with ``stale=true``, a
+      legitimate client retries with the fresh nonce, a replaying attacker gets a challenge it
+      cannot answer. When the LRU is full, evicting a nonce raises a floor: an untracked nonce
+      issued at or before the newest evicted one counts as used, so eviction never reopens a
+      replay (clients at worst get one extra challenge).
       SIP retransmissions never reach this code: the server transaction absorbs them.
+    * Results: "ok"; "stale" (right password, old or used nonce); "wrong" (the nonce is ours
+      and valid, the response was computed and did not match: a password guess, also for
+      unknown users); "bad" (anything that was not a guess: malformed, foreign nonce, wrong
+      realm or uri). Callers count "wrong" for :mod:`sipdial.guard`.
 
 Client side (:func:`answer_challenge`) answers a 401/407 from an upstream trunk or registrar.
 
@@ -64,7 +72,7 @@ class AuthError(SipError, ValueError):
     """
 
 
-VerifyResult = Literal["ok", "stale", "bad"]
+VerifyResult = Literal["ok", "stale", "bad", "wrong"]
 
 #: Base algorithms a server offers; each also exists as "<name>-sess" (RFC 7616 §3.4.2).
 ALGORITHMS = ("MD5", "SHA-256")
@@ -540,15 +548,22 @@ class NonceManager:
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._secret, body, hashlib.sha256).digest()[: self._MAC_LEN]
 
-    def make(self, now: float) -> str:
-        """A fresh nonce, stamped ``now``."""
+    def make(self, now: float, bind: str = "") -> str:
+        """A fresh nonce, stamped ``now``, valid only with the same ``bind`` (a client
+        address: the MAC covers it, the nonce does not carry it)."""
         stamp = max(0, int(now * 1000)).to_bytes(self._TS_LEN, "big")
         body = stamp + self._random_bytes(self._RAND_LEN)
-        return base64.urlsafe_b64encode(body + self._mac(body)).decode("ascii").rstrip("=")
+        mac = self._mac(body + bind.encode("utf-8", "surrogatepass"))
+        return base64.urlsafe_b64encode(body + mac).decode("ascii").rstrip("=")
 
-    def check(self, nonce: str, now: float) -> VerifyResult:
+    def issued(self, nonce: str) -> float:
+        """When a nonce that :meth:`check` accepted was made (seconds)."""
+        raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
+        return int.from_bytes(raw[: self._TS_LEN], "big") / 1000
+
+    def check(self, nonce: str, now: float, bind: str = "") -> VerifyResult:
         """``"ok"``; ``"stale"`` once older than ``lifetime``; ``"bad"`` if forged, made with
-        another secret, malformed or stamped in the future."""
+        another secret or another ``bind``, malformed or stamped in the future."""
         expected_len = self._TS_LEN + self._RAND_LEN + self._MAC_LEN
         if len(nonce) != (expected_len * 4 + 2) // 3 or not nonce.isascii():
             return "bad"
@@ -559,7 +574,7 @@ class NonceManager:
         if len(raw) != expected_len:
             return "bad"
         body, mac = raw[: -self._MAC_LEN], raw[-self._MAC_LEN :]
-        if not hmac.compare_digest(mac, self._mac(body)):
+        if not hmac.compare_digest(mac, self._mac(body + bind.encode("utf-8", "surrogatepass"))):
             return "bad"
         issued = int.from_bytes(body[: self._TS_LEN], "big") / 1000
         if issued > now + self._FUTURE_SKEW:
@@ -574,7 +589,7 @@ class DigestServer:
 
     ``lookup_password(user)`` is the user's password or None for an unknown user (who gets the
     same challenge and the same work as a known one). ``max_tracked_nonces`` bounds the LRU of
-    the highest ``nc`` seen per nonce.
+    the nonces used (highest ``nc`` per nonce, or used without qop).
     """
 
     def __init__(
@@ -604,12 +619,15 @@ class DigestServer:
         # Unknown users are verified against this, so both paths do the same work.
         self._dummy_password = base64.b64encode(os.urandom(18)).decode("ascii")
         self._max_tracked = max_tracked_nonces
-        self._last_nc: OrderedDict[str, int] = OrderedDict()
+        #: nonce -> (issued, highest nc accepted; _USED_WITHOUT_QOP after an RFC 2069 answer)
+        self._used: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        #: untracked nonces issued at or before this may have been evicted: treated as used
+        self._floor = float("-inf")
 
-    def challenges(self, now: float, stale: bool = False) -> list[Challenge]:
+    def challenges(self, now: float, stale: bool = False, *, bind: str = "") -> list[Challenge]:
         """One challenge per algorithm, in configured order (SHA-256 first by default),
-        sharing one fresh nonce. Identical for every (known or unknown) user."""
-        nonce = self._nonces.make(now)
+        sharing one fresh nonce (bound to ``bind``). Identical for every user."""
+        nonce = self._nonces.make(now, bind)
         return [
             Challenge(
                 realm=self.realm,
@@ -623,20 +641,30 @@ class DigestServer:
         ]
 
     def verify(
-        self, header_value: str, method: str, now: float, *, uri: str | None = None
+        self, header_value: str, method: str, now: float, *, uri: str | None = None,
+        bind: str = "",
     ) -> tuple[VerifyResult, str | None]:
         """Check an Authorization / Proxy-Authorization value.
 
         Returns ``("ok", username)``; ``("stale", username)`` when the digest is right but the
-        nonce expired or its nc did not increase (re-challenge with ``stale=True``); or
-        ``("bad", None)`` for anything else, malformed headers included. ``uri``, when given,
-        is the Request-URI the digest-uri must equal (RFC 3261 §22.4; compared
-        case-insensitively, since SIP clients differ in the case of scheme and host).
+        nonce expired or was used up (re-challenge with ``stale=True``); ``("wrong",
+        username)`` when the digest was computed and is wrong (a guess; known and unknown
+        users alike); or ``("bad", None)`` for anything else, malformed headers included.
+        ``uri``, when given, is the Request-URI the digest-uri must equal (RFC 3261 §22.4;
+        compared case-insensitively, since SIP clients differ in the case of scheme and
+        host). ``bind`` is what the nonce was made with (:meth:`challenges`).
         """
         try:
             creds = Credentials.parse(header_value)
         except AuthError:
             return "bad", None
+        return self.verify_credentials(creds, method, now, uri=uri, bind=bind)
+
+    def verify_credentials(
+        self, creds: Credentials, method: str, now: float, *, uri: str | None = None,
+        bind: str = "",
+    ) -> tuple[VerifyResult, str | None]:
+        """:meth:`verify` for credentials already parsed."""
         if creds.realm != self.realm or creds.algorithm not in self.algorithms:
             return "bad", None
         if uri is not None and creds.uri != uri and creds.uri.lower() != uri.lower():
@@ -647,7 +675,7 @@ class DigestServer:
             return "bad", None  # auth-int or unknown: never offered
         if creds.qop is None and creds.algorithm.endswith("-sess"):
             return "bad", None
-        nonce_state = self._nonces.check(creds.nonce, now)
+        nonce_state = self._nonces.check(creds.nonce, now, bind)
         if nonce_state == "bad":
             return "bad", None
 
@@ -667,22 +695,36 @@ class DigestServer:
         )
         matches = hmac.compare_digest(expected, creds.response.lower())
         if not (matches and known):
-            return "bad", None
+            return "wrong", creds.username
         if nonce_state == "stale":
             return "stale", creds.username
-        if creds.nc is not None and not self._nc_increases(creds.nonce, int(creds.nc, 16)):
+        nc = int(creds.nc, 16) if creds.nc is not None else _USED_WITHOUT_QOP
+        if not self._use(creds.nonce, nc):
             return "stale", creds.username
         return "ok", creds.username
 
-    def _nc_increases(self, nonce: str, nc: int) -> bool:
-        last = self._last_nc.get(nonce)
-        if last is not None and nc <= last:
-            return False
-        self._last_nc[nonce] = nc
-        self._last_nc.move_to_end(nonce)
-        while len(self._last_nc) > self._max_tracked:
-            self._last_nc.popitem(last=False)
+    def _use(self, nonce: str, nc: int) -> bool:
+        """Record a use of ``nonce`` with counter ``nc`` (_USED_WITHOUT_QOP: RFC 2069, no
+        counter); False if it is a replay: nc not above the last, or the nonce used up."""
+        entry = self._used.get(nonce)
+        if entry is None:
+            issued = self._nonces.issued(nonce)
+            if issued <= self._floor:
+                return False  # may have been used and evicted
+        else:
+            issued, last = entry
+            if last == _USED_WITHOUT_QOP or nc <= last:
+                return False
+        self._used[nonce] = (issued, nc)
+        self._used.move_to_end(nonce)
+        while len(self._used) > self._max_tracked:
+            _, (evicted_issued, _) = self._used.popitem(last=False)
+            self._floor = max(self._floor, evicted_issued)
         return True
+
+
+#: the "nc" recorded for a nonce answered without qop: above every real nc (8 hex digits)
+_USED_WITHOUT_QOP = 1 << 32
 
 
 # --------------------------------------------------------------------------------------------

@@ -286,16 +286,18 @@ def test_verify_password_with_quotes_and_backslash() -> None:
     assert server.verify(creds.to_header(), "REGISTER", T0) == ("ok", "bob")
 
 
-def test_wrong_password_is_bad() -> None:
+def test_wrong_password_is_wrong_and_names_the_user() -> None:
+    # "wrong": a password was evaluated (what sipdial.guard counts), not a malformed header
     server = make_server()
     creds = _answer(server, password="WONDERLAND")
-    assert server.verify(creds.to_header(), "REGISTER", T0) == ("bad", None)
+    assert server.verify(creds.to_header(), "REGISTER", T0) == ("wrong", "alice")
 
 
 def test_wrong_method_or_uri_is_bad() -> None:
     server = make_server()
     creds = _answer(server)
-    assert server.verify(creds.to_header(), "INVITE", T0) == ("bad", None)
+    # another method changes the digest: indistinguishable from a wrong password
+    assert server.verify(creds.to_header(), "INVITE", T0) == ("wrong", "alice")
     assert server.verify(creds.to_header(), "REGISTER", T0, uri="sip:other.test") == ("bad", None)
     # scheme/host case differences are tolerated
     assert server.verify(creds.to_header(), "REGISTER", T0, uri="SIP:SIPDIAL.TEST")[0] == "ok"
@@ -316,8 +318,8 @@ def test_unknown_user_same_challenge_and_same_result() -> None:
     ]
     unknown = _answer(server, username="mallory", password="guess")
     known_wrong = _answer(server, username="alice", password="guess")
-    assert server.verify(unknown.to_header(), "REGISTER", T0) == ("bad", None)
-    assert server.verify(known_wrong.to_header(), "REGISTER", T0) == ("bad", None)
+    assert server.verify(unknown.to_header(), "REGISTER", T0) == ("wrong", "mallory")
+    assert server.verify(known_wrong.to_header(), "REGISTER", T0) == ("wrong", "alice")
     assert calls == ["mallory", "alice"]  # both went through the password lookup path
 
 
@@ -334,7 +336,7 @@ def test_unknown_user_is_checked_against_dummy_password(monkeypatch: pytest.Monk
     server = make_server()
     creds = _answer(server, username="nobody", password="x")
     monkeypatch.setattr(auth, "digest_response", spy)
-    assert server.verify(creds.to_header(), "REGISTER", T0) == ("bad", None)
+    assert server.verify(creds.to_header(), "REGISTER", T0) == ("wrong", "nobody")
     assert len(seen) == 1 and seen[0] not in ("", "x")
 
 
@@ -342,15 +344,16 @@ def test_unknown_user_cannot_log_in_with_dummy_password() -> None:
     server = make_server()
     dummy = server._dummy_password
     creds = _answer(server, username="nobody", password=dummy)
-    assert server.verify(creds.to_header(), "REGISTER", T0) == ("bad", None)
+    assert server.verify(creds.to_header(), "REGISTER", T0) == ("wrong", "nobody")
 
 
 def test_expired_nonce_with_right_password_is_stale() -> None:
     server = make_server()
     creds = _answer(server, now=T0)
     assert server.verify(creds.to_header(), "REGISTER", T0 + 301) == ("stale", "alice")
+    # a wrong password on an expired nonce is still a guess ("stale" would confirm a right one)
     wrong = _answer(server, password="nope", now=T0)
-    assert server.verify(wrong.to_header(), "REGISTER", T0 + 301) == ("bad", None)
+    assert server.verify(wrong.to_header(), "REGISTER", T0 + 301) == ("wrong", "alice")
 
 
 def test_tampered_or_foreign_nonce_is_bad() -> None:
@@ -383,8 +386,8 @@ def test_no_qop_response_accepted_although_qop_offered() -> None:
         f'uri="sip:sipdial.test",response="{response}",algorithm=MD5'
     )
     assert server.verify(header, "REGISTER", T0) == ("ok", "alice")
-    # no counter: the same response is accepted again while the nonce lives (documented)
-    assert server.verify(header, "REGISTER", T0 + 10) == ("ok", "alice")
+    # no counter: a nonce answered without qop is single-use; a replay is re-challenged
+    assert server.verify(header, "REGISTER", T0 + 10) == ("stale", "alice")
     assert server.verify(header, "REGISTER", T0 + 400) == ("stale", "alice")
 
 
@@ -411,7 +414,7 @@ def test_nc_tracking_is_bounded() -> None:
     for i in range(5):
         creds = _answer(server, now=T0 + i)
         assert server.verify(creds.to_header(), "REGISTER", T0 + i)[0] == "ok"
-    assert len(server._last_nc) == 2
+    assert len(server._used) == 2
 
 
 def test_failed_verification_does_not_advance_nc() -> None:
@@ -421,7 +424,7 @@ def test_failed_verification_does_not_advance_nc() -> None:
         good.username, good.realm, good.nonce, good.uri, "0" * 64, good.algorithm,
         "auth", "00000009", "c",
     )
-    assert server.verify(bad.to_header(), "REGISTER", T0)[0] == "bad"
+    assert server.verify(bad.to_header(), "REGISTER", T0)[0] == "wrong"
     assert server.verify(good.to_header(), "REGISTER", T0)[0] == "ok"
 
 

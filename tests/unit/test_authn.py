@@ -8,6 +8,7 @@ from sipdial.sip.auth import Challenge, answer_challenge
 from sipdial.sip.message import Request, Response, parse_message
 
 PASSWORDS = {"201": "secret201"}
+PHONE = "10.0.0.1"
 
 
 def invite(uri: str, authorization: str | None = None) -> Request:
@@ -22,7 +23,7 @@ def invite(uri: str, authorization: str | None = None) -> Request:
 
 
 def answer(auth: Authenticator, digest_uri: str) -> str:
-    challenge_response = auth.check(invite("sip:+49301@example.com"), 0.0, proxy=True)
+    challenge_response = auth.check(invite("sip:+49301@example.com"), 0.0, proxy=True, source=PHONE)
     assert isinstance(challenge_response, Response) and challenge_response.status == 407
     challenge = Challenge.parse(challenge_response.headers.get("Proxy-Authenticate") or "")
     return answer_challenge(challenge, username="201", password="secret201", method="INVITE",
@@ -32,11 +33,13 @@ def answer(auth: Authenticator, digest_uri: str) -> str:
 def test_digest_for_this_target_is_accepted_even_with_extra_parameters() -> None:
     auth = Authenticator("example.com", PASSWORDS.get, secret=b"k" * 32)
     value = answer(auth, "sip:+49301@example.com;transport=UDP")
-    assert auth.check(invite("sip:+49301@example.com", value), 1.0, proxy=True) == "201"
+    assert auth.check(invite("sip:+49301@example.com", value), 1.0, proxy=True,
+                      source=PHONE) == "201"
 
 
 def test_digest_captured_for_one_target_is_refused_for_another() -> None:
     auth = Authenticator("example.com", PASSWORDS.get, secret=b"k" * 32)
     value = answer(auth, "sip:+49301@example.com")
-    outcome = auth.check(invite("sip:+1900555@example.com", value), 1.0, proxy=True)
+    outcome = auth.check(invite("sip:+1900555@example.com", value), 1.0, proxy=True,
+                         source=PHONE)
     assert isinstance(outcome, Response) and outcome.status == 407
