@@ -152,7 +152,12 @@ class Core:
         """The transaction user: every event of the endpoint, in order."""
         incoming = self.ua.handle(event, now)
         if incoming is not None:
-            self.inbound.accept(incoming, now)
+            try:
+                self.inbound.accept(incoming, now)
+            except Exception:  # a bug must not leave the caller's INVITE unanswered forever
+                log.exception("error accepting %s", incoming.request.uri)
+                if not incoming.txn.answered:
+                    self.ua.endpoint.reply(incoming.txn, 500, now)
 
     def sweep(self, now: float) -> int:
         """Expire registrations, hang up calls past ``calls.max_duration``."""

@@ -40,6 +40,7 @@ from sipdial.sip import (
     TransactionTimeout,
     TransportError,
     call_id,
+    check_dialog_headers,
     from_tag,
     to_tag,
 )
@@ -225,6 +226,9 @@ class UserAgent:
                     # §8.1.1.3 / §8.1.1.8: a dialog cannot be built without them
                     self.endpoint.reply(txn, 400, now, reason="Missing From tag or Contact")
                 else:
+                    # a Contact or Record-Route that does not parse is refused now (400 with
+                    # the reason), not found out when the call is answered (issue 7 §5)
+                    check_dialog_headers(request)
                     return IncomingInvite(request, txn, source)
             case _:
                 # BYE, REFER, NOTIFY, INFO, UPDATE outside a dialog

@@ -31,6 +31,7 @@ from sipdial.sip import (
     Headers,
     NameAddr,
     OwnerEvent,
+    ParseError,
     Peer,
     Request,
     ResolveError,
@@ -43,6 +44,7 @@ from sipdial.sip import (
     TransactionTimeout,
     TransportError,
     answer_challenge,
+    check_dialog_headers,
     cseq,
     make_response,
     parse_challenges,
@@ -189,6 +191,7 @@ class LegInput(Symbol):
     # from the wire
     PROVISIONAL = "101-199 to our INVITE"
     SUCCESS = "2xx to our INVITE"
+    BAD_ANSWER = "2xx to our INVITE whose Contact or Record-Route does not parse"
     CHALLENGE = "401/407 we hold credentials for and have not answered yet"
     FAILURE = "final 3xx-6xx to our INVITE"
     TIMEOUT = "no final response / no transport"
@@ -216,6 +219,7 @@ class LegAction(Symbol):
     REPORT_PROGRESS = "tell the owner: Progress"
     ACCEPT_ANSWER = "ACK the 2xx, keep the dialog, start RFC 4028 refreshes, tell: Answered"
     REFUSE_ANSWER = "ACK a 2xx we no longer want (another fork's, or after CANCEL), BYE it"
+    REPORT_BAD_ANSWER = "tell the owner: Failed 502 (the 2xx could not make a dialog)"
     RETRY_AUTHORIZED = "send the INVITE again with credentials (RFC 3261 §22.2)"
     REPORT_FAILED = "tell the owner: Failed"
     REPORT_CANCELLED_487 = "tell the owner: Failed with 487 (our CANCEL won)"
@@ -253,6 +257,9 @@ UAC_TABLE: dict[tuple[LegState, LegInput], LegRow] = {
     (Ls.CALLING, Li.PROVISIONAL): (Ls.EARLY, (La.REPORT_PROGRESS,)),
     (Ls.EARLY, Li.PROVISIONAL): (Ls.EARLY, (La.REPORT_PROGRESS,)),
     **{(s, Li.SUCCESS): (Ls.CONFIRMED, (La.ACCEPT_ANSWER,)) for s in _RINGING},
+    # §13.2.2.4: a 2xx is ACKed even when its dialog is unusable; then it is hung up
+    **{(s, Li.BAD_ANSWER): (Ls.FAILED, (La.REFUSE_ANSWER, La.REPORT_BAD_ANSWER))
+       for s in _RINGING},
     **{(s, Li.CHALLENGE): (Ls.CALLING, (La.RETRY_AUTHORIZED,)) for s in _RINGING},
     **{(s, Li.FAILURE): (Ls.FAILED, (La.REPORT_FAILED,)) for s in _RINGING},
     **{(s, Li.TIMEOUT): (Ls.FAILED, (La.REPORT_FAILED,)) for s in _RINGING},
@@ -261,6 +268,8 @@ UAC_TABLE: dict[tuple[LegState, LegInput], LegRow] = {
     # our CANCEL is out: whatever comes back ends the leg as cancelled
     (Ls.CANCELLING, Li.PROVISIONAL): (Ls.CANCELLING, _),
     (Ls.CANCELLING, Li.SUCCESS): (Ls.CANCELLED, (La.REFUSE_ANSWER, La.REPORT_CANCELLED_487)),
+    (Ls.CANCELLING, Li.BAD_ANSWER): (Ls.CANCELLED,
+                                     (La.REFUSE_ANSWER, La.REPORT_CANCELLED_487)),
     (Ls.CANCELLING, Li.CHALLENGE): (Ls.CANCELLED, (La.REPORT_FAILED,)),
     (Ls.CANCELLING, Li.FAILURE): (Ls.CANCELLED, (La.REPORT_FAILED,)),
     (Ls.CANCELLING, Li.TIMEOUT): (Ls.CANCELLED, (La.REPORT_FAILED,)),
@@ -280,7 +289,8 @@ UAC_TABLE: dict[tuple[LegState, LegInput], LegRow] = {
     **{(s, Li.REMOTE_CANCEL): (s, (La.ANSWER_487,)) for s in _ALL},  # of a peer's re-INVITE
     **{(s, Li.ACK_TIMEOUT): (s, _) for s in _ALL},  # our 2xx to its re-INVITE: its loss
     # a 2xx after the leg is settled (another fork's dialog, or too late): ACK and BYE it
-    **{(s, Li.SUCCESS): (s, (La.REFUSE_ANSWER,)) for s in (Ls.CONFIRMED, *_OVER)},
+    **{(s, i): (s, (La.REFUSE_ANSWER,)) for s in (Ls.CONFIRMED, *_OVER)
+       for i in (Li.SUCCESS, Li.BAD_ANSWER)},
     # late or moot: nothing to do
     **{(s, i): (s, _) for s in (Ls.CONFIRMED, *_OVER)
        for i in (Li.PROVISIONAL, Li.FAILURE, Li.TIMEOUT, Li.CHALLENGE, Li.CANCEL)},
@@ -380,6 +390,9 @@ class _Leg:
                     return
         except Exception:
             log.exception("%r: %s failed", self, inp.name)
+            # the row's state was not reached: release from the state the leg was in (what
+            # was sent meanwhile, a 2xx say, is read from the dialog and transactions)
+            self.state = previous
             self._illegal(f"{inp.name} (an action raised)", now)
 
     def _fire_plain(self, inp: LegInput, now: float) -> None:
@@ -389,21 +402,20 @@ class _Leg:
         """A bug: log one line, release the leg as best we can and tell the owner, whose
         call then ends as failed."""
         log.error("%r cannot take %s: releasing it", self, what)
-        state = self.state
-        if state.over:
+        if self.state.over:
             return  # nothing left to release; the owner was told when it ended
-        self.state = LegState.ENDED if state is LegState.CONFIRMED else LegState.FAILED
-        try:
-            if state is LegState.CONFIRMED:
-                self._send_bye(now)
-            else:
-                self._abort(now)
-        except Exception:
-            log.exception("%r: could not release it", self)
+        up = self.dialog is not None
+        self.state = LegState.ENDED if up else LegState.FAILED
+        for release in (self._send_bye, self._abort):  # BYE a dialog; CANCEL / 500 the rest
+            try:
+                release(now)
+            except Exception:
+                log.exception("%r: could not release it", self)
         self.owner.leg_event(Broken(self._me(), f"internal error: {what}"), now)
 
     def _abort(self, now: float) -> None:
-        """Give up an unanswered INVITE (ours: CANCEL; the caller's: 500)."""
+        """Give up an INVITE that is still unanswered (ours: CANCEL; the caller's: 500);
+        nothing when it is answered."""
         raise NotImplementedError
 
     def _me(self) -> UacLeg | UasLeg:
@@ -715,6 +727,13 @@ class UacLeg(_Leg):
             if status > 100:
                 self._fire(LegInput.PROVISIONAL, now, response, self._with_response)
         elif status < 300:
+            try:
+                check_dialog_headers(response)
+            except ParseError as exc:
+                log.warning("%r: a %d whose dialog cannot be made (%s): ACK and BYE it",
+                            self, status, exc)
+                self._fire(LegInput.BAD_ANSWER, now, response, self._with_response)
+                return
             self._fire(LegInput.SUCCESS, now, response, self._with_response)
         elif status in (401, 407) and self._may_answer_challenge():
             self._fire(LegInput.CHALLENGE, now, response, self._with_response)
@@ -745,6 +764,10 @@ class UacLeg(_Leg):
                     self._report_failed(response.status, response, now)
             case LegAction.REPORT_FAILED:
                 self._report_failed(response.status, response, now)
+            case LegAction.REPORT_BAD_ANSWER:
+                self.final_status = 502
+                self.owner.leg_event(Failed(self, 502, None, "unusable 2xx from the target "
+                                            "(bad Contact or Record-Route)"), now)
             case _:
                 return False
         return True
@@ -794,26 +817,31 @@ class UacLeg(_Leg):
         self.owner.leg_event(Failed(self, status, response), now)
 
     def _abort(self, now: float) -> None:
+        txn = self.invite_txn
+        if self.dialog is not None or txn is None:
+            return  # up (BYE'd) or never sent
         self.final_status = 500
-        if self.invite_txn is not None:
-            self.ua.endpoint.cancel(self.invite_txn, now, None)
+        if self.answer is not None and txn.ack_2xx is None:
+            self._refuse(self.answer, txn, now)  # a 2xx came: ACK and BYE it
+        else:
+            self.ua.endpoint.cancel(txn, now, None)
 
     def _accept(self, response: Response, now: float) -> None:
         txn = self.invite_txn
         if txn is None:
             raise IllegalLegInput("a 2xx without our INVITE")
+        self.answer = response  # first: if what follows raises, _abort ACKs and BYEs it
         dialog = Dialog.from_uac(txn.request, response, self.peer,
                                  self.ua.endpoint.contact(self.peer))
+        self.dialog = dialog
+        self.final_status = response.status
+        self.ua.add_dialog(dialog, self)
         if response.body and not txn.request.body:
             # our INVITE had no offer, so the 2xx carries it: the ACK must carry the answer,
             # which the owner brings (from the other side) through ack_offer
             self.offer_txn = txn
         else:
             self.ua.endpoint.send_ack(txn, dialog.create_ack(self._cseq), self.peer)
-        self.dialog = dialog
-        self.answer = response
-        self.final_status = response.status
-        self.ua.add_dialog(dialog, self)
         self._session_timer(response, now)
         self.owner.leg_event(Answered(self, response), now)
 
@@ -822,7 +850,7 @@ class UacLeg(_Leg):
         CANCEL, or one to an INVITE we replaced. ACK it (re-sent for its retransmissions
         only if it is our first dialog's) and hang it up."""
         dialog = Dialog.from_uac(txn.request, response, self.peer,
-                                 self.ua.endpoint.contact(self.peer))
+                                 self.ua.endpoint.contact(self.peer), lenient=True)
         first = self.dialog is None and txn is self.invite_txn
         self.ua.endpoint.send_ack(txn, dialog.create_ack(cseq(txn.request).number), self.peer,
                                   remember=first)

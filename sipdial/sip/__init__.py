@@ -30,7 +30,8 @@ Each module documents its part of the contract:
                            :class:`CSeq`, compact forms
 :mod:`~.transaction`       the RFC 3261 §17 machines (one table each), the events for
                            the TU, :class:`TimerConfig` (T1, T2, T4)
-:mod:`~.dialog`            RFC 3261 §12: :class:`Dialog` builds in-dialog requests
+:mod:`~.dialog`            RFC 3261 §12: :class:`Dialog` builds in-dialog requests;
+                           :func:`check_dialog_headers` (400 before a dialog is promised)
 :mod:`~.endpoint`          :class:`Endpoint`: bytes in, transactions, bytes out;
                            :func:`peer_for_uri` without DNS
 :mod:`~.auth`              HTTP digest (RFC 7616, 2617, 2069; RFC 8760): server
@@ -61,7 +62,7 @@ from sipdial.sip.auth import (
     parse_challenges,
     preferred_challenge,
 )
-from sipdial.sip.dialog import Dialog, DialogKey
+from sipdial.sip.dialog import Dialog, DialogKey, check_dialog_headers
 from sipdial.sip.endpoint import Endpoint, family, peer_for_uri
 from sipdial.sip.errors import ParseError, SipError
 from sipdial.sip.headers import CSeq, Headers, Via
@@ -174,6 +175,7 @@ __all__ = [
     "Via",
     "answer_challenge",
     "call_id",
+    "check_dialog_headers",
     "cseq",
     "digest_response",
     "family",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sipdial.sip.errors import SipError
+from sipdial.sip.errors import ParseError, SipError
 from sipdial.sip.headers import Headers
 from sipdial.sip.message import Request, Response, cseq, from_, to
 from sipdial.sip.peer import Peer
@@ -47,15 +47,25 @@ class Dialog:
 
     @classmethod
     def from_uac(cls, request: Request, response: Response, peer: Peer,
-                 local_contact: str) -> Dialog:
-        """§12.1.2: from a 2xx (or 101-199 with To tag) to our dialog-creating request."""
+                 local_contact: str, *, lenient: bool = False) -> Dialog:
+        """§12.1.2: from a 2xx (or 101-199 with To tag) to our dialog-creating request.
+
+        Raises :class:`ParseError` when the response's Contact or Record-Route does not
+        parse. ``lenient``: build the dialog anyway, without them (the request's URI as the
+        remote target, no route set, ``peer`` as where the INVITE went) — enough to ACK a
+        2xx that cannot make a usable dialog and BYE it (§13.2.2.4)."""
         remote = to(response)
         if remote.tag is None:
             raise SipError("response creates no dialog: To has no tag")
         local = from_(request)
         assert local.tag is not None
-        contacts = _contacts(response)
-        routes = _record_routes(response)
+        try:
+            contacts = _contacts(response)
+            routes = _record_routes(response)
+        except ParseError:
+            if not lenient:
+                raise
+            contacts, routes = [], []
         routes.reverse()
         return cls(
             call_id=request.headers.get("Call-ID") or "",
@@ -139,20 +149,40 @@ class Dialog:
         """§12.2.2: check CSeq order and refresh the remote target. Raises SipError(500)
         for an out-of-order request."""
         number = cseq(request).number
+        contacts = _contacts(request) if request.method in ("INVITE", "UPDATE") else []
         if request.method not in ("ACK", "CANCEL"):
             if self.remote_seq is not None and number <= self.remote_seq:
                 raise SipError("CSeq out of order", 500)
             self.remote_seq = number
-        if request.method in ("INVITE", "UPDATE"):
-            contacts = _contacts(request)
-            if contacts:
-                self.remote_target = contacts[0].uri
-
-    def refresh_from_response(self, response: Response) -> None:
-        """Target refresh from a 2xx to a re-INVITE/UPDATE we sent."""
-        contacts = _contacts(response)
         if contacts:
             self.remote_target = contacts[0].uri
+
+    def refresh_from_response(self, response: Response) -> None:
+        """Target refresh from a 2xx to a re-INVITE/UPDATE we sent. A Contact that does not
+        parse refreshes nothing: the 2xx is still ACKed (the dialog keeps its target)."""
+        try:
+            contacts = _contacts(response)
+        except ParseError:
+            return
+        if contacts:
+            self.remote_target = contacts[0].uri
+
+
+def check_dialog_headers(message: Request | Response) -> None:
+    """Raise :class:`ParseError` (400, with the reason) unless every header a dialog would
+    be built from parses: From, To, Contact, Record-Route (§12.1). For a request that is
+    answered when it arrives, so that no call is set up on a message whose dialog cannot be
+    made later (when the other side answers, say)."""
+    for name, parse in (("From", from_), ("To", to)):
+        try:
+            parse(message)
+        except ParseError as exc:
+            raise ParseError(f"bad {name}: {exc}") from None
+    for name, parse_all in (("Contact", _contacts), ("Record-Route", _record_routes)):
+        try:
+            parse_all(message)
+        except ParseError as exc:
+            raise ParseError(f"bad {name}: {exc}") from None
 
 
 def _contacts(message: Request | Response) -> list[NameAddr]:
