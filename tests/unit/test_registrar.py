@@ -362,3 +362,113 @@ def test_replayed_qop_answer_is_rechallenged(net: SimNet, phone: Phone) -> None:
     assert phone.take_response().status == 200
     phone.send(phone.register_request(authorization=auth))  # same nc: a replay
     assert phone.take_response().status == 401
+
+
+# ------------------------------------------------------------ password guessing (issue 7 §2)
+
+ATTACKER_HOST = "203.0.113.9"
+
+
+def _shape(response: Response) -> tuple[int, str, list[str], list[str]]:
+    """What a guesser can compare between two answers: status, reason, header names, and the
+    challenge without its nonce."""
+    challenge = [_without_nonce(v) for v in response.headers.get_all("WWW-Authenticate")]
+    return response.status, response.reason, [n for n, _ in response.headers.items()], challenge
+
+
+def guess(phone: Phone, password: str, *, qop: bool = True) -> Response:
+    phone.send(phone.register_request())
+    challenge = phone.take_response(401)
+    auth = phone.authorization(challenge, "REGISTER", "sip:127.0.0.1", password=password,
+                               qop=qop)
+    phone.send(phone.register_request(authorization=auth))
+    return phone.take_response()
+
+
+def test_register_guesses_back_off_and_lock_out_with_the_same_answers(net: SimNet) -> None:
+    attacker = Phone(net, "201", port=5099, host=ATTACKER_HOST)
+    wrong = [guess(attacker, f"guess{i}") for i in range(6)]  # 5 free, the 6th backs off 1 s
+    blocked = guess(attacker, "secret201")  # the right password, during the back-off
+    assert blocked.status == 401
+    assert _shape(blocked) == _shape(wrong[0])  # indistinguishable from a miss
+    assert net.registrar.contacts("201", net.now) == []
+    net.advance(1.0)
+    assert guess(attacker, "secret201").status == 200  # back-off over: it works again
+
+
+def test_register_lockout_refuses_the_right_password_until_it_ends(net: SimNet) -> None:
+    attacker = Phone(net, "202", port=5099, host=ATTACKER_HOST)
+    for i in range(10):
+        net.advance(net.core.auth.guard.blocked_until(ATTACKER_HOST, "202", net.now) - net.now)
+        assert guess(attacker, f"guess{i}").status == 401
+    for _ in range(3):
+        net.advance(299.0)
+        assert guess(attacker, "secret202").status == 401
+    net.advance(900.0 - 3 * 299.0)
+    assert guess(attacker, "secret202").status == 200
+
+
+def test_registered_phone_is_not_locked_out_by_guesses_from_elsewhere(net: SimNet,
+                                                                      phone: Phone) -> None:
+    assert phone.register().status == 200  # the real phone, from 127.0.0.1
+    for n in range(20):  # a distributed guesser: one guess per address
+        stranger = Phone(net, "201", port=5099, host=f"203.0.113.{n + 1}")
+        net.advance(1.0)
+        assert guess(stranger, f"guess{n}").status == 401
+    newcomer = Phone(net, "201", port=5099, host="192.0.2.50")
+    assert guess(newcomer, "secret201").status == 401  # the account is locked for strangers
+    assert phone.register().status == 200  # not for its phone
+
+
+def test_unknown_account_locks_out_like_a_known_one(net: SimNet) -> None:
+    known = Phone(net, "201", port=5099, host="203.0.113.1")
+    unknown = Phone(net, "no-such-user", port=5099, host="203.0.113.2")
+    answers_known = [_shape(guess(known, f"g{i}")) for i in range(8)]
+    answers_unknown = [_shape(guess(unknown, f"g{i}")) for i in range(8)]
+    assert answers_known == answers_unknown
+    assert not net.core.auth.guard.allows("203.0.113.2", "no-such-user", net.now)
+
+
+def test_replayed_register_without_qop_is_challenged_again(net: SimNet, phone: Phone) -> None:
+    """RFC 2069 (pyVoIP): an Authorization captured off the wire cannot register again."""
+    phone.send(phone.register_request())
+    challenge = phone.take_response(401)
+    captured = phone.authorization(challenge, "REGISTER", "sip:127.0.0.1", qop=False)
+    phone.send(phone.register_request(authorization=captured))
+    assert phone.take_response().status == 200
+    net.advance(10.0)
+    replayer = Phone(net, "201", port=phone.peer.port, host=phone.peer.host)  # same address
+    replayer.reg_call_id = "replay@attacker"
+    replayer.send(replayer.register_request(authorization=captured,
+                                            contacts=["<sip:201@203.0.113.9:5099>"]))
+    replayed = replayer.take_response()
+    assert replayed.status == 401
+    assert "stale=true" in (replayed.headers.get("WWW-Authenticate") or "")
+    assert [b.contact for b in net.registrar.contacts("201", net.now)] == [phone.contact_uri]
+
+
+def test_replayed_register_with_qop_same_nc_is_challenged_again(net: SimNet,
+                                                                 phone: Phone) -> None:
+    phone.send(phone.register_request())
+    challenge = phone.take_response(401)
+    captured = phone.authorization(challenge, "REGISTER", "sip:127.0.0.1")
+    phone.send(phone.register_request(authorization=captured))
+    assert phone.take_response().status == 200
+    phone.send(phone.register_request(authorization=captured,
+                                      contacts=["<sip:201@203.0.113.9:5099>"]))
+    replayed = phone.take_response()
+    assert replayed.status == 401
+    assert [b.contact for b in net.registrar.contacts("201", net.now)] == [phone.contact_uri]
+
+
+def test_nonce_answered_from_another_address_is_not_evaluated(net: SimNet) -> None:
+    """Nonces are bound to the client's address: spoofed guesses with a nonce fetched
+    elsewhere get no password checked and leave no counter behind."""
+    fetcher = Phone(net, "201", port=5099, host=ATTACKER_HOST)
+    fetcher.send(fetcher.register_request())
+    challenge = fetcher.take_response(401)
+    right = fetcher.authorization(challenge, "REGISTER", "sip:127.0.0.1")
+    spoofed = Phone(net, "201", port=5099, host="198.51.100.77")
+    spoofed.send(spoofed.register_request(authorization=right))
+    assert spoofed.take_response().status == 401  # even the right password
+    assert len(net.core.auth.guard) == 0
