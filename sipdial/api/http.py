@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, BinaryIO, Final, Protocol
-from urllib.parse import quote, unquote_plus
+from urllib.parse import quote, unquote_to_bytes
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
@@ -47,8 +47,9 @@ from twisted.web.resource import Resource
 
 from sipdial.api.service import ApiError, CallApi
 from sipdial.api.sse import EventSource, EventStream
-from sipdial.calls import CallState, Mode
+from sipdial.calls import CallState, Mode, escape_user
 from sipdial.reactor_types import exc_info
+from sipdial.sip import SipError, SipURI, parse_uri
 
 __all__ = ["MAX_BODY_BYTES", "build_site", "normalise_destination"]
 
@@ -81,7 +82,6 @@ _SIP_URI: Final = re.compile(
 )
 _USER: Final = re.compile(r"[A-Za-z0-9._~+-]{1,64}")
 _CALL_ID: Final = r"[A-Za-z0-9._~-]{1,128}"
-_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
 _UNPRINTABLE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _BODY_FIELDS: Final = frozenset(
     {"user", "to", "device", "auto_answer", "mode", "confirm", "caller_id", "clir"}
@@ -94,21 +94,97 @@ def normalise_destination(value: str) -> str | None:
     Numbers keep an optional leading ``+`` and lose human formatting: ``"+49 (30) 123-456"``
     -> ``"+4930123456"``; the trunk-prefix notation ``"+49 (0)30 123456"`` drops the
     ``(0)``; ``tel:`` is stripped. Extensions (``"201"``) are numbers too. ``sip:``/``sips:``
-    URIs are kept with a lower-case scheme.
+    URIs are rebuilt by sipdial's URI parser: lower-case scheme and host, the user part
+    escaped per RFC 3261 §25.1 (``"sip:jürgen#1@x"`` -> ``"sip:j%C3%BCrgen%231@x"``; ``;`` and
+    ``?`` in it too), without password, ``?headers`` and ``;method=`` (a Request-URI carries
+    none of them, RFC 3261 §19.1.5). Text with control characters or lone surrogates, also
+    %-escaped in a URI's user part, is never a destination.
     """
-    text = value.strip()
-    if len(text) > 256:
+    try:
+        return _destination(value)
+    except _NotADestination:
         return None
-    uri = _SIP_URI.fullmatch(text)
-    if uri is not None:
-        scheme = uri.group("scheme")
-        return scheme.lower() + text[len(scheme) :]
+
+
+class _NotADestination(ValueError):
+    """Why a ``to`` is no destination (the message follows the field name)."""
+
+
+def _destination(value: str) -> str:
+    """:func:`normalise_destination`, raising :class:`_NotADestination` with the reason."""
+    text = value.strip()
+    problem = _text_problem(text)
+    if problem is not None:
+        raise _NotADestination(f"{problem}: {_shown(text)}")
+    if len(text) > 256:
+        raise _NotADestination("must be at most 256 characters")
+    if _SIP_URI.fullmatch(text) is not None:
+        return _canonical_uri(text)
     if text[:4].lower() == "tel:":
         text = text[4:]
     if text.startswith("+"):
         text = text.replace("(0)", "")
     text = text.translate(_VISUAL_SEPARATORS)
-    return text if _NUMBER.fullmatch(text) else None
+    if _NUMBER.fullmatch(text) is None:
+        raise _NotADestination("must be a phone number or SIP URI")
+    return text
+
+
+# A "%" that does not start an escaped triplet, and what else the user part may not hold raw
+_NOT_USER_CHAR: Final = re.compile(r"%(?![0-9A-Fa-f]{2})|[^A-Za-z0-9\-_.!~*'()&=+$,;?/%]")
+
+
+def _canonical_uri(text: str) -> str:
+    """A SIP URI that matched :data:`_SIP_URI`, as sipdial will dial it."""
+    scheme, _, rest = text.partition(":")
+    if "@" in rest:
+        userinfo, _, hostpart = rest.partition("@")
+        user, colon, password = userinfo.partition(":")
+        # characters the user part may not carry raw (non-ASCII letters, "#", a stray "%")
+        # are escaped as UTF-8 first, so that the URI parses
+        user = _NOT_USER_CHAR.sub(lambda m: quote(m.group(), safe=""), user)
+        rest = f"{user}{colon}{password}@{hostpart}"
+    try:
+        uri = parse_uri(f"{scheme}:{rest}")
+    except SipError as exc:
+        raise _NotADestination(f"not a SIP URI: {exc}") from None
+    if not isinstance(uri, SipURI):
+        raise _NotADestination("must be a phone number or SIP URI")
+    user_text = uri.unquote_user()
+    if user_text is not None:
+        problem = _text_problem(user_text)
+        if problem is not None:
+            raise _NotADestination(f"the user part {problem} once %-decoded: {_shown(text)}")
+    params = {k: v for k, v in uri.params.items() if k != "method"}
+    escaped = None if user_text is None else escape_user(user_text)
+    return str(SipURI(uri.scheme, escaped, None, uri.host, uri.port, params, {}))
+
+
+def _text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be carried (None if it can): a lone surrogate (valid JSON, but
+    no Unicode text: it cannot be encoded as UTF-8) or a control character."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return ("is not well-formed Unicode text (a lone surrogate, or %-escapes that are "
+                "not UTF-8)")
+    if _UNPRINTABLE.search(text):
+        return "contains a control character"
+    return None
+
+
+def _field_name(name: str) -> str:
+    """A field name from the request for an error message: as given if it is plain."""
+    return name if _PLAIN_NAME.fullmatch(name) else _shown(name)
+
+
+_PLAIN_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for an error message: control characters and surrogates escaped,
+    at most 60 characters."""
+    return ascii(text) if len(text) <= 60 else ascii(text[:60])[:-1] + "...'"
 
 
 def _invalid(message: str) -> ApiError:
@@ -126,10 +202,21 @@ def _valid_user(name: str, value: object) -> str:
 def _valid_destination(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise _invalid(f"{name}: must be a string")
-    normalised = normalise_destination(value)
-    if normalised is None:
-        raise _invalid(f"{name}: must be a phone number or SIP URI")
-    return normalised
+    try:
+        return _destination(value)
+    except _NotADestination as exc:
+        raise ApiError(422, "invalid_destination", f"{name}: {exc}") from None
+
+
+def _valid_text(name: str, value: object, *, limit: int = 256) -> str | None:
+    """An optional free-text field: well-formed Unicode, printable, 1-``limit`` characters."""
+    if value is None:
+        return None
+    if (not isinstance(value, str) or not 0 < len(value) <= limit
+            or _text_problem(value) is not None):
+        raise _invalid(f"{name}: must be a non-empty string of at most {limit} printable "
+                       "characters")
+    return value
 
 
 _MODES: Final = {m.value: m for m in Mode}
@@ -170,18 +257,14 @@ def _call_request_from_json(payload: object) -> _CallRequest:
         raise _invalid("body: must be a JSON object")
     unknown = sorted(set(payload) - _BODY_FIELDS)
     if unknown:
-        raise _invalid(f"{unknown[0]}: unknown field")
+        raise _invalid(f"{_field_name(unknown[0])}: unknown field")
     if "user" not in payload:
         raise _invalid("user: is required")
     user = _valid_user("user", payload["user"])
     if "to" not in payload:
         raise _invalid("to: is required")
     to = _valid_destination("to", payload["to"])
-    device = payload.get("device")
-    if device is not None and (
-        not isinstance(device, str) or not 0 < len(device) <= 256 or _CONTROL_CHARS.search(device)
-    ):
-        raise _invalid("device: must be a non-empty string of at most 256 printable characters")
+    device = _valid_text("device", payload.get("device"))
     auto_answer = _valid_flag(payload, "auto_answer")
     mode = _valid_mode(payload.get("mode"))
     caller_id = payload.get("caller_id")
@@ -195,8 +278,12 @@ def _call_request_from_json(payload: object) -> _CallRequest:
 
 
 def _parse_json(body: bytes) -> object:
+    """The body as JSON, or a 400: not UTF-8, not JSON, or nested deeper than the parser's
+    recursion limit (``[[[[...]]]]`` of 64 KiB is valid JSON and a RecursionError)."""
     try:
         return json.loads(body.decode("utf-8-sig"))
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "request body is nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
 
@@ -216,7 +303,8 @@ class _Query:
             if not pair:
                 continue
             key, _, value = pair.partition("=")
-            self._raw.setdefault(_unquote(key), []).append(value)
+            # a name that is not UTF-8 names no parameter sipdial reads: ignored like others
+            self._raw.setdefault(_unquote(key, errors="replace"), []).append(value)
 
     def _one(self, name: str) -> str | None:
         values = self._raw.get(name)
@@ -228,15 +316,15 @@ class _Query:
 
     def text(self, name: str) -> str | None:
         raw = self._one(name)
-        return None if raw is None else _unquote(raw)
+        return None if raw is None else _unquote_value(name, raw)
 
     def number(self, name: str) -> str | None:
         raw = self._one(name)
         if raw is None:
             return None
         if raw.startswith("+"):
-            return "+" + _unquote(raw[1:])
-        return _unquote(raw)
+            return "+" + _unquote_value(name, raw[1:])
+        return _unquote_value(name, raw)
 
     def required(self, name: str, *, number: bool = False) -> str:
         value = self.number(name) if number else self.text(name)
@@ -245,8 +333,19 @@ class _Query:
         return value
 
 
-def _unquote(value: str) -> str:
-    return unquote_plus(value, encoding="utf-8", errors="replace")
+def _unquote(value: str, errors: str = "strict") -> str:
+    """``application/x-www-form-urlencoded`` decoding of ``value`` (the query decoded as
+    latin-1, i.e. its bytes): ``+`` is a space, %-escapes and raw bytes are UTF-8."""
+    data = unquote_to_bytes(value.replace("+", " ").encode("latin-1"))
+    return data.decode("utf-8", errors)
+
+
+def _unquote_value(name: str, raw: str) -> str:
+    try:
+        return _unquote(raw)
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_query",
+                       f"{name}: is not UTF-8 text once %-decoded") from None
 
 
 # ------------------------------------------------------------------------ authentication
@@ -412,7 +511,7 @@ class _Router:
                     413, "body_too_large", f"request body exceeds {MAX_BODY_BYTES} bytes"
                 )
             return handler(self, request, match)
-        raise ApiError(404, "not_found", f"no such resource: {request.path}")
+        raise ApiError(404, "not_found", f"no such resource: {_loggable(request.path)}")
 
     def _error_reply(self, failure: Failure, request: _Incoming) -> _Reply:
         error = failure.value
@@ -554,7 +653,7 @@ class _Router:
     def _event_stream(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         """``GET /v1/events[?user=][&last_event_id=]``; ``Last-Event-ID`` wins over the query."""
         if not self._events:
-            raise ApiError(404, "not_found", f"no such resource: {request.path}")
+            raise ApiError(404, "not_found", f"no such resource: {_loggable(request.path)}")
         principal = self._authenticate(request)
         query = _Query(request.query)
         user = query.text("user")
@@ -713,9 +812,14 @@ def _client_host(request: _TwistedRequest) -> str:
 
 
 def _encode(reply: _Reply) -> tuple[_Reply, bytes]:
-    """Serialise; a body that is not JSON-able (an engine bug) becomes a logged 500."""
+    """Serialise; a body that is not JSON-able (an engine bug) becomes a logged 500.
+
+    A lone surrogate in a string (an error message quoting the request, a call stored before
+    the API refused such text) goes out as its JSON escape ``\\ud800``, as
+    ``ensure_ascii=True`` would write it: the reply is still sent, never a 500."""
     try:
-        return reply, json.dumps(reply.body, ensure_ascii=False).encode("utf-8") + b"\n"
+        text = json.dumps(reply.body, ensure_ascii=False)
+        return reply, text.encode("utf-8", "backslashreplace") + b"\n"
     except (TypeError, ValueError):
         log.exception("cannot serialise reply with status %d", reply.status)
         fallback = _Reply(500, _error_body("internal", "internal server error"))

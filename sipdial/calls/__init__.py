@@ -35,6 +35,7 @@ from sipdial.calls.routing import (
     Resolver,
     Router,
     Target,
+    escape_user,
     local_hosts,
 )
 from sipdial.calls.service import (
@@ -72,6 +73,7 @@ __all__ = [
     "Router",
     "Target",
     "Tone",
+    "escape_user",
     "local_hosts",
     "rules_from_config",
 ]

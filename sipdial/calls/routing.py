@@ -9,6 +9,7 @@ goes at a given moment. Both are sans-IO.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -41,6 +42,7 @@ __all__ = [
     "Target",
     "Unavailable",
     "callee_uri",
+    "escape_user",
     "local_hosts",
     "parse_destination",
     "user_uri",
@@ -116,25 +118,61 @@ class NoRoute:
 
 def parse_destination(to: str, local_hosts: Collection[str]) -> Destination:
     """``to`` as the API accepted it -> :class:`Destination`. Raises ``ValueError`` for a
-    URI that does not parse or has no user part. A ``sip:`` URI whose host is one of
-    ``local_hosts`` (sipdial's domain and addresses) means its user part, like a number."""
+    URI that does not parse or has no user part, and for text that no header may carry:
+    control characters (also %-escaped ones), text that is not well-formed Unicode (a lone
+    surrogate, %-escapes that are not UTF-8) and a number that is not printable ASCII.
+    A ``sip:`` URI whose host is one of ``local_hosts`` (sipdial's domain and addresses)
+    means its user part, like a number.
+
+    The destination's URI is rebuilt, never pasted: its user part is escaped again with
+    :func:`escape_user` (so ``;``/``?`` in it cannot read as parameters or headers), and it
+    loses its password, headers and ``method`` parameter (RFC 3261 §19.1.5, table 1: a
+    Request-URI carries none of them).
+    """
+    _check_text("the destination", to)
     if ":" not in to or to.startswith("+"):
+        if not _PRINTABLE_ASCII.fullmatch(to):
+            raise ValueError(f"a number or extension is printable ASCII without spaces, "
+                             f"not {_shown(to)}")
         return Destination(to)
     try:
         uri = parse_uri(to)
     except SipError as exc:
         raise ValueError(f"not a SIP URI: {exc}") from None
     if not isinstance(uri, SipURI):
-        raise ValueError(f"not a sip:, sips: or tel: URI: {to!r}")
+        raise ValueError(f"not a sip:, sips: or tel: URI: {_shown(to)}")
     user = uri.unquote_user()
     if not user:
-        raise ValueError(f"no user part in {to!r}")
+        raise ValueError(f"no user part in {_shown(to)}")
+    _check_text("the user part", user)
     if uri.scheme == "tel" or uri.host.lower() in local_hosts:
         return Destination(user)
-    # a Request-URI carries no headers and no method (RFC 3261 §19.1.5, table 1): an API
-    # client's "?Subject=..." or ";method=..." does not reach the target's INVITE
     params = {k: v for k, v in uri.params.items() if k != "method"}
-    return Destination(user, SipURI(uri.scheme, uri.user, None, uri.host, uri.port, params, {}))
+    return Destination(user, SipURI(uri.scheme, escape_user(user), None, uri.host, uri.port,
+                                    params, {}))
+
+
+# C0 controls, DEL and C1 controls: meaningless in a destination, dangerous in a header
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_PRINTABLE_ASCII = re.compile(r"[!-~]+")
+
+
+def _check_text(what: str, text: str) -> None:
+    """Raise ``ValueError`` unless ``text`` is well-formed Unicode without control
+    characters."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not well-formed Unicode text (a lone surrogate, or "
+                         f"%-escapes that are not UTF-8): {_shown(text)}") from None
+    if _CONTROL.search(text):
+        raise ValueError(f"{what} contains a control character: {_shown(text)}")
+
+
+def _shown(text: str) -> str:
+    """``text`` for a message: quoted, control characters and surrogates escaped, at most
+    80 characters."""
+    return ascii(text[:80]) if len(text) <= 80 else ascii(text[:80])[:-1] + "...'"
 
 
 class Router:
@@ -171,7 +209,7 @@ class Router:
             # the number goes into the template escaped: whatever a phone put in its
             # Request-URI ("%40evil.example", "%0D%0A") cannot change the route's host or
             # reach a header
-            uri = parse_uri(route.target_uri(quote(number, safe=_USER_SAFE)))
+            uri = parse_uri(route.target_uri(escape_user(number)))
         except SipError:
             return NoRoute(number)
         creds = (route.username, route.password) \
@@ -189,11 +227,30 @@ class Router:
 
 
 def user_uri(user: str, host: str) -> SipURI:
-    """``sip:user@host`` with the user part escaped (RFC 3261 §25.1)."""
-    return SipURI("sip", quote(user, safe=_USER_SAFE), None, host.strip("[]"), None, {}, {})
+    """``sip:user@host`` with the user part escaped (:func:`escape_user`)."""
+    return SipURI("sip", escape_user(user), None, host.strip("[]"), None, {}, {})
 
 
-_USER_SAFE = "-_.!~*'()&=+$,;?/"  # unreserved and user-unreserved: not escaped
+def escape_user(user: str) -> str:
+    """``user`` (unescaped text) as the user part of a SIP URI (RFC 3261 §25.1).
+
+    ``user = 1*( unreserved / escaped / user-unreserved )``: unreserved characters and the
+    user-unreserved ``& = + $ , /`` stay as they are; everything else is %-escaped as UTF-8,
+    ``;`` and ``?`` too, although ``user-unreserved`` allows them: a number that carries
+    ``;x=1`` or ``?Replaces=...`` must not read as URI parameters or headers to a phone or
+    gateway whose parser is less careful. Text that came from %-escapes that are not UTF-8
+    (``%FF``, kept by :meth:`SipURI.unquote_user` as a surrogate escape) is escaped back to
+    the same bytes; this never raises.
+    """
+    try:
+        data = user.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate: its bytes, escaped (still never a delimiter)
+        data = user.encode("utf-8", "surrogatepass")
+    return quote(data, safe=_USER_SAFE)
+
+
+#: unreserved marks and the user-unreserved characters that are never read as delimiters
+_USER_SAFE = "-_.!~*'()&=+$,/"
 
 
 def callee_uri(target: Target, number: str, domain: str) -> SipURI:

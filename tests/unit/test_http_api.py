@@ -206,7 +206,7 @@ class FakeEventSource:
         pass
 
 
-def check_password(user: str, password: str) -> bool:
+def check_password(user: str, password: str, client: str = "") -> bool:
     return (user, password) == ("201", "secret")
 
 
@@ -277,7 +277,7 @@ def test_create_call_normalises_to(server: Server, given: str, kept: str) -> Non
 def test_create_call_rejects_bad_to(server: Server, to: str) -> None:
     r = server.request("POST", "/v1/calls", body=call_body(to=to))
     assert r.status == 422
-    assert r.error_code == "invalid_request"
+    assert r.error_code == "invalid_destination"
     assert r.error_message == "to: must be a phone number or SIP URI"
     assert server.api.created == []
 
