@@ -30,6 +30,7 @@ reconnects with its ``Last-Event-ID`` and is replayed from the database).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -78,10 +79,18 @@ class _Request(Protocol):
 
 
 def format_event(event: PublishedEvent) -> bytes:
-    """One SSE block: ``id:``, ``event:``, one ``data:`` line per line of the payload."""
+    """One SSE block: ``id:``, ``event:``, one ``data:`` line per line of the payload.
+
+    The payload is JSON: a lone surrogate in one of its strings (which UTF-8 cannot carry)
+    is written as its JSON escape ``\\ud800``, the same value to a JSON parser, instead of
+    failing the frame. The payload is split on CR and LF only (an SSE line ends there):
+    U+2028 and friends, which ``str.splitlines`` also splits at, stay in their line."""
     lines = [f"id: {event.id}", f"event: {event.name}"]
-    lines += [f"data: {line}" for line in event.payload.splitlines() or [""]]
-    return ("\n".join(lines) + "\n\n").encode("utf-8")
+    lines += [f"data: {line}" for line in _SSE_LINE_END.split(event.payload)]
+    return ("\n".join(lines) + "\n\n").encode("utf-8", "backslashreplace")
+
+
+_SSE_LINE_END: Final = re.compile(r"\r\n|\r|\n")
 
 
 class EventStream:
@@ -170,11 +179,19 @@ class _Stream:
     # --- Subscriber ---------------------------------------------------------------------------
 
     def event(self, event: PublishedEvent) -> None:
+        """Send ``event`` (or hold it while the client does not read). Never raises into
+        the publisher: a stream that cannot send an event closes itself, so its client
+        reconnects and resumes after its last event instead of staying open and deaf."""
         if self._done:
             return
-        frame = format_event(event)
-        if not self._paused:
-            self._request.write(frame)
+        try:
+            frame = format_event(event)
+            if not self._paused:
+                self._request.write(frame)
+                return
+        except Exception:
+            log.exception("events: cannot send event %s to a stream; closing it", event.id)
+            self._end(finish=True, abort=True)
             return
         self._pending.append(frame)
         if len(self._pending) > self._max_pending:
@@ -187,7 +204,11 @@ class _Stream:
 
     def keepalive(self) -> None:
         if not self._done and not self._paused:
-            self._request.write(_KEEPALIVE)
+            try:
+                self._request.write(_KEEPALIVE)
+            except Exception:
+                log.exception("events: cannot write to a stream; closing it")
+                self._end(finish=True, abort=True)
 
     # --- IPushProducer (the connection's flow control) ----------------------------------------
 
@@ -198,7 +219,11 @@ class _Stream:
         self._paused = False
         if self._pending and not self._done:
             frames, self._pending = self._pending, []
-            self._request.write(b"".join(frames))
+            try:
+                self._request.write(b"".join(frames))
+            except Exception:
+                log.exception("events: cannot write to a stream; closing it")
+                self._end(finish=True, abort=True)
 
     def stopProducing(self) -> None:
         self._end(finish=False)
@@ -209,17 +234,30 @@ class _Stream:
         """``notifyFinish`` fired: the response ended or the client went away."""
         self._end(finish=False)
 
-    def _end(self, *, finish: bool) -> None:
+    def _end(self, *, finish: bool, abort: bool = False) -> None:
+        """Unsubscribe and end the response. ``abort``: a write failed, so the response may
+        be broken half-way through a frame; the connection is closed as well (a client that
+        got the response's end reconnects; one that did not notices the closed socket)."""
         if self._done:
             return
         self._done = True
         self._pending = []
         if self.subscription is not None:
-            self.subscription.cancel()
+            try:
+                self.subscription.cancel()
+            except Exception:
+                log.exception("events: cancelling a subscription failed")
         self._on_close(self)
+        # twisted.web's Request forgets its channel when it finishes; its transport stays
+        transport = getattr(self._request, "transport", None) if abort else None
         try:
             self._request.unregisterProducer()
             if finish:
                 self._request.finish()
         except Exception:  # the connection is already gone
             log.debug("events: stream ended after its connection")
+        if transport is not None:
+            try:
+                transport.loseConnection()
+            except Exception:
+                log.debug("events: the stream's connection is already gone")

@@ -3,6 +3,7 @@ streams, back-pressure, and the end of a stream from either side."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
@@ -187,3 +188,95 @@ def test_a_source_that_refuses_ends_the_response() -> None:
     assert request.finished == 1
     assert stream.open_streams == 0
     assert clock.getDelayedCalls() == []
+
+
+# --------------------------------------------------------------- issue 7 §1: never deaf
+
+
+def test_format_event_writes_a_lone_surrogate_as_its_json_escape() -> None:
+    payload = json.dumps({"to": "sip:49\ud800@127.0.0.1"}, ensure_ascii=False)
+    frame = format_event(event(5, payload)).decode("utf-8")  # strict: well-formed UTF-8
+    (data,) = [line for line in frame.split("\n") if line.startswith("data: ")]
+    assert json.loads(data.removeprefix("data: ")) == {"to": "sip:49\ud800@127.0.0.1"}
+
+
+def test_format_event_splits_lines_only_where_sse_does() -> None:
+    """U+2028, NEL, VT, FF and the separators 0x1c-0x1e stay in their data line (JSON
+    writes them raw; ``str.splitlines`` cut the document there)."""
+    document = {"device": "a\u2028b\u2029c\x85d\x0be\x0cf\x1cg"}
+    frame = format_event(event(5, json.dumps(document, ensure_ascii=False))).decode("utf-8")
+    lines = frame.split("\n")
+    data = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+    assert len(data) == 1 and json.loads(data[0]) == document
+
+
+@dataclass
+class FakeTransport:
+    lost: int = 0
+
+    def loseConnection(self) -> None:
+        self.lost += 1
+
+
+@dataclass
+class BrokenRequest(FakeRequest):
+    """A connection whose writes fail once ``broken`` is set (and whose finish fails too)."""
+
+    broken: bool = False
+    transport: FakeTransport = field(default_factory=FakeTransport)
+
+    def write(self, data: bytes) -> None:
+        if self.broken:
+            raise RuntimeError("transport is broken")
+        super().write(data)
+
+    def finish(self) -> None:
+        if self.broken:
+            raise RuntimeError("transport is broken")
+        super().finish()
+
+
+def opened_broken(clock: Clock, source: FakeSource) -> tuple[EventStream, BrokenRequest]:
+    stream = EventStream(source, clock, heartbeat=15.0)
+    request = BrokenRequest()
+    stream.open(request, user=None, after=None)
+    request.broken = True
+    return stream, request
+
+
+def test_a_stream_whose_write_fails_closes_itself_instead_of_raising() -> None:
+    clock, source = Clock(), FakeSource()
+    stream, request = opened_broken(clock, source)
+    source.send(event(8))  # must not raise into the hub (it would unsubscribe silently)
+    assert source.subscribers[0][3].cancelled == 1
+    assert request.transport.lost == 1  # the connection is closed: the client reconnects
+    assert stream.open_streams == 0
+    assert clock.getDelayedCalls() == []
+    source.send(event(9))  # a late event to a closed stream is ignored
+    assert request.transport.lost == 1
+
+
+def test_an_event_that_cannot_be_formatted_closes_only_its_stream() -> None:
+    clock, source = Clock(), FakeSource()
+    stream = EventStream(source, clock, heartbeat=15.0)
+    requests = [FakeRequest(), FakeRequest()]
+    for request in requests:
+        stream.open(request, user=None, after=None)
+    bad = PublishedEvent(3, "c1", "201", "call.ringing", None, 0.0)  # type: ignore[arg-type]
+    source.send(bad, 0)
+    assert requests[0].finished == 1 and source.subscribers[0][3].cancelled == 1
+    source.send(event(4), 1)
+    assert requests[1].written[-1] == format_event(event(4))
+    assert stream.open_streams == 1
+
+
+def test_a_failing_keepalive_or_resume_closes_the_stream() -> None:
+    clock, source = Clock(), FakeSource()
+    stream, request = opened_broken(clock, source)
+    clock.advance(15)
+    assert request.transport.lost == 1 and stream.open_streams == 0
+    stream2, request2 = opened_broken(clock, source)
+    request2.producer.pauseProducing()  # type: ignore[attr-defined]
+    source.send(event(8), 1)  # held: the client does not read
+    request2.producer.resumeProducing()  # type: ignore[attr-defined]
+    assert request2.transport.lost == 1 and stream2.open_streams == 0
