@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from collections.abc import Callable
 
 from sipdial.guard import FailureGuard, source_key
@@ -28,6 +29,8 @@ from sipdial.sip import (
 )
 
 __all__ = ["Authenticator"]
+
+log = logging.getLogger("sipdial.auth")
 
 class Authenticator:
     """Digest authentication of our users' requests, limited by a :class:`FailureGuard`.
@@ -66,13 +69,16 @@ class Authenticator:
             if not _same_target(creds, request):
                 continue
             if not self.guard.allows(source, creds.username, now):
-                continue  # not checked: answered like a wrong password
+                log.debug("password not checked (guessing limit): %r from %s",
+                          creds.username, source)
+                continue  # answered like a wrong password
             result, username = self.server.verify_credentials(creds, request.method, now,
                                                               bind=bind)
             if result == "ok" and username is not None:
                 self.guard.succeeded(source, username, now)
                 return username
             if result == "wrong":
+                log.debug("wrong password: %r from %s", creds.username, source)
                 self.guard.failed(source, creds.username, now)
             elif result == "stale":
                 stale = True
@@ -87,6 +93,7 @@ class Authenticator:
         """A plain ``user``/``password`` (HTTP ``auth=`` or Basic), under the same guard:
         False while blocked (not checked), for a wrong password and for an unknown user."""
         if not self.guard.allows(source, user, now):
+            log.debug("password not checked (guessing limit): %r from %s", user, source)
             return False
         expected = self._lookup_password(user)
         # digests: equal lengths, and an unknown user costs the same work as a known one
@@ -95,6 +102,7 @@ class Authenticator:
         if matches and expected is not None:
             self.guard.succeeded(source, user, now)
             return True
+        log.debug("wrong password: %r from %s", user, source)
         self.guard.failed(source, user, now)
         return False
 
