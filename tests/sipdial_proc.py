@@ -67,6 +67,8 @@ class Sipdial:
         self.config_path.write_text(config_text(self.db, **config))
         self.log_path = self.dir / "sipdial.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        #: RLIMIT_NOFILE (soft and hard) for the process, e.g. 256 to exhaust it cheaply
+        self.nofile: int | None = None
         self.info: dict[str, Any] = {}
         self._log: list[str] = []
 
@@ -78,7 +80,7 @@ class Sipdial:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sipdial", "serve", "--config", str(self.config_path)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=env, cwd=self.dir)
+            env=env, cwd=self.dir, preexec_fn=self._limits if self.nofile else None)
         assert self.proc.stdout is not None
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
@@ -102,6 +104,12 @@ class Sipdial:
         self.stop()
         raise RuntimeError("sipdial did not start:\n" + "\n".join(self._log[-40:]))
 
+    def _limits(self) -> None:  # in the child, before exec
+        import resource
+
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
     def _drain_in_background(self) -> None:
         import threading
 
@@ -111,6 +119,7 @@ class Sipdial:
         def pump() -> None:
             with open(self.log_path, "ab") as fh:
                 fh.write(("\n".join(self._log) + "\n").encode())
+                fh.flush()  # the start-up lines are readable before the next line comes
                 for line in stdout:
                     fh.write(line)
                     fh.flush()
