@@ -20,7 +20,11 @@ Routes (all JSON, ``application/json; charset=utf-8``):
 ``.../remote_call.htm``      GET     pbxnsip: ``?user=&dest=`` [&auth=id:password][&connect=]
 ===========================  ======  ===========================================
 
-Errors are always ``{"error": {"code": ..., "message": ...}}``.
+Errors are always ``{"error": {"code": ..., "message": ...}}``, and bad input is always a 4xx:
+JSON that is not UTF-8, not JSON or nested past the parser's limit is 400 ``invalid_json``; a
+query value that is not UTF-8 once %-decoded 400 ``invalid_query``; a ``to`` that is no
+number, local user or SIP URI, or holds control characters or lone surrogates, 422
+``invalid_destination`` (:func:`normalise_destination`). Messages quote the request escaped.
 """
 
 from __future__ import annotations

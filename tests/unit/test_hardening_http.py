@@ -13,6 +13,7 @@ built by sipdial, never pasted into a header.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -288,7 +289,8 @@ _query = st.lists(_pair, max_size=5).map(
 _route = st.sampled_from(["/call-init.php", "/locaphone/prov/call-init.php", "/remote_call.htm",
                           "/v1/calls", "/v1/registrations", "/v1/events"])
 
-FUZZ = settings(max_examples=300, deadline=None,
+#: a longer run: SIPDIAL_FUZZ_EXAMPLES=20000 pytest tests/unit/test_hardening_http.py -k fuzz
+FUZZ = settings(max_examples=int(os.environ.get("SIPDIAL_FUZZ_EXAMPLES", "300")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                        HealthCheck.function_scoped_fixture])
 
