@@ -37,7 +37,13 @@ from sipdial.calls import (
 from sipdial.config import Config, ConfigError, load_config
 from sipdial.demo_secrets import check_demo_secrets
 from sipdial.events import EventHub
-from sipdial.guard import FailureGuard, GuardPolicy, Lockout, check_weak_passwords
+from sipdial.guard import (
+    LOCKOUT_EVENT,
+    FailureGuard,
+    GuardPolicy,
+    Lockout,
+    check_weak_passwords,
+)
 from sipdial.media import MediaManager, PromptLibrary
 from sipdial.registrar import Binding, ExpiryLimits, Registrar
 from sipdial.sip import (
@@ -304,9 +310,13 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                          prompts)
     lag = LagMonitor(reactor)
     events = EventHub(store, reactor, config.webhooks)
+    def on_lockout(lockout: Lockout) -> None:
+        events.publish_notice(LOCKOUT_EVENT, lockout.to_json(), lockout.at)
+
     core = build_core(config, clock=reactor.seconds, store=store, events=events,
                       secret=os.urandom(32), rtp_sinks=sinks, media=media, prompts=prompts,
-                      load=lag, resolver=_ClockedResolver(DnsResolver(reactor), reactor.seconds))
+                      load=lag, resolver=_ClockedResolver(DnsResolver(reactor), reactor.seconds),
+                      on_lockout=on_lockout)
     saved = yield store.load_registrations()
     core.registrar.restore((_binding(r) for r in saved), reactor.seconds())
 

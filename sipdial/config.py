@@ -562,7 +562,7 @@ def _parse_calls(t: _Table) -> CallsConfig:
 
 LANGUAGES: Final = ("en", "de")
 EVENT_NAMES: Final = ("call.dialing", "call.ringing", "call.answered", "call.confirmed",
-                      "call.connected", "call.ended")
+                      "call.connected", "call.ended", "auth.locked_out")
 
 
 def _parse_media(t: _Table) -> MediaConfig:

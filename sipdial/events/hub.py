@@ -340,6 +340,38 @@ class EventHub:
         if ended:
             self._event_texts.pop(record.id, None)
 
+    def publish_notice(self, name: str, document: dict[str, object], time: float) -> None:
+        """A live event that is about no call (``auth.locked_out``, :mod:`sipdial.guard`):
+        ``{"id", "event", "time", **document}`` to administrators' SSE streams (not to user
+        tokens') and to the webhooks that list ``name`` itself (``"*"`` means every *call*
+        event, so existing receivers see no new shape). Never raises."""
+        if self._state != "running":
+            log.warning("event hub is %s: dropped %s", self._state, name)
+            return
+        try:
+            self._last_event_id += 1
+            payload = _dumps({"id": self._last_event_id, "event": name,
+                              "time": iso_time(time), **document})
+            published = PublishedEvent(id=self._last_event_id, call_id="", user="",
+                                       name=name, payload=payload, time=time)
+            self._store.add_published_event(published)
+            self._ring.append(published)
+            for subscription in list(self._subscriptions):
+                if subscription.user is None:
+                    subscription._offer(published)
+            now = self._clock()
+            for url, webhook in self._webhooks.items():
+                if name in webhook.events:
+                    self._last_outbox_id += 1
+                    entry = OutboxEntry(
+                        id=self._last_outbox_id, webhook_url=url, event_id=published.id,
+                        call_id="", event_name=name, payload=payload, created_at=now,
+                        next_attempt_at=now)
+                    self._store.add_outbox_entry(entry)
+                    self._deliverer.add(entry)
+        except Exception:
+            log.exception("event hub: cannot publish %s", name)
+
     def _events_text(self, record: CallRecord) -> str:
         """The JSON of ``record.events`` (without the brackets); events already serialised for
         this call are reused as long as they are still the record's first events."""

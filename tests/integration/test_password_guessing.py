@@ -107,3 +107,38 @@ def test_check_config_refuses_a_weak_password(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "sipdial", "check-config", str(path)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
+
+
+def test_lockout_is_one_warning_and_one_admin_event(tmp_path: Path) -> None:
+    import http.client
+
+    from tests.sipdial_proc import ADMIN
+
+    extra = ALLOW_WEAK + "backoff_after = 1\nlockout_after = 2\n"
+    with _sipdial(tmp_path, extra).start() as sd:
+        host, port = sd.http_url.removeprefix("http://").rsplit(":", 1)
+        conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=10)
+        conn.request("GET", "/v1/events", headers={"Authorization": f"Bearer {ADMIN}"})
+        stream = conn.getresponse()
+        assert stream.status == 200
+        assert _remote_call(sd, "201:0000")[0] == 401
+        assert _remote_call(sd, "201:0001")[0] == 401  # the 2nd failure locks
+        frame: dict[str, str] = {}
+        for _ in range(50):  # bounded: the event is the first frame
+            line = stream.readline().decode().rstrip("\n")
+            if not line and "data" in frame:
+                break
+            name, _, value = line.partition(":")
+            if name in ("event", "data"):
+                frame[name] = value.strip()
+        conn.close()
+        assert frame.get("event") == "auth.locked_out", frame
+        document = json.loads(frame["data"])
+        assert {k: document[k] for k in ("event", "account", "failures")} == {
+            "event": "auth.locked_out", "account": "201", "failures": 2}
+        assert document["kind"] in ("source", "account")
+        warnings = wait_until(lambda: [line for line in sd.log_text().splitlines()
+                                       if "WARNING sipdial.auth" in line], 5.0,
+                              "the lockout warning")
+        assert any("127.0.0.1 for 900 s after 2 failed attempts" in w for w in warnings), warnings
+        assert any("'201' for 900 s after 2 failed attempts" in w for w in warnings), warnings
