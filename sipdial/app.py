@@ -172,6 +172,9 @@ class Core:
 
     def shut_down(self, now: float) -> None:
         """Release every call (sipdial is stopping)."""
+        txns = self.endpoint.txns
+        log.info("stopping: %d calls, %d relayed calls, %d server and %d client transactions",
+                 self.calls.count, self.inbound.count, len(txns.server), len(txns.client))
         self.calls.shut_down()
         self.inbound.shut_down(now)
 
