@@ -417,6 +417,7 @@ def serve(config_path: str, ready_file: str | None = None) -> int:
         print(f"sipdial: {config_path}: {exc}", file=sys.stderr)
         return 2
     tune_gc()
+    _tracemalloc_on_signal(os.environ.get("SIPDIAL_TRACEMALLOC", ""))
     nofile = raise_nofile()
     if nofile is not None:
         log.info("open-file limit: %d (hard %d)", *nofile)
@@ -463,6 +464,29 @@ def serve(config_path: str, ready_file: str | None = None) -> int:
     log.info("sipdial stopped")
     sys.stdout.flush()
     return exit_code[0]
+
+
+def _tracemalloc_on_signal(directory: str) -> None:
+    """``SIPDIAL_TRACEMALLOC=<dir>`` (a debugging aid, loadtest/fuzz_sip.py): trace
+    allocations (``SIPDIAL_TRACEMALLOC_FRAMES`` deep, 8 by default) and write a snapshot,
+    ``sipdial-<pid>-<n>.tracemalloc``, to ``dir`` on every SIGUSR2, after a full collection."""
+    if not directory:
+        return
+    import itertools
+    import tracemalloc
+
+    tracemalloc.start(int(os.environ.get("SIPDIAL_TRACEMALLOC_FRAMES", "8")))
+    numbers = itertools.count(1)
+
+    def dump(_signum: int, _frame: object) -> None:
+        path = os.path.join(directory, f"sipdial-{os.getpid()}-{next(numbers)}.tracemalloc")
+        gc.collect()
+        tracemalloc.take_snapshot().dump(path + ".tmp")
+        os.replace(path + ".tmp", path)
+        log.info("tracemalloc snapshot written to %s", path)
+
+    signal.signal(signal.SIGUSR2, dump)
+    log.warning("tracing allocations (SIPDIAL_TRACEMALLOC): slower; SIGUSR2 writes a snapshot")
 
 
 STOP_GRACE = 5.0  # seconds a clean stop may take after SIGTERM before the process exits anyway
