@@ -354,7 +354,9 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     def check_password(user: str, password: str, client: str) -> bool:
         return core.auth.check_password(user, password, client, reactor.seconds())
 
-    api = CallsApi(core.calls, core.inbound, store, core.registrar, reactor.seconds)
+    txns = core.endpoint.txns
+    api = CallsApi(core.calls, core.inbound, store, core.registrar, reactor.seconds,
+                   transactions=lambda: len(txns.server) + len(txns.client))
     site = build_site(api, config.api.tokens, reactor=reactor,
                       check_password=check_password, events=events)
     http = reactor.listenTCP(config.http.port, site, interface=config.http.host)

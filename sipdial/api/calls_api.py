@@ -52,12 +52,16 @@ class CallHistory(Protocol):
 
 class CallsApi:
     def __init__(self, calls: CallService, inbound: InboundRouter, history: CallHistory,
-                 registrar: Registrar, clock: Callable[[], float]) -> None:
+                 registrar: Registrar, clock: Callable[[], float],
+                 transactions: Callable[[], int] | None = None) -> None:
+        """``transactions`` counts the SIP transactions held (``/healthz``; lingering ones
+        too: a transaction keeps absorbing retransmissions for up to 32 s after it ends)."""
         self._calls = calls
         self._inbound = inbound
         self._history = history
         self._registrar = registrar
         self._clock = clock
+        self._transactions = transactions
 
     def create_call(self, *, user: str, to: str, device: str | None,
                     auto_answer: bool | None, mode: Mode | None, confirm: bool | None = None,
@@ -114,4 +118,5 @@ class CallsApi:
         return {"status": "ok",
                 "calls": self._calls.count,  # click-to-dial calls in progress
                 "relayed_calls": self._inbound.count,  # the phones' own calls, relayed
-                "registrations": len(self._registrar.all(self._clock()))}
+                "registrations": len(self._registrar.all(self._clock())),
+                "sip_transactions": self._transactions() if self._transactions else 0}
