@@ -58,7 +58,7 @@ from sipdial.sip import (
     parse_uri,
     peer_for_uri,
 )
-from sipdial.store import RegistrationRecord, SqliteStore
+from sipdial.store import CallRecord, RegistrationRecord, SqliteStore
 from sipdial.transport import DnsResolver, SipDriver, TcpLimits, raise_nofile, tcp_budget
 from sipdial.ua import UserAgent
 
@@ -277,13 +277,12 @@ class Running:
 def start(config: Config, reactor: Any) -> Any:
     """Start everything on ``reactor``; returns (via Deferred) a :class:`Running`."""
     store = SqliteStore(config.store.sqlite_path, reactor)
-    interrupted = yield store.start()
-    if interrupted:
-        log.warning("%d call(s) were in progress at the last stop: ended as interrupted",
-                    interrupted)
+    yield store.start()
     listeners: list[Any] = []
     try:
-        running = yield _start_on(config, reactor, store, listeners)
+        # read before anything can start a call: these are the calls a crash cut off
+        unfinished = yield store.unfinished_calls()
+        running = yield _start_on(config, reactor, store, listeners, unfinished)
     except BaseException:
         for listener in listeners:
             try:
@@ -297,7 +296,7 @@ def start(config: Config, reactor: Any) -> Any:
 
 @inlineCallbacks
 def _start_on(config: Config, reactor: Any, store: SqliteStore,
-              listeners: list[Any]) -> Any:
+              listeners: list[Any], unfinished: list[CallRecord]) -> Any:
     # where REFER-mode offers point the phones' audio, one sink per address family
     sinks: dict[int, tuple[str, int]] = {}
     for addr in config.sip.listen:
@@ -346,10 +345,10 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
         raise
 
     yield events.start()  # resumes webhook deliveries a previous run left pending
-    for call_id in store.interrupted_ids:  # CRMs hear about calls a crash cut off, too
-        record = yield store.get_call(call_id)
-        if record is not None and record.events:
-            events.publish(record, record.events[-1])
+    # CRMs hear about calls a crash cut off, too: ended and published in one transaction
+    if core.calls.end_interrupted(unfinished):
+        log.warning("%d call(s) were in progress at the last stop: ended as interrupted",
+                    len(unfinished))
 
     def check_password(user: str, password: str, client: str) -> bool:
         return core.auth.check_password(user, password, client, reactor.seconds())

@@ -13,7 +13,7 @@ import itertools
 import logging
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,7 +21,7 @@ from sipdial.calls.autoanswer import AutoAnswerRule
 from sipdial.calls.clicktodial import C2D_PARAM, CallEnv, ClickToDial, Options
 from sipdial.calls.media import CallMedia, MediaPort, PromptSource
 from sipdial.calls.routing import Destination, Resolver, Router, Unavailable
-from sipdial.calls.states import CallState, Input, Mode
+from sipdial.calls.states import CallState, Cause, Input, Mode
 from sipdial.media import MediaPortsExhausted
 from sipdial.registrar import Registrar
 from sipdial.sip import URI, SipURI
@@ -271,6 +271,27 @@ class CallService:
             call.shut_down(now)
         for bridge in list(self.env.bridges):  # a failure tone playing: BYE now, not later
             bridge.release(now)
+
+    def end_interrupted(self, records: Iterable[CallRecord]) -> int:
+        """End, as ``interrupted``, the calls a crash left in progress (the store's
+        ``unfinished_calls()`` at start). Each end is written and published like any other:
+        the call's row, its ``ended`` event and its ``call.ended`` commit in one transaction,
+        so a crash during recovery makes the next start do it again, never twice. A call
+        whose end was committed before the crash is not among them and keeps its cause.
+        Returns how many."""
+        now = self.clock()
+        count = 0
+        for record in records:
+            record.state = CallState.ENDED.value
+            record.cause = Cause.INTERRUPTED.value
+            record.ended_at = now
+            event = CallEvent(CallState.ENDED.value, now, None, "sipdial restarted")
+            record.events.append(event)
+            log.info("call %s user %s: ended cause=interrupted (in progress when sipdial "
+                     "stopped)", record.id, record.user)
+            self._changed(record, event)
+            count += 1
+        return count
 
     # ------------------------------------------------------------ what calls tell us
 

@@ -10,12 +10,19 @@ Backends share one interface (see :class:`SqliteStore`), used on the reactor thr
 
 * writes (``save_call``, ``add_event``, ``save_registration``, ``add_published_event``,
   ``add_outbox_entry``, ...) are queued and return at once; one timer writes the batch in one
-  transaction on the store's worker thread;
-* reads (``get_call``, ``list_calls``, ``events_after``, ``load_registrations``, ...) return
-  Deferreds and see every earlier write;
-* ``start()`` opens the database and ends the calls a crash left running (cause
-  ``interrupted``); ``stop()`` writes what is pending and closes it. A write that fails is
-  logged (``sipdial.store``) with how many writes were lost; later writes still go through.
+  transaction on the store's worker thread. What one reactor turn writes is never split
+  between two transactions; the end of a call is flushed at the end of its turn;
+* ``when_committed()`` fires once everything queued so far is committed, with a
+  :class:`WriteReport` (the event hub sends nothing before that);
+* reads (``get_call``, ``list_calls``, ``events_after``, ``load_registrations``,
+  ``unfinished_calls``, ...) return Deferreds and see every earlier write;
+* ``start()`` opens the database (the calls a crash left running are read with
+  ``unfinished_calls()`` and ended by the call service); ``stop()`` writes what is pending
+  and closes it.
+
+One bad row fails alone: a row SQLite or the encoder refuses is logged (``sipdial.store``)
+and left out, the rest of its batch is committed. Only a broken database loses a batch
+(logged with how many writes); later writes still go through.
 """
 
 from sipdial.store.models import (
@@ -24,6 +31,7 @@ from sipdial.store.models import (
     OutboxEntry,
     PublishedEvent,
     RegistrationRecord,
+    WriteReport,
     iso_time,
 )
 from sipdial.store.sqlite import RunInThread, SqliteStore, StoreError, StoreReactor
@@ -38,5 +46,6 @@ __all__ = [
     "SqliteStore",
     "StoreError",
     "StoreReactor",
+    "WriteReport",
     "iso_time",
 ]

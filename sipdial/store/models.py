@@ -16,6 +16,7 @@ __all__ = [
     "OutboxEntry",
     "PublishedEvent",
     "RegistrationRecord",
+    "WriteReport",
     "iso_time",
 ]
 
@@ -141,3 +142,19 @@ class OutboxEntry:
     next_attempt_at: float = 0.0  #: unix time of the next try
     status: str = "pending"  #: "pending" | "done" | "failed"
     last_error: str | None = None  #: why the last try failed ("HTTP 500", "timeout", ...)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteReport:
+    """What became of the writes a store committed together (see ``when_committed``).
+
+    A row that the database or the encoder refuses (a string with a lone UTF-16 surrogate, an
+    integer beyond 64 bits, ...) fails alone: it is logged and left out, every other write of
+    its batch is committed. The live events and webhook deliveries so left out are named here,
+    so that nothing is sent for them (a receiver must never see an id that a restart could
+    hand out again).
+    """
+
+    dropped: int = 0  #: writes of the batch that could not be written (logged)
+    lost_events: frozenset[int] = frozenset()  #: PublishedEvent ids not written
+    lost_outbox: frozenset[int] = frozenset()  #: OutboxEntry ids not written

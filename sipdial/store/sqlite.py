@@ -6,6 +6,18 @@ yet, arm ONE ``reactor.callLater(flush_interval)``. When it fires the whole batc
 the worker thread in one transaction, one ``executemany`` per statement. Reads run on the same
 thread and carry the pending batch with them, so a read always sees every earlier write.
 
+A batch is never cut inside one reactor turn: what one turn writes (a call's end, its event,
+its live event and webhook rows) commits together or not at all. A full batch (``max_batch``)
+and the end of a call (``save_call`` of an ended call) are flushed at the end of the turn
+instead of after ``flush_interval``: the end of a call is durable within milliseconds.
+
+One bad row fails alone. If the batch's transaction fails, it is written again row by row in
+one transaction, each row under a SAVEPOINT: a row that SQLite or the encoder refuses (a lone
+UTF-16 surrogate, an integer beyond 64 bits, a constraint) is logged and left out, every other
+row is committed. Only when every row fails (the database itself is broken) is the batch lost,
+and logged with how many writes. :meth:`SqliteStore.when_committed` tells when a write is
+durable, with a :class:`~sipdial.store.models.WriteReport` of what was left out.
+
 All SQL lives in the ``_SQL_*`` constants below and is portable to PostgreSQL apart from the
 ``?`` placeholders: no SQLite-only upsert forms, no reserved words as column names.
 
@@ -24,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar, cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -37,6 +49,7 @@ from sipdial.store.models import (
     OutboxEntry,
     PublishedEvent,
     RegistrationRecord,
+    WriteReport,
 )
 
 __all__ = ["RunInThread", "SqliteStore", "StoreError", "StoreReactor"]
@@ -149,9 +162,8 @@ _SQL_EVENTS_OF: Final = (
     "SELECT call_id, state, time, sip_code, detail FROM call_events "
     "WHERE call_id IN ({placeholders}) ORDER BY seq"
 )
-_SQL_UNFINISHED_CALLS: Final = "SELECT id FROM calls WHERE state <> 'ended'"
-_SQL_INTERRUPT_CALL: Final = (
-    "UPDATE calls SET state = 'ended', cause = ?, ended_at = ? WHERE id = ?"
+_SQL_UNFINISHED_CALLS: Final = (
+    f"SELECT {_CALL_COLUMNS} FROM calls WHERE state <> 'ended' ORDER BY created_at, id"
 )
 
 _REG_COLUMNS: Final = (
@@ -196,8 +208,8 @@ _SQL_LAST_EVENT_ID: Final = "SELECT MAX(id) FROM events"
 _SQL_LAST_OUTBOX_ID: Final = "SELECT MAX(id) FROM webhook_outbox"
 
 _IN_CHUNK: Final = 500  # ids per "IN (...)": far below SQLite's variable limit
-_INTERRUPTED_CAUSE: Final = "interrupted"
-_INTERRUPTED_DETAIL: Final = "sipdial restarted"
+_ROW_ERRORS_LOGGED: Final = 10  #: rows of one batch logged one by one; the rest are counted
+_NOTHING_LOST: Final = WriteReport()
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,6 +242,16 @@ _OutboxRow = tuple[int, str, int, str, str, str, float, int, float, str, str | N
 _OutboxUpdate = tuple[int, float, str, str | None, int]
 
 
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One statement of a batch with its rows; ``kind`` and ``key`` name a row in the log."""
+
+    kind: str  #: "call", "call event", ...
+    sql: str
+    rows: Sequence[tuple[Any, ...]]
+    key: Callable[[tuple[Any, ...]], object]  #: what identifies a row (its id)
+
+
 @dataclass(slots=True)
 class _Batch:
     """Writes not yet sent to the database, coalesced: only the latest row per key matters."""
@@ -242,6 +264,24 @@ class _Batch:
     outbox: list[_OutboxRow] = field(default_factory=list)  #: new deliveries, in order
     #: by outbox id, latest wins; written after ``outbox`` so a new row can be updated at once
     outbox_updates: dict[int, _OutboxUpdate] = field(default_factory=dict)
+    #: fired (on the reactor thread) once the batch is committed: see ``when_committed``
+    waiters: list[Deferred[WriteReport]] = field(default_factory=list)
+
+    def steps(self) -> list[_Step]:
+        """The statements that write the batch, in order, with their rows."""
+        upserts = [row for row in self.registrations.values() if row is not None]
+        deletes = [key for key, row in self.registrations.items() if row is None]
+        steps = [
+            _Step("call", _SQL_UPSERT_CALL, list(self.calls.values()), _first),
+            _Step("call event", _SQL_INSERT_EVENT, self.events, _first),
+            _Step("registration", _SQL_UPSERT_REGISTRATION, upserts, _first_two),
+            _Step("registration delete", _SQL_DELETE_REGISTRATION, deletes, _first_two),
+            _Step("live event", _SQL_INSERT_PUBLISHED, self.published, _first),
+            _Step("webhook delivery", _SQL_INSERT_OUTBOX, self.outbox, _first),
+            _Step("webhook delivery update", _SQL_UPDATE_OUTBOX,
+                  list(self.outbox_updates.values()), _last),
+        ]
+        return [step for step in steps if step.rows]
 
     def __len__(self) -> int:
         return (
@@ -252,6 +292,18 @@ class _Batch:
             + len(self.outbox)
             + len(self.outbox_updates)
         )
+
+
+def _first(row: tuple[Any, ...]) -> object:
+    return row[0]
+
+
+def _first_two(row: tuple[Any, ...]) -> object:
+    return row[:2]
+
+
+def _last(row: tuple[Any, ...]) -> object:
+    return row[-1]
 
 
 def _call_row(call: CallRecord) -> _CallRow:
@@ -337,7 +389,9 @@ class SqliteStore:
     ``run_in_thread`` is given, ``callFromThread`` (``IReactorFromThreads``) for the default
     one-thread :class:`ThreadPool`. ``run_in_thread`` replaces that pool (tests pass a
     synchronous one). ``connect`` opens the database (tests wrap it to count statements).
-    A batch reaching ``max_batch`` writes is flushed at once instead of waiting.
+    A batch reaching ``max_batch`` writes, or holding the end of a call, is flushed after
+    ``end_flush_interval`` (default 0: at the end of the reactor turn) instead of
+    ``flush_interval``.
     """
 
     def __init__(
@@ -347,16 +401,19 @@ class SqliteStore:
         flush_interval: float = 0.05,
         *,
         max_batch: int = 10_000,
+        end_flush_interval: float = 0.0,
         run_in_thread: RunInThread | None = None,
         connect: Callable[[str], sqlite3.Connection] = sqlite3.connect,
     ) -> None:
-        if flush_interval < 0:
-            raise ValueError(f"flush_interval must be >= 0, got {flush_interval}")
+        if flush_interval < 0 or end_flush_interval < 0:
+            raise ValueError("flush_interval and end_flush_interval must be >= 0, got "
+                             f"{flush_interval} and {end_flush_interval}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._path = path
         self._reactor = reactor
         self._flush_interval = flush_interval
+        self._end_flush_interval = min(end_flush_interval, flush_interval)
         self._max_batch = max_batch
         self._connect = connect
         self._pool: ThreadPool | None = None
@@ -372,31 +429,30 @@ class SqliteStore:
         self._run = run_in_thread
         self._pending = _Batch()
         self._flush_call: DelayedCall | None = None
+        self._flush_at = 0.0  #: when ``_flush_call`` fires
         self._state = "new"  # -> "running" -> "stopped"
-        #: calls that start() found unfinished (a crash) and ended as "interrupted"
-        self.interrupted_ids: tuple[str, ...] = ()
         self._conn: sqlite3.Connection | None = None  # used only on the worker thread
 
     # --- life cycle ---------------------------------------------------------------------------
 
-    def start(self) -> Deferred[int]:
-        """Open the database, create or check the schema, end calls a crash left running.
+    def start(self) -> Deferred[None]:
+        """Open the database, create the schema or bring it up to date.
 
-        Every call whose state is not ``"ended"`` becomes ended with cause ``"interrupted"``
-        and gets an ``"ended"`` event (detail ``"sipdial restarted"``). Fires with how many;
-        their ids are in :attr:`interrupted_ids` (so their ``call.ended`` can be published).
+        Calls a crash left running are still in progress in the database: read them with
+        :meth:`unfinished_calls` and end them (``CallService.end_interrupted``) together with
+        their ``call.ended``, so that the end and its event commit in one transaction.
         """
         if self._state != "new":
             raise StoreError(f"cannot start a store that is {self._state}")
         self._state = "running"
         if self._pool is not None:
             self._pool.start()
-        now = self._reactor.seconds()
-        d = self._run(lambda: self._open(now))
+        d = self._run(self._open)
 
         def failed(failure: Failure) -> Failure:
             self._state = "stopped"
-            self._take_pending()  # nowhere to write it
+            for waiter in self._take_pending().waiters:  # nowhere to write it
+                waiter.errback(failure)
             if self._pool is not None:
                 self._pool.stop()
             return failure
@@ -412,7 +468,8 @@ class SqliteStore:
             raise StoreError(f"cannot stop a store that is {self._state}")
         batch = self._take_pending()
         self._state = "stopped"
-        d = self._run(lambda: self._write_and_close(batch))
+        self._submit_logged(batch)
+        d = self._run(self._close)
 
         def stop_pool(result: object) -> object:
             if self._pool is not None:
@@ -425,9 +482,15 @@ class SqliteStore:
     # --- writes (queued) ----------------------------------------------------------------------
 
     def save_call(self, call: CallRecord) -> None:
-        """Insert or update the call's row (not its events) with its current values."""
+        """Insert or update the call's row (not its events) with its current values.
+
+        The row of an ended call is flushed at the end of the reactor turn (with whatever
+        else that turn wrote: its event, its live events), not after ``flush_interval``.
+        """
         self._check_writable()
         self._pending.calls[call.id] = _call_row(call)
+        if call.ended_at is not None and self._state == "running":
+            self._schedule_flush(self._end_flush_interval)
         self._queued()
 
     def add_event(self, call_id: str, event: CallEvent) -> None:
@@ -479,18 +542,30 @@ class SqliteStore:
     def flush(self) -> Deferred[None]:
         """Write everything queued so far; fires once it is committed."""
         self._check_running()
-        batch = self._take_pending()
-        return self._run(lambda: self._write(batch))
+        return self._submit(self._take_pending()).addCallback(lambda _: None)
+
+    def when_committed(self) -> Deferred[WriteReport]:
+        """Fires, on the reactor thread, once every write queued so far is committed.
+
+        Its :class:`WriteReport` names the live events and webhook deliveries that were left
+        out (their rows failed alone, logged); the Deferred fails only if the whole batch was
+        lost. Costs no extra transaction: it rides on the next flush.
+        """
+        self._check_writable()
+        waiter: Deferred[WriteReport] = Deferred()
+        self._pending.waiters.append(waiter)
+        if self._state == "running":
+            self._schedule_flush()
+        return waiter
 
     # --- reads (see every earlier write) ------------------------------------------------------
 
     def get_call(self, call_id: str) -> Deferred[CallRecord | None]:
         """The call with its events in order, or None."""
         self._check_running()
-        batch = self._take_pending()
+        self._submit_logged(self._take_pending())
 
         def read() -> CallRecord | None:
-            self._write(batch)
             conn = self._connection()
             row = conn.execute(_SQL_GET_CALL, (call_id,)).fetchone()
             if row is None:
@@ -508,10 +583,9 @@ class SqliteStore:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         self._check_running()
-        batch = self._take_pending()
+        self._submit_logged(self._take_pending())
 
         def read() -> list[CallRecord]:
-            self._write(batch)
             conn = self._connection()
             rows = conn.execute(_SQL_LIST_CALLS, (user, user, state, state, limit)).fetchall()
             calls = [_call_from_row(row) for row in rows]
@@ -527,10 +601,9 @@ class SqliteStore:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         self._check_running()
-        batch = self._take_pending()
+        self._submit_logged(self._take_pending())
 
         def read() -> list[PublishedEvent]:
-            self._write(batch)
             rows = self._connection().execute(_SQL_EVENTS_AFTER, (after, user, user, limit))
             return [PublishedEvent(*row) for row in rows.fetchall()]
 
@@ -539,10 +612,9 @@ class SqliteStore:
     def pending_outbox(self) -> Deferred[list[OutboxEntry]]:
         """Every webhook delivery still ``"pending"``, in id order (to resume at start)."""
         self._check_running()
-        batch = self._take_pending()
+        self._submit_logged(self._take_pending())
 
         def read() -> list[OutboxEntry]:
-            self._write(batch)
             rows = self._connection().execute(_SQL_PENDING_OUTBOX).fetchall()
             return [_outbox_from_row(row) for row in rows]
 
@@ -551,10 +623,9 @@ class SqliteStore:
     def last_published_ids(self) -> Deferred[tuple[int, int]]:
         """The highest live event id and outbox id used so far (0 when there are none)."""
         self._check_running()
-        batch = self._take_pending()
+        self._submit_logged(self._take_pending())
 
         def read() -> tuple[int, int]:
-            self._write(batch)
             conn = self._connection()
             (event_id,) = conn.execute(_SQL_LAST_EVENT_ID).fetchone()
             (outbox_id,) = conn.execute(_SQL_LAST_OUTBOX_ID).fetchone()
@@ -565,12 +636,25 @@ class SqliteStore:
     def load_registrations(self) -> Deferred[list[RegistrationRecord]]:
         """Every stored binding (expired ones too: the registrar decides)."""
         self._check_running()
-        batch = self._take_pending()
+        self._submit_logged(self._take_pending())
 
         def read() -> list[RegistrationRecord]:
-            self._write(batch)
             rows = self._connection().execute(_SQL_LOAD_REGISTRATIONS).fetchall()
             return [_registration_from_row(row) for row in rows]
+
+        return self._run(read)
+
+    def unfinished_calls(self) -> Deferred[list[CallRecord]]:
+        """Calls not ``"ended"``, oldest first, with their events: at start, the calls a
+        crash cut off (the caller ends them as ``interrupted``)."""
+        self._check_running()
+        self._submit_logged(self._take_pending())
+
+        def read() -> list[CallRecord]:
+            conn = self._connection()
+            calls = [_call_from_row(row) for row in conn.execute(_SQL_UNFINISHED_CALLS)]
+            self._attach_events(conn, calls)
+            return calls
 
         return self._run(read)
 
@@ -588,14 +672,25 @@ class SqliteStore:
         if self._state != "running":
             return  # start() schedules the flush
         if len(self._pending) >= self._max_batch:
-            self._flush_in_background()
+            # at the end of this turn, not now: a turn's writes are never split
+            self._schedule_flush(self._end_flush_interval)
         else:
             self._schedule_flush()
 
-    def _schedule_flush(self) -> None:
-        if self._flush_call is None:
-            call = self._reactor.callLater(self._flush_interval, self._flush_in_background)
-            self._flush_call = cast(DelayedCall, call)
+    def _schedule_flush(self, delay: float | None = None) -> None:
+        """Arm the ONE flush timer ``delay`` (default ``flush_interval``) from now, unless it
+        is armed to fire sooner already."""
+        if self._flush_call is not None and delay is None:
+            return  # armed with at most flush_interval: never later than a new one
+        if delay is None:
+            delay = self._flush_interval
+        at = self._reactor.seconds() + delay
+        if self._flush_call is not None:
+            if self._flush_at <= at:
+                return
+            self._flush_call.cancel()
+        self._flush_call = cast(DelayedCall, self._reactor.callLater(delay, self._flush))
+        self._flush_at = at
 
     def _take_pending(self) -> _Batch:
         """The pending batch, now owned by the caller; cancels the scheduled flush."""
@@ -606,10 +701,25 @@ class SqliteStore:
         batch, self._pending = self._pending, _Batch()
         return batch
 
-    def _flush_in_background(self) -> None:
-        batch = self._take_pending()
+    def _flush(self) -> None:
+        self._flush_call = None
+        self._submit_logged(self._take_pending())
+
+    def _submit(self, batch: _Batch) -> Deferred[WriteReport]:
+        """Write ``batch`` on the worker thread (behind the batches before it), then fire its
+        waiters with the report (or the failure)."""
+        waiters = batch.waiters
+        if not batch and not waiters:
+            return succeed(_NOTHING_LOST)
         d = self._run(lambda: self._write(batch))
-        d.addErrback(self._flush_failed, len(batch))
+        if waiters:
+            d.addBoth(_notify, waiters)
+        return d
+
+    def _submit_logged(self, batch: _Batch) -> None:
+        """:meth:`_submit`, with a lost batch logged (nobody waits for the outcome)."""
+        if batch or batch.waiters:
+            self._submit(batch).addErrback(self._flush_failed, len(batch))
 
     def _flush_failed(self, failure: Failure, size: int) -> None:
         log.error("store: lost %d queued writes", size, exc_info=exc_info(failure))
@@ -621,7 +731,7 @@ class SqliteStore:
             raise StoreError("store database is not open")
         return self._conn
 
-    def _open(self, now: float) -> int:
+    def _open(self) -> None:
         if self._path != ":memory:" and not self._path.startswith("file:"):
             parent = os.path.dirname(os.path.abspath(self._path))
             os.makedirs(parent, exist_ok=True)
@@ -632,12 +742,10 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous=NORMAL")
             with _transaction(conn):
                 self._create_schema(conn)
-                interrupted = self._interrupt_unfinished(conn, now)
         except BaseException:
             conn.close()
             raise
         self._conn = conn
-        return interrupted
 
     @staticmethod
     def _create_schema(conn: sqlite3.Connection) -> None:
@@ -657,47 +765,60 @@ class SqliteStore:
         if version != SCHEMA_VERSION:
             conn.execute(_SQL_SET_VERSION, (SCHEMA_VERSION,))
 
-    def _interrupt_unfinished(self, conn: sqlite3.Connection, now: float) -> int:
-        ids = [call_id for (call_id,) in conn.execute(_SQL_UNFINISHED_CALLS)]
-        self.interrupted_ids = tuple(ids)
-        conn.executemany(
-            _SQL_INTERRUPT_CALL, [(_INTERRUPTED_CAUSE, now, call_id) for call_id in ids]
-        )
-        conn.executemany(
-            _SQL_INSERT_EVENT,
-            [(call_id, "ended", now, None, _INTERRUPTED_DETAIL) for call_id in ids],
-        )
-        return len(ids)
-
-    def _write(self, batch: _Batch) -> None:
+    def _write(self, batch: _Batch) -> WriteReport:
         if not batch:
-            return
+            return _NOTHING_LOST
         conn = self._connection()
-        with _transaction(conn):
-            if batch.calls:
-                conn.executemany(_SQL_UPSERT_CALL, batch.calls.values())
-            if batch.events:
-                conn.executemany(_SQL_INSERT_EVENT, batch.events)
-            upserts = [row for row in batch.registrations.values() if row is not None]
-            deletes = [key for key, row in batch.registrations.items() if row is None]
-            if upserts:
-                conn.executemany(_SQL_UPSERT_REGISTRATION, upserts)
-            if deletes:
-                conn.executemany(_SQL_DELETE_REGISTRATION, deletes)
-            if batch.published:
-                conn.executemany(_SQL_INSERT_PUBLISHED, batch.published)
-            if batch.outbox:
-                conn.executemany(_SQL_INSERT_OUTBOX, batch.outbox)
-            if batch.outbox_updates:
-                conn.executemany(_SQL_UPDATE_OUTBOX, batch.outbox_updates.values())
-
-    def _write_and_close(self, batch: _Batch) -> None:
+        steps = batch.steps()
         try:
-            self._write(batch)
-        finally:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            with _transaction(conn):
+                for step in steps:
+                    conn.executemany(step.sql, step.rows)
+        except Exception as exc:  # one bad row fails the executemany: find it, keep the rest
+            return self._write_row_by_row(conn, steps, exc)
+        return _NOTHING_LOST
+
+    @staticmethod
+    def _write_row_by_row(
+        conn: sqlite3.Connection, steps: list[_Step], first: Exception
+    ) -> WriteReport:
+        """Write every row under its own SAVEPOINT in one transaction; leave out (and log) the
+        rows that fail. Raises ``first`` when every row fails: the database is broken, not a
+        row, and the batch is lost."""
+        failed: list[tuple[_Step, tuple[Any, ...], Exception]] = []
+        total = 0
+        with _transaction(conn):
+            for step in steps:
+                for row in step.rows:
+                    total += 1
+                    conn.execute("SAVEPOINT one_row")
+                    try:
+                        conn.execute(step.sql, row)
+                    except Exception as exc:
+                        if not conn.in_transaction:  # SQLite rolled it all back itself
+                            raise
+                        conn.execute("ROLLBACK TO one_row")
+                        failed.append((step, row, exc))
+                    conn.execute("RELEASE one_row")
+            if len(failed) == total and total > 1:
+                raise first
+        for step, row, error in failed[:_ROW_ERRORS_LOGGED]:
+            log.error("store: could not write %s %r, left it out (the other %d writes of "
+                      "its batch are kept): %s: %s", step.kind, step.key(row),
+                      total - len(failed), type(error).__name__, error)
+        if len(failed) > _ROW_ERRORS_LOGGED:
+            log.error("store: left out %d more writes of the same batch",
+                      len(failed) - _ROW_ERRORS_LOGGED)
+        events = frozenset(cast(int, row[0]) for step, row, _ in failed
+                           if step.sql is _SQL_INSERT_PUBLISHED)
+        outbox = frozenset(cast(int, row[0]) for step, row, _ in failed
+                           if step.sql is _SQL_INSERT_OUTBOX)
+        return WriteReport(len(failed), events, outbox)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     @staticmethod
     def _attach_events(conn: sqlite3.Connection, calls: list[CallRecord]) -> None:
@@ -710,6 +831,17 @@ class SqliteStore:
                 by_id[call_id].events.append(CallEvent(state, time, sip_code, detail))
 
 
+def _notify(outcome: WriteReport | Failure,
+            waiters: list[Deferred[WriteReport]]) -> WriteReport | Failure:
+    """Hand a batch's outcome to everyone waiting for it."""
+    for waiter in waiters:
+        if isinstance(outcome, Failure):
+            waiter.errback(outcome)
+        else:
+            waiter.callback(outcome)
+    return outcome
+
+
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """BEGIN ... COMMIT, or ROLLBACK if the block raises."""
@@ -717,6 +849,7 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # (SQLite may have rolled back already: SQLITE_FULL, ...)
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
