@@ -3,16 +3,27 @@
 ``publish(record, event)`` runs on the reactor thread right after the engine's ``persist``.
 For every event :func:`~sipdial.events.names.events_for` yields it
 
-1. assigns the next event id (one more than the last, across restarts),
-2. queues an ``events`` row (SSE resume survives restarts) and keeps the event in a ring
-   buffer of the latest ``buffer_size``,
-3. hands it to every SSE subscriber whose user filter matches,
-4. queues one ``webhook_outbox`` row per configured webhook that wants the event name and
-   gives it to the :class:`~sipdial.events.webhooks.WebhookDeliverer`.
+1. assigns the next event id (one more than the last),
+2. queues an ``events`` row (SSE resume survives restarts),
+3. queues one ``webhook_outbox`` row per configured webhook that wants the event name;
 
-The rows go through the store's batched writer like every other write, so the outbox is as
-durable as the call log itself. ``start()`` resumes every delivery still pending, at once
-(a waiting retry is brought forward; its attempt count, and so its backoff, is kept).
+then, once the store says these rows are committed (``when_committed``), it
+
+4. keeps the event in a ring buffer of the latest ``buffer_size`` and hands it to every SSE
+   subscriber whose user filter matches,
+5. gives the outbox entries to the :class:`~sipdial.events.webhooks.WebhookDeliverer`.
+
+Commit before send: nothing leaves sipdial before its row is durable, so the ids that a
+restart continues from (the database's highest) were never seen outside — an event id or a
+delivery id is never used for two different events, even after ``kill -9``. The rows are
+written in the same transaction as the call's own row and event (the store never splits a
+reactor turn), so a ``call.ended`` is sent only for an end that is committed; a row the store
+had to leave out (``WriteReport``) is never sent. The wait is one store flush (at most
+``flush_interval``, 50 ms; the end of a call is flushed at once).
+
+``start()`` resumes every delivery still pending, at once (a waiting retry is brought
+forward; its attempt count, and so its backoff, is kept), with its own delivery id: a POST
+in flight at a crash goes again with the same ``X-Sipdial-Delivery`` (at least once).
 
 Payload (the webhook body and the SSE ``data:``)::
 
@@ -22,7 +33,8 @@ Payload (the webhook body and the SSE ``data:``)::
      "call": { ...the call resource, as GET /v1/calls/{id}... }}
 
 ``cause`` is the call's cause (null until ``call.ended``); ``missed`` is true only for a
-``call.ended`` whose cause is ``user_no_answer``.
+``call.ended`` whose cause is ``user_no_answer``. A lone UTF-16 surrogate in any text (it
+cannot be UTF-8) is written as its JSON escape (``\\ud800``), as ``ensure_ascii`` would.
 """
 
 from __future__ import annotations
@@ -32,10 +44,11 @@ import json.encoder
 import logging
 import operator
 import random
+import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
@@ -44,7 +57,14 @@ from sipdial.config import WebhookConfig
 from sipdial.events.names import EventName, EventSpec, events_for, is_missed
 from sipdial.events.webhooks import DeliveryPolicy, Poster, WebhookDeliverer
 from sipdial.reactor_types import exc_info
-from sipdial.store import CallEvent, CallRecord, OutboxEntry, PublishedEvent, iso_time
+from sipdial.store import (
+    CallEvent,
+    CallRecord,
+    OutboxEntry,
+    PublishedEvent,
+    WriteReport,
+    iso_time,
+)
 
 __all__ = ["EventHub", "EventStore", "Subscriber", "Subscription"]
 
@@ -54,7 +74,7 @@ _REPLAY_PAGE: Final = 500  #: events read from the database per query when resum
 #: calls whose events' JSON the hub keeps (see ``EventHub._events_text``); past this the
 #: cache is emptied (it only saves work, a miss recomputes)
 _EVENT_TEXT_CALLS: Final = 20_000
-
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 def _make_dumps() -> Callable[[object], str]:
@@ -78,6 +98,14 @@ def _make_dumps() -> Callable[[object], str]:
 _dumps = _make_dumps()
 
 
+def _utf8_safe(text: str) -> str:
+    """JSON ``text`` with every lone surrogate as its ``\\uXXXX`` escape: the same document,
+    but text that UTF-8 (the store, SSE, webhooks) can carry. ASCII text is returned as is."""
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 class EventStore(Protocol):
     """What the hub needs of the store (:class:`~sipdial.store.sqlite.SqliteStore`)."""
 
@@ -87,6 +115,8 @@ class EventStore(Protocol):
 
     def update_outbox_entry(self, entry: OutboxEntry) -> None: ...
 
+    def when_committed(self) -> Deferred[WriteReport]: ...
+
     def events_after(
         self, after: int, *, user: str | None = None, limit: int = 500
     ) -> Deferred[list[PublishedEvent]]: ...
@@ -94,6 +124,13 @@ class EventStore(Protocol):
     def pending_outbox(self) -> Deferred[list[OutboxEntry]]: ...
 
     def last_published_ids(self) -> Deferred[tuple[int, int]]: ...
+
+
+class _Unsent(NamedTuple):
+    """An event and its webhook deliveries, queued in the store, waiting for the commit."""
+
+    published: PublishedEvent
+    entries: list[OutboxEntry]
 
 
 class Subscriber(Protocol):
@@ -184,7 +221,8 @@ class EventHub:
         )
         self._ring: deque[PublishedEvent] = deque(maxlen=buffer_size)
         self._subscriptions: set[Subscription] = set()
-        self._last_event_id = 0
+        self._last_event_id = 0  #: the last id assigned
+        self._last_released = 0  #: the last id committed and handed to subscribers
         self._last_outbox_id = 0
         self._state = "new"  # -> "starting" -> "running" -> "stopped"
         #: call id -> (its CallEvents, each one's JSON text): every payload embeds the whole
@@ -193,7 +231,8 @@ class EventHub:
 
     @property
     def last_event_id(self) -> int:
-        return self._last_event_id
+        """The id of the newest event subscribers have been given (it is committed)."""
+        return self._last_released
 
     @property
     def deliverer(self) -> WebhookDeliverer:
@@ -214,6 +253,7 @@ class EventHub:
 
         def got_ids(ids: tuple[int, int]) -> Deferred[list[OutboxEntry]]:
             self._last_event_id, self._last_outbox_id = ids
+            self._last_released = self._last_event_id
             return self._store.pending_outbox()
 
         def resume(entries: list[OutboxEntry]) -> None:
@@ -278,13 +318,59 @@ class EventHub:
                 event.state,
             )
             return
+        unsent: list[_Unsent] = []
         try:
             for spec in events_for(_previous_state(record, event), event.state):
-                self._publish_one(record, event, spec)
+                unsent.append(self._publish_one(record, event, spec))
         except Exception:
             log.exception("event hub: cannot publish call %s entering %s", record.id, event.state)
+        if unsent:
+            d = self._store.when_committed()
+            d.addCallbacks(self._release, self._not_committed,
+                           callbackArgs=(unsent,), errbackArgs=(unsent,))
 
-    def _publish_one(self, record: CallRecord, event: CallEvent, spec: EventSpec) -> None:
+    def _release(self, report: WriteReport, unsent: list[_Unsent]) -> None:
+        """The rows of ``unsent`` are committed: now subscribers and webhooks get them."""
+        if self._state != "running":
+            return  # stopping: the deliveries are pending in the outbox for the next start
+        for published, entries in unsent:
+            if published.id in report.lost_events:
+                self._drop(published, entries, report.lost_outbox)
+                continue
+            self._last_released = published.id
+            self._ring.append(published)
+            for subscription in list(self._subscriptions):
+                try:
+                    subscription._offer(published)
+                except Exception:
+                    log.exception("event hub: a subscriber failed; unsubscribed")
+                    subscription.cancel()
+            for entry in entries:
+                if entry.id in report.lost_outbox:
+                    log.error("webhook %s: delivery %d (%s, call %s) could not be stored: "
+                              "not sent", entry.webhook_url, entry.id, entry.event_name,
+                              entry.call_id)
+                else:
+                    self._deliverer.add(entry)
+
+    def _drop(self, published: PublishedEvent, entries: list[OutboxEntry],
+              lost_outbox: frozenset[int]) -> None:
+        """The event's row could not be stored: it is sent nowhere (its id may come again
+        after a restart), and its stored deliveries are marked failed."""
+        log.error("event hub: event %d (%s, call %s) could not be stored: not sent",
+                  published.id, published.name, published.call_id)
+        for entry in entries:
+            if entry.id not in lost_outbox:
+                entry.status = "failed"
+                entry.last_error = "its event could not be stored"
+                self._store.update_outbox_entry(entry)
+
+    def _not_committed(self, failure: Failure, unsent: list[_Unsent]) -> None:
+        log.error("event hub: the store lost events %s: not sent",
+                  ", ".join(str(published.id) for published, _ in unsent),
+                  exc_info=exc_info(failure))
+
+    def _publish_one(self, record: CallRecord, event: CallEvent, spec: EventSpec) -> _Unsent:
         self._last_event_id += 1
         ended = spec.name is EventName.ENDED
         document = {
@@ -300,10 +386,10 @@ class EventHub:
         }
         # exactly json.dumps(document | {"call": record.to_json()}, ensure_ascii=False,
         # separators=(",", ":")): "call" is the last key, "events" the last key in it
-        payload = "".join((
+        payload = _utf8_safe("".join((
             _dumps(document)[:-1], ',"call":', _dumps(record.summary_json())[:-1],
             ',"events":[', self._events_text(record), "]}}",
-        ))
+        )))
         published = PublishedEvent(
             id=self._last_event_id,
             call_id=record.id,
@@ -313,13 +399,7 @@ class EventHub:
             time=event.time,
         )
         self._store.add_published_event(published)
-        self._ring.append(published)
-        for subscription in list(self._subscriptions):
-            try:
-                subscription._offer(published)
-            except Exception:
-                log.exception("event hub: a subscriber failed; unsubscribed")
-                subscription.cancel()
+        entries: list[OutboxEntry] = []
         now = self._clock()
         for url, webhook in self._webhooks.items():
             if "*" not in webhook.events and published.name not in webhook.events:
@@ -336,9 +416,10 @@ class EventHub:
                 next_attempt_at=now,
             )
             self._store.add_outbox_entry(entry)
-            self._deliverer.add(entry)
+            entries.append(entry)
         if ended:
             self._event_texts.pop(record.id, None)
+        return _Unsent(published, entries)
 
     def publish_notice(self, name: str, document: dict[str, object], time: float) -> None:
         """A live event that is about no call (``auth.locked_out``, :mod:`sipdial.guard`):
@@ -405,10 +486,11 @@ class EventHub:
         """
         if self._state == "stopped":
             raise RuntimeError("event hub is stopped")
-        start = self._last_event_id if after is None else min(after, self._last_event_id)
+        newest = self._last_released
+        start = newest if after is None else min(after, newest)
         subscription = Subscription(self, subscriber, user, last_sent=start)
         self._subscriptions.add(subscription)
-        if start >= self._last_event_id:
+        if start >= newest:
             return subscription
         if self._ring and self._ring[0].id <= start + 1:
             for event in list(self._ring):

@@ -388,10 +388,10 @@ class WebhookDeliverer:
     # --- one attempt ----------------------------------------------------------------------
 
     def _send(self, entry: OutboxEntry, now: float) -> None:
-        headers = delivery_headers(entry, self._secrets[entry.webhook_url], now)
-        try:
+        try:  # one entry that cannot even be sent fails alone; the others of this tick go
+            headers = delivery_headers(entry, self._secrets[entry.webhook_url], now)
             d = self._poster.post(entry.webhook_url, entry.payload.encode("utf-8"), headers)
-        except Exception as exc:  # a poster bug or a URL it cannot even start on
+        except Exception as exc:  # a body that is not UTF-8, a poster bug, a URL it refuses
             d = defer.fail(exc)
         timed_out: list[bool] = []
 

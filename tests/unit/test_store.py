@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 from twisted.internet.defer import Deferred
@@ -189,11 +189,12 @@ def test_full_batch_is_flushed_at_the_end_of_the_turn(db: Path) -> None:
 def test_the_end_of_a_call_is_flushed_at_the_end_of_the_turn(db: Path) -> None:
     h = started(db, flush_interval=1.0)
     h.store.save_call(call("live", state="connected"))
-    assert h.clock.getDelayedCalls()[0].getTime() == T0 + 1.0
+    delayed: Any = h.clock.getDelayedCalls()[0]
+    assert delayed.getTime() == T0 + 1.0
     h.store.save_call(call("over", state="ended", cause="completed", ended_at=T0))
     h.store.add_event("over", CallEvent("ended", T0))  # same turn: same transaction
     (timer,) = h.clock.getDelayedCalls()  # the one timer, brought forward
-    assert timer.getTime() == T0
+    assert cast(Any, timer).getTime() == T0
     h.clock.advance(0)
     assert h.transactions() == 1
     assert h.executemanys() == [("executemany", "INSERT", 2), ("executemany", "INSERT", 1)]

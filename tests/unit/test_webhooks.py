@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -409,6 +410,15 @@ class Hub:
                             buffer_size=buffer_size, rng=NO_JITTER)
         result(self.hub.start())
 
+    def commit(self) -> None:
+        """The store's flush: the rows are committed, the hub hands the events on."""
+        result(self.store.flush())
+
+    def call(self, call_id: str = "c1", user: str = "201") -> Call:
+        """A call whose every state change is committed at once (as if the flush timer had
+        fired right after it)."""
+        return Call.new(self.hub, call_id, user, commit=self.commit)
+
     def stop(self) -> None:
         stopped = self.hub.stop()
         self.clock.advance(POLICY.stop_grace)  # POSTs still in flight are aborted
@@ -424,18 +434,24 @@ class Hub:
             conn.close()
 
 
+def _no_commit() -> None:
+    pass
+
+
 @dataclass
 class Call:
-    """Drives a CallRecord through states the way the engine does."""
+    """Drives a CallRecord through states the way the engine does; ``commit`` after each."""
 
     hub: EventHub
     record: CallRecord
+    commit: Callable[[], None] = _no_commit
 
     @classmethod
-    def new(cls, hub: EventHub, call_id: str = "c1", user: str = "201") -> Call:
+    def new(cls, hub: EventHub, call_id: str = "c1", user: str = "201",
+            commit: Callable[[], None] = _no_commit) -> Call:
         record = CallRecord(call_id, user, "+4930123456", "refer", "calling_user", None, T0,
                             None)
-        call = cls(hub, record)
+        call = cls(hub, record, commit)
         call.enter("calling_user")
         return call
 
@@ -447,6 +463,7 @@ class Call:
         event = CallEvent(state, T0 + len(self.record.events), sip_code, cause)
         self.record.events.append(event)
         self.hub.publish(self.record, event)
+        self.commit()
 
 
 @dataclass
@@ -477,7 +494,7 @@ def test_publish_builds_the_payload(db: Path) -> None:
     h = Hub(db)
     sub = Collector()
     h.hub.subscribe(sub)
-    call = Call.new(h.hub)
+    call = h.call()
     call.enter("user_ringing", sip_code=180)
     call.enter("ended", cause="user_no_answer", sip_code=408)
     dialing, ringing, ended = (json.loads(e.payload) for e in sub.events)
@@ -506,7 +523,7 @@ def test_payload_is_exactly_json_dumps_of_the_document(db: Path) -> None:
     h = Hub(db)
     sub = Collector()
     h.hub.subscribe(sub)
-    call = Call.new(h.hub)
+    call = h.call()
     call.record.to = "Zoë \"Ω\" \u2028"
     call.enter("user_ringing", sip_code=180)
     call.record.events = [CallEvent(e.state, e.time, e.sip_code, e.detail)
@@ -524,7 +541,7 @@ def test_payload_is_exactly_json_dumps_of_the_document(db: Path) -> None:
 
 def test_publish_writes_events_and_one_outbox_row_per_matching_webhook(db: Path) -> None:
     h = Hub(db, (WEBHOOK, ENDED_ONLY))
-    call = Call.new(h.hub)
+    call = h.call()
     call.enter("user_ringing")
     call.enter("ended", cause="user_busy")
     assert h.rows("SELECT id, call_id, user_id, name FROM events ORDER BY id") == [
@@ -541,7 +558,7 @@ def test_publish_writes_events_and_one_outbox_row_per_matching_webhook(db: Path)
 
 def test_hub_delivers_in_order_and_marks_rows_done(db: Path) -> None:
     h = Hub(db, (WEBHOOK,))
-    call = Call.new(h.hub)
+    call = h.call()
     call.enter("user_ringing")
     h.clock.advance(0)
     assert h.poster.ids() == [1]
@@ -557,7 +574,7 @@ def test_hub_delivers_in_order_and_marks_rows_done(db: Path) -> None:
 
 def test_ids_continue_and_pending_deliveries_resume_after_a_restart(db: Path) -> None:
     h = Hub(db, (WEBHOOK,))
-    call = Call.new(h.hub)
+    call = h.call()
     call.enter("user_ringing")
     call.enter("user_answered")
     h.clock.advance(0)
@@ -573,7 +590,7 @@ def test_ids_continue_and_pending_deliveries_resume_after_a_restart(db: Path) ->
     h2.clock.advance(0)
     h2.poster.posts[1].d.callback(200)
     assert h2.poster.ids() == [2, 3]
-    Call.new(h2.hub, "c2")
+    h2.call("c2")
     assert h2.rows("SELECT MAX(id) FROM events") == [(4,)]
     assert h2.rows("SELECT id, status FROM webhook_outbox ORDER BY id") == [
         (1, "done"), (2, "done"), (3, "done"), (4, "pending")]
@@ -581,7 +598,7 @@ def test_ids_continue_and_pending_deliveries_resume_after_a_restart(db: Path) ->
 
 def test_pending_rows_of_a_removed_webhook_are_marked_failed(db: Path) -> None:
     h = Hub(db, (WEBHOOK,))
-    Call.new(h.hub)
+    h.call()
     h.stop()
     h2 = Hub(db, ())
     assert h2.rows("SELECT status, last_error FROM webhook_outbox") == [
@@ -607,14 +624,14 @@ def test_a_failing_subscriber_does_not_disturb_publishing(db: Path) -> None:
     broken, good = Broken(), Collector()
     h.hub.subscribe(broken)
     h.hub.subscribe(good)
-    call = Call.new(h.hub)
+    call = h.call()
     call.enter("user_ringing")
     assert good.ids() == [1, 2]
 
 
 def test_duplicate_webhook_urls_are_used_once(db: Path) -> None:
     h = Hub(db, (WEBHOOK, WebhookConfig(URL, "other")))
-    Call.new(h.hub)
+    h.call()
     assert h.rows("SELECT COUNT(*) FROM webhook_outbox") == [(1,)]
 
 
@@ -626,8 +643,8 @@ def test_subscribers_get_live_events_filtered_by_user(db: Path) -> None:
     everyone, only_201 = Collector(), Collector()
     h.hub.subscribe(everyone)
     h.hub.subscribe(only_201, user="201")
-    Call.new(h.hub, "a", user="201")
-    Call.new(h.hub, "b", user="202")
+    h.call("a", user="201")
+    h.call("b", user="202")
     assert everyone.ids() == [1, 2]
     assert only_201.ids() == [1]
 
@@ -638,14 +655,14 @@ def test_cancelled_subscription_gets_nothing(db: Path) -> None:
     subscription = h.hub.subscribe(sub)
     subscription.cancel()
     subscription.cancel()
-    Call.new(h.hub)
+    h.call()
     assert sub.events == []
 
 
 def test_resume_from_the_ring_buffer(db: Path) -> None:
     h = Hub(db)
-    call = Call.new(h.hub, user="201")
-    Call.new(h.hub, "other", user="202")
+    call = h.call(user="201")
+    h.call("other", user="202")
     call.enter("user_ringing")
     sub = Collector()
     h.hub.subscribe(sub, user="201", after=1)
@@ -656,16 +673,16 @@ def test_resume_from_the_ring_buffer(db: Path) -> None:
 
 def test_resume_after_the_newest_or_a_future_id_is_live_only(db: Path) -> None:
     h = Hub(db)
-    Call.new(h.hub)
+    h.call()
     sub = Collector()
     h.hub.subscribe(sub, after=99)
-    Call.new(h.hub, "c2")
+    h.call("c2")
     assert sub.ids() == [2]
 
 
 def test_resume_from_the_database_when_the_ring_no_longer_has_it(db: Path) -> None:
     h = Hub(db, buffer_size=2)
-    call = Call.new(h.hub)
+    call = h.call()
     for state in ("user_ringing", "user_answered", "calling_target", "target_ringing"):
         call.enter(state)
     sub = Collector()
@@ -677,9 +694,9 @@ def test_resume_from_the_database_when_the_ring_no_longer_has_it(db: Path) -> No
 
 def test_resume_after_a_restart_reads_the_database(db: Path) -> None:
     h = Hub(db)
-    Call.new(h.hub, "a", user="201")
-    Call.new(h.hub, "b", user="202")
-    Call.new(h.hub, "c", user="201")
+    h.call("a", user="201")
+    h.call("b", user="202")
+    h.call("c", user="201")
     h.stop()
     h2 = Hub(db)
     sub = Collector()
@@ -719,7 +736,7 @@ def test_events_published_during_a_database_replay_follow_without_gaps_or_repeat
         return slow[0]
 
     h = Hub(db, buffer_size=1, store_wrapper=wrap)
-    call = Call.new(h.hub)
+    call = h.call()
     call.enter("user_ringing")
     call.enter("user_answered")
     sub = Collector()
@@ -736,7 +753,7 @@ def test_replay_reads_page_by_page(db: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr("sipdial.events.hub._REPLAY_PAGE", 2)
     h = Hub(db, buffer_size=1)
     for i in range(5):
-        Call.new(h.hub, f"c{i}")
+        h.call(f"c{i}")
     sub = Collector()
     h.hub.subscribe(sub, after=0)
     assert sub.ids() == [1, 2, 3, 4, 5]
@@ -755,7 +772,7 @@ def test_stop_closes_every_subscriber(db: Path) -> None:
 
 def test_a_waiting_retry_is_brought_forward_by_a_restart(db: Path) -> None:
     h = Hub(db, (WEBHOOK,))
-    Call.new(h.hub)
+    h.call()
     h.clock.advance(0)
     h.poster.posts[0].d.callback(500)  # next try at T0 + 1
     h.stop()
@@ -765,3 +782,141 @@ def test_a_waiting_retry_is_brought_forward_by_a_restart(db: Path) -> None:
     h2.poster.posts[0].d.callback(500)
     (row,) = h2.rows("SELECT attempts, next_attempt_at FROM webhook_outbox")
     assert row == (2, T0 + 2)  # the backoff went on from the attempts made
+
+
+# ------------------------------------------------- after a crash (issue 7 §3, §1)
+
+
+def committed_outbox_ids(path: Path) -> set[int]:
+    """What another process (a restart) would find: read with a connection of its own."""
+    conn = sqlite3.connect(path)
+    try:
+        return {row[0] for row in conn.execute("SELECT id FROM webhook_outbox")}
+    finally:
+        conn.close()
+
+
+def test_nothing_leaves_before_its_rows_are_committed(db: Path) -> None:
+    h = Hub(db, (WEBHOOK,))
+    at_post: list[set[int]] = []
+    real_post = h.poster.post
+
+    def post(url: str, body: bytes, headers: Mapping[str, str]) -> Deferred[int]:
+        at_post.append(committed_outbox_ids(db))
+        return real_post(url, body, headers)
+
+    h.poster.post = post  # type: ignore[method-assign]
+    sub = Collector()
+    h.hub.subscribe(sub)
+    call = Call.new(h.hub)  # the engine's write and publish; the store has not flushed yet
+    call.enter("ended", cause="completed")
+    h.clock.advance(0)  # the deliverer's timer would have sent it here, before the commit
+    assert h.poster.posts == [] and sub.events == []
+    assert h.hub.last_event_id == 0
+    h.clock.advance(0.05)  # the store's flush: committed, then handed on
+    assert sub.ids() == [1, 2]
+    h.clock.advance(0)
+    assert h.poster.ids() == [1]
+    assert at_post == [{1, 2}]  # the delivery's row was committed before its POST
+    h.poster.posts[0].d.callback(200)
+    h.clock.advance(0)
+    assert h.poster.ids() == [1, 2]
+    assert 2 in at_post[1]
+
+
+def crash(h: Hub) -> None:
+    """kill -9: whatever the store has not committed is gone; nothing is stopped."""
+    h.store._take_pending()
+    h.hub._deliverer._cancel_timer()
+
+
+def test_ids_seen_outside_are_never_used_again_after_a_crash(db: Path) -> None:
+    seen: dict[str, dict[int, str]] = {"event": {}, "delivery": {}}
+
+    def record(h: Hub, sub: Collector) -> None:
+        for event in sub.events:
+            assert seen["event"].setdefault(event.id, event.payload) == event.payload
+        for post in h.poster.posts:
+            delivery = int(post.headers["X-Sipdial-Delivery"])
+            body = post.body.decode()
+            assert seen["delivery"].setdefault(delivery, body) == body, delivery
+
+    for run in range(3):
+        h = Hub(db, (WEBHOOK,))
+        h.poster.answer = 200
+        sub = Collector()
+        h.hub.subscribe(sub)
+        committed = h.call(f"a{run}")  # committed: delivered
+        committed.enter("user_ringing")
+        h.clock.advance(0)
+        Call.new(h.hub, f"b{run}").enter("user_ringing")  # not yet committed at the crash
+        h.clock.advance(0)
+        record(h, sub)
+        crash(h)
+    assert len(seen["event"]) == 6 and len(seen["delivery"]) == 6
+
+
+def test_a_delivery_in_flight_at_a_crash_goes_again_with_the_same_id(db: Path) -> None:
+    h = Hub(db, (WEBHOOK,))
+    h.call()
+    h.clock.advance(0)
+    (first,) = h.poster.posts  # in flight: no answer yet
+    crash(h)
+    h2 = Hub(db, (WEBHOOK,))
+    h2.clock.advance(0)
+    (again,) = h2.poster.posts
+    assert again.headers["X-Sipdial-Delivery"] == first.headers["X-Sipdial-Delivery"] == "1"
+    assert again.body == first.body
+
+
+def test_a_lone_surrogate_is_escaped_so_the_event_is_stored_and_sent(db: Path) -> None:
+    h = Hub(db, (WEBHOOK,))
+    sub = Collector()
+    h.hub.subscribe(sub)
+    call = Call(h.hub, CallRecord("c1", "201", "sip:49\ud800@127.0.0.1", "refer",
+                                  "calling_user", None, T0, None), h.commit)
+    call.enter("calling_user")
+    other = h.call("c2")
+    h.clock.advance(0)
+    assert sub.ids() == [1, 2]
+    document = json.loads(sub.events[0].payload)
+    assert document["call"]["to"] == "sip:49\ud800@127.0.0.1"  # the same document
+    assert '"to":"sip:49\\ud800@127.0.0.1"' in sub.events[0].payload
+    sub.events[0].payload.encode("utf-8")  # and UTF-8 can carry it
+    assert h.rows("SELECT id FROM events ORDER BY id") == [(1,), (2,)]
+    assert [json.loads(p.body)["call"]["id"] for p in h.poster.posts] == ["c1", "c2"]
+    assert other.record.id == "c2"
+
+
+def test_an_event_whose_row_is_refused_is_sent_nowhere(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = Hub(db, (WEBHOOK,))
+    sub = Collector()
+    h.hub.subscribe(sub)
+    # the events row carries the user as text: the encoder refuses it (the payload and the
+    # outbox row escape or do not carry it)
+    bad = Call(h.hub, CallRecord("bad", "20\udc01", "+49", "refer", "calling_user", None, T0,
+                                 None), h.commit)
+    with caplog.at_level(logging.ERROR):
+        bad.enter("calling_user")
+        h.call("good")
+    h.clock.advance(0)
+    assert [e.call_id for e in sub.events] == ["good"]
+    assert [json.loads(p.body)["call"]["id"] for p in h.poster.posts] == ["good"]
+    assert h.rows("SELECT event_id, status, last_error FROM webhook_outbox ORDER BY id") == [
+        (1, "failed", "its event could not be stored"), (2, "pending", None)]
+    assert any("event 1 (call.dialing, call bad) could not be stored" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_body_that_cannot_be_encoded_fails_alone_and_the_timer_goes_on() -> None:
+    h = Delivery()
+    bad = entry(1, call_id="bad")
+    bad.payload = '{"to":"\ud800"}'
+    h.deliverer.add(bad)
+    h.deliverer.add(entry(2, call_id="good"))
+    h.tick(0)
+    assert [json.loads(p.body)["id"] for p in h.poster.posts] == [2]
+    assert bad.attempts == 1 and bad.last_error is not None
+    assert "UnicodeEncodeError" in bad.last_error
