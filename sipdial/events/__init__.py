@@ -12,7 +12,9 @@ Wiring (``sipdial.app``)::
     hub = EventHub(store, reactor, config.webhooks)  # store: an EventStore (SqliteStore)
     yield hub.start()          # after store.start(), before calls are taken: continues the
                                # event ids, resumes pending webhook deliveries
-    hub.publish(record, event) # on the reactor thread, right after the engine's persist()
+    calls.end_interrupted(unfinished)  # the calls a crash cut off: one call.ended each
+    hub.publish(record, event) # on the reactor thread, right after the engine's persist();
+                               # sent (SSE, webhooks) once the store has committed the rows
     build_site(api, tokens, reactor=reactor, events=hub)   # GET /v1/events
     # at stop: no more calls; yield hub.stop(); yield store.stop()
 

@@ -1,17 +1,25 @@
-"""sipdial.store: schema version 2 (live events and the webhook outbox) and its migration."""
+"""sipdial.store: schema version 2 (live events and the webhook outbox) and its migration;
+recovery of the calls a crash cut off."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from sipdial.store.models import OutboxEntry, PublishedEvent
+from sipdial.app import build_core
+from sipdial.config import WebhookConfig
+from sipdial.events import EventHub
+from sipdial.store.models import CallRecord, OutboxEntry, PublishedEvent
 from sipdial.store.sqlite import _SQL_SCHEMA, SCHEMA_VERSION, SqliteStore
 from tests.unit.deferreds import result, run_now
+from tests.unit.simnet import make_config
 
 T = TypeVar("T")
 T0 = 1_763_732_155.0
@@ -140,3 +148,60 @@ def test_event_and_outbox_writes_wait_for_the_batch(db: Path) -> None:
     assert count() == (0, 0)
     clock.advance(0.05)  # the store's flush interval: one transaction for all six
     assert count() == (3, 3)
+
+
+# --- recovery after a crash (issue 7 §3) ------------------------------------------------------
+
+
+class _NoPoster:
+    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Deferred[int]:
+        return Deferred()  # never answered: the rows stay pending
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
+
+
+def _rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_a_crash_during_recovery_neither_loses_nor_doubles_call_ended(db: Path) -> None:
+    store, _clock = started(db)
+    store.save_call(CallRecord("live", "201", "+4930123", "refer", "connected", None, T0, None))
+    store.save_call(CallRecord("done", "201", "+4930123", "refer", "ended", "completed", T0,
+                               T0 + 1))
+    result(store.flush())  # and then sipdial is killed: nothing is stopped
+
+    for crash_before_the_flush in (True, False):
+        store, clock = started(db)
+        unfinished = result(store.unfinished_calls())
+        assert [c.id for c in unfinished] == ["live"]  # "done" keeps its cause
+        hub = EventHub(store, clock, (WebhookConfig("http://crm.example/hook", "k"),),
+                       poster=_NoPoster())
+        result(hub.start())
+        core = build_core(make_config(), clock=clock.seconds, store=store, events=hub,
+                          secret=b"s" * 32, rtp_sinks={4: ("127.0.0.1", 40000)})
+        assert core.calls.end_interrupted(unfinished) == 1
+        if crash_before_the_flush:  # the end, its event and its call.ended are lost together
+            store._take_pending()
+            assert _rows(db, "SELECT state FROM calls WHERE id = 'live'") == [("connected",)]
+            assert _rows(db, "SELECT COUNT(*) FROM events") == [(0,)]
+            continue
+        clock.advance(0)  # the end of a call is flushed at the end of its turn
+
+    assert _rows(db, "SELECT id, state, cause FROM calls ORDER BY id") == [
+        ("done", "ended", "completed"), ("live", "ended", "interrupted")]
+    ended = _rows(db, "SELECT call_id, name, payload FROM events")
+    assert [(call_id, name) for call_id, name, _ in ended] == [("live", "call.ended")]
+    document = json.loads(str(ended[0][2]))
+    assert (document["cause"], document["detail"]) == ("interrupted", "sipdial restarted")
+    assert _rows(db, "SELECT call_id, event_name FROM webhook_outbox") == [
+        ("live", "call.ended")]
+    assert _rows(db, "SELECT state, detail FROM call_events WHERE call_id = 'live'") == [
+        ("ended", "sipdial restarted")]
+    store, _clock = started(db)
+    assert result(store.unfinished_calls()) == []
