@@ -77,6 +77,7 @@ class Sipdial:
     def start(self, timeout: float = 20.0) -> Sipdial:
         env = dict(os.environ, SIPDIAL_LOG=os.environ.get("SIPDIAL_LOG", "DEBUG"),
                    SIPDIAL_TRACE=os.environ.get("SIPDIAL_TRACE", "1"))
+        self._log = []  # this run's lines up to "ready" (a restart must not log them again)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sipdial", "serve", "--config", str(self.config_path)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
