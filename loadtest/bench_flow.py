@@ -284,8 +284,7 @@ def click_to_dial(net: BenchNet, phone: BenchPhone, target: BenchPhone,
                           content_type="application/sdp")
     phone.send(first)
     yield
-    phone.take_response(100)
-    challenge = phone.take_response(407)
+    challenge = phone.take_response(407)  # no 100 before a challenge (RFC 3261 §17.2.1)
     phone.send(ack_for(first, challenge, first_via(first)))
     auth = phone.authorization(challenge, "INVITE", uri, proxy=True)
     phone.send(phone.request("INVITE", uri, call_id_value=cid, from_tag=from_tag,

@@ -259,6 +259,7 @@ def report_diff(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, top: 
     keep = [tracemalloc.Filter(False, tracemalloc.__file__),
             tracemalloc.Filter(False, "<frozen importlib._bootstrap*>")]
     stats = after.filter_traces(keep).compare_to(before.filter_traces(keep), "traceback")
+    stats.sort(key=lambda s: -s.size_diff)  # growth first (compare_to sorts by |diff|)
     total = sum(s.size_diff for s in stats)
     print(f"tracemalloc: {total / 2**20:+.2f} MiB retained since the first snapshot; "
           f"top {top} by size:")
