@@ -85,8 +85,20 @@ class Registrar:
         self.limits = limits
         self.on_change = on_change
         self._bindings: dict[str, dict[str, Binding]] = {}
+        # where the bindings' REGISTERs came from: a source that proved itself (digest) and
+        # that sipdial sends requests to anyway (see knows_peer)
+        self._peer_of: dict[tuple[str, str], Peer] = {}
+        self._peers: dict[Peer, int] = {}
 
     # ------------------------------------------------------------ queries
+
+    def knows_peer(self, peer: Peer) -> bool:
+        """Whether a registered device sent its REGISTER from ``peer`` (O(1)).
+
+        Such a source has authenticated and is where sipdial sends that device's requests
+        anyway, so a challenge to it may be retransmitted (RFC 3261 §17.2.1) without making
+        sipdial an amplifier toward an address that never spoke SIP to it."""
+        return peer in self._peers
 
     def contacts(self, user: str, now: float) -> list[Binding]:
         """Live bindings of ``user``, best first (q, then most recently registered)."""
@@ -106,6 +118,7 @@ class Registrar:
         for b in bindings:
             if b.expires_at > now and b.user in self.users:
                 self._bindings.setdefault(b.user, {})[b.contact] = b
+                self._index(b, removed=False)
                 count += 1
         return count
 
@@ -216,7 +229,21 @@ class Registrar:
         response.headers.add("Date", _http_date(now))
         return response
 
+    def _index(self, binding: Binding, *, removed: bool) -> None:
+        key = (binding.user, binding.contact)
+        old = self._peer_of.pop(key, None)
+        if old is not None:
+            left = self._peers[old] - 1
+            if left:
+                self._peers[old] = left
+            else:
+                del self._peers[old]
+        if not removed:
+            self._peer_of[key] = binding.peer
+            self._peers[binding.peer] = self._peers.get(binding.peer, 0) + 1
+
     def _changed(self, binding: Binding, removed: bool) -> None:
+        self._index(binding, removed=removed)
         if removed:
             log.info("unregistered %s at %s", binding.user, binding.contact)
         if self.on_change is not None:

@@ -57,7 +57,11 @@ class InboundRouter:
         endpoint = self.ua.endpoint
         outcome = self.auth.check(request, now, proxy=True, source=source.host)
         if isinstance(outcome, Response):
-            endpoint.respond(txn, outcome, now)
+            # a registered phone's INVITE (e.g. the referred call) gets a challenge that is
+            # retransmitted until ACKed: under loss the stateless one costs the call when
+            # the phone's few INVITE retransmissions are lost too
+            endpoint.respond(txn, outcome, now,
+                             known_source=self.calls.registrar.knows_peer(source))
             return
         user = self.users.get(outcome)
         if user is None:

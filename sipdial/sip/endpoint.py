@@ -176,7 +176,14 @@ class Endpoint:
             self.txns.send_stateless(ack, peer)
         self._output()
 
-    def respond(self, txn: ServerTransaction, response: Response, now: float) -> None:
+    def respond(self, txn: ServerTransaction, response: Response, now: float, *,
+                known_source: bool = False) -> None:
+        """Send ``response`` through ``txn``.
+
+        A 401/407 over UDP goes out once, statelessly, unless the TU says the source is
+        ``known_source`` (it proved itself before, e.g. a registered device's address): a
+        stateful challenge is retransmitted until ACKed, ~11 datagrams for one request, which
+        toward a spoofed source would make sipdial an amplifier."""
         if "Server" not in response.headers:
             response.headers.add("Server", self.user_agent)
         if response.status > 100:
@@ -187,7 +194,7 @@ class Endpoint:
             to_value = response.headers.get("To")
             if to_value == request.headers.get("To") and to_tag(request) is None:
                 response.headers.set("To", f"{to_value};tag={self._tag()}")
-        if response.status in (401, 407) and not txn.peer.reliable:
+        if response.status in (401, 407) and not txn.peer.reliable and not known_source:
             self.txns.respond_stateless(txn, response)  # no retransmissions to spoofers
         else:
             self.txns.respond(txn, response, now)
