@@ -175,6 +175,8 @@ class Core:
         txns = self.endpoint.txns
         log.info("stopping: %d calls, %d relayed calls, %d server and %d client transactions",
                  self.calls.count, self.inbound.count, len(txns.server), len(txns.client))
+        for txn in [*txns.server.values(), *txns.client.values()][:20]:
+            log.debug("stopping: left %r", txn)
         self.calls.shut_down()
         self.inbound.shut_down(now)
 
