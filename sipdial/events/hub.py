@@ -19,7 +19,7 @@ delivery id is never used for two different events, even after ``kill -9``. The 
 written in the same transaction as the call's own row and event (the store never splits a
 reactor turn), so a ``call.ended`` is sent only for an end that is committed; a row the store
 had to leave out (``WriteReport``) is never sent. The wait is one store flush (at most
-``flush_interval``, 50 ms; the end of a call is flushed at once).
+``flush_interval``, 50 ms; the end of a call is flushed within 5 ms).
 
 ``start()`` resumes every delivery still pending, at once (a waiting retry is brought
 forward; its attempt count, and so its backoff, is kept), with its own delivery id: a POST

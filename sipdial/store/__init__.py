@@ -11,7 +11,7 @@ Backends share one interface (see :class:`SqliteStore`), used on the reactor thr
 * writes (``save_call``, ``add_event``, ``save_registration``, ``add_published_event``,
   ``add_outbox_entry``, ...) are queued and return at once; one timer writes the batch in one
   transaction on the store's worker thread. What one reactor turn writes is never split
-  between two transactions; the end of a call is flushed at the end of its turn;
+  between two transactions; the end of a call is flushed within 5 ms;
 * ``when_committed()`` fires once everything queued so far is committed, with a
   :class:`WriteReport` (the event hub sends nothing before that);
 * reads (``get_call``, ``list_calls``, ``events_after``, ``load_registrations``,
