@@ -487,7 +487,9 @@ class EventHub:
         if self._state == "stopped":
             raise RuntimeError("event hub is stopped")
         newest = self._last_released
-        start = newest if after is None else min(after, newest)
+        # an id up to the last one assigned is the client's (events not yet committed are
+        # still to come, and are skipped up to it); a greater one is unknown: live only
+        start = newest if after is None or after > self._last_event_id else after
         subscription = Subscription(self, subscriber, user, last_sent=start)
         self._subscriptions.add(subscription)
         if start >= newest:

@@ -920,3 +920,14 @@ def test_a_body_that_cannot_be_encoded_fails_alone_and_the_timer_goes_on() -> No
     assert [json.loads(p.body)["id"] for p in h.poster.posts] == [2]
     assert bad.attempts == 1 and bad.last_error is not None
     assert "UnicodeEncodeError" in bad.last_error
+
+
+def test_resume_after_an_id_whose_event_is_not_yet_committed(db: Path) -> None:
+    h = Hub(db)
+    call = Call.new(h.hub)  # ids 1-3 assigned, none committed yet
+    call.enter("user_ringing")
+    call.enter("user_answered")
+    sub = Collector()
+    h.hub.subscribe(sub, after=2)  # a client that saw 1 and 2 in an earlier stream
+    h.commit()
+    assert sub.ids() == [3]
