@@ -9,6 +9,7 @@ transport driver, which owns the sockets and the single reactor timer.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 from collections.abc import Callable
@@ -34,6 +35,11 @@ from sipdial.sip.transaction import (
     TransactionOwner,
 )
 from sipdial.sip.uri import URI, SipURI
+
+#: Rejections of a non-INVITE request that processing it again would give again (malformed,
+#: unsupported, no such dialog, loop, ...): sent statelessly over UDP (see Endpoint.respond).
+#: Not 491/500/503/486..., whose retransmission might be accepted the second time.
+_STATELESS_REJECTIONS = frozenset({400, 405, 414, 416, 420, 481, 483, 501, 505, 513})
 
 
 @dataclass(slots=True)
@@ -183,7 +189,13 @@ class Endpoint:
         A 401/407 over UDP goes out once, statelessly, unless the TU says the source is
         ``known_source`` (it proved itself before, e.g. a registered device's address): a
         stateful challenge is retransmitted until ACKed, ~11 datagrams for one request, which
-        toward a spoofed source would make sipdial an amplifier."""
+        toward a spoofed source would make sipdial an amplifier.
+
+        Answers to OPTIONS and rejections of other non-INVITE requests that re-processing
+        would give again (:data:`_STATELESS_REJECTIONS`) go out statelessly too (§8.2.7),
+        with a To tag derived from the transaction key, so a retransmission gets the same
+        answer: a flood of junk requests no longer leaves a transaction lingering 64*T1 per
+        request (issue 7 §6: ~1.7 KB each, an RSS high-water mark that stayed)."""
         if "Server" not in response.headers:
             response.headers.add("Server", self.user_agent)
         if response.status > 100:
@@ -191,11 +203,19 @@ class Endpoint:
             # request's To is parsed (and cached) already; a response whose To is still the
             # request's very text got no tag from the TU.
             request = txn.request
+            stateless = not txn.peer.reliable and (
+                (response.status in (401, 407) and not known_source)
+                or (txn.method == "OPTIONS" and response.status >= 200)
+                or (txn.method not in ("INVITE", "REGISTER")
+                    and response.status in _STATELESS_REJECTIONS))
             to_value = response.headers.get("To")
             if to_value == request.headers.get("To") and to_tag(request) is None:
-                response.headers.set("To", f"{to_value};tag={self._tag()}")
-        if response.status in (401, 407) and not txn.peer.reliable and not known_source:
-            self.txns.respond_stateless(txn, response)  # no retransmissions to spoofers
+                tag = self._stateless_tag(txn) if stateless else self._tag()
+                response.headers.set("To", f"{to_value};tag={tag}")
+        else:
+            stateless = False
+        if stateless:
+            self.txns.respond_stateless(txn, response)  # nothing lingers, nothing repeats
         else:
             self.txns.respond(txn, response, now)
         self._output()
@@ -217,6 +237,12 @@ class Endpoint:
 
     def _tag(self) -> str:
         return f"{self._tag_prefix}{next(self._tags):x}"
+
+    def _stateless_tag(self, txn: ServerTransaction) -> str:
+        """The same To tag for every copy of a request (§8.2.7): from its transaction key."""
+        digest = hashlib.blake2s("\x00".join(txn.key).encode("utf-8", "surrogateescape"),
+                                 digest_size=6).hexdigest()
+        return f"{self._tag_prefix}s{digest}"
 
     def drain_events(self) -> list[Event]:
         return self.txns.drain_events()

@@ -396,7 +396,10 @@ def _parse_request(start: str, lines: list[str], rest: bytes) -> Request:
         error = error or exc
     if error is not None:
         error.request = _best_effort_request(method, uri, headers)
-        raise error
+        try:
+            raise error
+        finally:  # the traceback keeps this frame: no cycle through its locals (issue 7 §6)
+            error = line_error = None
     return Request(method, uri, headers, body)
 
 
@@ -411,7 +414,10 @@ def _parse_response(start: str, lines: list[str], rest: bytes) -> Response:
         raise ParseError(f"status code {status} out of range")
     headers, line_error = parse_header_lines(lines[1:])
     if line_error is not None:
-        raise line_error
+        try:
+            raise line_error
+        finally:  # no cycle through this frame's locals
+            line_error = None
     body = _check_headers(headers, rest, None)
     return Response(status, m.group("reason") or "", headers, body)
 

@@ -647,7 +647,8 @@ class TransactionLayer:
         invite_key = (*key[:-1], "INVITE")
         invite = self.server.get(invite_key)
         if invite is None or invite.state is S.TERMINATED:
-            self.respond(txn, make_response(cancel, 481), now)
+            # nothing to cancel: a retransmission gets the same 481, nothing lingers (§8.2.7)
+            self.respond_stateless(txn, make_response(cancel, 481))
             return
         self.respond(txn, make_response(cancel, 200), now)
         if not invite.answered:
