@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
 
+from tests.integration.c2d_helpers import wait_until
 from tests.sipdial_proc import Sipdial
 
 pytestmark = pytest.mark.integration
@@ -107,3 +109,44 @@ def test_unknown_method_501_and_out_of_dialog_bye_481(sipdial: Sipdial) -> None:
                     (host, port))
         data, _ = sock.recvfrom(65535)
         assert data.startswith(b"SIP/2.0 481 ")
+
+
+def test_a_short_parser_fuzz_leaves_no_traceback_and_options_answered(sipdial: Sipdial) -> None:
+    """20,000 seeded mutations (loadtest/fuzz_sip.py; the benchmark sends 200,000 and
+    measures memory): no traceback in the log, and sipdial still answers afterwards."""
+    import time
+
+    from loadtest.fuzz_sip import Mutator
+
+    host = "127.0.0.1"
+    port = sipdial.sip_port("udp", host)
+    with _udp(host) as sock:
+        sock.setblocking(False)
+        mutator = Mutator(7, host, f"{host}:{sock.getsockname()[1]}")
+        started = time.monotonic()
+        for n, data in enumerate(mutator):
+            if n >= 20_000 or time.monotonic() - started > 60:
+                break
+            try:
+                sock.sendto(data, (host, port))
+            except BlockingIOError:
+                pass
+            if n % 500 == 0:
+                time.sleep(0.05)  # pacing (~10,000/s), not synchronisation
+                while True:
+                    try:
+                        sock.recv(65535)
+                    except BlockingIOError:
+                        break
+        sock.setblocking(True)
+        sock.settimeout(5)
+        sock.sendto(options(host, port, "udp", "afterfuzz", "cafterfuzz"), (host, port))
+        while True:  # answers to the fuzz may still be queued: read up to ours
+            data, _ = sock.recvfrom(65535)
+            if b"Call-ID: cafterfuzz" in data:
+                break
+    assert data.startswith(b"SIP/2.0 200 OK")
+    assert sipdial.proc is not None and sipdial.proc.poll() is None
+    if os.environ.get("SIPDIAL_TRACE", "1") != "0":  # the log is written by a thread
+        wait_until(lambda: "cafterfuzz" in sipdial.log_text(), 20, "the log up to our OPTIONS")
+    assert "Traceback" not in sipdial.log_text()
