@@ -598,3 +598,16 @@ def test_real_worker_thread(db: Path) -> None:
     (name,) = threads
     assert "sipdial-store" in name and name != threading.current_thread().name
     assert name not in {t.name for t in threading.enumerate()}  # the pool is stopped
+
+
+def test_a_new_call_is_flushed_within_end_flush_interval_too(db: Path) -> None:
+    h = started(db, flush_interval=1.0)
+    record = call("new")
+    record.events.append(CallEvent("calling_user", T0))  # the API answers 201 for it now
+    h.store.save_call(record)
+    h.clock.advance(0.005)
+    assert h.transactions() == 1
+    record.events.append(CallEvent("user_ringing", T0))
+    h.store.save_call(record)  # a later change waits for flush_interval
+    h.clock.advance(0.005)
+    assert h.transactions() == 1
