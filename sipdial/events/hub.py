@@ -324,10 +324,15 @@ class EventHub:
                 unsent.append(self._publish_one(record, event, spec))
         except Exception:
             log.exception("event hub: cannot publish call %s entering %s", record.id, event.state)
-        if unsent:
+        if not unsent:
+            return
+        try:
             d = self._store.when_committed()
-            d.addCallbacks(self._release, self._not_committed,
-                           callbackArgs=(unsent,), errbackArgs=(unsent,))
+        except Exception:  # the store is stopped: nothing was queued, nothing goes out
+            log.exception("event hub: cannot wait for the events of call %s", record.id)
+            return
+        d.addCallbacks(self._release, self._not_committed,
+                       callbackArgs=(unsent,), errbackArgs=(unsent,))
 
     def _release(self, report: WriteReport, unsent: list[_Unsent]) -> None:
         """The rows of ``unsent`` are committed: now subscribers and webhooks get them."""

@@ -460,7 +460,7 @@ class SqliteStore:
             return failure
 
         d.addErrback(failed)
-        if self._pending:
+        if self._pending or self._pending.waiters:
             self._schedule_flush()
         return d
 

@@ -142,3 +142,14 @@ def test_when_committed_waits_for_the_write_and_fires_after_it(db: Path) -> None
     clock.advance(0.05)
     assert result(idle) == WriteReport()
     result(store.stop())
+
+
+def test_when_committed_before_start_fires_once_started(db: Path) -> None:
+    clock = Clock()
+    clock.advance(T0)
+    store = SqliteStore(str(db), clock, run_in_thread=run_now)
+    waiting = store.when_committed()  # nothing queued: it rides on the first flush
+    result(store.start())
+    clock.advance(0.05)
+    assert result(waiting) == WriteReport()
+    result(store.stop())
