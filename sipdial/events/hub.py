@@ -355,8 +355,12 @@ class EventHub:
                     log.error("webhook %s: delivery %d (%s, call %s) could not be stored: "
                               "not sent", entry.webhook_url, entry.id, entry.event_name,
                               entry.call_id)
-                else:
+                    continue
+                try:
                     self._deliverer.add(entry)
+                except Exception:  # one bad entry must not hold back the others
+                    log.exception("webhook %s: cannot queue delivery %d", entry.webhook_url,
+                                  entry.id)
 
     def _drop(self, published: PublishedEvent, entries: list[OutboxEntry],
               lost_outbox: frozenset[int]) -> None:
