@@ -56,7 +56,6 @@ from dataclasses import dataclass
 from sipdial.config import AuthConfig, Config, ConfigError
 
 __all__ = [
-    "LOCKOUT_EVENT",
     "FailureGuard",
     "GuardPolicy",
     "Lockout",
@@ -128,13 +127,9 @@ class Lockout:
     until: float  #: when it ends (unless another lockout extends it)
 
     def to_json(self) -> dict[str, object]:
-        """The event's fields (:data:`LOCKOUT_EVENT`) besides id, event and time."""
+        """The fields of the live event ``auth.locked_out`` besides id, event and time."""
         return {"kind": self.kind.value, "source": self.source, "account": self.account,
                 "failures": self.failures, "seconds": round(self.until - self.at, 3)}
-
-
-#: the live event (webhooks, admin SSE) published for each :class:`Lockout`
-LOCKOUT_EVENT = "auth.locked_out"
 
 
 @dataclass(slots=True)

@@ -297,11 +297,15 @@ class EventHub:
         self._state = "stopped"
         for subscription in list(self._subscriptions):
             subscription.cancel()
-            try:
-                subscription.subscriber.close()
-            except Exception:
-                log.exception("event hub: closing a subscriber failed")
+            self._close(subscription)
         return self._deliverer.stop()
+
+    @staticmethod
+    def _close(subscription: Subscription) -> None:
+        try:
+            subscription.subscriber.close()
+        except Exception:
+            log.exception("event hub: closing a subscriber failed")
 
     # --- publishing ---------------------------------------------------------------------------
 
@@ -324,12 +328,36 @@ class EventHub:
                 unsent.append(self._publish_one(record, event, spec))
         except Exception:
             log.exception("event hub: cannot publish call %s entering %s", record.id, event.state)
-        if not unsent:
+        if unsent:
+            self._release_when_committed(unsent, f"call {record.id}")
+
+    def publish_notice(self, name: EventName, document: dict[str, object], time: float) -> None:
+        """A live event that is about no call (``auth.locked_out``, :mod:`sipdial.guard`):
+        ``{"id", "event", "time", **document}`` to administrators' SSE streams (not to user
+        tokens') and to the webhooks that list ``name`` itself (``"*"`` means every *call*
+        event, so existing receivers see no new shape). Like call events it goes out only once
+        its rows are committed. Never raises."""
+        if self._state != "running":
+            log.warning("event hub is %s: dropped %s", self._state, name)
             return
+        try:
+            self._last_event_id += 1
+            payload = _utf8_safe(_dumps({"id": self._last_event_id, "event": name.value,
+                                         "time": iso_time(time), **document}))
+            published = PublishedEvent(id=self._last_event_id, call_id="", user="",
+                                       name=name.value, payload=payload, time=time)
+            self._store.add_published_event(published)
+            entries = self._queue_deliveries(published, call_event=False)
+        except Exception:
+            log.exception("event hub: cannot publish %s", name)
+            return
+        self._release_when_committed([_Unsent(published, entries)], name.value)
+
+    def _release_when_committed(self, unsent: list[_Unsent], what: str) -> None:
         try:
             d = self._store.when_committed()
         except Exception:  # the store is stopped: nothing was queued, nothing goes out
-            log.exception("event hub: cannot wait for the events of call %s", record.id)
+            log.exception("event hub: cannot wait for the events of %s", what)
             return
         d.addCallbacks(self._release, self._not_committed,
                        callbackArgs=(unsent,), errbackArgs=(unsent,))
@@ -348,8 +376,10 @@ class EventHub:
                 try:
                     subscription._offer(published)
                 except Exception:
-                    log.exception("event hub: a subscriber failed; unsubscribed")
+                    # never left open and deaf: the client sees its stream end and resumes
+                    log.exception("event hub: a subscriber failed; unsubscribed and closed")
                     subscription.cancel()
+                    self._close(subscription)
             for entry in entries:
                 if entry.id in report.lost_outbox:
                     log.error("webhook %s: delivery %d (%s, call %s) could not be stored: "
@@ -408,10 +438,19 @@ class EventHub:
             time=event.time,
         )
         self._store.add_published_event(published)
+        entries = self._queue_deliveries(published, call_event=True)
+        if ended:
+            self._event_texts.pop(record.id, None)
+        return _Unsent(published, entries)
+
+    def _queue_deliveries(self, published: PublishedEvent, *,
+                          call_event: bool) -> list[OutboxEntry]:
+        """One outbox row per webhook that wants ``published`` (``"*"``: every call event)."""
         entries: list[OutboxEntry] = []
         now = self._clock()
         for url, webhook in self._webhooks.items():
-            if "*" not in webhook.events and published.name not in webhook.events:
+            if published.name not in webhook.events and not (
+                    call_event and "*" in webhook.events):
                 continue
             self._last_outbox_id += 1
             entry = OutboxEntry(
@@ -426,41 +465,7 @@ class EventHub:
             )
             self._store.add_outbox_entry(entry)
             entries.append(entry)
-        if ended:
-            self._event_texts.pop(record.id, None)
-        return _Unsent(published, entries)
-
-    def publish_notice(self, name: str, document: dict[str, object], time: float) -> None:
-        """A live event that is about no call (``auth.locked_out``, :mod:`sipdial.guard`):
-        ``{"id", "event", "time", **document}`` to administrators' SSE streams (not to user
-        tokens') and to the webhooks that list ``name`` itself (``"*"`` means every *call*
-        event, so existing receivers see no new shape). Never raises."""
-        if self._state != "running":
-            log.warning("event hub is %s: dropped %s", self._state, name)
-            return
-        try:
-            self._last_event_id += 1
-            payload = _dumps({"id": self._last_event_id, "event": name,
-                              "time": iso_time(time), **document})
-            published = PublishedEvent(id=self._last_event_id, call_id="", user="",
-                                       name=name, payload=payload, time=time)
-            self._store.add_published_event(published)
-            self._ring.append(published)
-            for subscription in list(self._subscriptions):
-                if subscription.user is None:
-                    subscription._offer(published)
-            now = self._clock()
-            for url, webhook in self._webhooks.items():
-                if name in webhook.events:
-                    self._last_outbox_id += 1
-                    entry = OutboxEntry(
-                        id=self._last_outbox_id, webhook_url=url, event_id=published.id,
-                        call_id="", event_name=name, payload=payload, created_at=now,
-                        next_attempt_at=now)
-                    self._store.add_outbox_entry(entry)
-                    self._deliverer.add(entry)
-        except Exception:
-            log.exception("event hub: cannot publish %s", name)
+        return entries
 
     def _events_text(self, record: CallRecord) -> str:
         """The JSON of ``record.events`` (without the brackets); events already serialised for

@@ -53,6 +53,10 @@ class EventName(enum.StrEnum):
     CONFIRMED = "call.confirmed"
     CONNECTED = "call.connected"
     ENDED = "call.ended"
+    #: not a call's: a password-guessing lockout (:mod:`sipdial.guard`), published by
+    #: :meth:`~sipdial.events.EventHub.publish_notice` to admin streams and the webhooks
+    #: that name it
+    AUTH_LOCKED_OUT = "auth.locked_out"
 
 
 Leg = Literal["user", "target"]

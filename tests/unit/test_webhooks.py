@@ -627,6 +627,11 @@ def test_a_failing_subscriber_does_not_disturb_publishing(db: Path) -> None:
     call = h.call()
     call.enter("user_ringing")
     assert good.ids() == [1, 2]
+    # never left open and deaf: the failing stream is closed (its client reconnects and
+    # resumes with Last-Event-ID) and gets nothing more
+    assert broken.closed == 1 and good.closed == 0
+    call.enter("connected")
+    assert good.ids() == [1, 2, 3] and broken.closed == 1
 
 
 def test_duplicate_webhook_urls_are_used_once(db: Path) -> None:
