@@ -6,12 +6,14 @@
 Run from the repository root. The calls are ``loadtest.bench_flow``'s whole REFER
 click-to-dial flow (17 messages parsed, 16 sent per call) through the real sans-IO stack
 (``sipdial.app.build_core`` in ``tests.unit.simnet``), on a fake clock, with the garbage
-collector set as ``sipdial serve`` sets it (:func:`sipdial.app.tune_gc`). ``--minutes`` of
-simulated time at ``--rate`` calls/s, then ``--settle`` simulated seconds with no calls
-(every transaction timer fires). Every ``--every`` simulated seconds it prints RSS, the
-Python heap (tracemalloc's traced memory, with ``--tracemalloc``), live calls and
-transactions; at the end the RSS slope over the second half of the soak, and with
-``--tracemalloc`` what grew between the first sample and the end, by allocation site.
+collector set as ``sipdial serve`` sets it (:func:`sipdial.app.tune_gc`) and a full
+collection every ``FULL_GC_INTERVAL`` simulated seconds as ``sipdial.app.start`` runs
+(``--no-full-gc``: without). ``--minutes`` of simulated time at ``--rate`` calls/s, then
+``--settle`` simulated seconds with no calls (every transaction timer fires). Every
+``--every`` simulated seconds it prints RSS, the Python heap (tracemalloc's traced memory,
+with ``--tracemalloc``), live calls and transactions; at the end the RSS change over the
+second half of the soak, and with ``--tracemalloc`` what grew between the first sample
+after ``--warmup`` and the end, by allocation site.
 
 Not covered here: the SQLite store and the event fan-out (a null store is used). For the
 whole process over real sockets use ``python -m loadtest.load_bridge --rate 10 --calls 6000
@@ -29,7 +31,7 @@ import time
 import tracemalloc
 
 from loadtest.bench_flow import STEPS, Run, drive, rss, setup
-from sipdial.app import tune_gc
+from sipdial.app import FULL_GC_INTERVAL, tune_gc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=120.0, help="simulated s (--tracemalloc)")
     p.add_argument("--default-gc", action="store_true",
                    help="keep Python's GC thresholds instead of sipdial serve's (tune_gc)")
+    p.add_argument("--no-full-gc", action="store_true",
+                   help="without the full collection sipdial runs every FULL_GC_INTERVAL s")
     args = p.parse_args(argv)
 
     # K calls in progress, one step a round: K / (STEPS * tick) calls per simulated second
@@ -72,8 +76,13 @@ def main(argv: list[str] | None = None) -> int:
               f"heap {heap / 2**20:7.1f} MiB  live calls {live:4d}  txns {txns:6d}  {done}",
               flush=True)
 
+    next_gc = [t0 + FULL_GC_INTERVAL]
+
     def on_round(run: Run) -> None:
         net.published.clear()  # the harness's own record of the call events
+        if not args.no_full_gc and net.now >= next_gc[0]:  # as sipdial.app.start's sweep
+            next_gc[0] = net.now + FULL_GC_INTERVAL
+            gc.collect()
         if net.now >= next_sample[0]:
             sample(run)
             next_sample[0] += args.every
