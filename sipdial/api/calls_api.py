@@ -8,10 +8,12 @@ api -> calls.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
 
 from sipdial.api.service import ApiError
 from sipdial.calls import (
@@ -24,9 +26,11 @@ from sipdial.calls import (
     Refusal,
 )
 from sipdial.registrar import Registrar
-from sipdial.store import CallRecord
+from sipdial.store import CallRecord, WriteReport
 
 __all__ = ["REFUSAL_STATUS", "CallHistory", "CallsApi"]
+
+log = logging.getLogger("sipdial.api")
 
 #: the HTTP status of each refusal (the code is the refusal's value)
 REFUSAL_STATUS: dict[Refusal, int] = {
@@ -48,6 +52,9 @@ class CallHistory(Protocol):
 
     def list_calls(self, *, user: str | None = None, state: str | None = None,
                    limit: int = 50) -> Deferred[list[CallRecord]]: ...
+
+    def when_committed(self) -> Deferred[WriteReport]:
+        """Fires once every write queued so far is committed."""
 
 
 class CallsApi:
@@ -74,7 +81,21 @@ class CallsApi:
             call = self._calls.create(request)
         except CallRefused as exc:
             return fail(ApiError(REFUSAL_STATUS[exc.refusal], exc.refusal.value, exc.message))
-        return succeed(call.record.to_json())
+        resource = call.record.to_json()
+
+        # the 201 only once the call's first rows are committed (the store flushes a new
+        # call within ~5 ms): a call a CRM was told about survives a crash right after
+        def committed(_: WriteReport) -> dict[str, Any]:
+            return resource
+
+        def not_committed(failure: Failure) -> dict[str, Any]:
+            # the database lost a whole batch (logged by the store); the call is placed and
+            # runs: say so rather than hide a live call behind an error
+            log.error("call %s: placed, but its record could not be committed: %s",
+                      resource["id"], failure.getErrorMessage())
+            return resource
+
+        return self._history.when_committed().addCallbacks(committed, not_committed)
 
     def get_call(self, call_id: str) -> Deferred[dict[str, Any] | None]:
         live = self._calls.live(call_id)

@@ -41,7 +41,7 @@ from sipdial.sip import (
     to,
     top_via,
 )
-from sipdial.store import CallEvent, CallRecord, RegistrationRecord
+from sipdial.store import CallEvent, CallRecord, RegistrationRecord, WriteReport
 
 START = 1_700_000_000.0
 SIPDIAL_UDP = Peer("udp", "127.0.0.1", 5060)
@@ -119,6 +119,9 @@ class FakeStore:
 
     def get_call(self, call_id: str) -> Deferred[CallRecord | None]:
         return succeed(self.calls.get(call_id))
+
+    def when_committed(self) -> Deferred[WriteReport]:
+        return succeed(WriteReport())  # in memory: every write is "committed" at once
 
     def list_calls(self, *, user: str | None = None, state: str | None = None,
                    limit: int = 100) -> Deferred[list[CallRecord]]:
