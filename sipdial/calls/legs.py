@@ -800,10 +800,13 @@ class UacLeg(_Leg):
                     self._send_invite(now)
                 except (LookupError, ValueError) as exc:  # e.g. no listener for its transport
                     log.warning("%r: cannot send the INVITE: %s", self, exc)
-                    self._fire(LegInput.TIMEOUT, now, 503, self._with_status)
+                    # a transport error: the next address if there is one (RFC 3263 §4.3)
+                    self._fire(LegInput.NEXT_TARGET if self._alternates else LegInput.TIMEOUT,
+                               now, 503, self._with_status)
             case LegAction.NEXT_PEER:
                 self._peer = self._alternates.pop(0)
                 self._cseq += 1
+                self._authorization = None  # the next server has nonces of its own
             case LegAction.REPORT_CANCELLED_487:
                 self._report_failed(487, None, now)
             case LegAction.SEND_REFRESH:
