@@ -48,12 +48,14 @@ from sipdial.registrar import Binding, ExpiryLimits, Registrar
 from sipdial.sip import (
     Endpoint,
     Event,
+    NameAddr,
     Peer,
     SipError,
     SipURI,
     TimerConfig,
     TimerHeap,
     family,
+    parse_name_addr_list,
     parse_uri,
     peer_for_uri,
 )
@@ -110,7 +112,8 @@ def _record(b: Binding) -> RegistrationRecord:
     return RegistrationRecord(
         user=b.user, contact=b.contact, instance=b.instance, transport=b.peer.transport,
         source_host=b.peer.host, source_port=b.peer.port, expires_at=b.expires_at, q=b.q,
-        user_agent=b.user_agent, call_id=b.call_id, cseq=b.cseq, registered_at=b.registered_at)
+        user_agent=b.user_agent, call_id=b.call_id, cseq=b.cseq, registered_at=b.registered_at,
+        path=", ".join(str(hop) for hop in b.path))
 
 
 def _binding(r: RegistrationRecord) -> Binding:
@@ -126,7 +129,17 @@ def _binding(r: RegistrationRecord) -> Binding:
         user=r.user, contact=r.contact, instance=r.instance,
         peer=peer, expires_at=r.expires_at, q=r.q,
         user_agent=r.user_agent, call_id=r.call_id, cseq=r.cseq,
-        registered_at=r.registered_at)
+        registered_at=r.registered_at, path=_path(r))
+
+
+def _path(r: RegistrationRecord) -> tuple[NameAddr, ...]:
+    """A stored binding's RFC 3327 Path (a stored value that no longer parses: none)."""
+    try:
+        return tuple(parse_name_addr_list(r.path)) if r.path else ()
+    except SipError:
+        log.warning("registration of %s at %s: stored Path %r does not parse: ignored",
+                    r.user, r.contact, r.path)
+        return ()
 
 
 class CoreStore(CallStore, Protocol):
@@ -212,7 +225,8 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
                           on_change=on_change)
     ua = UserAgent(endpoint, registrar, config.sip.domain)
     router = Router(users.keys(), config.routes, registrar.contacts,
-                    local_hosts(config.sip.domain, [a.host for a in config.sip.listen]))
+                    local_hosts(config.sip.domain, [a.host for a in config.sip.listen]),
+                    outbound_proxy=config.sip.outbound_proxy)
     rules = rules_from_config([dict(e) for e in config.auto_answer]) + DEFAULT_RULES
     resolver = resolver or NumericResolver(clock)
     calls = CallService(config, ua, registrar, router, store, events, clock,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, TypeVar
 
+from sipdial.sip import SipError, SipURI, parse_uri
 from sipdial.vocabulary import Mode
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "RouteConfig",
     "SipConfig",
     "StoreConfig",
+    "UpstreamConfig",
     "UserConfig",
     "load_config",
     "parse_config",
@@ -92,6 +94,10 @@ class SipConfig:
     #: tcp_fd_reserve (descriptors kept for the HTTP API, RTP, the store, webhooks)
     tcp_max_connections: int = 10_000
     tcp_fd_reserve: int = 256
+    #: a preloaded Route for requests outside a dialog to routes and URI destinations
+    #: (RFC 3261 §8.1.2), e.g. "sip:proxy.example.com;lr"; no ";lr": a strict router
+    #: (§16.12.1). Registered devices are reached by their Path or registration instead.
+    outbound_proxy: str | None = None
 
     def __post_init__(self) -> None:
         if not self.realm:
@@ -150,6 +156,7 @@ class RouteConfig:
     uri: str  #: target template, contains "{number}", starts with sip: or sips:
     username: str | None = None  #: digest credentials towards the gateway, if it challenges
     password: str | None = field(default=None, repr=False)
+    outbound_proxy: str | None = None  #: this route's own (else ``[sip] outbound_proxy``)
 
     def target_uri(self, number: str) -> str:
         """The request URI for ``number`` (``{number}`` substituted)."""
@@ -207,6 +214,20 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """``[upstream]``: sipdial registers itself at an office registrar/PBX as a SIP account
+    (:mod:`sipdial.upstream`). Absent: standalone mode, nothing is registered anywhere."""
+
+    registrar: str  #: where REGISTERs go: a sip:/sips: URI (RFC 3263: SRV fail-over)
+    username: str  #: the account's user name (AOR user part and digest user name)
+    password: str = field(repr=False)  #: the account's digest password
+    domain: str  #: the AOR's domain and the REGISTER's Request-URI (default: registrar host)
+    expires: int = 3600  #: registration lifetime asked for (s); refreshed at half of it
+    retry_base: float = 30.0  #: first wait after a failed registration (s), then doubled
+    retry_max: float = 1800.0  #: longest wait between attempts (s) (RFC 5626 §4.5)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -222,6 +243,7 @@ class Config:
     media: MediaConfig = field(default_factory=MediaConfig)
     webhooks: tuple[WebhookConfig, ...] = ()
     auth: AuthConfig = field(default_factory=AuthConfig)
+    upstream: UpstreamConfig | None = None  #: None: standalone (no [upstream] section)
     source: str = "<string>"  #: file the configuration came from
 
 
@@ -264,8 +286,10 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     media = _parse_media(root.table("media", required=False))
     webhooks = tuple(_parse_webhook(t) for t in root.array_of_tables("webhooks"))
     auth = _parse_auth(root.table("auth", required=False))
+    upstream = _parse_upstream(root.table("upstream")) if "upstream" in raw else None
     return Config(
         auth=auth,
+        upstream=upstream,
         media=media,
         webhooks=webhooks,
         sip=sip,
@@ -289,7 +313,9 @@ _SQLITE_PREFIX: Final = "sqlite:///"
 #: Every key the file may contain, by table ("name[]" for each entry of an array of tables).
 _KEYS: Final[dict[str, frozenset[str]]] = {
     "": frozenset({"sip", "http", "store", "api", "users", "routes", "calls", "auto_answer",
-                   "media", "webhooks", "auth"}),
+                   "media", "webhooks", "auth", "upstream"}),
+    "upstream": frozenset({"registrar", "username", "password", "domain", "expires",
+                           "retry_base", "retry_max"}),
     "auth": frozenset({"backoff_after", "backoff_base", "backoff_max", "lockout_after",
                        "lockout_time", "forget_after", "trust_time", "max_tracked",
                        "min_password_length", "allow_weak_passwords"}),
@@ -313,6 +339,7 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
             "tcp_max_per_source",
             "tcp_max_connections",
             "tcp_fd_reserve",
+            "outbound_proxy",
         }
     ),
     "http": frozenset({"listen"}),
@@ -320,7 +347,7 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
     "api": frozenset({"tokens"}),
     "users[]": frozenset({"id", "password", "name", "auto_answer", "number", "confirm",
                           "language", "clir"}),
-    "routes[]": frozenset({"match", "uri", "username", "password"}),
+    "routes[]": frozenset({"match", "uri", "username", "password", "outbound_proxy"}),
     "calls": frozenset(
         {
             "default_mode",
@@ -405,6 +432,7 @@ def _parse_sip(t: _Table) -> SipConfig:
         tcp_max_connections=t.positive_int("tcp_max_connections", 10_000),
         tcp_fd_reserve=t.positive_int("tcp_fd_reserve", 256),
         digest_algorithms=algorithms,
+        outbound_proxy=_outbound_proxy(t),
         listen=tuple(listen),
         domain=domain,
         realm=realm,
@@ -536,7 +564,26 @@ def _parse_route(t: _Table) -> RouteConfig:
     password = t.optional_string("password", allow_empty=True)
     if password is not None and username is None:
         raise ConfigError(f"{t.path('password')}: given without {t.path('username')}")
-    return RouteConfig(match, uri, username, password)
+    return RouteConfig(match, uri, username, password, _outbound_proxy(t))
+
+
+def _outbound_proxy(t: _Table) -> str | None:
+    """An ``outbound_proxy`` key: a sip:/sips: URI (``<...>`` optional), or None."""
+    value = t.optional_string("outbound_proxy")
+    if value is None:
+        return None
+    text = value.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    try:
+        uri = parse_uri(text)
+    except SipError as exc:
+        raise ConfigError(f'{t.path("outbound_proxy")}: not a SIP URI: "{value}" ({exc})') \
+            from None
+    if not isinstance(uri, SipURI) or uri.scheme not in ("sip", "sips") or not uri.host:
+        raise ConfigError(f'{t.path("outbound_proxy")}: expected a sip: or sips: URI, '
+                          f'got "{value}"')
+    return str(uri)
 
 
 def _parse_calls(t: _Table) -> CallsConfig:
@@ -619,6 +666,37 @@ def _parse_auth(t: _Table) -> AuthConfig:
         max_tracked=t.positive_int("max_tracked", d.max_tracked),
         min_password_length=t.positive_int("min_password_length", d.min_password_length),
         allow_weak_passwords=t.boolean("allow_weak_passwords", d.allow_weak_passwords),
+    )
+
+
+def _parse_upstream(t: _Table) -> UpstreamConfig:
+    registrar = t.string("registrar")
+    try:
+        uri = parse_uri(registrar)
+    except (SipError, ValueError) as exc:
+        raise ConfigError(f'{t.path("registrar")}: not a SIP URI ({exc}): "{registrar}"') from None
+    if not isinstance(uri, SipURI) or uri.scheme not in ("sip", "sips"):
+        raise ConfigError(f'{t.path("registrar")}: must be a sip: or sips: URI, got "{registrar}"')
+    username = t.string("username")
+    if not _SIP_USER_RE.fullmatch(username):
+        raise ConfigError(f'{t.path("username")}: not a valid SIP user name: "{username}"')
+    domain = t.string("domain", default=uri.host.strip("[]"))
+    if not _valid_host(domain):
+        raise ConfigError(f'{t.path("domain")}: not a host name or IP address: "{domain}"')
+    d = UpstreamConfig(registrar, username, "", domain)
+    retry_base = t.positive_float("retry_base", d.retry_base)
+    retry_max = t.positive_float("retry_max", d.retry_max)
+    if retry_max < retry_base:
+        raise ConfigError(f"{t.path('retry_max')}: must be >= {t.path('retry_base')} "
+                          f"({retry_base}), got {retry_max}")
+    return UpstreamConfig(
+        registrar=registrar,
+        username=username,
+        password=t.string("password", allow_empty=True),
+        domain=domain,
+        expires=t.positive_int("expires", d.expires),
+        retry_base=retry_base,
+        retry_max=retry_max,
     )
 
 

@@ -5,6 +5,13 @@ Contact, replaced by ``+sip.instance`` (RFC 5626) when a device re-registers fro
 address. Each binding remembers the address its REGISTER came from, because that is where
 requests to a device behind NAT must go (RFC 3581), and its User-Agent, which picks the
 auto-answer headers. Bindings expire lazily (checked on lookup) and by a periodic sweep.
+
+RFC 3327 Path: a REGISTER that came through proxies (Kamailio's ``add_path``) carries their
+Path header values; the binding keeps them and every request sipdial sends to that contact
+carries them as a preloaded route set, going to the first Path hop (:attr:`Binding.next_hop`)
+— not to the Contact, which behind NAT only the proxy can reach, and not to the REGISTER's
+source. The 200 says ``Supported: path`` and, when the REGISTER's Supported names ``path``,
+echoes the Path (§5.3). A Path that does not parse is answered 400 and changes nothing.
 """
 
 from __future__ import annotations
@@ -17,14 +24,19 @@ from typing import Any
 from sipdial.authn import Authenticator
 from sipdial.sip import (
     NameAddr,
+    ParseError,
     Peer,
     Request,
     Response,
+    SipError,
     SipURI,
     call_id,
     cseq,
+    hop_peer,
     make_response,
     parse_name_addr_list,
+    parse_uri,
+    route_request,
     to,
 )
 from sipdial.store import iso_time
@@ -46,6 +58,20 @@ class Binding:
     call_id: str
     cseq: int
     registered_at: float
+    #: RFC 3327 Path of the REGISTER, in order: the preloaded route set towards the device
+    path: tuple[NameAddr, ...] = ()
+
+    @property
+    def next_hop(self) -> Peer:
+        """Where requests to the device go: the first Path hop (when its host is an IP
+        literal), else where the REGISTER came from."""
+        if not self.path:
+            return self.peer
+        try:
+            target = parse_uri(self.contact)
+        except SipError:
+            return hop_peer(self.path[0].uri, self.peer)
+        return hop_peer(route_request(target, self.path).next_hop, self.peer)
 
     @property
     def device(self) -> str:
@@ -64,6 +90,7 @@ class Binding:
             "q": self.q,
             "user_agent": self.user_agent,
             "registered_at": iso_time(self.registered_at),
+            "path": [str(p) for p in self.path],
         }
 
 
@@ -151,6 +178,10 @@ class Registrar:
         if user not in self.users:
             return make_response(request, 404, "Not Found")
 
+        try:
+            path = tuple(_path(request))
+        except ParseError as exc:
+            return make_response(request, 400, f"Bad Path: {exc}"[:80])
         values = request.headers.get_all("Contact")
         wildcard = any(v.strip() == "*" for v in values)
         contacts: list[NameAddr] = []
@@ -209,11 +240,13 @@ class Registrar:
                 expires_at=now + expires, q=_q(c.params.get("q")), user_agent=user_agent,
                 call_id=cid, cseq=seq,
                 registered_at=existing.registered_at if existing else now,
+                path=path,
             )
             table[contact] = binding
             if existing is None:
-                log.info("registered %s at %s from %s (%s)", user, contact, source,
-                         user_agent or "no User-Agent")
+                log.info("registered %s at %s from %s (%s)%s", user, contact, source,
+                         user_agent or "no User-Agent",
+                         f" via Path {', '.join(map(str, path))}" if path else "")
             self._changed(binding, False)
         if not table:
             self._bindings.pop(user, None)
@@ -227,6 +260,11 @@ class Registrar:
                 params += f';+sip.instance="{b.instance}"'
             response.headers.add("Contact", f"<{b.contact}>{params}")
         response.headers.add("Date", _http_date(now))
+        response.headers.add("Supported", "path")
+        if _supports(request, "path"):
+            # RFC 3327 §5.3: the Path as stored, in order, when the UA can read it
+            for value in request.headers.get_all("Path"):
+                response.headers.add("Path", value)
         return response
 
     def _index(self, binding: Binding, *, removed: bool) -> None:
@@ -248,6 +286,22 @@ class Registrar:
             log.info("unregistered %s at %s", binding.user, binding.contact)
         if self.on_change is not None:
             self.on_change(binding, removed)
+
+
+def _path(request: Request) -> list[NameAddr]:
+    """The REGISTER's Path values, in order (raises :class:`ParseError`)."""
+    result: list[NameAddr] = []
+    for value in request.headers.get_all("Path"):
+        result.extend(parse_name_addr_list(value))
+    for hop in result:
+        if not isinstance(hop.uri, SipURI) or hop.uri.scheme == "tel":
+            raise ParseError(f"not a SIP URI: {hop.uri}")
+    return result
+
+
+def _supports(request: Request, option: str) -> bool:
+    return any(tag.strip().lower() == option for value in request.headers.get_all("Supported")
+               for tag in value.split(","))
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -66,6 +66,8 @@ KNOWN_METHODS = frozenset({
 })
 ALLOWED_METHODS = frozenset(m.strip() for m in ALLOW.split(","))
 SUPPORTED_EXTENSIONS = frozenset({"replaces", "norefersub"})
+#: RFC 3327: the registrar keeps Path (a REGISTER may require it)
+REGISTER_EXTENSIONS = SUPPORTED_EXTENSIONS | {"path"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,9 +196,10 @@ class UserAgent:
         if scheme not in ("sip", "sips", "tel"):
             self.endpoint.reply(txn, 416, now)
             return None
+        known = REGISTER_EXTENSIONS if method == "REGISTER" else SUPPORTED_EXTENSIONS
         unsupported = [
             tag.strip() for value in request.headers.get_all("Require")
-            for tag in value.split(",") if tag.strip().lower() not in SUPPORTED_EXTENSIONS
+            for tag in value.split(",") if tag.strip().lower() not in known
         ]
         if unsupported and method != "ACK":
             self.endpoint.reply(txn, 420, now, headers=[("Unsupported", ", ".join(unsupported))])

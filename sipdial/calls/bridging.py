@@ -294,7 +294,8 @@ class Bridge:
         self.forks = Forks([
             UacLeg(ua, self, uri=t.uri, peer=t.peer, from_party=caller, to_party=callee,
                    body=offer, content_type=content_type if offer else None, extra=extra,
-                   label=t.label, credentials=t.credentials, resolver=resolver)
+                   label=t.label, credentials=t.credentials, resolver=resolver,
+                   route=t.route)
             for t in targets
         ])
         self.b: UacLeg | None = None  # the fork that answered (data; the state says if any)

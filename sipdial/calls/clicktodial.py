@@ -276,10 +276,12 @@ class ClickToDial:
                                              rules=env.auto_answer_rules)
             offer = sdp.audio_offer(*(media_at or env.sink_for(binding.peer)),
                                     session_id=self._session_id)
-            legs.append(UacLeg(env.ua, self, uri=parse_uri(binding.contact), peer=binding.peer,
-                               from_party=caller, to_party=callee, body=offer,
-                               content_type=sdp.CONTENT_TYPE, extra=extra,
-                               label=binding.device))
+            # RFC 3327: through the device's Path (to its first hop) when it registered
+            # through proxies, else to where its REGISTER came from
+            legs.append(UacLeg(env.ua, self, uri=parse_uri(binding.contact),
+                               peer=binding.next_hop, from_party=caller, to_party=callee,
+                               body=offer, content_type=sdp.CONTENT_TYPE, extra=extra,
+                               label=binding.device, route=binding.path))
         self.forks = Forks(legs)
         self.forks.start(now)
         self._set_timer(now + env.config.user_answer_timeout, self._user_timeout)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias, TypeVar
 
@@ -49,6 +49,7 @@ from sipdial.sip import (
     make_response,
     parse_challenges,
     preferred_challenge,
+    route_request,
 )
 from sipdial.ua import ALLOW, DialogAck, DialogEvent, DialogRequest, UserAgent
 
@@ -594,10 +595,16 @@ class UacLeg(_Leg):
                  content_type: str | None = None,
                  extra: list[tuple[str, str]] | None = None, label: str = "",
                  credentials: tuple[str, str] | None = None,
-                 resolver: Resolver | None = None) -> None:
+                 resolver: Resolver | None = None,
+                 route: Sequence[NameAddr] = ()) -> None:
         self.ua = ua
         self.owner = owner
         self.uri = uri
+        #: the preloaded route set (RFC 3327 Path of the device, an outbound proxy): the
+        #: INVITE carries it as Route headers and goes to its first hop (§12.2.1.1 rules,
+        #: strict routers included); ``peer``, when given, is that first hop's address
+        self.route = tuple(route)
+        self._routed = route_request(uri, self.route)
         self._peer = peer  # None until resolved (a route's or URI's host)
         self._alternates: list[Peer] = []  # further addresses to try (RFC 3263 §4.3)
         self.resolver = resolver
@@ -651,7 +658,7 @@ class UacLeg(_Leg):
             self._send_invite(now)
             return
         self.state = LegState.RESOLVING
-        uri = self.uri
+        uri = self._routed.next_hop  # the first route's host, else the URI's
         if self.resolver is None or not isinstance(uri, SipURI):
             self._resolved(ResolveError(str(uri), "no resolver for this URI"), now)
             return
@@ -666,6 +673,8 @@ class UacLeg(_Leg):
 
     def _send_invite(self, now: float) -> None:
         headers = Headers()
+        for route in self._routed.routes:
+            headers.add("Route", str(route))
         headers.add("Max-Forwards", "70")
         headers.add("From", str(self.from_party))
         headers.add("To", str(self.to_party))
@@ -679,7 +688,7 @@ class UacLeg(_Leg):
             headers.add(name, value)
         if self.content_type is not None:
             headers.add("Content-Type", self.content_type)
-        request = Request("INVITE", self.uri, headers, self.body)
+        request = Request("INVITE", self._routed.request_uri, headers, self.body)
         self.invite_txn = self.ua.send(request, self.peer, self, now)
 
     def _with_resolution(self, action: LegAction, result: list[Peer] | ResolveError,
@@ -844,7 +853,9 @@ class UacLeg(_Leg):
             # which the owner brings (from the other side) through ack_offer
             self.offer_txn = txn
         else:
-            self.ua.endpoint.send_ack(txn, dialog.create_ack(self._cseq), self.peer)
+            # to the dialog's first hop (its route set's first route), not where the INVITE
+            # went: a proxy that Record-Routes sees the ACK (§12.2.1.1, §13.2.2.4)
+            self.ua.endpoint.send_ack(txn, dialog.create_ack(self._cseq), dialog.peer)
         self._session_timer(response, now)
         self.owner.leg_event(Answered(self, response), now)
 
@@ -855,8 +866,8 @@ class UacLeg(_Leg):
         dialog = Dialog.from_uac(txn.request, response, self.peer,
                                  self.ua.endpoint.contact(self.peer), lenient=True)
         first = self.dialog is None and txn is self.invite_txn
-        self.ua.endpoint.send_ack(txn, dialog.create_ack(cseq(txn.request).number), self.peer,
-                                  remember=first)
+        self.ua.endpoint.send_ack(txn, dialog.create_ack(cseq(txn.request).number),
+                                  dialog.peer, remember=first)
         self.ua.send_in_dialog(dialog, dialog.create_request("BYE"), self, now)
 
     def _retry_with_credentials(self, response: Response, now: float) -> bool:
@@ -875,7 +886,7 @@ class UacLeg(_Leg):
             return False
         username, password = self.credentials
         creds = answer_challenge(challenge, username=username, password=password,
-                                 method="INVITE", uri=str(self.uri),
+                                 method="INVITE", uri=str(self._routed.request_uri),
                                  cnonce=os.urandom(8).hex())
         name = "Proxy-Authorization" if response.status == 407 else "Authorization"
         self._authorization = (name, creds.to_header())
@@ -999,6 +1010,10 @@ class UasLeg(_Leg):
     def _respond(self, reply: Reply, now: float) -> None:
         response = make_response(self.invite, reply.status, reply.reason, to_tag=self.local_tag)
         if 100 < reply.status < 300:
+            # §12.1.1: a response that creates a dialog (18x with our tag, 2xx) carries the
+            # INVITE's Record-Route, in order, so the caller's route set matches ours
+            for value in self.invite.headers.get_all("Record-Route"):
+                response.headers.add("Record-Route", value)
             response.headers.add("Contact", self.contact)
         if reply.body:
             response.headers.add("Content-Type", reply.content_type or "application/sdp")

@@ -18,6 +18,7 @@ from urllib.parse import quote
 from sipdial.registrar import Binding
 from sipdial.sip import (
     URI,
+    NameAddr,
     Peer,
     ResolveError,
     SipError,
@@ -27,6 +28,7 @@ from sipdial.sip import (
     parse_uri,
     peer_for_uri,
     plan,
+    route_request,
 )
 
 if TYPE_CHECKING:
@@ -64,14 +66,16 @@ class Destination:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One place to send an INVITE for a destination: a device (``peer``: where its
-    REGISTER came from) or a route's / URI's address (``peer`` None: resolved by RFC 3263
-    when the INVITE goes out)."""
+    """One place to send an INVITE for a destination: a device (``peer``: its first Path
+    hop, else where its REGISTER came from) or a route's / URI's address (``peer`` None:
+    resolved by RFC 3263 when the INVITE goes out). With a ``route`` (the device's Path, an
+    outbound proxy), ``peer`` is that route's first hop."""
 
     uri: URI
     peer: Peer | None
     credentials: tuple[str, str] | None = None  # for the gateway's 401/407
     label: str = "target"
+    route: tuple[NameAddr, ...] = ()  #: preloaded route set (RFC 3327 Path, outbound proxy)
 
 
 #: on_done(peers or the error, now)
@@ -181,9 +185,11 @@ class Router:
 
     def __init__(self, users: Collection[str], routes: Sequence[RouteConfig],
                  devices: Callable[[str, float], list[Binding]],
-                 local_hosts: Collection[str]) -> None:
+                 local_hosts: Collection[str], outbound_proxy: str | None = None) -> None:
         self._users = users
         self._routes = routes
+        #: ``[sip] outbound_proxy`` for routes and URI destinations (validated by the config)
+        self._proxy = _proxy_route(outbound_proxy)
         self._devices = devices
         self.local_hosts = frozenset(h.lower() for h in local_hosts)
 
@@ -199,9 +205,10 @@ class Router:
             bindings = self._devices(number, now)
             if not bindings:
                 return Unavailable(number)
-            return [Target(parse_uri(b.contact), b.peer, None, b.device) for b in bindings]
+            return [Target(parse_uri(b.contact), b.next_hop, None, b.device, b.path)
+                    for b in bindings]
         if destination.uri is not None:
-            return [Target(destination.uri, _literal_peer(destination.uri), None, "uri")]
+            return [_via(destination.uri, None, "uri", self._proxy)]
         route = self._route_for(number)
         if route is None:
             return NoRoute(number)
@@ -214,7 +221,8 @@ class Router:
             return NoRoute(number)
         creds = (route.username, route.password) \
             if route.username and route.password is not None else None
-        return [Target(uri, _literal_peer(uri), creds, "route")]
+        proxy = _proxy_route(route.outbound_proxy) if route.outbound_proxy else self._proxy
+        return [_via(uri, creds, "route", proxy)]
 
     def routable(self, destination: Destination) -> bool:
         """Whether ``destination`` has somewhere to go (ignoring registrations)."""
@@ -261,6 +269,19 @@ def callee_uri(target: Target, number: str, domain: str) -> SipURI:
     if isinstance(uri, SipURI) and uri.user is not None and uri.unquote_user() == number:
         return SipURI(uri.scheme, uri.user, None, uri.host, uri.port, {}, {})
     return user_uri(number, domain)
+
+
+def _proxy_route(proxy: str | None) -> tuple[NameAddr, ...]:
+    """An outbound proxy URI as a one-hop preloaded route set."""
+    return (NameAddr(parse_uri(proxy)),) if proxy else ()
+
+
+def _via(uri: URI, creds: tuple[str, str] | None, label: str,
+         route: tuple[NameAddr, ...]) -> Target:
+    """A route's or URI's target, through ``route`` (an outbound proxy) when given: the
+    INVITE goes to the proxy (resolved when a name), the URI stays the Request-URI (loose)
+    or becomes the last Route (strict, §16.12.1)."""
+    return Target(uri, _literal_peer(route_request(uri, route).next_hop), creds, label, route)
 
 
 def _literal_peer(uri: URI) -> Peer | None:

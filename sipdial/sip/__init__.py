@@ -31,7 +31,8 @@ Each module documents its part of the contract:
 :mod:`~.transaction`       the RFC 3261 §17 machines (one table each), the events for
                            the TU, :class:`TimerConfig` (T1, T2, T4)
 :mod:`~.dialog`            RFC 3261 §12: :class:`Dialog` builds in-dialog requests;
-                           :func:`check_dialog_headers` (400 before a dialog is promised)
+                           :func:`check_dialog_headers` (400 before a dialog is promised),
+                           :func:`route_request` (loose/strict routing, preloaded routes)
 :mod:`~.endpoint`          :class:`Endpoint`: bytes in, transactions, bytes out;
                            :func:`peer_for_uri` without DNS
 :mod:`~.auth`              HTTP digest (RFC 7616, 2617, 2069; RFC 8760): server
@@ -62,7 +63,15 @@ from sipdial.sip.auth import (
     parse_challenges,
     preferred_challenge,
 )
-from sipdial.sip.dialog import Dialog, DialogKey, check_dialog_headers
+from sipdial.sip.dialog import (
+    Dialog,
+    DialogKey,
+    Routed,
+    check_dialog_headers,
+    hop_peer,
+    is_loose,
+    route_request,
+)
 from sipdial.sip.endpoint import Endpoint, family, peer_for_uri
 from sipdial.sip.errors import ParseError, SipError
 from sipdial.sip.headers import CSeq, Headers, Via
@@ -158,6 +167,7 @@ __all__ = [
     "ResolveError",
     "Response",
     "ResponseReceived",
+    "Routed",
     "ServerTransaction",
     "SipError",
     "SipURI",
@@ -181,7 +191,9 @@ __all__ = [
     "family",
     "from_",
     "from_tag",
+    "hop_peer",
     "is_ip_literal",
+    "is_loose",
     "make_response",
     "parse_challenges",
     "parse_message",
@@ -190,6 +202,7 @@ __all__ = [
     "peer_for_uri",
     "plan",
     "preferred_challenge",
+    "route_request",
     "sdp",
     "to",
     "to_tag",

@@ -4,15 +4,24 @@ A :class:`Dialog` holds the identifiers and sequence state of one dialog and bui
 in-dialog requests. It does not send anything; the caller passes the request it returns to
 the endpoint together with :attr:`Dialog.peer`.
 
-Where requests go: with a route set, to the first route (loose routing, §16.12.1.1; strict
-routers are not supported and said so). Without one, to the address the dialog was created
-with — the source of the request (UAS) or where our INVITE went (UAC). That is what makes
-phones behind NAT reachable: their Contact is often a private address that means nothing
-here (RFC 3581 symmetric response routing, applied to the dialog).
+Where requests go (§12.2.1.1, :func:`route_request`): with a route set, to its first
+route. A loose router (``;lr``) gets Request-URI = the remote target and every route as a
+Route header; a strict router (no ``;lr``, RFC 2543) gets its own URI as the Request-URI and
+the remote target appended as the last Route. The first route's address must be an IP
+literal to be used (no DNS in the sans-IO core); a route named by a host name falls back to
+the address the dialog was created with. Without a route set, requests go to that address —
+the source of the request (UAS) or where our INVITE went (UAC). That is what makes phones
+behind NAT reachable: their Contact is often a private address that means nothing here
+(RFC 3581 symmetric response routing, applied to the dialog).
+
+The same :func:`route_request` applies a *preloaded* route set to a request outside a dialog
+(RFC 3327 Path of a registered contact, an outbound proxy: §8.1.2, §16.12.1).
 """
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sipdial.sip.errors import ParseError, SipError
@@ -22,6 +31,56 @@ from sipdial.sip.peer import Peer
 from sipdial.sip.uri import URI, NameAddr, SipURI, parse_name_addr_list
 
 DialogKey = tuple[str, str, str]  # (Call-ID, local tag, remote tag)
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A request's addressing under a route set (RFC 3261 §12.2.1.1, §16.12.1)."""
+
+    request_uri: URI  #: the Request-URI to send
+    routes: tuple[NameAddr, ...]  #: the Route header values, in order
+    next_hop: URI  #: where the request goes: the first route, or the target when none
+
+
+def is_loose(route: NameAddr) -> bool:
+    """Whether a route names a loose router (``;lr``, RFC 3261 §19.1.1)."""
+    return isinstance(route.uri, SipURI) and "lr" in route.uri.params
+
+
+def route_request(target: URI, route_set: Sequence[NameAddr]) -> Routed:
+    """Address a request for ``target`` through ``route_set`` (§12.2.1.1).
+
+    Loose first route: Request-URI ``target``, Route = the whole set, next hop the first
+    route. Strict first route: Request-URI = the first route's URI (without the parameters
+    and headers a Request-URI may not carry, §19.1.1 table 1), Route = the rest of the set
+    and ``target`` last, next hop that Request-URI."""
+    if not route_set:
+        return Routed(target, (), target)
+    first = route_set[0]
+    if is_loose(first):
+        return Routed(target, tuple(route_set), first.uri)
+    uri = first.uri
+    if isinstance(uri, SipURI):
+        uri = uri.copy(params={k: v for k, v in uri.params.items() if k != "method"},
+                       headers={})
+    return Routed(uri, (*route_set[1:], NameAddr(target)), uri)
+
+
+def hop_peer(uri: URI, fallback: Peer) -> Peer:
+    """The address of a route's URI when its host (or ``maddr``) is an IP literal, over
+    its ``transport`` parameter or ``fallback``'s transport; else ``fallback`` (no DNS
+    here)."""
+    if not isinstance(uri, SipURI) or uri.scheme == "tel":
+        return fallback
+    host = uri.params.get("maddr") or uri.host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return fallback
+    transport = (uri.params.get("transport") or fallback.transport).lower()
+    if uri.scheme == "sips":
+        transport = "tls"
+    return Peer(transport, host, uri.port or (5061 if transport == "tls" else 5060))
 
 
 @dataclass(slots=True)
@@ -77,7 +136,7 @@ class Dialog:
             route_set=routes,
             local_seq=cseq(request).number,
             remote_seq=None,
-            peer=peer,
+            peer=hop_peer(routes[0].uri, peer) if routes else peer,
             local_contact=local_contact,
             secure=isinstance(request.uri, SipURI) and request.uri.scheme == "sips",
         )
@@ -94,6 +153,7 @@ class Dialog:
         contacts = _contacts(request)
         if not contacts:
             raise SipError("dialog-creating request without Contact", 400)
+        routes = _record_routes(request)
         return cls(
             call_id=request.headers.get("Call-ID") or "",
             local_tag=local_tag,
@@ -101,10 +161,10 @@ class Dialog:
             local_party=local,
             remote_party=remote,
             remote_target=contacts[0].uri,
-            route_set=_record_routes(request),
+            route_set=routes,
             local_seq=0,
             remote_seq=cseq(request).number,
-            peer=source,
+            peer=hop_peer(routes[0].uri, source) if routes else source,
             local_contact=local_contact,
             secure=isinstance(request.uri, SipURI) and request.uri.scheme == "sips",
         )
@@ -114,29 +174,33 @@ class Dialog:
     def create_request(self, method: str, *, body: bytes = b"",
                        content_type: str | None = None,
                        extra: list[tuple[str, str]] | None = None) -> Request:
-        """§12.2.1.1: an in-dialog request without Via (the endpoint adds it)."""
+        """§12.2.1.1: an in-dialog request without Via (the endpoint adds it), routed by
+        the route set (loose or strict); it goes to :attr:`peer`."""
         self.local_seq += 1
-        headers = self._headers(f"{self.local_seq} {method}")
+        routed = route_request(self.remote_target, self.route_set)
+        headers = self._headers(f"{self.local_seq} {method}", routed)
         if method in ("INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"):
             headers.add("Contact", self.local_contact)
         for name, value in extra or ():
             headers.add(name, value)
         if content_type is not None:
             headers.add("Content-Type", content_type)
-        return Request(method, self.remote_target, headers, body)
+        return Request(method, routed.request_uri, headers, body)
 
     def create_ack(self, invite_cseq: int, *, body: bytes = b"",
                    content_type: str | None = None) -> Request:
-        """§13.2.2.4: ACK for a 2xx carries the INVITE's CSeq number."""
-        headers = self._headers(f"{invite_cseq} ACK")
+        """§13.2.2.4: ACK for a 2xx carries the INVITE's CSeq number (and is routed like
+        any in-dialog request)."""
+        routed = route_request(self.remote_target, self.route_set)
+        headers = self._headers(f"{invite_cseq} ACK", routed)
         if content_type is not None:
             headers.add("Content-Type", content_type)
-        return Request("ACK", self.remote_target, headers, body)
+        return Request("ACK", routed.request_uri, headers, body)
 
-    def _headers(self, cseq_value: str) -> Headers:
+    def _headers(self, cseq_value: str, routed: Routed) -> Headers:
         """What every request of the dialog carries (Via comes from the endpoint)."""
         headers = Headers()
-        for route in self.route_set:
+        for route in routed.routes:
             headers.add("Route", str(route))
         headers.add("Max-Forwards", "70")
         headers.add("From", str(self.local_party))

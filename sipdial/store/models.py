@@ -105,6 +105,8 @@ class RegistrationRecord:
     call_id: str  #: Call-ID of the REGISTER (RFC 3261 §10.3 step 7 ordering)
     cseq: int  #: CSeq number of the REGISTER
     registered_at: float  #: unix time of the latest refresh
+    #: RFC 3327 Path of the REGISTER: its name-addr values joined by ", " ("" without one)
+    path: str = ""
 
 
 @dataclass(frozen=True, slots=True)

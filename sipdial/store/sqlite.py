@@ -59,7 +59,7 @@ __all__ = ["RunInThread", "SqliteStore", "StoreError", "StoreReactor"]
 _T = TypeVar("_T")
 log = logging.getLogger("sipdial.store")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 # --------------------------------------------------------------------------------------------
 # SQL: every statement the store runs
@@ -136,6 +136,8 @@ _SQL_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         )""",
         "CREATE INDEX IF NOT EXISTS webhook_outbox_status ON webhook_outbox (status, id)",
     ),
+    # RFC 3327: a binding's Path (its preloaded route set) survives a restart
+    3: ("ALTER TABLE registrations ADD COLUMN path TEXT NOT NULL DEFAULT ''",),
 }
 _SQL_GET_VERSION: Final = "SELECT MAX(version) FROM schema_version"
 _SQL_SET_VERSION: Final = "INSERT INTO schema_version (version) VALUES (?)"
@@ -170,16 +172,16 @@ _SQL_UNFINISHED_CALLS: Final = (
 
 _REG_COLUMNS: Final = (
     "user_id, contact, instance, transport, source_host, source_port, expires_at, q, "
-    "user_agent, call_id, cseq, registered_at"
+    "user_agent, call_id, cseq, registered_at, path"
 )
 _SQL_UPSERT_REGISTRATION: Final = f"""
-    INSERT INTO registrations ({_REG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO registrations ({_REG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (user_id, contact) DO UPDATE SET
         instance = excluded.instance, transport = excluded.transport,
         source_host = excluded.source_host, source_port = excluded.source_port,
         expires_at = excluded.expires_at, q = excluded.q, user_agent = excluded.user_agent,
         call_id = excluded.call_id, cseq = excluded.cseq,
-        registered_at = excluded.registered_at"""
+        registered_at = excluded.registered_at, path = excluded.path"""
 _SQL_DELETE_REGISTRATION: Final = "DELETE FROM registrations WHERE user_id = ? AND contact = ?"
 _SQL_LOAD_REGISTRATIONS: Final = (
     f"SELECT {_REG_COLUMNS} FROM registrations ORDER BY user_id, registered_at, contact"
@@ -238,7 +240,9 @@ class StoreError(RuntimeError):
 
 _CallRow = tuple[str, str, str, str, str, str | None, float, float | None, str | None, int]
 _EventRow = tuple[str, str, float, int | None, str | None]
-_RegRow = tuple[str, str, str | None, str, str, int, float, float, str | None, str, int, float]
+_RegRow = tuple[
+    str, str, str | None, str, str, int, float, float, str | None, str, int, float, str
+]
 _PublishedRow = tuple[int, str, str, str, str, float]
 _OutboxRow = tuple[int, str, int, str, str, str, float, int, float, str, str | None]
 _OutboxUpdate = tuple[int, float, str, str | None, int]
@@ -352,6 +356,7 @@ def _registration_row(reg: RegistrationRecord) -> _RegRow:
         reg.call_id,
         reg.cseq,
         reg.registered_at,
+        reg.path,
     )
 
 
