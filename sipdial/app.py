@@ -62,6 +62,7 @@ from sipdial.sip import (
 from sipdial.store import CallRecord, RegistrationRecord, SqliteStore
 from sipdial.transport import DnsResolver, SipDriver, TcpLimits, raise_nofile, tcp_budget
 from sipdial.ua import UserAgent
+from sipdial.upstream import UpstreamRegistration
 
 __all__ = ["Core", "CoreStore", "LagMonitor", "Running", "build_core", "serve", "start", "tune_gc"]
 
@@ -167,6 +168,9 @@ class Core:
     router: Router
     calls: CallService
     inbound: InboundRouter
+    #: sipdial's own registration at ``[upstream]`` (None: standalone); started by the app
+    #: once it listens (a test: ``core.upstream.start(now)``)
+    upstream: UpstreamRegistration | None = None
 
     def handle(self, event: Event, now: float) -> None:
         """The transaction user: every event of the endpoint, in order."""
@@ -193,6 +197,8 @@ class Core:
             log.debug("stopping: left %r", txn)
         self.calls.shut_down()
         self.inbound.shut_down(now)
+        if self.upstream is not None:
+            self.upstream.stop(now)  # un-REGISTER
 
 
 def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
@@ -233,7 +239,11 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
                         auto_answer_rules=rules, rtp_sinks=rtp_sinks, resolver=resolver,
                         media=media, prompts=prompts, load=load)
     inbound = InboundRouter(config, ua, auth, router, calls, resolver)
-    return Core(config, timers, endpoint, auth, registrar, ua, router, calls, inbound)
+    upstream = None
+    if config.upstream is not None:
+        upstream = UpstreamRegistration(config.upstream, endpoint, timers, resolver)
+    return Core(config, timers, endpoint, auth, registrar, ua, router, calls, inbound,
+                upstream)
 
 
 class _ClockedResolver:
@@ -361,6 +371,9 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
         lag.stop()
         raise
 
+    if core.upstream is not None:
+        core.upstream.start(reactor.seconds())  # [upstream]: register there (sipdial.upstream)
+        driver.pump()
     yield events.start()  # resumes webhook deliveries a previous run left pending
     # CRMs hear about calls a crash cut off, too: ended and published in one transaction
     if core.calls.end_interrupted(unfinished):
@@ -372,7 +385,8 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
 
     txns = core.endpoint.txns
     api = CallsApi(core.calls, core.inbound, store, core.registrar, reactor.seconds,
-                   transactions=lambda: len(txns.server) + len(txns.client))
+                   transactions=lambda: len(txns.server) + len(txns.client),
+                   upstream=core.upstream)
     site = build_site(api, config.api.tokens, reactor=reactor,
                       check_password=check_password, events=events)
     http = reactor.listenTCP(config.http.port, site, interface=config.http.host)

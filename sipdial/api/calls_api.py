@@ -27,6 +27,7 @@ from sipdial.calls import (
 )
 from sipdial.registrar import Registrar
 from sipdial.store import CallRecord, WriteReport
+from sipdial.upstream import UpstreamRegistration
 
 __all__ = ["REFUSAL_STATUS", "CallHistory", "CallsApi"]
 
@@ -60,15 +61,18 @@ class CallHistory(Protocol):
 class CallsApi:
     def __init__(self, calls: CallService, inbound: InboundRouter, history: CallHistory,
                  registrar: Registrar, clock: Callable[[], float],
-                 transactions: Callable[[], int] | None = None) -> None:
+                 transactions: Callable[[], int] | None = None,
+                 upstream: UpstreamRegistration | None = None) -> None:
         """``transactions`` counts the SIP transactions held (``/healthz``; lingering ones
-        too: a transaction keeps absorbing retransmissions for up to 32 s after it ends)."""
+        too: a transaction keeps absorbing retransmissions for up to 32 s after it ends);
+        ``upstream`` is sipdial's own registration at an ``[upstream]`` registrar."""
         self._calls = calls
         self._inbound = inbound
         self._history = history
         self._registrar = registrar
         self._clock = clock
         self._transactions = transactions
+        self._upstream = upstream
 
     def create_call(self, *, user: str, to: str, device: str | None,
                     auto_answer: bool | None, mode: Mode | None, confirm: bool | None = None,
@@ -136,8 +140,12 @@ class CallsApi:
         return self._calls.knows_user(user)
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok",
-                "calls": self._calls.count,  # click-to-dial calls in progress
-                "relayed_calls": self._inbound.count,  # the phones' own calls, relayed
-                "registrations": len(self._registrar.all(self._clock())),
-                "sip_transactions": self._transactions() if self._transactions else 0}
+        health = {"status": "ok",
+                  "calls": self._calls.count,  # click-to-dial calls in progress
+                  "relayed_calls": self._inbound.count,  # the phones' own calls, relayed
+                  "registrations": len(self._registrar.all(self._clock())),
+                  "sip_transactions": self._transactions() if self._transactions else 0}
+        if self._upstream is not None:  # [upstream]: registered / failing, next attempt
+            now = self._clock()
+            health["upstream"] = self._upstream.status(now).to_json(now)
+        return health

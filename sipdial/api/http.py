@@ -15,6 +15,7 @@ Routes (all JSON, ``application/json; charset=utf-8``):
 ``/v1/calls/{id}``           DELETE  cancel / hang up -> the call resource
 ``/v1/registrations``        GET     ``?user=`` -> ``{"registrations": [...]}``
 ``/v1/events``               GET     Server-Sent Events (:mod:`sipdial.api.sse`), if enabled
+``/v1/upstream``             GET     admin: ``health()["upstream"]``; 404 if standalone
 ``/healthz``                 GET     ``api.health()``, no authentication
 ``.../call-init.php``        GET     LocaPhone: ``?user=&to=`` [&cidnum=][&clir=1], from+prv ignored
 ``.../remote_call.htm``      GET     pbxnsip: ``?user=&dest=`` [&auth=id:password][&connect=]
@@ -679,6 +680,16 @@ class _Router:
     def _health(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         return succeed(_Reply(200, self._api.health()))
 
+    def _upstream(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        """sipdial's own registration at the ``[upstream]`` registrar (administrators)."""
+        principal = self._authenticate(request)
+        if principal.user is not None:
+            raise ApiError(403, "forbidden", "only an administrator token may read this")
+        upstream = self._api.health().get("upstream")
+        if upstream is None:
+            raise ApiError(404, "not_configured", "no [upstream] registrar is configured")
+        return succeed(_Reply(200, upstream))
+
     def _locaphone_call_init(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         """LocaPhone ``call-init.php?user=&to=[&cidnum=][&clir=1]``; ``from`` and ``prv`` are
         accepted and ignored. ``cidnum`` is the number shown to the target and ``clir=1``
@@ -735,6 +746,7 @@ _ROUTES: Final[tuple[_Route, ...]] = (
     _Route(re.compile("/v1/registrations"), {"GET": _Router._list_registrations}),
     _Route(re.compile("/v1/events"), {"GET": _Router._event_stream}, head=False),
     _Route(re.compile("/healthz"), {"GET": _Router._health}),
+    _Route(re.compile("/v1/upstream"), {"GET": _Router._upstream}),
     # The replaced systems served these below a prefix (LocaPhone: /locaphone/prov/);
     # any prefix is accepted so that existing links keep working after a DNS change.
     _Route(

@@ -179,7 +179,7 @@ class SimNet:
         self.inbound = core.inbound
         #: the HTTP API's view of the calls (dicts, Deferreds), as the HTTP layer uses it
         self.api = CallsApi(core.calls, core.inbound, self.store, core.registrar,
-                            lambda: self.now)
+                            lambda: self.now, upstream=core.upstream)
         self.changes: list[tuple[str, str, bool]] = self.store.changes
         self.is_overloaded = False
         self.queues: dict[Peer, deque[bytes]] = defaultdict(deque)
