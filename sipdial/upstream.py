@@ -281,10 +281,10 @@ class UpstreamRegistration:
                 self._challenge = None  # another server: its own nonces
             case Ua.SEND_REGISTER:
                 self._challenges = 0
-                self._send(now, self.expires)
+                self._send_or_fail(now)
             case Ua.SEND_AUTHORIZED if isinstance(arg, Response):
                 self._answer(arg)
-                self._send(now, self.expires)
+                self._send_or_fail(now)
             case Ua.USE_MIN_EXPIRES if isinstance(arg, int):
                 self.expires = arg
             case Ua.NOTE_REGISTERED if isinstance(arg, Response):
@@ -322,6 +322,16 @@ class UpstreamRegistration:
 
     # ------------------------------------------------------------ sending
 
+    def _send_or_fail(self, now: float) -> None:
+        """Send the REGISTER; an address sipdial cannot send to (no listener for its
+        transport) is a transport error: the next address, else a failure."""
+        try:
+            self._send(now, self.expires)
+        except (LookupError, ValueError) as exc:
+            self._txn = None
+            self._note(503, f"cannot send to {self.peer}: {exc}")
+            self._fire(Ui.NEXT_TARGET if self._alternates else Ui.NO_ANSWER, now, None)
+
     def _send(self, now: float, expires: int) -> None:
         if self.peer is None:
             raise IllegalUpstreamInput(f"{self!r}: no address to send to")
@@ -338,10 +348,13 @@ class UpstreamRegistration:
         if self._challenge is not None:
             challenge, header = self._challenge
             self._nc += 1
-            credentials = answer_challenge(
-                challenge, username=self.config.username, password=self.config.password,
-                method="REGISTER", uri=str(self.request_uri), cnonce=os.urandom(8).hex(),
-                nc=self._nc)
+            try:
+                credentials = answer_challenge(
+                    challenge, username=self.config.username, password=self.config.password,
+                    method="REGISTER", uri=str(self.request_uri), cnonce=os.urandom(8).hex(),
+                    nc=self._nc)
+            except AuthError as exc:  # preferred_challenge filters these; never a traceback
+                raise ValueError(f"cannot answer the challenge: {exc}") from None
             headers.add(header, credentials.to_header())
         request = Request("REGISTER", self.request_uri, headers, b"")
         self._txn = self.endpoint.send_request(request, self.peer, now, owner=self)

@@ -313,6 +313,18 @@ def test_late_response_of_an_earlier_register_is_ignored() -> None:
     assert status(net)["state"] == "registered"
 
 
+def test_a_registrar_sipdial_has_no_transport_for_is_failing_not_a_crash() -> None:
+    net = SimNet(upstream_config("sip:127.0.0.11;transport=tcp"))
+    del net.endpoint.local[("tcp", 4)]  # sipdial listening on UDP only
+    assert net.core.upstream is not None
+    net.core.upstream.start(net.now)
+    up = status(net)
+    assert up["state"] == "failing" and up["last_status"] == 503
+    assert "cannot send to" in str(up["last_reason"])
+    net.advance(10)
+    assert status(net)["failures"] == 2  # retried, and failed the same way
+
+
 def test_every_state_has_a_stop_row() -> None:
     for state in UpstreamState:
         assert (state, UpstreamInput.STOP) in UPSTREAM_TABLE
