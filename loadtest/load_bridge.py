@@ -63,7 +63,7 @@ from typing import Any
 
 from tests.integration.c2d_helpers import ROUTE_MATCH, user
 from tests.peers.ports import LOOPBACK, free_port_both
-from tests.peers.sipp import Sipp
+from tests.peers.sipp import Sipp, scenario_path
 from tests.sipdial_proc import ADMIN, Sipdial
 
 HERE = Path(__file__).resolve().parent
@@ -517,7 +517,11 @@ def main(argv: list[str] | None = None) -> int:
                           work / "sipp-dest" / "stat.csv", [])
         dest.start()
         phone_port = free_port_both()
-        registrar = Sipp(work, "phone_register.xml", remote=f"{LOOPBACK}:{sip_port}",
+        # registered for the whole run (the scenario's 300 s would expire in a soak)
+        register = work / "phone_register_3600.xml"
+        register.write_text(scenario_path("phone_register.xml").read_text().replace(
+            "Expires: 300", "Expires: 3600"))
+        registrar = Sipp(work, register, remote=f"{LOOPBACK}:{sip_port}",
                          port=phone_port, service="201", timeout=10, name="sipp-register",
                          extra_args=["-au", "201", "-ap", "secret201"])
         rc = registrar.run(15)
@@ -642,6 +646,14 @@ def report(args: argparse.Namespace, work: Path, sd: Sipdial, driver: Driver, mo
                   f"{1e6 * (end_cpu - start_cpu) / len(ok):.0f} us")
     print(f"sipdial RSS: max sampled {w_all.get('rss_max', 0) / 2**20:.1f} MiB, "
           f"VmHWM {rss_hwm / 2**20:.1f} MiB")
+    if monitor.samples and monitor.samples[-1][0] - monitor.samples[0][0] >= 120:
+        # a soak: is RSS flat? one figure per minute of the run (the first sample of each)
+        t0, minutes = monitor.samples[0][0], {}
+        for when, _cpu, _main, rss in monitor.samples:
+            if rss:
+                minutes.setdefault(int((when - t0) // 60), rss)
+        print("sipdial RSS by minute (MiB): " + " ".join(
+            f"{rss / 2**20:.1f}" for _minute, rss in sorted(minutes.items())))
 
     if sd.db.exists():
         db = db_report(sd.db)
