@@ -159,7 +159,8 @@ def test_wrong_credentials_show_failing_with_back_off(
         assert up["state"] == "failing"
         assert up["last_status"] == 401
         assert "credentials refused" in up["last_reason"]
-        assert up["next_attempt_in"] is not None and up["next_attempt_in"] <= 0.5
+        backoff = min(2.0, 0.5 * 2 ** (up["failures"] - 1))  # retry_base 0.5, retry_max 2
+        assert up["next_attempt_in"] is not None and up["next_attempt_in"] <= backoff
         later = wait_until(lambda: (h := upstream_health(sd))["failures"] >= 3 and h,
                            10, "three failed attempts (back-off 0.5, 1, 2 s)")
         assert later["state"] == "failing"
