@@ -86,7 +86,7 @@ def test_a_new_database_starts_at_the_current_version_once(db: Path) -> None:
         result(store.stop())
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     finally:
         conn.close()
 
