@@ -28,6 +28,7 @@ from sipdial.calls import (
     MediaPort,
     NumericResolver,
     OnResolved,
+    Pbx,
     PromptSource,
     Resolver,
     Router,
@@ -60,7 +61,14 @@ from sipdial.sip import (
     peer_for_uri,
 )
 from sipdial.store import CallRecord, RegistrationRecord, SqliteStore
-from sipdial.transport import DnsResolver, SipDriver, TcpLimits, raise_nofile, tcp_budget
+from sipdial.transport import (
+    DnsResolver,
+    SipDriver,
+    TcpLimits,
+    TlsContexts,
+    raise_nofile,
+    tcp_budget,
+)
 from sipdial.ua import UserAgent
 from sipdial.upstream import UpstreamRegistration
 
@@ -232,7 +240,8 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
     ua = UserAgent(endpoint, registrar, config.sip.domain)
     router = Router(users.keys(), config.routes, registrar.contacts,
                     local_hosts(config.sip.domain, [a.host for a in config.sip.listen]),
-                    outbound_proxy=config.sip.outbound_proxy)
+                    outbound_proxy=config.sip.outbound_proxy,
+                    pbx=Pbx.from_config(config.upstream) if config.upstream else None)
     rules = rules_from_config([dict(e) for e in config.auto_answer]) + DEFAULT_RULES
     resolver = resolver or NumericResolver(clock)
     calls = CallService(config, ua, registrar, router, store, events, clock,
@@ -342,9 +351,15 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     def on_lockout(lockout: Lockout) -> None:
         events.publish_notice(EventName.AUTH_LOCKED_OUT, lockout.to_json(), lockout.at)
 
+    # SIP over TLS (RFC 5630) where a tls: listener is configured: sips: and ;transport=tls
+    # destinations resolve to TLS peers, whose certificates are checked ([sip.tls])
+    tls = (TlsContexts.from_config(config.sip.tls)
+           if any(a.transport == "tls" for a in config.sip.listen) else None)
+    transports = ("udp", "tcp", "tls") if tls is not None else ("udp", "tcp")
+    dns = DnsResolver(reactor, supported=transports)
     core = build_core(config, clock=reactor.seconds, store=store, events=events,
                       secret=os.urandom(32), rtp_sinks=sinks, media=media, prompts=prompts,
-                      load=lag, resolver=_ClockedResolver(DnsResolver(reactor), reactor.seconds),
+                      load=lag, resolver=_ClockedResolver(dns, reactor.seconds),
                       on_lockout=on_lockout)
     saved = yield store.load_registrations()
     core.registrar.restore((_binding(r) for r in saved), reactor.seconds())
@@ -358,7 +373,7 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     if any(addr.transport == "tcp" for addr in sip.listen):
         log.info("SIP-TCP: at most %d connections, %d per source; a message within %g s",
                  tcp.max_connections, tcp.max_per_source, tcp.message_timeout)
-    driver = SipDriver(reactor, core.endpoint, core.timers, core.handle, tcp=tcp)
+    driver = SipDriver(reactor, core.endpoint, core.timers, core.handle, tcp=tcp, tls=tls)
     sip_ports: list[tuple[str, str, int]] = []
     try:
         for addr in config.sip.listen:

@@ -35,6 +35,7 @@ __all__ = [
     "RouteConfig",
     "SipConfig",
     "StoreConfig",
+    "TlsConfig",
     "UpstreamConfig",
     "UserConfig",
     "load_config",
@@ -52,7 +53,21 @@ class ConfigError(ValueError):
 # The validated configuration
 # --------------------------------------------------------------------------------------------
 
-TRANSPORTS: Final = ("udp", "tcp")
+TRANSPORTS: Final = ("udp", "tcp", "tls")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """``[sip.tls]``: SIP over TLS (RFC 3261 §26, RFC 5630). ``certificate`` and ``key`` (PEM
+    files) are required by a ``tls:`` listener; ``ca`` (PEM, one or more certificates) is
+    what outgoing TLS trusts, and what a phone's own certificate is checked against (RFC
+    5923 connection reuse); without it the system's trust store. Outgoing connections check
+    the server's certificate and its host name (RFC 5922) unless ``verify = false``."""
+
+    certificate: str | None = None  #: PEM certificate (chain) sipdial presents
+    key: str | None = None  #: PEM private key of ``certificate``
+    ca: str | None = None  #: PEM CA certificate(s) trusted; None: the system's
+    verify: bool = True  #: check peers' certificates and host names (off only explicitly)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +113,7 @@ class SipConfig:
     #: (RFC 3261 §8.1.2), e.g. "sip:proxy.example.com;lr"; no ";lr": a strict router
     #: (§16.12.1). Registered devices are reached by their Path or registration instead.
     outbound_proxy: str | None = None
+    tls: TlsConfig = field(default_factory=TlsConfig)  #: ``[sip.tls]``
 
     def __post_init__(self) -> None:
         if not self.realm:
@@ -139,7 +155,9 @@ class UserConfig:
     """One ``[[users]]`` entry: a SIP account whose phone sipdial rings first."""
 
     id: str  #: SIP user name (REGISTER / digest user), also the API's user id
-    password: str = field(repr=False)  #: digest password
+    #: digest password; None only with ``[upstream]`` (PBX mode: the PBX authenticates the
+    #: user's phones, which cannot then register at or call through sipdial)
+    password: str | None = field(repr=False)
     name: str = ""  #: display name shown on the user's phone
     auto_answer: bool = False  #: ask the phone to answer the first leg by itself
     number: str | None = None  #: the user's external caller-ID number
@@ -287,6 +305,8 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     webhooks = tuple(_parse_webhook(t) for t in root.array_of_tables("webhooks"))
     auth = _parse_auth(root.table("auth", required=False))
     upstream = _parse_upstream(root.table("upstream")) if "upstream" in raw else None
+    if upstream is None:
+        _require_passwords(users)
     return Config(
         auth=auth,
         upstream=upstream,
@@ -340,8 +360,10 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
             "tcp_max_connections",
             "tcp_fd_reserve",
             "outbound_proxy",
+            "tls",
         }
     ),
+    "sip.tls": frozenset({"certificate", "key", "ca", "verify"}),
     "http": frozenset({"listen"}),
     "store": frozenset({"url"}),
     "api": frozenset({"tokens"}),
@@ -371,7 +393,7 @@ _HOSTNAME_RE: Final = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
     r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?"
 )
-# "udp:HOST:PORT" / "tcp:[v6]:PORT"; HOST validated separately
+# "udp:HOST:PORT" / "tcp:[v6]:PORT" / "tls:HOST:PORT"; HOST validated separately
 _LISTEN_RE: Final = re.compile(
     r"(?P<transport>[A-Za-z]+):(?P<host>\[[^\]]*\]|[^:\[\]]*):(?P<port>\d+)"
 )
@@ -431,6 +453,7 @@ def _parse_sip(t: _Table) -> SipConfig:
         tcp_max_per_source=t.positive_int("tcp_max_per_source", 64),
         tcp_max_connections=t.positive_int("tcp_max_connections", 10_000),
         tcp_fd_reserve=t.positive_int("tcp_fd_reserve", 256),
+        tls=_parse_tls(t.table("tls", required=False), listen),
         digest_algorithms=algorithms,
         outbound_proxy=_outbound_proxy(t),
         listen=tuple(listen),
@@ -449,9 +472,29 @@ def _parse_sip(t: _Table) -> SipConfig:
 def _parse_listen(value: str, key: str) -> ListenAddr:
     m = _LISTEN_RE.fullmatch(value)
     if m is None or m["transport"].lower() not in TRANSPORTS:
-        raise ConfigError(f'{key}: expected "udp|tcp:HOST:PORT", got "{value}"')
+        raise ConfigError(f'{key}: expected "udp|tcp|tls:HOST:PORT", got "{value}"')
     host = _parse_host(m["host"], key, value)
     return ListenAddr(m["transport"].lower(), host, _parse_port(m["port"], key))
+
+
+def _parse_tls(t: _Table, listen: list[ListenAddr]) -> TlsConfig:
+    """``[sip.tls]``: the files must exist (their contents are checked when sipdial starts,
+    by :mod:`sipdial.transport.tls`); a ``tls:`` listener needs a certificate and a key."""
+    files: dict[str, str | None] = {}
+    for name in ("certificate", "key", "ca"):
+        path = t.optional_string(name)
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f'{t.path(name)}: no such file "{path}"')
+        files[name] = path
+    if any(a.transport == "tls" for a in listen):
+        for name in ("certificate", "key"):
+            if files[name] is None:
+                raise ConfigError(f"{t.path(name)}: required by the tls: listen address")
+    if (files["certificate"] is None) != (files["key"] is None):
+        missing, given = ("key", "certificate") if files["key"] is None else ("certificate", "key")
+        raise ConfigError(f"{t.path(missing)}: required with {t.path(given)}")
+    return TlsConfig(certificate=files["certificate"], key=files["key"], ca=files["ca"],
+                     verify=t.boolean("verify", True))
 
 
 def _parse_http(t: _Table) -> HttpConfig:
@@ -512,7 +555,7 @@ def _parse_users(tables: list[_Table]) -> Mapping[str, UserConfig]:
             raise ConfigError(f'{t.path("id")}: not a valid SIP user name: "{uid}"')
         if uid in users:
             raise ConfigError(f'{t.path("id")}: duplicate user id "{uid}"')
-        password = t.string("password")
+        password = t.optional_string("password")
         name = t.string("name", default="", allow_empty=True)
         auto_answer = t.boolean("auto_answer", False)
         number = t.optional_string("number")
@@ -528,6 +571,15 @@ def _parse_users(tables: list[_Table]) -> Mapping[str, UserConfig]:
         users[uid] = UserConfig(uid, password, name, auto_answer, number, confirm, language,
                                 clir)
     return MappingProxyType(users)
+
+
+def _require_passwords(users: Mapping[str, UserConfig]) -> None:
+    """Standalone mode: sipdial is the phones' registrar, so every user needs a password
+    (the same error as before PBX mode existed; only with ``[upstream]``, where the PBX
+    authenticates the phones, may a user have none)."""
+    for index, user in enumerate(users.values()):
+        if user.password is None:
+            raise ConfigError(f"users[{index}].password: required key is missing")
 
 
 def _parse_api(t: _Table, users: Mapping[str, UserConfig]) -> ApiConfig:

@@ -280,11 +280,15 @@ def weak_password_reason(password: str, min_length: int) -> str | None:
 
 def check_weak_passwords(config: Config) -> None:
     """Raise :class:`ConfigError` naming the first user whose SIP password is shorter than
-    ``auth.min_password_length`` or digits only, unless ``auth.allow_weak_passwords``."""
+    ``auth.min_password_length`` or digits only, unless ``auth.allow_weak_passwords``.
+    A user without a password (PBX mode: the PBX authenticates its phones; the config
+    allows it only with ``[upstream]``) has nothing to guess and is skipped."""
     auth = config.auth
     if auth.allow_weak_passwords:
         return
     for index, user in enumerate(config.users.values()):
+        if user.password is None:
+            continue
         reason = weak_password_reason(user.password, auth.min_password_length)
         if reason is not None:
             raise ConfigError(

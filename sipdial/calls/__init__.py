@@ -19,7 +19,8 @@ The rooms' front doors:
   change to a :class:`CallStore` and publishes it to an :class:`EventSink`.
 * :class:`InboundRouter` — the phones' own INVITEs (:class:`~sipdial.ua.IncomingInvite`):
   digest authentication (407), routing, relaying.
-* :class:`Router` — where a destination goes (a local user's devices, a route, a URI's host).
+* :class:`Router` — where a destination goes (a local user's devices, a route, a URI's host;
+  in PBX mode, :class:`Pbx`, the office PBX for users and unrouted numbers).
 
 The vocabulary every other room uses: :class:`CallState`, :class:`Cause`, :class:`Mode`.
 """
@@ -32,6 +33,7 @@ from sipdial.calls.routing import (
     Destination,
     NumericResolver,
     OnResolved,
+    Pbx,
     Resolver,
     Router,
     Target,
@@ -67,6 +69,7 @@ __all__ = [
     "Mode",
     "NumericResolver",
     "OnResolved",
+    "Pbx",
     "PromptSource",
     "Refusal",
     "Resolver",

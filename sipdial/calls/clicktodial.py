@@ -37,6 +37,7 @@ from sipdial.calls.phone import PhoneSession
 from sipdial.calls.routing import (
     Destination,
     NoRoute,
+    Pbx,
     Resolver,
     Router,
     Unavailable,
@@ -261,11 +262,23 @@ class ClickToDial:
 
     # ------------------------------------------------------------ start
 
+    @property
+    def _domain(self) -> str:
+        """The domain of the URIs the call's parties are shown with: the PBX's in PBX mode."""
+        pbx = self.env.router.pbx
+        return pbx.domain if pbx is not None else self.env.domain
+
     def start(self, now: float) -> None:
         env = self.env
         number = self.destination.number
-        caller = NameAddr(user_uri(number, env.domain), self.record.to)
-        callee = NameAddr(user_uri(self.user.id, env.domain), self.user.name or None)
+        caller = NameAddr(user_uri(number, self._domain), self.record.to)
+        callee = NameAddr(user_uri(self.user.id, self._domain), self.user.name or None)
+        pbx = env.router.pbx
+        if pbx is not None:
+            self.forks = Forks([self._pbx_leg(pbx, caller, callee)])
+            self.forks.start(now)
+            self._set_timer(now + env.config.user_answer_timeout, self._user_timeout)
+            return
         media_at = self.media.address if self.media is not None else None
         legs = []
         for binding in self.bindings:
@@ -285,6 +298,27 @@ class ClickToDial:
         self.forks = Forks(legs)
         self.forks.start(now)
         self._set_timer(now + env.config.user_answer_timeout, self._user_timeout)
+
+    def _pbx_leg(self, pbx: Pbx, caller: NameAddr, callee: NameAddr) -> UacLeg:
+        """PBX mode: one INVITE to ``sip:USER@PBX`` through the PBX, which forks it to the
+        user's devices; the same caller ID and auto-answer headers as to a device of ours
+        (the User-Agent is unknown: the generic ones), the PBX's challenge answered once with
+        sipdial's account."""
+        env = self.env
+        target = pbx.target(self.user.id, label="pbx")
+        extra = [("P-Asserted-Identity", str(caller))]
+        if self.options.auto_answer:
+            extra += auto_answer_headers(None, local_uri=str(user_uri("sipdial", env.domain)),
+                                         rules=env.auto_answer_rules)
+        media_at = self.media.address if self.media is not None else None
+        if media_at is None:  # REFER mode: the phone's audio goes to the sink, dropped
+            media_at = env.sink_for(target.peer) if target.peer is not None \
+                else next(iter(env.rtp_sinks.values()))
+        offer = sdp.audio_offer(*media_at, session_id=self._session_id)
+        return UacLeg(env.ua, self, uri=target.uri, peer=target.peer, from_party=caller,
+                      to_party=callee, body=offer, content_type=sdp.CONTENT_TYPE, extra=extra,
+                      label=target.label, credentials=target.credentials,
+                      resolver=env.resolver, route=target.route)
 
     # ------------------------------------------------------------ commands
 
@@ -389,7 +423,7 @@ class ClickToDial:
             return
         user = self.user
         shown = self.options.caller_id or user.number or user.id
-        identity = NameAddr(user_uri(shown, env.domain), user.name or None)
+        identity = NameAddr(user_uri(shown, self._domain), user.name or None)
         extra = [("P-Asserted-Identity", str(identity))]
         caller = identity
         if self.options.clir:
@@ -398,7 +432,7 @@ class ClickToDial:
             extra.append(("Privacy", "id"))
         self.bridge = ThirdPartyBridge(
             env.ua, env.timers, phone, self.media, targets=routed, caller=caller,
-            callee=NameAddr(callee_uri(routed[0], self.destination.number, env.domain)),
+            callee=NameAddr(callee_uri(routed[0], self.destination.number, self._domain)),
             extra=extra,
             answer_timeout=env.config.target_answer_timeout, listener=self,
             label=f"{self.id} {user.id}->{self.destination.number}", resolver=env.resolver,
@@ -420,14 +454,18 @@ class ClickToDial:
         self.transfer = Transfer(
             phone, self.session, env.timers, self,
             refer_to=self._refer_to(phone.peer),
-            referred_by=f"<{user_uri(self.user.id, env.domain)}>",
+            referred_by=f"<{user_uri(self.user.id, self._domain)}>",
             timeout=env.config.refer_timeout, label=self.id)
         self.transfer.start(now)
 
     def _refer_to(self, phone: Peer) -> str:
         """Refer-To: the target at sipdial, reachable over the transport the phone uses,
-        tagged with the call's id (the referred INVITE is matched back by it)."""
+        tagged with the call's id (the referred INVITE is matched back by it). PBX mode:
+        the target at the PBX, which routes the phone's INVITE (sipdial never sees it; the
+        REFER's NOTIFYs tell the outcome)."""
         env = self.env
+        if env.router.pbx is not None:
+            return str(env.router.pbx.uri(self.destination.number))
         _host, port = env.ua.endpoint.local_for(phone)
         params: dict[str, str | None] = {}
         if phone.transport != "udp":

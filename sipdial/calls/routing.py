@@ -32,13 +32,14 @@ from sipdial.sip import (
 )
 
 if TYPE_CHECKING:
-    from sipdial.config import RouteConfig
+    from sipdial.config import RouteConfig, UpstreamConfig
 
 __all__ = [
     "Destination",
     "NoRoute",
     "NumericResolver",
     "OnResolved",
+    "Pbx",
     "Resolver",
     "Router",
     "Target",
@@ -76,6 +77,58 @@ class Target:
     credentials: tuple[str, str] | None = None  # for the gateway's 401/407
     label: str = "target"
     route: tuple[NameAddr, ...] = ()  #: preloaded route set (RFC 3327 Path, outbound proxy)
+
+
+@dataclass(frozen=True, slots=True)
+class Pbx:
+    """PBX mode (``[upstream]``): the office PBX/registrar the users' phones register at.
+
+    sipdial reaches everyone through it: the user as ``sip:USER@DOMAIN`` (the PBX forks to
+    the user's devices), the target as ``sip:NUMBER@DOMAIN`` (the PBX routes it), both
+    INVITEs answering the PBX's 401/407 with sipdial's account ``credentials``. When the
+    domain is the registrar's own host, the URIs keep the registrar's port and transport
+    (the PBX is then reached by the Request-URI alone); otherwise the registrar is the
+    INVITE's preloaded Route (an outbound proxy, RFC 3261 §8.1.2).
+    """
+
+    registrar: SipURI  #: where sipdial registers (``[upstream] registrar``)
+    domain: str  #: the users' and targets' domain at the PBX (``[upstream] domain``)
+    credentials: tuple[str, str]  #: sipdial's account (username, password)
+
+    @classmethod
+    def from_config(cls, upstream: UpstreamConfig) -> Pbx:
+        registrar = parse_uri(upstream.registrar)
+        if not isinstance(registrar, SipURI) or registrar.scheme == "tel":
+            raise ValueError(f"the registrar is no sip:/sips: URI: {upstream.registrar}")
+        return cls(registrar, upstream.domain.strip("[]"),
+                   (upstream.username, upstream.password))
+
+    @property
+    def _at_registrar(self) -> bool:
+        return self.domain.lower() == self.registrar.host.strip("[]").lower()
+
+    def uri(self, number: str) -> SipURI:
+        """``sip:NUMBER@DOMAIN`` (with the registrar's port and transport when the domain
+        is the registrar's host): what the PBX routes."""
+        reg = self.registrar
+        if not self._at_registrar:
+            return user_uri(number, self.domain)
+        params = {k: v for k, v in reg.params.items() if k == "transport"}
+        return SipURI(reg.scheme, escape_user(number), None, reg.host.strip("[]"), reg.port,
+                      params, {})
+
+    @property
+    def route(self) -> tuple[NameAddr, ...]:
+        """The preloaded route to the PBX: none when the URIs name it already."""
+        if self._at_registrar:
+            return ()
+        reg = self.registrar
+        return (NameAddr(SipURI(reg.scheme, None, None, reg.host.strip("[]"), reg.port,
+                                {**reg.params, "lr": None}, {})),)
+
+    def target(self, number: str, label: str = "pbx") -> Target:
+        """Where an INVITE for ``number`` goes in PBX mode."""
+        return _via(self.uri(number), self.credentials, label, self.route)
 
 
 #: on_done(peers or the error, now)
@@ -185,8 +238,11 @@ class Router:
 
     def __init__(self, users: Collection[str], routes: Sequence[RouteConfig],
                  devices: Callable[[str, float], list[Binding]],
-                 local_hosts: Collection[str], outbound_proxy: str | None = None) -> None:
+                 local_hosts: Collection[str], outbound_proxy: str | None = None,
+                 pbx: Pbx | None = None) -> None:
         self._users = users
+        #: PBX mode: users and every number no ``[[routes]]`` entry matches go to the PBX
+        self.pbx = pbx
         self._routes = routes
         #: ``[sip] outbound_proxy`` for routes and URI destinations (validated by the config)
         self._proxy = _proxy_route(outbound_proxy)
@@ -201,6 +257,8 @@ class Router:
 
     def route(self, destination: Destination, now: float) -> list[Target] | Unavailable | NoRoute:
         number = destination.number
+        if self.pbx is not None and self.is_local_user(destination):
+            return [self.pbx.target(number)]
         if self.is_local_user(destination):
             bindings = self._devices(number, now)
             if not bindings:
@@ -211,7 +269,7 @@ class Router:
             return [_via(destination.uri, None, "uri", self._proxy)]
         route = self._route_for(number)
         if route is None:
-            return NoRoute(number)
+            return NoRoute(number) if self.pbx is None else [self.pbx.target(number)]
         try:
             # the number goes into the template escaped: whatever a phone put in its
             # Request-URI ("%40evil.example", "%0D%0A") cannot change the route's host or
@@ -227,7 +285,7 @@ class Router:
     def routable(self, destination: Destination) -> bool:
         """Whether ``destination`` has somewhere to go (ignoring registrations)."""
         return (self.is_local_user(destination) or destination.uri is not None
-                or self._route_for(destination.number) is not None)
+                or self.pbx is not None or self._route_for(destination.number) is not None)
 
     def _route_for(self, number: str) -> RouteConfig | None:
         """The first ``[[routes]]`` entry matching ``number``."""

@@ -158,11 +158,20 @@ class CallService:
         if self.load.overloaded():
             raise CallRefused(Refusal.OVERLOADED, "sipdial is running behind; retry shortly")
         now = self.clock()
-        bindings = self.registrar.contacts(request.user, now)
-        if not bindings:
-            raise CallRefused(Refusal.USER_NOT_REGISTERED,
-                              f"user {request.user} has no registered device")
+        pbx = self.router.pbx
         device = request.device
+        if pbx is not None:
+            # PBX mode: the user's phones are registered at the PBX, which forks to them
+            if device is not None:
+                raise CallRefused(Refusal.DEVICE_NOT_REGISTERED,
+                                  "the user's devices are registered at the PBX (sipdial is "
+                                  "in PBX mode): no device can be chosen")
+            bindings = []
+        else:
+            bindings = self.registrar.contacts(request.user, now)
+            if not bindings:
+                raise CallRefused(Refusal.USER_NOT_REGISTERED,
+                                  f"user {request.user} has no registered device")
         if device is not None:
             bindings = [b for b in bindings if device in (b.device, b.contact, b.instance)
                         or (b.user_agent is not None and device.lower() in b.user_agent.lower())]
@@ -172,7 +181,7 @@ class CallService:
             bindings = bindings[:1]
         wants_auto = profile.auto_answer if request.auto_answer is None else request.auto_answer
         # auto-answer only when exactly one device rings: never answer a forked call for it
-        auto_answer = wants_auto and len(bindings) == 1
+        auto_answer = wants_auto and (pbx is not None or len(bindings) == 1)
         options = Options(mode=mode, auto_answer=auto_answer, confirm=confirm,
                           language=profile.language or config.calls.language,
                           caller_id=request.caller_id,
@@ -191,10 +200,11 @@ class CallService:
                                   "no free RTP port for the call; retry shortly") from None
         call = ClickToDial(self.env, record, profile, destination, bindings, options, media,
                            next(self._sessions))
-        event = CallEvent(CallState.CALLING_USER.value, now, None, f"{len(bindings)} device(s)")
+        rung = "through the PBX" if pbx is not None else f"{len(bindings)} device(s)"
+        event = CallEvent(CallState.CALLING_USER.value, now, None, rung)
         record.events.append(event)
-        log.info("call %s user %s: calling_user to=%s mode=%s (%d device(s))", record.id,
-                 record.user, record.to, mode.value, len(bindings))
+        log.info("call %s user %s: calling_user to=%s mode=%s (%s)", record.id,
+                 record.user, record.to, mode.value, rung)
         self._changed(record, event)
         self.calls[record.id] = call
         unavailable = self._unavailable(destination, now)
