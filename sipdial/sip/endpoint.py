@@ -69,6 +69,9 @@ class Endpoint:
         self._output_hook: Callable[[], None] | None = None
         self._tag_prefix = os.urandom(4).hex()
         self._tags = itertools.count(1)
+        #: (sent-by, connection) of requests whose top Via asked for connection reuse
+        #: (RFC 5923 ``alias``), for the transport to honour or not: see drain_aliases
+        self._aliases: list[tuple[Peer, Peer]] = []
 
     def set_output_hook(self, hook: Callable[[], None] | None) -> None:
         """``hook`` is told whenever the TU queues something to send (a request, response,
@@ -152,6 +155,9 @@ class Endpoint:
         if changed:
             vias[0] = str(via)
             request.headers.set("Via", ", ".join(vias))
+        if (source.reliable and "alias" in via.params and via.port is not None
+                and len(self._aliases) < 1024):  # bounded where no transport drains them
+            self._aliases.append((Peer(source.transport, via.host, via.port), source))
         if source.reliable or "rport" in via.params:
             return source
         return Peer(source.transport, source.host, via.port or 5060)
@@ -243,6 +249,14 @@ class Endpoint:
         digest = hashlib.blake2s("\x00".join(txn.key).encode("utf-8", "surrogateescape"),
                                  digest_size=6).hexdigest()
         return f"{self._tag_prefix}s{digest}"
+
+    def drain_aliases(self) -> list[tuple[Peer, Peer]]:
+        """RFC 5923 §5: ``(sent-by, source)`` for each request received over a connection
+        whose top Via carried ``alias`` (and a port) since the last call: the sender asks
+        that requests to its sent-by reuse that connection. Whether to is the transport's
+        decision (over TLS only for a client whose certificate names the sent-by, §10.2)."""
+        found, self._aliases = self._aliases, []
+        return found
 
     def drain_events(self) -> list[Event]:
         return self.txns.drain_events()

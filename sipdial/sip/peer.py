@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 RELIABLE = frozenset({"tcp", "tls", "ws", "wss", "sctp"})
 
@@ -15,9 +15,13 @@ class Peer:
     the transport adapter keeps the map from Peer to open connection.
     """
 
-    transport: str  # "udp" | "tcp"
+    transport: str  # "udp" | "tcp" | "tls"
     host: str  # IPv6 without brackets
     port: int
+    #: for TLS: the host name the server's certificate must match (RFC 5922 §4: the host of
+    #: the URI that led here, before DNS); empty: ``host``. Not part of the peer's identity
+    #: (equality, hash): one connection per address.
+    name: str = field(default="", compare=False)
 
     @property
     def reliable(self) -> bool:

@@ -11,6 +11,10 @@ and time between it and the reactor, which is injected, never imported:
   and received is logged (INFO, logger ``sipdial.trace``). TCP connections are held to
   :class:`TcpLimits` (message deadline, idle timeout, per-source limit, a budget that
   :func:`tcp_budget` derives from ``nofile``; :func:`raise_nofile` at start).
+* :class:`TlsContexts` — ``[sip.tls]`` as Twisted TLS contexts: ``tls:`` listeners use the
+  same connection code as TCP under Twisted's TLS; outgoing TLS checks the server's
+  certificate against the CA and its host name (:attr:`~sipdial.sip.Peer.name`, the URI's
+  host) unless ``verify = false``; RFC 5923 ``alias`` reuse; RFC 5626 CRLF keep-alives.
 * :class:`DnsResolver` — ``resolve(uri, default_transport, on_done)`` calls ``on_done`` once
   with the peers to try, in order, or a :class:`~sipdial.sip.ResolveError`; cached per TTL,
   hosts file first (see :mod:`.dns`).
@@ -19,6 +23,7 @@ and time between it and the reactor, which is injected, never imported:
 from sipdial.transport.dns import DnsResolver, OnResolved
 from sipdial.transport.driver import SipDriver, TransactionUser
 from sipdial.transport.limits import TcpLimits, raise_nofile, tcp_budget
+from sipdial.transport.tls import TlsContexts, TlsError, certificate_names_host
 
-__all__ = ["DnsResolver", "OnResolved", "SipDriver", "TcpLimits", "TransactionUser",
-           "raise_nofile", "tcp_budget"]
+__all__ = ["DnsResolver", "OnResolved", "SipDriver", "TcpLimits", "TlsContexts", "TlsError",
+           "TransactionUser", "certificate_names_host", "raise_nofile", "tcp_budget"]

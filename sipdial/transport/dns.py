@@ -45,6 +45,7 @@ import random
 import socket
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar, cast
 
@@ -111,6 +112,20 @@ class DnsLookups(Protocol):
     ) -> Deferred[_Sections]: ...
 
 
+def _tls_named(uri: SipURI, on_done: OnResolved) -> OnResolved:
+    """``on_done`` with every TLS peer named by ``uri``'s host (RFC 5922 §4: the server's
+    certificate is checked against the domain of the URI, not an SRV target or address)."""
+    host = uri.host[1:-1] if uri.host.startswith("[") else uri.host
+    name = host.rstrip(".").lower()
+
+    def done(result: list[Peer] | ResolveError) -> None:
+        if not isinstance(result, ResolveError):
+            result = [replace(p, name=name) if p.transport == "tls" else p for p in result]
+        on_done(result)
+
+    return done
+
+
 class DnsResolver:
     """RFC 3263 resolution of SIP URIs over ``twisted.names``, with a TTL cache.
 
@@ -163,8 +178,9 @@ class DnsResolver:
         """Resolve ``uri``; ``on_done`` gets the peers in order or a ResolveError, once.
 
         ``default_transport`` is the transport for a sip: URI without ``;transport`` where
-        RFC 3263 says UDP (numeric host, explicit port, no NAPTR/SRV records)."""
-        _Job(self, on_done).start(uri, default_transport)
+        RFC 3263 says UDP (numeric host, explicit port, no NAPTR/SRV records). TLS peers
+        carry the URI's host as :attr:`Peer.name`: what their certificate must match."""
+        _Job(self, _tls_named(uri, on_done)).start(uri, default_transport)
 
     # --- lookups shared by all jobs: cache, in-flight coalescing -----------------------------
 

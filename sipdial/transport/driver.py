@@ -1,6 +1,6 @@
 """Twisted adapter for the sans-IO endpoint: sockets in, one ``callLater`` for all timers.
 
-Everything here is glue: bytes from UDP/TCP go to :meth:`Endpoint.receive` with
+Everything here is glue: bytes from UDP/TCP/TLS go to :meth:`Endpoint.receive` with
 ``reactor.seconds()``; after every input :meth:`SipDriver.pump` hands the endpoint's events to
 the transaction user, writes the outbox and re-arms the single timer for
 :meth:`TimerHeap.next_deadline`.
@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import protocol
+from twisted.internet.interfaces import IHandshakeListener
+from zope.interface import implementer  # type: ignore[import-untyped]
 
 from sipdial.sip import (
     Endpoint,
@@ -27,6 +29,7 @@ from sipdial.sip import (
     family,
 )
 from sipdial.transport.limits import TcpLimits
+from sipdial.transport.tls import TlsContexts, certificate_names_host, handshake_failure
 
 __all__ = ["SipDriver", "TransactionUser"]
 
@@ -98,19 +101,26 @@ class _Progress:
         self.held = held + len(data) - pos if pos < len(data) else held
 
 
+@implementer(IHandshakeListener)
 class _TcpConnection(protocol.Protocol):
-    """One SIP-over-TCP connection. Its one deadline (a :class:`TimerHandle` on the
-    endpoint's heap, not a reactor timer of its own) is the earlier of: the unfinished
-    message's first byte (or the accept) + ``message_timeout``, and the last complete
-    message + ``idle_timeout``. The handle is re-armed lazily: a deadline moving later
-    waits for the old handle to fire."""
+    """One SIP-over-TCP connection, or SIP over TLS (``kind`` "tls": the same connection
+    under Twisted's TLS wrapping, so the same framing, limits and deadlines; sipdial's own
+    connections report a failed handshake as a transport error). Its one deadline (a
+    :class:`TimerHandle` on the endpoint's heap, not a reactor timer of its own) is the
+    earlier of: the unfinished message's first byte (or the accept) + ``message_timeout``,
+    and the last complete message + ``idle_timeout``. The handle is re-armed lazily: a
+    deadline moving later waits for the old handle to fire."""
 
-    def __init__(self, driver: SipDriver, *, inbound: bool = False) -> None:
+    def __init__(self, driver: SipDriver, *, inbound: bool = False, kind: str = "tcp") -> None:
         self.driver = driver
         self.framer = StreamFramer()
         self.peer: Peer | None = None
         self.pending: list[bytes] = []
         self.inbound = inbound
+        self.kind = kind  # "tcp" | "tls"
+        self.secured = False  # TLS: the handshake completed
+        self.aliases: list[Peer] = []  # RFC 5923 sent-bys this connection serves
+        self.name = ""  # outgoing TLS: the host name the server's certificate must match
         self._progress = _Progress()
         #: when the unfinished message began (or the accept, until the first message)
         self._started: float | None = None
@@ -122,7 +132,7 @@ class _TcpConnection(protocol.Protocol):
     def connectionMade(self) -> None:
         transport: Any = self.transport
         addr = transport.getPeer()
-        self.peer = Peer("tcp", addr.host, addr.port)
+        self.peer = Peer(self.kind, addr.host, addr.port)
         driver = self.driver
         driver._tcp[self.peer] = self
         driver._connecting.pop(self.peer, None)
@@ -136,6 +146,9 @@ class _TcpConnection(protocol.Protocol):
         for data in self.pending:
             transport.write(data)
         self.pending.clear()
+
+    def handshakeCompleted(self) -> None:
+        self.secured = True
 
     def dataReceived(self, data: bytes) -> None:
         assert self.peer is not None
@@ -197,6 +210,10 @@ class _TcpConnection(protocol.Protocol):
         driver = self.driver
         if self.peer is not None and driver._tcp.get(self.peer) is self:
             del driver._tcp[self.peer]
+        for alias in self.aliases:
+            if driver._aliases.get(alias) is self:
+                del driver._aliases[alias]
+        self.aliases.clear()
         if self._counted and self.peer is not None:
             self._counted = False
             left = driver._per_source.get(self.peer.host, 1) - 1
@@ -204,11 +221,21 @@ class _TcpConnection(protocol.Protocol):
                 driver._per_source[self.peer.host] = left
             else:
                 driver._per_source.pop(self.peer.host, None)
+        if self.kind == "tls" and not self.secured and self.peer is not None:
+            error = reason.value if reason is not None else ConnectionError("connection lost")
+            if self.inbound:
+                log.info("TLS handshake from %s failed: %s", self.peer, error)
+            else:  # what was waiting for this connection fails now, not at Timer B/F
+                name = self.name or self.peer.host
+                log.warning("TLS connection to %s refused: %s", self.peer,
+                            handshake_failure(error, name))
+                driver.transport_failed(self.peer)
 
 
 class _TcpFactory(protocol.ServerFactory):
-    def __init__(self, driver: SipDriver) -> None:
+    def __init__(self, driver: SipDriver, kind: str = "tcp") -> None:
         self.driver = driver
+        self.kind = kind
 
     def buildProtocol(self, addr: Any) -> _TcpConnection | None:
         driver = self.driver
@@ -219,7 +246,7 @@ class _TcpFactory(protocol.ServerFactory):
         if driver._per_source.get(host, 0) >= driver.tcp.max_per_source:
             driver._refused("per-source", host)
             return None
-        return _TcpConnection(driver, inbound=True)
+        return _TcpConnection(driver, inbound=True, kind=self.kind)
 
 
 class _TcpClientFactory(protocol.ClientFactory):
@@ -246,8 +273,13 @@ class SipDriver:
     """
 
     def __init__(self, reactor: Any, endpoint: Endpoint, timers: TimerHeap,
-                 tu: TransactionUser | None = None, *, tcp: TcpLimits | None = None) -> None:
+                 tu: TransactionUser | None = None, *, tcp: TcpLimits | None = None,
+                 tls: TlsContexts | None = None) -> None:
         self.reactor = reactor
+        #: what TLS listeners present and outgoing TLS trusts; None: no TLS
+        self.tls = tls
+        #: RFC 5923: sent-by (transport, host, port) -> the connection that asked for reuse
+        self._aliases: dict[Peer, _TcpConnection] = {}
         self.endpoint = endpoint
         self.timers = timers
         self.tu = tu
@@ -291,6 +323,11 @@ class SipDriver:
             self._udp.setdefault(family(host), lp)
         elif transport == "tcp":
             lp = self.reactor.listenTCP(port, _TcpFactory(self), interface=host)
+        elif transport == "tls":
+            if self.tls is None:
+                raise ValueError("a tls: listener needs [sip.tls] certificate and key")
+            lp = self.reactor.listenSSL(port, _TcpFactory(self, "tls"), self.tls.server(),
+                                        interface=host)
         else:
             raise ValueError(f"unsupported transport {transport!r}")
         self._listening.append(lp)
@@ -319,8 +356,27 @@ class SipDriver:
             self.endpoint.receive(data, peer, self.reactor.seconds())
         except Exception:  # a bug must not take the next datagram down with it
             log.exception("error handling message from %s", peer)
+        if peer.reliable:
+            for alias, source in self.endpoint.drain_aliases():
+                self._alias(alias, source)
         self.pump()
 
+    def _alias(self, alias: Peer, source: Peer) -> None:
+        """RFC 5923: requests to ``alias`` (a Via sent-by) go over ``source``'s connection;
+        over TLS only when the client's certificate (checked against the CA at the
+        handshake) names that host (§10.2)."""
+        conn = self._tcp.get(source)
+        if conn is None or alias == source or self._aliases.get(alias) is conn:
+            return
+        if source.transport == "tls":
+            transport: Any = conn.transport
+            cert = transport.getPeerCertificate() if transport is not None else None
+            if not certificate_names_host(cert, alias.host):
+                log.info("not reusing the TLS connection from %s for %s: no client "
+                         "certificate for %s", source, alias, alias.host)
+                return
+        self._aliases[alias] = conn
+        conn.aliases.append(alias)
     def tcp_connections(self) -> int:
         """SIP-TCP connections open or being opened."""
         return len(self._tcp) + len(self._connecting)
@@ -420,8 +476,9 @@ class SipDriver:
                     self._udp_hosts.clear()
                 self._udp_hosts.add(peer.host)
             return
-        conn = self._tcp.get(peer) or self._connecting.get(peer)
-        if conn is not None and conn.transport is not None and conn.peer == peer:
+        conn = self._tcp.get(peer) or self._connecting.get(peer) or self._aliases.get(peer)
+        if conn is not None and conn.transport is not None and (
+                conn.peer == peer or peer in conn.aliases):
             transport: Any = conn.transport
             transport.write(data)
             return
@@ -431,6 +488,22 @@ class SipDriver:
         if self.tcp_connections() >= self.tcp.max_connections:
             log.warning("cannot connect to %s: %d SIP-TCP connections open", peer,
                         self.tcp_connections())
+            self.reactor.callLater(0, self.transport_failed, peer)
+            return
+        if peer.transport == "tls":
+            if self.tls is None:
+                log.warning("cannot send to %s: TLS is not configured ([sip.tls])", peer)
+                self.reactor.callLater(0, self.transport_failed, peer)
+                return
+            conn = _TcpConnection(self, kind="tls")
+            conn.name = peer.name or peer.host
+            conn.pending.append(data)
+            self._connecting[peer] = conn
+            self.reactor.connectSSL(peer.host, peer.port, _TcpClientFactory(self, conn, peer),
+                                    self.tls.client(conn.name), timeout=10)
+            return
+        if peer.transport != "tcp":
+            log.warning("cannot send to %s: no %s transport", peer, peer.transport)
             self.reactor.callLater(0, self.transport_failed, peer)
             return
         conn = _TcpConnection(self)

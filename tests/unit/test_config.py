@@ -247,22 +247,27 @@ CASES: list[tuple[str, dict[str, str], str]] = [
     (
         "no port",
         {"sip": sip(listen='["udp:h:1", "udp:127.0.0.1"]')},
-        'sip.listen[1]: expected "udp|tcp:HOST:PORT", got "udp:127.0.0.1"',
+        'sip.listen[1]: expected "udp|tcp|tls:HOST:PORT", got "udp:127.0.0.1"',
     ),
     (
         "no transport",
         {"sip": sip(listen='["127.0.0.1:5060"]')},
-        'sip.listen[0]: expected "udp|tcp:HOST:PORT", got "127.0.0.1:5060"',
+        'sip.listen[0]: expected "udp|tcp|tls:HOST:PORT", got "127.0.0.1:5060"',
     ),
     (
-        "tls",
+        "tls without a certificate",
         {"sip": sip(listen='["tls:127.0.0.1:5061"]')},
-        'sip.listen[0]: expected "udp|tcp:HOST:PORT", got "tls:127.0.0.1:5061"',
+        "sip.tls.certificate: required by the tls: listen address",
+    ),
+    (
+        "sctp",
+        {"sip": sip(listen='["sctp:127.0.0.1:5060"]')},
+        'sip.listen[0]: expected "udp|tcp|tls:HOST:PORT", got "sctp:127.0.0.1:5060"',
     ),
     (
         "bare ipv6",
         {"sip": sip(listen='["udp:::1:5060"]')},
-        'sip.listen[0]: expected "udp|tcp:HOST:PORT", got "udp:::1:5060"',
+        'sip.listen[0]: expected "udp|tcp|tls:HOST:PORT", got "udp:::1:5060"',
     ),
     (
         "bad ipv6",
