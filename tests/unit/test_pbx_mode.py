@@ -81,7 +81,7 @@ class Pbx:
             NonceManager(b"0123456789abcdef0123"), ("MD5",))
 
     def take(self) -> list[Request | Response]:
-        return [parse(d) for d in self.net.sent_to(PBX)]  # type: ignore[misc]
+        return [parse(d) for d in self.net.sent_to(PBX)]
 
     def invites(self) -> list[Request]:
         return [m for m in self.take() if isinstance(m, Request) and m.method == "INVITE"]
