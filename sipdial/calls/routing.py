@@ -234,7 +234,8 @@ def _shown(text: str) -> str:
 
 class Router:
     """Routes destinations: every registered device of a local user (forked), else a SIP
-    URI's own host, else the first ``[[routes]]`` entry whose pattern matches."""
+    URI's own host, else the first ``[[routes]]`` entry whose pattern matches. In PBX mode
+    (``pbx``) a local user, and a number no ``[[routes]]`` entry matches, go to the PBX."""
 
     def __init__(self, users: Collection[str], routes: Sequence[RouteConfig],
                  devices: Callable[[str, float], list[Binding]],
