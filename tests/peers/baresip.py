@@ -45,7 +45,8 @@ import pytest
 from tests.peers.ports import LOOPBACK, free_port, free_port_block
 
 Event = dict[str, Any]
-Transport = Literal["udp", "tcp"]
+#: "tls" needs ``extra_config={"sip_certificate": cert+key PEM, "sip_cafile": CA PEM}``
+Transport = Literal["udp", "tcp", "tls"]
 
 MODULE_DIR = Path("/usr/lib/baresip/modules")
 #: Modules loaded (all shipped by Debian's baresip-core 1.0).
@@ -109,8 +110,8 @@ def account_line(
     """
     name = f'"{display_name}" ' if display_name else ""
     # baresip appends the AOR's transport param to every dialled URI (even when
-    # the URI has one), so only TCP accounts carry it.
-    uri_params = ";transport=tcp" if transport == "tcp" else ""
+    # the URI has one), so only TCP and TLS accounts carry it.
+    uri_params = f";transport={transport}" if transport in ("tcp", "tls") else ""
     parts = [f"{name}<sip:{user}@{domain}{uri_params}>"]
     if auth_user:
         parts.append(f"auth_user={auth_user}")
@@ -162,8 +163,8 @@ class Baresip:
         max_lifetime: int = 600,
         start_timeout: float = 10.0,
     ) -> None:
-        if transport not in ("udp", "tcp"):
-            raise ValueError(f"transport must be 'udp' or 'tcp', not {transport!r}")
+        if transport not in ("udp", "tcp", "tls"):
+            raise ValueError(f"transport must be 'udp', 'tcp' or 'tls', not {transport!r}")
         self.binary = baresip_binary()
         self.name = name or f"baresip-{user}"
         self.dir = Path(workdir) / self.name
@@ -230,6 +231,8 @@ class Baresip:
     @property
     def uri(self) -> str:
         """Where this phone can be called directly (no registrar involved)."""
+        if self.transport == "tls":  # TLS listens on sip_port + 1
+            return f"sip:{self.user}@{LOOPBACK}:{self.sip_port + 1};transport=tls"
         params = ";transport=tcp" if self.transport == "tcp" else ""
         return f"sip:{self.user}@{LOOPBACK}:{self.sip_port}{params}"
 
@@ -427,8 +430,8 @@ class Baresip:
 
     def dial(self, uri: str) -> Event:
         """Call ``uri``; progress arrives as CALL_RINGING / CALL_ESTABLISHED / CALL_CLOSED."""
-        if self.transport == "tcp":
-            # baresip appends ";transport=tcp" itself; avoid a doubled parameter.
+        if self.transport in ("tcp", "tls"):
+            # baresip appends ";transport=tcp|tls" itself; avoid a doubled parameter.
             uri = re.sub(r";transport=\w+", "", uri)
         return self.command("dial", uri, check=True)
 

@@ -9,13 +9,16 @@ from typing import Any
 
 import pytest
 from twisted.internet import protocol
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 
 from sipdial.config import ConfigError, ListenAddr, TlsConfig, parse_config
 from sipdial.sip import Endpoint, Peer, SipURI, TimerHeap
 from sipdial.transport import DnsResolver, TlsContexts, TlsError, certificate_names_host
+from sipdial.transport.driver import SipDriver
 from sipdial.transport.tls import handshake_failure
 from tests.peers.certs import CertificateAuthority, Issued, make_ca
 
@@ -230,3 +233,99 @@ def test_alias_in_via_is_reported_for_connections_only() -> None:
     endpoint.receive(_options("SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKa3;alias"),
                      Peer("udp", "127.0.0.1", 5061), 0.0)
     assert endpoint.drain_aliases() == []
+
+
+# --- the driver: which connection a request to a TLS or aliased peer takes --------------------
+
+
+class _Driver(SipDriver):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed: list[Peer] = []
+
+    def transport_failed(self, peer: Peer) -> None:
+        self.failed.append(peer)
+        super().transport_failed(peer)
+
+
+class _TlsTransport(StringTransport):
+    """What Twisted's TLS transport adds that the driver reads: the client's certificate."""
+
+    def __init__(self, peer_port: int, certificate: Any) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", peer_port))
+        self.certificate = certificate
+
+    def getPeerCertificate(self) -> Any:
+        return self.certificate
+
+
+def tls_driver(pki: dict[str, Any]) -> tuple[_Driver, MemoryReactorClock]:
+    reactor = MemoryReactorClock()
+    timers = TimerHeap()
+    d = _Driver(reactor, Endpoint(timers), timers, tls=contexts(pki))
+    d.listen("tcp", "127.0.0.1", 5060)
+    d.listen("tls", "127.0.0.1", 5061)
+    return d, reactor
+
+
+def test_outgoing_tls_checks_the_peer_name(pki: dict[str, Any]) -> None:
+    d, reactor = tls_driver(pki)
+    d._send(Peer("tls", "127.0.0.1", 5071, name="localhost"), b"OPTIONS")
+    d._send(Peer("tls", "127.0.0.1", 5072), b"OPTIONS")
+    (host, port, _f, creator, _t, _b), (_h, _p, _f2, creator2, _t2, _b2) = reactor.sslClients
+    assert (host, port) == ("127.0.0.1", 5071)
+    assert creator._hostname == "localhost"
+    assert creator2._hostname == "127.0.0.1"  # no name: the address itself
+
+
+def test_a_refused_handshake_is_a_transport_error_at_once(pki: dict[str, Any]) -> None:
+    from service_identity import VerificationError
+    from twisted.python.failure import Failure
+
+    d, reactor = tls_driver(pki)
+    peer = Peer("tls", "127.0.0.1", 5071, name="localhost")
+    d._send(peer, b"OPTIONS")
+    factory = reactor.sslClients[0][2]
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5071))
+    proto.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5071)))
+    proto.connectionLost(Failure(VerificationError(errors=[])))
+    assert d.failed == [peer]
+    # once the handshake completed, a lost connection is no transport error of its own
+    d._send(Peer("tls", "127.0.0.1", 5073), b"OPTIONS")
+    proto = reactor.sslClients[1][2].buildProtocol(None)
+    proto.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5073)))
+    proto.handshakeCompleted()
+    proto.connectionLost(Failure(ConnectionError("closed")))
+    assert d.failed == [peer]
+
+
+def _alias_request(sent_by_port: int) -> bytes:
+    return _options(f"SIP/2.0/TLS 127.0.0.1:{sent_by_port};branch=z9hG4bKal{sent_by_port};alias")
+
+
+def test_alias_reuses_a_tls_connection_only_for_a_certified_client(pki: dict[str, Any]) -> None:
+    from OpenSSL import crypto
+
+    d, reactor = tls_driver(pki)
+    factory = reactor.sslServers[0][1]
+    phone_cert = crypto.load_certificate(crypto.FILETYPE_PEM, pki["server"].cert.read_bytes())
+    # a client whose certificate names 127.0.0.1: requests to its sent-by take its connection
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+    certified = _TlsTransport(40001, phone_cert)
+    proto.makeConnection(certified)
+    proto.dataReceived(_alias_request(5070))
+    certified.clear()
+    d._send(Peer("tls", "127.0.0.1", 5070), b"BYE")
+    assert certified.value() == b"BYE" and reactor.sslClients == []
+    # a client without a certificate asks in vain: sipdial connects to the sent-by itself
+    proto2 = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40002))
+    anonymous = _TlsTransport(40002, None)
+    proto2.makeConnection(anonymous)
+    proto2.dataReceived(_alias_request(5080))
+    anonymous.clear()
+    d._send(Peer("tls", "127.0.0.1", 5080), b"BYE")
+    assert anonymous.value() == b"" and len(reactor.sslClients) == 1
+    # the alias goes with the connection
+    proto.connectionLost(None)
+    d._send(Peer("tls", "127.0.0.1", 5070), b"BYE")
+    assert len(reactor.sslClients) == 2
