@@ -36,7 +36,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         prog="scripts/lab",
         description="Kamailio + sipdial + two baresip phones + a SIPp destination, each in "
                     "its own network namespace (as root) or on loopback ports. "
-                    "Also: scripts/lab ctrl HOST:PORT COMMAND [PARAMS] (baresip ctrl_tcp).")
+                    "Also: scripts/lab ctrl HOST:PORT COMMAND [PARAMS] (baresip ctrl_tcp); "
+                    "python -m lab node ROLE (one node per container: docker/lab).")
     parser.add_argument("--loopback", action="store_true",
                         help="all on 127.0.0.1 even where namespaces are available")
     parser.add_argument("--workdir", type=Path,
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["ctrl"]:
         return _ctrl(argv[1:])
+    if argv[:1] == ["node"]:
+        from lab.container import node_main
+
+        return node_main(argv[1:])
     args = _parse(argv)
     workdir = args.workdir or REPO / "var" / "lab" / time.strftime(
         f"run-%Y%m%d-%H%M%S-{__import__('os').getpid()}")
