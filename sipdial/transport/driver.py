@@ -363,18 +363,19 @@ class SipDriver:
 
     def _alias(self, alias: Peer, source: Peer) -> None:
         """RFC 5923: requests to ``alias`` (a Via sent-by) go over ``source``'s connection;
-        over TLS only when the client's certificate (checked against the CA at the
-        handshake) names that host (§10.2)."""
+        only over TLS, and only when the client's certificate (checked against the CA at the
+        handshake) names that host (§10.2): over plain TCP anyone could claim any sent-by."""
         conn = self._tcp.get(source)
         if conn is None or alias == source or self._aliases.get(alias) is conn:
             return
-        if source.transport == "tls":
-            transport: Any = conn.transport
-            cert = transport.getPeerCertificate() if transport is not None else None
-            if not certificate_names_host(cert, alias.host):
-                log.info("not reusing the TLS connection from %s for %s: no client "
-                         "certificate for %s", source, alias, alias.host)
-                return
+        if source.transport != "tls":
+            return
+        transport: Any = conn.transport
+        cert = transport.getPeerCertificate() if transport is not None else None
+        if not certificate_names_host(cert, alias.host):
+            log.info("not reusing the TLS connection from %s for %s: no client "
+                     "certificate for %s", source, alias, alias.host)
+            return
         self._aliases[alias] = conn
         conn.aliases.append(alias)
     def tcp_connections(self) -> int:

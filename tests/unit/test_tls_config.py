@@ -329,3 +329,15 @@ def test_alias_reuses_a_tls_connection_only_for_a_certified_client(pki: dict[str
     proto.connectionLost(None)
     d._send(Peer("tls", "127.0.0.1", 5070), b"BYE")
     assert len(reactor.sslClients) == 2
+
+
+def test_alias_over_plain_tcp_is_not_honoured(pki: dict[str, Any]) -> None:
+    d, reactor = tls_driver(pki)
+    factory = reactor.tcpServers[0][1]
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40003))
+    plain = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40003))
+    proto.makeConnection(plain)
+    proto.dataReceived(_options("SIP/2.0/TCP 127.0.0.1:5090;branch=z9hG4bKtcp1;alias"))
+    plain.clear()
+    d._send(Peer("tcp", "127.0.0.1", 5090), b"BYE")  # anyone could claim that sent-by
+    assert plain.value() == b"" and [c[:2] for c in reactor.tcpClients] == [("127.0.0.1", 5090)]
