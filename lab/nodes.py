@@ -2,9 +2,10 @@
 
 Each :class:`Program` runs one process in its node's namespace (``ip netns exec``), in its own
 session (the terminal's Ctrl-C reaches the lab only, which then stops everyone in order), its
-output in ``<workdir>/<name>/*.log``. Readiness is an event, never a sleep: a line in the log
-(sipdial's ``sipdial ready``, baresip's ``baresip is ready.``) or the listening socket showing
-up in the process's own ``/proc/PID/net/udp`` (Kamailio, SIPp), which is the namespace's view.
+output in ``<workdir>/<name>/*.log``; the kernel kills it if the lab itself is killed.
+Readiness is an event, never a sleep: a line in the log (sipdial's ``sipdial ready``,
+baresip's ``baresip is ready.``) or the listening socket showing up in the process's own
+``/proc/PID/net/udp`` (Kamailio, SIPp), which is the namespace's view.
 
 Kamailio's configuration is the one the integration tests prove (``tests/peers/kamailio.py``:
 ``record_route``/``loose_route``, ``add_path_received`` with ``use_received``); the baresip
@@ -13,6 +14,7 @@ account line and tone file come from ``tests/peers/baresip.py``.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -56,6 +58,16 @@ class Secrets:
                    passwords={u: f"pw{u}-" + os.urandom(4).hex() for u in ("201", "202")})
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the lab dies, even by SIGKILL (Linux
+    PR_SET_PDEATHSIG; kept across exec, so ``ip netns exec`` passes it on)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass  # not Linux: a killed lab leaves its programs (namespaces are still removed)
+
+
 class Program:
     """One process of the lab, started in ``node``'s namespace."""
 
@@ -75,7 +87,8 @@ class Program:
             self.proc = subprocess.Popen(
                 self.node.command(self.argv), cwd=self.dir, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env=None if self.env is None else {**os.environ, **self.env})
+                env=None if self.env is None else {**os.environ, **self.env},
+                preexec_fn=_die_with_parent)
 
     def log_text(self) -> str:
         try:

@@ -140,3 +140,35 @@ def test_interactive_lab_prints_what_to_try_and_stops_everything_on(
             proc.kill()
             proc.wait(10)
     _assert_nothing_left(workdir, proc.pid, out_path.read_text())
+
+
+@pytest.mark.timeout(90)
+def test_a_killed_lab_is_cleaned_up_by_the_next_run(tmp_path: Path) -> None:
+    """kill -9 leaves the lab no chance to clean up: the kernel kills its direct children
+    (PR_SET_PDEATHSIG), and the next run deletes the dead run's namespaces and kills what
+    still runs in them (Kamailio's forked workers)."""
+    _require_peers()
+    if not _netns_possible():
+        pytest.skip("network namespaces need root and iproute2")
+    first = tmp_path / "first"
+    out_path = tmp_path / "first.out"
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen([str(LAB), "--workdir", str(first)], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        wait_until(lambda: "Ctrl-C stops everything" in out_path.read_text()
+                   or proc.poll() is not None, timeout=45, what="the first lab up")
+        assert proc.poll() is None, out_path.read_text()
+        proc.kill()
+        proc.wait(10)
+        assert _lab_leftovers(proc.pid), "a killed lab left no namespace?"
+        done, pid = _run_self_test(tmp_path / "second")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert done.returncode == 0, done.stdout
+    assert f"removed sdl{proc.pid}-kam" in done.stdout, done.stdout
+    assert _lab_leftovers(proc.pid) == [], done.stdout
+    assert _processes_naming(str(first)) == [], done.stdout
+    _assert_nothing_left(tmp_path / "second", pid, done.stdout)
