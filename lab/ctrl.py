@@ -20,6 +20,8 @@ class CtrlError(Exception):
 def command(address: str, cmd: str, params: str = "", timeout: float = 5.0) -> str:
     """Run ``cmd`` on the baresip at ``address`` ("host:port"); its answer's ``data``."""
     host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise CtrlError(f"{address!r}: expected HOST:PORT of a baresip ctrl_tcp")
     body: dict[str, Any] = {"command": cmd, "token": "lab"}
     if params:
         body["params"] = params
