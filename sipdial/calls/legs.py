@@ -97,7 +97,11 @@ class Failed:
     def reason(self) -> str:
         if self.detail is not None:
             return self.detail
-        return self.response.reason if self.response is not None else "timeout"
+        if self.response is not None:
+            return self.response.reason
+        # no response: 408 is a timeout, anything else (503) the transport failed (connection
+        # refused, a TLS handshake refused: its reason is in the log line of the transport)
+        return "timeout" if self.status == 408 else "transport error"
 
 
 @dataclass(frozen=True, slots=True)
