@@ -455,7 +455,8 @@ class ClickToDial:
             phone, self.session, env.timers, self,
             refer_to=self._refer_to(phone.peer),
             referred_by=f"<{user_uri(self.user.id, self._domain)}>",
-            timeout=env.config.refer_timeout, label=self.id)
+            timeout=env.config.refer_timeout, label=self.id,
+            referred_here=env.router.pbx is None)
         self.transfer.start(now)
 
     def _refer_to(self, phone: Peer) -> str:

@@ -48,6 +48,8 @@ class TransferState(Symbol):
     RELAYED_ACCEPTED = "the referred INVITE reached sipdial, the REFER accepted"
     PHONE_LEFT = "the phone left its first dialog after accepting; its INVITE is awaited"
     LINGERING = "connected: waiting for the final NOTIFY before the BYE"
+    SUCCESS_REPORTED = ("a 2xx NOTIFY came before the referred INVITE that must pass through "
+                        "sipdial: wait NOTIFY_GRACE for it")
     DONE = "the phone's first dialog is released (or the phone left it)"
     FAILED = "the REFER failed; the call ends"
 
@@ -58,6 +60,8 @@ class TransferInput(Symbol):
     REFER_TIMEOUT = "no outcome within calls.refer_timeout"
     NOTIFY_PROGRESS = "NOTIFY with a 1xx sipfrag"
     NOTIFY_FINAL = "NOTIFY with a final sipfrag"
+    NOTIFY_SUCCESS_FIRST = ("NOTIFY with a 2xx sipfrag while the referred INVITE, sent to "
+                            "sipdial, has not arrived (some phones report success early)")
     NOTIFY_ENDED = "NOTIFY ending the subscription early (1xx, terminated)"
     REFERRED_CALL = "the phone's INVITE to the target reached sipdial"
     PHONE_HUNG_UP = "the phone ended its first dialog"
@@ -74,6 +78,7 @@ class TransferAction(Symbol):
     REPORT_REFER_FAILED = "the call ends as refer_failed"
     REPORT_HUNG_UP = "the call ends as user_hung_up"
     REPORT_NOTIFY = "NOTIFY is the only news of the target: tell the call"
+    REPORT_OUTSIDE = "the phone reached the target without sipdial: connected, then completed"
 
 
 T, TI, TA = TransferState, TransferInput, TransferAction
@@ -116,6 +121,15 @@ TRANSFER_TABLE: dict[tuple[TransferState, TransferInput], TransferRow] = {
     (T.RELAYED, TI.CALL_CONNECTED): (T.DONE, (TA.RELEASE_PHONE,)),  # it never accepted
     (T.RELAYED_ACCEPTED, TI.CALL_CONNECTED): (T.LINGERING, (TA.START_GRACE,)),
     **{(s, TI.REFER_REFUSED): (T.DONE, (TA.RELEASE_PHONE,)) for s in _RELAYED},
+    # a 2xx NOTIFY before the referred INVITE: wait for the INVITE a little (a phone may
+    # report success before its call is up); none came: it called the target elsewhere
+    **{(s, TI.NOTIFY_SUCCESS_FIRST): (T.SUCCESS_REPORTED, (TA.STOP_TIMER, TA.START_GRACE))
+       for s in (*_WAITING, T.PHONE_LEFT)},
+    (T.SUCCESS_REPORTED, TI.REFERRED_CALL): (T.RELAYED, (TA.STOP_TIMER,)),
+    (T.SUCCESS_REPORTED, TI.GRACE_OVER): (T.DONE, (TA.RELEASE_PHONE, TA.REPORT_OUTSIDE)),
+    **{(T.SUCCESS_REPORTED, i): (T.SUCCESS_REPORTED, _)
+       for i in (TI.REFER_ACCEPTED, TI.REFER_REFUSED, TI.NOTIFY_PROGRESS, TI.NOTIFY_ENDED,
+                 TI.NOTIFY_FINAL, TI.NOTIFY_SUCCESS_FIRST, TI.PHONE_HUNG_UP)},
     (T.LINGERING, TI.NOTIFY_FINAL): (T.DONE, (TA.STOP_TIMER, TA.RELEASE_PHONE)),
     (T.LINGERING, TI.GRACE_OVER): (T.DONE, (TA.RELEASE_PHONE,)),
     (T.LINGERING, TI.PHONE_HUNG_UP): (T.DONE, (TA.STOP_TIMER,)),
@@ -123,7 +137,8 @@ TRANSFER_TABLE: dict[tuple[TransferState, TransferInput], TransferRow] = {
        for i in (TI.REFER_ACCEPTED, TI.NOTIFY_PROGRESS, TI.NOTIFY_ENDED)},
     # the call is over: let the phone go
     **{(s, TI.RELEASE): (T.DONE, (TA.STOP_TIMER, TA.RELEASE_PHONE))
-       for s in (*_WAITING, *_RELAYED, T.PHONE_LEFT, T.LINGERING, T.FAILED)},
+       for s in (*_WAITING, *_RELAYED, T.PHONE_LEFT, T.LINGERING, T.SUCCESS_REPORTED,
+                 T.FAILED)},
     # settled: news changes nothing
     **{(T.DONE, i): (T.DONE, _) for i in TransferInput},
     **{(T.FAILED, i): (T.FAILED, _) for i in TransferInput if i is not TI.RELEASE},
@@ -135,7 +150,9 @@ class Transfer:
 
     def __init__(self, phone: UacLeg, session: PhoneSession, timers: TimerHeap,
                  listener: TargetListener, *, refer_to: str, referred_by: str,
-                 timeout: float, label: str) -> None:
+                 timeout: float, label: str, referred_here: bool = True) -> None:
+        """``referred_here``: the Refer-To names sipdial (standalone), so the phone's INVITE
+        to the target comes through sipdial; False in PBX mode (only NOTIFYs tell)."""
         self.phone = phone
         phone.hand_to(self)
         self.session = session
@@ -145,6 +162,7 @@ class Transfer:
         self.referred_by = referred_by
         self.timeout = timeout
         self.label = label
+        self.referred_here = referred_here
         self.state = TransferState.REFERRING
         self.refer_txn: ClientTransaction | None = None
         self._timer: TimerHandle | None = None
@@ -154,7 +172,8 @@ class Transfer:
 
     @property
     def awaiting_referred_call(self) -> bool:
-        return self.state in (*_WAITING, TransferState.PHONE_LEFT)
+        return self.state in (*_WAITING, TransferState.PHONE_LEFT,
+                              TransferState.SUCCESS_REPORTED)
 
     # ------------------------------------------------------------ commands
 
@@ -227,6 +246,8 @@ class Transfer:
             case TransferAction.REPORT_NOTIFY:
                 assert code is not None
                 self._report_notify(code, now)
+            case TransferAction.REPORT_OUTSIDE:
+                self._report_notify(200, now)
 
     def _report_notify(self, code: int, now: float) -> None:
         listener = self.listener
@@ -278,7 +299,10 @@ class Transfer:
             return
         code = int(match.group(1))
         terminated = (request.headers.get("Subscription-State") or "").strip().lower()
-        if code >= 200:
+        if (200 <= code < 300 and self.referred_here
+                and self.state in (*_WAITING, TransferState.PHONE_LEFT)):
+            self.fire(TransferInput.NOTIFY_SUCCESS_FIRST, now, code)
+        elif code >= 200:
             self.fire(TransferInput.NOTIFY_FINAL, now, code)
         elif terminated.startswith("terminated"):
             self.fire(TransferInput.NOTIFY_ENDED, now, code)
