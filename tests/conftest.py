@@ -3,6 +3,7 @@ every one of them at teardown, pass or fail."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,3 +42,15 @@ def sipp_factory(tmp_path: Path) -> Iterator[Callable[..., Sipp]]:
     yield make
     for sipp in reversed(made):
         sipp.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """On CI (``CI=true``) a skipped test fails: a skip proves nothing, and CI must have
+    every binary and privilege a test needs (.ci/run installs them)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and os.environ.get("CI") == "true" and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped on CI, which must run every test: {reason}"
