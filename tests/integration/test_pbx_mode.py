@@ -22,7 +22,7 @@ import pytest
 
 from tests.integration.c2d_helpers import wait_until
 from tests.peers.baresip import Baresip
-from tests.peers.kamailio import MODULE_DIRS, Kamailio
+from tests.peers.kamailio import CONFIG_HEAD, Kamailio
 from tests.peers.sipp import Sipp
 from tests.sipdial_proc import Sipdial
 
@@ -32,25 +32,7 @@ TARGET = "+4930123456"
 ACCOUNT_PASSWORD = "acct-secret-42"
 PHONE_PASSWORD = "phone-201-secret"
 
-PBX_CONFIG = """#!KAMAILIO
-debug=2
-log_stderror=yes
-fork=yes
-children=2
-auto_aliases=no
-listen=udp:{host}:{port}
-alias="{host}:{port}"
-mpath="{mpath}"
-
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "rr.so"
-loadmodule "pv.so"
-loadmodule "maxfwd.so"
-loadmodule "xlog.so"
-loadmodule "textops.so"
-loadmodule "siputils.so"
-loadmodule "usrloc.so"
+PBX_CONFIG = CONFIG_HEAD + """loadmodule "usrloc.so"
 loadmodule "registrar.so"
 loadmodule "auth.so"
 
@@ -130,12 +112,6 @@ request_route {{
 """
 
 
-def _module_dir() -> Path:
-    for d in MODULE_DIRS:
-        if all((d / m).exists() for m in ("registrar.so", "auth.so", "usrloc.so", "rr.so")):
-            return d
-    pytest.skip("kamailio registrar/auth/usrloc modules not found")
-
 
 @pytest.fixture
 def dest(tmp_path: Path) -> Iterator[Sipp]:
@@ -146,10 +122,8 @@ def dest(tmp_path: Path) -> Iterator[Sipp]:
 
 @pytest.fixture
 def pbx(tmp_path: Path, dest: Sipp) -> Iterator[Kamailio]:
-    kam = Kamailio(tmp_path, name="pbx")
-    kam.config_path.write_text(PBX_CONFIG.format(
-        host=kam.host, port=kam.port, mpath=_module_dir(), dest_port=dest.port,
-        account_password=ACCOUNT_PASSWORD, phone_password=PHONE_PASSWORD))
+    kam = Kamailio(tmp_path, name="pbx", config=PBX_CONFIG, dest_port=dest.port,
+                   account_password=ACCOUNT_PASSWORD, phone_password=PHONE_PASSWORD)
     with kam:
         yield kam
 

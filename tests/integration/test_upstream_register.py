@@ -19,29 +19,12 @@ from typing import Any
 import pytest
 
 from tests.integration.c2d_helpers import wait_until
-from tests.peers.kamailio import MODULE_DIRS, Kamailio
+from tests.peers.kamailio import CONFIG_HEAD, Kamailio
 from tests.sipdial_proc import Sipdial
 
 PASSWORD = "acct-secret-42"
 
-REGISTRAR_CONFIG = """#!KAMAILIO
-debug=2
-log_stderror=yes
-fork=yes
-children=2
-auto_aliases=no
-listen=udp:{host}:{port}
-alias="{host}:{port}"
-mpath="{mpath}"
-
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "pv.so"
-loadmodule "maxfwd.so"
-loadmodule "xlog.so"
-loadmodule "textops.so"
-loadmodule "siputils.so"
-loadmodule "usrloc.so"
+REGISTRAR_CONFIG = CONFIG_HEAD + """loadmodule "usrloc.so"
 loadmodule "registrar.so"
 loadmodule "auth.so"
 
@@ -78,18 +61,10 @@ _SAVED = re.compile(r"KAMREG SAVED ci=(\S+) cseq=(\d+) aor=(\S+) expires=(\d+)")
 _CHALLENGE = re.compile(r"KAMREG CHALLENGE ci=(\S+) cseq=(\d+) auth=(\d*)")
 
 
-def _module_dir() -> Path:
-    for d in MODULE_DIRS:
-        if (d / "registrar.so").exists() and (d / "auth.so").exists():
-            return d
-    pytest.skip("kamailio registrar/auth modules not found")
-
 
 @pytest.fixture
 def registrar(tmp_path: Path) -> Iterator[Kamailio]:
-    kam = Kamailio(tmp_path, name="registrar")
-    kam.config_path.write_text(REGISTRAR_CONFIG.format(
-        host=kam.host, port=kam.port, mpath=_module_dir(), password=PASSWORD))
+    kam = Kamailio(tmp_path, name="registrar", config=REGISTRAR_CONFIG, password=PASSWORD)
     with kam:
         yield kam
 

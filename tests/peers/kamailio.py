@@ -32,7 +32,9 @@ from tests.peers.ports import LOOPBACK, free_port, is_free
 MODULE_DIRS = (Path("/usr/lib/x86_64-linux-gnu/kamailio/modules"),
                Path("/usr/lib/kamailio/modules"))
 
-CONFIG = """#!KAMAILIO
+#: what every role's config starts with: globals, the listener and the core modules (a role
+#: adds its own modules, modparams and routes; ``{host}``, ``{port}``, ``{mpath}`` filled in)
+CONFIG_HEAD = """#!KAMAILIO
 debug=2
 log_stderror=yes
 fork=yes
@@ -50,7 +52,10 @@ loadmodule "maxfwd.so"
 loadmodule "xlog.so"
 loadmodule "textops.so"
 loadmodule "siputils.so"
-loadmodule "path.so"
+"""
+
+#: the proxy in front of sipdial: record_route, loose_route, Path
+CONFIG = CONFIG_HEAD + """loadmodule "path.so"
 
 modparam("path", "use_received", 1)
 modparam("rr", "append_fromtag", 1)
@@ -133,15 +138,18 @@ class Kamailio:
     """A Kamailio proxy at 127.0.0.1:``port`` (a free port when None)."""
 
     def __init__(self, workdir: Path, *, port: int | None = None,
-                 name: str = "kamailio") -> None:
+                 name: str = "kamailio", config: str = CONFIG,
+                 **params: object) -> None:
+        """``config``: a config text (``CONFIG_HEAD`` + a role's modules and routes) with
+        ``{host}``, ``{port}``, ``{mpath}`` and any ``params`` to fill in."""
         self.binary = kamailio_binary()
         self.dir = Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = LOOPBACK
         self.port = port if port is not None else free_port("udp")
         self.config_path = self.dir / "kamailio.cfg"
-        self.config_path.write_text(CONFIG.format(host=self.host, port=self.port,
-                                                  mpath=_module_dir()))
+        self.config_path.write_text(config.format(host=self.host, port=self.port,
+                                                  mpath=_module_dir(), **params))
         self.log_path = self.dir / "kamailio.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._chunks: list[str] = []
