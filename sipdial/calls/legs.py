@@ -644,7 +644,7 @@ class UacLeg(_Leg):
 
     @property
     def contact(self) -> str:
-        return self.ua.endpoint.contact(self.peer)
+        return self.ua.endpoint.contact(self.peer, secure=_is_sips(self.uri))
 
     @property
     def cancelled(self) -> bool:
@@ -686,7 +686,7 @@ class UacLeg(_Leg):
         headers.add("CSeq", f"{self._cseq} INVITE")
         if self._authorization is not None:
             headers.add(*self._authorization)
-        headers.add("Contact", self.ua.endpoint.contact(self.peer))
+        headers.add("Contact", self.contact)
         headers.add("Allow", LEG_ALLOW)
         for name, value in self.extra:
             headers.add(name, value)
@@ -848,7 +848,7 @@ class UacLeg(_Leg):
             raise IllegalLegInput("a 2xx without our INVITE")
         self.answer = response  # first: if what follows raises, _abort ACKs and BYEs it
         dialog = Dialog.from_uac(txn.request, response, self.peer,
-                                 self.ua.endpoint.contact(self.peer))
+                                 self.contact)
         self.dialog = dialog
         self.final_status = response.status
         self.ua.add_dialog(dialog, self)
@@ -868,7 +868,7 @@ class UacLeg(_Leg):
         CANCEL, or one to an INVITE we replaced. ACK it (re-sent for its retransmissions
         only if it is our first dialog's) and hang it up."""
         dialog = Dialog.from_uac(txn.request, response, self.peer,
-                                 self.ua.endpoint.contact(self.peer), lenient=True)
+                                 self.contact, lenient=True)
         first = self.dialog is None and txn is self.invite_txn
         self.ua.endpoint.send_ack(txn, dialog.create_ack(cseq(txn.request).number),
                                   dialog.peer, remember=first)
@@ -960,7 +960,7 @@ class UasLeg(_Leg):
 
     @property
     def contact(self) -> str:
-        return self.ua.endpoint.contact(self.source)
+        return self.ua.endpoint.contact(self.source, secure=_is_sips(self.invite.uri))
 
     def _me(self) -> UasLeg:
         return self
@@ -1023,3 +1023,7 @@ class UasLeg(_Leg):
             response.headers.add("Content-Type", reply.content_type or "application/sdp")
             response.body = reply.body
         self.ua.endpoint.respond(self.txn, response, now)
+
+
+def _is_sips(uri: URI) -> bool:
+    return isinstance(uri, SipURI) and uri.scheme == "sips"

@@ -98,9 +98,14 @@ class Endpoint:
                     return addr
             raise LookupError(f"no local {peer.transport} transport for {peer}") from None
 
-    def contact(self, peer: Peer, user: str = "sipdial") -> str:
+    def contact(self, peer: Peer, user: str = "sipdial", *, secure: bool = False) -> str:
+        """Our Contact towards ``peer``. ``secure``: the dialog's request had a ``sips:``
+        Request-URI, so the Contact is a SIPS URI too (RFC 3261 §8.1.1.8, §12.1.1) — over
+        TLS, which a SIPS URI implies (no transport parameter)."""
         host, port = self.local_for(peer)
         h = f"[{host}]" if ":" in host else host
+        if secure and peer.transport == "tls":
+            return f"<sips:{user}@{h}:{port}>"
         param = "" if peer.transport == "udp" else f";transport={peer.transport}"
         return f"<sip:{user}@{h}:{port}{param}>"
 

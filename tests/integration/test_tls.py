@@ -196,6 +196,8 @@ def test_sips_route_is_verified(tmp_path: Path, pki: Pki, which: str) -> None:
                 invites = wait_until(responder.invites, 5, "the INVITE over TLS")
                 assert invites[0].startswith(f"INVITE sips:{TARGET}@localhost:")
                 assert "Via: SIP/2.0/TLS " in invites[0]
+                # a sips: Request-URI: our Contact is a SIPS URI too (RFC 3261 §8.1.1.8)
+                assert re.search(r"^Contact: <sips:sipdial@", invites[0], re.M), invites[0]
                 assert final["cause"] == "target_busy", final  # the trunk's 486
                 return
             # refused at the handshake: never a request, a clear reason, no 32 s timeout
