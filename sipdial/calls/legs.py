@@ -368,6 +368,8 @@ class _Leg:
     dialog: Dialog | None
     label: str
     offer_txn: ClientTransaction | None = None  # an offerless re-INVITE's 2xx, ACK pending
+    #: our re-INVITEs in this dialog: abandoned when we BYE it (see _send_bye)
+    _reinvites: tuple[ClientTransaction, ...] = ()
     _held = False  # another usage (a subscription) keeps the dialog after the INVITE ends
 
     @property
@@ -540,7 +542,10 @@ class _Leg:
             return None
         request = self.dialog.create_request(method, body=body, content_type=content_type,
                                              extra=extra)
-        return self.ua.send_in_dialog(self.dialog, request, self, now)
+        txn = self.ua.send_in_dialog(self.dialog, request, self, now)
+        if method == "INVITE":
+            self._reinvites = (*self._reinvites, txn)
+        return txn
 
     def ack_offer(self, body: bytes, content_type: str | None) -> None:
         """Send the ACK (with the SDP answer) for the 2xx of an offerless re-INVITE."""
@@ -555,6 +560,10 @@ class _Leg:
 
     def _send_bye(self, now: float) -> None:
         self._stop_timers()
+        txns = self.ua.endpoint.txns
+        for txn in self._reinvites:  # the dialog ends: no final response will matter now
+            txns.abandon(txn)
+        self._reinvites = ()
         if self.dialog is not None:
             self.ua.send_in_dialog(self.dialog, self.dialog.create_request("BYE"), self, now)
             self._drop_dialog(self.dialog)

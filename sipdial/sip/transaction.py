@@ -514,6 +514,15 @@ class TransactionLayer:
     def send_stateless(self, message: Message, peer: Peer) -> None:
         self.outbox.append((peer, message.to_bytes()))
 
+    def abandon(self, txn: ClientTransaction) -> None:
+        """The TU gives up on an INVITE client transaction without a final response: its
+        dialog was ended by BYE. RFC 3261 gives a UAC no timer in Proceeding, so one answered
+        only 1xx would otherwise live until shutdown. Nothing more is sent; a late response
+        is a stray (§17.1.3)."""
+        if txn.state in (S.CALLING, S.PROCEEDING):
+            txn.state = S.TERMINATED
+            self._terminate(txn)
+
     def cancel(self, invite_txn: ClientTransaction, now: float,
                reason: str | None = None) -> ClientTransaction | None:
         """§9.1: CANCEL a pending INVITE. Sent once a provisional response has arrived;
