@@ -92,6 +92,9 @@ class In(Symbol):
     TIMER_K = "timer K"  # wait for non-INVITE response retransmits
     TIMER_L = "timer L"  # RFC 6026: accepted INVITE server
     TIMER_M = "timer M"  # RFC 6026: accepted INVITE client
+    #: §9.1: a CANCELled INVITE still without a final response 64*T1 after the CANCEL is
+    #: given up (RFC 3261 gives a UAC no other timer in Proceeding)
+    TIMER_CANCEL = "timer after CANCEL"
     TRANSPORT_ERROR = "transport error"
 
 
@@ -139,9 +142,11 @@ INVITE_CLIENT: Table = {
     (S.PROCEEDING, In.R2XX): (S.ACCEPTED, (Do.PASS_TO_TU, Do.START_M)),
     (S.PROCEEDING, In.R3XX_6XX): (S.COMPLETED, (Do.PASS_TO_TU, Do.SEND_ACK, Do.START_D)),
     (S.PROCEEDING, In.TRANSPORT_ERROR): (S.TERMINATED, (Do.REPORT_TRANSPORT_ERROR,)),
+    (S.PROCEEDING, In.TIMER_CANCEL): (S.TERMINATED, (Do.TIMEOUT,)),
     (S.COMPLETED, In.R1XX): (S.COMPLETED, _),
     (S.COMPLETED, In.R2XX): (S.COMPLETED, _),
     (S.COMPLETED, In.R3XX_6XX): (S.COMPLETED, (Do.SEND_ACK,)),
+    (S.COMPLETED, In.TIMER_CANCEL): (S.COMPLETED, _),
     (S.COMPLETED, In.R2XX_FORK): (S.COMPLETED, _),
     (S.COMPLETED, In.TIMER_A): (S.COMPLETED, _),
     (S.COMPLETED, In.TIMER_B): (S.COMPLETED, _),
@@ -154,6 +159,7 @@ INVITE_CLIENT: Table = {
     (S.ACCEPTED, In.TIMER_A): (S.ACCEPTED, _),
     (S.ACCEPTED, In.TIMER_B): (S.ACCEPTED, _),
     (S.ACCEPTED, In.TIMER_M): (S.TERMINATED, _),
+    (S.ACCEPTED, In.TIMER_CANCEL): (S.ACCEPTED, _),
     (S.ACCEPTED, In.TRANSPORT_ERROR): (S.ACCEPTED, _),
 }
 
@@ -557,6 +563,7 @@ class TransactionLayer:
             headers.add("Reason", reason)
         cancel = Request("CANCEL", inv.uri, headers)
         txn = self.send_request(cancel, invite_txn.peer, now)
+        invite_txn._start_timer(In.TIMER_CANCEL, 64 * self.config.t1, now)
         txn.owner = invite_txn.owner
         return txn
 

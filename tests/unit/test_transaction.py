@@ -190,6 +190,39 @@ def test_cancel_waits_for_provisional_response() -> None:
     assert b"branch=z9hG4bKabc" in cancels[0] and b"CSeq: 1 CANCEL" in cancels[0]
 
 
+def test_cancelled_invite_without_final_response_is_given_up_64t1_after_the_cancel() -> None:
+    """§9.1: the CANCEL was answered but the 487 never comes (a proxy that lost the branch):
+    64*T1 after the CANCEL the INVITE transaction ends with a timeout for the TU instead of
+    staying in Proceeding for ever."""
+    h = Harness()
+    inv = request()
+    txn = h.layer.send_request(inv, UDP, h.now)
+    h.layer.receive(response_to(inv, 180), UDP, h.now)
+    h.advance(10.0)
+    h.layer.drain_events()
+    h.layer.cancel(txn, h.now)
+    h.advance(31.9)
+    assert txn.state is State.PROCEEDING
+    h.advance(0.2)
+    assert txn.state is State.TERMINATED
+    events = h.layer.drain_events()
+    assert any(isinstance(e, TransactionTimeout) and e.txn is txn for e in events)
+
+
+def test_cancelled_invite_answered_in_time_ignores_the_cancel_timer() -> None:
+    h = Harness()
+    inv = request()
+    txn = h.layer.send_request(inv, UDP, h.now)
+    h.layer.receive(response_to(inv, 180), UDP, h.now)
+    h.layer.cancel(txn, h.now)
+    h.layer.receive(response_to(inv, 487), UDP, h.now + 1)
+    h.layer.drain_events()
+    h.advance(40.0)
+    assert txn.state is State.TERMINATED
+    assert not any(isinstance(e, TransactionTimeout) and e.txn is txn
+                   for e in h.layer.drain_events())
+
+
 # ----------------------------------------------------------------- non-INVITE client
 
 
