@@ -243,6 +243,9 @@ class UpstreamConfig:
     expires: int = 3600  #: registration lifetime asked for (s); refreshed at half of it
     retry_base: float = 30.0  #: first wait after a failed registration (s), then doubled
     retry_max: float = 1800.0  #: longest wait between attempts (s) (RFC 5626 §4.5)
+    #: a proxy every request to the PBX goes through (REGISTER and PBX-mode INVITEs): this
+    #: key, else ``[sip] outbound_proxy``; None: straight to the registrar
+    outbound_proxy: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +307,8 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     media = _parse_media(root.table("media", required=False))
     webhooks = tuple(_parse_webhook(t) for t in root.array_of_tables("webhooks"))
     auth = _parse_auth(root.table("auth", required=False))
-    upstream = _parse_upstream(root.table("upstream")) if "upstream" in raw else None
+    upstream = _parse_upstream(root.table("upstream"), sip.outbound_proxy) \
+        if "upstream" in raw else None
     if upstream is None:
         _require_passwords(users)
     return Config(
@@ -335,7 +339,7 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
     "": frozenset({"sip", "http", "store", "api", "users", "routes", "calls", "auto_answer",
                    "media", "webhooks", "auth", "upstream"}),
     "upstream": frozenset({"registrar", "username", "password", "domain", "expires",
-                           "retry_base", "retry_max"}),
+                           "retry_base", "retry_max", "outbound_proxy"}),
     "auth": frozenset({"backoff_after", "backoff_base", "backoff_max", "lockout_after",
                        "lockout_time", "forget_after", "trust_time", "max_tracked",
                        "min_password_length", "allow_weak_passwords"}),
@@ -721,7 +725,7 @@ def _parse_auth(t: _Table) -> AuthConfig:
     )
 
 
-def _parse_upstream(t: _Table) -> UpstreamConfig:
+def _parse_upstream(t: _Table, sip_proxy: str | None) -> UpstreamConfig:
     registrar = t.string("registrar")
     try:
         uri = parse_uri(registrar)
@@ -749,6 +753,7 @@ def _parse_upstream(t: _Table) -> UpstreamConfig:
         expires=t.positive_int("expires", d.expires),
         retry_base=retry_base,
         retry_max=retry_max,
+        outbound_proxy=_outbound_proxy(t) or sip_proxy,
     )
 
 

@@ -13,7 +13,11 @@ entries::
 
 What it does:
 
-* the registrar URI is resolved by RFC 3263 (the calls' :class:`~sipdial.calls.Resolver`);
+* with an outbound proxy (``[upstream] outbound_proxy``, else ``[sip] outbound_proxy``) the
+  REGISTER goes to it with ``Route: <proxy>, <registrar;lr>`` (RFC 3261 §8.1.2; a strict
+  proxy per §16.12.1), so the proxy hands it to the registrar;
+* the registrar URI (or the proxy's) is resolved by RFC 3263 (the calls'
+  :class:`~sipdial.calls.Resolver`);
   on a 503, a timeout (Timer F) or a transport error the next resolved address is tried
   (RFC 3263 §4.3), and every retry resolves again;
 * 401/407 are answered with the account's credentials (:func:`~sipdial.sip.answer_challenge`),
@@ -39,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from sipdial.calls import Resolver
+from sipdial.calls import Resolver, registrar_route
 from sipdial.config import UpstreamConfig
 from sipdial.sip import (
     AuthError,
@@ -47,6 +51,7 @@ from sipdial.sip import (
     ClientTransaction,
     Endpoint,
     Headers,
+    NameAddr,
     OwnerEvent,
     Peer,
     Request,
@@ -65,6 +70,7 @@ from sipdial.sip import (
     parse_name_addr_list,
     parse_uri,
     preferred_challenge,
+    route_request,
 )
 
 __all__ = [
@@ -213,6 +219,17 @@ class UpstreamRegistration:
         self.registrar_uri = uri
         self.request_uri = SipURI("sips" if uri.scheme == "sips" else "sip", None, None,
                                   config.domain.strip("[]").lower(), None)
+        # the preloaded route set: the outbound proxy, then the registrar (RFC 3261 §8.1.2)
+        proxy = parse_uri(config.outbound_proxy) if config.outbound_proxy else None
+        self.routes: tuple[NameAddr, ...] = () if proxy is None \
+            else (NameAddr(proxy), registrar_route(uri))
+        routed = route_request(self.request_uri, self.routes)
+        first_hop = routed.next_hop if self.routes else uri
+        if not isinstance(first_hop, SipURI):
+            raise ValueError(f"upstream outbound proxy is not a SIP URI: {first_hop}")
+        #: what is resolved (RFC 3263): the registrar, or the outbound proxy
+        self.first_hop = first_hop
+        self._routed = routed
         make_id = new_id or (lambda: os.urandom(8).hex())
         self.call_id = f"{make_id()}@sipdial"  # one Call-ID for every REGISTER (§10.2.4)
         self.from_tag = make_id()
@@ -318,7 +335,7 @@ class UpstreamRegistration:
             else:
                 self._fire(Ui.RESOLVED, when, result)
 
-        self.resolver.resolve(self.registrar_uri, "udp", done)
+        self.resolver.resolve(self.first_hop, "udp", done)
 
     # ------------------------------------------------------------ sending
 
@@ -338,6 +355,8 @@ class UpstreamRegistration:
         self._cseq += 1
         contact = self.endpoint.contact(self.peer, user=self.config.username)
         headers = Headers()
+        for route in self._routed.routes:
+            headers.add("Route", str(route))
         headers.add("Max-Forwards", "70")
         headers.add("From", f"<{self.aor}>;tag={self.from_tag}")
         headers.add("To", f"<{self.aor}>")
@@ -356,7 +375,8 @@ class UpstreamRegistration:
             except AuthError as exc:  # preferred_challenge filters these; never a traceback
                 raise ValueError(f"cannot answer the challenge: {exc}") from None
             headers.add(header, credentials.to_header())
-        request = Request("REGISTER", self.request_uri, headers, b"")
+        request = Request("REGISTER", self._routed.request_uri if self.routes
+                          else self.request_uri, headers, b"")
         self._txn = self.endpoint.send_request(request, self.peer, now, owner=self)
 
     def _answer(self, response: Response) -> None:

@@ -39,6 +39,7 @@ from sipdial.calls.routing import (
     Target,
     escape_user,
     local_hosts,
+    registrar_route,
 )
 from sipdial.calls.service import (
     CallRefused,
@@ -78,5 +79,6 @@ __all__ = [
     "Tone",
     "escape_user",
     "local_hosts",
+    "registrar_route",
     "rules_from_config",
 ]

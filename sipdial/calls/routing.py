@@ -94,6 +94,9 @@ class Pbx:
     registrar: SipURI  #: where sipdial registers (``[upstream] registrar``)
     domain: str  #: the users' and targets' domain at the PBX (``[upstream] domain``)
     credentials: tuple[str, str]  #: sipdial's account (username, password)
+    #: ``[upstream] outbound_proxy`` (else ``[sip] outbound_proxy``): the first hop of
+    #: every INVITE to the PBX
+    proxy: tuple[NameAddr, ...] = ()
 
     @classmethod
     def from_config(cls, upstream: UpstreamConfig) -> Pbx:
@@ -101,7 +104,8 @@ class Pbx:
         if not isinstance(registrar, SipURI) or registrar.scheme == "tel":
             raise ValueError(f"the registrar is no sip:/sips: URI: {upstream.registrar}")
         return cls(registrar, upstream.domain.strip("[]"),
-                   (upstream.username, upstream.password))
+                   (upstream.username, upstream.password),
+                   _proxy_route(upstream.outbound_proxy))
 
     @property
     def _at_registrar(self) -> bool:
@@ -119,16 +123,21 @@ class Pbx:
 
     @property
     def route(self) -> tuple[NameAddr, ...]:
-        """The preloaded route to the PBX: none when the URIs name it already."""
+        """The preloaded route to the PBX: the outbound proxy if any, then the registrar
+        unless the URIs name it already."""
         if self._at_registrar:
-            return ()
-        reg = self.registrar
-        return (NameAddr(SipURI(reg.scheme, None, None, reg.host.strip("[]"), reg.port,
-                                {**reg.params, "lr": None}, {})),)
+            return self.proxy
+        return (*self.proxy, registrar_route(self.registrar))
 
     def target(self, number: str, label: str = "pbx") -> Target:
         """Where an INVITE for ``number`` goes in PBX mode."""
         return _via(self.uri(number), self.credentials, label, self.route)
+
+
+def registrar_route(registrar: SipURI) -> NameAddr:
+    """A registrar URI as a loose route (``;lr``) toward it."""
+    return NameAddr(SipURI(registrar.scheme, None, None, registrar.host.strip("[]"),
+                           registrar.port, {**registrar.params, "lr": None}, {}))
 
 
 #: on_done(peers or the error, now)

@@ -169,6 +169,22 @@ def test_the_pbx_domain_other_than_the_registrar_is_reached_through_a_route() ->
     assert str(from_(invite).uri) == f"sip:{TARGET}@pbx.example.com"
 
 
+def test_an_outbound_proxy_is_the_first_hop_of_every_invite_to_the_pbx() -> None:
+    """``[sip] outbound_proxy`` (an SBC in front of the PBX): the INVITE goes to the proxy
+    with the proxy then the registrar as Route; nothing goes to the PBX directly."""
+    text = PBX_CONFIG.format(domain='domain = "pbx.example.com"') \
+        + "\n[auth]\nallow_weak_passwords = true\n"
+    text = text.replace("[http]", 'outbound_proxy = "sip:127.0.0.12;lr"\n\n[http]', 1)
+    net = SimNet(parse_config(text))
+    net.create_call(user="201", to=TARGET)
+    assert Pbx(net).invites() == []
+    (invite,) = [parse(d) for d in net.sent_to(Peer("udp", "127.0.0.12", 5060))]
+    assert isinstance(invite, Request) and invite.method == "INVITE"
+    assert str(invite.uri) == "sip:201@pbx.example.com"
+    assert [str(r) for r in invite.headers.get_all("Route")] == \
+        ["<sip:127.0.0.12;lr>", "<sip:127.0.0.11;lr>"]
+
+
 def test_choosing_a_device_is_refused_in_pbx_mode() -> None:
     net = SimNet(pbx_config())
     with pytest.raises(CallRefused) as info:

@@ -164,6 +164,37 @@ def test_upstream_config_defaults() -> None:
     assert "s3cr3t-pw" not in repr(config.upstream)  # the password is not logged by accident
 
 
+def test_upstream_outbound_proxy_defaults_to_the_sip_one_and_can_be_its_own() -> None:
+    text = BASE_CONFIG.format(auto_answer="true", user_answer_timeout=30.0,
+                              target_answer_timeout=60.0, refer_timeout=32.0,
+                              max_concurrent=2000)
+    text = text.replace("[http]", 'outbound_proxy = "sip:sbc.example.com;lr"\n\n[http]', 1)
+    section = ('\n[upstream]\nregistrar = "sip:pbx.example.com"\nusername = "sipdial"\n'
+               'password = "s3cr3t-pw"\n')
+    inherited = parse_config(text + section).upstream
+    assert inherited is not None and inherited.outbound_proxy == "sip:sbc.example.com;lr"
+    own = parse_config(text + section + 'outbound_proxy = "<sip:10.0.0.1;lr>"\n').upstream
+    assert own is not None and own.outbound_proxy == "sip:10.0.0.1;lr"
+    with pytest.raises(ConfigError, match=r"upstream\.outbound_proxy"):
+        parse_config(text + section + 'outbound_proxy = "http://x"\n')
+
+
+def test_register_goes_through_the_outbound_proxy_with_route_to_the_registrar() -> None:
+    """RFC 3261 §8.1.2: the REGISTER (and its refreshes) go to the proxy, Route: proxy,
+    registrar; the proxy's address gets the digest exchange too."""
+    net = started(upstream_config(extra='outbound_proxy = "sip:127.0.0.12;lr"\n'))
+    assert net.sent_to(REGISTRAR) == []
+    proxy = Registrar(net, Peer("udp", "127.0.0.12", 5060))
+    second = register(net, proxy)
+    assert str(second.uri) == "sip:pbx.example.com"
+    assert [str(r) for r in second.headers.get_all("Route")] == \
+        ["<sip:127.0.0.12;lr>", "<sip:127.0.0.11;lr>"]
+    assert status(net)["state"] == "registered"
+    net.advance(61)
+    refresh = proxy.take()
+    assert len(refresh.headers.get_all("Route")) == 2
+
+
 # ----------------------------------------------------------------- registering
 
 
