@@ -130,6 +130,43 @@ def test_bridge_call_every_request_of_both_legs_goes_through_kamailio(tmp_path: 
         assert "KAMLOG STRAY" not in kam.log_text(), report
 
 
+@pytest.mark.timeout(120)
+def test_refer_call_over_tcp_through_kamailio(tmp_path: Path) -> None:
+    """The phone and sipdial talk SIP over TCP, through Kamailio (the destination leg stays
+    UDP): the REGISTER's Path, the phone leg's INVITE/ACK/REFER/BYE and the phone's referred
+    INVITE all go through the proxy on TCP connections, and the call completes."""
+    with Kamailio(tmp_path, tcp=True) as kam, Sipp.uas(tmp_path, "uas_answer.xml") as dest, \
+            Sipdial(tmp_path, users=USERS, transports=("udp", "tcp"),
+                    sip={"outbound_proxy": kam.uri},
+                    routes=[{"match": "^\\+?[0-9]+$",
+                             "uri": f"sip:{{number}}@127.0.0.1:{dest.port}"}]) as sd:
+        dest.start()
+        with Baresip(tmp_path, user="201", password="secret201", transport="tcp",
+                     registrar=f"127.0.0.1:{sd.sip_port('tcp')}", outbound=False,
+                     extra_account_params=(f'outbound="sip:{kam.address};transport=tcp"',),
+                     ) as phone:
+            phone.wait_registered()
+            (reg,) = sd.wait_registered("201")
+            assert reg["path"] and f"127.0.0.1:{kam.port}" in reg["path"][0], reg
+            assert reg["transport"] == "tcp", reg  # sipdial sees Kamailio's TCP connection
+            status, call = sd.api("POST", "/v1/calls", {"user": "201", "to": TARGET})
+            assert status == 201, call
+            sd.wait_state(call["id"], "connected", timeout=30)
+            phone.hangup()
+            assert dest.wait(20) == 0, dest.report()
+            final = sd.wait_state(call["id"], "ended", timeout=20)
+            assert final["cause"] == "completed", final
+            calls = wait_until(lambda: _three_dialogs(kam), timeout=15,
+                               what="three dialogs in Kamailio's log")
+        first, referred, target = calls
+        report = _report(kam, sd)
+        assert {"INVITE", "ACK", "REFER", "NOTIFY", "BYE"} <= set(_in_dialog(kam, first)), \
+            report
+        assert {"ACK", "BYE"} <= set(_in_dialog(kam, referred)), report
+        assert {"INVITE", "ACK", "BYE"} <= set(_in_dialog(kam, target)), report
+        assert "KAMLOG STRAY" not in kam.log_text(), report
+
+
 # ------------------------------------------------------------------ Path with a NAT'd Contact
 
 

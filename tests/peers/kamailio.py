@@ -134,22 +134,36 @@ def _module_dir() -> Path:
     pytest.skip("kamailio modules not found")
 
 
+def _free_port(tcp: bool) -> int:
+    """A UDP port that, with ``tcp``, is free on TCP as well (bounded tries)."""
+    for _ in range(50):
+        port = free_port("udp")
+        if not tcp or is_free(port, "tcp"):
+            return port
+    raise RuntimeError("no port free for both UDP and TCP")
+
+
 class Kamailio:
     """A Kamailio proxy at 127.0.0.1:``port`` (a free port when None)."""
 
     def __init__(self, workdir: Path, *, port: int | None = None,
-                 name: str = "kamailio", config: str = CONFIG,
+                 name: str = "kamailio", config: str = CONFIG, tcp: bool = False,
                  **params: object) -> None:
         """``config``: a config text (``CONFIG_HEAD`` + a role's modules and routes) with
-        ``{host}``, ``{port}``, ``{mpath}`` and any ``params`` to fill in."""
+        ``{host}``, ``{port}``, ``{mpath}`` and any ``params`` to fill in. ``tcp``: also
+        listen on TCP at the same port (a port free for both)."""
         self.binary = kamailio_binary()
         self.dir = Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = LOOPBACK
-        self.port = port if port is not None else free_port("udp")
+        self.port = port if port is not None else _free_port(tcp)
         self.config_path = self.dir / "kamailio.cfg"
-        self.config_path.write_text(config.format(host=self.host, port=self.port,
-                                                  mpath=_module_dir(), **params))
+        text = config.format(host=self.host, port=self.port, mpath=_module_dir(), **params)
+        if tcp:
+            udp = f"listen=udp:{self.host}:{self.port}\n"
+            assert udp in text, "the config has no UDP listener line to add TCP beside"
+            text = text.replace(udp, udp + f"listen=tcp:{self.host}:{self.port}\n", 1)
+        self.config_path.write_text(text)
         self.log_path = self.dir / "kamailio.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._chunks: list[str] = []
