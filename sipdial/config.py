@@ -11,6 +11,7 @@ Only this module reads the file; the rest of sipdial receives a :class:`Config`.
 from __future__ import annotations
 
 import difflib
+import enum
 import ipaddress
 import math
 import os
@@ -30,6 +31,7 @@ __all__ = [
     "CallsConfig",
     "Config",
     "ConfigError",
+    "FromUser",
     "HttpConfig",
     "ListenAddr",
     "RouteConfig",
@@ -231,6 +233,16 @@ class AuthConfig:
     allow_weak_passwords: bool = False  #: accept short or digits-only SIP passwords
 
 
+class FromUser(enum.StrEnum):
+    """``[upstream] from_user``: whose user part the From of INVITEs to the PBX carries."""
+
+    #: the party shown: the target's number on the user's phone, the user's on the target's
+    TARGET = "target"
+    #: sipdial's account (the shown party stays the display name and P-Asserted-Identity):
+    #: for PBXs that tie the From to the credentials (Asterisk's identify_by=username)
+    ACCOUNT = "account"
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     """``[upstream]``: sipdial registers itself at an office registrar/PBX as a SIP account
@@ -246,6 +258,7 @@ class UpstreamConfig:
     #: a proxy every request to the PBX goes through (REGISTER and PBX-mode INVITEs): this
     #: key, else ``[sip] outbound_proxy``; None: straight to the registrar
     outbound_proxy: str | None = None
+    from_user: FromUser = FromUser.TARGET
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +352,7 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
     "": frozenset({"sip", "http", "store", "api", "users", "routes", "calls", "auto_answer",
                    "media", "webhooks", "auth", "upstream"}),
     "upstream": frozenset({"registrar", "username", "password", "domain", "expires",
-                           "retry_base", "retry_max", "outbound_proxy"}),
+                           "retry_base", "retry_max", "outbound_proxy", "from_user"}),
     "auth": frozenset({"backoff_after", "backoff_base", "backoff_max", "lockout_after",
                        "lockout_time", "forget_after", "trust_time", "max_tracked",
                        "min_password_length", "allow_weak_passwords"}),
@@ -754,7 +767,16 @@ def _parse_upstream(t: _Table, sip_proxy: str | None) -> UpstreamConfig:
         retry_base=retry_base,
         retry_max=retry_max,
         outbound_proxy=_outbound_proxy(t) or sip_proxy,
+        from_user=_from_user(t),
     )
+
+
+def _from_user(t: _Table) -> FromUser:
+    value = t.string("from_user", default=FromUser.TARGET.value)
+    if value not in tuple(FromUser):
+        expected = " or ".join(f'"{v}"' for v in FromUser)
+        raise ConfigError(f'{t.path("from_user")}: expected {expected}, got "{value}"')
+    return FromUser(value)
 
 
 def _parse_auto_answer(t: _Table) -> dict[str, object]:

@@ -315,7 +315,8 @@ class ClickToDial:
             media_at = env.sink_for(target.peer) if target.peer is not None \
                 else next(iter(env.rtp_sinks.values()))
         offer = sdp.audio_offer(*media_at, session_id=self._session_id)
-        return UacLeg(env.ua, self, uri=target.uri, peer=target.peer, from_party=caller,
+        return UacLeg(env.ua, self, uri=target.uri, peer=target.peer,
+                      from_party=pbx.from_party(caller),
                       to_party=callee, body=offer, content_type=sdp.CONTENT_TYPE, extra=extra,
                       label=target.label, credentials=target.credentials,
                       resolver=env.resolver, route=target.route)
@@ -430,6 +431,8 @@ class ClickToDial:
             # RFC 3323/3325: anonymous From, the real identity only for trusted hops
             caller = NameAddr(user_uri("anonymous", "anonymous.invalid"), "Anonymous")
             extra.append(("Privacy", "id"))
+        elif env.router.pbx is not None:
+            caller = env.router.pbx.from_party(identity)
         self.bridge = ThirdPartyBridge(
             env.ua, env.timers, phone, self.media, targets=routed, caller=caller,
             callee=NameAddr(callee_uri(routed[0], self.destination.number, self._domain)),

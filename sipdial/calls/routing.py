@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
 
+from sipdial.config import FromUser
 from sipdial.registrar import Binding
 from sipdial.sip import (
     URI,
@@ -97,6 +98,9 @@ class Pbx:
     #: ``[upstream] outbound_proxy`` (else ``[sip] outbound_proxy``): the first hop of
     #: every INVITE to the PBX
     proxy: tuple[NameAddr, ...] = ()
+    #: ``[upstream] from_user = "account"``: the From of every INVITE to the PBX is
+    #: sipdial's account (the shown party only its display name and P-Asserted-Identity)
+    from_account: bool = False
 
     @classmethod
     def from_config(cls, upstream: UpstreamConfig) -> Pbx:
@@ -105,7 +109,18 @@ class Pbx:
             raise ValueError(f"the registrar is no sip:/sips: URI: {upstream.registrar}")
         return cls(registrar, upstream.domain.strip("[]"),
                    (upstream.username, upstream.password),
-                   _proxy_route(upstream.outbound_proxy))
+                   _proxy_route(upstream.outbound_proxy),
+                   upstream.from_user is FromUser.ACCOUNT)
+
+    def from_party(self, shown: NameAddr) -> NameAddr:
+        """The From of an INVITE to the PBX that shows ``shown`` (its URI: P-Asserted-Identity):
+        ``shown`` itself, or with ``from_account`` sipdial's account URI with ``shown``'s
+        display name (its number when it has none)."""
+        if not self.from_account:
+            return shown
+        user = shown.uri.user if isinstance(shown.uri, SipURI) else None
+        return NameAddr(user_uri(self.credentials[0], self.domain),
+                        shown.display_name or user or None)
 
     @property
     def _at_registrar(self) -> bool:

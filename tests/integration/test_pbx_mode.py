@@ -82,6 +82,7 @@ request_route {{
         exit;
     }}
     xlog("L_NOTICE", "KAMLOG AUTHED $rm ci=$ci au=$au\\n");
+    {from_check}
     consume_credentials();
     if (is_method("REGISTER")) {{
         if (!save("location")) {{
@@ -120,18 +121,33 @@ def dest(tmp_path: Path) -> Iterator[Sipp]:
         yield sipp
 
 
+#: the usual Kamailio rule against spoofed callers: the From user must be the one who
+#: authenticated (OpenSIPS/Kamailio sample configs; Asterisk ties From and endpoint alike)
+FROM_MUST_BE_AUTH_USER = """if ($au != $fU) {
+        xlog("L_NOTICE", "KAMLOG FORBIDDEN $rm ci=$ci au=$au fU=$fU\\n");
+        sl_send_reply("403", "Forbidden auth ID");
+        exit;
+    }"""
+
+
+def _pbx(tmp_path: Path, dest: Sipp, *, strict_from: bool = False) -> Kamailio:
+    return Kamailio(tmp_path, name="pbx", config=PBX_CONFIG, dest_port=dest.port,
+                    account_password=ACCOUNT_PASSWORD, phone_password=PHONE_PASSWORD,
+                    from_check=FROM_MUST_BE_AUTH_USER if strict_from else "")
+
+
 @pytest.fixture
 def pbx(tmp_path: Path, dest: Sipp) -> Iterator[Kamailio]:
-    kam = Kamailio(tmp_path, name="pbx", config=PBX_CONFIG, dest_port=dest.port,
-                   account_password=ACCOUNT_PASSWORD, phone_password=PHONE_PASSWORD)
-    with kam:
+    with _pbx(tmp_path, dest) as kam:
         yield kam
 
 
-def _sipdial(tmp_path: Path, kam: Kamailio) -> Sipdial:
+def _sipdial(tmp_path: Path, kam: Kamailio, from_user: str | None = None) -> Sipdial:
     upstream = (f'[upstream]\nregistrar = "sip:{kam.address}"\nusername = "sipdial"\n'
                 f'password = "{ACCOUNT_PASSWORD}"\nexpires = 60\nretry_base = 0.5\n'
                 "retry_max = 2\n")
+    if from_user is not None:
+        upstream += f'from_user = "{from_user}"\n'
     # no password: the PBX authenticates 201's phones; no [[routes]]: the PBX routes
     return Sipdial(tmp_path, users=[{"id": "201", "name": "Alice", "auto_answer": True}],
                    routes=[], transports=("udp",), extra=upstream)
@@ -152,8 +168,9 @@ def _registered(sd: Sipdial) -> bool:
     return status == 200 and body.get("upstream", {}).get("state") == "registered"
 
 
-def _click_to_dial(tmp_path: Path, kam: Kamailio, dest: Sipp, mode: str) -> None:
-    with _sipdial(tmp_path, kam) as sd, _phone(tmp_path, kam) as phone:
+def _click_to_dial(tmp_path: Path, kam: Kamailio, dest: Sipp, mode: str,
+                   from_user: str | None = None) -> None:
+    with _sipdial(tmp_path, kam, from_user) as sd, _phone(tmp_path, kam) as phone:
         phone.wait_registered()
         wait_until(lambda: _registered(sd), 10, "sipdial registered at Kamailio")
         status, regs = sd.api("GET", "/v1/registrations?user=201")
@@ -165,7 +182,9 @@ def _click_to_dial(tmp_path: Path, kam: Kamailio, dest: Sipp, mode: str) -> None
         # the phone rang (auto-answer) showing the target number as the caller
         up = phone.wait_event("CALL_ESTABLISHED", timeout=15)
         assert up["direction"] == "incoming", up
-        assert TARGET in str(up.get("peeruri", "")), up
+        # the From's user: the target, or sipdial's account (from_user = "account")
+        shown = "sipdial" if from_user == "account" else TARGET
+        assert shown in str(up.get("peeruri", "")), up
         assert up.get("peerdisplayname") == TARGET, up
         sd.wait_state(call["id"], "connected", timeout=30)
         if mode == "refer":
@@ -197,3 +216,23 @@ def test_refer_call_beside_kamailio_pbx(tmp_path: Path, pbx: Kamailio, dest: Sip
 @pytest.mark.timeout(120)
 def test_bridge_call_beside_kamailio_pbx(tmp_path: Path, pbx: Kamailio, dest: Sipp) -> None:
     _click_to_dial(tmp_path, pbx, dest, "bridge")
+
+
+@pytest.mark.timeout(120)
+def test_pbx_that_ties_from_to_credentials_needs_from_user_account(
+        tmp_path: Path, dest: Sipp) -> None:
+    """A PBX that refuses a From user other than the authenticated one (403): with
+    ``from_user = "account"`` both of sipdial's INVITEs pass and the bridged call completes,
+    the phone still showing the target number; without it the user's INVITE is refused."""
+    with _pbx(tmp_path, dest, strict_from=True) as kam:
+        _click_to_dial(tmp_path, kam, dest, "bridge", from_user="account")
+        assert "KAMLOG FORBIDDEN" not in kam.log_text()
+    with _pbx(tmp_path / "control", dest, strict_from=True) as kam, \
+            _sipdial(tmp_path / "control", kam) as sd:
+        wait_until(lambda: _registered(sd), 10, "sipdial registered at Kamailio")
+        status, call = sd.api("POST", "/v1/calls", {"user": "201", "to": TARGET,
+                                                    "mode": "bridge"})
+        assert status == 201, call
+        final = sd.wait_state(call["id"], "ended", timeout=20)
+        assert final["cause"] != "completed", final
+        assert "KAMLOG FORBIDDEN INVITE" in kam.log_text(), kam.log_text()[-3000:]

@@ -245,6 +245,32 @@ def test_bridge_calls_the_target_through_the_pbx_and_answers_its_challenge() -> 
     assert record.state == "target_ringing"
 
 
+def test_from_user_account_puts_the_account_in_every_from_to_the_pbx() -> None:
+    """``[upstream] from_user = "account"`` (Asterisk identifies endpoints by the From
+    user): both INVITEs carry From sipdial's account; who is shown stays in the display
+    name and P-Asserted-Identity."""
+    media = FakeMedia()
+    config = parse_config(PBX_CONFIG.format(domain='from_user = "account"')
+                          + "\n[auth]\nallow_weak_passwords = true\n")
+    net = SimNet(config, media=media, prompts=FakePrompts())
+    pbx = Pbx(net)
+    net.create_call(user="201", to=TARGET, mode="bridge")
+    (invite,) = pbx.invites()
+    caller = from_(invite)
+    assert str(caller.uri) == "sip:sipdial@127.0.0.11" and caller.display_name == TARGET
+    assert f"sip:{TARGET}@127.0.0.11" in (invite.headers.get("P-Asserted-Identity") or "")
+    pbx.answer(authorized_invite(pbx, invite))
+    (target,) = pbx.invites()
+    caller = from_(target)
+    assert str(caller.uri) == "sip:sipdial@127.0.0.11" and caller.display_name == "Alice"
+    assert "sip:201@127.0.0.11" in (target.headers.get("P-Asserted-Identity") or "")
+
+
+def test_from_user_must_be_target_or_account() -> None:
+    with pytest.raises(ConfigError, match=r'upstream\.from_user: expected "target" or '):
+        parse_config(PBX_CONFIG.format(domain='from_user = "me"'))
+
+
 def test_bridge_target_refused_credentials_end_the_call_as_target_failed() -> None:
     media = FakeMedia()
     net = SimNet(pbx_config(), media=media, prompts=FakePrompts())
