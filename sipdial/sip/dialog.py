@@ -7,12 +7,14 @@ the endpoint together with :attr:`Dialog.peer`.
 Where requests go (§12.2.1.1, :func:`route_request`): with a route set, to its first
 route. A loose router (``;lr``) gets Request-URI = the remote target and every route as a
 Route header; a strict router (no ``;lr``, RFC 2543) gets its own URI as the Request-URI and
-the remote target appended as the last Route. The first route's address must be an IP
-literal to be used (no DNS in the sans-IO core); a route named by a host name falls back to
-the address the dialog was created with. Without a route set, requests go to that address —
-the source of the request (UAS) or where our INVITE went (UAC). That is what makes phones
-behind NAT reachable: their Contact is often a private address that means nothing here
-(RFC 3581 symmetric response routing, applied to the dialog).
+the remote target appended as the last Route. The first route's address is used only when it
+is over the transport the dialog was created with, and for a UAS dialog (whose route set
+the requester wrote) only when it is the same host (:func:`hop_peer`); a host name, another
+transport or another address falls back to the address the dialog was created with.
+Without a route set, requests go to that address — the source of the request (UAS) or
+where our INVITE went (UAC). That is what makes phones behind NAT reachable: their
+Contact is often a private address that means nothing here (RFC 3581 symmetric response
+routing, applied to the dialog).
 
 The same :func:`route_request` applies a *preloaded* route set to a request outside a dialog
 (RFC 3327 Path of a registered contact, an outbound proxy: §8.1.2, §16.12.1).
@@ -66,21 +68,35 @@ def route_request(target: URI, route_set: Sequence[NameAddr]) -> Routed:
     return Routed(uri, (*route_set[1:], NameAddr(target)), uri)
 
 
-def hop_peer(uri: URI, fallback: Peer) -> Peer:
-    """The address of a route's URI when its host (or ``maddr``) is an IP literal, over
-    its ``transport`` parameter or ``fallback``'s transport; else ``fallback`` (no DNS
-    here)."""
+def hop_peer(uri: URI, fallback: Peer, *, any_host: bool = False) -> Peer:
+    """Where a request whose first route (or Path hop) is ``uri`` goes, given ``fallback``:
+    the address the dialog (or registration) came from, or where our INVITE went.
+
+    The route's own address (an IP literal, or its ``maddr``) is used over the same
+    transport as ``fallback`` only — a transport sipdial may not serve (a double
+    Record-Route's far side) falls back — and, unless ``any_host``, only when it is the
+    same host as ``fallback`` (then its port counts: a proxy's listening port rather than
+    the port a request came from). A route set written by the side that sent us a request
+    (a UAS dialog's Record-Route, a REGISTER's Path) is the sender's word: followed to any
+    address it would let an authenticated phone point sipdial's INVITEs and their
+    retransmissions at a third party. Falling back sends to the proxy it came through,
+    which routes on by the Route header. ``any_host``: a UAC dialog's route set, which
+    comes back along the path our INVITE took (RFC 3261 §12.2.1.1 as written). A host
+    name falls back too (no DNS in the sans-IO core)."""
     if not isinstance(uri, SipURI) or uri.scheme == "tel":
         return fallback
     host = uri.params.get("maddr") or uri.host
     try:
-        ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
+        same_host = address == ipaddress.ip_address(fallback.host)
     except ValueError:
         return fallback
-    transport = (uri.params.get("transport") or fallback.transport).lower()
-    if uri.scheme == "sips":
-        transport = "tls"
-    return Peer(transport, host, uri.port or (5061 if transport == "tls" else 5060))
+    transport = "tls" if uri.scheme == "sips" \
+        else (uri.params.get("transport") or fallback.transport).lower()
+    if transport != fallback.transport or not (same_host or any_host):
+        return fallback
+    return Peer(transport, host, uri.port or (5061 if transport == "tls" else 5060),
+                fallback.name if same_host else "")
 
 
 @dataclass(slots=True)
@@ -136,7 +152,7 @@ class Dialog:
             route_set=routes,
             local_seq=cseq(request).number,
             remote_seq=None,
-            peer=hop_peer(routes[0].uri, peer) if routes else peer,
+            peer=hop_peer(routes[0].uri, peer, any_host=True) if routes else peer,
             local_contact=local_contact,
             secure=isinstance(request.uri, SipURI) and request.uri.scheme == "sips",
         )

@@ -80,6 +80,23 @@ def test_invite_to_the_phone_goes_through_its_path() -> None:
     assert isinstance(refer, Request)
 
 
+def test_a_path_naming_another_host_than_the_registers_source_is_not_followed() -> None:
+    """A Path is the REGISTER's sender's word: one whose first hop is not the host the
+    REGISTER came from (here: a third party) would make every INVITE to the user, and its
+    retransmissions, go there. The INVITE goes to the source instead (a proxy routes on by
+    the Route header, which still carries the Path)."""
+    net = SimNet()
+    third = "<sip:203.0.113.9:5060;lr>"
+    phone, _ok = _register_via_proxy(net, path=[third], supported=True)
+    (binding,) = net.registrar.contacts("201", net.now)
+    assert binding.next_hop == Peer("udp", "127.0.0.1", 5098)  # where the REGISTER came from
+    net.clear()
+    net.create_call(user="201", to="+4930123")
+    assert net.sent_to(Peer("udp", "203.0.113.9", 5060)) == []
+    invite = phone.take_request("INVITE")
+    assert invite.headers.get_all("Route") == [third]
+
+
 def test_malformed_path_is_answered_400_and_changes_nothing() -> None:
     net = SimNet()
     phone = Phone(net, port=5098, contact_host="10.1.1.1")

@@ -64,7 +64,12 @@ def test_uas_route_set_is_record_route_in_order_and_requests_go_to_the_first() -
     bye = dialog.create_request("BYE")
     assert str(bye.uri) == "sip:201@192.168.1.10:5070"  # loose: R-URI is the remote target
     assert _routes(bye) == ["<sip:10.0.0.2;lr>", "<sip:127.0.0.1:5098;lr>"]
-    assert dialog.peer == Peer("udp", "10.0.0.2", 5060)  # the first route, not the source
+    # the requester wrote this route set: its first hop is another host than the request
+    # came from, so the BYE goes to the source (which routes on by the Route header), not
+    # to an address the requester chose
+    assert dialog.peer == Peer("udp", "127.0.0.1", 5070)
+    same = Dialog.from_uas(invite, "us", Peer("udp", "10.0.0.2", 40000), "<sip:s@127.0.0.1>")
+    assert same.peer == Peer("udp", "10.0.0.2", 5060)  # same host: the route's port counts
 
 
 def test_uac_route_set_is_record_route_reversed() -> None:
@@ -93,7 +98,23 @@ def test_strict_router_gets_its_uri_as_request_uri_and_the_target_last() -> None
     bye = dialog.create_request("BYE")
     assert str(bye.uri) == "sip:127.0.0.5:5003"
     assert _routes(bye) == ["<sip:127.0.0.1:5098;lr>", "<sip:201@192.168.1.10:5070>"]
-    assert dialog.peer == Peer("udp", "127.0.0.5", 5003)
+    assert dialog.peer == Peer("udp", "127.0.0.1", 5070)  # another host: the source
+    from_router = Dialog.from_uas(invite, "us", Peer("udp", "127.0.0.5", 6000), "<sip:s@x>")
+    assert from_router.peer == Peer("udp", "127.0.0.5", 5003)
+
+
+def test_a_route_over_a_transport_other_than_the_dialogs_falls_back_to_its_address() -> None:
+    """A Record-Route naming TLS on a UDP dialog (sipdial may serve no TLS): the ACK and BYE
+    go where the INVITE went instead of raising for want of a TLS transport."""
+    request = _parse_request(INVITE.replace("Record-Route: <sip:10.0.0.2;lr>\n", "")
+                             .replace("Record-Route: <sip:127.0.0.1:5098;lr>\n", ""))
+    response = make_response(request, 200, to_tag="b")
+    response.headers.add("Record-Route", "<sip:127.0.0.9:5098;transport=tls;lr>")
+    response.headers.add("Contact", "<sip:bob@10.9.9.9>")
+    sent_to = Peer("udp", "127.0.0.9", 5000)
+    dialog = Dialog.from_uac(request, response, sent_to, "<sip:s@x>")
+    assert dialog.peer == sent_to
+    assert _routes(dialog.create_ack(1)) == ["<sip:127.0.0.9:5098;transport=tls;lr>"]
 
 
 def test_route_named_by_a_host_name_falls_back_to_the_dialogs_address() -> None:
