@@ -230,6 +230,8 @@ class UpstreamRegistration:
         #: what is resolved (RFC 3263): the registrar, or the outbound proxy
         self.first_hop = first_hop
         self._routed = routed
+        #: the Request-URI sent (and digested): a strict outbound proxy's own URI
+        self._sent_uri = routed.request_uri
         make_id = new_id or (lambda: os.urandom(8).hex())
         self.call_id = f"{make_id()}@sipdial"  # one Call-ID for every REGISTER (§10.2.4)
         self.from_tag = make_id()
@@ -370,13 +372,12 @@ class UpstreamRegistration:
             try:
                 credentials = answer_challenge(
                     challenge, username=self.config.username, password=self.config.password,
-                    method="REGISTER", uri=str(self.request_uri), cnonce=os.urandom(8).hex(),
+                    method="REGISTER", uri=str(self._sent_uri), cnonce=os.urandom(8).hex(),
                     nc=self._nc)
             except AuthError as exc:  # preferred_challenge filters these; never a traceback
                 raise ValueError(f"cannot answer the challenge: {exc}") from None
             headers.add(header, credentials.to_header())
-        request = Request("REGISTER", self._routed.request_uri if self.routes
-                          else self.request_uri, headers, b"")
+        request = Request("REGISTER", self._sent_uri, headers, b"")
         self._txn = self.endpoint.send_request(request, self.peer, now, owner=self)
 
     def _answer(self, response: Response) -> None:
@@ -414,6 +415,10 @@ class UpstreamRegistration:
     def _classify(self, response: Response, now: float) -> None:
         status = response.status
         if 200 <= status < 300:
+            if self._granted(response) == 0:  # our binding is gone: no refresh every second
+                self.last_reason = f"{response.reason} (the registrar granted no lifetime)"
+                self._fire(Ui.REJECTED, now, response)
+                return
             self._fire(Ui.ACCEPTED, now, response)
         elif status in (401, 407):
             found = _challenge_of(response)
@@ -464,9 +469,9 @@ class UpstreamRegistration:
             for value in response.headers.get_all("Contact"):
                 for name_addr in parse_name_addr_list(value):
                     if _same_contact(str(name_addr.uri), our_uri):
-                        expires = name_addr.params.get("expires")
-                        if expires is not None and expires.strip().isdigit():
-                            return int(expires)
+                        expires = _seconds(name_addr.params.get("expires") or "")
+                        if expires is not None:
+                            return expires
         except (SipError, ValueError):
             pass
         header = _int_header(response, "Expires")
@@ -475,7 +480,10 @@ class UpstreamRegistration:
     def _failed(self, now: float) -> None:
         self.failures += 1
         self.expires_at = None
-        delay = min(self.config.retry_max, self.config.retry_base * 2 ** (self.failures - 1))
+        # the exponent capped: a PBX down for days must not overflow the float (and stop
+        # the retries for good)
+        delay = min(self.config.retry_max,
+                    self.config.retry_base * 2.0 ** min(self.failures - 1, 64))
         if self._retry_after is not None:
             delay = min(self.config.retry_max, max(delay, float(self._retry_after)))
             self._retry_after = None
@@ -529,7 +537,22 @@ def _int_header(response: Response, name: str) -> int | None:
         return None
     text = value.split(";", 1)[0].strip()  # Retry-After: 120 (comment);duration=...
     text = text.split("(", 1)[0].strip()
-    return int(text) if text.isdigit() else None
+    return _seconds(text)
+
+
+#: RFC 3261 §25.1 delta-seconds beyond this are taken as this (§20.19: "2**32-1"); kept
+#: within a 32-bit signed range so that ``now + seconds`` stays an ordinary float
+MAX_SECONDS = 2**31 - 1
+
+
+def _seconds(text: str) -> int | None:
+    """A delta-seconds value from the network: ASCII digits only (``"²".isdigit()`` is true
+    and ``int("²")`` raises), at most 10 of them (no 4,300-digit conversion), clamped to
+    :data:`MAX_SECONDS`; anything else None."""
+    text = text.strip()
+    if not text or len(text) > 10 or not (text.isascii() and text.isdigit()):
+        return None
+    return min(int(text), MAX_SECONDS)
 
 
 def _same_contact(a: str, b: str) -> bool:

@@ -145,7 +145,15 @@ class CallsApi:
                   "relayed_calls": self._inbound.count,  # the phones' own calls, relayed
                   "registrations": len(self._registrar.all(self._clock())),
                   "sip_transactions": self._transactions() if self._transactions else 0}
-        if self._upstream is not None:  # [upstream]: registered / failing, next attempt
-            now = self._clock()
-            health["upstream"] = self._upstream.status(now).to_json(now)
+        if self._upstream is not None:
+            # [upstream]: the state only; registrar, account and the reason of a failure are
+            # for administrators (GET /v1/upstream): /healthz answers anyone
+            health["upstream"] = {"state": self._upstream.status(self._clock()).summary}
         return health
+
+    def upstream_status(self) -> dict[str, Any] | None:
+        """sipdial's registration at ``[upstream]`` in full (None: standalone)."""
+        if self._upstream is None:
+            return None
+        now = self._clock()
+        return self._upstream.status(now).to_json(now)

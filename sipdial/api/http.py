@@ -15,7 +15,7 @@ Routes (all JSON, ``application/json; charset=utf-8``):
 ``/v1/calls/{id}``           DELETE  cancel / hang up -> the call resource
 ``/v1/registrations``        GET     ``?user=`` -> ``{"registrations": [...]}``
 ``/v1/events``               GET     Server-Sent Events (:mod:`sipdial.api.sse`), if enabled
-``/v1/upstream``             GET     admin: ``health()["upstream"]``; 404 if standalone
+``/v1/upstream``             GET     admin: sipdial's registration at [upstream]; 404 if none
 ``/healthz``                 GET     ``api.health()``, no authentication
 ``.../call-init.php``        GET     LocaPhone: ``?user=&to=`` [&cidnum=][&clir=1], from+prv ignored
 ``.../remote_call.htm``      GET     pbxnsip: ``?user=&dest=`` [&auth=id:password][&connect=]
@@ -685,7 +685,7 @@ class _Router:
         principal = self._authenticate(request)
         if principal.user is not None:
             raise ApiError(403, "forbidden", "only an administrator token may read this")
-        upstream = self._api.health().get("upstream")
+        upstream = self._api.upstream_status()
         if upstream is None:
             raise ApiError(404, "not_configured", "no [upstream] registrar is configured")
         return succeed(_Reply(200, upstream))

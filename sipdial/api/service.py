@@ -106,5 +106,10 @@ class CallApi(Protocol):
         ...
 
     def health(self) -> dict[str, Any]:
-        """A small JSON-able status document for ``GET /healthz``."""
+        """A small JSON-able status document for ``GET /healthz`` (open to anyone)."""
+        ...
+
+    def upstream_status(self) -> dict[str, Any] | None:
+        """sipdial's registration at ``[upstream]`` in full, for ``GET /v1/upstream``
+        (administrators); None in standalone mode."""
         ...

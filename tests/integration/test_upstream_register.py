@@ -86,10 +86,12 @@ def start_sipdial(tmp_path: Path, kam: Kamailio, password: str) -> Sipdial:
 
 
 def upstream_health(sd: Sipdial) -> dict[str, Any]:
-    status, body = sd.api("GET", "/healthz", token=None)
+    """GET /v1/upstream (admin); /healthz, open to anyone, shows the state alone."""
+    status, body = sd.api("GET", "/v1/upstream")
     assert status == 200, body
-    assert "upstream" in body, body
-    return dict(body["upstream"])
+    status, health = sd.api("GET", "/healthz", token=None)
+    assert status == 200 and list(health["upstream"]) == ["state"], health
+    return dict(body)
 
 
 def test_sipdial_registers_at_kamailio_with_digest_and_refreshes(

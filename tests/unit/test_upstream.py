@@ -100,9 +100,10 @@ def started(config: Config, **kw: object) -> SimNet:
 
 
 def status(net: SimNet) -> dict[str, object]:
-    health = net.api.health()
-    upstream = health["upstream"]
-    assert isinstance(upstream, dict)
+    """GET /v1/upstream's body; /healthz (open to anyone) carries its state alone."""
+    upstream = net.api.upstream_status()
+    assert upstream is not None
+    assert net.api.health()["upstream"] == {"state": upstream["state"]}
     return upstream
 
 
@@ -307,6 +308,66 @@ def test_503_retry_after_is_honoured_within_retry_max() -> None:
     net.advance(44)
     assert registrar.nothing()
     net.advance(1)
+    registrar.take()
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "1" * 5000, "-5", "12abc"])
+def test_a_retry_after_that_is_no_number_is_ignored(value: str) -> None:
+    """Hostile numbers: "²" passes str.isdigit() but int() raises; 5,000 digits pass
+    isdigit() but int() refuses them. Either left the machine half-changed before."""
+    net = started(upstream_config())
+    registrar = Registrar(net)
+    registrar.reply(registrar.take(), 503, ("Retry-After", value))
+    up = status(net)
+    assert up["state"] == "failing" and up["next_attempt_in"] == 10  # retry_base
+    net.advance(10)
+    registrar.take()
+
+
+@pytest.mark.parametrize("granted, refresh", [
+    ("9" * 10, (2**31 - 1) / 2),  # clamped, a refresh still scheduled
+    ("9" * 400, 60),  # no number: the lifetime asked for (120 s)
+])
+def test_a_huge_granted_lifetime_is_clamped_and_refreshed(granted: str,
+                                                          refresh: float) -> None:
+    net = started(upstream_config())
+    registrar = Registrar(net)
+    first = registrar.take()
+    registrar.challenge(first)
+    second = registrar.take()
+    contact = second.headers.get("Contact") or ""
+    registrar.reply(second, 200, ("Contact", f"{contact};expires={granted}"),
+                    ("Expires", granted))
+    up = status(net)
+    assert up["state"] == "registered"
+    assert up["next_attempt_in"] == refresh
+
+
+def test_a_2xx_granting_no_lifetime_is_a_failure_not_a_refresh_every_second() -> None:
+    net = started(upstream_config())
+    registrar = Registrar(net)
+    first = registrar.take()
+    registrar.challenge(first)
+    registrar.accept(registrar.take(), 0)
+    up = status(net)
+    assert up["state"] == "failing", up
+    assert "no lifetime" in str(up["last_reason"])
+    net.advance(5)
+    assert registrar.nothing()
+
+
+def test_days_of_failures_keep_retrying_at_retry_max() -> None:
+    """The back-off is retry_base * 2**(failures-1): past ~1,024 failures that no longer
+    fits a float, and the OverflowError left the machine with no retry timer for good."""
+    net = started(upstream_config())
+    registrar = Registrar(net)
+    reg = net.core.upstream
+    assert reg is not None
+    reg.failures = 1100  # about four days of a PBX that is down, at retry_max
+    registrar.reply(registrar.take(), 403)
+    up = status(net)
+    assert up["state"] == "failing" and up["next_attempt_in"] == 60  # retry_max
+    net.advance(60)
     registrar.take()
 
 
