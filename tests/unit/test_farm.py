@@ -456,3 +456,56 @@ def test_parse_users() -> None:
     assert parse_users("7") == ("7",)
     with pytest.raises(ValueError):
         parse_users("5-1")
+
+
+def test_forked_call_rings_every_device_and_sipdial_keeps_one() -> None:
+    world = World(farm_changes={"devices": 2})
+    world.start()
+    events(world.farm)
+    record = world.net.create_call(user="1", to="+4930123400004", mode="refer")
+    world.advance(2.0)
+    world.dest.bye()
+    world.advance(5.0)
+    call = world.net.store.calls[record.id]
+    assert (call.state, call.cause) == ("ended", "completed"), call
+    evs = events(world.farm)
+    invites = [e for e in evs if e["ev"] == "invite"]
+    assert sorted(e["device"] for e in invites) == [1, 2]
+    assert len({e["call_id"] for e in invites}) >= 1
+    assert names(evs).count("referred_connected") == 1
+
+
+def test_reinvite_answered_200_with_sdp_retransmitted_until_its_ack() -> None:
+    farm, ok = answered_farm()
+    farm.receive(in_dialog("ACK", ok, branch="z9hG4bKack", number=1), SIPDIAL, START)
+    offer = sdp_answer("127.0.0.1", 41000)
+    reinvite = in_dialog("INVITE", ok, branch="z9hG4bKre", number=2,
+                         extra=["Content-Type: application/sdp"], body=offer)
+    farm.receive(reinvite, SIPDIAL, START + 1)
+    out = sent(farm)
+    assert statuses(out) == [200]
+    assert b"m=audio 30000 RTP/AVP 0" in out[0].body
+    farm.timers.run_due(START + 1 + T1)
+    assert statuses(sent(farm)) == [200]
+    farm.receive(in_dialog("ACK", ok, branch="z9hG4bKack2", number=2), SIPDIAL, START + 1.6)
+    farm.timers.run_due(START + 60)
+    assert sent(farm) == []
+    assert names(events(farm)) == ["invite", "answered", "acked", "reinvite"]
+
+
+def test_dtmf_after_the_ack_is_rfc4733_event_1_from_the_devices_rtp_socket() -> None:
+    farm, ok = answered_farm(dtmf_after=0.2)
+    farm.receive(in_dialog("ACK", ok, branch="z9hG4bKack", number=1), SIPDIAL, START)
+    packets = []
+    for step in range(1, 30):
+        farm.timers.run_due(START + step * 0.02)
+        packets += [(d, a, s) for d, a, s in farm.drain() if s != 0]
+    assert len(packets) == 3
+    assert {(a, s) for _d, a, s in packets} == {(("127.0.0.1", 20000), 30000)}
+    heads = [d[:12] for d, _a, _s in packets]
+    assert [h[1] for h in heads] == [0x80 | 101, 101, 101]  # marker on the first, PT 101
+    assert len({h[4:8] for h in heads}) == 1  # one timestamp: one event
+    payloads = [d[12:] for d, _a, _s in packets]
+    assert [p[0] for p in payloads] == [1, 1, 1]  # event "1"
+    assert [p[1] & 0x80 for p in payloads] == [0, 0, 0x80]  # end bit on the last
+    assert names(events(farm))[-1] == "dtmf"
