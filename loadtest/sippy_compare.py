@@ -107,8 +107,9 @@ def ensure_sippy(venv_dir: Path = DEFAULT_VENV) -> Path:
     python = venv_dir / "bin" / "python"
     if _sippy_ok(python):
         return python
-    if Path(sys.prefix).resolve() == venv_dir:
-        raise SippyUnavailable(f"{venv_dir} is the running interpreter's venv; use another")
+    if venv_dir in (Path(sys.prefix).resolve(), (HERE.parent / ".venv").resolve()):
+        raise SippyUnavailable(f"{venv_dir} is the project's or the running interpreter's "
+                               "venv: Sippy gets a venv of its own")
     base = shutil.which("python3") or sys.executable
     steps = [
         [base, "-m", "venv", str(venv_dir)],
@@ -269,19 +270,21 @@ class Sampler(threading.Thread):
 
     def cpu_percent(self, t0: float, t1: float) -> dict[str, float | None]:
         """Mean CPU % per process between the samples nearest to [t0, t1] (at least one
-        interval apart)."""
-        if not self.samples:
-            return {}
-        a = min(self.samples, key=lambda s: abs(s.t - t0))
-        later = [s for s in self.samples if s.t >= a.t + self.interval * 0.9]
-        if not later:
-            return {}
-        b = min(later, key=lambda s: abs(s.t - t1))
+        interval apart) in which the process was there."""
         out: dict[str, float | None] = {}
-        for name in b.cpu:
-            x, y = a.cpu.get(name, float("nan")), b.cpu[name]
-            v = 100.0 * (y - x) / (b.t - a.t)
-            out[name] = None if v != v else round(v, 1)  # NaN: the process was not there
+        names = {name for s in self.samples for name in s.cpu}
+        for name in sorted(names):
+            have = [s for s in self.samples if s.cpu.get(name, float("nan")) == s.cpu.get(name)]
+            if not have:
+                out[name] = None
+                continue
+            a = min(have, key=lambda s: abs(s.t - t0))
+            later = [s for s in have if s.t >= a.t + self.interval * 0.9]
+            if not later:
+                out[name] = None
+                continue
+            b = min(later, key=lambda s: abs(s.t - t1))
+            out[name] = round(100.0 * (b.cpu[name] - a.cpu[name]) / (b.t - a.t), 1)
         return out
 
 
@@ -296,9 +299,25 @@ def _sipp(workdir: Path, scenario: Path, name: str, *, remote: str | None, port:
     if not trace:
         i = args.index("-trace_msg")
         del args[i:i + 3]  # -trace_msg -message_file PATH
+    # "-abortunexp": a message the scenario does not expect at that point (a 180 that
+    # b2bua_simple's sender threads put on the wire after the 200) is logged and ignored,
+    # not a failed call; a call whose expected messages do not come still fails
     sipp.args = [*args, "-trace_stat", "-stf", str(sipp.dir / "stat.csv"), "-fd", "1",
-                 "-buff_size", SIPP_BUFF, *extra]
+                 "-buff_size", SIPP_BUFF, "-default_behaviors", "all,-abortunexp", *extra]
+    if "-trace_err" not in sipp.args:
+        sipp.args += ["-trace_err", "-error_file", str(sipp.error_file)]
     return sipp
+
+
+_UNEXPECTED = re.compile(r"Continuing call on unexpected message[^\n]*?received '([^\r\n]*)")
+
+
+def _unexpected(sipp: Sipp) -> dict[str, int]:
+    """Messages SIPp ignored as unexpected, by first line (from its -trace_err log)."""
+    seen: dict[str, int] = {}
+    for first_line in _UNEXPECTED.findall(sipp.errors()):
+        seen[first_line] = seen.get(first_line, 0) + 1
+    return seen
 
 
 def _int(stats: dict[str, str], key: str) -> int:
@@ -381,7 +400,9 @@ def run_sippy(rate: float, calls: int, hold_ms: int, workdir: Path, max_seconds:
         sippy.start()
         assert uas._proc is not None
         sampler = Sampler({"sippy": sippy.pid, "uas": uas._proc.pid})
-        sampler.sample()
+        idle0 = sampler.sample()
+        time.sleep(1.0)  # b2bua_simple's own idle CPU (its timers and threads), for reference
+        idle1 = sampler.sample()
         sampler.start()
         t_uac = time.monotonic()
         uac.start()
@@ -408,6 +429,7 @@ def run_sippy(rate: float, calls: int, hold_ms: int, workdir: Path, max_seconds:
     assert sampler is not None
 
     a, b = _side(sipp_stats(uac.dir / "stat.csv")), _side(sipp_stats(uas.dir / "stat.csv"))
+    ignored = {"uac": _unexpected(uac), "uas": _unexpected(uas)}
     succeeded = min(a["successful"], b["successful"])
     failed = a["failed"] + a["unfinished"] + b["failed"]
     rtt = _rtt_rows(uac)
@@ -420,7 +442,8 @@ def run_sippy(rate: float, calls: int, hold_ms: int, workdir: Path, max_seconds:
         span = calls / rate
         w0, w1 = t_uac, min(t_end, t_uac + span)
     offering = sampler.cpu_percent(w0, w1)
-    start = sampler.samples[0]
+    start = idle1
+    idle = 100.0 * (idle1.cpu["sippy"] - idle0.cpu["sippy"]) / (idle1.t - idle0.t)
     sippy_cpu_s = end.cpu["sippy"] - start.cpu["sippy"]
     created = max(a["created"], 1)
     log = sippy.log_text()
@@ -441,13 +464,16 @@ def run_sippy(rate: float, calls: int, hold_ms: int, workdir: Path, max_seconds:
         "timed_out": timed_out,
         "offering_seconds": round(span, 3),
         "achieved_per_s": round(succeeded / span, 2),
+        # SIPp's own clock (ms, advanced once per scheduler loop): coarse at low load
         "invite_to_200_ms": _percentiles([d for _t, d in rtt]),
         "cpu_percent_while_offering": offering,
         "sippy_cpu_percent": offering.get("sippy"),
+        "sippy_idle_cpu_percent": round(idle, 1),
         "sippy_cpu_s": round(sippy_cpu_s, 3),
         "sippy_cpu_ms_per_call": round(1000.0 * sippy_cpu_s / created, 3),
         "sippy_rss_max_bytes": max(s.rss for s in sampler.samples),
         "retransmissions": a["retransmissions"] + b["retransmissions"],
+        "unexpected_ignored": ignored,
         "sipp_cpu_bound": sipp_busy,
         "sippy_tracebacks": log.count("Traceback (most recent call last)"),
         "sustained": sustained,
@@ -462,11 +488,13 @@ def run_sippy(rate: float, calls: int, hold_ms: int, workdir: Path, max_seconds:
 
 def find_knee_sippy(start: float, factor: float, seconds: float, max_steps: int, workdir: Path,
                     *, hold_ms: int = 1000, python: Path | None = None,
-                    p99_limit_ms: float | None = None) -> dict[str, Any]:
+                    p99_limit_ms: float | None = None,
+                    max_seconds: float | None = None) -> dict[str, Any]:
     """Offer ``start``, ``start*factor``, ... calls/s, ``seconds`` of calls each (a fresh
     b2bua_simple per step) until a step is not sustained (> 1 % of calls failed or < 95 % of
     the offered calls succeeded; with ``p99_limit_ms`` also an INVITE -> 200 p99 above it);
-    the highest sustained rate is the knee. At most ``max_steps`` steps."""
+    the highest sustained rate is the knee. At most ``max_steps`` steps, each bounded by
+    ``max_seconds`` (default: ``seconds`` + the hold + 10 s; calls not done by then fail)."""
     if start <= 0 or factor <= 1 or seconds <= 0 or max_steps <= 0:
         raise ValueError("start, seconds, max_steps must be positive and factor > 1")
     python = python or ensure_sippy()
@@ -476,7 +504,7 @@ def find_knee_sippy(start: float, factor: float, seconds: float, max_steps: int,
     for step in range(max_steps):
         calls = max(1, int(rate * seconds))
         r = run_sippy(rate, calls, hold_ms, Path(workdir) / f"step{step + 1}-{rate:g}",
-                      max_seconds=seconds + hold_ms / 1000 + 30, python=python)
+                      max_seconds=max_seconds or seconds + hold_ms / 1000 + 10, python=python)
         p99 = r["invite_to_200_ms"]["p99"]
         ok = bool(r["sustained"]) and (p99_limit_ms is None
                                       or (p99 is not None and p99 <= p99_limit_ms))
@@ -591,8 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=50.0, help="offered calls/s (50)")
     ap.add_argument("--calls", type=int, default=500, help="calls in all (500)")
     ap.add_argument("--hold", type=int, default=1000, help="ms between ACK and BYE (1000)")
-    ap.add_argument("--max-seconds", type=float, default=120.0,
-                    help="bound of one run (120 s; SIPp's -timeout too)")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="bound of one run or knee step (SIPp's -timeout too; default 120 s, "
+                         "a knee step --seconds + hold + 10 s)")
     ap.add_argument("--workdir", type=Path, help="kept; a new temporary one if not given")
     ap.add_argument("--venv", type=Path, default=DEFAULT_VENV,
                     help=f"Sippy's own venv, created if needed ({DEFAULT_VENV})")
@@ -621,9 +650,11 @@ def main(argv: list[str] | None = None) -> int:
             elif args.find_knee:
                 result = find_knee_sippy(args.start_rate, args.factor, args.seconds,
                                          args.max_steps, work, hold_ms=args.hold,
-                                         python=python, p99_limit_ms=args.p99_limit)
+                                         python=python, p99_limit_ms=args.p99_limit,
+                                         max_seconds=args.max_seconds)
             else:
-                result = run_sippy(args.rate, args.calls, args.hold, work, args.max_seconds,
+                result = run_sippy(args.rate, args.calls, args.hold, work,
+                                   args.max_seconds or 120.0,
                                    python=python, trace=args.trace)
     except SippyUnavailable as exc:
         print(f"Sippy unavailable: {exc}", file=sys.stderr)
