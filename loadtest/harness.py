@@ -62,6 +62,7 @@ from loadtest.load_bridge import (
     sipp_stats,
     udp_drops,
 )
+from tests.peers.lossy_relay import LossyRelay
 from tests.peers.ports import LOOPBACK, free_port_both
 from tests.peers.sipp import Sipp
 from tests.sipdial_proc import ADMIN
@@ -91,6 +92,7 @@ class Plan:
     """One load run: what is offered and to what."""
 
     mode: str = "bridge"  #: "refer" | "bridge"
+    prompt: bool = False  #: "press 1 to connect": the phones send RFC 4733 "1" when it plays
     rate: float = 20.0  #: offered calls/s
     calls: int = 200  #: calls in all
     users: int = 50  #: users 1..N, used round-robin
@@ -102,7 +104,9 @@ class Plan:
     http_conns: int = 16  #: driver threads, one keep-alive HTTP connection each
     max_seconds: float = 300.0  #: the whole run, start-up to teardown
     drain_seconds: float = 20.0  #: after the last POST, wait at most this (+ hold) for ends
-    loss: float = 0.0  #: reserved for the lossy-relay mode
+    #: datagrams dropped in each direction by lossy UDP relays between sipdial and the phones
+    #: and between sipdial and the destination (tests/peers/lossy_relay.py; 0: no relays)
+    loss: float = 0.0
     seed: int = 1
 
     def check(self) -> None:
@@ -112,6 +116,8 @@ class Plan:
             raise ValueError("rate, calls, users and devices must be positive")
         if not (0 <= self.reject_share + self.no_answer_share <= 1):
             raise ValueError("reject_share + no_answer_share must be within 0..1")
+        if not (0 <= self.loss < 1):
+            raise ValueError("loss must be within 0..1")
 
 
 # ------------------------------------------------------------------ the driver
@@ -148,7 +154,8 @@ class Driver:
     def body(self, index: int) -> tuple[str, str, bytes]:
         user = str(1 + index % self.plan.users)
         to = number(index)
-        payload = {"user": user, "to": to, "mode": self.plan.mode, "confirm": False}
+        payload = {"user": user, "to": to, "mode": self.plan.mode,
+                   "confirm": self.plan.prompt}
         return user, to, json.dumps(payload).encode()
 
     def run(self) -> None:
@@ -234,6 +241,8 @@ class Farm:
             "--reject-share", str(plan.reject_share),
             "--no-answer-share", str(plan.no_answer_share),
             "--seed", str(plan.seed), "--max-seconds", str(int(plan.max_seconds) + 30)]
+        if plan.prompt:  # "1" shortly after the phone's answer is ACKed: the prompt is on
+            self.args += ["--dtmf-after", "300"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
         self.stats: dict[str, Any] = {}
@@ -318,6 +327,7 @@ class Run:
     log_groups: dict[str, int]
     tracebacks: int
     interrupted: str = ""
+    relays: list[dict[str, int]] = field(default_factory=list)  #: loss mode: per relay
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -343,12 +353,18 @@ def run(plan: Plan, work: Path | None = None, *,
     work.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     dest_port = free_port_both()
+    relays: list[LossyRelay] = []
+    dest_at = dest_port
+    if plan.loss:  # sipdial -> relay -> destination
+        relays.append(LossyRelay((LOOPBACK, dest_port), drop_up=plan.loss,
+                                 drop_down=plan.loss, seed=plan.seed))
+        dest_at = relays[-1].port
     users = [{"id": str(u), "password": password(str(u))} for u in range(1, plan.users + 1)]
     if plan.users < 201:  # tests.sipdial_proc's config has an API token for user 201
         users.append({"id": "201", "password": password("201")})
     sd = QuietSipdial(
         work, users=users, transports=("udp",),
-        routes=[{"match": "^\\+?[0-9]+$", "uri": f"sip:{{number}}@{LOOPBACK}:{dest_port}"}],
+        routes=[{"match": "^\\+?[0-9]+$", "uri": f"sip:{{number}}@{LOOPBACK}:{dest_at}"}],
         calls={"max_concurrent": max(2000, int(plan.rate * 60)),
                "user_answer_timeout": plan.ring_timeout})
     dest: Sipp | None = None
@@ -362,6 +378,8 @@ def run(plan: Plan, work: Path | None = None, *,
     ticker: threading.Thread | None = None
     with ExitStack() as cleanup, _sigterm_as_interrupt():
         cleanup.callback(stop.set)
+        for relay in relays:
+            cleanup.callback(relay.close)
         try:
             sd.start()
             cleanup.callback(sd.stop)
@@ -375,7 +393,13 @@ def run(plan: Plan, work: Path | None = None, *,
                               work / "sipp-dest" / "stat.csv", [])
             dest.start()
             cleanup.callback(dest.stop)
-            farm = Farm(work, plan, sip_port)
+            phones_to = sip_port
+            if plan.loss:  # phones -> relay -> sipdial (sipdial knows them at the relay)
+                relays.append(LossyRelay((LOOPBACK, sip_port), drop_up=plan.loss,
+                                         drop_down=plan.loss, seed=plan.seed + 1))
+                cleanup.callback(relays[-1].close)
+                phones_to = relays[-1].port
+            farm = Farm(work, plan, phones_to)
             cleanup.callback(farm.stop)
             farm.start(timeout=min(60.0, max(5.0, deadline - time.monotonic())))
             if farm.info.get("failed"):
@@ -432,7 +456,10 @@ def run(plan: Plan, work: Path | None = None, *,
         sipdial_cpu_s=_cpu_between(monitor, "sipdial", t_drained),
         rss_hwm=rss_hwm, udp_dropped=max(0, drops1 - drops0),
         log_groups=dict(groups.most_common(12)), tracebacks=tracebacks,
-        interrupted=interrupted)
+        interrupted=interrupted,
+        relays=[{"sent_up": x.stats.up_sent, "dropped_up": x.stats.up_dropped,
+                 "sent_down": x.stats.down_sent, "dropped_down": x.stats.down_dropped}
+                for x in relays])
 
 
 def _tick(progress: Callable[[str], None], driver: Driver, monitor: Monitor, db: Path,

@@ -118,6 +118,7 @@ def summarise(r: Run) -> dict[str, Any]:
         "destination": {k: v for k, v in r.dest_stats.items()
                         if k.endswith("(C)") and v not in ("", "0")},
         "udp_dropped_at_sipdial": r.udp_dropped,
+        "loss_relays": r.relays,
         "sipdial_log": {"warnings_errors": r.log_groups, "tracebacks": r.tracebacks},
     }
 
@@ -218,8 +219,10 @@ def text(summary: dict[str, Any]) -> str:
         return f"p50 {d['p50']} / p95 {d['p95']} / p99 {d['p99']} / max {d['max']} ms (n={d['n']})"
 
     plan = summary["plan"]
+    extras = (" + prompt" if plan["prompt"] else "") \
+        + (f", loss {plan['loss']:g} each way" if plan["loss"] else "")
     lines = [
-        f"== {plan['mode']}: offered {plan['rate']:g} calls/s, {plan['calls']} calls, "
+        f"== {plan['mode']}{extras}: offered {plan['rate']:g} calls/s, {plan['calls']} calls, "
         f"{plan['users']} users x {plan['devices']} devices, hold {plan['hold_ms']} ms",
         f"POSTed {summary['posts']} ({summary['sent_per_s']}/s), accepted {summary['accepted']}"
         + (f", refused {summary['refused']}" if summary["refused"] else ""),
@@ -295,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Click-to-dial load against a real sipdial with simulated phones and a "
                     "SIPp destination, on 127.0.0.1 (see loadtest/README.md).")
     ap.add_argument("--mode", choices=("refer", "bridge"), default="bridge")
+    ap.add_argument("--prompt", action="store_true",
+                    help='"press 1 to connect": the phones answer the prompt with RFC 4733')
+    ap.add_argument("--loss", type=float, default=0.0,
+                    help="drop this share of datagrams each way through lossy relays (0)")
     ap.add_argument("--rate", type=float, default=20.0, help="offered calls/s (20)")
     count = ap.add_mutually_exclusive_group()
     count.add_argument("--calls", type=int, help="calls in all (default 10 s worth)")
@@ -326,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress line")
     args = ap.parse_args(argv)
     calls = args.calls if args.calls else int(args.rate * (args.duration or 10.0))
-    plan = Plan(mode=args.mode, rate=args.rate, calls=calls, users=args.users,
-                devices=args.devices, hold_ms=args.hold, reject_share=args.reject_share,
+    plan = Plan(mode=args.mode, prompt=args.prompt, loss=args.loss, rate=args.rate,
+                calls=calls, users=args.users, devices=args.devices, hold_ms=args.hold,
+                reject_share=args.reject_share,
                 no_answer_share=args.no_answer_share, ring_timeout=args.ring_timeout,
                 http_conns=args.http_conns, max_seconds=args.max_seconds, seed=args.seed)
     try:
