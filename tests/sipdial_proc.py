@@ -140,6 +140,10 @@ class Sipdial:
         return self.proc.returncode
 
     def __enter__(self) -> Sipdial:
+        # `with Sipdial(...).start() as sd` is common: a second start() would leave the first
+        # process running, orphaned, after the test (three were found alive after a suite)
+        if self.proc is not None and self.proc.poll() is None:
+            return self
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
