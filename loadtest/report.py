@@ -270,9 +270,13 @@ def find_knee(base: Plan, *, start: float, factor: float, seconds: float, max_st
         s = summarise(r)
         write(r, s, r.work / "report")
         p99 = s["latency_ms"]["http_to_phone_invite"]["p99"]
-        ok = s["sustained"] and p99 is not None and p99 <= p99_limit_ms
-        steps.append({"rate": rate, "sustained": s["sustained"], "achieved": s["achieved_per_s"],
-                      "p99_http_to_phone_ms": p99, "ok": ok,
+        # keeps up: the POSTs went out at the offered rate (each waits for sipdial's 201, so
+        # a sipdial that falls behind slows them) — as Sippy's knee asks of its SIPp uac
+        keeps_up = s["sent_per_s"] >= 0.95 * rate
+        ok = s["sustained"] and keeps_up and p99 is not None and p99 <= p99_limit_ms
+        steps.append({"rate": rate, "sustained": s["sustained"], "keeps_up": keeps_up,
+                      "achieved": s["achieved_per_s"], "p99_http_to_phone_ms": p99, "ok": ok,
+                      "sipdial_cpu_ms_per_call": s["sipdial_cpu_ms_per_call"],
                       "cpu_sipdial": s["cpu_percent_while_offering"]["sipdial"],
                       "bottlenecks": s["bottlenecks"]})
         print(f"\nstep {step + 1}: offered {rate:g}/s -> {'ok' if ok else 'NOT sustained'} "
@@ -330,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-steps", type=int, default=8)
     ap.add_argument("--p99-limit", type=float, default=50.0,
                     help="--find-knee: HTTP -> phone INVITE p99 limit in ms (50)")
+    ap.add_argument("--compare-sippy", action="store_true",
+                    help="also run Sippy's b2bua_simple (SIPp uac -> sippy -> SIPp uas, its own "
+                         "venv) under the same rates and print sipdial / Sippy")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
     args = ap.parse_args(argv)
     calls = args.calls if args.calls else int(args.rate * (args.duration or 10.0))
@@ -348,16 +355,58 @@ def main(argv: list[str] | None = None) -> int:
                            seconds=args.step_seconds, max_steps=args.max_steps,
                            p99_limit_ms=args.p99_limit, out=out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "knee.json").write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nknee: {result['knee_calls_per_s']} calls/s sustained "
-              f"({plan.mode}; p99 limit {args.p99_limit} ms); {out / 'knee.json'}")
+              f"({plan.mode}; p99 limit {args.p99_limit} ms)")
+        if args.compare_sippy:
+            result["sippy"] = _sippy_knee(args, out)
+            result["ratio"] = _ratio(result["knee_calls_per_s"],
+                                     result["sippy"]["knee_calls_per_s"])
+            print(f"Sippy b2bua_simple knee: {result['sippy']['knee_calls_per_s']} calls/s; "
+                  f"sipdial / Sippy = {result['ratio']}\n{PER_CALL}")
+        (out / "knee.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(f"{out / 'knee.json'}")
         return 0
     r = run(plan, out, progress=None if args.quiet else _progress)
     summary = summarise(r)
+    if args.compare_sippy:
+        summary["sippy"] = _sippy_same_rate(plan, out)
+        mine, theirs = summary["sipdial_cpu_ms_per_call"], summary["sippy"].get(
+            "sippy_cpu_ms_per_call")
+        summary["sippy_cpu_per_call_ratio"] = _ratio(theirs, mine)
     files = write(r, summary, out / "report")
     print("\n" + text(summary))
+    if args.compare_sippy:
+        sippy = summary["sippy"]
+        print(f"Sippy b2bua_simple at {plan.rate:g}/s: {sippy.get('succeeded')} of "
+              f"{sippy.get('calls')} calls, {sippy.get('achieved_per_s')}/s, CPU "
+              f"{sippy.get('sippy_cpu_ms_per_call')} ms per call; Sippy CPU / sipdial CPU per "
+              f"call = {summary['sippy_cpu_per_call_ratio']}\n{PER_CALL}")
     print("report: " + ", ".join(str(p) for p in files))
     return 0
+
+
+#: what each side does per call, printed beside every ratio
+PER_CALL = ("per call: sipdial = HTTP POST + digest-authenticated phone leg + destination leg "
+            "+ bridge re-INVITE (bridge) or REFER + NOTIFYs + the phone's referred INVITE with "
+            "407 (refer) + SQLite call log + events; Sippy b2bua_simple = one bare two-leg "
+            "B2BUA call (INVITE/200/ACK/BYE each side), no auth, no HTTP, no database")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def _sippy_knee(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    from loadtest.sippy_compare import find_knee_sippy
+    return find_knee_sippy(args.start_rate, args.factor, args.step_seconds, args.max_steps,
+                           out / "sippy", hold_ms=args.hold)
+
+
+def _sippy_same_rate(plan: Plan, out: Path) -> dict[str, Any]:
+    from loadtest.sippy_compare import run_sippy
+    return run_sippy(plan.rate, plan.calls, plan.hold_ms, out / "sippy",
+                     max_seconds=min(plan.max_seconds, plan.calls / plan.rate
+                                     + plan.hold_ms / 1000 + 30))
 
 
 if __name__ == "__main__":
