@@ -163,7 +163,9 @@ class Dialog:
     parent: str | None = None
     cseq: int = 0  #: our last CSeq in this dialog
     ended: bool = False
-    unacked: ServerTxn | None = None  #: an INVITE answered 2xx, ACK awaited
+    #: INVITEs answered 2xx whose ACK is awaited, by CSeq number (a re-INVITE may come
+    #: before the first ACK, lost, is retransmitted)
+    unacked: dict[int, ServerTxn] = field(default_factory=dict)
     offer: bytes = b""  #: sipdial's SDP offer (for the DTMF target)
     notify_queue: list[tuple[str, str]] = field(default_factory=list)
     notify_busy: bool = False
@@ -613,7 +615,7 @@ class FarmCore:
         body = self._sdp(device, request.body)
         extra = (f"Contact: {self.contact(device)}\r\nContent-Type: application/sdp\r\n")
         self._final(txn, 200, "OK", now, extra, body)
-        dialog.unacked = txn
+        dialog.unacked[txn.cseq] = txn
         self._event(now, "answered", call_id=dialog.call_id, user=device.user,
                     device=device.index)
 
@@ -626,7 +628,7 @@ class FarmCore:
         body = self._sdp(device, request.body)
         extra = f"Contact: {self.contact(device)}\r\nContent-Type: application/sdp\r\n"
         self._final(txn, 200, "OK", now, extra, body)
-        dialog.unacked = txn
+        dialog.unacked[txn.cseq] = txn
         self._event(now, "reinvite", call_id=dialog.call_id, user=device.user,
                     device=device.index)
 
@@ -669,12 +671,11 @@ class FarmCore:
             return
         tag = to_tag(request)
         dialog = self._dialogs.get((call_id(request), tag or ""))
-        unacked = dialog.unacked if dialog is not None else None
-        if dialog is None or unacked is None or unacked.cseq != cseq(request).number:
+        unacked = dialog.unacked.pop(cseq(request).number, None) if dialog is not None else None
+        if dialog is None or unacked is None:
             self.stats.unmatched += 1
             return
         unacked.acked = True
-        dialog.unacked = None
         self.timers.schedule(unacked.final_at + self._t64,
                              lambda t: self._forget_server(unacked))
         if unacked.initial:

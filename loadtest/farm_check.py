@@ -27,8 +27,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from loadtest.load_bridge import QuietSipdial
+from loadtest.load_bridge import QuietSipdial, proc_cpu
 from tests.integration.c2d_helpers import ROUTE_MATCH
+from tests.peers.lossy_relay import LossyRelay
 from tests.peers.ports import LOOPBACK, free_port_both
 from tests.peers.sipp import Sipp
 
@@ -44,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--farm-args", default="", help="extra arguments for the farm")
     ap.add_argument("--max-seconds", type=float, default=60.0)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--loss", type=float, default=0.0,
+                    help="drop this share of datagrams each way between the farm and sipdial "
+                         "(tests.peers.lossy_relay; seeded)")
+    ap.add_argument("--profile", action="store_true",
+                    help="run the farm under cProfile (WORKDIR/farm.prof)")
     args = ap.parse_args(argv)
     deadline = time.monotonic() + args.max_seconds
     work = args.workdir or Path(tempfile.mkdtemp(prefix="farm-check-"))
@@ -51,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     dest_port = free_port_both()
     users = [{"id": str(n), "password": f"pw-{n}-load", "name": f"User {n}"}
              for n in range(1, args.users + 1)]
+    if args.users < 201:  # tests.sipdial_proc's config has an API token for user 201
+        users.append({"id": "201", "password": "not-used-201", "name": "Token owner"})
     sd = QuietSipdial(work, users=users, transports=("udp",),
                       routes=[{"match": ROUTE_MATCH,
                                "uri": f"sip:{{number}}@{LOOPBACK}:{dest_port}"}],
@@ -59,14 +67,20 @@ def main(argv: list[str] | None = None) -> int:
                     calls=args.calls, timeout=args.max_seconds, rtp_echo=False,
                     name="sipp-dest")
     farm: subprocess.Popen[bytes] | None = None
+    relay: LossyRelay | None = None
     ready = work / "farm-ready.json"
     events = work / "farm-events.jsonl"
     ok = False
     try:
         sd.start()
         dest.start()
-        cmd = [sys.executable, "-m", "loadtest.farm",
-               "--sipdial", f"{LOOPBACK}:{sd.sip_port('udp')}",
+        sip = (LOOPBACK, sd.sip_port("udp"))
+        if args.loss > 0:
+            relay = LossyRelay(sip, drop_up=args.loss, drop_down=args.loss)
+            sip = relay.address
+        profile = ["-m", "cProfile", "-o", str(work / "farm.prof")] if args.profile else []
+        cmd = [sys.executable, *profile, "-m", "loadtest.farm",
+               "--sipdial", f"{sip[0]}:{sip[1]}",
                "--users", f"1-{args.users}", "--devices", str(args.devices),
                "--ready-file", str(ready), "--events", str(events),
                "--max-seconds", str(int(args.max_seconds)), *shlex.split(args.farm_args)]
@@ -102,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         ok = len(ids) == args.calls and all(c.endswith(":completed") for c in causes.values()) \
             and len(causes) == len(ids)
     finally:
+        if sd.proc is not None and sd.proc.poll() is None:
+            print(f"sipdial CPU {proc_cpu(sd.proc.pid):.2f} s (start-up included)")
         if farm is not None:
             if farm.poll() is None:
                 farm.terminate()
@@ -113,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                 farm.wait(5)
         dest.stop()
         sd.stop()
+        if relay is not None:
+            print("relay:", relay.stats)
+            relay.close()
     if events.exists():
         counts = Counter(json.loads(line)["ev"] for line in events.read_text().splitlines())
         print("farm events:", dict(counts))

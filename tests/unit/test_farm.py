@@ -509,3 +509,19 @@ def test_dtmf_after_the_ack_is_rfc4733_event_1_from_the_devices_rtp_socket() -> 
     assert [p[0] for p in payloads] == [1, 1, 1]  # event "1"
     assert [p[1] & 0x80 for p in payloads] == [0, 0, 0x80]  # end bit on the last
     assert names(events(farm))[-1] == "dtmf"
+
+
+def test_a_reinvite_before_the_first_ack_leaves_both_2xx_waiting_for_their_acks() -> None:
+    farm, ok = answered_farm()
+    reinvite = in_dialog("INVITE", ok, branch="z9hG4bKre", number=2,
+                         extra=["Content-Type: application/sdp"],
+                         body=sdp_answer("127.0.0.1", 41000))
+    farm.receive(reinvite, SIPDIAL, START + 0.1)  # the first ACK was lost
+    assert statuses(sent(farm)) == [200]
+    farm.receive(in_dialog("ACK", ok, branch="z9hG4bKa2", number=2), SIPDIAL, START + 0.2)
+    farm.timers.run_due(START + T1)
+    assert statuses(sent(farm)) == [200]  # the first 200 only: its ACK is still missing
+    farm.receive(in_dialog("ACK", ok, branch="z9hG4bKa1", number=1), SIPDIAL, START + 0.6)
+    farm.timers.run_due(START + 60)
+    assert sent(farm) == [] and farm.stats.unmatched == 0
+    assert names(events(farm)) == ["invite", "answered", "reinvite", "acked"]
