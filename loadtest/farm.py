@@ -10,8 +10,10 @@ sipdial (digest, 401 answered once) from ONE UDP socket, then behaves like a pho
 
 * a new INVITE from sipdial: 180 (To tag), then 200 with an SDP answer (the device's own
   bound RTP socket, which discards what it receives) retransmitted until the ACK (T1 doubling
-  to T2, given up after 64*T1); or 486, or 180 only (then CANCEL -> 200 + 487), chosen per
-  Call-ID with ``--seed`` (``--reject-share``, ``--no-answer-share``);
+  to T2, given up after 64*T1); or 486, or 180 only (then CANCEL -> 200 + 487), chosen by a
+  hash of the seed and the INVITE's From user (the dialled number; the Call-ID if it has
+  none), so every device of a forked call decides alike (``--reject-share``,
+  ``--no-answer-share``, ``--seed``);
 * a re-INVITE in the dialog (bridge mode): 200 with the SDP answer, ACK absorbed;
 * a REFER in the dialog: 202, NOTIFY "100 Trying", then the referred call: a new dialog
   INVITE to the Refer-To URI (headers stripped) sent to ``--sipdial``, 407 answered once with
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import re
@@ -333,8 +336,11 @@ class FarmCore:
         self._send(data, addr)
 
     def _share(self, value: str) -> float:
-        """A number in [0, 1) fixed by the Call-ID and the seed."""
-        return zlib.crc32(value.encode(), zlib.crc32(self._seed)) / 4294967296.0
+        """A number in [0, 1) fixed by ``value`` and the seed."""
+        # blake2b, not crc32: CRC is linear, so numbers differing in one digit got
+        # correlated shares (every odd number busy)
+        digest = hashlib.blake2b(value.encode(), digest_size=8, key=self._seed).digest()
+        return int.from_bytes(digest, "big") / 18446744073709551616.0
 
     # ------------------------------------------------------------ receive
 
@@ -593,7 +599,9 @@ class FarmCore:
         txn.status = 180
         txn.last = self._build(txn, 180, "Ringing", f"Contact: {self.contact(device)}\r\n")
         self._send(txn.last, addr)
-        share = self._share(cid)
+        # by the dialled number (unique per POST in the harness) so that every device of a
+        # forked call decides alike (sipdial gives each fork branch its own Call-ID)
+        share = self._share(from_user or cid)
         if share < self._reject_cut:
             self._final(txn, 486, "Busy Here", now)
             self._end_dialog(dialog)

@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold", type=int, default=1000, help="ms before the destination's BYE")
     ap.add_argument("--rate", type=float, default=0.0, help="calls/s (0: all at once)")
     ap.add_argument("--modes", default="refer,bridge", help="modes, used in turn")
+    ap.add_argument("--confirm", action="store_true",
+                    help='"press 1" prompt calls (use with --farm-args "--dtmf-after 500")')
     ap.add_argument("--farm-args", default="", help="extra arguments for the farm")
     ap.add_argument("--max-seconds", type=float, default=60.0)
     ap.add_argument("--workdir", type=Path, default=None)
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         ids: list[str] = []
         for i in range(args.calls):
             body = {"user": str(i % args.users + 1), "to": f"+49301234{i:05d}",
-                    "mode": modes[i % len(modes)], "confirm": False}
+                    "mode": modes[i % len(modes)], "confirm": args.confirm}
             status, call = sd.api("POST", "/v1/calls", body)
             if status != 201:
                 print(f"POST {body} -> {status} {call}")

@@ -323,17 +323,21 @@ def test_reject_and_no_answer_shares_and_cancel() -> None:
     farm, _ = make_farm(reject_share=0.5, no_answer_share=0.5, seed=7)
     outcome: dict[str, str] = {}
     for n in range(40):
-        farm.receive(invite_bytes(branch=f"z9hG4bKb{n}", cid=f"c{n}"), SIPDIAL, START)
+        farm.receive(invite_bytes(branch=f"z9hG4bKb{n}", cid=f"c{n}", number=f"+49{n}"),
+                     SIPDIAL, START)
         out = statuses(sent(farm))
         outcome[f"c{n}"] = "busy" if out == [180, 486] else "ring" if out == [180] else "?"
     assert set(outcome.values()) == {"busy", "ring"}
     again, _ = make_farm(reject_share=0.5, no_answer_share=0.5, seed=7)
-    for n in range(40):  # deterministic: same seed, same Call-IDs, same choices
-        again.receive(invite_bytes(branch=f"z9hG4bKb{n}", cid=f"c{n}"), SIPDIAL, START)
+    for n in range(40):
+        # deterministic: same seed, same numbers, same choices (other Call-IDs: a fork)
+        again.receive(invite_bytes(branch=f"z9hG4bKb{n}", cid=f"fork{n}", number=f"+49{n}"),
+                      SIPDIAL, START)
         out = statuses(sent(again))
         assert outcome[f"c{n}"] == ("busy" if out == [180, 486] else "ring")
     ringing = next(n for n in range(40) if outcome[f"c{n}"] == "ring")
-    cancel = invite_bytes(branch=f"z9hG4bKb{ringing}", cid=f"c{ringing}").replace(
+    cancel = invite_bytes(branch=f"z9hG4bKb{ringing}", cid=f"c{ringing}",
+                          number=f"+49{ringing}").replace(
         b"INVITE sip:", b"CANCEL sip:", 1).replace(b"1 INVITE", b"1 CANCEL")
     farm.receive(cancel, SIPDIAL, START + 1)
     out = sent(farm)
