@@ -9,6 +9,8 @@ import os
 import signal
 import sys
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -77,8 +79,10 @@ __all__ = ["Core", "CoreStore", "LagMonitor", "Running", "build_core", "serve", 
 log = logging.getLogger("sipdial")
 
 SWEEP_INTERVAL = 10.0
-#: seconds between full garbage collections (see :func:`tune_gc`); ~25-50 ms each here
-FULL_GC_INTERVAL = 60.0
+#: seconds between full garbage collections (see :func:`tune_gc`): a safety net, since a call
+#: no longer leaves reference cycles; each costs ~0.7-1.5 s at ~1 M live objects (216 calls/s
+#: held 1 s, transactions lingering 32 s), which is why it is not every minute any more
+FULL_GC_INTERVAL = 600.0
 
 
 class LagMonitor:
@@ -415,7 +419,7 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     def sweep() -> None:
         now = reactor.seconds()
         core.sweep(now)
-        if now >= next_gc[0]:  # the garbage tune_gc's thresholds leave to gen 2 (issue 7 §6)
+        if now >= next_gc[0]:  # a safety net for cycles the thresholds leave to gen 2
             next_gc[0] = now + FULL_GC_INTERVAL
             gc.collect()
         running.sweeper = reactor.callLater(SWEEP_INTERVAL, sweep)
@@ -445,15 +449,49 @@ def _route_twisted_logs() -> None:
 
 
 def tune_gc() -> None:
-    """Calls are short-lived object graphs with cycles; the default thresholds made the
-    collector ~45% of the CPU per call (loadtest/README.md). Freeze what start-up built and
-    collect young objects less often. A call that outlives two young collections reaches
-    generation 2, which these thresholds almost never collect: its garbage piled up (RSS
-    +0.6 MiB a minute at 10 calls/s, loadtest/soak_memory.py), so :func:`start` runs a full
-    collection every :data:`FULL_GC_INTERVAL` seconds."""
+    """Freeze what start-up built and collect young objects less often: with the default
+    thresholds the collector was ~45 % of the CPU per call (loadtest/README.md).
+
+    A call leaves no reference cycles (legs hold their owner weakly, the RTP port is let go:
+    tests/unit/test_no_cycles.py), so its objects go by reference counting and generation 2
+    rarely has anything to free. Its collections are full traversals of every live object —
+    0.7-1.9 s at 216 calls/s (``SIPDIAL_GC_LOG=1``), long enough for the lag monitor to
+    answer 503 — so they are left to the threshold (1000 middle collections) and to
+    :func:`start`'s safety net every :data:`FULL_GC_INTERVAL` seconds. (Before the cycles
+    were broken, ~200 objects per call piled up for the collector: a 2.4 s pause per 36 s at
+    216 calls/s, RSS 495 MiB against 260 now.)"""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    gc.set_threshold(50_000, 50, 1000)
+    if os.environ.get("SIPDIAL_GC_LOG"):
+        _log_gc_pauses()
+
+
+def _log_gc_pauses() -> None:
+    """``SIPDIAL_GC_LOG=1`` (a diagnostic): one WARNING per collection pause over 5 ms
+    (generation, ms, objects freed); ``SIPDIAL_GC_LOG=types``: also what each collection
+    freed, by type — reference cycles that reference counting could not free (how the
+    per-call cycles of 2026-12-02 were found). Costs time: not for production."""
+    started: list[float] = [0.0]
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        ms = 1000 * (time.perf_counter() - started[0])
+        if ms > 5:
+            log.warning("gc: generation %d took %.1f ms (%d collected)", info["generation"],
+                        ms, info["collected"])
+        if types and gc.garbage:
+            counts = Counter(f"{type(o).__module__}.{type(o).__qualname__}"
+                             for o in gc.garbage)
+            gc.garbage.clear()
+            log.warning("gc: garbage by type: %s", counts.most_common(25))
+
+    types = os.environ.get("SIPDIAL_GC_LOG") == "types"
+    if types:  # what the collector frees (it keeps it in gc.garbage until counted here)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+    gc.callbacks.append(note)
 
 
 def serve(config_path: str, ready_file: str | None = None) -> int:

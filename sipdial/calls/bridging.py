@@ -16,6 +16,7 @@ as inputs of the call table. :class:`Bridge` holds that; the subclasses hold a t
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,33 @@ class TargetListener(Protocol):
 
     def target_event(self, inp: Input, now: float, code: int | None = None,
                      detail: str | None = None) -> None: ...
+
+
+class _ListenerGone:
+    """Stands in for a :class:`TargetListener` that no longer exists (its call ended)."""
+
+    def target_event(self, inp: Input, now: float, code: int | None = None,
+                     detail: str | None = None) -> None:
+        log.debug("%s after its call was gone", inp.name)
+
+
+LISTENER_GONE = _ListenerGone()
+
+
+def weak_listener(listener: TargetListener | None
+                  ) -> Callable[[], TargetListener | None]:
+    """A weak reference to a click-to-dial call from what it owns (a bridge, a transfer):
+    the call holds them, so a strong reference back made a cycle. Called: the listener,
+    :data:`LISTENER_GONE` once it is gone, None when there was none."""
+    if listener is None:
+        return lambda: None
+    ref = weakref.ref(listener)
+
+    def get() -> TargetListener:
+        alive = ref()
+        return LISTENER_GONE if alive is None else alive
+
+    return get
 
 
 # ---------------------------------------------------------------------------- forks
@@ -282,13 +310,18 @@ class Bridge:
 
     table: ClassVar[BridgeTable]
 
+    @property
+    def listener(self) -> TargetListener | None:
+        """The call this bridge reports to (held weakly), None for a call of its own."""
+        return self._listener()
+
     def __init__(self, ua: UserAgent, timers: TimerHeap, *, targets: list[Target],
                  caller: NameAddr, callee: NameAddr, offer: bytes, content_type: str | None,
                  extra: list[tuple[str, str]] | None, answer_timeout: float,
                  listener: TargetListener | None, label: str, resolver: Resolver) -> None:
         self.ua = ua
         self.timers = timers
-        self.listener = listener
+        self._listener = weak_listener(listener)
         self.label = label
         self.answer_timeout = answer_timeout
         self.forks = Forks([

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias, TypeVar
@@ -165,6 +166,18 @@ class LegListener(Protocol):
     """What owns legs: a call flow."""
 
     def leg_event(self, event: LegEvent, now: float) -> None: ...
+
+
+class _Gone:
+    """Stands in for a leg's owner that no longer exists: its call ended and nothing holds
+    it any more. What the leg still has to say (the answer to its last BYE, a late
+    retransmission) interests nobody."""
+
+    def leg_event(self, event: LegEvent, now: float) -> None:
+        log.debug("%r: after its call was gone", event)
+
+
+GONE = _Gone()
 
 
 # ---------------------------------------------------------------------------- the tables
@@ -363,7 +376,12 @@ class _Leg:
 
     table: dict[tuple[LegState, LegInput], LegRow]
     ua: UserAgent
-    owner: LegListener
+    #: the owner, held weakly: a call and its legs point at each other, and as strong
+    #: references that made every ended call a reference cycle (~200 objects) that only the
+    #: cyclic garbage collector could free, in pauses of seconds under load. The owner's
+    #: registry (the call service, the inbound router, the bridges set) holds it while it
+    #: runs; its legs, dialogs and transactions then go by reference counting
+    _owner_ref: weakref.ref[LegListener]
     state: LegState
     dialog: Dialog | None
     label: str
@@ -376,6 +394,15 @@ class _Leg:
     def contact(self) -> str:
         """Our Contact towards this leg's peer."""
         raise NotImplementedError
+
+    @property
+    def owner(self) -> LegListener:
+        owner = self._owner_ref()
+        return GONE if owner is None else owner
+
+    @owner.setter
+    def owner(self, owner: LegListener) -> None:
+        self._owner_ref = weakref.ref(owner)
 
     def hand_to(self, owner: LegListener) -> None:
         """A new owner takes the leg over (the flow that continues the call)."""

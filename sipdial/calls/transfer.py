@@ -19,7 +19,7 @@ import logging
 import re
 from typing import TypeAlias
 
-from sipdial.calls.bridging import TargetListener
+from sipdial.calls.bridging import TargetListener, weak_listener
 from sipdial.calls.legs import (
     Acked,
     Broken,
@@ -148,6 +148,12 @@ TRANSFER_TABLE: dict[tuple[TransferState, TransferInput], TransferRow] = {
 class Transfer:
     """The phone's first dialog in REFER mode, from the REFER on."""
 
+    @property
+    def listener(self) -> TargetListener:
+        listener = self._listener()
+        assert listener is not None  # a transfer always has its call
+        return listener
+
     def __init__(self, phone: UacLeg, session: PhoneSession, timers: TimerHeap,
                  listener: TargetListener, *, refer_to: str, referred_by: str,
                  timeout: float, label: str, referred_here: bool = True) -> None:
@@ -157,7 +163,7 @@ class Transfer:
         phone.hand_to(self)
         self.session = session
         self.timers = timers
-        self.listener = listener
+        self._listener = weak_listener(listener)  # the call holds us: no cycle back
         self.refer_to = refer_to
         self.referred_by = referred_by
         self.timeout = timeout

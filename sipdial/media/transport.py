@@ -148,7 +148,12 @@ class MediaManager:
         self.player.stop(key)
         call = self._calls.pop(key, None)
         if call is not None:
-            call.port.stopListening()
+            port, call.port = call.port, None
+            # the port holds its protocol (_Rtp), which holds the call: without the call's
+            # own reference to the port there is no cycle, and all three go by reference
+            # counting once Twisted lets go of the closed port (else ~12 objects per call
+            # for the cyclic collector, under load in pauses of seconds)
+            port.stopListening()
 
     def stop(self) -> None:
         """Close every call and stop the tick (shutdown)."""
