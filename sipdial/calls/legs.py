@@ -168,6 +168,15 @@ class LegListener(Protocol):
     def leg_event(self, event: LegEvent, now: float) -> None: ...
 
 
+def _sdp_only(response: Response) -> Response:
+    """``response`` with its status, Content-Type and body only."""
+    headers = Headers()
+    content_type = response.headers.get("Content-Type")
+    if content_type is not None:
+        headers.add("Content-Type", content_type)
+    return Response(response.status, response.reason, headers, response.body)
+
+
 class _Gone:
     """Stands in for a leg's owner that no longer exists: its call ended and nothing holds
     it any more. What the leg still has to say (the answer to its last BYE, a late
@@ -898,6 +907,10 @@ class UacLeg(_Leg):
             self.ua.endpoint.send_ack(txn, dialog.create_ack(self._cseq), dialog.peer)
         self._session_timer(response, now)
         self.owner.leg_event(Answered(self, response), now)
+        if self.offer_txn is None and self.answer is response:
+            # ACKed and made a dialog: from now on only its SDP is read (re-offers, a retry
+            # after 491). A held call kept two parsed 2xx (~5 KB each) for nothing else
+            self.answer = _sdp_only(response)
 
     def _refuse(self, response: Response, txn: ClientTransaction, now: float) -> None:
         """A 2xx we do not want: a second dialog (forked downstream), one crossing our

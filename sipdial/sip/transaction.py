@@ -476,6 +476,10 @@ class TransactionLayer:
         # handled every event that was queued with the transition.
         self._linger_new: list[ClientTransaction | ServerTransaction] = []
         self._linger_ready: list[ClientTransaction | ServerTransaction] = []
+        #: client transactions ended since the last drain / before it: the TU has seen their
+        #: last event once the next drain comes, then their request is dropped
+        self._ended_new: list[ClientTransaction] = []
+        self._ended_ready: list[ClientTransaction] = []
         # New INVITE server transactions and when they arrived, handed to the TU: at the
         # second drain_events() after that (the TU has handled the request) those it has not
         # answered get their 100 Trying (see _send_trying).
@@ -787,6 +791,7 @@ class TransactionLayer:
         txn._stop_all_timers()
         if isinstance(txn, ClientTransaction):
             self.client.pop(txn.key, None)
+            self._ended_new.append(txn)
         else:
             self.server.pop(txn.key, None)
             if txn.method == "INVITE":
@@ -804,6 +809,13 @@ class TransactionLayer:
             for txn in self._linger_ready:
                 self._slim(txn)
         self._linger_ready, self._linger_new = self._linger_new, []
+        for txn in self._ended_ready:
+            # nothing reaches a terminated client transaction any more and the TU has seen
+            # its last event (a timeout's, say, may read the request): its TU (a leg of a
+            # held call) may keep the object, not the parsed request and bytes (~5 KB)
+            txn._request = None
+            txn.request_bytes = b""
+        self._ended_ready, self._ended_new = self._ended_new, []
         events, self.events = self.events, []
         return events
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from twisted.internet.task import Clock
 
 from sipdial.media import MediaManager
@@ -123,3 +124,31 @@ def test_a_closed_rtp_port_leaves_no_cycle() -> None:
         assert reactor.ports[0].stopped
         reactor.ports.clear()  # Twisted lets go of the port once it has closed
     assert garbage == []
+
+
+def test_a_held_bridge_call_keeps_no_parsed_invite_or_2xx() -> None:
+    """A connected call may be held for an hour: its legs keep the 2xx's SDP only, and their
+    ended INVITE transactions no request (parsed or bytes). ~36 KB per held bridged call
+    were ~17 KB after this (loadtest/bench_held_call.py)."""
+    flow, _media = media_flow(mode="bridge")
+    flow.ring()
+    flow.answer()
+    flow.net.advance(0)
+    invite = flow.target_gets_invite()
+    flow.target.reply(invite, 200, to_tag="tgt", body=sdp_answer("10.7.7.7", 50000))
+    flow.target.take_request("ACK")
+    assert flow.answered is not None
+    flow.answered.reply(flow.answered.take_request("INVITE"), 200, body=sdp_answer())
+    flow.answered.take_request("ACK")
+    flow.net.advance(40)  # Timer M and the rest: every transaction has ended
+    flow.net.endpoint.drain_events()
+    assert flow.state == "connected"
+    bridge = flow.net.calls.calls[flow.call_id].bridge
+    assert bridge is not None and bridge.b is not None
+    for leg in (bridge.phone, bridge.b):
+        assert leg.answer is not None and leg.answer.body
+        assert [name for name, _ in leg.answer.headers.items()] == ["Content-Type"]
+        txn = leg.invite_txn
+        assert txn is not None and txn.request_bytes == b""
+        with pytest.raises(RuntimeError):
+            txn.request  # noqa: B018 (the property raises once the request is dropped)
