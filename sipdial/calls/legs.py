@@ -180,10 +180,15 @@ def _sdp_only(response: Response) -> Response:
 class _Gone:
     """Stands in for a leg's owner that no longer exists: its call ended and nothing holds
     it any more. What the leg still has to say (the answer to its last BYE, a late
-    retransmission) interests nobody."""
+    retransmission) interests nobody, but a request from the peer still gets its answer: a
+    NOTIFY 200 (the phone's REFER subscription ending, as the transfer answered it while it
+    lived; unanswered, baresip waited 32 s before it would quit), anything else 481."""
 
     def leg_event(self, event: LegEvent, now: float) -> None:
         log.debug("%r: after its call was gone", event)
+        if isinstance(event, PeerRequest) and not event.txn.answered:
+            status = 200 if event.request.method == "NOTIFY" else 481
+            event.leg.ua.endpoint.reply(event.txn, status, now)
 
 
 GONE = _Gone()

@@ -20,9 +20,10 @@ import pytest
 from twisted.internet.task import Clock
 
 from sipdial.media import MediaManager
+from sipdial.sip import call_id
 from tests.unit.simnet import sdp_answer
 from tests.unit.test_bridge_flow import media_flow
-from tests.unit.test_clicktodial_flow import Flow
+from tests.unit.test_clicktodial_flow import TARGET, Flow
 
 
 @contextmanager
@@ -152,3 +153,30 @@ def test_a_held_bridge_call_keeps_no_parsed_invite_or_2xx() -> None:
         assert txn is not None and txn.request_bytes == b""
         with pytest.raises(RuntimeError):
             txn.request  # noqa: B018 (the property raises once the request is dropped)
+
+
+def test_a_notify_after_the_call_is_gone_is_still_answered() -> None:
+    """The owner of a leg is held weakly: once the call has ended and been dropped, the
+    phone's last NOTIFY of its REFER subscription (which keeps the first dialog) must still
+    get its 200 — baresip (quitting: BYE, CANCEL of its referred INVITE, then that NOTIFY)
+    waited 32 s for it before it would exit."""
+    flow = Flow()
+    flow.to_refer()
+    flow.accept_refer()
+    flow.notify("SIP/2.0 100 Trying")
+    referred = flow.referred_invite()
+    flow.target_gets_invite()
+    assert flow.dialog is not None and flow.answered is not None
+    flow.answered.send(flow.dialog.request("BYE"))
+    flow.answered.take_response(200)
+    cancel = flow.phone.request("CANCEL", str(referred.uri), call_id_value=call_id(referred),
+                                from_tag="rf-a", to_value=f"<sip:{TARGET}@127.0.0.1>",
+                                cseq_number=2, branch=referred.headers.get_all("Via")[0]
+                                .split("branch=")[1])
+    flow.phone.send(cancel)
+    flow.phone.received()
+    assert flow.state == "ended"
+    assert flow.call_id not in flow.net.calls.calls  # dropped: only weakly held now
+    gc.collect()
+    ok = flow.notify("SIP/2.0 100 Trying", terminated=True)
+    assert ok.status == 200
