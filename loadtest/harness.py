@@ -45,11 +45,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from loadtest.load_bridge import (
@@ -57,11 +56,10 @@ from loadtest.load_bridge import (
     QuietSipdial,
     db_progress,
     log_problems,
-    proc_rss,
     quiet_sipp,
-    sipp_stats,
     udp_drops,
 )
+from loadtest.procs import proc_rss, sigterm_as_interrupt, sipp_stats
 from tests.peers.lossy_relay import LossyRelay
 from tests.peers.ports import LOOPBACK, free_port_both
 from tests.peers.sipp import Sipp
@@ -260,7 +258,6 @@ class Farm:
                 raise RuntimeError("the phones did not register:\n"
                                    + self.log_path.read_text(errors="replace")[-3000:])
             time.sleep(0.05)
-        time.sleep(0.05)  # the ready file is written in one go; let the writer close it
         self.info = json.loads(self.ready.read_text())
         return self
 
@@ -330,19 +327,6 @@ class Run:
     relays: list[dict[str, int]] = field(default_factory=list)  #: loss mode: per relay
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    old = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def run(plan: Plan, work: Path | None = None, *,
         progress: Callable[[str], None] | None = None) -> Run:
     """Start everything, offer the plan's calls, drain, stop everything, collect."""
@@ -376,7 +360,7 @@ def run(plan: Plan, work: Path | None = None, *,
     drops0 = drops1 = 0
     t_drained = 0.0
     ticker: threading.Thread | None = None
-    with ExitStack() as cleanup, _sigterm_as_interrupt():
+    with ExitStack() as cleanup, sigterm_as_interrupt():
         cleanup.callback(stop.set)
         for relay in relays:
             cleanup.callback(relay.close)

@@ -42,7 +42,6 @@ the same SIPp call; ``loadtest/bench_flow.py`` measures the REFER flow's CPU wit
 from __future__ import annotations
 
 import argparse
-import csv
 import http.client
 import json
 import os
@@ -58,9 +57,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from loadtest.procs import interrupt, proc_cpu, proc_rss, sipp_stats
 from tests.integration.c2d_helpers import ROUTE_MATCH, user
 from tests.peers.ports import LOOPBACK, free_port_both
 from tests.peers.sipp import Sipp, scenario_path
@@ -69,7 +68,6 @@ from tests.sipdial_proc import ADMIN, Sipdial
 HERE = Path(__file__).resolve().parent
 PHONE_SCENARIO = HERE / "scenarios" / "phone_bridge.xml"
 DEST_SCENARIO = "uas_answer_then_bye.xml"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 SIPP_BUFF = "4194304"
 
@@ -103,26 +101,6 @@ class QuietSipdial(Sipdial):
 
 
 # ------------------------------------------------------------------ /proc
-
-
-def proc_cpu(pid: int, tid: int | None = None) -> float:
-    """utime + stime in seconds of a process (or one of its threads)."""
-    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
-    with open(path) as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14, 15 of stat
-
-
-def proc_rss(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) in bytes."""
-    rss = hwm = 0
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-            elif line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) * 1024
-    return rss, hwm
 
 
 def udp_drops(port: int) -> int:
@@ -346,18 +324,6 @@ def quiet_sipp(sipp: Sipp, stat_file: Path, extra: list[str]) -> Sipp:
     return sipp
 
 
-def sipp_stats(stat_file: Path) -> dict[str, str]:
-    """The last row of a SIPp -trace_stat CSV (cumulative columns end in '(C)')."""
-    try:
-        rows = list(csv.reader(stat_file.read_text(errors="replace").splitlines(),
-                               delimiter=";"))
-    except FileNotFoundError:
-        return {}
-    if len(rows) < 2:
-        return {}
-    return dict(zip(rows[0], rows[-1], strict=False))
-
-
 def sipp_summary(stats: dict[str, str]) -> str:
     if not stats:
         return "no stats"
@@ -454,10 +420,6 @@ def ms(values: list[float]) -> str:
 # ------------------------------------------------------------------ main
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=100.0, help="offered calls/s (100)")
@@ -486,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ["SIPDIAL_LOG"] = "WARNING"
     os.environ["SIPDIAL_TRACE"] = "0"
-    old_term = signal.signal(signal.SIGTERM, _interrupt)
+    old_term = signal.signal(signal.SIGTERM, interrupt)  # restored at the end
 
     stop = threading.Event()
     sipp_timeout = max(10.0, args.max_seconds)
@@ -648,7 +610,8 @@ def report(args: argparse.Namespace, work: Path, sd: Sipdial, driver: Driver, mo
           f"VmHWM {rss_hwm / 2**20:.1f} MiB")
     if monitor.samples and monitor.samples[-1][0] - monitor.samples[0][0] >= 120:
         # a soak: is RSS flat? one figure per minute of the run (the first sample of each)
-        t0, minutes = monitor.samples[0][0], {}
+        t0 = monitor.samples[0][0]
+        minutes: dict[int, int] = {}
         for when, _cpu, _main, rss in monitor.samples:
             if rss:
                 minutes.setdefault(int((when - t0) // 60), rss)

@@ -53,24 +53,20 @@ Ctrl-C/SIGTERM or an error. The working directory is kept and printed.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
+from loadtest.procs import proc_cpu, proc_rss, sigterm_as_interrupt, sipp_stats, stop_group
 from tests.peers.ports import LOOPBACK, free_port_both, is_free
 from tests.peers.sipp import Sipp
 
@@ -82,7 +78,6 @@ DEFAULT_VENV = Path("/tmp/sipdial-sippy-venv")
 BUSY = 0.85  #: a SIPp above this share of one core may be the bottleneck
 INTERVAL = 0.5
 SIPP_BUFF = "4194304"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class SippyUnavailable(RuntimeError):
@@ -183,55 +178,14 @@ class SippyB2bua:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
     def stop(self, timeout: float = 5.0) -> None:
-        proc = self.proc
-        if proc is not None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                if proc.poll() is not None:
-                    break
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    continue
+        if self.proc is not None:
+            stop_group(self.proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
 
 
 # ------------------------------------------------------------------ sampling
-# (the same /proc and -trace_stat readings as loadtest/load_bridge.py, which is not imported
-# here: it pulls in sipdial's process helpers)
-
-
-def proc_cpu(pid: int) -> float:
-    """utime + stime in seconds of a process (all its threads)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14, 15 of stat
-
-
-def proc_rss(pid: int) -> int:
-    """VmRSS in bytes."""
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def sipp_stats(stat_file: Path) -> dict[str, str]:
-    """The last row of a SIPp -trace_stat CSV (cumulative columns end in '(C)')."""
-    try:
-        rows = list(csv.reader(stat_file.read_text(errors="replace").splitlines(),
-                               delimiter=";"))
-    except FileNotFoundError:
-        return {}
-    if len(rows) < 2:
-        return {}
-    return dict(zip(rows[0], rows[-1], strict=False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +213,7 @@ class Sampler(threading.Thread):
             except (OSError, IndexError, ValueError):
                 cpu[name] = float("nan")
         try:
-            rss = proc_rss(self.pids["sippy"])
+            rss = proc_rss(self.pids["sippy"])[0]
         except OSError:
             rss = 0
         s = Sample(time.monotonic(), cpu, rss)
@@ -618,19 +572,6 @@ def check_b2bua(workdir: Path, *, python: Path | None = None) -> dict[str, Any]:
 # ------------------------------------------------------------------ command line
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    old = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadtest.sippy_compare",
                                  description="SIPp uac -> Sippy b2bua_simple -> SIPp uas")
@@ -660,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sippy-compare-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             python = ensure_sippy(args.venv)
             result: dict[str, Any]
             if args.check_b2bua:

@@ -58,31 +58,37 @@ def test_refer_call_every_request_of_every_leg_goes_through_kamailio(tmp_path: P
             _sipdial(tmp_path, kam, dest.port) as sd:
         dest.start()
         with _phone(tmp_path, sd, kam) as phone:
-            phone.wait_registered()
-            (reg,) = sd.wait_registered("201")
-            assert reg["path"] and f"127.0.0.1:{kam.port}" in reg["path"][0], reg
-            status, call = sd.api("POST", "/v1/calls", {"user": "201", "to": TARGET})
-            assert status == 201, call
-            sd.wait_state(call["id"], "connected", timeout=30)
-            phone.hangup()
-            assert dest.wait(20) == 0, dest.report()
-            final = sd.wait_state(call["id"], "ended", timeout=20)
-            assert final["cause"] == "completed", final
-            # the first dialog's BYE (after the final NOTIFY) and the NOTIFYs: give them time
-            calls = wait_until(lambda: _three_dialogs(kam), timeout=15,
-                               what="three dialogs in Kamailio's log")
-        first, referred, target = calls
-        report = _report(kam, sd)
-        # sipdial -> phone: the INVITE via Path, ACK/REFER/BYE by its Record-Route; the
-        # phone's NOTIFYs by sipdial's (echoed) Record-Route
-        assert {"INVITE", "ACK", "REFER", "NOTIFY", "BYE"} <= set(_in_dialog(kam, first)), \
-            report
-        # phone -> sipdial (the referred INVITE): 407, ACK, INVITE, ACK, BYE
-        assert _in_dialog(kam, referred).count("INVITE") == 2, report
-        assert {"ACK", "BYE"} <= set(_in_dialog(kam, referred)), report
-        # sipdial -> destination through the outbound proxy, then its Record-Route
-        assert {"INVITE", "ACK", "BYE"} <= set(_in_dialog(kam, target)), report
-        assert "KAMLOG STRAY" not in kam.log_text(), report
+            _refer_call_through_kamailio(kam, sd, dest, phone)
+
+
+def _refer_call_through_kamailio(kam: Kamailio, sd: Sipdial, dest: Sipp,
+                                 phone: Baresip, transport: str = "udp") -> None:
+    """A REFER click-to-dial call by the registered ``phone``; then every request of every
+    leg must appear in Kamailio's log."""
+    phone.wait_registered()
+    (reg,) = sd.wait_registered("201")
+    assert reg["path"] and f"127.0.0.1:{kam.port}" in reg["path"][0], reg
+    assert reg["transport"] == transport, reg  # how sipdial sees Kamailio
+    status, call = sd.api("POST", "/v1/calls", {"user": "201", "to": TARGET})
+    assert status == 201, call
+    sd.wait_state(call["id"], "connected", timeout=30)
+    phone.hangup()
+    assert dest.wait(20) == 0, dest.report()
+    final = sd.wait_state(call["id"], "ended", timeout=20)
+    assert final["cause"] == "completed", final
+    # the first dialog's BYE (after the final NOTIFY) and the NOTIFYs: give them time
+    first, referred, target = wait_until(lambda: _three_dialogs(kam), timeout=15,
+                                         what="three dialogs in Kamailio's log")
+    report = _report(kam, sd)
+    # sipdial -> phone: the INVITE via Path, ACK/REFER/BYE by its Record-Route; the
+    # phone's NOTIFYs by sipdial's (echoed) Record-Route
+    assert {"INVITE", "ACK", "REFER", "NOTIFY", "BYE"} <= set(_in_dialog(kam, first)), report
+    # phone -> sipdial (the referred INVITE): 407, ACK, INVITE, ACK, BYE
+    assert _in_dialog(kam, referred).count("INVITE") == 2, report
+    assert {"ACK", "BYE"} <= set(_in_dialog(kam, referred)), report
+    # sipdial -> destination through the outbound proxy, then its Record-Route
+    assert {"INVITE", "ACK", "BYE"} <= set(_in_dialog(kam, target)), report
+    assert "KAMLOG STRAY" not in kam.log_text(), report
 
 
 def _three_dialogs(kam: Kamailio) -> list[str] | None:
@@ -145,26 +151,7 @@ def test_refer_call_over_tcp_through_kamailio(tmp_path: Path) -> None:
                      registrar=f"127.0.0.1:{sd.sip_port('tcp')}", outbound=False,
                      extra_account_params=(f'outbound="sip:{kam.address};transport=tcp"',),
                      ) as phone:
-            phone.wait_registered()
-            (reg,) = sd.wait_registered("201")
-            assert reg["path"] and f"127.0.0.1:{kam.port}" in reg["path"][0], reg
-            assert reg["transport"] == "tcp", reg  # sipdial sees Kamailio's TCP connection
-            status, call = sd.api("POST", "/v1/calls", {"user": "201", "to": TARGET})
-            assert status == 201, call
-            sd.wait_state(call["id"], "connected", timeout=30)
-            phone.hangup()
-            assert dest.wait(20) == 0, dest.report()
-            final = sd.wait_state(call["id"], "ended", timeout=20)
-            assert final["cause"] == "completed", final
-            calls = wait_until(lambda: _three_dialogs(kam), timeout=15,
-                               what="three dialogs in Kamailio's log")
-        first, referred, target = calls
-        report = _report(kam, sd)
-        assert {"INVITE", "ACK", "REFER", "NOTIFY", "BYE"} <= set(_in_dialog(kam, first)), \
-            report
-        assert {"ACK", "BYE"} <= set(_in_dialog(kam, referred)), report
-        assert {"INVITE", "ACK", "BYE"} <= set(_in_dialog(kam, target)), report
-        assert "KAMLOG STRAY" not in kam.log_text(), report
+            _refer_call_through_kamailio(kam, sd, dest, phone, transport="tcp")
 
 
 # ------------------------------------------------------------------ Path with a NAT'd Contact
