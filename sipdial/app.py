@@ -7,18 +7,19 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, inlineCallbacks
 
-from sipdial.api import CallsApi, build_site
+from sipdial.api import CallsApi, OtherWorkers, build_site
 from sipdial.authn import Authenticator
 from sipdial.calls import (
     DEFAULT_RULES,
@@ -37,7 +38,7 @@ from sipdial.calls import (
     local_hosts,
     rules_from_config,
 )
-from sipdial.config import Config, ConfigError, load_config
+from sipdial.config import Config, ConfigError, ListenAddr, load_config
 from sipdial.demo_secrets import check_demo_secrets
 from sipdial.events import EventHub, EventName
 from sipdial.guard import (
@@ -49,10 +50,12 @@ from sipdial.guard import (
 from sipdial.media import MediaManager, PromptLibrary
 from sipdial.registrar import Binding, ExpiryLimits, Registrar
 from sipdial.sip import (
+    SINGLE,
     Endpoint,
     Event,
     NameAddr,
     Peer,
+    Shard,
     SipError,
     SipURI,
     TimerConfig,
@@ -65,14 +68,18 @@ from sipdial.sip import (
 from sipdial.store import CallRecord, RegistrationRecord, SqliteStore
 from sipdial.transport import (
     DnsResolver,
+    Mesh,
+    MeshHandlers,
     SipDriver,
     TcpLimits,
     TlsContexts,
     raise_nofile,
+    reuse_port_socket,
     tcp_budget,
 )
 from sipdial.ua import UserAgent
 from sipdial.upstream import UpstreamRegistration
+from sipdial.workers import WorkerHttp, WorkerRole, worker_store_path
 
 __all__ = ["Core", "CoreStore", "LagMonitor", "Running", "build_core", "serve", "start", "tune_gc"]
 
@@ -155,6 +162,59 @@ def _path(r: RegistrationRecord) -> tuple[NameAddr, ...]:
         return ()
 
 
+def _listen_key(addr: ListenAddr) -> str:
+    """A [sip] listen entry as written: "udp:127.0.0.1:0" (IPv6 hosts bare)."""
+    return f"{addr.transport}:{addr.host}:{addr.port}"
+
+
+def _binding_document(binding: Binding, removed: bool) -> bytes:
+    """A binding as the mesh carries it to the other workers (JSON)."""
+    record = asdict(_record(binding))
+    return json.dumps({"removed": removed, "record": record}).encode("utf-8")
+
+
+def _replicated_binding(document: bytes) -> tuple[Binding, bool] | None:
+    try:
+        data = json.loads(document)
+        record = RegistrationRecord(**data["record"])
+        removed = bool(data["removed"])
+        peer = Peer(record.transport, record.source_host, int(record.source_port))
+    except (ValueError, TypeError, KeyError):
+        log.warning("mesh: a registration that does not parse dropped")
+        return None
+    return Binding(
+        user=record.user, contact=record.contact, instance=record.instance, peer=peer,
+        expires_at=record.expires_at, q=record.q, user_agent=record.user_agent,
+        call_id=record.call_id, cseq=record.cseq, registered_at=record.registered_at,
+        path=_path(record)), removed
+
+
+def _mesh_handlers(reactor: Any, core: Core, store: CoreStore, driver: SipDriver,
+                   mesh: Mesh) -> MeshHandlers:
+    """What this worker does with the others' messages (sipdial.workers)."""
+
+    def registration(document: bytes) -> None:
+        parsed = _replicated_binding(document)
+        if parsed is None:
+            return
+        binding, removed = parsed
+        if core.registrar.replicate(binding, removed, reactor.seconds()):
+            if removed:  # kept in this worker's file too: a restart starts with them
+                store.delete_registration(binding.user, binding.contact)
+            else:
+                store.save_registration(_record(binding))
+
+    def hello(worker: int) -> None:
+        for binding in core.registrar.all(reactor.seconds()):
+            mesh.send_registration(worker, _binding_document(binding, False))
+
+    def out(data: bytes, peer: Peer) -> None:
+        driver.send_here(peer, data)
+
+    return MeshHandlers(sip=driver.receive_here, out=out, registration=registration,
+                        hello=hello)
+
+
 class CoreStore(CallStore, Protocol):
     """What the sans-IO stack writes to: the call log and the registrations."""
 
@@ -217,12 +277,14 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
                events: EventSink, secret: bytes, rtp_sinks: dict[int, tuple[str, int]],
                media: MediaPort | None = None, prompts: PromptSource | None = None,
                load: LoadGauge | None = None, resolver: Resolver | None = None,
-               on_lockout: Callable[[Lockout], None] | None = None) -> Core:
+               on_lockout: Callable[[Lockout], None] | None = None,
+               shard: Shard = SINGLE,
+               on_binding: Callable[[Binding, bool], None] | None = None) -> Core:
     """The whole SIP and call stack for ``config``; nothing listens yet (the transport adds
     its local addresses to ``core.endpoint`` as it binds)."""
     timers = TimerHeap()
     endpoint = Endpoint(timers, TimerConfig(config.sip.t1, config.sip.t2, config.sip.t4),
-                        user_agent=config.sip.user_agent)
+                        user_agent=config.sip.user_agent, shard=shard)
     users = config.users
     # one guard for every password check: REGISTER, the phones' calls, the HTTP auth=
     guard = FailureGuard(GuardPolicy.from_config(config.auth), on_lockout)
@@ -235,6 +297,8 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
             store.delete_registration(binding.user, binding.contact)
         else:
             store.save_registration(_record(binding))
+        if on_binding is not None:  # the other workers (sipdial.workers)
+            on_binding(binding, removed)
 
     registrar = Registrar(auth, users.keys(),
                           ExpiryLimits(config.sip.min_registration_expires,
@@ -286,17 +350,28 @@ class Running:
     listeners: list[Any]
     sweeper: Any
     lag: LagMonitor
+    #: with ``--workers``: this worker's role, mesh and loopback HTTP port
+    role: WorkerRole | None = None
+    mesh: Mesh | None = None
+    private_http_port: int | None = None
+    #: the port each [sip] listen entry got ("udp:127.0.0.1:0" -> 40123)
+    bound: dict[str, int] | None = None
 
     @property
     def calls(self) -> CallService:
         return self.core.calls
 
     def ready_info(self) -> dict[str, Any]:
-        return {
+        info: dict[str, Any] = {
             "sip": [{"transport": t, "host": h, "port": p} for t, h, p in self.sip_ports],
             "http": {"host": self.config.http.host, "port": self.http_port},
             "pid": os.getpid(),
         }
+        if self.role is not None:
+            info["worker"] = self.role.index
+            info["private_http"] = self.private_http_port
+            info["bound"] = self.bound or {}
+        return info
 
     @inlineCallbacks
     def stop(self) -> Any:
@@ -308,21 +383,25 @@ class Running:
         for listener in self.listeners:
             yield listener.stopListening()
         self.driver.stop()
+        if self.mesh is not None:
+            self.mesh.stop()
         self.media.stop()
         yield self.events.stop()
         yield self.store.stop()
 
 
 @inlineCallbacks
-def start(config: Config, reactor: Any) -> Any:
-    """Start everything on ``reactor``; returns (via Deferred) a :class:`Running`."""
-    store = SqliteStore(config.store.sqlite_path, reactor)
+def start(config: Config, reactor: Any, role: WorkerRole | None = None) -> Any:
+    """Start everything on ``reactor``; returns (via Deferred) a :class:`Running`. ``role``:
+    this process is one of several workers (:mod:`sipdial.workers`)."""
+    path = config.store.sqlite_path
+    store = SqliteStore(path if role is None else worker_store_path(path, role.index), reactor)
     yield store.start()
     listeners: list[Any] = []
     try:
         # read before anything can start a call: these are the calls a crash cut off
         unfinished = yield store.unfinished_calls()
-        running = yield _start_on(config, reactor, store, listeners, unfinished)
+        running = yield _start_on(config, reactor, store, listeners, unfinished, role)
     except BaseException:
         for listener in listeners:
             try:
@@ -336,7 +415,8 @@ def start(config: Config, reactor: Any) -> Any:
 
 @inlineCallbacks
 def _start_on(config: Config, reactor: Any, store: SqliteStore,
-              listeners: list[Any], unfinished: list[CallRecord]) -> Any:
+              listeners: list[Any], unfinished: list[CallRecord],
+              role: WorkerRole | None) -> Any:
     # where REFER-mode offers point the phones' audio, one sink per address family
     sinks: dict[int, tuple[str, int]] = {}
     for addr in config.sip.listen:
@@ -361,10 +441,19 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
            if any(a.transport == "tls" for a in config.sip.listen) else None)
     transports = ("udp", "tcp", "tls") if tls is not None else ("udp", "tcp")
     dns = DnsResolver(reactor, supported=transports)
+    mesh_out: list[Mesh] = []  # the mesh, once it exists (the core is built before it)
+
+    def replicate(binding: Binding, removed: bool) -> None:
+        if mesh_out:
+            mesh_out[0].broadcast_registration(_binding_document(binding, removed))
+
     core = build_core(config, clock=reactor.seconds, store=store, events=events,
-                      secret=os.urandom(32), rtp_sinks=sinks, media=media, prompts=prompts,
+                      secret=role.secret if role is not None else os.urandom(32),
+                      rtp_sinks=sinks, media=media, prompts=prompts,
                       load=lag, resolver=_ClockedResolver(dns, reactor.seconds),
-                      on_lockout=on_lockout)
+                      on_lockout=on_lockout,
+                      shard=role.shard if role is not None else SINGLE,
+                      on_binding=replicate if role is not None else None)
     saved = yield store.load_registrations()
     core.registrar.restore((_binding(r) for r in saved), reactor.seconds())
 
@@ -377,20 +466,43 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     if any(addr.transport == "tcp" for addr in sip.listen):
         log.info("SIP-TCP: at most %d connections, %d per source; a message within %g s",
                  tcp.max_connections, tcp.max_per_source, tcp.message_timeout)
-    driver = SipDriver(reactor, core.endpoint, core.timers, core.handle, tcp=tcp, tls=tls)
+    mesh = None
+    if role is not None:
+        mesh = Mesh(reactor, role.mesh_dir, role.index, role.count)
+        mesh_out.append(mesh)
+    driver = SipDriver(reactor, core.endpoint, core.timers, core.handle, tcp=tcp, tls=tls,
+                       shard=core.endpoint.shard, forwarder=mesh)
     sip_ports: list[tuple[str, str, int]] = []
+    bound: dict[str, int] = {}
     try:
+        if mesh is not None:
+            mesh.start(_mesh_handlers(reactor, core, store, driver, mesh))
         for addr in config.sip.listen:
             wildcard = addr.host in ("0.0.0.0", "::")
-            port = driver.listen(addr.transport, addr.host, addr.port,
-                                 advertise=config.sip.domain if wildcard else None)
+            advertise = config.sip.domain if wildcard else None
+            if role is None:
+                port = driver.listen(addr.transport, addr.host, addr.port, advertise=advertise)
+            else:
+                port = role.sip_ports.get(_listen_key(addr), addr.port)
+                if addr.transport == "udp":
+                    port = driver.listen("udp", addr.host, port, advertise=advertise,
+                                         reuse_port=True)
+                elif role.index == 0:
+                    port = driver.listen(addr.transport, addr.host, port, advertise=advertise)
+                else:  # worker 0 holds every TCP/TLS connection (sipdial.workers)
+                    driver.listen_elsewhere(addr.transport, addr.host, port, advertise)
+            bound[_listen_key(addr)] = port
             sip_ports.append((addr.transport, addr.host, port))
     except BaseException:
         driver.stop()
+        if mesh is not None:
+            mesh.stop()
         lag.stop()
         raise
+    if mesh is not None:
+        mesh.hello()  # the others send their registrations
 
-    if core.upstream is not None:
+    if core.upstream is not None and (role is None or role.index == 0):
         core.upstream.start(reactor.seconds())  # [upstream]: register there (sipdial.upstream)
         driver.pump()
     yield events.start()  # resumes webhook deliveries a previous run left pending
@@ -406,13 +518,31 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     api = CallsApi(core.calls, core.inbound, store, core.registrar, reactor.seconds,
                    transactions=lambda: len(txns.server) + len(txns.client),
                    upstream=core.upstream)
+    workers: OtherWorkers | None = WorkerHttp(reactor, role) if role is not None else None
     site = build_site(api, config.api.tokens, reactor=reactor,
-                      check_password=check_password, events=events)
-    http = reactor.listenTCP(config.http.port, site, interface=config.http.host)
+                      check_password=check_password, events=events, workers=workers)
+    private_port = None
+    if role is None:
+        http = reactor.listenTCP(config.http.port, site, interface=config.http.host)
+    else:
+        # the shared API port (SO_REUSEPORT), and this worker's own loopback port where the
+        # others ask it about its calls (answering from here only: no workers to ask)
+        port = role.http_port if role.http_port is not None else config.http.port
+        sock = reuse_port_socket(socket.SOCK_STREAM, config.http.host, port)
+        try:
+            http = reactor.adoptStreamPort(sock.fileno(), sock.family, site)
+        finally:
+            sock.close()
+        own_site = build_site(api, config.api.tokens, reactor=reactor,
+                              check_password=check_password, events=events)
+        private = reactor.listenTCP(0, own_site, interface="127.0.0.1")
+        listeners.append(private)
+        private_port = private.getHost().port
     listeners.append(http)
 
     running = Running(config, core, driver, store, events, media, sip_ports,
-                      http.getHost().port, listeners, None, lag)
+                      http.getHost().port, listeners, None, lag, role=role, mesh=mesh,
+                      private_http_port=private_port, bound=bound)
 
     next_gc = [reactor.seconds() + FULL_GC_INTERVAL]
 
@@ -494,14 +624,17 @@ def _log_gc_pauses() -> None:
     gc.callbacks.append(note)
 
 
-def serve(config_path: str, ready_file: str | None = None) -> int:
-    """``sipdial serve``: run until SIGINT/SIGTERM. Returns the exit code."""
+def serve(config_path: str, ready_file: str | None = None,
+          role: WorkerRole | None = None) -> int:
+    """``sipdial serve``: run until SIGINT/SIGTERM. Returns the exit code. ``role``: as one
+    worker of ``sipdial serve --workers`` (sipdial.workers)."""
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
 
+    who = "" if role is None else f"[w{role.index}] "  # workers share the supervisor's output
     logging.basicConfig(level=os.environ.get("SIPDIAL_LOG", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
     _route_twisted_logs()
     try:
         config = load_config(config_path)
@@ -521,12 +654,15 @@ def serve(config_path: str, ready_file: str | None = None) -> int:
     def started(running: Running) -> None:
         holder.append(running)
         info = running.ready_info()
-        log.info("sipdial ready: %s", json.dumps(info))
+        log.info("%s ready: %s", "sipdial" if role is None else f"worker {role.index}",
+                 json.dumps(info))
         if ready_file:
             tmp = f"{ready_file}.tmp"
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(info, fh)
             os.replace(tmp, ready_file)
+        if role is not None:  # wake the supervisor
+            os.kill(os.getppid(), signal.SIGUSR1)
 
     def failed(failure: Any) -> None:
         log.error("sipdial failed to start: %s", failure.getErrorMessage())
@@ -541,7 +677,7 @@ def serve(config_path: str, ready_file: str | None = None) -> int:
             return holder[0].stop()
         return None
 
-    d: Deferred[Running] = start(config, reactor)
+    d: Deferred[Running] = start(config, reactor, role)
     d.addCallbacks(started, failed)
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
     def stop_once() -> None:

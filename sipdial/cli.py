@@ -74,7 +74,7 @@ def main(
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
     if args.command == "serve":
-        return _serve(args.config, args.ready_file)
+        return _serve(args.config, args.ready_file, args.workers)
     if args.command == "check-config":
         return _check_config(args.path, out, err)
     client = _Client(_base_url(args.server), args.token)
@@ -102,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default="config/sipdial.toml", help="TOML configuration")
     serve.add_argument(
         "--ready-file", help="write this file once SIP and HTTP are listening (for scripts)"
+    )
+    serve.add_argument(
+        "--workers", type=_workers, default=1, metavar="N|auto",
+        help="worker processes sharing the SIP and HTTP ports (auto: one per core; "
+        "default 1, a single process; see sipdial/workers.py)",
     )
 
     server = argparse.ArgumentParser(add_help=False)
@@ -192,8 +197,20 @@ def _base_url(server: str) -> str:
     return url.rstrip("/")
 
 
-def _serve(config_path: str, ready_file: str | None) -> int:
+def _workers(text: str) -> int:
+    if text == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError("must be 'auto' or a number from 1 to 64")
+    return int(text)
+
+
+def _serve(config_path: str, ready_file: str | None, workers: int = 1) -> int:
     # Imported here: the other commands must not need Twisted or the engine.
+    if workers > 1:
+        from sipdial.workers import supervise
+
+        return supervise(config_path, workers, ready_file)
     from sipdial.app import serve  # type: ignore[import-not-found, unused-ignore]
 
     return int(serve(config_path, ready_file))

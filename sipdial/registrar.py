@@ -149,6 +149,30 @@ class Registrar:
                 count += 1
         return count
 
+    def replicate(self, binding: Binding, removed: bool, now: float) -> bool:
+        """A binding that changed at another worker (sipdial.workers), made here without
+        telling ``on_change`` (that worker has). False: not taken (an unknown user, expired,
+        or older than the one held: a REGISTER's Call-ID/CSeq order, RFC 3261 §10.3)."""
+        if binding.user not in self.users:
+            return False
+        table = self._bindings.get(binding.user)
+        held = table.get(binding.contact) if table else None
+        if held is not None and held.registered_at > binding.registered_at:
+            return False
+        if removed:
+            if held is None or table is None:
+                return False
+            del table[binding.contact]
+            if not table:
+                del self._bindings[binding.user]
+            self._index(held, removed=True)
+            return True
+        if binding.expires_at <= now:
+            return False
+        self._bindings.setdefault(binding.user, {})[binding.contact] = binding
+        self._index(binding, removed=False)
+        return True
+
     def sweep(self, now: float) -> list[Binding]:
         removed: list[Binding] = []
         for user, table in list(self._bindings.items()):

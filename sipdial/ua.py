@@ -118,7 +118,7 @@ class UserAgent:
         self.registrar = registrar
         self.domain = domain
         self.dialogs: dict[DialogKey, tuple[Dialog, LegOwner]] = {}
-        self._prefix = os.urandom(4).hex()
+        self._prefix = endpoint.shard.prefix(8)  # its worker's index first (sip.shard)
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------ identifiers

@@ -59,7 +59,8 @@ def config_text(db: Path, *, users: list[dict[str, Any]], routes: list[dict[str,
 
 
 class Sipdial:
-    def __init__(self, tmp_path: Path, **config: Any) -> None:
+    def __init__(self, tmp_path: Path, *, workers: int = 1, **config: Any) -> None:
+        self.workers = workers  # `sipdial serve --workers N` (1: one process)
         self.dir = tmp_path / "sipdial"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db = self.dir / "sipdial.db"
@@ -79,7 +80,8 @@ class Sipdial:
                    SIPDIAL_TRACE=os.environ.get("SIPDIAL_TRACE", "1"))
         self._log = []  # this run's lines up to "ready" (a restart must not log them again)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sipdial", "serve", "--config", str(self.config_path)],
+            [sys.executable, "-m", "sipdial", "serve", "--config", str(self.config_path),
+             *(["--workers", str(self.workers)] if self.workers > 1 else [])],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=env, cwd=self.dir, preexec_fn=self._limits if self.nofile else None)
         assert self.proc.stdout is not None

@@ -44,13 +44,13 @@ from io import BytesIO
 from typing import Any, BinaryIO, Final, Protocol
 from urllib.parse import quote, unquote_to_bytes
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
-from sipdial.api.service import ApiError, CallApi
+from sipdial.api.service import ApiError, CallApi, OtherWorkers, WorkerReply
 from sipdial.api.sse import EventSource, EventStream
 from sipdial.calls import CallState, Mode, escape_user
 from sipdial.reactor_types import exc_info
@@ -474,6 +474,44 @@ def _error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
+def _target(request: _Incoming) -> str:
+    """The request's path and query, as another worker is asked it."""
+    if not request.query:
+        return request.path
+    return request.path + "?" + request.query.decode("latin-1")
+
+
+def _from_worker(reply: WorkerReply) -> _Reply:
+    try:
+        body = json.loads(reply.body)
+    except ValueError:
+        log.error("another worker answered %d with a body that is not JSON", reply.status)
+        return _Reply(502, _error_body("bad_worker_reply", "a worker answered nonsense"))
+    return _Reply(reply.status, body, list(reply.headers))
+
+
+def _worker_unavailable(failure: Failure, worker: int) -> _Reply:
+    log.warning("worker %d could not be reached: %s", worker, failure.getErrorMessage())
+    return _Reply(503, _error_body(
+        "worker_unavailable",
+        f"the worker process holding this call (worker {worker}) is restarting: try again"),
+        [("Retry-After", "1")])
+
+
+def _listed_calls(reply: WorkerReply) -> list[dict[str, Any]] | None:
+    """The calls in another worker's 200 to ``GET /v1/calls``; None for anything else."""
+    if reply.status != 200:
+        return None
+    try:
+        body = json.loads(reply.body)
+    except ValueError:
+        return None
+    calls = body.get("calls") if isinstance(body, dict) else None
+    if not isinstance(calls, list):
+        return None
+    return [c for c in calls if isinstance(c, dict)]
+
+
 class _Router:
     """Maps an :class:`_Incoming` request to a :class:`_Reply` (possibly via a Deferred)."""
 
@@ -483,11 +521,13 @@ class _Router:
         tokens: Mapping[str, str],
         check_password: Callable[[str, str, str], bool] | None,
         events: bool = False,
+        workers: OtherWorkers | None = None,
     ) -> None:
         self._api = api
         self._tokens = _Tokens(tokens)
         self._check_password = check_password
         self._events = events
+        self._workers = workers
 
     def handle(self, request: _Incoming) -> Deferred[_Reply]:
         """Always fires with a reply; errors become JSON error replies."""
@@ -605,16 +645,31 @@ class _Router:
         return d.addCallback(created)
 
     def _get_call(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        forwarded = self._at_owner(request, "GET", match.group("call_id"))
+        if forwarded is not None:
+            return forwarded
         principal = self._authenticate(request)
         d = self._owned_call(principal, match.group("call_id"))
         return d.addCallback(lambda resource: _Reply(200, resource))
 
     def _delete_call(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
-        principal = self._authenticate(request)
         call_id = match.group("call_id")
+        forwarded = self._at_owner(request, "DELETE", call_id)
+        if forwarded is not None:
+            return forwarded
+        principal = self._authenticate(request)
         d = self._owned_call(principal, call_id)
         d.addCallback(lambda _resource: self._api.hangup_call(call_id))
         return d.addCallback(lambda resource: _Reply(200, resource))
+
+    def _at_owner(self, request: _Incoming, method: str, call_id: str) -> Deferred[_Reply] | None:
+        """Another worker's call: that worker answers (it authenticates the request too)."""
+        workers = self._workers
+        owner = workers.owner_of(call_id) if workers is not None else None
+        if workers is None or owner is None:
+            return None
+        d = workers.request(owner, method, _target(request), request.authorization)
+        return d.addCallbacks(_from_worker, _worker_unavailable, errbackArgs=(owner,))
 
     def _owned_call(self, principal: _Principal, call_id: str) -> Deferred[dict[str, Any]]:
         def check(resource: dict[str, Any] | None) -> dict[str, Any]:
@@ -645,7 +700,40 @@ class _Router:
             if not 1 <= limit <= _LIMIT_MAX:
                 raise _invalid(f"limit: must be an integer from 1 to {_LIMIT_MAX}")
         d = self._api.list_calls(user=self._limit_to(principal, user), state=state, limit=limit)
-        return d.addCallback(lambda calls: _Reply(200, {"calls": calls}))
+        if self._workers is None or not self._workers.others():
+            return d.addCallback(lambda calls: _Reply(200, {"calls": calls}))
+        return self._list_everywhere(request, d, self._workers, limit)
+
+    @staticmethod
+    def _list_everywhere(request: _Incoming, here: Deferred[list[dict[str, Any]]],
+                         workers: OtherWorkers, limit: int) -> Deferred[_Reply]:
+        """This worker's calls and every other worker's, newest first, ``limit`` in all.
+        A worker that cannot answer (restarting) is named in ``unavailable_workers``."""
+        others = list(workers.others())
+        asked: list[Deferred[Any]] = [here] + [
+            workers.request(w, "GET", _target(request), request.authorization) for w in others]
+
+        def merge(results: list[tuple[bool, Any]]) -> _Reply:
+            ok, local = results[0]
+            if not ok:
+                return _Reply(500, _error_body("internal", "internal server error"))
+            calls: list[dict[str, Any]] = list(local)
+            unavailable: list[int] = []
+            for worker, (ok, answer) in zip(others, results[1:], strict=True):
+                listed = _listed_calls(answer) if ok else None
+                if listed is None:
+                    unavailable.append(worker)
+                else:
+                    calls.extend(listed)
+            calls.sort(key=lambda c: str(c.get("created_at", "")), reverse=True)
+            body: dict[str, Any] = {"calls": calls[:limit]}
+            if unavailable:
+                log.warning("GET /v1/calls: worker(s) %s did not answer: listed without them",
+                            unavailable)
+                body["unavailable_workers"] = unavailable
+            return _Reply(200, body)
+
+        return DeferredList(asked, consumeErrors=True).addCallback(merge)
 
     def _list_registrations(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         principal = self._authenticate(request)
@@ -936,6 +1024,7 @@ def build_site(
     reactor: Any = None,
     check_password: Callable[[str, str, str], bool] | None = None,
     events: EventSource | None = None,
+    workers: OtherWorkers | None = None,
 ) -> server.Site:
     """The HTTP API as a Twisted ``Site``; listen on it with ``reactor.listenTCP``.
 
@@ -945,6 +1034,8 @@ def build_site(
     pbxnsip's ``remote_call.htm?auth=``; without it only bearer tokens are accepted there.
     ``reactor`` (an ``IReactorTime``) drives the HTTP connection timeouts.
     ``events`` (the :class:`~sipdial.events.hub.EventHub`) enables ``GET /v1/events``.
+    ``workers``: the other worker processes (``sipdial serve --workers``), which answer for
+    their own calls; None: this process has every call.
     """
     stream: EventStream | None = None
     if events is not None:
@@ -954,7 +1045,8 @@ def build_site(
             reactor = global_reactor
         stream = EventStream(events, reactor)
     site = _Site(  # type: ignore[no-untyped-call]
-        _Resource(_Router(api, tokens, check_password, events=stream is not None), stream),
+        _Resource(_Router(api, tokens, check_password, events=stream is not None,
+                          workers=workers), stream),
         requestFactory=_LimitedRequest,
         parsePOSTFormSubmission=False,
         reactor=reactor,

@@ -32,13 +32,43 @@ The API layer relies on ``id``, ``user`` and ``state``; ``sipdial call`` prints 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
 from sipdial.calls import CallState, Mode
 
-__all__ = ["ApiError", "CallApi"]
+__all__ = ["ApiError", "CallApi", "OtherWorkers", "WorkerReply"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReply:
+    """Another worker's answer to a request handed to it."""
+
+    status: int
+    body: bytes  #: its JSON
+    headers: tuple[tuple[str, str], ...] = ()  #: those worth passing on (challenges)
+
+
+class OtherWorkers(Protocol):
+    """The other worker processes behind the same HTTP port (``sipdial serve --workers``,
+    :mod:`sipdial.workers`). A call lives in the worker that started it; its id names that
+    worker (:class:`sipdial.sip.Shard`), so ``GET``/``DELETE /v1/calls/{id}`` go there and
+    ``GET /v1/calls`` asks every worker. Each answers on its own loopback port, under the
+    same authentication as the shared one."""
+
+    def owner_of(self, call_id: str) -> int | None:
+        """The other worker whose call this id would be; None: this worker's (or nobody's)."""
+
+    def others(self) -> Sequence[int]:
+        """Every other worker's index."""
+
+    def request(self, worker: int, method: str, target: str,
+                authorization: str | None) -> Deferred[WorkerReply]:
+        """``method target`` (path and query) at that worker; fails when it cannot be
+        reached (restarting)."""
 
 
 class ApiError(Exception):

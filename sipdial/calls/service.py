@@ -12,7 +12,6 @@ import enum
 import itertools
 import logging
 import os
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -186,7 +185,7 @@ class CallService:
                           language=profile.language or config.calls.language,
                           caller_id=request.caller_id,
                           clir=profile.clir if request.clir is None else request.clir)
-        record = CallRecord(id=uuid.uuid4().hex, user=request.user, to=request.to,
+        record = CallRecord(id=self.ua.endpoint.shard.prefix(32), user=request.user, to=request.to,
                             mode=mode.value, state=CallState.CALLING_USER.value, cause=None,
                             created_at=now, ended_at=None,
                             auto_answer=auto_answer)

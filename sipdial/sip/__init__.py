@@ -43,6 +43,7 @@ Each module documents its part of the contract:
                            :class:`Peer` targets they give (:class:`Resolution`)
 :mod:`~.timers`            :class:`TimerHeap`: one heap for every timer in the process
 :mod:`~.peer`              :class:`Peer`: transport and address
+:mod:`~.shard`             :class:`Shard`: which worker process owns a message
 :mod:`~.symbols`           :class:`Symbol`: enums for state-table keys, hashed by identity
 :mod:`~.errors`            :class:`SipError`, :class:`ParseError`
 =========================  ===========================================================
@@ -107,6 +108,7 @@ from sipdial.sip.rfc3263 import (
     plan,
 )
 from sipdial.sip.sdp import MediaAnswer
+from sipdial.sip.shard import SINGLE, Shard
 from sipdial.sip.symbols import Symbol
 from sipdial.sip.timers import TimerHandle, TimerHeap
 from sipdial.sip.transaction import (
@@ -134,6 +136,7 @@ from sipdial.sip.uri import (
 
 __all__ = [
     "MAX_MESSAGE_SIZE",
+    "SINGLE",
     "URI",
     "AbsoluteURI",
     "AckTimeout",
@@ -169,6 +172,7 @@ __all__ = [
     "ResponseReceived",
     "Routed",
     "ServerTransaction",
+    "Shard",
     "SipError",
     "SipURI",
     "SrvRecord",

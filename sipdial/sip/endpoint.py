@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from sipdial.sip.message import (
     top_via,
 )
 from sipdial.sip.peer import Peer
+from sipdial.sip.shard import SINGLE, Shard
 from sipdial.sip.timers import TimerHeap
 from sipdial.sip.transaction import (
     ClientTransaction,
@@ -59,15 +59,19 @@ class Endpoint:
     the TU and ``drain_outbox`` for the transport."""
 
     def __init__(self, timers: TimerHeap, config: TimerConfig | None = None,
-                 user_agent: str = "sipdial") -> None:
+                 user_agent: str = "sipdial", shard: Shard = SINGLE) -> None:
         self.timers = timers
-        self.txns = TransactionLayer(timers, config)
+        #: this process's place among sipdial's workers: its index leads every branch and
+        #: tag it makes, so the worker that receives a response or an in-dialog request
+        #: hands it to the one that owns it (:mod:`sipdial.sip.shard`)
+        self.shard = shard
+        self.txns = TransactionLayer(timers, config, branch_prefix=shard.prefix(12))
         self.user_agent = user_agent
         # (transport, address family) -> (host, port) we listen on
         self.local: dict[tuple[str, int], tuple[str, int]] = {}
         self.stats = EndpointStats()
         self._output_hook: Callable[[], None] | None = None
-        self._tag_prefix = os.urandom(4).hex()
+        self._tag_prefix = shard.prefix(8)
         self._tags = itertools.count(1)
         #: (sent-by, connection) of requests whose top Via asked for connection reuse
         #: (RFC 5923 ``alias``), for the transport to honour or not: see drain_aliases

@@ -15,15 +15,21 @@ and time between it and the reactor, which is injected, never imported:
   same connection code as TCP under Twisted's TLS; outgoing TLS checks the server's
   certificate against the CA and its host name (:attr:`~sipdial.sip.Peer.name`, the URI's
   host) unless ``verify = false``; RFC 5923 ``alias`` reuse; RFC 5626 CRLF keep-alives.
+* :class:`Mesh` — the worker processes' Unix datagram mesh (``sipdial serve --workers``):
+  messages another worker owns, TCP/TLS sends through worker 0, registrations replicated;
+  the driver forwards by :meth:`~sipdial.sip.Shard.route` (:class:`Forwarder`).
 * :class:`DnsResolver` — ``resolve(uri, default_transport, on_done)`` calls ``on_done`` once
   with the peers to try, in order, or a :class:`~sipdial.sip.ResolveError`; cached per TTL,
   hosts file first (see :mod:`.dns`).
 """
 
 from sipdial.transport.dns import DnsResolver, OnResolved
-from sipdial.transport.driver import SipDriver, TransactionUser
+from sipdial.transport.driver import Forwarder, SipDriver, TransactionUser, reuse_port_socket
 from sipdial.transport.limits import TcpLimits, raise_nofile, tcp_budget
+from sipdial.transport.mesh import Mesh, MeshHandlers, MeshKind, mesh_socket_path
 from sipdial.transport.tls import TlsContexts, TlsError, certificate_names_host
 
-__all__ = ["DnsResolver", "OnResolved", "SipDriver", "TcpLimits", "TlsContexts", "TlsError",
-           "TransactionUser", "certificate_names_host", "raise_nofile", "tcp_budget"]
+__all__ = ["DnsResolver", "Forwarder", "Mesh", "MeshHandlers", "MeshKind", "OnResolved",
+           "SipDriver", "TcpLimits", "TlsContexts", "TlsError", "TransactionUser",
+           "certificate_names_host", "mesh_socket_path", "raise_nofile", "reuse_port_socket",
+           "tcp_budget"]

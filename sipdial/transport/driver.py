@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IHandshakeListener
@@ -23,6 +23,7 @@ from sipdial.sip import (
     Event,
     ParseError,
     Peer,
+    Shard,
     StreamFramer,
     TimerHandle,
     TimerHeap,
@@ -31,7 +32,7 @@ from sipdial.sip import (
 from sipdial.transport.limits import TcpLimits
 from sipdial.transport.tls import TlsContexts, certificate_names_host, handshake_failure
 
-__all__ = ["SipDriver", "TransactionUser"]
+__all__ = ["Forwarder", "SipDriver", "TransactionUser"]
 
 log = logging.getLogger("sipdial.transport")
 #: Every SIP message sent and received, logged at INFO: ``SIPDIAL_TRACE=1`` alone shows them
@@ -44,9 +45,39 @@ _trace = os.environ.get("SIPDIAL_TRACE", "") not in ("", "0")
 TransactionUser = Callable[[Event, float], None]
 
 
+class Forwarder(Protocol):
+    """How a worker process reaches the others (:class:`~sipdial.transport.mesh.Mesh`)."""
+
+    def forward(self, worker: int, data: bytes, source: Peer) -> None:
+        """Hand a received message to the worker that owns it."""
+
+    def relay(self, data: bytes, peer: Peer) -> None:
+        """Send over a TCP/TLS connection, which worker 0 holds."""
+
+
 UDP_BUFFER = 4 * 1024 * 1024
 _REFUSAL_LOG_INTERVAL = 10.0  # seconds between warnings about refused TCP connections
 _UDP_HOSTS_MAX = 10_000
+
+
+def reuse_port_socket(kind: socket.SocketKind, host: str, port: int) -> socket.socket:
+    """A socket bound with ``SO_REUSEPORT`` (Linux: the kernel spreads what arrives over
+    every socket bound so, one source address:port always to the same one), listening if a
+    stream socket, non-blocking: for ``reactor.adoptDatagramPort``/``adoptStreamPort``."""
+    fam = socket.AF_INET6 if family(host) == 6 else socket.AF_INET
+    sock = socket.socket(fam, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _grow_buffers(port: Any) -> None:
@@ -274,8 +305,15 @@ class SipDriver:
 
     def __init__(self, reactor: Any, endpoint: Endpoint, timers: TimerHeap,
                  tu: TransactionUser | None = None, *, tcp: TcpLimits | None = None,
-                 tls: TlsContexts | None = None) -> None:
+                 tls: TlsContexts | None = None, shard: Shard | None = None,
+                 forwarder: Forwarder | None = None) -> None:
         self.reactor = reactor
+        #: one of several workers (sipdial.workers): messages another worker owns go to it
+        #: through ``forwarder``; so do TCP/TLS sends of every worker but 0
+        self._shard = shard if shard is not None and shard.sharded else None
+        self._forwarder = forwarder
+        self._relay_streams = (self._shard is not None and forwarder is not None
+                               and self._shard.index != 0)
         #: what TLS listeners present and outgoing TLS trusts; None: no TLS
         self.tls = tls
         #: RFC 5923: sent-by (transport, host, port) -> the connection that asked for reuse
@@ -314,10 +352,20 @@ class SipDriver:
 
     # ------------------------------------------------------------ setup
 
-    def listen(self, transport: str, host: str, port: int, advertise: str | None = None) -> int:
+    def listen(self, transport: str, host: str, port: int, advertise: str | None = None, *,
+               reuse_port: bool = False) -> int:
         """Listen and return the bound port (port 0 picks a free one). ``advertise`` is the
-        address put in Via/Contact when ``host`` is a wildcard (0.0.0.0, ::)."""
-        if transport == "udp":
+        address put in Via/Contact when ``host`` is a wildcard (0.0.0.0, ::). ``reuse_port``
+        (UDP): ``SO_REUSEPORT``, the workers' shared SIP socket (sipdial.workers)."""
+        if transport == "udp" and reuse_port:
+            sock = reuse_port_socket(socket.SOCK_DGRAM, host, port)
+            try:
+                lp = self.reactor.adoptDatagramPort(sock.fileno(), sock.family, _Udp(self))
+            finally:
+                sock.close()  # the reactor's port holds its own duplicate
+            _grow_buffers(lp)
+            self._udp.setdefault(family(host), lp)
+        elif transport == "udp":
             lp = self.reactor.listenUDP(port, _Udp(self), interface=host)
             _grow_buffers(lp)
             self._udp.setdefault(family(host), lp)
@@ -335,6 +383,12 @@ class SipDriver:
         self.endpoint.add_local(transport, advertise or host, bound)
         return bound
 
+    def listen_elsewhere(self, transport: str, host: str, port: int,
+                         advertise: str | None = None) -> None:
+        """Another worker (0) listens on ``transport`` there: this one's Via and Contact name
+        that address all the same, and what it sends over that transport goes through it."""
+        self.endpoint.add_local(transport, advertise or host, port)
+
     def stop(self) -> None:
         self.endpoint.set_output_hook(None)
         self.timers.set_change_hook(None)
@@ -350,6 +404,16 @@ class SipDriver:
     # ------------------------------------------------------------ input
 
     def receive(self, data: bytes, peer: Peer) -> None:
+        shard = self._shard
+        if shard is not None and self._forwarder is not None:
+            owner = shard.route(data)
+            if owner is not None:
+                self._forwarder.forward(owner, data, peer)
+                return
+        self.receive_here(data, peer)
+
+    def receive_here(self, data: bytes, peer: Peer) -> None:
+        """A message this worker handles (received, or forwarded by the worker that did)."""
         if _trace:
             _trace_log.info("recv from %s:\n%s", peer, data.decode("utf-8", "replace"))
         try:
@@ -453,6 +517,14 @@ class SipDriver:
     def _send(self, peer: Peer, data: bytes) -> None:
         if _trace:
             _trace_log.info("send to %s:\n%s", peer, data.decode("utf-8", "replace"))
+        if peer.transport != "udp" and self._relay_streams:
+            forwarder: Any = self._forwarder
+            forwarder.relay(data, peer)
+            return
+        self.send_here(peer, data)
+
+    def send_here(self, peer: Peer, data: bytes) -> None:
+        """Send from this process's own sockets and connections."""
         if peer.transport == "udp":
             lp = self._udp.get(family(peer.host))
             if lp is None:

@@ -1,0 +1,400 @@
+"""``sipdial serve --workers N``: one sipdial on every core.
+
+One Python process runs one reactor thread, and a click-to-dial call costs ~2.5 ms of it
+(loadtest/RESULTS.md): one process tops out at one core. So the supervisor (this module,
+no reactor) starts N worker processes, each a whole sipdial (SIP stack, calls, HTTP API,
+its own SQLite file), that share the public addresses and route to each other:
+
+* **One SIP address.** Every worker binds the configured UDP address with
+  ``SO_REUSEPORT``; the kernel hands each source address:port to one of them, so a phone's
+  retransmissions, CANCEL and ACK reach the worker that has its transaction. A call is
+  owned by the worker that started it (HTTP, or the phone's INVITE), and every identifier
+  that worker makes — Via branches, dialog tags, Call-IDs, the call id, hence the REFER's
+  ``x-c2d`` — begins with its index (:class:`sipdial.sip.Shard`). A worker that receives
+  a message another one owns (the destination's 200, the phone's BYE or NOTIFY, the referred
+  INVITE) hands it over the mesh (:class:`sipdial.transport.Mesh`, Unix datagram sockets
+  in a private directory) unparsed but for the few bytes :meth:`Shard.route` reads; the
+  owner answers from its own socket on the same address.
+* **TCP and TLS** live in worker 0 (its listeners and every connection); the others hand it
+  what they send over a connection, and it hands them what arrives for them. (Spreading
+  connections would need the connection's owner to be a route target too: later.)
+* **One HTTP port**, likewise shared with ``SO_REUSEPORT``. ``POST /v1/calls`` starts the
+  call in the worker that accepted the connection; ``GET``/``DELETE /v1/calls/{id}`` are
+  answered by the owner named in the id, over its loopback port (:class:`WorkerHttp`),
+  ``GET /v1/calls`` by all of them, merged.
+* **Registrations** are replicated: a worker that takes a REGISTER tells the others
+  (mesh ``R``), a restarted one asks them for theirs (``H``); each keeps them in its file.
+* **The call log**: each worker writes its own SQLite file (``<name>.w<k>.db``) with one
+  writer thread, as a single process does; nothing is shared, nothing waits on another
+  process's lock.
+* **A worker that dies** is started again (backing off if it keeps dying); at start it
+  reads its own file, so the calls it held are ended ``interrupted`` and published to the
+  webhooks like after a crash of a single process; the other workers carry on.
+
+Not shared yet (each worker on its own): the SSE stream ``GET /v1/events`` shows the calls
+of the worker that accepted the connection; event ids are per worker; the
+password-guessing limits and ``[calls] max_concurrent`` count per worker; ``[upstream]``
+registration is done by worker 0 only.
+
+The same design extends to several machines: Kamailio's ``dispatcher`` in front sends new
+calls and REGISTERs to one of them (hash over Call-ID or source), responses and in-dialog
+requests follow the Via and Contact/Record-Route that the owner wrote — the owner's address
+is what its index is here — and the replication of registrations moves from the mesh to a
+shared location service (Kamailio's ``usrloc`` with ``add_path``, which tests/integration
+already exercise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+
+from sipdial.api import WorkerReply
+from sipdial.sip import Shard
+
+__all__ = ["WorkerHttp", "WorkerRole", "main", "supervise", "worker_store_path"]
+
+log = logging.getLogger("sipdial.workers")
+
+#: seconds a worker may take to start before the supervisor gives up on it
+START_TIMEOUT = 60.0
+#: restart back-off: the first restart at once, then doubling up to the maximum; a worker
+#: that ran this long counts as healthy again
+RESTART_MIN = 0.5
+RESTART_MAX = 30.0
+HEALTHY_AFTER = 60.0
+STOP_GRACE = 8.0  # seconds the workers get to stop after SIGTERM before SIGKILL
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """This process is worker ``index`` of ``count`` under a supervisor."""
+
+    index: int
+    count: int
+    mesh_dir: str  #: the supervisor's private directory: mesh sockets and ready files
+    secret: bytes  #: the digest nonce secret every worker shares
+    #: ports worker 0 bound, by [sip] listen entry ("udp:127.0.0.1:0" -> 40123); empty for
+    #: worker 0's first start
+    sip_ports: dict[str, int] = field(default_factory=dict)
+    http_port: int | None = None  #: the shared API port (None: [http] listen as written)
+
+    @property
+    def shard(self) -> Shard:
+        return Shard(self.index, self.count)
+
+    def ready_file(self, index: int | None = None) -> str:
+        return os.path.join(self.mesh_dir, f"w{self.index if index is None else index}.ready")
+
+
+def worker_store_path(path: str, index: int) -> str:
+    """Worker ``index``'s own SQLite file beside the configured one: ``calls.w1.db``."""
+    if path == ":memory:" or path.startswith("file:"):
+        return path
+    root, ext = os.path.splitext(path)
+    return f"{root}.w{index}{ext or '.db'}"
+
+
+class WorkerHttp:
+    """:class:`sipdial.api.OtherWorkers` over each worker's loopback HTTP port (named in its
+    ready file in the mesh directory, read again after a failure: a restart moves it)."""
+
+    def __init__(self, reactor: Any, role: WorkerRole) -> None:
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        self._role = role
+        self._shard = role.shard
+        self._ports: dict[int, int] = {}
+        pool: Any = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
+        pool.maxPersistentPerHost = 4
+        self._pool = pool
+        self._agent: Any = Agent(reactor, connectTimeout=5, pool=pool)  # type: ignore[no-untyped-call]
+
+    def owner_of(self, call_id: str) -> int | None:
+        owner = self._shard.owner_of(call_id)
+        return None if owner == self._role.index else owner
+
+    def others(self) -> Sequence[int]:
+        return [w for w in range(self._role.count) if w != self._role.index]
+
+    def _port(self, worker: int) -> int:
+        port = self._ports.get(worker)
+        if port is None:
+            with open(self._role.ready_file(worker), encoding="utf-8") as fh:
+                port = int(json.load(fh)["private_http"])
+            self._ports[worker] = port
+        return port
+
+    def request(self, worker: int, method: str, target: str,
+                authorization: str | None) -> Deferred[WorkerReply]:
+        from twisted.web.client import readBody
+        from twisted.web.http_headers import Headers
+
+        try:
+            port = self._port(worker)
+        except (OSError, ValueError, KeyError) as exc:
+            return fail(exc)
+        headers = Headers()
+        if authorization is not None:
+            headers.addRawHeader(b"Authorization", authorization.encode("latin-1"))
+        url = f"http://127.0.0.1:{port}{target}".encode("latin-1")
+        # only GET and DELETE are handed over: no body
+        d: Deferred[Any] = self._agent.request(method.encode("ascii"), url, headers, None)
+
+        def got(response: Any) -> Deferred[WorkerReply]:
+            passed = tuple((name, value) for name in ("WWW-Authenticate", "Retry-After")
+                           for value in response.headers.getRawHeaders(name, []))
+            status = int(response.code)
+            body: Deferred[bytes] = readBody(response)
+            return body.addCallback(lambda data: WorkerReply(status, data, passed))
+
+        def failed(failure: Any) -> Any:
+            self._ports.pop(worker, None)  # restarted elsewhere: read its ready file again
+            return failure
+
+        return d.addCallback(got).addErrback(failed)
+
+    def close(self) -> Deferred[None]:
+        d: Deferred[None] = self._pool.closeCachedConnections()
+        return d
+
+
+# ----------------------------------------------------------------------------- supervisor
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    ready: bool = False
+    failures: int = 0  #: exits in a row without running HEALTHY_AFTER seconds
+    restart_at: float | None = None
+
+
+class _Supervisor:
+    def __init__(self, config_path: str, count: int, ready_file: str | None) -> None:
+        self.config_path = config_path
+        self.count = count
+        self.ready_file = ready_file
+        self.mesh_dir = tempfile.mkdtemp(prefix="sipdial-workers-")
+        os.chmod(self.mesh_dir, 0o700)
+        self.secret = os.urandom(32)
+        self.workers = [_Worker(i) for i in range(count)]
+        self.sip_ports: dict[str, int] = {}
+        self.http_port: int | None = None
+        self.stopping = False
+        self.announced = False
+
+    def role_args(self, index: int) -> list[str]:
+        args = [sys.executable, "-m", "sipdial.workers", "--config", self.config_path,
+                "--mesh", self.mesh_dir, "--index", str(index), "--count", str(self.count)]
+        if self.sip_ports:
+            args += ["--sip-ports", json.dumps(self.sip_ports)]
+        if self.http_port is not None:
+            args += ["--http-port", str(self.http_port)]
+        return args
+
+    def start(self, worker: _Worker) -> None:
+        try:
+            os.unlink(os.path.join(self.mesh_dir, f"w{worker.index}.ready"))
+        except FileNotFoundError:
+            pass
+        env = dict(os.environ, SIPDIAL_WORKER_SECRET=self.secret.hex())
+        worker.process = subprocess.Popen(self.role_args(worker.index), env=env,
+                                          stdin=subprocess.DEVNULL)
+        worker.started_at = time.monotonic()
+        worker.ready = False
+        worker.restart_at = None
+        log.info("worker %d started (pid %d)", worker.index, worker.process.pid)
+
+    def worker_ready(self, worker: _Worker) -> bool:
+        path = os.path.join(self.mesh_dir, f"w{worker.index}.ready")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                info = json.load(fh)
+        except (OSError, ValueError):
+            return False
+        if worker.index == 0 and not self.sip_ports:
+            self.sip_ports = {str(k): int(v) for k, v in info["bound"].items()}
+            self.http_port = int(info["http"]["port"])
+        worker.ready = True
+        return True
+
+    def announce(self) -> None:
+        """Every worker is up: write the supervisor's ready file (what `serve` writes)."""
+        self.announced = True
+        with open(os.path.join(self.mesh_dir, "w0.ready"), encoding="utf-8") as fh:
+            info = json.load(fh)
+        info["pid"] = os.getpid()
+        info["workers"] = [{"index": w.index, "pid": w.process.pid if w.process else None}
+                           for w in self.workers]
+        for key in ("private_http", "worker", "bound"):
+            info.pop(key, None)
+        log.info("sipdial ready: %s", json.dumps(info))
+        if self.ready_file:
+            tmp = f"{self.ready_file}.tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(info, fh)
+            os.replace(tmp, self.ready_file)
+
+    def reap(self) -> int | None:
+        """Collect exited workers; returns an exit code when the supervisor must give up."""
+        for worker in self.workers:
+            process = worker.process
+            if process is None or process.poll() is None:
+                continue
+            code = process.returncode
+            worker.process = None
+            if self.stopping:
+                continue
+            ran = time.monotonic() - worker.started_at
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            if not self.announced and not worker.ready:
+                log.error("worker %d failed to start (%s)", worker.index, how)
+                return code if code > 0 else 1
+            worker.failures = 0 if ran >= HEALTHY_AFTER else worker.failures + 1
+            delay = 0.0 if worker.failures <= 1 else min(
+                RESTART_MAX, RESTART_MIN * 2 ** (worker.failures - 2))
+            log.error("worker %d (pid %d) died (%s) after %.1f s: restarting in %.1f s; "
+                      "its calls end as interrupted, the other workers carry on",
+                      worker.index, process.pid, how, ran, delay)
+            worker.restart_at = time.monotonic() + delay
+        return None
+
+    def step(self) -> int | None:
+        """One turn: start what is due, notice readiness. Returns an exit code to stop."""
+        now = time.monotonic()
+        code = self.reap()
+        if code is not None:
+            return code
+        first = self.workers[0]
+        for worker in self.workers:
+            if worker.process is None and worker.restart_at is not None \
+                    and now >= worker.restart_at and not self.stopping:
+                self.start(worker)
+        if not self.announced:
+            if not first.ready and first.process is not None:
+                if self.worker_ready(first):
+                    for worker in self.workers[1:]:
+                        self.start(worker)
+                elif now - first.started_at > START_TIMEOUT:
+                    log.error("worker 0 did not start within %g s", START_TIMEOUT)
+                    return 1
+            if first.ready:
+                pending = [w for w in self.workers[1:] if not w.ready]
+                for worker in pending:
+                    if worker.process is not None and not self.worker_ready(worker) \
+                            and now - worker.started_at > START_TIMEOUT:
+                        log.error("worker %d did not start within %g s", worker.index,
+                                  START_TIMEOUT)
+                        return 1
+                if all(w.ready for w in self.workers):
+                    self.announce()
+        else:
+            for worker in self.workers:
+                if worker.process is not None and not worker.ready and self.worker_ready(worker):
+                    log.info("worker %d ready again (pid %d)", worker.index,
+                             worker.process.pid)
+        return None
+
+    def stop(self) -> None:
+        self.stopping = True
+        running = [w.process for w in self.workers if w.process is not None]
+        for process in running:
+            try:
+                process.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + STOP_GRACE
+        for process in running:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker pid %d did not stop: killed", process.pid)
+                process.kill()
+                process.wait()
+        shutil.rmtree(self.mesh_dir, ignore_errors=True)
+
+
+def supervise(config_path: str, count: int, ready_file: str | None = None) -> int:
+    """Run ``count`` workers until SIGTERM/SIGINT; restart any that dies. Exit code."""
+    logging.basicConfig(level=os.environ.get("SIPDIAL_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    supervisor = _Supervisor(config_path, count, ready_file)
+    code = 0
+    try:
+        supervisor.start(supervisor.workers[0])
+        while True:
+            result = supervisor.step()
+            if result is not None:
+                code = result
+                break
+            # woken by a worker's exit (SIGCHLD) or readiness (SIGUSR1), a stop signal,
+            # or the next restart or start-up check that is due
+            info = signal.sigtimedwait(watched, 0.2)
+            if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                log.info("stopping %d workers", count)
+                break
+    finally:
+        supervisor.stop()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
+    log.info("sipdial stopped")
+    return code
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the supervisor dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """A worker process: ``python -m sipdial.workers`` as the supervisor starts it."""
+    parser = argparse.ArgumentParser(prog="sipdial-worker")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--mesh", required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--sip-ports", default="{}")
+    parser.add_argument("--http-port", type=int)
+    args = parser.parse_args(argv)
+    # the supervisor blocks these to wait for them; a worker takes them as usual
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, signal.SIGTERM,
+                                                signal.SIGINT, signal.SIGUSR1})
+    _die_with_parent()
+    secret = bytes.fromhex(os.environ.pop("SIPDIAL_WORKER_SECRET", "")) or os.urandom(32)
+    role = WorkerRole(index=args.index, count=args.count, mesh_dir=args.mesh, secret=secret,
+                      sip_ports={str(k): int(v) for k, v in json.loads(args.sip_ports).items()},
+                      http_port=args.http_port)
+    from sipdial.app import serve
+
+    return serve(args.config, role.ready_file(), role=role)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
