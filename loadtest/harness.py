@@ -57,6 +57,8 @@ from loadtest.load_bridge import (
     db_progress,
     log_problems,
     quiet_sipp,
+    sipdial_dbs,
+    sipdial_pids,
     udp_drops,
 )
 from loadtest.procs import proc_rss, sigterm_as_interrupt, sipp_stats
@@ -100,6 +102,7 @@ class Plan:
     no_answer_share: float = 0.0  #: share the phones let ring (sipdial gives up and CANCELs)
     ring_timeout: float = 3.0  #: sipdial's user_answer_timeout for this run (s)
     http_conns: int = 16  #: driver threads, one keep-alive HTTP connection each
+    workers: int = 1  #: `sipdial serve --workers N` (1: one process)
     max_seconds: float = 300.0  #: the whole run, start-up to teardown
     drain_seconds: float = 20.0  #: after the last POST, wait at most this (+ hold) for ends
     #: datagrams dropped in each direction by lossy UDP relays between sipdial and the phones
@@ -347,7 +350,7 @@ def run(plan: Plan, work: Path | None = None, *,
     if plan.users < 201:  # tests.sipdial_proc's config has an API token for user 201
         users.append({"id": "201", "password": password("201")})
     sd = QuietSipdial(
-        work, users=users, transports=("udp",),
+        work, workers=plan.workers, users=users, transports=("udp",),
         routes=[{"match": "^\\+?[0-9]+$", "uri": f"sip:{{number}}@{LOOPBACK}:{dest_at}"}],
         calls={"max_concurrent": max(2000, int(plan.rate * 60)),
                "user_answer_timeout": plan.ring_timeout})
@@ -390,8 +393,9 @@ def run(plan: Plan, work: Path | None = None, *,
                 raise RuntimeError(f"{farm.info['failed']} phones could not register: "
                                    f"{farm.log_path}")
             assert farm.proc is not None and dest._proc is not None
-            pids = {"sipdial": sd.proc.pid, "farm": farm.proc.pid, "dest": dest._proc.pid,
-                    "driver": os.getpid()}
+            pids: dict[str, int | tuple[int, ...]] = {
+                "sipdial": sipdial_pids(sd), "farm": farm.proc.pid, "dest": dest._proc.pid,
+                "driver": os.getpid()}
             monitor = Monitor(pids, stop, interval=0.5)
             monitor.sample()
             monitor.start()
@@ -400,14 +404,14 @@ def run(plan: Plan, work: Path | None = None, *,
                             deadline - plan.drain_seconds - 5, stop)
             if progress is not None:
                 ticker = threading.Thread(target=_tick, daemon=True, name="progress",
-                                          args=(progress, driver, monitor, sd.db, stop))
+                                          args=(progress, driver, monitor, sipdial_dbs(sd), stop))
                 ticker.start()
             driver.run()
             accepted = sum(1 for p in driver.posts if p.status == 201)
             drain_end = min(deadline - 5,
                             time.monotonic() + plan.drain_seconds + plan.hold_ms / 1000)
             while time.monotonic() < drain_end:  # every accepted call ended (bounded)
-                total, open_ = db_progress(sd.db)
+                total, open_ = db_progress(sipdial_dbs(sd))
                 if total >= accepted and open_ == 0:
                     break
                 time.sleep(0.25)
@@ -415,7 +419,9 @@ def run(plan: Plan, work: Path | None = None, *,
             monitor.sample()
             drops1 = udp_drops(sip_port)
             try:
-                rss_hwm = proc_rss(sd.proc.pid)[1]
+                pids_now = pids["sipdial"]
+                rss_hwm = sum(proc_rss(p)[1] for p in (
+                    pids_now if isinstance(pids_now, tuple) else (pids_now,)))
             except OSError:
                 pass
         except KeyboardInterrupt as exc:
@@ -433,7 +439,7 @@ def run(plan: Plan, work: Path | None = None, *,
     groups, tracebacks, _examples = log_problems(sd.log_text())
     return Run(
         plan=plan, work=work, posts=posts, t_first=t_first, t_last=t_last,
-        calls=timelines(posts, sd.db, farm.read_events()),
+        calls=timelines(posts, sipdial_dbs(sd), farm.read_events()),
         samples=_per_second(monitor),
         farm_stats=farm.stats,
         dest_stats=sipp_stats(work / "sipp-dest" / "stat.csv"),
@@ -446,7 +452,7 @@ def run(plan: Plan, work: Path | None = None, *,
                 for x in relays])
 
 
-def _tick(progress: Callable[[str], None], driver: Driver, monitor: Monitor, db: Path,
+def _tick(progress: Callable[[str], None], driver: Driver, monitor: Monitor, db: list[Path],
           stop: threading.Event) -> None:
     """A progress line every second while the run lasts."""
     started = time.monotonic()
@@ -493,13 +499,15 @@ def _cpu_between(monitor: Monitor, name: str, t_end: float) -> float:
 # ------------------------------------------------------------------ timelines
 
 
-def timelines(posts: list[Post], db: Path, farm_events: list[dict[str, Any]]
+def timelines(posts: list[Post], dbs: list[Path], farm_events: list[dict[str, Any]]
               ) -> list[dict[str, Any]]:
     """One dict per POST: the driver's times, the phone's first INVITE and answer, sipdial's
     state times and cause. Times are wall clock (s); missing steps are None."""
     calls: dict[str, dict[str, Any]] = {}
     firsts: dict[str, dict[str, float]] = {}
-    if db.exists():
+    for db in dbs:
+        if not db.exists():
+            continue
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
             for cid, state, cause, created in conn.execute(

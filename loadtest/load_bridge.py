@@ -85,7 +85,8 @@ class QuietSipdial(Sipdial):
         env = dict(os.environ, SIPDIAL_LOG="WARNING", SIPDIAL_TRACE="0")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sipdial", "serve", "--config", str(self.config_path),
-             "--ready-file", str(ready)],
+             "--ready-file", str(ready),
+             *(["--workers", str(self.workers)] if self.workers > 1 else [])],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=env, cwd=self.dir)
         self._drain_in_background()
@@ -107,12 +108,13 @@ def udp_drops(port: int) -> int:
     """Datagrams the kernel dropped on the UDP socket bound to 127.0.0.1:``port`` (its
     receive buffer was full: the process did not read fast enough), from /proc/net/udp."""
     want = f"0100007F:{port:04X}"
+    found = [0]  # several sockets with `serve --workers` (SO_REUSEPORT): their sum
     with open("/proc/net/udp") as fh:
         for line in fh.readlines()[1:]:
             cols = line.split()
             if cols[1] == want:
-                return int(cols[-1])
-    return -1
+                found.append(int(cols[-1]))
+    return sum(found) if len(found) > 1 else -1
 
 
 def udp_rcvbuf_errors() -> int:
@@ -122,10 +124,32 @@ def udp_rcvbuf_errors() -> int:
     return int(dict(zip(rows[0], rows[1], strict=False)).get("RcvbufErrors", -1))
 
 
-class Monitor(threading.Thread):
-    """Samples a process's CPU (all threads and the main thread) and RSS every ``interval``."""
+def _pids(pid: int | tuple[int, ...]) -> tuple[int, ...]:
+    return pid if isinstance(pid, tuple) else (pid,)
 
-    def __init__(self, pids: dict[str, int], stop: threading.Event, interval: float = 0.5):
+
+def sipdial_pids(sd: Sipdial) -> int | tuple[int, ...]:
+    """The process(es) doing sipdial's work: the workers under `serve --workers`."""
+    assert sd.proc is not None
+    workers = sd.info.get("workers")
+    if workers:
+        return tuple(int(w["pid"]) for w in workers)
+    return sd.proc.pid
+
+
+def sipdial_dbs(sd: Sipdial) -> list[Path]:
+    """sipdial's SQLite file(s): one per worker under `serve --workers` (sipdial.workers)."""
+    if sd.workers > 1:
+        return [sd.db.with_name(f"{sd.db.stem}.w{k}{sd.db.suffix}") for k in range(sd.workers)]
+    return [sd.db]
+
+
+class Monitor(threading.Thread):
+    """Samples a process's CPU (all threads and the main thread) and RSS every ``interval``.
+    A name may stand for several processes (sipdial's workers): their sums."""
+
+    def __init__(self, pids: dict[str, int | tuple[int, ...]], stop: threading.Event,
+                 interval: float = 0.5):
         super().__init__(daemon=True, name="monitor")
         self.pids = pids
         self.stop_event = stop
@@ -137,13 +161,12 @@ class Monitor(threading.Thread):
         cpu: dict[str, float] = {}
         for name, pid in self.pids.items():
             try:
-                cpu[name] = proc_cpu(pid)
+                cpu[name] = sum(proc_cpu(p) for p in _pids(pid))
             except OSError:
                 cpu[name] = float("nan")
-        sd = self.pids["sipdial"]
         try:
-            main = proc_cpu(sd, sd)
-            rss = proc_rss(sd)[0]
+            main = sum(proc_cpu(p, p) for p in _pids(self.pids["sipdial"]))
+            rss = sum(proc_rss(p)[0] for p in _pids(self.pids["sipdial"]))
         except OSError:
             main, rss = float("nan"), 0
         s = (now, cpu, main, rss)
@@ -342,18 +365,21 @@ def sipp_summary(stats: dict[str, str]) -> str:
 # ------------------------------------------------------------------ DB and log
 
 
-def db_progress(db: Path) -> tuple[int, int]:
-    """(calls in the DB, calls not ended) while sipdial runs (WAL: readers do not block)."""
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+def db_progress(db: Path | list[Path]) -> tuple[int, int]:
+    """(calls in the DB(s), calls not ended) while sipdial runs (WAL: readers do not block)."""
+    total = open_ = 0
+    for one in db if isinstance(db, list) else [db]:
         try:
-            total, open_ = conn.execute(
-                "SELECT count(*), coalesce(sum(state != 'ended'), 0) FROM calls").fetchone()
-        finally:
-            conn.close()
-        return int(total), int(open_)
-    except sqlite3.Error:
-        return -1, -1
+            conn = sqlite3.connect(f"file:{one}?mode=ro", uri=True, timeout=1)
+            try:
+                t, o = conn.execute(
+                    "SELECT count(*), coalesce(sum(state != 'ended'), 0) FROM calls").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return -1, -1
+        total, open_ = total + int(t), open_ + int(o)
+    return total, open_
 
 
 def db_report(db: Path) -> dict[str, Any]:

@@ -320,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ring-timeout", type=float, default=3.0,
                     help="sipdial's user_answer_timeout in this run, s (3)")
     ap.add_argument("--http-conns", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="sipdial serve --workers N (1: one process)")
     ap.add_argument("--max-seconds", type=float, default=300.0,
                     help="hard limit for a run, start-up to teardown (300)")
     ap.add_argument("--seed", type=int, default=1)
@@ -344,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
                 calls=calls, users=args.users, devices=args.devices, hold_ms=args.hold,
                 reject_share=args.reject_share,
                 no_answer_share=args.no_answer_share, ring_timeout=args.ring_timeout,
-                http_conns=args.http_conns, max_seconds=args.max_seconds, seed=args.seed)
+                http_conns=args.http_conns, max_seconds=args.max_seconds, seed=args.seed,
+                workers=args.workers)
     try:
         plan.check()
     except ValueError as exc:

@@ -1,8 +1,9 @@
-"""The workers' mesh: Unix datagram sockets between sipdial's worker processes (Twisted).
+"""The workers' mesh: Unix stream sockets between sipdial's worker processes (Twisted).
 
 Each worker listens on ``<dir>/w<index>.sock`` (the directory is the supervisor's, mode
-0700) and sends to the others' sockets. One datagram is one message; its first byte says
-what it is (:class:`MeshKind`):
+0700: no other user can connect, so no one else can claim to be a worker) and connects to
+the others' sockets. A message is length-prefixed (32 bits); its first byte says what it
+is (:class:`MeshKind`):
 
 ``S``  a SIP message this worker received that another worker owns (:mod:`sipdial.sip.shard`),
        with where it came from: the owner handles it as if its own socket had received it;
@@ -12,8 +13,8 @@ what it is (:class:`MeshKind`):
        whole location table, so any of them can ring any user;
 ``H``  "hello, I (re)started": the others answer with every binding they hold.
 
-A datagram that cannot be sent (a worker restarting, its queue full) is dropped and logged
-once per interval: SIP retransmits, and a registration is refreshed. Nothing here crosses a
+A message that cannot be sent (a worker restarting) is dropped and logged once per
+interval: SIP retransmits, and a registration is refreshed. Nothing here crosses a
 machine; several machines behind a dispatcher would use SIP itself (see sipdial.workers).
 """
 
@@ -22,12 +23,15 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import protocol
+from twisted.internet.protocol import connectionDone
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
 
 from sipdial.sip import Peer
 
@@ -37,8 +41,10 @@ log = logging.getLogger("sipdial.mesh")
 
 #: the largest message: a SIP datagram (64 KiB) and its header
 MAX_MESSAGE = 70_000
-_BUFFER = 4 * 1024 * 1024
+#: messages held for a link being opened; more are dropped (SIP retransmits)
+MAX_WAITING = 10_000
 _DROP_LOG_INTERVAL = 10.0
+_LENGTH = struct.Struct("!I")  # Int32StringReceiver's prefix
 
 
 class MeshKind(enum.Enum):
@@ -77,19 +83,67 @@ def _split_peer(message: bytes) -> tuple[Peer, bytes] | None:
         return None
 
 
-class _Receiver(protocol.DatagramProtocol):
-    def __init__(self, mesh: Mesh) -> None:
-        self.mesh = mesh
+class _Link(Int32StringReceiver):
+    """One stream connection of the mesh: length-prefixed messages, either way."""
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+    MAX_LENGTH = MAX_MESSAGE
+
+    def __init__(self, mesh: Mesh, worker: int | None) -> None:
+        self.mesh = mesh
+        self.worker = worker  #: the worker this link was opened to (None: accepted)
+
+    def send(self, message: bytes) -> None:
+        transport: Any = self.transport
+        transport.writeSequence((_LENGTH.pack(len(message)), message))
+
+    def connectionMade(self) -> None:
+        if self.worker is not None:
+            self.mesh._connected(self.worker, self)
+
+    def stringReceived(self, string: bytes) -> None:
         try:
-            self.mesh.dispatch(datagram)
+            self.mesh.dispatch(string)
         except Exception:  # a bug must not take the next message down with it
             log.exception("error handling a mesh message")
 
+    def lengthLimitExceeded(self, length: int) -> None:
+        log.error("mesh: a message of %d bytes: closing the link", length)
+        transport: Any = self.transport
+        transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.worker is not None:
+            self.mesh._lost(self.worker, self)
+
+
+class _Accepting(protocol.Factory):
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+
+    def buildProtocol(self, addr: Any) -> _Link:
+        return _Link(self.mesh, None)
+
+
+class _Connecting(protocol.ClientFactory):
+    def __init__(self, mesh: Mesh, worker: int) -> None:
+        self.mesh = mesh
+        self.worker = worker
+
+    def buildProtocol(self, addr: Any) -> _Link:
+        return _Link(self.mesh, self.worker)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.mesh._failed(self.worker, reason)
+
 
 class Mesh:
-    """This worker's end of the mesh: ``start()`` listens, ``send_*`` reach the others."""
+    """This worker's end of the mesh: ``start()`` listens, ``send_*`` reach the others.
+
+    A link is a Unix stream connection from this worker to another's socket, opened at the
+    first message for it and again after it broke (the other restarted); what is sent
+    while it opens waits (at most :data:`MAX_WAITING` messages). Streams, not datagrams:
+    a Unix datagram socket queues only ``net.unix.max_dgram_qlen`` (10) datagrams, and at
+    430 calls/s bursts overflowed it (loadtest/RESULTS.md)."""
 
     def __init__(self, reactor: Any, directory: str, index: int, count: int) -> None:
         self.reactor = reactor
@@ -98,9 +152,10 @@ class Mesh:
         self.count = count
         self.handlers: MeshHandlers | None = None
         self._port: Any = None
-        self._sock: socket.socket | None = None
+        self._links: dict[int, _Link] = {}
+        self._waiting: dict[int, list[bytes]] = {}  # messages for links being opened
         self._dropped = 0
-        self._drop_logged = 0.0
+        self._drop_logged = -_DROP_LOG_INTERVAL
         self.sent = 0
         self.received = 0
 
@@ -113,23 +168,44 @@ class Mesh:
             os.unlink(path)  # left by this worker's previous life
         except FileNotFoundError:
             pass
-        self._port = self.reactor.listenUNIXDatagram(path, _Receiver(self),
-                                                     maxPacketSize=MAX_MESSAGE, mode=0o600)
-        sock = getattr(self._port, "socket", None)
-        if sock is not None:
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, option, _BUFFER)
-                except OSError:
-                    pass
-            sock.setblocking(False)
-        self._sock = sock
+        self._port = self.reactor.listenUNIX(path, _Accepting(self), mode=0o600, backlog=64)
 
     def stop(self) -> None:
         if self._port is not None:
             self._port.stopListening()
             self._port = None
-            self._sock = None
+        for link in list(self._links.values()):
+            transport: Any = link.transport
+            transport.loseConnection()
+        self._links.clear()
+        self._waiting.clear()
+
+    # ------------------------------------------------------------ links
+
+    def _connected(self, worker: int, link: _Link) -> None:
+        self._links[worker] = link
+        for message in self._waiting.pop(worker, []):
+            link.send(message)
+            self.sent += 1
+
+    def _lost(self, worker: int, link: _Link) -> None:
+        if self._links.get(worker) is link:
+            del self._links[worker]
+
+    def _failed(self, worker: int, reason: Failure) -> None:
+        waiting = self._waiting.pop(worker, [])
+        self._drop(worker, len(waiting), reason.getErrorMessage(), quiet=False)
+
+    def _drop(self, worker: int, count: int, why: str, *, quiet: bool) -> None:
+        if quiet or not count:
+            return
+        self._dropped += count
+        now = self.reactor.seconds()
+        if now - self._drop_logged >= _DROP_LOG_INTERVAL:
+            log.warning("mesh: %d message(s) to worker %d dropped (%s)", self._dropped,
+                        worker, why)
+            self._dropped = 0
+            self._drop_logged = now
 
     # ------------------------------------------------------------ out
 
@@ -158,22 +234,25 @@ class Mesh:
                 self._send(worker, message, quiet=True)
 
     def _send(self, worker: int, message: bytes, *, quiet: bool = False) -> None:
-        sock = self._sock
-        if sock is None:
+        if self._port is None:
             return
-        try:
-            sock.sendto(message, mesh_socket_path(self.directory, worker))
+        link = self._links.get(worker)
+        if link is not None:
+            link.send(message)
             self.sent += 1
-        except OSError as exc:  # restarting (ENOENT, ECONNREFUSED), queue full (EAGAIN)
-            if quiet:
+            return
+        waiting = self._waiting.get(worker)
+        if waiting is None:
+            path = mesh_socket_path(self.directory, worker)
+            if not os.path.exists(path):  # not started yet, or restarting
+                self._drop(worker, 1, "not running", quiet=quiet)
                 return
-            self._dropped += 1
-            now = self.reactor.seconds()
-            if now - self._drop_logged >= _DROP_LOG_INTERVAL:
-                log.warning("mesh: %d message(s) to worker %d dropped (%s)", self._dropped,
-                            worker, exc.strerror or exc)
-                self._dropped = 0
-                self._drop_logged = now
+            waiting = self._waiting[worker] = []
+            self.reactor.connectUNIX(path, _Connecting(self, worker), timeout=5)
+        if len(waiting) >= MAX_WAITING:
+            self._drop(worker, 1, "its link is still opening", quiet=quiet)
+            return
+        waiting.append(message)
 
     # ------------------------------------------------------------ in
 
