@@ -592,9 +592,24 @@ def tune_gc() -> None:
     216 calls/s, RSS 495 MiB against 260 now.)"""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 50, 1000)
+    gc.set_threshold(*_gc_thresholds(os.environ.get("SIPDIAL_GC_THRESHOLDS", "")))
     if os.environ.get("SIPDIAL_GC_LOG"):
         _log_gc_pauses()
+
+
+GC_THRESHOLDS = (50_000, 50, 1000)
+
+
+def _gc_thresholds(text: str) -> tuple[int, int, int]:
+    """``SIPDIAL_GC_THRESHOLDS="10000,10,1000"`` (a tuning knob, loadtest/RESULTS.md): the
+    collector's three thresholds; empty or malformed: :data:`GC_THRESHOLDS`."""
+    try:
+        first, second, third = (int(x) for x in text.split(","))
+    except ValueError:
+        if text:
+            log.warning("SIPDIAL_GC_THRESHOLDS=%r: not three integers, ignored", text)
+        return GC_THRESHOLDS
+    return max(1, first), max(1, second), max(1, third)
 
 
 def _log_gc_pauses() -> None:
