@@ -336,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-steps", type=int, default=8)
     ap.add_argument("--p99-limit", type=float, default=50.0,
                     help="--find-knee: HTTP -> phone INVITE p99 limit in ms (50)")
+    ap.add_argument("--sippy-start-rate", type=float,
+                    help="with --find-knee --compare-sippy: where Sippy's ramp starts (default: "
+                    "--start-rate; lower when Sippy fails the first step)")
     ap.add_argument("--compare-sippy", action="store_true",
                     help="also run Sippy's b2bua_simple (SIPp uac -> sippy -> SIPp uas, its own "
                          "venv) under the same rates and print sipdial / Sippy")
@@ -401,8 +404,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _sippy_knee(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from loadtest.sippy_compare import find_knee_sippy
-    return find_knee_sippy(args.start_rate, args.factor, args.step_seconds, args.max_steps,
-                           out / "sippy", hold_ms=args.hold)
+    return find_knee_sippy(args.sippy_start_rate or args.start_rate, args.factor,
+                           args.step_seconds, args.max_steps, out / "sippy", hold_ms=args.hold)
 
 
 def _sippy_same_rate(plan: Plan, out: Path) -> dict[str, Any]:

@@ -431,7 +431,8 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     media = MediaManager(reactor, media_host, config.media.port_min, config.media.port_max,
                          prompts)
     lag = LagMonitor(reactor)
-    events = EventHub(store, reactor, config.webhooks)
+    events = EventHub(store, reactor, config.webhooks,
+                      ids=(role.index, role.count) if role is not None else (0, 1))
     def on_lockout(lockout: Lockout) -> None:
         events.publish_notice(EventName.AUTH_LOCKED_OUT, lockout.to_json(), lockout.at)
 

@@ -31,10 +31,15 @@ its own SQLite file), that share the public addresses and route to each other:
   reads its own file, so the calls it held are ended ``interrupted`` and published to the
   webhooks like after a crash of a single process; the other workers carry on.
 
-Not shared yet (each worker on its own): the SSE stream ``GET /v1/events`` shows the calls
-of the worker that accepted the connection; event ids are per worker; the
-password-guessing limits and ``[calls] max_concurrent`` count per worker; ``[upstream]``
-registration is done by worker 0 only.
+* **Events**: each worker publishes its own calls' events and delivers its own webhooks
+  (from its own outbox); event and delivery ids are ≡ the worker's index (mod N), so no two
+  workers ever send the same id.
+
+Not shared yet: ``GET /v1/events`` (SSE) answers 501 ``not_available_with_workers`` — one
+stream of every worker's events whose ``Last-Event-ID`` resumes correctly across workers
+needs one place that orders them (worker 0 re-publishing what the others forward is the
+plan); webhooks work. Per worker: the password-guessing limits and ``[calls]
+max_concurrent``; ``[upstream]`` registration is done by worker 0 only.
 
 The same design extends to several machines: Kamailio's ``dispatcher`` in front sends new
 calls and REGISTERs to one of them (hash over Call-ID or source), responses and in-dialog

@@ -193,9 +193,14 @@ class EventHub:
         poster: Poster | None = None,
         buffer_size: int = 1024,
         rng: Callable[[], float] = random.random,
+        ids: tuple[int, int] = (0, 1),
     ) -> None:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        #: (worker index, worker count): with ``sipdial serve --workers`` each worker's event
+        #: and delivery ids are ≡ its index (mod the count), so no two workers ever use one
+        #: id; (0, 1) for one process: 1, 2, 3, ...
+        self._id_offset, self._id_step = ids
         self._store = store
         self._clock: Callable[[], float] = clock or reactor.seconds
         policy = policy or DeliveryPolicy()
@@ -252,7 +257,7 @@ class EventHub:
         d = self._store.last_published_ids()
 
         def got_ids(ids: tuple[int, int]) -> Deferred[list[OutboxEntry]]:
-            self._last_event_id, self._last_outbox_id = ids
+            self._last_event_id, self._last_outbox_id = (self._aligned(i) for i in ids)
             self._last_released = self._last_event_id
             return self._store.pending_outbox()
 
@@ -285,6 +290,16 @@ class EventHub:
             return failure
 
         return d.addCallback(got_ids).addCallback(resume).addErrback(failed)
+
+    def _aligned(self, last: int) -> int:
+        """Where this worker's ids continue after the database's ``last``: the id one step
+        before its first id above ``last``."""
+        step = self._id_step
+        if step == 1:
+            return last
+        # the next id is last + step: the smallest id > last that is ≡ offset (mod step)
+        nxt = last + 1 + (self._id_offset - (last + 1)) % step
+        return nxt - step
 
     def stop(self) -> Deferred[None]:
         """End every SSE stream and stop delivering (POSTs in flight get a short grace).
@@ -341,7 +356,7 @@ class EventHub:
             log.warning("event hub is %s: dropped %s", self._state, name)
             return
         try:
-            self._last_event_id += 1
+            self._last_event_id += self._id_step
             payload = _utf8_safe(_dumps({"id": self._last_event_id, "event": name.value,
                                          "time": iso_time(time), **document}))
             published = PublishedEvent(id=self._last_event_id, call_id="", user="",
@@ -410,7 +425,7 @@ class EventHub:
                   exc_info=exc_info(failure))
 
     def _publish_one(self, record: CallRecord, event: CallEvent, spec: EventSpec) -> _Unsent:
-        self._last_event_id += 1
+        self._last_event_id += self._id_step
         ended = spec.name is EventName.ENDED
         document = {
             "id": self._last_event_id,
@@ -452,7 +467,7 @@ class EventHub:
             if published.name not in webhook.events and not (
                     call_event and "*" in webhook.events):
                 continue
-            self._last_outbox_id += 1
+            self._last_outbox_id += self._id_step
             entry = OutboxEntry(
                 id=self._last_outbox_id,
                 webhook_url=url,

@@ -399,7 +399,8 @@ class Hub:
 
     def __init__(self, path: Path, webhooks: tuple[WebhookConfig, ...] = (),
                  buffer_size: int = 1024,
-                 store_wrapper: Callable[[SqliteStore], Any] | None = None) -> None:
+                 store_wrapper: Callable[[SqliteStore], Any] | None = None,
+                 ids: tuple[int, int] = (0, 1)) -> None:
         self.clock = Clock()
         self.clock.advance(T0)
         self.store = SqliteStore(str(path), self.clock, run_in_thread=run_now)
@@ -407,7 +408,7 @@ class Hub:
         self.poster = FakePoster()
         store: Any = self.store if store_wrapper is None else store_wrapper(self.store)
         self.hub = EventHub(store, self.clock, webhooks, policy=POLICY, poster=self.poster,
-                            buffer_size=buffer_size, rng=NO_JITTER)
+                            buffer_size=buffer_size, rng=NO_JITTER, ids=ids)
         result(self.hub.start())
 
     def commit(self) -> None:
@@ -603,6 +604,28 @@ def test_pending_rows_of_a_removed_webhook_are_marked_failed(db: Path) -> None:
     h2 = Hub(db, ())
     assert h2.rows("SELECT status, last_error FROM webhook_outbox") == [
         ("failed", "webhook no longer configured")]
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_each_worker_uses_its_own_event_and_delivery_ids(tmp_path: Path, index: int) -> None:
+    """``sipdial serve --workers 3``: worker k's ids are ≡ k (mod 3), in its own file, and
+    continue so after a restart: no two workers ever send one id (sipdial/workers.py)."""
+    db = tmp_path / f"w{index}.db"
+    h = Hub(db, (WEBHOOK,), ids=(index, 3))
+    seen = Collector()
+    h.hub.subscribe(seen)
+    h.call().enter("user_ringing")
+    h.stop()
+    h2 = Hub(db, (WEBHOOK,), ids=(index, 3))  # the worker restarted
+    h2.call("c2").enter("ended", cause="completed")
+    event_ids = [row[0] for row in h2.rows("SELECT id FROM events ORDER BY id")]
+    outbox_ids = [row[0] for row in h2.rows("SELECT id FROM webhook_outbox ORDER BY id")]
+    h2.stop()
+    assert seen.ids() == event_ids[:2]
+    assert len(event_ids) == 4 and len(outbox_ids) == 4
+    for ids in (event_ids, outbox_ids):
+        assert all(i > 0 and i % 3 == index for i in ids), ids
+        assert ids == [ids[0] + 3 * n for n in range(4)], ids
 
 
 def test_events_before_start_or_after_stop_are_dropped(db: Path) -> None:
