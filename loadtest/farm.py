@@ -106,6 +106,8 @@ class FarmConfig:
     register_rate: float = 500.0  #: REGISTERs per second at start
     expires: int = 3600  #: registration lifetime asked for
     dtmf_after: float | None = None  #: seconds after the ACK to send RFC 4733 "1" (None: never)
+    #: the audio address every device's SDP names (loadtest.rtp_probe); None: its own socket
+    media_to: Addr | None = None
     t1: float = 0.5
     t2: float = 4.0
 
@@ -728,13 +730,14 @@ class FarmCore:
             te = _TE_RTPMAP.search(offer)
             event_pt = te.group(1) if te else b""
         fmt = " ".join(f.decode() for f in formats)
+        host, port = self.config.media_to or (LOCAL_HOST, device.rtp_port)
         lines = [
             "v=0",
-            f"o=farm {device.rtp_port} 1 IN IP4 {LOCAL_HOST}",
+            f"o=farm {device.rtp_port} 1 IN IP4 {host}",
             "s=farm",
-            f"c=IN IP4 {LOCAL_HOST}",
+            f"c=IN IP4 {host}",
             "t=0 0",
-            f"m=audio {device.rtp_port} RTP/AVP {fmt}{' ' + event_pt.decode() if event_pt else ''}",
+            f"m=audio {port} RTP/AVP {fmt}{' ' + event_pt.decode() if event_pt else ''}",
         ]
         names = {"0": "PCMU", "8": "PCMA"}
         lines += [f"a=rtpmap:{f} {names[f]}/8000" for f in fmt.split()]
@@ -1144,6 +1147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--register-rate", type=float, default=500.0)
     ap.add_argument("--dtmf-after", type=float, default=None, metavar="MS",
                     help="send RFC 4733 '1' this many ms after the ACK (default: never)")
+    ap.add_argument("--media-to", type=_address, default=None, metavar="HOST:PORT",
+                    help="the audio address every device's SDP names (loadtest.rtp_probe)")
     args = ap.parse_args(argv)
     try:
         users = parse_users(args.users)
@@ -1159,7 +1164,8 @@ def main(argv: list[str] | None = None) -> int:
         reject_share=args.reject_share, no_answer_share=args.no_answer_share,
         answer_delay=args.answer_delay / 1000.0, seed=args.seed,
         register_rate=args.register_rate,
-        dtmf_after=None if args.dtmf_after is None else args.dtmf_after / 1000.0)
+        dtmf_after=None if args.dtmf_after is None else args.dtmf_after / 1000.0,
+        media_to=args.media_to)
     stats = run(config, port=args.port, ready_file=args.ready_file, events_file=args.events,
                 max_seconds=args.max_seconds)
     print(json.dumps(stats), flush=True)

@@ -103,6 +103,12 @@ class Plan:
     ring_timeout: float = 3.0  #: sipdial's user_answer_timeout for this run (s)
     http_conns: int = 16  #: driver threads, one keep-alive HTTP connection each
     workers: int = 1  #: `sipdial serve --workers N` (1: one process)
+    #: with ``prompt``: ms after the phone's answer was ACKed until it sends "1" (the prompt
+    #: plays that long)
+    dtmf_after_ms: int = 300
+    #: every phone names loadtest.rtp_probe as its audio address: sipdial's prompt RTP is
+    #: timed on arrival (send-interval jitter)
+    rtp_probe: bool = False
     max_seconds: float = 300.0  #: the whole run, start-up to teardown
     drain_seconds: float = 20.0  #: after the last POST, wait at most this (+ hold) for ends
     #: datagrams dropped in each direction by lossy UDP relays between sipdial and the phones
@@ -225,10 +231,53 @@ def _error_code(data: bytes) -> str:
 # ------------------------------------------------------------------ the phones
 
 
+class RtpProbe:
+    """``python -m loadtest.rtp_probe``: where every phone's audio goes (``--rtp-probe``)."""
+
+    def __init__(self, work: Path, max_seconds: float) -> None:
+        self.dir = work / "rtp-probe"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ready = self.dir / "ready.json"
+        self.result_path = self.dir / "result.json"
+        self.args = [sys.executable, "-m", "loadtest.rtp_probe", "--ready-file",
+                     str(self.ready), "--result", str(self.result_path), "--seconds",
+                     str(max_seconds + 30), "--idle", str(max_seconds + 30)]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> int:
+        self.ready.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
+                                     cwd=Path(__file__).resolve().parent.parent)
+        deadline = time.monotonic() + 20
+        while not self.ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the RTP probe did not start")
+            time.sleep(0.05)
+        return int(json.loads(self.ready.read_text())["port"])
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def result(self) -> dict[str, Any] | None:
+        self.stop()
+        try:
+            result: dict[str, Any] = json.loads(self.result_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return result
+
+
 class Farm:
     """``python -m loadtest.farm`` in its own process: the users' phones."""
 
-    def __init__(self, work: Path, plan: Plan, sipdial_port: int) -> None:
+    def __init__(self, work: Path, plan: Plan, sipdial_port: int,
+                 media_to: int | None = None) -> None:
         self.dir = work / "farm"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ready = self.dir / "ready.json"
@@ -243,7 +292,9 @@ class Farm:
             "--no-answer-share", str(plan.no_answer_share),
             "--seed", str(plan.seed), "--max-seconds", str(int(plan.max_seconds) + 30)]
         if plan.prompt:  # "1" shortly after the phone's answer is ACKed: the prompt is on
-            self.args += ["--dtmf-after", "300"]
+            self.args += ["--dtmf-after", str(plan.dtmf_after_ms)]
+        if media_to is not None:
+            self.args += ["--media-to", f"{LOOPBACK}:{media_to}"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
         self.stats: dict[str, Any] = {}
@@ -328,6 +379,7 @@ class Run:
     tracebacks: int
     interrupted: str = ""
     relays: list[dict[str, int]] = field(default_factory=list)  #: loss mode: per relay
+    rtp: dict[str, Any] | None = None  #: loadtest.rtp_probe's result (``--rtp-probe``)
 
 
 def run(plan: Plan, work: Path | None = None, *,
@@ -352,7 +404,7 @@ def run(plan: Plan, work: Path | None = None, *,
     sd = QuietSipdial(
         work, workers=plan.workers, users=users, transports=("udp",),
         routes=[{"match": "^\\+?[0-9]+$", "uri": f"sip:{{number}}@{LOOPBACK}:{dest_at}"}],
-        calls={"max_concurrent": max(2000, int(plan.rate * 60)),
+        calls={"max_concurrent": max(2000, int(plan.rate * (plan.hold_ms / 1000 + 60))),
                "user_answer_timeout": plan.ring_timeout})
     dest: Sipp | None = None
     farm: Farm | None = None
@@ -363,6 +415,7 @@ def run(plan: Plan, work: Path | None = None, *,
     drops0 = drops1 = 0
     t_drained = 0.0
     ticker: threading.Thread | None = None
+    probe: RtpProbe | None = None
     with ExitStack() as cleanup, sigterm_as_interrupt():
         cleanup.callback(stop.set)
         for relay in relays:
@@ -386,7 +439,12 @@ def run(plan: Plan, work: Path | None = None, *,
                                          drop_down=plan.loss, seed=plan.seed + 1))
                 cleanup.callback(relays[-1].close)
                 phones_to = relays[-1].port
-            farm = Farm(work, plan, phones_to)
+            probe_port = None
+            if plan.rtp_probe:
+                probe = RtpProbe(work, plan.max_seconds)
+                cleanup.callback(probe.stop)
+                probe_port = probe.start()
+            farm = Farm(work, plan, phones_to, media_to=probe_port)
             cleanup.callback(farm.stop)
             farm.start(timeout=min(60.0, max(5.0, deadline - time.monotonic())))
             if farm.info.get("failed"):
@@ -430,6 +488,7 @@ def run(plan: Plan, work: Path | None = None, *,
             stop.set()
     if ticker is not None:
         ticker.join(2)
+    rtp = probe.result() if probe is not None else None
     posts = sorted(driver.posts if driver else [], key=lambda p: p.index)
     if not posts or monitor is None or farm is None:
         raise RuntimeError(f"no calls were made ({interrupted or 'start-up failed'}); "
@@ -447,6 +506,7 @@ def run(plan: Plan, work: Path | None = None, *,
         rss_hwm=rss_hwm, udp_dropped=max(0, drops1 - drops0),
         log_groups=dict(groups.most_common(12)), tracebacks=tracebacks,
         interrupted=interrupted,
+        rtp=rtp,
         relays=[{"sent_up": x.stats.up_sent, "dropped_up": x.stats.up_dropped,
                  "sent_down": x.stats.down_sent, "dropped_down": x.stats.down_dropped}
                 for x in relays])

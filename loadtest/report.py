@@ -119,6 +119,7 @@ def summarise(r: Run) -> dict[str, Any]:
                         if k.endswith("(C)") and v not in ("", "0")},
         "udp_dropped_at_sipdial": r.udp_dropped,
         "loss_relays": r.relays,
+        "rtp_probe": r.rtp,
         "sipdial_log": {"warnings_errors": r.log_groups, "tracebacks": r.tracebacks},
     }
 
@@ -243,6 +244,14 @@ def text(summary: dict[str, Any]) -> str:
         f"sipdial log: {sum(summary['sipdial_log']['warnings_errors'].values())} "
         f"WARNING/ERROR lines, {summary['sipdial_log']['tracebacks']} tracebacks",
     ]
+    rtp = summary.get("rtp_probe")
+    if rtp:
+        dev = rtp["interval_deviation_ms"]
+        lines.append(
+            f"prompt RTP at the phones: {rtp['streams']} streams (peak "
+            f"{rtp['peak_streams_per_second']} sending in one second), {rtp['packets']} "
+            f"packets, {rtp['sequence_gaps']} sequence gaps; |interval - 20 ms| "
+            f"p50 {dev['p50']} / p99 {dev['p99']} / p99.9 {dev['p999']} / max {dev['max']} ms")
     if summary["bottlenecks"]:
         lines.append(f"BOTTLENECK: {', '.join(summary['bottlenecks'])} used more than "
                      f"{100 * BUSY:.0f} % of a core: these figures measure them, not sipdial")
@@ -322,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--http-conns", type=int, default=16)
     ap.add_argument("--workers", type=int, default=1,
                     help="sipdial serve --workers N (1: one process)")
+    ap.add_argument("--dtmf-after", type=int, default=300, metavar="MS",
+                    help="with --prompt: the phones send '1' this long after their answer "
+                    "was ACKed (300)")
+    ap.add_argument("--rtp-probe", action="store_true",
+                    help="time sipdial's prompt RTP on arrival (send-interval jitter; "
+                    "loadtest/rtp_probe.py)")
     ap.add_argument("--max-seconds", type=float, default=300.0,
                     help="hard limit for a run, start-up to teardown (300)")
     ap.add_argument("--seed", type=int, default=1)
@@ -350,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
                 reject_share=args.reject_share,
                 no_answer_share=args.no_answer_share, ring_timeout=args.ring_timeout,
                 http_conns=args.http_conns, max_seconds=args.max_seconds, seed=args.seed,
-                workers=args.workers)
+                workers=args.workers, dtmf_after_ms=args.dtmf_after,
+                rtp_probe=args.rtp_probe)
     try:
         plan.check()
     except ValueError as exc:

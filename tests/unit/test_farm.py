@@ -293,6 +293,14 @@ def test_invite_is_answered_180_then_200_with_an_sdp_answer_on_the_devices_rtp_p
     assert names(events(farm)) == ["invite", "answered"]
 
 
+def test_media_to_names_the_rtp_probe_as_every_devices_audio_address() -> None:
+    """``--media-to``: sipdial's prompt RTP goes to loadtest.rtp_probe, not the device."""
+    _farm, ok = answered_farm(media_to=("127.0.0.9", 41000))
+    body = ok.body.decode()
+    assert "c=IN IP4 127.0.0.9" in body and "m=audio 41000 RTP/AVP 0 8 101" in body
+    assert "30000" not in body.split("m=audio", 1)[1]
+
+
 def test_200_is_retransmitted_until_the_ack_and_a_retransmitted_invite_gets_it_again() -> None:
     farm, ok = answered_farm()
     farm.timers.run_due(START + T1)

@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from sipdial.api import ApiError, build_site
+from sipdial.api import ApiError, WorkerReply, build_site
 from sipdial.api.http import (
     MAX_BODY_BYTES,
     _loggable,
@@ -919,3 +919,90 @@ def test_normalise_destination_rejects_overlong_input() -> None:
     assert normalise_destination("1" * 32) == "1" * 32
     assert normalise_destination("1" * 33) is None
     assert normalise_destination("sip:" + "a" * 300 + "@example.com") is None
+
+
+# ----------------------------------------------------------- sipdial serve --workers
+
+
+@dataclass
+class FakeWorkers:
+    """:class:`~sipdial.api.OtherWorkers`: worker 1 answers from ``replies``, worker 2 is
+    restarting (its requests fail); ids starting "01"/"02" are theirs."""
+
+    replies: dict[str, WorkerReply] = field(default_factory=dict)
+    asked: list[tuple[int, str, str, str | None]] = field(default_factory=list)
+
+    def owner_of(self, call_id: str) -> int | None:
+        return {"01": 1, "02": 2}.get(call_id[:2])
+
+    def others(self) -> list[int]:
+        return [1, 2]
+
+    def request(self, worker: int, method: str, target: str,
+                authorization: str | None) -> Deferred[WorkerReply]:
+        self.asked.append((worker, method, target, authorization))
+        if worker == 2:
+            return fail(ConnectionRefusedError("worker 2 is restarting"))
+        return succeed(self.replies[f"{method} {target}"])
+
+
+@pytest.fixture
+def workers() -> FakeWorkers:
+    return FakeWorkers()
+
+
+@pytest.fixture
+def sharded(reactor: SelectReactor, workers: FakeWorkers) -> Iterator[Server]:
+    yield from serve(reactor, FakeApi(), check_password=check_password, workers=workers,
+                     events=FakeEventSource())
+
+
+def test_another_workers_call_is_answered_by_that_worker(sharded: Server,
+                                                         workers: FakeWorkers) -> None:
+    call = {"id": "01abc", "user": "201", "state": "connected"}
+    workers.replies["GET /v1/calls/01abc"] = WorkerReply(200, json.dumps(call).encode())
+    workers.replies["DELETE /v1/calls/01abc"] = WorkerReply(
+        401, b'{"error": {"code": "unauthorized", "message": "no"}}',
+        (("WWW-Authenticate", 'Bearer realm="sipdial"'),))
+    r = sharded.request("GET", "/v1/calls/01abc", token="tok-201")
+    assert (r.status, r.json) == (200, call)
+    r = sharded.request("DELETE", "/v1/calls/01abc", token="bad")
+    assert r.status == 401 and r.error_code == "unauthorized"
+    assert r.headers["WWW-Authenticate"] == 'Bearer realm="sipdial"'
+    # the owner authenticates: the credentials go along as they came
+    assert workers.asked == [(1, "GET", "/v1/calls/01abc", "Bearer tok-201"),
+                             (1, "DELETE", "/v1/calls/01abc", "Bearer bad")]
+    assert sharded.api.hung_up == []
+
+
+def test_a_restarting_owner_is_503_with_retry_after(sharded: Server) -> None:
+    r = sharded.request("GET", "/v1/calls/02abc")
+    assert r.status == 503 and r.error_code == "worker_unavailable"
+    assert r.headers["Retry-After"] == "1"
+    assert "worker 2" in r.error_message
+
+
+def test_this_workers_own_call_is_answered_here(sharded: Server, workers: FakeWorkers) -> None:
+    sharded.api.add_call("00abc", "201")
+    assert sharded.request("GET", "/v1/calls/00abc").json["id"] == "00abc"
+    assert workers.asked == []
+
+
+def test_the_call_list_is_every_workers_newest_first(sharded: Server,
+                                                     workers: FakeWorkers) -> None:
+    sharded.api.calls["00a"] = {"id": "00a", "user": "201", "created_at": "2026-12-03T10:00:02Z"}
+    sharded.api.calls["00b"] = {"id": "00b", "user": "201", "created_at": "2026-12-03T10:00:00Z"}
+    theirs = [{"id": "01c", "user": "201", "created_at": "2026-12-03T10:00:03Z"},
+              {"id": "01d", "user": "201", "created_at": "2026-12-03T10:00:01Z"}]
+    workers.replies["GET /v1/calls?limit=3"] = WorkerReply(200, json.dumps(
+        {"calls": theirs}).encode())
+    r = sharded.request("GET", "/v1/calls?limit=3")
+    assert r.status == 200
+    assert [c["id"] for c in r.json["calls"]] == ["01c", "00a", "01d"]
+    assert r.json["unavailable_workers"] == [2]  # said, not silently left out
+    assert [w for w, *_ in workers.asked] == [1, 2]
+
+
+def test_the_event_stream_is_refused_with_several_workers(sharded: Server) -> None:
+    r = sharded.request("GET", "/v1/events")
+    assert r.status == 501 and r.error_code == "not_available_with_workers"

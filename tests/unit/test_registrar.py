@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -472,3 +473,32 @@ def test_nonce_answered_from_another_address_is_not_evaluated(net: SimNet) -> No
     spoofed.send(spoofed.register_request(authorization=right))
     assert spoofed.take_response().status == 401  # even the right password
     assert len(net.core.auth.guard) == 0
+
+
+# ------------------------------------------------------------ workers (sipdial.workers)
+
+
+def test_a_binding_from_another_worker_is_taken_without_telling_on_change(net: SimNet,
+                                                                       phone: Phone) -> None:
+    """``serve --workers``: worker A took the REGISTER and tells worker B, whose registrar
+    holds it from then on (B can ring the phone) but does not tell the others again."""
+    assert authorized_register(phone).status == 200
+    [binding] = net.registrar.contacts("201", net.now)
+    other = SimNet()
+    told: list[bool] = []
+    other.registrar.on_change = lambda b, removed: told.append(removed)
+    assert other.registrar.replicate(binding, False, net.now)
+    assert other.registrar.contacts("201", net.now) == [binding]
+    assert other.registrar.knows_peer(binding.peer)
+    older = dataclasses.replace(binding, registered_at=binding.registered_at - 1,
+                                contact="sip:201@10.9.9.9")
+    assert other.registrar.replicate(older, False, net.now)  # another contact: kept beside
+    stale = dataclasses.replace(binding, registered_at=binding.registered_at - 5)
+    assert not other.registrar.replicate(stale, True, net.now)  # older than the one held
+    assert other.registrar.replicate(binding, True, net.now)  # removed there: here too
+    assert [b.contact for b in other.registrar.contacts("201", net.now)] == ["sip:201@10.9.9.9"]
+    expired = dataclasses.replace(binding, expires_at=net.now - 1)
+    assert not other.registrar.replicate(expired, False, net.now)
+    unknown = dataclasses.replace(binding, user="999")
+    assert not other.registrar.replicate(unknown, False, net.now)
+    assert told == []

@@ -1,0 +1,130 @@
+"""How evenly sipdial sends its prompts' RTP: send-interval jitter at the receiver.
+
+    .venv/bin/python -m loadtest.rtp_probe --ready-file F --result R [--seconds 60]
+
+One UDP socket on 127.0.0.1 that every simulated phone names as its audio address (the
+harness's ``--rtp-probe``: ``loadtest.farm --media-to``), so sipdial sends every call's
+prompt here, each call from its own RTP port. The kernel stamps each datagram on arrival
+(``SO_TIMESTAMPNS``): what this process's own scheduling does to the figures is nothing as
+long as its receive buffer does not overflow (counted: the kernel's drops on the socket).
+
+Per stream (source address) and for consecutive RTP sequence numbers only, the interval
+between two arrivals is compared with the 20 ms packet time: the result has the deviation
+``|interval - 20 ms|`` at p50/p99/p99.9/max over every pair, the streams, the packets, the
+sequence gaps (lost or reordered) and the peak number of streams sending in one second. It
+stops after ``--seconds``, or ``--idle`` seconds without a packet once one came, or SIGTERM,
+and writes ``--result`` (JSON). It measures; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+PTIME_NS = 20_000_000
+_TIMESPEC = struct.Struct("@qq")
+#: deviation histogram: 10 µs buckets up to 1 s
+_BUCKET_NS = 10_000
+_BUCKETS = 100_000
+
+
+def _percentile(histogram: list[int], total: int, q: float) -> float | None:
+    if not total:
+        return None
+    rank = max(1, round(q * total))
+    seen = 0
+    for bucket, count in enumerate(histogram):
+        seen += count
+        if seen >= rank:
+            return round(bucket * _BUCKET_NS / 1e6, 3)  # ms, bucket's lower edge
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ready-file", type=Path, required=True, help="written with the port")
+    ap.add_argument("--result", type=Path, required=True)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--idle", type=float, default=5.0)
+    args = ap.parse_args(argv)
+
+    stop = [False]
+
+    def on_term(_signum: int, _frame: object) -> None:
+        stop[0] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_TIMESTAMPNS, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.5)
+    tmp = args.ready_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"port": sock.getsockname()[1], "pid": os.getpid()}))
+    os.replace(tmp, args.ready_file)
+
+    histogram = [0] * _BUCKETS
+    pairs = packets = gaps = 0
+    worst_ns = 0
+    last: dict[Any, tuple[int, int]] = {}  # source -> (kernel time ns, sequence)
+    per_second: dict[int, set[Any]] = {}
+    started = time.monotonic()
+    last_packet = 0.0
+    cmsg_space = socket.CMSG_SPACE(_TIMESPEC.size)
+    while not stop[0] and time.monotonic() - started < args.seconds:
+        try:
+            data, ancillary, _flags, source = sock.recvmsg(2048, cmsg_space)
+        except TimeoutError:
+            if last_packet and time.monotonic() - last_packet > args.idle:
+                break
+            continue
+        now = time.monotonic()
+        last_packet = now
+        if len(data) < 12:
+            continue
+        stamp = None
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SO_TIMESTAMPNS:
+                sec, nsec = _TIMESPEC.unpack(value[:_TIMESPEC.size])
+                stamp = sec * 1_000_000_000 + nsec
+        if stamp is None:
+            continue
+        packets += 1
+        per_second.setdefault(int(now - started), set()).add(source)
+        seq = (data[2] << 8) | data[3]
+        previous = last.get(source)
+        last[source] = (stamp, seq)
+        if previous is None:
+            continue
+        if seq != (previous[1] + 1) & 0xFFFF:
+            gaps += 1
+            continue
+        deviation = abs(stamp - previous[0] - PTIME_NS)
+        worst_ns = max(worst_ns, deviation)
+        histogram[min(_BUCKETS - 1, deviation // _BUCKET_NS)] += 1
+        pairs += 1
+    result = {
+        "streams": len(last), "packets": packets, "intervals": pairs, "sequence_gaps": gaps,
+        "peak_streams_per_second": max((len(s) for s in per_second.values()), default=0),
+        "interval_deviation_ms": {
+            "p50": _percentile(histogram, pairs, 0.50),
+            "p99": _percentile(histogram, pairs, 0.99),
+            "p999": _percentile(histogram, pairs, 0.999),
+            "max": round(worst_ns / 1e6, 3),
+        },
+    }
+    tmp = args.result.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, args.result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
