@@ -81,15 +81,49 @@ from sipdial.ua import UserAgent
 from sipdial.upstream import UpstreamRegistration
 from sipdial.workers import WorkerHttp, WorkerRole, worker_store_path
 
-__all__ = ["Core", "CoreStore", "LagMonitor", "Running", "build_core", "serve", "start", "tune_gc"]
+__all__ = ["Core", "CoreStore", "FullCollections", "LagMonitor", "Running", "build_core",
+           "serve", "start", "tune_gc"]
 
 log = logging.getLogger("sipdial")
 
 SWEEP_INTERVAL = 10.0
-#: seconds between full garbage collections (see :func:`tune_gc`): a safety net, since a call
-#: no longer leaves reference cycles; each costs ~0.7-1.5 s at ~1 M live objects (216 calls/s
-#: held 1 s, transactions lingering 32 s), which is why it is not every minute any more
+#: seconds between full garbage collections (see :func:`tune_gc`), at first: a safety net,
+#: since a call leaves no reference cycles; each costs ~0.5-1.9 s at ~1 M live objects
+#: (loadtest/RESULTS.md), which is why the interval grows while they find little
 FULL_GC_INTERVAL = 600.0
+FULL_GC_LONGEST = 6 * 3600.0
+FULL_GC_FEW = 10_000  #: a full collection that frees fewer objects than this found "little"
+
+
+class FullCollections:
+    """The safety net's schedule: a full collection every ``interval`` seconds, the interval
+    doubling (up to :data:`FULL_GC_LONGEST`) after each that freed fewer than
+    :data:`FULL_GC_FEW` objects and back to :data:`FULL_GC_INTERVAL` after one that freed
+    more (something leaves cycles: collect them often, and it is logged)."""
+
+    def __init__(self, now: float, collect: Callable[[], int] = gc.collect) -> None:
+        self.interval = FULL_GC_INTERVAL
+        self.next = now + self.interval
+        self._collect = collect
+
+    def run_if_due(self, now: float) -> int | None:
+        """Collect if it is time; the objects freed, or None."""
+        if now < self.next:
+            return None
+        started = time.perf_counter()
+        freed = self._collect()
+        took = time.perf_counter() - started
+        if freed < FULL_GC_FEW:
+            self.interval = min(FULL_GC_LONGEST, self.interval * 2)
+        else:
+            self.interval = FULL_GC_INTERVAL
+            log.warning("full garbage collection freed %d objects in reference cycles "
+                        "(%.0f ms): something leaves cycles; next in %g s", freed,
+                        took * 1000, self.interval)
+        log.info("full garbage collection: %d freed in %.0f ms; next in %g s", freed,
+                 took * 1000, self.interval)
+        self.next = now + self.interval
+        return freed
 
 
 class LagMonitor:
@@ -545,14 +579,12 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                       http.getHost().port, listeners, None, lag, role=role, mesh=mesh,
                       private_http_port=private_port, bound=bound)
 
-    next_gc = [reactor.seconds() + FULL_GC_INTERVAL]
+    full_collections = FullCollections(reactor.seconds())
 
     def sweep() -> None:
         now = reactor.seconds()
         core.sweep(now)
-        if now >= next_gc[0]:  # a safety net for cycles the thresholds leave to gen 2
-            next_gc[0] = now + FULL_GC_INTERVAL
-            gc.collect()
+        full_collections.run_if_due(now)  # the safety net for cycles (tune_gc)
         running.sweeper = reactor.callLater(SWEEP_INTERVAL, sweep)
 
     running.sweeper = reactor.callLater(SWEEP_INTERVAL, sweep)
@@ -580,17 +612,19 @@ def _route_twisted_logs() -> None:
 
 
 def tune_gc() -> None:
-    """Freeze what start-up built and collect young objects less often: with the default
-    thresholds the collector was ~45 % of the CPU per call (loadtest/README.md).
+    """Freeze what start-up built and let the collector look at young objects only.
 
     A call leaves no reference cycles (legs hold their owner weakly, the RTP port is let go:
-    tests/unit/test_no_cycles.py), so its objects go by reference counting and generation 2
-    rarely has anything to free. Its collections are full traversals of every live object —
-    0.7-1.9 s at 216 calls/s (``SIPDIAL_GC_LOG=1``), long enough for the lag monitor to
-    answer 503 — so they are left to the threshold (1000 middle collections) and to
-    :func:`start`'s safety net every :data:`FULL_GC_INTERVAL` seconds. (Before the cycles
+    tests/unit/test_no_cycles.py), so its objects go by reference counting; what the
+    collector frees are small, short-lived cycles (closures of Deferred callbacks), which
+    it finds while they are young. So only the youngest generation is collected
+    automatically (every 50,000 allocations: ~20-80 ms), and the middle and oldest never
+    (thresholds of 1,000,000): their collections traverse every object that survived one —
+    with 20,000 calls held that was a 1.7 s pause of the middle generation and 921 calls
+    refused 503 by the lag monitor at 350 calls/s, none with these thresholds
+    (loadtest/RESULTS.md). :class:`FullCollections` is the safety net. Before the cycles
     were broken, ~200 objects per call piled up for the collector: a 2.4 s pause per 36 s at
-    216 calls/s, RSS 495 MiB against 260 now.)"""
+    216 calls/s. ``SIPDIAL_GC_THRESHOLDS`` overrides the thresholds."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*_gc_thresholds(os.environ.get("SIPDIAL_GC_THRESHOLDS", "")))
@@ -598,7 +632,7 @@ def tune_gc() -> None:
         _log_gc_pauses()
 
 
-GC_THRESHOLDS = (50_000, 50, 1000)
+GC_THRESHOLDS = (50_000, 1_000_000, 1_000_000)
 
 
 def _gc_thresholds(text: str) -> tuple[int, int, int]:
