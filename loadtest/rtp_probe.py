@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 PTIME_NS = 20_000_000
+#: Linux's SO_TIMESTAMPNS (asm-generic/socket.h; Python's socket module does not name it);
+#: the control message it adds has the same number (SCM_TIMESTAMPNS)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _TIMESPEC = struct.Struct("@qq")
 #: deviation histogram: 10 µs buckets up to 1 s
 _BUCKET_NS = 10_000
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_TIMESTAMPNS, 1)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     sock.bind(("127.0.0.1", 0))
     sock.settimeout(0.5)
     tmp = args.ready_file.with_suffix(".tmp")
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         stamp = None
         for level, kind, value in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SO_TIMESTAMPNS:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                 sec, nsec = _TIMESPEC.unpack(value[:_TIMESPEC.size])
                 stamp = sec * 1_000_000_000 + nsec
         if stamp is None:
