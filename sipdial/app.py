@@ -201,26 +201,57 @@ def _listen_key(addr: ListenAddr) -> str:
     return f"{addr.transport}:{addr.host}:{addr.port}"
 
 
+def _binding_entry(binding: Binding, removed: bool) -> dict[str, object]:
+    return {"removed": removed, "record": asdict(_record(binding))}
+
+
 def _binding_document(binding: Binding, removed: bool) -> bytes:
-    """A binding as the mesh carries it to the other workers (JSON)."""
-    record = asdict(_record(binding))
-    return json.dumps({"removed": removed, "record": record}).encode("utf-8")
+    """A changed binding as the mesh carries it to the other workers: a JSON list."""
+    return json.dumps([_binding_entry(binding, removed)]).encode("utf-8")
 
 
-def _replicated_binding(document: bytes) -> tuple[Binding, bool] | None:
+def _binding_documents(bindings: list[Binding], budget: int = 60_000) -> list[bytes]:
+    """Every binding (a restarted worker's "hello"), in JSON lists of at most ``budget``
+    bytes each: a large location table in a few messages, not one per binding."""
+    documents: list[bytes] = []
+    batch: list[str] = []
+    size = 0
+    for binding in bindings:
+        text = json.dumps(_binding_entry(binding, False))
+        if batch and size + len(text) + 2 > budget:
+            documents.append(("[" + ", ".join(batch) + "]").encode("utf-8"))
+            batch, size = [], 0
+        batch.append(text)
+        size += len(text) + 2
+    if batch:
+        documents.append(("[" + ", ".join(batch) + "]").encode("utf-8"))
+    return documents
+
+
+def _replicated_bindings(document: bytes) -> list[tuple[Binding, bool]]:
+    """The bindings in a mesh registration message; one that does not parse is logged."""
+    out: list[tuple[Binding, bool]] = []
     try:
-        data = json.loads(document)
-        record = RegistrationRecord(**data["record"])
-        removed = bool(data["removed"])
-        peer = Peer(record.transport, record.source_host, int(record.source_port))
-    except (ValueError, TypeError, KeyError):
-        log.warning("mesh: a registration that does not parse dropped")
-        return None
-    return Binding(
-        user=record.user, contact=record.contact, instance=record.instance, peer=peer,
-        expires_at=record.expires_at, q=record.q, user_agent=record.user_agent,
-        call_id=record.call_id, cseq=record.cseq, registered_at=record.registered_at,
-        path=_path(record)), removed
+        entries = json.loads(document)
+        if not isinstance(entries, list):
+            raise TypeError("not a list")
+    except (ValueError, TypeError):
+        log.warning("mesh: a registration message that does not parse dropped")
+        return out
+    for entry in entries:
+        try:
+            record = RegistrationRecord(**entry["record"])
+            removed = bool(entry["removed"])
+            peer = Peer(record.transport, record.source_host, int(record.source_port))
+        except (ValueError, TypeError, KeyError):
+            log.warning("mesh: a registration that does not parse dropped")
+            continue
+        out.append((Binding(
+            user=record.user, contact=record.contact, instance=record.instance, peer=peer,
+            expires_at=record.expires_at, q=record.q, user_agent=record.user_agent,
+            call_id=record.call_id, cseq=record.cseq, registered_at=record.registered_at,
+            path=_path(record)), removed))
+    return out
 
 
 def _mesh_handlers(reactor: Any, core: Core, store: CoreStore, driver: SipDriver,
@@ -228,19 +259,18 @@ def _mesh_handlers(reactor: Any, core: Core, store: CoreStore, driver: SipDriver
     """What this worker does with the others' messages (sipdial.workers)."""
 
     def registration(document: bytes) -> None:
-        parsed = _replicated_binding(document)
-        if parsed is None:
-            return
-        binding, removed = parsed
-        if core.registrar.replicate(binding, removed, reactor.seconds()):
+        now = reactor.seconds()
+        for binding, removed in _replicated_bindings(document):
+            if not core.registrar.replicate(binding, removed, now):
+                continue
             if removed:  # kept in this worker's file too: a restart starts with them
                 store.delete_registration(binding.user, binding.contact)
             else:
                 store.save_registration(_record(binding))
 
     def hello(worker: int) -> None:
-        for binding in core.registrar.all(reactor.seconds()):
-            mesh.send_registration(worker, _binding_document(binding, False))
+        for document in _binding_documents(core.registrar.all(reactor.seconds())):
+            mesh.send_registration(worker, document)
 
     def out(data: bytes, peer: Peer) -> None:
         driver.send_here(peer, data)

@@ -9,8 +9,8 @@ is (:class:`MeshKind`):
        with where it came from: the owner handles it as if its own socket had received it;
 ``O``  a SIP message to send over a TCP/TLS connection: worker 0 holds every connection
        (see :mod:`sipdial.workers`), the others hand it what they send over one;
-``R``  a registration binding that changed (or went) at the sender: every worker keeps the
-       whole location table, so any of them can ring any user;
+``R``  registration bindings that changed (or went) at the sender, a JSON list: every
+       worker keeps the whole location table, so any of them can ring any user;
 ``H``  "hello, I (re)started": the others answer with every binding they hold.
 
 A message that cannot be sent (a worker restarting) is dropped and logged once per
@@ -64,7 +64,7 @@ class MeshHandlers:
 
     sip: Callable[[bytes, Peer], None]  #: a SIP message for this worker, and its source
     out: Callable[[bytes, Peer], None]  #: send this over the connection to ``peer``
-    registration: Callable[[bytes], None]  #: a binding changed (JSON, sipdial.app)
+    registration: Callable[[bytes], None]  #: bindings changed (a JSON list, sipdial.app)
     hello: Callable[[int], None]  #: worker ``index`` (re)started
 
 

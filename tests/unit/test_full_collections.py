@@ -3,6 +3,8 @@ find little, every FULL_GC_INTERVAL again once one finds cycles. Time is passed 
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from sipdial.app import FULL_GC_FEW, FULL_GC_INTERVAL, FULL_GC_LONGEST, FullCollections
@@ -23,7 +25,7 @@ def test_the_interval_doubles_while_collections_find_little_and_resets_when_one_
         now += 10.0  # the sweeper's interval
         if schedule.run_if_due(now) is not None:
             runs.append(now)
-    gaps = [b - a for a, b in zip(runs, runs[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(runs)]
     assert runs[0] == pytest.approx(1000.0 + FULL_GC_INTERVAL, abs=10)
     assert gaps[:3] == pytest.approx([2 * FULL_GC_INTERVAL, 4 * FULL_GC_INTERVAL,
                                       8 * FULL_GC_INTERVAL], abs=10)

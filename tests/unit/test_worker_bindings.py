@@ -1,0 +1,42 @@
+"""Registrations as the workers' mesh carries them (sipdial.app): JSON lists, a restarted
+worker's whole table in a few messages of bounded size, and nothing lost on the way."""
+
+from __future__ import annotations
+
+import json
+
+from sipdial.app import _binding_document, _binding_documents, _replicated_bindings
+from sipdial.registrar import Binding
+from sipdial.sip import Peer, parse_name_addr_list
+
+
+def binding(n: int) -> Binding:
+    return Binding(user=str(200 + n % 7), contact=f"sip:{n}@10.0.{n // 250}.{n % 250}:5060",
+                   instance=None if n % 2 else f"<urn:uuid:{n:08d}>",
+                   peer=Peer("tcp" if n % 3 == 0 else "udp", "192.0.2.7", 5060 + n),
+                   expires_at=2e9 + n, q=0.5, user_agent="Yealink \u00e9", call_id=f"r{n}",
+                   cseq=n, registered_at=1.8e9 + n,
+                   path=tuple(parse_name_addr_list("<sip:proxy.example;lr>")) if n == 5 else ())
+
+
+def test_a_whole_table_goes_in_bounded_messages_and_comes_back_the_same() -> None:
+    table = [binding(n) for n in range(2000)]
+    documents = _binding_documents(table, budget=20_000)
+    assert len(documents) > 10
+    assert all(len(d) <= 20_000 + 2 for d in documents)
+    back = [pair for d in documents for pair in _replicated_bindings(d)]
+    assert [b for b, removed in back] == table
+    assert not any(removed for _, removed in back)
+
+
+def test_one_change_and_a_removal() -> None:
+    [(got, removed)] = _replicated_bindings(_binding_document(binding(5), True))
+    assert removed and got == binding(5)
+
+
+def test_what_does_not_parse_is_dropped_and_the_rest_kept() -> None:
+    good = json.loads(_binding_document(binding(1), False))
+    bad = [{"removed": False, "record": {"user": "x"}}, "nonsense", *good]
+    assert [b for b, _ in _replicated_bindings(json.dumps(bad).encode())] == [binding(1)]
+    assert _replicated_bindings(b"{not json") == []
+    assert _replicated_bindings(b'{"removed": true}') == []
