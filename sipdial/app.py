@@ -79,7 +79,7 @@ from sipdial.transport import (
 )
 from sipdial.ua import UserAgent
 from sipdial.upstream import UpstreamRegistration
-from sipdial.workers import WorkerHttp, WorkerRole, worker_store_path
+from sipdial.worker_role import WorkerHttp, WorkerRole, worker_store_path
 
 __all__ = ["Core", "CoreStore", "FullCollections", "LagMonitor", "Running", "build_core",
            "serve", "start", "tune_gc"]
@@ -91,15 +91,16 @@ SWEEP_INTERVAL = 10.0
 #: since a call leaves no reference cycles; each costs ~0.5-1.9 s at ~1 M live objects
 #: (loadtest/RESULTS.md), which is why the interval grows while they find little
 FULL_GC_INTERVAL = 600.0
-FULL_GC_LONGEST = 6 * 3600.0
+FULL_GC_LONGEST = 3600.0
 FULL_GC_FEW = 10_000  #: a full collection that frees fewer objects than this found "little"
 
 
 class FullCollections:
     """The safety net's schedule: a full collection every ``interval`` seconds, the interval
-    doubling (up to :data:`FULL_GC_LONGEST`) after each that freed fewer than
-    :data:`FULL_GC_FEW` objects and back to :data:`FULL_GC_INTERVAL` after one that freed
-    more (something leaves cycles: collect them often, and it is logged)."""
+    doubling (up to :data:`FULL_GC_LONGEST`: a cycle left behind waits at most that long)
+    after each that freed fewer than :data:`FULL_GC_FEW` objects, and back to
+    :data:`FULL_GC_INTERVAL` after one that freed more (something leaves cycles: collect
+    them often, and it is logged)."""
 
     def __init__(self, now: float, collect: Callable[[], int] = gc.collect) -> None:
         self.interval = FULL_GC_INTERVAL
@@ -196,6 +197,19 @@ def _path(r: RegistrationRecord) -> tuple[NameAddr, ...]:
         return ()
 
 
+def _media_ports(low: int, high: int, role: WorkerRole | None) -> tuple[int, int]:
+    """This worker's slice of ``[media]`` port_min..port_max (even-aligned, a pair per call):
+    workers that all began at port_min would keep trying ports another one holds."""
+    if role is None or role.count == 1 or high == 0:
+        return low, high
+    pairs = (high - low) // 2 + 1
+    share = pairs // role.count
+    if share < 1:
+        return low, high  # fewer pairs than workers: share the whole range
+    start = low + 2 * share * role.index
+    return start, start + 2 * (share - 1)
+
+
 def _listen_key(addr: ListenAddr) -> str:
     """A [sip] listen entry as written: "udp:127.0.0.1:0" (IPv6 hosts bare)."""
     return f"{addr.transport}:{addr.host}:{addr.port}"
@@ -275,7 +289,8 @@ def _mesh_handlers(reactor: Any, core: Core, store: CoreStore, driver: SipDriver
     def out(data: bytes, peer: Peer) -> None:
         driver.send_here(peer, data)
 
-    return MeshHandlers(sip=driver.receive_here, out=out, registration=registration,
+    return MeshHandlers(sip=driver.receive_here, out=out,
+                        failed=driver.transport_failed_here, registration=registration,
                         hello=hello)
 
 
@@ -492,11 +507,12 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     # sipdial's own RTP: prompts decoded and G.711-encoded once, here
     prompts = PromptLibrary.load(custom_file=config.media.prompt_file)
     media_host = config.media.host or config.sip.listen[0].host
-    media = MediaManager(reactor, media_host, config.media.port_min, config.media.port_max,
-                         prompts)
+    port_min, port_max = _media_ports(config.media.port_min, config.media.port_max, role)
+    media = MediaManager(reactor, media_host, port_min, port_max, prompts)
     lag = LagMonitor(reactor)
     events = EventHub(store, reactor, config.webhooks,
-                      ids=(role.index, role.count) if role is not None else (0, 1))
+                      ids=(role.index, role.count) if role is not None else (0, 1),
+                      id_floor=role.id_floor if role is not None else (0, 0))
     def on_lockout(lockout: Lockout) -> None:
         events.publish_notice(EventName.AUTH_LOCKED_OUT, lockout.to_json(), lockout.at)
 

@@ -151,13 +151,14 @@ class Registrar:
 
     def replicate(self, binding: Binding, removed: bool, now: float) -> bool:
         """A binding that changed at another worker (sipdial.workers), made here without
-        telling ``on_change`` (that worker has). False: not taken (an unknown user, expired,
-        or older than the one held: a REGISTER's Call-ID/CSeq order, RFC 3261 §10.3)."""
+        telling ``on_change`` (that worker has). False: not taken — an unknown user, an
+        expired binding, or one older than the binding held (:func:`_not_older`): a removal
+        or refresh that crossed a newer refresh on its way is not applied."""
         if binding.user not in self.users:
             return False
         table = self._bindings.get(binding.user)
         held = table.get(binding.contact) if table else None
-        if held is not None and held.registered_at > binding.registered_at:
+        if held is not None and not _not_older(binding, held):
             return False
         if removed:
             if held is None or table is None:
@@ -310,6 +311,14 @@ class Registrar:
             log.info("unregistered %s at %s", binding.user, binding.contact)
         if self.on_change is not None:
             self.on_change(binding, removed)
+
+
+def _not_older(incoming: Binding, held: Binding) -> bool:
+    """Whether ``incoming`` is the same REGISTER as ``held`` or a later one: by CSeq within
+    one Call-ID (RFC 3261 §10.3 step 7), else by expiry (a device that started over)."""
+    if incoming.call_id == held.call_id:
+        return incoming.cseq >= held.cseq
+    return incoming.expires_at >= held.expires_at
 
 
 def _path(request: Request) -> list[NameAddr]:

@@ -12,7 +12,7 @@ its own SQLite file), that share the public addresses and route to each other:
   that worker makes — Via branches, dialog tags, Call-IDs, the call id, hence the REFER's
   ``x-c2d`` — begins with its index (:class:`sipdial.sip.Shard`). A worker that receives
   a message another one owns (the destination's 200, the phone's BYE or NOTIFY, the referred
-  INVITE) hands it over the mesh (:class:`sipdial.transport.Mesh`, Unix datagram sockets
+  INVITE) hands it over the mesh (:class:`sipdial.transport.Mesh`, Unix stream sockets
   in a private directory) unparsed but for the few bytes :meth:`Shard.route` reads; the
   owner answers from its own socket on the same address.
 * **TCP and TLS** live in worker 0 (its listeners and every connection); the others hand it
@@ -39,7 +39,10 @@ Not shared yet: ``GET /v1/events`` (SSE) answers 501 ``not_available_with_worker
 stream of every worker's events whose ``Last-Event-ID`` resumes correctly across workers
 needs one place that orders them (worker 0 re-publishing what the others forward is the
 plan); webhooks work. Per worker: the password-guessing limits and ``[calls]
-max_concurrent``; ``[upstream]`` registration is done by worker 0 only.
+max_concurrent``; ``[upstream]`` registration is done by worker 0 only (the others'
+``GET /v1/upstream`` and ``/healthz`` show theirs as idle); a referred INVITE whose phone
+dropped the Refer-To's ``x-c2d`` parameter is matched only in the worker its Call-ID
+hashes to.
 
 The same design extends to several machines: Kamailio's ``dispatcher`` in front sends new
 calls and REGISTERs to one of them (hash over Call-ID or source), responses and in-dialog
@@ -62,15 +65,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from glob import escape as glob_escape
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from sipdial.config import ConfigError, load_config
+from sipdial.worker_role import WorkerRole
 
-from sipdial.api import WorkerReply
-from sipdial.sip import Shard
-
-__all__ = ["WorkerHttp", "WorkerRole", "main", "supervise", "worker_store_path"]
+__all__ = ["main", "supervise"]
 
 log = logging.getLogger("sipdial.workers")
 
@@ -82,99 +84,6 @@ RESTART_MIN = 0.5
 RESTART_MAX = 30.0
 HEALTHY_AFTER = 60.0
 STOP_GRACE = 8.0  # seconds the workers get to stop after SIGTERM before SIGKILL
-
-
-@dataclass(frozen=True)
-class WorkerRole:
-    """This process is worker ``index`` of ``count`` under a supervisor."""
-
-    index: int
-    count: int
-    mesh_dir: str  #: the supervisor's private directory: mesh sockets and ready files
-    secret: bytes  #: the digest nonce secret every worker shares
-    #: ports worker 0 bound, by [sip] listen entry ("udp:127.0.0.1:0" -> 40123); empty for
-    #: worker 0's first start
-    sip_ports: dict[str, int] = field(default_factory=dict)
-    http_port: int | None = None  #: the shared API port (None: [http] listen as written)
-
-    @property
-    def shard(self) -> Shard:
-        return Shard(self.index, self.count)
-
-    def ready_file(self, index: int | None = None) -> str:
-        return os.path.join(self.mesh_dir, f"w{self.index if index is None else index}.ready")
-
-
-def worker_store_path(path: str, index: int) -> str:
-    """Worker ``index``'s own SQLite file beside the configured one: ``calls.w1.db``."""
-    if path == ":memory:" or path.startswith("file:"):
-        return path
-    root, ext = os.path.splitext(path)
-    return f"{root}.w{index}{ext or '.db'}"
-
-
-class WorkerHttp:
-    """:class:`sipdial.api.OtherWorkers` over each worker's loopback HTTP port (named in its
-    ready file in the mesh directory, read again after a failure: a restart moves it)."""
-
-    def __init__(self, reactor: Any, role: WorkerRole) -> None:
-        from twisted.web.client import Agent, HTTPConnectionPool
-
-        self._role = role
-        self._shard = role.shard
-        self._ports: dict[int, int] = {}
-        pool: Any = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
-        pool.maxPersistentPerHost = 4
-        self._pool = pool
-        self._agent: Any = Agent(reactor, connectTimeout=5, pool=pool)  # type: ignore[no-untyped-call]
-
-    def owner_of(self, call_id: str) -> int | None:
-        owner = self._shard.owner_of(call_id)
-        return None if owner == self._role.index else owner
-
-    def others(self) -> Sequence[int]:
-        return [w for w in range(self._role.count) if w != self._role.index]
-
-    def _port(self, worker: int) -> int:
-        port = self._ports.get(worker)
-        if port is None:
-            with open(self._role.ready_file(worker), encoding="utf-8") as fh:
-                port = int(json.load(fh)["private_http"])
-            self._ports[worker] = port
-        return port
-
-    def request(self, worker: int, method: str, target: str,
-                authorization: str | None) -> Deferred[WorkerReply]:
-        from twisted.web.client import readBody
-        from twisted.web.http_headers import Headers
-
-        try:
-            port = self._port(worker)
-        except (OSError, ValueError, KeyError) as exc:
-            return fail(exc)
-        headers = Headers()
-        if authorization is not None:
-            headers.addRawHeader(b"Authorization", authorization.encode("latin-1"))
-        url = f"http://127.0.0.1:{port}{target}".encode("latin-1")
-        # only GET and DELETE are handed over: no body
-        d: Deferred[Any] = self._agent.request(method.encode("ascii"), url, headers, None)
-
-        def got(response: Any) -> Deferred[WorkerReply]:
-            passed = tuple((name, value) for name in ("WWW-Authenticate", "Retry-After")
-                           for value in response.headers.getRawHeaders(name, []))
-            status = int(response.code)
-            body: Deferred[bytes] = readBody(response)
-            return body.addCallback(lambda data: WorkerReply(status, data, passed))
-
-        def failed(failure: Any) -> Any:
-            self._ports.pop(worker, None)  # restarted elsewhere: read its ready file again
-            return failure
-
-        return d.addCallback(got).addErrback(failed)
-
-    def close(self) -> Deferred[None]:
-        d: Deferred[None] = self._pool.closeCachedConnections()
-        return d
 
 
 # ----------------------------------------------------------------------------- supervisor
@@ -203,6 +112,8 @@ class _Supervisor:
         self.http_port: int | None = None
         self.stopping = False
         self.announced = False
+        self.others_started = False  #: workers 1..N-1 were started (once worker 0 was ready)
+        self.id_floor = (0, 0)
 
     def role_args(self, index: int) -> list[str]:
         args = [sys.executable, "-m", "sipdial.workers", "--config", self.config_path,
@@ -211,6 +122,8 @@ class _Supervisor:
             args += ["--sip-ports", json.dumps(self.sip_ports)]
         if self.http_port is not None:
             args += ["--http-port", str(self.http_port)]
+        args += ["--id-floor", f"{self.id_floor[0]},{self.id_floor[1]}",
+                 "--supervisor", str(os.getpid())]
         return args
 
     def start(self, worker: _Worker) -> None:
@@ -293,9 +206,11 @@ class _Supervisor:
                 self.start(worker)
         if not self.announced:
             if not first.ready and first.process is not None:
-                if self.worker_ready(first):
+                if self.worker_ready(first) and not self.others_started:
+                    self.others_started = True
                     for worker in self.workers[1:]:
-                        self.start(worker)
+                        if worker.process is None and worker.restart_at is None:
+                            self.start(worker)
                 elif now - first.started_at > START_TIMEOUT:
                     log.error("worker 0 did not start within %g s", START_TIMEOUT)
                     return 1
@@ -317,8 +232,15 @@ class _Supervisor:
         return None
 
     def stop(self) -> None:
+        """SIGTERM every worker but 0 and wait, then worker 0: it holds the TCP/TLS
+        connections, over which the others' last BYEs and CANCELs still go out."""
         self.stopping = True
-        running = [w.process for w in self.workers if w.process is not None]
+        self._stop([w.process for w in self.workers[1:] if w.process is not None])
+        self._stop([w.process for w in self.workers[:1] if w.process is not None])
+        shutil.rmtree(self.mesh_dir, ignore_errors=True)
+
+    @staticmethod
+    def _stop(running: list[subprocess.Popen[bytes]]) -> None:
         for process in running:
             try:
                 process.send_signal(signal.SIGTERM)
@@ -332,16 +254,28 @@ class _Supervisor:
                 log.error("worker pid %d did not stop: killed", process.pid)
                 process.kill()
                 process.wait()
-        shutil.rmtree(self.mesh_dir, ignore_errors=True)
 
 
 def supervise(config_path: str, count: int, ready_file: str | None = None) -> int:
     """Run ``count`` workers until SIGTERM/SIGINT; restart any that dies. Exit code."""
     logging.basicConfig(level=os.environ.get("SIPDIAL_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(config_path)
+    except (ConfigError, OSError) as exc:
+        print(f"sipdial: {config_path}: {exc}", file=sys.stderr)
+        return 2
+    store_path = config.store.sqlite_path
+    lock = _lock(store_path)
+    if lock is None:
+        print(f"sipdial: another sipdial runs on {store_path} (its lock {store_path}.lock "
+              "is held): not starting a second one on the same ports and files",
+              file=sys.stderr)
+        return 2
     watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     supervisor = _Supervisor(config_path, count, ready_file)
+    supervisor.id_floor = _id_floor(store_path, count)
     code = 0
     try:
         supervisor.start(supervisor.workers[0])
@@ -358,9 +292,71 @@ def supervise(config_path: str, count: int, ready_file: str | None = None) -> in
                 break
     finally:
         supervisor.stop()
+        # what came meanwhile (a worker's late "ready", a second SIGTERM) must not act
+        # once unblocked: SIGUSR1's default would end this process with status 138
+        for signum in watched:
+            signal.signal(signum, signal.SIG_IGN)
+        while signal.sigtimedwait(watched, 0) is not None:
+            pass
         signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
+        os.close(lock)
     log.info("sipdial stopped")
     return code
+
+
+def _lock(store_path: str) -> int | None:
+    """An exclusive lock beside the store: SO_REUSEPORT would let a second sipdial bind the
+    same ports without an error, and share the traffic and the files with this one."""
+    import fcntl
+
+    if store_path == ":memory:" or store_path.startswith("file:"):
+        return os.open(os.devnull, os.O_RDONLY)
+    fd = os.open(f"{store_path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _id_floor(store_path: str, count: int) -> tuple[int, int]:
+    """The highest event and delivery ids in the configured file and every worker's: the
+    workers continue above them, so no id is used twice when the number of workers changed.
+    Files of workers beyond ``count`` (there were more before) are named in a warning: their
+    pending webhooks and unfinished calls wait until that many workers run again."""
+    import glob
+    import sqlite3
+
+    if store_path == ":memory:" or store_path.startswith("file:"):
+        return (0, 0)
+    floor = [0, 0]
+    for index, path in _worker_files(store_path, glob.glob):
+        if index >= count:
+            log.warning("%s belongs to worker %d of an earlier run with more workers: its "
+                        "pending webhook deliveries and unfinished calls are not handled "
+                        "by these %d", path, index, count)
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            try:
+                row = conn.execute("SELECT (SELECT coalesce(max(id), 0) FROM events), "
+                                   "(SELECT coalesce(max(id), 0) FROM webhook_outbox)").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            continue  # not created yet, or not ours
+        floor = [max(floor[0], int(row[0])), max(floor[1], int(row[1]))]
+    return floor[0], floor[1]
+
+
+def _worker_files(store_path: str, glob: Any) -> list[tuple[int, str]]:
+    root, ext = os.path.splitext(store_path)
+    found = [(0, store_path)] if os.path.exists(store_path) else []
+    for path in glob(f"{glob_escape(root)}.w*{glob_escape(ext or '.db')}"):
+        middle = path[len(root) + 2 : len(path) - len(ext or ".db")]
+        if middle.isdigit():
+            found.append((int(middle), path))
+    return found
 
 
 # ----------------------------------------------------------------------------- worker
@@ -387,15 +383,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--sip-ports", default="{}")
     parser.add_argument("--http-port", type=int)
+    parser.add_argument("--id-floor", default="0,0")
+    parser.add_argument("--supervisor", type=int, required=True)
     args = parser.parse_args(argv)
+    _die_with_parent()
+    if os.getppid() != args.supervisor:  # it died before the line above took effect
+        return 1
     # the supervisor blocks these to wait for them; a worker takes them as usual
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, signal.SIGTERM,
                                                 signal.SIGINT, signal.SIGUSR1})
-    _die_with_parent()
     secret = bytes.fromhex(os.environ.pop("SIPDIAL_WORKER_SECRET", "")) or os.urandom(32)
+    events, _, deliveries = args.id_floor.partition(",")
     role = WorkerRole(index=args.index, count=args.count, mesh_dir=args.mesh, secret=secret,
                       sip_ports={str(k): int(v) for k, v in json.loads(args.sip_ports).items()},
-                      http_port=args.http_port)
+                      http_port=args.http_port,
+                      id_floor=(int(events), int(deliveries)))
     from sipdial.app import serve
 
     return serve(args.config, role.ready_file(), role=role)

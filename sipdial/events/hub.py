@@ -194,6 +194,7 @@ class EventHub:
         buffer_size: int = 1024,
         rng: Callable[[], float] = random.random,
         ids: tuple[int, int] = (0, 1),
+        id_floor: tuple[int, int] = (0, 0),
     ) -> None:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
@@ -201,6 +202,8 @@ class EventHub:
         #: and delivery ids are ≡ its index (mod the count), so no two workers ever use one
         #: id; (0, 1) for one process: 1, 2, 3, ...
         self._id_offset, self._id_step = ids
+        #: event and delivery ids continue above these too (the other workers' files)
+        self._id_floor = id_floor
         self._store = store
         self._clock: Callable[[], float] = clock or reactor.seconds
         policy = policy or DeliveryPolicy()
@@ -257,7 +260,9 @@ class EventHub:
         d = self._store.last_published_ids()
 
         def got_ids(ids: tuple[int, int]) -> Deferred[list[OutboxEntry]]:
-            self._last_event_id, self._last_outbox_id = (self._aligned(i) for i in ids)
+            self._last_event_id, self._last_outbox_id = (
+                self._aligned(max(last, floor)) for last, floor in zip(ids, self._id_floor,
+                                                                       strict=True))
             self._last_released = self._last_event_id
             return self._store.pending_outbox()
 

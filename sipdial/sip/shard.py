@@ -14,9 +14,11 @@ index in its first two hex digits (:meth:`Shard.prefix`):
 * its Call-IDs and the click-to-dial call id: the **referred INVITE** of a REFER-mode call
   (a new dialog the phone starts) is routed by the ``x-c2d`` parameter that the REFER's
   Refer-To put into its Request-URI;
-* everything else — REGISTER, OPTIONS, a new INVITE, CANCEL and the ACK of a non-2xx (these
-  two come from the source of their INVITE, so the kernel hands them to the same worker) —
-  is handled by whichever worker received it.
+* any other INVITE, and CANCEL and the ACK of a non-2xx (which carry their INVITE's Call-ID),
+  go to the worker the Call-ID hashes to (CRC-32 modulo the count): a phone's retransmission
+  or CANCEL finds its transaction even when the kernel's choice of socket changed meanwhile
+  (it does whenever a worker stops or starts);
+* everything else — REGISTER, OPTIONS, ... — is handled by whichever worker received it.
 
 :meth:`Shard.route` reads only what that needs from the raw bytes (a few anchored regular
 expressions over the header block, no full parse); a message whose marks do not name a
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Final
 
@@ -53,6 +56,11 @@ _TO_TAG: Final = re.compile(
     re.IGNORECASE | re.MULTILINE)
 #: the Request-URI's x-c2d parameter (clicktodial.C2D_PARAM), in the request line only
 _C2D: Final = re.compile(rb"^[^ \r\n]+ [^ \r\n]*;x-c2d=([0-9a-f]{2})", re.IGNORECASE)
+#: §20.8: "Call-ID" / "i", its value without the surrounding whitespace
+_CALL_ID: Final = re.compile(rb"^(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*$",
+                             re.IGNORECASE | re.MULTILINE)
+#: requests that open a transaction a CANCEL or a non-2xx ACK will name (by Call-ID)
+_BY_CALL_ID: Final = (b"INVITE ", b"CANCEL ", b"ACK ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +107,12 @@ class Shard:
             match = _VIA_BRANCH.search(head)
         else:
             match = _TO_TAG.search(head) or _C2D.match(head)
+            if match is None and head.startswith(_BY_CALL_ID):
+                call_id = _CALL_ID.search(head)
+                if call_id is None or not call_id.group(1):
+                    return None
+                index = zlib.crc32(call_id.group(1)) % self.count
+                return None if index == self.index else index
         if match is None:
             return None
         index = int(match.group(1), 16)

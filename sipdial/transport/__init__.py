@@ -15,7 +15,7 @@ and time between it and the reactor, which is injected, never imported:
   same connection code as TCP under Twisted's TLS; outgoing TLS checks the server's
   certificate against the CA and its host name (:attr:`~sipdial.sip.Peer.name`, the URI's
   host) unless ``verify = false``; RFC 5923 ``alias`` reuse; RFC 5626 CRLF keep-alives.
-* :class:`Mesh` — the worker processes' Unix datagram mesh (``sipdial serve --workers``):
+* :class:`Mesh` — the worker processes' Unix stream mesh (``sipdial serve --workers``):
   messages another worker owns, TCP/TLS sends through worker 0, registrations replicated;
   the driver forwards by :meth:`~sipdial.sip.Shard.route` (:class:`Forwarder`).
 * :class:`DnsResolver` — ``resolve(uri, default_transport, on_done)`` calls ``on_done`` once

@@ -54,6 +54,9 @@ class Forwarder(Protocol):
     def relay(self, data: bytes, peer: Peer) -> None:
         """Send over a TCP/TLS connection, which worker 0 holds."""
 
+    def report_failure(self, peer: Peer) -> None:
+        """Worker 0: a connection failed; the other workers' transactions to it fail too."""
+
 
 UDP_BUFFER = 4 * 1024 * 1024
 _REFUSAL_LOG_INTERVAL = 10.0  # seconds between warnings about refused TCP connections
@@ -462,6 +465,13 @@ class SipDriver:
     def transport_failed(self, peer: Peer) -> None:
         self.endpoint.txns.transport_error(peer, self.reactor.seconds())
         self.pump()
+        if self._forwarder is not None and self._shard is not None and self._shard.index == 0:
+            self._forwarder.report_failure(peer)  # whoever relayed through it is told
+
+    def transport_failed_here(self, peer: Peer) -> None:
+        """Worker 0 reported that its connection to ``peer`` failed (sipdial.workers)."""
+        self.endpoint.txns.transport_error(peer, self.reactor.seconds())
+        self.pump()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -517,8 +527,8 @@ class SipDriver:
     def _send(self, peer: Peer, data: bytes) -> None:
         if _trace:
             _trace_log.info("send to %s:\n%s", peer, data.decode("utf-8", "replace"))
-        if peer.transport != "udp" and self._relay_streams:
-            forwarder: Any = self._forwarder
+        forwarder = self._forwarder
+        if peer.transport != "udp" and self._relay_streams and forwarder is not None:
             forwarder.relay(data, peer)
             return
         self.send_here(peer, data)

@@ -9,6 +9,8 @@ is (:class:`MeshKind`):
        with where it came from: the owner handles it as if its own socket had received it;
 ``O``  a SIP message to send over a TCP/TLS connection: worker 0 holds every connection
        (see :mod:`sipdial.workers`), the others hand it what they send over one;
+``F``  from worker 0: a TCP/TLS connection to that peer failed (refused, handshake, limit):
+       every worker fails its transactions to it at once, as for its own connection;
 ``R``  registration bindings that changed (or went) at the sender, a JSON list: every
        worker keeps the whole location table, so any of them can ring any user;
 ``H``  "hello, I (re)started": the others answer with every binding they hold.
@@ -50,6 +52,7 @@ _LENGTH = struct.Struct("!I")  # Int32StringReceiver's prefix
 class MeshKind(enum.Enum):
     SIP = b"S"
     OUT = b"O"
+    FAILED = b"F"
     REGISTRATION = b"R"
     HELLO = b"H"
 
@@ -64,12 +67,15 @@ class MeshHandlers:
 
     sip: Callable[[bytes, Peer], None]  #: a SIP message for this worker, and its source
     out: Callable[[bytes, Peer], None]  #: send this over the connection to ``peer``
+    failed: Callable[[Peer], None]  #: worker 0's connection to ``peer`` failed
     registration: Callable[[bytes], None]  #: bindings changed (a JSON list, sipdial.app)
     hello: Callable[[int], None]  #: worker ``index`` (re)started
 
 
 def _with_peer(kind: MeshKind, peer: Peer, data: bytes) -> bytes:
-    return b"".join((kind.value, f"{peer.transport} {peer.host} {peer.port}\n".encode(), data))
+    """The peer (with its TLS name: the certificate is checked against it) in one line."""
+    line = f"{peer.transport} {peer.host} {peer.port} {peer.name or '-'}\n"
+    return b"".join((kind.value, line.encode("utf-8"), data))
 
 
 def _split_peer(message: bytes) -> tuple[Peer, bytes] | None:
@@ -77,8 +83,9 @@ def _split_peer(message: bytes) -> tuple[Peer, bytes] | None:
     if end < 0:
         return None
     try:
-        transport, host, port = message[1:end].decode("ascii").split(" ")
-        return Peer(transport, host, int(port)), message[end + 1 :]
+        transport, host, port, name = message[1:end].decode("utf-8").split(" ")
+        return (Peer(transport, host, int(port), "" if name == "-" else name),
+                message[end + 1 :])
     except (ValueError, UnicodeDecodeError):
         return None
 
@@ -217,6 +224,13 @@ class Mesh:
         """Send over a TCP/TLS connection: worker 0 holds them."""
         self._send(0, _with_peer(MeshKind.OUT, peer, data))
 
+    def report_failure(self, peer: Peer) -> None:
+        """Worker 0: the connection to ``peer`` failed; the others fail their transactions."""
+        message = _with_peer(MeshKind.FAILED, peer, b"")
+        for worker in range(self.count):
+            if worker != self.index:
+                self._send(worker, message)
+
     def broadcast_registration(self, document: bytes) -> None:
         message = MeshKind.REGISTRATION.value + document
         for worker in range(self.count):
@@ -262,7 +276,7 @@ class Mesh:
             return
         self.received += 1
         kind = message[:1]
-        if kind == MeshKind.SIP.value or kind == MeshKind.OUT.value:
+        if kind in (MeshKind.SIP.value, MeshKind.OUT.value, MeshKind.FAILED.value):
             split = _split_peer(message)
             if split is None:
                 log.warning("mesh: a malformed %r message dropped", kind)
@@ -270,8 +284,10 @@ class Mesh:
             peer, data = split
             if kind == MeshKind.SIP.value:
                 handlers.sip(data, peer)
-            else:
+            elif kind == MeshKind.OUT.value:
                 handlers.out(data, peer)
+            else:
+                handlers.failed(peer)
         elif kind == MeshKind.REGISTRATION.value:
             handlers.registration(message[1:])
         elif kind == MeshKind.HELLO.value:

@@ -157,3 +157,18 @@ def test_a_dead_worker_is_restarted_its_calls_end_interrupted_the_other_carries_
             assert "connected" in [e["state"] for e in final["events"]]
         log = sd.log_text()
         assert f"worker {_worker(first)} (pid {victim}) died (signal 9)" in log
+
+
+def test_a_second_sipdial_on_the_same_files_is_refused(tmp_path: Path) -> None:
+    """SO_REUSEPORT would let it bind the same ports silently and share the traffic."""
+    import subprocess
+    import sys
+
+    with _sipdial(tmp_path, 9) as sd:
+        second = subprocess.run(
+            [sys.executable, "-m", "sipdial", "serve", "--config", str(sd.config_path),
+             "--workers", "2"], capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert second.returncode == 2, second
+        assert b"another sipdial runs on" in second.stderr
+        status, _ = sd.api("GET", "/v1/calls")
+        assert status == 200  # the first one is untouched

@@ -490,12 +490,18 @@ def test_a_binding_from_another_worker_is_taken_without_telling_on_change(net: S
     assert other.registrar.replicate(binding, False, net.now)
     assert other.registrar.contacts("201", net.now) == [binding]
     assert other.registrar.knows_peer(binding.peer)
-    older = dataclasses.replace(binding, registered_at=binding.registered_at - 1,
-                                contact="sip:201@10.9.9.9")
-    assert other.registrar.replicate(older, False, net.now)  # another contact: kept beside
-    stale = dataclasses.replace(binding, registered_at=binding.registered_at - 5)
-    assert not other.registrar.replicate(stale, True, net.now)  # older than the one held
-    assert other.registrar.replicate(binding, True, net.now)  # removed there: here too
+    second = dataclasses.replace(binding, contact="sip:201@10.9.9.9")
+    assert other.registrar.replicate(second, False, net.now)  # another contact: kept beside
+    refreshed = dataclasses.replace(binding, cseq=binding.cseq + 1,
+                                    expires_at=binding.expires_at + 60)
+    assert other.registrar.replicate(refreshed, False, net.now)
+    # the removal of the binding as it was before that refresh crossed it: not applied
+    assert not other.registrar.replicate(binding, True, net.now)
+    assert not other.registrar.replicate(binding, False, net.now)  # nor the old version
+    restarted = dataclasses.replace(binding, call_id="new", cseq=1,
+                                    expires_at=binding.expires_at - 10)
+    assert not other.registrar.replicate(restarted, True, net.now)  # other Call-ID: expiry
+    assert other.registrar.replicate(refreshed, True, net.now)  # removed there: here too
     assert [b.contact for b in other.registrar.contacts("201", net.now)] == ["sip:201@10.9.9.9"]
     expired = dataclasses.replace(binding, expires_at=net.now - 1)
     assert not other.registrar.replicate(expired, False, net.now)

@@ -3,6 +3,8 @@ and the routing of raw messages by them. No sockets."""
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 
 from sipdial.sip import SINGLE, Endpoint, Peer, Shard, TimerHeap, parse_message
@@ -63,10 +65,29 @@ def test_the_referred_invite_goes_to_the_worker_of_its_call() -> None:
     assert W1.route(invite) == 3
 
 
+def test_a_new_invite_its_cancel_and_non_2xx_ack_go_where_the_call_id_hashes() -> None:
+    """Not where the kernel happened to deliver them: that changes when a worker stops or
+    starts, and a retransmission or CANCEL must find the INVITE's transaction."""
+    owners = set()
+    for n in range(40):
+        cid = f"phone-{n}@10.0.0.7".encode()
+        owner = zlib.crc32(cid) % 4
+        owners.add(owner)
+        for method in (b"INVITE", b"CANCEL", b"ACK"):
+            data = (method + b" sip:202@x SIP/2.0\r\nVia: SIP/2.0/UDP p;branch=z9hG4bKa\r\n"
+                    b"To: <sip:202@x>\r\ni:  " + cid + b" \r\n\r\n")
+            assert W1.route(data) == (None if owner == 1 else owner), (method, cid)
+            assert Shard(owner, 4).route(data) is None
+    assert owners == {0, 1, 2, 3}
+    # a tag or x-c2d wins over the Call-ID; no Call-ID: here
+    assert W1.route(b"ACK sip:x SIP/2.0\r\nTo: <sip:x>;tag=03a\r\nCall-ID: q\r\n\r\n") == 3
+    assert W1.route(b"INVITE sip:x SIP/2.0\r\nTo: <sip:x>\r\n\r\n") is None
+    assert W1.route(b"INVITE sip:x SIP/2.0\r\nCall-ID:\r\n\r\n") is None
+
+
 @pytest.mark.parametrize("data", [
-    b"REGISTER sip:x SIP/2.0\r\nTo: <sip:201@x>\r\nFrom: <sip:201@x>;tag=03a\r\n\r\n",
-    b"INVITE sip:201@x SIP/2.0\r\nTo: <sip:201@x>\r\n\r\n",
-    b"CANCEL sip:201@x SIP/2.0\r\nVia: SIP/2.0/UDP p;branch=z9hG4bK03\r\nTo: <sip:201@x>\r\n\r\n",
+    b"REGISTER sip:x SIP/2.0\r\nTo: <sip:201@x>\r\nFrom: <sip:201@x>;tag=03a\r\nCall-ID: r\r\n\r\n",
+    b"OPTIONS sip:201@x SIP/2.0\r\nTo: <sip:201@x>\r\nCall-ID: abc\r\n\r\n",
     b"BYE sip:x SIP/2.0\r\nTo: <sip:x>;tag=09a\r\n\r\n",  # no worker 9 of 4
     b"BYE sip:x SIP/2.0\r\nTo: <sip:x>;tag=phone\r\n\r\n",  # not a worker's mark
     b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP p;branch=z9hG4bKabc\r\n\r\n",

@@ -400,7 +400,7 @@ class Hub:
     def __init__(self, path: Path, webhooks: tuple[WebhookConfig, ...] = (),
                  buffer_size: int = 1024,
                  store_wrapper: Callable[[SqliteStore], Any] | None = None,
-                 ids: tuple[int, int] = (0, 1)) -> None:
+                 ids: tuple[int, int] = (0, 1), id_floor: tuple[int, int] = (0, 0)) -> None:
         self.clock = Clock()
         self.clock.advance(T0)
         self.store = SqliteStore(str(path), self.clock, run_in_thread=run_now)
@@ -408,7 +408,8 @@ class Hub:
         self.poster = FakePoster()
         store: Any = self.store if store_wrapper is None else store_wrapper(self.store)
         self.hub = EventHub(store, self.clock, webhooks, policy=POLICY, poster=self.poster,
-                            buffer_size=buffer_size, rng=NO_JITTER, ids=ids)
+                            buffer_size=buffer_size, rng=NO_JITTER, ids=ids,
+                            id_floor=id_floor)
         result(self.hub.start())
 
     def commit(self) -> None:
@@ -626,6 +627,17 @@ def test_each_worker_uses_its_own_event_and_delivery_ids(tmp_path: Path, index: 
     for ids in (event_ids, outbox_ids):
         assert all(i > 0 and i % 3 == index for i in ids), ids
         assert ids == [ids[0] + 3 * n for n in range(4)], ids
+
+
+def test_ids_continue_above_the_other_workers_files(tmp_path: Path) -> None:
+    """Fewer workers than before: worker 0's ids go on above the highest id of any file,
+    not only its own, so an id an old worker 2 sent is not sent again."""
+    h = Hub(tmp_path / "w0.db", (WEBHOOK,), ids=(0, 2), id_floor=(1002, 77))
+    h.call().enter("ended", cause="completed")
+    ids = [row[0] for row in h.rows("SELECT id FROM events ORDER BY id")]
+    outbox = [row[0] for row in h.rows("SELECT id FROM webhook_outbox ORDER BY id")]
+    h.stop()
+    assert ids == [1004, 1006] and outbox == [78, 80]
 
 
 def test_events_before_start_or_after_stop_are_dropped(db: Path) -> None:

@@ -40,3 +40,18 @@ def test_what_does_not_parse_is_dropped_and_the_rest_kept() -> None:
     assert [b for b, _ in _replicated_bindings(json.dumps(bad).encode())] == [binding(1)]
     assert _replicated_bindings(b"{not json") == []
     assert _replicated_bindings(b'{"removed": true}') == []
+
+
+def test_each_worker_takes_its_own_slice_of_the_rtp_ports() -> None:
+    from sipdial.app import _media_ports
+    from sipdial.worker_role import WorkerRole
+
+    def role(index: int, count: int) -> WorkerRole:
+        return WorkerRole(index=index, count=count, mesh_dir="/x", secret=b"")
+
+    assert _media_ports(20000, 29998, None) == (20000, 29998)
+    slices = [_media_ports(20000, 29998, role(k, 3)) for k in range(3)]
+    assert slices == [(20000, 23330), (23332, 26662), (26664, 29994)]
+    assert all(low % 2 == 0 and high % 2 == 0 for low, high in slices)
+    assert _media_ports(20000, 20002, role(2, 3)) == (20000, 20002)  # too few: shared
+    assert _media_ports(0, 0, role(1, 2)) == (0, 0)  # any free port
