@@ -63,17 +63,21 @@ def _no_errors(sd: Sipdial) -> None:
     assert " ERROR " not in log, [line for line in log.splitlines() if " ERROR " in line]
 
 
-@pytest.mark.parametrize("mode", ["refer", "bridge"])
-def test_calls_owned_by_either_worker_complete(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(("mode", "transport"),
+                         [("refer", "udp"), ("bridge", "udp"), ("refer", "tcp")])
+def test_calls_owned_by_either_worker_complete(tmp_path: Path, mode: str,
+                                               transport: str) -> None:
+    """Over TCP the phone's connection is worker 0's: worker 1 sends through it and gets
+    what arrives on it for its calls."""
     with Sipp.uas(tmp_path, "uas_answer_then_bye.xml", calls=MAX_TRIES,
                   duration_ms=200, timeout=120) as dest, \
             _sipdial(tmp_path, dest.port) as sd:
         dest.start()
         assert len(sd.info["workers"]) == 2 and sd.info["pid"] == sd.proc.pid  # type: ignore[union-attr]
-        with Baresip(tmp_path, user="201", password="secret201",
-                     registrar=f"127.0.0.1:{sd.sip_port()}", outbound=False) as phone:
+        with Baresip(tmp_path, user="201", password="secret201", transport=transport,
+                     registrar=f"127.0.0.1:{sd.sip_port(transport)}", outbound=False) as phone:
             phone.wait_registered()
-            sd.wait_registered("201")
+            assert sd.wait_registered("201")[0]["transport"] == transport
             done: dict[int, list[dict[str, Any]]] = {0: [], 1: []}
             for _ in range(MAX_TRIES):
                 call = place_call(sd, "201", TARGET, mode=mode)
