@@ -40,7 +40,7 @@ from sipdial.calls import (
 )
 from sipdial.config import Config, ConfigError, ListenAddr, load_config
 from sipdial.demo_secrets import check_demo_secrets
-from sipdial.events import EventHub, EventName
+from sipdial.events import EventHub, EventName, MergedEvents, decode_event, encode_event
 from sipdial.guard import (
     FailureGuard,
     GuardPolicy,
@@ -65,7 +65,13 @@ from sipdial.sip import (
     parse_uri,
     peer_for_uri,
 )
-from sipdial.store import CallRecord, RegistrationRecord, SqliteStore
+from sipdial.store import (
+    CallRecord,
+    PublishedEvent,
+    RegistrationRecord,
+    SqliteEventReader,
+    SqliteStore,
+)
 from sipdial.transport import (
     DnsResolver,
     Mesh,
@@ -269,8 +275,31 @@ def _replicated_bindings(document: bytes) -> list[tuple[Binding, bool]]:
 
 
 def _mesh_handlers(reactor: Any, core: Core, store: CoreStore, driver: SipDriver,
-                   mesh: Mesh) -> MeshHandlers:
+                   mesh: Mesh, events: EventHub, merged: MergedEvents) -> MeshHandlers:
     """What this worker does with the others' messages (sipdial.workers)."""
+    forward_to: set[int] = set()  # the workers with SSE clients: they get our events
+
+    def on_release(published: PublishedEvent) -> None:
+        if forward_to:
+            document = encode_event(mesh.index, published)
+            for worker in forward_to:
+                mesh.send_event(worker, document)
+
+    events.on_release = on_release
+
+    def interest(worker: int, on: bool) -> None:
+        if on:
+            forward_to.add(worker)
+            mesh.send_ack(worker, events.last_event_id)  # forwarded from after this one
+        else:
+            forward_to.discard(worker)
+
+    def event(document: bytes) -> None:
+        decoded = decode_event(document)
+        if decoded is None:
+            log.warning("mesh: an event that does not parse dropped")
+            return
+        merged.remote(*decoded)
 
     def registration(document: bytes) -> None:
         now = reactor.seconds()
@@ -285,13 +314,15 @@ def _mesh_handlers(reactor: Any, core: Core, store: CoreStore, driver: SipDriver
     def hello(worker: int) -> None:
         for document in _binding_documents(core.registrar.all(reactor.seconds())):
             mesh.send_registration(worker, document)
+        forward_to.discard(worker)  # it has no SSE clients yet, and asks again if it has
+        merged.restarted(worker)
 
     def out(data: bytes, peer: Peer) -> None:
         driver.send_here(peer, data)
 
     return MeshHandlers(sip=driver.receive_here, out=out,
                         failed=driver.transport_failed_here, registration=registration,
-                        hello=hello)
+                        hello=hello, interest=interest, ack=merged.acked, event=event)
 
 
 class CoreStore(CallStore, Protocol):
@@ -435,6 +466,7 @@ class Running:
     private_http_port: int | None = None
     #: the port each [sip] listen entry got ("udp:127.0.0.1:0" -> 40123)
     bound: dict[str, int] | None = None
+    merged: MergedEvents | None = None  #: with ``--workers``: the SSE source
 
     @property
     def calls(self) -> CallService:
@@ -465,6 +497,8 @@ class Running:
         if self.mesh is not None:
             self.mesh.stop()
         self.media.stop()
+        if self.merged is not None:
+            self.merged.stop()
         yield self.events.stop()
         yield self.store.stop()
 
@@ -548,16 +582,23 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
         log.info("SIP-TCP: at most %d connections, %d per source; a message within %g s",
                  tcp.max_connections, tcp.max_per_source, tcp.message_timeout)
     mesh = None
+    merged: MergedEvents | None = None
     if role is not None:
         mesh = Mesh(reactor, role.mesh_dir, role.index, role.count)
+        # GET /v1/events: every worker's events (sipdial.events.merged)
+        readers = {k: SqliteEventReader(worker_store_path(config.store.sqlite_path, k),
+                                        reactor)
+                   for k in range(role.count) if k != role.index}
+        merged = MergedEvents(role.index, role.count, events, readers, mesh.want_events,
+                              reactor)
         mesh_out.append(mesh)
     driver = SipDriver(reactor, core.endpoint, core.timers, core.handle, tcp=tcp, tls=tls,
                        shard=core.endpoint.shard, forwarder=mesh)
     sip_ports: list[tuple[str, str, int]] = []
     bound: dict[str, int] = {}
     try:
-        if mesh is not None:
-            mesh.start(_mesh_handlers(reactor, core, store, driver, mesh))
+        if mesh is not None and merged is not None:
+            mesh.start(_mesh_handlers(reactor, core, store, driver, mesh, events, merged))
         for addr in config.sip.listen:
             wildcard = addr.host in ("0.0.0.0", "::")
             advertise = config.sip.domain if wildcard else None
@@ -601,7 +642,8 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                    upstream=core.upstream)
     workers: OtherWorkers | None = WorkerHttp(reactor, role) if role is not None else None
     site = build_site(api, config.api.tokens, reactor=reactor,
-                      check_password=check_password, events=events, workers=workers)
+                      check_password=check_password,
+                      events=merged if merged is not None else events, workers=workers)
     private_port = None
     if role is None:
         http = reactor.listenTCP(config.http.port, site, interface=config.http.host)
@@ -623,7 +665,7 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
 
     running = Running(config, core, driver, store, events, media, sip_ports,
                       http.getHost().port, listeners, None, lag, role=role, mesh=mesh,
-                      private_http_port=private_port, bound=bound)
+                      private_http_port=private_port, bound=bound, merged=merged)
 
     full_collections = FullCollections(reactor.seconds())
 

@@ -30,16 +30,15 @@ its own SQLite file), that share the public addresses and route to each other:
 * **A worker that dies** is started again (backing off if it keeps dying); at start it
   reads its own file, so the calls it held are ended ``interrupted`` and published to the
   webhooks like after a crash of a single process; the other workers carry on.
-
 * **Events**: each worker publishes its own calls' events and delivers its own webhooks
   (from its own outbox); event and delivery ids are ≡ the worker's index (mod N), so no two
-  workers ever send the same id.
+  workers ever send the same id. ``GET /v1/events`` at any worker streams every worker's
+  events: a worker with SSE clients asks the others to forward theirs (only then), and a
+  client's position is a cursor of every worker's last id, its SSE ``id:``, from which
+  ``Last-Event-ID`` resumes exactly (:mod:`sipdial.events.merged`).
 
-Not shared yet: ``GET /v1/events`` (SSE) answers 501 ``not_available_with_workers`` — one
-stream of every worker's events whose ``Last-Event-ID`` resumes correctly across workers
-needs one place that orders them (worker 0 re-publishing what the others forward is the
-plan); webhooks work. Per worker: the password-guessing limits and ``[calls]
-max_concurrent``; ``[upstream]`` registration is done by worker 0 only (the others'
+Not shared: the password-guessing limits and ``[calls] max_concurrent`` count per
+worker; ``[upstream]`` registration is done by worker 0 only (the others'
 ``GET /v1/upstream`` and ``/healthz`` show theirs as idle); a referred INVITE whose phone
 dropped the Refer-To's ``x-c2d`` parameter is matched only in the worker its Call-ID
 hashes to.

@@ -53,6 +53,7 @@ from twisted.web.resource import Resource
 from sipdial.api.service import ApiError, CallApi, OtherWorkers, WorkerReply
 from sipdial.api.sse import EventSource, EventStream
 from sipdial.calls import CallState, Mode, escape_user
+from sipdial.events import parse_cursor
 from sipdial.reactor_types import exc_info
 from sipdial.sip import SipError, SipURI, parse_uri
 
@@ -445,7 +446,7 @@ class _OpenEventStream:
     """The body of a reply to ``GET /v1/events``: stream instead of sending JSON."""
 
     user: str | None  #: only this user's calls; None = every call (admin)
-    after: int | None  #: Last-Event-ID to resume after
+    after: int | tuple[int, ...] | None  #: Last-Event-ID to resume after (a cursor: workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -748,12 +749,6 @@ class _Router:
         if not self._events:
             raise ApiError(404, "not_found", f"no such resource: {_loggable(request.path)}")
         principal = self._authenticate(request)
-        if self._workers is not None and self._workers.others():
-            # each worker publishes its own calls' events: one stream of them all, with a
-            # resumable order across workers, is not built yet (sipdial/workers.py)
-            raise ApiError(501, "not_available_with_workers",
-                           "the event stream is not available with sipdial serve --workers "
-                           "(more than one): use webhooks, or run one worker")
         query = _Query(request.query)
         user = query.text("user")
         if user is not None:
@@ -762,12 +757,19 @@ class _Router:
         name = "Last-Event-ID"
         if after_text is None:
             after_text, name = query.text("last_event_id"), "last_event_id"
-        after: int | None = None
+        after: int | tuple[int, ...] | None = None
         if after_text is not None and after_text.strip() != "":
             after_text = after_text.strip()
-            if not (after_text.isascii() and after_text.isdigit() and len(after_text) <= 18):
-                raise _invalid(f"{name}: must be an event id (a non-negative integer)")
-            after = int(after_text)
+            workers = self._workers
+            count = len(workers.others()) + 1 if workers is not None else 1
+            if after_text.isascii() and after_text.isdigit() and len(after_text) <= 18:
+                after = int(after_text)
+            elif count > 1 and (cursor := parse_cursor(after_text, count)) is not None:
+                after = cursor  # every worker's position (sipdial.events.merged)
+            else:
+                raise _invalid(f"{name}: must be an event id (a non-negative integer)"
+                               + (f" or a cursor of {count} of them joined by '.'"
+                                  if count > 1 else ""))
         stream = _OpenEventStream(user=self._limit_to(principal, user), after=after)
         return succeed(_Reply(200, stream))
 

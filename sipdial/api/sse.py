@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -41,9 +41,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
 from sipdial.store import PublishedEvent
-
-if TYPE_CHECKING:  # the HTTP API does not need the hub (nor its HTTP client) at run time
-    from sipdial.events import Subscriber
 
 __all__ = ["EventSource", "EventStream", "format_event"]
 
@@ -59,10 +56,13 @@ class _Subscription(Protocol):
 
 
 class EventSource(Protocol):
-    """Where the events come from (:class:`sipdial.events.hub.EventHub`)."""
+    """Where the events come from (:class:`sipdial.events.hub.EventHub`; with several
+    workers :class:`sipdial.events.MergedEvents`, whose ``after`` may be a cursor: one
+    position per worker)."""
 
     def subscribe(
-        self, subscriber: Subscriber, *, user: str | None = None, after: int | None = None
+        self, subscriber: _Stream, *, user: str | None = None,
+        after: int | tuple[int, ...] | None = None,
     ) -> _Subscription: ...
 
 
@@ -78,14 +78,16 @@ class _Request(Protocol):
     def unregisterProducer(self) -> None: ...
 
 
-def format_event(event: PublishedEvent) -> bytes:
+def format_event(event: PublishedEvent, cursor: str | None = None) -> bytes:
     """One SSE block: ``id:``, ``event:``, one ``data:`` line per line of the payload.
 
     The payload is JSON: a lone surrogate in one of its strings (which UTF-8 cannot carry)
     is written as its JSON escape ``\\ud800``, the same value to a JSON parser, instead of
     failing the frame. The payload is split on CR and LF only (an SSE line ends there):
-    U+2028 and friends, which ``str.splitlines`` also splits at, stay in their line."""
-    lines = [f"id: {event.id}", f"event: {event.name}"]
+    U+2028 and friends, which ``str.splitlines`` also splits at, stay in their line.
+    ``cursor``: the SSE id when it is not the event's (several workers: every one's
+    position, sipdial.events.merged)."""
+    lines = [f"id: {cursor or event.id}", f"event: {event.name}"]
     lines += [f"data: {line}" for line in _SSE_LINE_END.split(event.payload)]
     return ("\n".join(lines) + "\n\n").encode("utf-8", "backslashreplace")
 
@@ -121,7 +123,8 @@ class EventStream:
     def open_streams(self) -> int:
         return len(self._streams)
 
-    def open(self, request: _Request, *, user: str | None, after: int | None) -> None:
+    def open(self, request: _Request, *, user: str | None,
+             after: int | tuple[int, ...] | None) -> None:
         """Answer ``request`` with a stream of ``user``'s events (None: every call's)."""
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", _CONTENT_TYPE)
@@ -178,14 +181,14 @@ class _Stream:
 
     # --- Subscriber ---------------------------------------------------------------------------
 
-    def event(self, event: PublishedEvent) -> None:
+    def event(self, event: PublishedEvent, cursor: str | None = None) -> None:
         """Send ``event`` (or hold it while the client does not read). Never raises into
         the publisher: a stream that cannot send an event closes itself, so its client
         reconnects and resumes after its last event instead of staying open and deaf."""
         if self._done:
             return
         try:
-            frame = format_event(event)
+            frame = format_event(event, cursor)
             if not self._paused:
                 self._request.write(frame)
                 return

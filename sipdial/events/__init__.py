@@ -18,22 +18,43 @@ Wiring (``sipdial.app``)::
     build_site(api, tokens, reactor=reactor, events=hub)   # GET /v1/events
     # at stop: no more calls; yield hub.stop(); yield store.stop()
 
+With ``sipdial serve --workers``, :class:`MergedEvents` (:mod:`.merged`) is the SSE source:
+every worker's events, with a cursor of every worker's position as the SSE id.
+
 :func:`verify_signature` is what a Python receiver needs to check a webhook request.
 """
 
 from sipdial.events.hub import EventHub, EventStore, Subscriber, Subscription
+from sipdial.events.merged import (
+    Cursor,
+    CursorSubscriber,
+    EventReader,
+    MergedEvents,
+    decode_event,
+    encode_event,
+    format_cursor,
+    parse_cursor,
+)
 from sipdial.events.names import EventName, events_for
 from sipdial.events.webhooks import DeliveryPolicy, Poster, sign, verify_signature
 
 __all__ = [
+    "Cursor",
+    "CursorSubscriber",
     "DeliveryPolicy",
     "EventHub",
     "EventName",
+    "EventReader",
     "EventStore",
+    "MergedEvents",
     "Poster",
     "Subscriber",
     "Subscription",
+    "decode_event",
+    "encode_event",
     "events_for",
+    "format_cursor",
+    "parse_cursor",
     "sign",
     "verify_signature",
 ]

@@ -233,6 +233,9 @@ class EventHub:
         self._last_released = 0  #: the last id committed and handed to subscribers
         self._last_outbox_id = 0
         self._state = "new"  # -> "starting" -> "running" -> "stopped"
+        #: told of every event once it is released (committed), in id order: with
+        #: ``serve --workers``, the forwarding to the workers that have SSE clients
+        self.on_release: Callable[[PublishedEvent], None] | None = None
         #: call id -> (its CallEvents, each one's JSON text): every payload embeds the whole
         #: call resource with all its events, so each event is serialised once, not per event
         self._event_texts: dict[str, tuple[list[CallEvent], list[str]]] = {}
@@ -400,6 +403,11 @@ class EventHub:
                     log.exception("event hub: a subscriber failed; unsubscribed and closed")
                     subscription.cancel()
                     self._close(subscription)
+            if self.on_release is not None:
+                try:
+                    self.on_release(published)
+                except Exception:
+                    log.exception("event hub: forwarding event %d failed", published.id)
             for entry in entries:
                 if entry.id in report.lost_outbox:
                     log.error("webhook %s: delivery %d (%s, call %s) could not be stored: "
@@ -510,7 +518,8 @@ class EventHub:
     # --- subscribing --------------------------------------------------------------------------
 
     def subscribe(
-        self, subscriber: Subscriber, *, user: str | None = None, after: int | None = None
+        self, subscriber: Subscriber, *, user: str | None = None,
+        after: int | tuple[int, ...] | None = None,
     ) -> Subscription:
         """Hand ``subscriber`` every event from now on (of ``user``'s calls, or all).
 
@@ -520,6 +529,10 @@ class EventHub:
         """
         if self._state == "stopped":
             raise RuntimeError("event hub is stopped")
+        if isinstance(after, tuple):  # a cursor (several workers' positions): one here
+            if len(after) != 1:
+                raise ValueError(f"a cursor of {len(after)} workers for one process")
+            after = after[0]
         newest = self._last_released
         # an id up to the last one assigned is the client's (events not yet committed are
         # still to come, and are skipped up to it); a greater one is unknown: live only

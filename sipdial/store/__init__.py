@@ -34,7 +34,13 @@ from sipdial.store.models import (
     WriteReport,
     iso_time,
 )
-from sipdial.store.sqlite import RunInThread, SqliteStore, StoreError, StoreReactor
+from sipdial.store.sqlite import (
+    RunInThread,
+    SqliteEventReader,
+    SqliteStore,
+    StoreError,
+    StoreReactor,
+)
 
 __all__ = [
     "CallEvent",
@@ -43,6 +49,7 @@ __all__ = [
     "PublishedEvent",
     "RegistrationRecord",
     "RunInThread",
+    "SqliteEventReader",
     "SqliteStore",
     "StoreError",
     "StoreReactor",

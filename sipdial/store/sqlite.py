@@ -862,3 +862,44 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+class SqliteEventReader:
+    """Read-only access to the live events another process writes (``serve --workers``:
+    another worker's file). Each read opens its own read-only connection on the reactor's
+    thread pool (WAL: it never waits for the writer); reads are rare (an SSE client
+    resuming, a worker restarting)."""
+
+    def __init__(self, path: str, reactor: Any) -> None:
+        self._path = path
+        self._reactor = reactor
+
+    def _read(self, sql: str, args: tuple[object, ...]) -> Deferred[list[tuple[Any, ...]]]:
+        from twisted.internet.threads import deferToThreadPool
+
+        def read() -> list[tuple[Any, ...]]:
+            if not os.path.exists(self._path):
+                return []  # that worker has not written anything yet
+            conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, timeout=5)
+            try:
+                return conn.execute(sql, args).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return []
+                raise
+            finally:
+                conn.close()
+
+        d: Deferred[list[tuple[Any, ...]]] = deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), read)
+        return d
+
+    def events_after(self, after: int, *, user: str | None = None,
+                     limit: int = 500) -> Deferred[list[PublishedEvent]]:
+        """Events with ``id > after`` in id order, optionally of one user's calls."""
+        d = self._read(_SQL_EVENTS_AFTER, (after, user, user, limit))
+        return d.addCallback(lambda rows: [PublishedEvent(*row) for row in rows])
+
+    def last_event_id(self) -> Deferred[int]:
+        d = self._read(_SQL_LAST_EVENT_ID, ())
+        return d.addCallback(lambda rows: int(rows[0][0] or 0) if rows else 0)

@@ -13,7 +13,10 @@ is (:class:`MeshKind`):
        every worker fails its transactions to it at once, as for its own connection;
 ``R``  registration bindings that changed (or went) at the sender, a JSON list: every
        worker keeps the whole location table, so any of them can ring any user;
-``H``  "hello, I (re)started": the others answer with every binding they hold.
+``H``  "hello, I (re)started": the others answer with every binding they hold;
+``I``  "I have SSE clients: forward me your events" (or "no longer"), with the sender's index;
+``A``  the answer to ``I``: the id of the last event released before forwarding began;
+``E``  an event the sender released (:func:`sipdial.events.encode_event`).
 
 A message that cannot be sent (a worker restarting) is dropped and logged once per
 interval: SIP retransmits, and a registration is refreshed. Nothing here crosses a
@@ -55,6 +58,9 @@ class MeshKind(enum.Enum):
     FAILED = b"F"
     REGISTRATION = b"R"
     HELLO = b"H"
+    INTEREST = b"I"
+    ACK = b"A"
+    EVENT = b"E"
 
 
 def mesh_socket_path(directory: str, index: int) -> str:
@@ -70,6 +76,9 @@ class MeshHandlers:
     failed: Callable[[Peer], None]  #: worker 0's connection to ``peer`` failed
     registration: Callable[[bytes], None]  #: bindings changed (a JSON list, sipdial.app)
     hello: Callable[[int], None]  #: worker ``index`` (re)started
+    interest: Callable[[int, bool], None]  #: worker wants (True) our events, or no longer
+    ack: Callable[[int, int], None]  #: worker forwards its events after this id
+    event: Callable[[bytes], None]  #: an event another worker released
 
 
 def _with_peer(kind: MeshKind, peer: Peer, data: bytes) -> bytes:
@@ -247,6 +256,19 @@ class Mesh:
             if worker != self.index:
                 self._send(worker, message, quiet=True)
 
+    def want_events(self, on: bool, worker: int | None = None) -> None:
+        """Ask ``worker`` (None: every other) to forward its events, or to stop."""
+        message = MeshKind.INTEREST.value + f"{self.index} {int(on)}".encode()
+        for other in range(self.count) if worker is None else (worker,):
+            if other != self.index:
+                self._send(other, message)
+
+    def send_ack(self, worker: int, last: int) -> None:
+        self._send(worker, MeshKind.ACK.value + f"{self.index} {last}".encode())
+
+    def send_event(self, worker: int, document: bytes) -> None:
+        self._send(worker, MeshKind.EVENT.value + document)
+
     def _send(self, worker: int, message: bytes, *, quiet: bool = False) -> None:
         if self._port is None:
             return
@@ -290,6 +312,20 @@ class Mesh:
                 handlers.failed(peer)
         elif kind == MeshKind.REGISTRATION.value:
             handlers.registration(message[1:])
+        elif kind == MeshKind.EVENT.value:
+            handlers.event(message[1:])
+        elif kind in (MeshKind.INTEREST.value, MeshKind.ACK.value):
+            try:
+                worker, number = (int(x) for x in message[1:].split(b" "))
+            except ValueError:
+                log.warning("mesh: a malformed %r message dropped", kind)
+                return
+            if not 0 <= worker < self.count or worker == self.index:
+                return
+            if kind == MeshKind.INTEREST.value:
+                handlers.interest(worker, bool(number))
+            else:
+                handlers.ack(worker, number)
         elif kind == MeshKind.HELLO.value:
             try:
                 worker = int(message[1:])

@@ -11,6 +11,7 @@ HTTP API answered for calls of both.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
@@ -20,9 +21,10 @@ from typing import Any
 import pytest
 
 from tests.integration.c2d_helpers import ROUTE_MATCH, TARGET, place_call, user, wait_until
+from tests.integration.test_sse import Frame, Stream
 from tests.peers.baresip import Baresip
 from tests.peers.sipp import LOOPBACK, Sipp
-from tests.sipdial_proc import Sipdial
+from tests.sipdial_proc import ADMIN, Sipdial
 
 pytestmark = pytest.mark.integration
 
@@ -161,6 +163,67 @@ def test_a_dead_worker_is_restarted_its_calls_end_interrupted_the_other_carries_
             assert "connected" in [e["state"] for e in final["events"]]
         log = sd.log_text()
         assert f"worker {_worker(first)} (pid {victim}) died (signal 9)" in log
+
+
+def _frames_until(stream: Stream, ended: set[str], timeout: float = 30.0) -> list[Frame]:
+    """Frames (events) until every call in ``ended`` has had its call.ended."""
+    frames: list[Frame] = []
+    waiting = set(ended)
+    deadline = time.monotonic() + timeout
+    while waiting:
+        assert time.monotonic() < deadline, f"no call.ended for {waiting}"
+        frame = stream.frame()
+        if frame.event is None:
+            continue  # a keepalive
+        frames.append(frame)
+        if frame.event == "call.ended":
+            waiting.discard(frame.json["call"]["id"])
+    return frames
+
+
+def test_the_event_stream_has_every_workers_calls_and_resumes_by_cursor(
+        tmp_path: Path) -> None:
+    """GET /v1/events at either worker: the events of the calls of both, each with a cursor
+    (every worker's position) as its SSE id; Last-Event-ID with a cursor resumes after it,
+    nothing lost, nothing twice (sipdial.events.merged)."""
+    with Sipp.uas(tmp_path, "uas_answer_then_bye.xml", calls=MAX_TRIES,
+                  duration_ms=200, timeout=120) as dest, \
+            _sipdial(tmp_path, dest.port) as sd:
+        dest.start()
+        port = sd.info["http"]["port"]
+        live = Stream(port, token=ADMIN).opened()
+        with Baresip(tmp_path, user="201", password="secret201",
+                     registrar=f"127.0.0.1:{sd.sip_port()}", outbound=False) as phone:
+            phone.wait_registered()
+            sd.wait_registered("201")
+            placed: list[str] = []
+            for _ in range(MAX_TRIES):
+                call = place_call(sd, "201", TARGET, mode="bridge")
+                placed.append(call["id"])
+                _wait_ended(sd, call["id"])
+                if {_worker(c) for c in [{"id": i} for i in placed]} == {0, 1}:
+                    break
+            assert {int(i[:2], 16) for i in placed} == {0, 1}
+            frames = _frames_until(live, set(placed))
+        live.close()
+        cursors = [tuple(int(x) for x in f.id.split(".")) for f in frames if f.id]
+        assert len(cursors) == len(frames) and all(len(c) == 2 for c in cursors)
+        for a, b in itertools.pairwise(cursors):
+            assert b[0] >= a[0] and b[1] >= a[1] and b != a, (a, b)  # one step each
+        ids = [f.json["id"] for f in frames]
+        assert len(set(ids)) == len(ids)
+        by_call = {f.json["call"]["id"] for f in frames}
+        assert set(placed) <= by_call
+        for frame in frames:  # the payload id is the event's own: ≡ its worker (mod 2)
+            assert frame.json["id"] % 2 == int(frame.json["call"]["id"][:2], 16)
+
+        # resume after the first frame: everything after it, once
+        resumed = Stream(port, token=ADMIN, headers={"Last-Event-ID": frames[0].id}).opened()
+        again = _frames_until(resumed, set(placed))
+        resumed.close()
+        assert sorted(f.json["id"] for f in again) == sorted(ids[1:])  # each once
+        status, _ = sd.api("GET", "/v1/events", token=None)
+        assert status == 401
 
 
 def test_a_second_sipdial_on_the_same_files_is_refused(tmp_path: Path) -> None:

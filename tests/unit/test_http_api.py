@@ -1003,6 +1003,10 @@ def test_the_call_list_is_every_workers_newest_first(sharded: Server,
     assert [w for w, *_ in workers.asked] == [1, 2]
 
 
-def test_the_event_stream_is_refused_with_several_workers(sharded: Server) -> None:
-    r = sharded.request("GET", "/v1/events")
-    assert r.status == 501 and r.error_code == "not_available_with_workers"
+def test_with_several_workers_last_event_id_may_be_a_cursor(sharded: Server,
+                                                            server: Server) -> None:
+    """Several workers: the SSE id is every worker's position (sipdial.events.merged)."""
+    bad = sharded.request("GET", "/v1/events", headers={"Last-Event-ID": "12.x.9"})
+    assert bad.status == 422 and "cursor of 3" in bad.error_message
+    single = server.request("GET", "/v1/events", headers={"Last-Event-ID": "12.7.9"})
+    assert single.status in (422, 404)  # one process: ids only (or no stream at all)
