@@ -138,10 +138,10 @@ def sipdial_pids(sd: Sipdial) -> int | tuple[int, ...]:
 
 
 def sipdial_dbs(sd: Sipdial) -> list[Path]:
-    """sipdial's SQLite file(s): one per worker under `serve --workers` (sipdial.workers)."""
-    if sd.workers > 1:
-        return [sd.db.with_name(f"{sd.db.stem}.w{k}{sd.db.suffix}") for k in range(sd.workers)]
-    return [sd.db]
+    """sipdial's SQLite file(s): one per worker under `serve --workers` (sipdial.workers:
+    worker 0 the configured one, worker k ``<name>.w<k>.db``)."""
+    return [sd.db] + [sd.db.with_name(f"{sd.db.stem}.w{k}{sd.db.suffix}")
+                      for k in range(1, sd.workers)]
 
 
 class Monitor(threading.Thread):

@@ -82,3 +82,25 @@ def test_rejected_and_unanswered_shares_are_counted_as_the_plan_asked(tmp_path: 
     phone_rejects = sum(1 for c in r.calls if c["cause"] in ("user_busy", "user_rejected"))
     assert phone_rejects == rejected
     _consistent(r.calls, summary, 20)
+
+
+@pytest.mark.timeout(180)
+def test_a_small_run_on_two_workers_with_the_rtp_probe(tmp_path: Path) -> None:
+    """``--workers 2 --prompt --rtp-probe``: every call is found in the workers' files (worker
+    0's is the configured one), both workers own calls, and the probe timed the prompts."""
+    plan = Plan(mode="bridge", prompt=True, dtmf_after_ms=1000, rtp_probe=True, rate=5.0,
+                calls=20, users=5, hold_ms=300, max_seconds=120.0, drain_seconds=15.0,
+                workers=2, http_conns=16)
+    r = run(plan, tmp_path / "run")
+    summary = summarise(r)
+    assert summary["completed"] == 20 and summary["sustained"] is True, text(summary)
+    _consistent(r.calls, summary, 20)
+    owners = {c["call_id"][:2] for c in r.calls}
+    # 16 keep-alive connections, spread by the kernel: all on one worker is ~2**-15
+    assert owners == {"00", "01"}, owners
+    rtp = summary["rtp_probe"]
+    assert rtp is not None and rtp["streams"] == 20, rtp
+    assert rtp["packets"] >= 20 * 40  # ~1 s of prompt each, 50 packets/s
+    assert rtp["sequence_gaps"] == 0
+    assert rtp["interval_deviation_ms"]["p50"] is not None
+    assert "prompt RTP at the phones: 20 streams" in text(summary)
