@@ -34,9 +34,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import protocol
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer  # type: ignore[import-untyped]
 
 from sipdial.sip import Peer
 
@@ -48,6 +50,9 @@ log = logging.getLogger("sipdial.mesh")
 MAX_MESSAGE = 70_000
 #: messages held for a link being opened; more are dropped (SIP retransmits)
 MAX_WAITING = 10_000
+#: bytes written to a link whose other end does not read, beyond its transport's own
+#: buffer; more are dropped (a stalled worker must not make the others grow without end)
+MAX_BUFFERED = 8 * 1024 * 1024
 _DROP_LOG_INTERVAL = 10.0
 _LENGTH = struct.Struct("!I")  # Int32StringReceiver's prefix
 
@@ -99,20 +104,45 @@ def _split_peer(message: bytes) -> tuple[Peer, bytes] | None:
         return None
 
 
+@implementer(IPushProducer)
 class _Link(Int32StringReceiver):
-    """One stream connection of the mesh: length-prefixed messages, either way."""
+    """One stream connection of the mesh: length-prefixed messages, either way.
+
+    It is its transport's producer, so it knows when the other worker does not read (the
+    transport's buffer is full: paused); what it sends meanwhile is counted, and past
+    :data:`MAX_BUFFERED` bytes dropped (SIP retransmits) instead of piling up."""
 
     MAX_LENGTH = MAX_MESSAGE
 
     def __init__(self, mesh: Mesh, worker: int | None) -> None:
         self.mesh = mesh
         self.worker = worker  #: the worker this link was opened to (None: accepted)
+        self.paused = False
+        self.buffered = 0  #: bytes written while paused
 
-    def send(self, message: bytes) -> None:
+    def send(self, message: bytes) -> bool:
+        """Write ``message``; False: dropped (the other worker is not reading)."""
+        if self.paused:
+            if self.buffered + len(message) > MAX_BUFFERED:
+                return False
+            self.buffered += len(message) + _LENGTH.size
         transport: Any = self.transport
         transport.writeSequence((_LENGTH.pack(len(message)), message))
+        return True
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.buffered = 0
+
+    def stopProducing(self) -> None:
+        self.paused = True
 
     def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.registerProducer(self, True)
         if self.worker is not None:
             self.mesh._connected(self.worker, self)
 
@@ -201,8 +231,10 @@ class Mesh:
     def _connected(self, worker: int, link: _Link) -> None:
         self._links[worker] = link
         for message in self._waiting.pop(worker, []):
-            link.send(message)
-            self.sent += 1
+            if link.send(message):
+                self.sent += 1
+            else:
+                self._drop(worker, 1, "it does not read", quiet=False)
 
     def _lost(self, worker: int, link: _Link) -> None:
         if self._links.get(worker) is link:
@@ -274,8 +306,10 @@ class Mesh:
             return
         link = self._links.get(worker)
         if link is not None:
-            link.send(message)
-            self.sent += 1
+            if link.send(message):
+                self.sent += 1
+            else:
+                self._drop(worker, 1, "it does not read", quiet=quiet)
             return
         waiting = self._waiting.get(worker)
         if waiting is None:
