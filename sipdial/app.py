@@ -639,7 +639,9 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     txns = core.endpoint.txns
     api = CallsApi(core.calls, core.inbound, store, core.registrar, reactor.seconds,
                    transactions=lambda: len(txns.server) + len(txns.client),
-                   upstream=core.upstream)
+                   # worker 0 alone registers upstream: the others' /healthz leave it out
+                   # and their GET /v1/upstream asks worker 0
+                   upstream=core.upstream if role is None or role.index == 0 else None)
     workers: OtherWorkers | None = WorkerHttp(reactor, role) if role is not None else None
     site = build_site(api, config.api.tokens, reactor=reactor,
                       check_password=check_password,

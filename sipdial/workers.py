@@ -38,8 +38,8 @@ its own SQLite file), that share the public addresses and route to each other:
   ``Last-Event-ID`` resumes exactly (:mod:`sipdial.events.merged`).
 
 Not shared: the password-guessing limits and ``[calls] max_concurrent`` count per
-worker; ``[upstream]`` registration is done by worker 0 only (the others'
-``GET /v1/upstream`` and ``/healthz`` show theirs as idle); a referred INVITE whose phone
+worker; ``[upstream]`` registration is done by worker 0 only (the others answer ``GET
+/v1/upstream`` from worker 0 and leave it out of ``/healthz``); a referred INVITE whose phone
 dropped the Refer-To's ``x-c2d`` parameter is matched only in the worker its Call-ID
 hashes to.
 

@@ -781,6 +781,10 @@ class _Router:
         principal = self._authenticate(request)
         if principal.user is not None:
             raise ApiError(403, "forbidden", "only an administrator token may read this")
+        primary = self._workers.primary() if self._workers is not None else None
+        if self._workers is not None and primary is not None:  # worker 0 registers there
+            d = self._workers.request(primary, "GET", _target(request), request.authorization)
+            return d.addCallbacks(_from_worker, _worker_unavailable, errbackArgs=(primary,))
         upstream = self._api.upstream_status()
         if upstream is None:
             raise ApiError(404, "not_configured", "no [upstream] registrar is configured")

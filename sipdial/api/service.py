@@ -65,6 +65,10 @@ class OtherWorkers(Protocol):
     def others(self) -> Sequence[int]:
         """Every other worker's index."""
 
+    def primary(self) -> int | None:
+        """The worker that holds what only one does (the ``[upstream]`` registration), if
+        not this one."""
+
     def request(self, worker: int, method: str, target: str,
                 authorization: str | None) -> Deferred[WorkerReply]:
         """``method target`` (path and query) at that worker; fails when it cannot be

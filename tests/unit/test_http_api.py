@@ -938,6 +938,9 @@ class FakeWorkers:
     def others(self) -> list[int]:
         return [1, 2]
 
+    def primary(self) -> int | None:
+        return 1  # stands for worker 0 here: the one that registers upstream
+
     def request(self, worker: int, method: str, target: str,
                 authorization: str | None) -> Deferred[WorkerReply]:
         self.asked.append((worker, method, target, authorization))
@@ -1001,6 +1004,14 @@ def test_the_call_list_is_every_workers_newest_first(sharded: Server,
     assert [c["id"] for c in r.json["calls"]] == ["01c", "00a", "01d"]
     assert r.json["unavailable_workers"] == [2]  # said, not silently left out
     assert [w for w, *_ in workers.asked] == [1, 2]
+
+
+def test_the_upstream_registration_is_read_from_the_worker_that_holds_it(
+        sharded: Server, workers: FakeWorkers) -> None:
+    workers.replies["GET /v1/upstream"] = WorkerReply(200, b'{"state": "registered"}')
+    r = sharded.request("GET", "/v1/upstream")
+    assert (r.status, r.json) == (200, {"state": "registered"})
+    assert sharded.request("GET", "/v1/upstream", token="tok-201").status == 403
 
 
 def test_with_several_workers_last_event_id_may_be_a_cursor(sharded: Server,
