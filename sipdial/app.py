@@ -570,7 +570,13 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                       shard=role.shard if role is not None else SINGLE,
                       on_binding=replicate if role is not None else None)
     saved = yield store.load_registrations()
-    core.registrar.restore((_binding(r) for r in saved), reactor.seconds())
+    if role is not None and role.rejoin:
+        # the others answer our hello with their whole table; what this file holds may
+        # have been removed meanwhile: it goes, and comes back only if they still have it
+        for r in saved:
+            store.delete_registration(r.user, r.contact)
+    else:
+        core.registrar.restore((_binding(r) for r in saved), reactor.seconds())
 
     sip = config.sip
     tcp = TcpLimits(message_timeout=sip.tcp_message_timeout,

@@ -41,6 +41,9 @@ class WorkerRole:
     #: the highest event and delivery ids in any worker's file when the supervisor started:
     #: ids continue above them, also when the number of workers changed
     id_floor: tuple[int, int] = (0, 0)
+    #: restarted while the others run: their registrations are current, not this worker's
+    #: file (bindings removed meanwhile would come back from it); they send theirs
+    rejoin: bool = False
 
     @property
     def shard(self) -> Shard:

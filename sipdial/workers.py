@@ -114,7 +114,7 @@ class _Supervisor:
         self.others_started = False  #: workers 1..N-1 were started (once worker 0 was ready)
         self.id_floor = (0, 0)
 
-    def role_args(self, index: int) -> list[str]:
+    def role_args(self, index: int, *, rejoin: bool = False) -> list[str]:
         args = [sys.executable, "-m", "sipdial.workers", "--config", self.config_path,
                 "--mesh", self.mesh_dir, "--index", str(index), "--count", str(self.count)]
         if self.sip_ports:
@@ -123,6 +123,8 @@ class _Supervisor:
             args += ["--http-port", str(self.http_port)]
         args += ["--id-floor", f"{self.id_floor[0]},{self.id_floor[1]}",
                  "--supervisor", str(os.getpid())]
+        if rejoin:
+            args.append("--rejoin")
         return args
 
     def start(self, worker: _Worker) -> None:
@@ -131,12 +133,16 @@ class _Supervisor:
         except FileNotFoundError:
             pass
         env = dict(os.environ, SIPDIAL_WORKER_SECRET=self.secret.hex())
-        worker.process = subprocess.Popen(self.role_args(worker.index), env=env,
-                                          stdin=subprocess.DEVNULL)
+        # a restart while others run: their location tables are current, its file is not
+        rejoin = worker.restart_at is not None and any(
+            w.process is not None and w.ready for w in self.workers if w is not worker)
+        worker.process = subprocess.Popen(self.role_args(worker.index, rejoin=rejoin),
+                                          env=env, stdin=subprocess.DEVNULL)
         worker.started_at = time.monotonic()
         worker.ready = False
         worker.restart_at = None
-        log.info("worker %d started (pid %d)", worker.index, worker.process.pid)
+        log.info("worker %d started (pid %d)%s", worker.index, worker.process.pid,
+                 ", rejoining: registrations from the others" if rejoin else "")
 
     def worker_ready(self, worker: _Worker) -> bool:
         path = os.path.join(self.mesh_dir, f"w{worker.index}.ready")
@@ -384,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--http-port", type=int)
     parser.add_argument("--id-floor", default="0,0")
     parser.add_argument("--supervisor", type=int, required=True)
+    parser.add_argument("--rejoin", action="store_true",
+                        help="restarted while others run: take registrations from them")
     args = parser.parse_args(argv)
     _die_with_parent()
     if os.getppid() != args.supervisor:  # it died before the line above took effect
@@ -396,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     role = WorkerRole(index=args.index, count=args.count, mesh_dir=args.mesh, secret=secret,
                       sip_ports={str(k): int(v) for k, v in json.loads(args.sip_ports).items()},
                       http_port=args.http_port,
-                      id_floor=(int(events), int(deliveries)))
+                      id_floor=(int(events), int(deliveries)), rejoin=args.rejoin)
     from sipdial.app import serve
 
     return serve(args.config, role.ready_file(), role=role)

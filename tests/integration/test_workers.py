@@ -163,6 +163,9 @@ def test_a_dead_worker_is_restarted_its_calls_end_interrupted_the_other_carries_
             assert "connected" in [e["state"] for e in final["events"]]
         log = sd.log_text()
         assert f"worker {_worker(first)} (pid {victim}) died (signal 9)" in log
+        # its file's registrations were set aside for the others' current table
+        assert f"worker {_worker(first)} started" in log
+        assert "rejoining: registrations from the others" in log
 
 
 def _frames_until(stream: Stream, ended: set[str], timeout: float = 30.0) -> list[Frame]:
