@@ -246,11 +246,13 @@ class RtpProbe:
 
     def start(self) -> int:
         self.ready.unlink(missing_ok=True)
+        self.result_path.unlink(missing_ok=True)  # never an earlier run's figures
         self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
                                      cwd=Path(__file__).resolve().parent.parent)
         deadline = time.monotonic() + 20
         while not self.ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError("the RTP probe did not start")
             time.sleep(0.05)
         return int(json.loads(self.ready.read_text())["port"])

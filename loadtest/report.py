@@ -250,7 +250,8 @@ def text(summary: dict[str, Any]) -> str:
         lines.append(
             f"prompt RTP at the phones: {rtp['streams']} streams (peak "
             f"{rtp['peak_streams_per_second']} sending in one second), {rtp['packets']} "
-            f"packets, {rtp['sequence_gaps']} sequence gaps; |interval - 20 ms| "
+            f"packets, {rtp['sequence_gaps']} sequence gaps, {rtp.get('kernel_drops', 0)} "
+            f"dropped by the kernel; |interval - 20 ms| "
             f"p50 {dev['p50']} / p99 {dev['p99']} / p99.9 {dev['p999']} / max {dev['max']} ms")
     if summary["bottlenecks"]:
         lines.append(f"BOTTLENECK: {', '.join(summary['bottlenecks'])} used more than "

@@ -277,29 +277,31 @@ def _replicated_bindings(document: bytes) -> list[tuple[Binding, bool]]:
 def _mesh_handlers(reactor: Any, core: Core, store: CoreStore, driver: SipDriver,
                    mesh: Mesh, events: EventHub, merged: MergedEvents) -> MeshHandlers:
     """What this worker does with the others' messages (sipdial.workers)."""
-    forward_to: set[int] = set()  # the workers with SSE clients: they get our events
+    #: the workers with SSE clients, and the id last forwarded (or acked) to each
+    forward_to: dict[int, int] = {}
 
     def on_release(published: PublishedEvent) -> None:
-        if forward_to:
-            document = encode_event(mesh.index, published)
-            for worker in forward_to:
-                mesh.send_event(worker, document)
+        for worker, previous in list(forward_to.items()):
+            mesh.send_event(worker, encode_event(mesh.index, published, previous))
+            forward_to[worker] = published.id
 
     events.on_release = on_release
 
     def interest(worker: int, on: bool) -> None:
         if on:
-            forward_to.add(worker)
-            mesh.send_ack(worker, events.last_event_id)  # forwarded from after this one
+            last = events.last_event_id
+            forward_to[worker] = last
+            mesh.send_ack(worker, last)  # forwarded from after this one
         else:
-            forward_to.discard(worker)
+            forward_to.pop(worker, None)
 
     def event(document: bytes) -> None:
         decoded = decode_event(document)
         if decoded is None:
             log.warning("mesh: an event that does not parse dropped")
             return
-        merged.remote(*decoded)
+        origin, published, previous = decoded
+        merged.remote(origin, published, previous)
 
     def registration(document: bytes) -> None:
         now = reactor.seconds()
@@ -314,7 +316,7 @@ def _mesh_handlers(reactor: Any, core: Core, store: CoreStore, driver: SipDriver
     def hello(worker: int) -> None:
         for document in _binding_documents(core.registrar.all(reactor.seconds())):
             mesh.send_registration(worker, document)
-        forward_to.discard(worker)  # it has no SSE clients yet, and asks again if it has
+        forward_to.pop(worker, None)  # it has no SSE clients yet, and asks again if it has
         merged.restarted(worker)
 
     def out(data: bytes, peer: Peer) -> None:
@@ -627,13 +629,15 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
             mesh.stop()
         lag.stop()
         raise
-    if mesh is not None:
-        mesh.hello()  # the others send their registrations
 
     if core.upstream is not None and (role is None or role.index == 0):
         core.upstream.start(reactor.seconds())  # [upstream]: register there (sipdial.upstream)
         driver.pump()
     yield events.start()  # resumes webhook deliveries a previous run left pending
+    if mesh is not None:
+        # the others send their registrations, and those with SSE clients ask for our
+        # events: only now, when the hub knows the last id it released (the ack)
+        mesh.hello()
     # CRMs hear about calls a crash cut off, too: ended and published in one transaction
     if core.calls.end_interrupted(unfinished):
         log.warning("%d call(s) were in progress at the last stop: ended as interrupted",

@@ -495,7 +495,7 @@ def _worker_unavailable(failure: Failure, worker: int) -> _Reply:
     log.warning("worker %d could not be reached: %s", worker, failure.getErrorMessage())
     return _Reply(503, _error_body(
         "worker_unavailable",
-        f"the worker process holding this call (worker {worker}) is restarting: try again"),
+        f"the worker process that answers this (worker {worker}) is restarting: try again"),
         [("Retry-After", "1")])
 
 
@@ -760,16 +760,15 @@ class _Router:
         after: int | tuple[int, ...] | None = None
         if after_text is not None and after_text.strip() != "":
             after_text = after_text.strip()
-            workers = self._workers
-            count = len(workers.others()) + 1 if workers is not None else 1
             if after_text.isascii() and after_text.isdigit() and len(after_text) <= 18:
                 after = int(after_text)
-            elif count > 1 and (cursor := parse_cursor(after_text, count)) is not None:
-                after = cursor  # every worker's position (sipdial.events.merged)
+            elif (cursor := parse_cursor(after_text, after_text.count(".") + 1)) is not None:
+                # every worker's position (sipdial.events.merged); one of another number of
+                # workers (a restart with more or fewer) is resumed from its lowest entry
+                after = cursor
             else:
-                raise _invalid(f"{name}: must be an event id (a non-negative integer)"
-                               + (f" or a cursor of {count} of them joined by '.'"
-                                  if count > 1 else ""))
+                raise _invalid(f"{name}: must be an event id (a non-negative integer) or "
+                               "a cursor of them joined by '.'")
         stream = _OpenEventStream(user=self._limit_to(principal, user), after=after)
         return succeed(_Reply(200, stream))
 

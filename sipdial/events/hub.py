@@ -266,7 +266,8 @@ class EventHub:
             self._last_event_id, self._last_outbox_id = (
                 self._aligned(max(last, floor)) for last, floor in zip(ids, self._id_floor,
                                                                        strict=True))
-            self._last_released = self._last_event_id
+            # (-1 for a worker whose ids start at its index: nothing released is 0)
+            self._last_released = max(0, self._last_event_id)
             return self._store.pending_outbox()
 
         def resume(entries: list[OutboxEntry]) -> None:
@@ -529,10 +530,8 @@ class EventHub:
         """
         if self._state == "stopped":
             raise RuntimeError("event hub is stopped")
-        if isinstance(after, tuple):  # a cursor (several workers' positions): one here
-            if len(after) != 1:
-                raise ValueError(f"a cursor of {len(after)} workers for one process")
-            after = after[0]
+        if isinstance(after, tuple):  # a cursor of several workers' (a run with workers):
+            after = min(after, default=0)  # from its lowest entry, at least once
         newest = self._last_released
         # an id up to the last one assigned is the client's (events not yet committed are
         # still to come, and are skipped up to it); a greater one is unknown: live only

@@ -57,19 +57,21 @@ def parse_cursor(text: str, count: int) -> Cursor | None:
     return tuple(int(p) for p in parts)
 
 
-def encode_event(origin: int, event: PublishedEvent) -> bytes:
-    """A released event as the mesh carries it: NUL-separated (JSON has no raw NUL)."""
-    fields = (str(origin), str(event.id), repr(event.time), event.call_id, event.user,
-              event.name, event.payload)
+def encode_event(origin: int, event: PublishedEvent, previous: int) -> bytes:
+    """A released event as the mesh carries it, with the id forwarded (or acked) before it
+    to that worker (a gap shows a dropped one): NUL-separated (JSON has no raw NUL)."""
+    fields = (str(origin), str(previous), str(event.id), repr(event.time), event.call_id,
+              event.user, event.name, event.payload)
     return "\x00".join(fields).encode("utf-8", "surrogatepass")
 
 
-def decode_event(data: bytes) -> tuple[int, PublishedEvent] | None:
+def decode_event(data: bytes) -> tuple[int, PublishedEvent, int] | None:
+    """(origin, event, previous), or None."""
     try:
-        origin, ident, time, call_id, user, name, payload = data.decode(
-            "utf-8", "surrogatepass").split("\x00", 6)
-        return int(origin), PublishedEvent(int(ident), call_id, user, name, payload,
-                                           float(time))
+        origin, previous, ident, time, call_id, user, name, payload = data.decode(
+            "utf-8", "surrogatepass").split("\x00", 7)
+        return (int(origin), PublishedEvent(int(ident), call_id, user, name, payload,
+                                            float(time)), int(previous))
     except ValueError:
         return None
 
@@ -117,6 +119,8 @@ class _Merged:
         self.catching = [False] * count  #: reading that worker's file: its live events wait
         #: an ack during a catch-up: read again unless the catch-up got that far
         self.recheck = [0] * count
+        self.reading = [False] * count  #: a read of that worker's file is out
+        self.hints: list[int | None] = []
         self.backlog: list[list[PublishedEvent]] = [[] for _ in range(count)]
         self.active = True
         self.local: Subscription | None = None
@@ -126,17 +130,24 @@ class _Merged:
     def start(self) -> None:
         owner = self.owner
         own = owner.index
-        if self.last[own] is None:
-            self.last[own] = owner.hub.last_event_id
+        newest_here = owner.hub.last_event_id
+        given = self.last[own]
+        # a position beyond what this worker has (another database, a single id meant for
+        # one process): from its newest, not waiting for ids that may never come
+        self.last[own] = newest_here if given is None else min(given, newest_here)
         # own events (the hub replays them from this worker's file itself) wait in the
         # backlog until every worker's position is known
         self.local = owner.hub.subscribe(_LocalFeed(self), user=self.user, after=self.last[own])
         others = [k for k in range(owner.count) if k != own]
         unknown = []
+        self.hints = list(self.last)  # the client's positions, clamped once known
         for origin in others:
-            if self.last[origin] is None and origin in owner.newest:
-                self.last[origin] = owner.newest[origin]  # it forwards from there: live
-            elif self.last[origin] is None:
+            if origin in owner.newest:  # it forwards from there: live
+                known = owner.newest[origin]
+                hint = self.last[origin]
+                self.last[origin] = known if hint is None else min(hint, known)
+            else:  # where it stands is read from its file first
+                self.last[origin] = None
                 unknown.append(origin)
         if not unknown:
             for origin in others:
@@ -153,8 +164,8 @@ class _Merged:
                    others: list[int]) -> None:
         """Where the workers without forwarding stand now: the client starts from there."""
         for origin, (_ok, last) in zip(unknown, results, strict=True):
-            if self.last[origin] is None:
-                self.last[origin] = last
+            hint = self.hints[origin]
+            self.last[origin] = last if hint is None else min(hint, last)
         for origin in others:
             self.catch_up(origin)
         self._flush()
@@ -174,7 +185,7 @@ class _Merged:
         if last is not None and event.id <= last:
             return  # had it (from the file, or before a reconnect)
         self.last[origin] = event.id
-        cursor = format_cursor(tuple(i or 0 for i in self.last))
+        cursor = format_cursor(tuple(max(0, i or 0) for i in self.last))
         self.subscriber.event(event, cursor)
 
     def _ready(self) -> bool:
@@ -186,13 +197,18 @@ class _Merged:
         last = self.last[origin]
         if not self.active or last is None:
             return
+        if self.reading[origin]:  # one read at a time: it reads again when it ends
+            self.recheck[origin] = max(self.recheck[origin], last + 1)
+            return
         self.catching[origin] = True
+        self.reading[origin] = True
         self.recheck[origin] = 0
         d = self.owner.readers[origin].events_after(last, user=self.user, limit=_PAGE)
         d.addCallbacks(self._page, self._failed, callbackArgs=(origin,),
                        errbackArgs=(origin,))
 
     def _page(self, events: list[PublishedEvent], origin: int) -> None:
+        self.reading[origin] = False
         if not self.active:
             return
         for event in events:
@@ -220,7 +236,7 @@ class _Merged:
 
     def acked(self, origin: int, forwarded_after: int) -> None:
         last = self.last[origin]
-        if self.catching[origin]:
+        if self.catching[origin] or self.reading[origin]:
             self.recheck[origin] = max(self.recheck[origin], forwarded_after)
         elif last is not None and last < forwarded_after:
             self.catch_up(origin)
@@ -276,7 +292,11 @@ class MergedEvents:
         stands for every worker's position."""
         cursor = (after,) * self.count if isinstance(after, int) else after
         if cursor is not None and len(cursor) != self.count:
-            raise ValueError(f"a cursor of {len(cursor)} workers, not {self.count}")
+            # from a run with another number of workers: every worker from the lowest
+            # position in it (at least once, rather than nothing)
+            log.info("events: a cursor of %d workers with %d running: resuming every worker "
+                     "after %d", len(cursor), self.count, min(cursor, default=0))
+            cursor = (min(cursor, default=0),) * self.count
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._linger = None
@@ -303,9 +323,18 @@ class MergedEvents:
 
     # --- from the mesh -------------------------------------------------------------------
 
-    def remote(self, origin: int, event: PublishedEvent) -> None:
-        if origin not in self.newest:
+    def remote(self, origin: int, event: PublishedEvent, previous: int) -> None:
+        """``event`` forwarded by ``origin``, which forwarded ``previous`` (or acked it)
+        just before: if that is not the last one seen here, something was dropped on the
+        way, and every stream reads that worker's file from its position first."""
+        newest = self.newest.get(origin)
+        if newest is None:
             return  # not (or no longer) forwarding to us: a straggler
+        if previous != newest:
+            log.warning("events: worker %d's events after %d did not arrive (next seen: "
+                        "%d): read from its file", origin, newest, event.id)
+            for merged in list(self._subs):
+                merged.acked(origin, event.id)
         self.newest[origin] = event.id
         for merged in list(self._subs):
             merged.offer(origin, event)

@@ -36,6 +36,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar, cast
 
 from twisted.internet.defer import Deferred, succeed
@@ -880,7 +881,8 @@ class SqliteEventReader:
         def read() -> list[tuple[Any, ...]]:
             if not os.path.exists(self._path):
                 return []  # that worker has not written anything yet
-            conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, timeout=5)
+            uri = Path(self._path).resolve().as_uri() + "?mode=ro"  # ?, # and % quoted
+            conn = sqlite3.connect(uri, uri=True, timeout=5)
             try:
                 return conn.execute(sql, args).fetchall()
             except sqlite3.OperationalError as exc:

@@ -55,6 +55,8 @@ MAX_WAITING = 10_000
 MAX_BUFFERED = 8 * 1024 * 1024
 _DROP_LOG_INTERVAL = 10.0
 _LENGTH = struct.Struct("!I")  # Int32StringReceiver's prefix
+#: kinds dropped when a link is over MAX_BUFFERED (the others always go)
+_CAPPED = (b"S", b"O", b"E")
 
 
 class MeshKind(enum.Enum):
@@ -118,15 +120,14 @@ class _Link(Int32StringReceiver):
         self.mesh = mesh
         self.worker = worker  #: the worker this link was opened to (None: accepted)
         self.paused = False
-        self.buffered = 0  #: bytes written while paused
 
-    def send(self, message: bytes) -> bool:
-        """Write ``message``; False: dropped (the other worker is not reading)."""
-        if self.paused:
-            if self.buffered + len(message) > MAX_BUFFERED:
-                return False
-            self.buffered += len(message) + _LENGTH.size
+    def send(self, message: bytes, *, capped: bool = True) -> bool:
+        """Write ``message``; False: dropped (the other worker is not reading). Only
+        ``capped`` messages are dropped: SIP (retransmitted) and events (their gaps are
+        noticed and read from the file); registrations and the SSE protocol always go."""
         transport: Any = self.transport
+        if self.paused and capped and _outstanding(transport) + len(message) > MAX_BUFFERED:
+            return False
         transport.writeSequence((_LENGTH.pack(len(message)), message))
         return True
 
@@ -135,7 +136,6 @@ class _Link(Int32StringReceiver):
 
     def resumeProducing(self) -> None:
         self.paused = False
-        self.buffered = 0
 
     def stopProducing(self) -> None:
         self.paused = True
@@ -160,6 +160,15 @@ class _Link(Int32StringReceiver):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.worker is not None:
             self.mesh._lost(self.worker, self)
+
+
+def _outstanding(transport: Any) -> int:
+    """Bytes a Twisted stream transport still holds to write (its buffer is not public:
+    read defensively; 0 when the attributes are not there)."""
+    try:
+        return int(transport._tempDataLen + len(transport.dataBuffer) - transport.offset)
+    except (AttributeError, TypeError):
+        return 0
 
 
 class _Accepting(protocol.Factory):
@@ -222,6 +231,7 @@ class Mesh:
             self._port = None
         for link in list(self._links.values()):
             transport: Any = link.transport
+            transport.unregisterProducer()  # else a paused link never closes
             transport.loseConnection()
         self._links.clear()
         self._waiting.clear()
@@ -231,7 +241,7 @@ class Mesh:
     def _connected(self, worker: int, link: _Link) -> None:
         self._links[worker] = link
         for message in self._waiting.pop(worker, []):
-            if link.send(message):
+            if link.send(message, capped=message[:1] in _CAPPED):
                 self.sent += 1
             else:
                 self._drop(worker, 1, "it does not read", quiet=False)
@@ -306,7 +316,7 @@ class Mesh:
             return
         link = self._links.get(worker)
         if link is not None:
-            if link.send(message):
+            if link.send(message, capped=message[:1] in _CAPPED):
                 self.sent += 1
             else:
                 self._drop(worker, 1, "it does not read", quiet=quiet)

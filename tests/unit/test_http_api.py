@@ -1018,6 +1018,6 @@ def test_with_several_workers_last_event_id_may_be_a_cursor(sharded: Server,
                                                             server: Server) -> None:
     """Several workers: the SSE id is every worker's position (sipdial.events.merged)."""
     bad = sharded.request("GET", "/v1/events", headers={"Last-Event-ID": "12.x.9"})
-    assert bad.status == 422 and "cursor of 3" in bad.error_message
+    assert bad.status == 422 and "cursor" in bad.error_message
     single = server.request("GET", "/v1/events", headers={"Last-Event-ID": "12.7.9"})
     assert single.status in (422, 404)  # one process: ids only (or no stream at all)

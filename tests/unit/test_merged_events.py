@@ -89,11 +89,11 @@ def test_a_new_stream_asks_for_the_others_events_and_gets_them_with_cursors(
     w0.merged.subscribe(sink)
     assert w0.asked == [(True, None)]
     early = remote_event(5)
-    w0.merged.remote(1, early)  # before its ack: worker 1 does not forward yet
+    w0.merged.remote(1, early, 3)  # before its ack: worker 1 does not forward yet
     w0.committed_at_1(5, 7)  # released at worker 1 before it took our interest
     w0.merged.acked(1, 7)  # "forwarding after 7": 5 and 7 are read from its file
     for event in w0.committed_at_1(9):
-        w0.merged.remote(1, event)
+        w0.merged.remote(1, event, 7)
     w0.h.call("c1").enter("user_ringing")  # worker 0's own: ids 2, 4
     assert [i for i, _ in sink.got] == [5, 7, 9, 2, 4]
     assert [c for _, c in sink.got] == ["0.5", "0.7", "0.9", "2.9", "4.9"]
@@ -106,7 +106,7 @@ def test_resume_from_a_cursor_reads_what_was_missed_once(w0: Worker0) -> None:
     sink = Sink()
     w0.merged.subscribe(sink, after=parse_cursor("2.3", 2))
     w0.merged.acked(1, 5)
-    w0.merged.remote(1, w0.committed_at_1(7)[0])
+    w0.merged.remote(1, w0.committed_at_1(7)[0], 5)
     assert sorted(i for i, _ in sink.got) == [4, 5, 7]  # 2 and 1, 3 the client had
     assert sink.got[-1][1] == "4.7"
     w0.h.stop()
@@ -132,13 +132,43 @@ def test_a_restarted_worker_is_asked_again_and_its_gap_read(w0: Worker0) -> None
     sink = Sink()
     w0.merged.subscribe(sink)
     w0.merged.acked(1, 0)
-    w0.merged.remote(1, w0.committed_at_1(1)[0])
+    w0.merged.remote(1, w0.committed_at_1(1)[0], 0)
     w0.merged.restarted(1)  # its hello: it forwards nothing now
     assert w0.asked[-1] == (True, 1)
-    w0.merged.remote(1, remote_event(99))  # a straggler from before: ignored
+    w0.merged.remote(1, remote_event(99), 1)  # a straggler from before: ignored
     w0.committed_at_1(3, 5)  # e.g. its calls ended "interrupted" at its start
     w0.merged.acked(1, 5)
     assert [i for i, _ in sink.got] == [1, 3, 5]
+    w0.h.stop()
+
+
+def test_a_forwarded_event_that_was_dropped_on_the_way_is_read_from_the_file(
+        w0: Worker0) -> None:
+    sink = Sink()
+    w0.merged.subscribe(sink)
+    w0.merged.acked(1, 0)
+    first, _lost, third = w0.committed_at_1(1, 3, 5)
+    w0.merged.remote(1, first, 0)
+    w0.merged.remote(1, third, 3)  # 3 was forwarded but never arrived (a full link)
+    assert [i for i, _ in sink.got] == [1, 3, 5]
+    assert sink.got[-1][1] == "0.5"
+    w0.h.stop()
+
+
+def test_positions_beyond_what_a_worker_has_start_from_its_newest(w0: Worker0) -> None:
+    """A cursor from another database, or one id meant for one process: not waiting for
+    ids that may never come."""
+    w0.committed_at_1(1, 3)
+    sink = Sink()
+    w0.merged.subscribe(sink, after=(500, 501))
+    w0.merged.acked(1, 3)
+    w0.merged.remote(1, w0.committed_at_1(5)[0], 3)
+    w0.h.call("c1").enter("user_ringing")
+    assert sorted(i for i, _ in sink.got) == [2, 4, 5]
+    # a cursor of another number of workers: from its lowest entry, every worker
+    other = Sink()
+    w0.merged.subscribe(other, after=(2, 1, 9))
+    assert sorted(i for i, _ in other.got) == [2, 3, 4, 5]  # after 1 everywhere
     w0.h.stop()
 
 
@@ -147,8 +177,8 @@ def test_a_user_stream_sees_only_its_calls_and_interest_ends_after_the_linger(
     sink = Sink()
     sub = w0.merged.subscribe(sink, user="202")
     w0.merged.acked(1, 0)
-    w0.merged.remote(1, w0.committed_at_1(1)[0])
-    w0.merged.remote(1, remote_event(3, user="202"))
+    w0.merged.remote(1, w0.committed_at_1(1)[0], 0)
+    w0.merged.remote(1, remote_event(3, user="202"), 1)
     assert [i for i, _ in sink.got] == [3]
     sub.cancel()
     w0.h.clock.advance(LINGER - 1)
@@ -161,7 +191,7 @@ def test_a_user_stream_sees_only_its_calls_and_interest_ends_after_the_linger(
 def test_the_mesh_form_of_an_event_round_trips() -> None:
     event = PublishedEvent(7, "01c", "2\u00e901", "call.ended", '{"x": "\\u0000 \u2028"}',
                            1.8e9 + 0.123)
-    assert decode_event(encode_event(1, event)) == (1, event)
+    assert decode_event(encode_event(1, event, 5)) == (1, event, 5)
     assert decode_event(b"nonsense") is None
     assert parse_cursor("1.2", 2) == (1, 2)
     for bad in ("1.2", "1.x", "1..2", "-1.2", ""):
