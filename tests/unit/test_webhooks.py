@@ -629,6 +629,16 @@ def test_each_worker_uses_its_own_event_and_delivery_ids(tmp_path: Path, index: 
         assert ids == [ids[0] + 3 * n for n in range(4)], ids
 
 
+def test_a_worker_that_released_nothing_says_0(tmp_path: Path) -> None:
+    """Worker 1 of 2 starts its ids at 1: before it, its last released id is 0 (not -1,
+    which in an SSE cursor '-1.5' a client could not send back)."""
+    h = Hub(tmp_path / "w1.db", ids=(1, 2))
+    assert h.hub.last_event_id == 0
+    h.call().enter("user_ringing")
+    assert h.hub.last_event_id == 3  # 1, 3
+    h.stop()
+
+
 def test_ids_continue_above_the_other_workers_files(tmp_path: Path) -> None:
     """Fewer workers than before: worker 0's ids go on above the highest id of any file,
     not only its own, so an id an old worker 2 sent is not sent again."""
