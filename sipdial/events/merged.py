@@ -42,6 +42,9 @@ Cursor = tuple[int, ...]
 _PAGE: Final = 500
 #: seconds the others keep forwarding after this worker's last SSE client left (reconnects)
 LINGER: Final = 60.0
+#: seconds after which a worker that has not acked the interest is asked again (the message
+#: may have been dropped on the way, or that worker was restarting)
+ASK_AGAIN: Final = 5.0
 
 
 def format_cursor(cursor: Cursor) -> str:
@@ -282,6 +285,7 @@ class MergedEvents:
         self._subs: set[_Merged] = set()
         self._interested = False
         self._linger: Any = None
+        self._asking: Any = None  #: the timer that asks the workers that did not ack
         #: per other worker: the newest of its events known here (the ack, then each one
         #: forwarded); present only while it forwards to this worker
         self.newest: dict[int, int] = {}
@@ -303,10 +307,27 @@ class MergedEvents:
         if not self._interested:
             self._interested = True
             self._want(True, None)
+            self._ask_again_later()
         merged = _Merged(self, subscriber, user, cursor)
         self._subs.add(merged)
         merged.start()
         return merged
+
+    def _ask_again_later(self) -> None:
+        if self._asking is None or not self._asking.active():
+            self._asking = self._reactor.callLater(ASK_AGAIN, self._ask_again)
+
+    def _ask_again(self) -> None:
+        """While interested: ask again every worker that has not acked (one timer)."""
+        self._asking = None
+        if not self._interested:
+            return
+        missing = [k for k in range(self.count) if k != self.index and k not in self.newest]
+        for origin in missing:
+            log.info("events: worker %d has not answered; asking it again", origin)
+            self._want(True, origin)
+        if missing:
+            self._ask_again_later()
 
     def _gone(self, merged: _Merged) -> None:
         self._subs.discard(merged)
@@ -351,9 +372,11 @@ class MergedEvents:
         self.newest.pop(origin, None)
         if self._interested:
             self._want(True, origin)
+            self._ask_again_later()
 
     def stop(self) -> None:
         for merged in list(self._subs):
             merged.end()
-        if self._linger is not None and self._linger.active():
-            self._linger.cancel()
+        for timer in (self._linger, self._asking):
+            if timer is not None and timer.active():
+                timer.cancel()

@@ -11,7 +11,7 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 
 from sipdial.events import MergedEvents, decode_event, encode_event, parse_cursor
-from sipdial.events.merged import LINGER
+from sipdial.events.merged import ASK_AGAIN, LINGER
 from sipdial.store import PublishedEvent
 from tests.unit.test_webhooks import Hub
 
@@ -185,6 +185,20 @@ def test_a_user_stream_sees_only_its_calls_and_interest_ends_after_the_linger(
     assert w0.asked == [(True, None)]
     w0.h.clock.advance(1)
     assert w0.asked == [(True, None), (False, None)]
+    w0.h.stop()
+
+
+def test_a_worker_that_does_not_ack_is_asked_again_until_it_does(w0: Worker0) -> None:
+    """The interest may have been dropped on the way (or that worker was restarting)."""
+    w0.merged.subscribe(Sink())
+    assert w0.asked == [(True, None)]
+    w0.h.clock.advance(ASK_AGAIN)
+    assert w0.asked == [(True, None), (True, 1)]
+    w0.h.clock.advance(ASK_AGAIN)
+    assert w0.asked[-1] == (True, 1) and len(w0.asked) == 3
+    w0.merged.acked(1, 0)
+    w0.h.clock.advance(10 * ASK_AGAIN)
+    assert len(w0.asked) == 3  # answered: not asked again
     w0.h.stop()
 
 
