@@ -99,6 +99,7 @@ SWEEP_INTERVAL = 10.0
 FULL_GC_INTERVAL = 600.0
 FULL_GC_LONGEST = 3600.0
 FULL_GC_FEW = 10_000  #: a full collection that frees fewer objects than this found "little"
+REJOIN_HOLD = 3.0  #: seconds a rejoining worker waits at most for the others' registrations
 
 
 class FullCollections:
@@ -243,7 +244,7 @@ def _binding_documents(bindings: list[Binding], budget: int = 60_000) -> list[by
             batch, size = [], 0
         batch.append(text)
         size += len(text) + 2
-    if batch:
+    if batch or not documents:  # an empty table is said too: the rejoining worker waits for it
         documents.append(("[" + ", ".join(batch) + "]").encode("utf-8"))
     return documents
 
@@ -305,6 +306,7 @@ def _mesh_handlers(reactor: Any, core: Core, store: CoreStore, driver: SipDriver
 
     def registration(document: bytes) -> None:
         now = reactor.seconds()
+        core.registrar.hold_until = 0.0  # rejoining: the others' table is here
         for binding, removed in _replicated_bindings(document):
             if not core.registrar.replicate(binding, removed, now):
                 continue
@@ -574,9 +576,12 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     saved = yield store.load_registrations()
     if role is not None and role.rejoin:
         # the others answer our hello with their whole table; what this file holds may
-        # have been removed meanwhile: it goes, and comes back only if they still have it
+        # have been removed meanwhile: it goes, and comes back only if they still have it.
+        # Until their table is here (at most REJOIN_HOLD s), REGISTERs get 503: one taken
+        # meanwhile (an un-REGISTER above all) would be undone by it
         for r in saved:
             store.delete_registration(r.user, r.contact)
+        core.registrar.hold_until = reactor.seconds() + REJOIN_HOLD
     else:
         core.registrar.restore((_binding(r) for r in saved), reactor.seconds())
 

@@ -116,6 +116,9 @@ class Registrar:
         # that sipdial sends requests to anyway (see knows_peer)
         self._peer_of: dict[tuple[str, str], Peer] = {}
         self._peers: dict[Peer, int] = {}
+        #: until then (unix time), REGISTERs are answered 503: a worker rejoining the others
+        #: (sipdial.workers) waits for their table, which would undo what it took meanwhile
+        self.hold_until = 0.0
 
     # ------------------------------------------------------------ queries
 
@@ -191,6 +194,10 @@ class Registrar:
 
     def handle(self, request: Request, source: Peer, now: float) -> Response:
         """Process one REGISTER and return the response to send."""
+        if now < self.hold_until:
+            response = make_response(request, 503, "Service Unavailable (synchronising)")
+            response.headers.add("Retry-After", "1")
+            return response
         aor = to(request).uri
         if not isinstance(aor, SipURI) or aor.scheme not in ("sip", "sips") or not aor.user:
             return make_response(request, 404, "Not Found")

@@ -508,3 +508,14 @@ def test_a_binding_from_another_worker_is_taken_without_telling_on_change(net: S
     unknown = dataclasses.replace(binding, user="999")
     assert not other.registrar.replicate(unknown, False, net.now)
     assert told == []
+
+
+def test_while_held_a_register_is_answered_503_with_retry_after(net: SimNet,
+                                                                phone: Phone) -> None:
+    """A rejoining worker (sipdial.workers) until the others' table is there."""
+    net.registrar.hold_until = net.now + 3
+    phone.send(phone.register_request(expires=3600))
+    held = phone.take_response(503)
+    assert held.headers.get("Retry-After") == "1"
+    net.registrar.hold_until = 0.0
+    assert authorized_register(phone).status == 200

@@ -29,6 +29,12 @@ def test_a_whole_table_goes_in_bounded_messages_and_comes_back_the_same() -> Non
     assert not any(removed for _, removed in back)
 
 
+def test_an_empty_table_is_said_too() -> None:
+    """A rejoining worker waits for the others' table: it must come even when empty."""
+    assert _binding_documents([]) == [b"[]"]
+    assert _replicated_bindings(b"[]") == []
+
+
 def test_one_change_and_a_removal() -> None:
     [(got, removed)] = _replicated_bindings(_binding_document(binding(5), True))
     assert removed and got == binding(5)
