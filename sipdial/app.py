@@ -178,9 +178,11 @@ def _record(b: Binding) -> RegistrationRecord:
         path=", ".join(str(hop) for hop in b.path))
 
 
-def _binding(r: RegistrationRecord) -> Binding:
-    peer = Peer(r.transport, r.source_host, r.source_port)
-    if peer.reliable:
+def _binding(r: RegistrationRecord, *, live_connection: bool = False) -> Binding:
+    """A stored (or replicated) binding. ``live_connection``: its TCP/TLS connection is
+    still open (another worker's replication: worker 0 holds it), so it is kept as is."""
+    peer = Peer(r.transport, r.source_host, int(r.source_port))
+    if peer.reliable and not live_connection:
         # The connection the REGISTER came on died with the old process: until the device
         # registers again (and opens a new one) reach it at its Contact instead.
         try:
@@ -261,17 +263,12 @@ def _replicated_bindings(document: bytes) -> list[tuple[Binding, bool]]:
         return out
     for entry in entries:
         try:
-            record = RegistrationRecord(**entry["record"])
+            binding = _binding(RegistrationRecord(**entry["record"]), live_connection=True)
             removed = bool(entry["removed"])
-            peer = Peer(record.transport, record.source_host, int(record.source_port))
         except (ValueError, TypeError, KeyError):
             log.warning("mesh: a registration that does not parse dropped")
             continue
-        out.append((Binding(
-            user=record.user, contact=record.contact, instance=record.instance, peer=peer,
-            expires_at=record.expires_at, q=record.q, user_agent=record.user_agent,
-            call_id=record.call_id, cseq=record.cseq, registered_at=record.registered_at,
-            path=_path(record)), removed))
+        out.append((binding, removed))
     return out
 
 
@@ -560,11 +557,12 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
            if any(a.transport == "tls" for a in config.sip.listen) else None)
     transports = ("udp", "tcp", "tls") if tls is not None else ("udp", "tcp")
     dns = DnsResolver(reactor, supported=transports)
-    mesh_out: list[Mesh] = []  # the mesh, once it exists (the core is built before it)
+    # with workers: the way to the others (it starts listening once the driver exists)
+    mesh = Mesh(reactor, role.mesh_dir, role.index, role.count) if role is not None else None
 
     def replicate(binding: Binding, removed: bool) -> None:
-        if mesh_out:
-            mesh_out[0].broadcast_registration(_binding_document(binding, removed))
+        assert mesh is not None
+        mesh.broadcast_registration(_binding_document(binding, removed))
 
     core = build_core(config, clock=reactor.seconds, store=store, events=events,
                       secret=role.secret if role is not None else os.urandom(32),
@@ -594,19 +592,16 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     if any(addr.transport == "tcp" for addr in sip.listen):
         log.info("SIP-TCP: at most %d connections, %d per source; a message within %g s",
                  tcp.max_connections, tcp.max_per_source, tcp.message_timeout)
-    mesh = None
     merged: MergedEvents | None = None
-    if role is not None:
-        mesh = Mesh(reactor, role.mesh_dir, role.index, role.count)
+    if role is not None and mesh is not None:
         # GET /v1/events: every worker's events (sipdial.events.merged)
         readers = {k: SqliteEventReader(worker_store_path(config.store.sqlite_path, k),
                                         reactor)
                    for k in range(role.count) if k != role.index}
         merged = MergedEvents(role.index, role.count, events, readers, mesh.want_events,
                               reactor)
-        mesh_out.append(mesh)
     driver = SipDriver(reactor, core.endpoint, core.timers, core.handle, tcp=tcp, tls=tls,
-                       shard=core.endpoint.shard, forwarder=mesh)
+                       forwarder=mesh)
     sip_ports: list[tuple[str, str, int]] = []
     bound: dict[str, int] = {}
     try:

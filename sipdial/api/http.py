@@ -664,11 +664,14 @@ class _Router:
         return d.addCallback(lambda resource: _Reply(200, resource))
 
     def _at_owner(self, request: _Incoming, method: str, call_id: str) -> Deferred[_Reply] | None:
-        """Another worker's call: that worker answers (it authenticates the request too)."""
+        """Another worker's call: that worker answers. The request is authenticated here
+        first (the same tokens and users everywhere): a request without valid credentials
+        costs no other worker anything; the owner checks them again, and the call's user."""
         workers = self._workers
         owner = workers.owner_of(call_id) if workers is not None else None
         if workers is None or owner is None:
             return None
+        self._authenticate(request)
         d = workers.request(owner, method, _target(request), request.authorization)
         return d.addCallbacks(_from_worker, _worker_unavailable, errbackArgs=(owner,))
 

@@ -308,12 +308,13 @@ class SipDriver:
 
     def __init__(self, reactor: Any, endpoint: Endpoint, timers: TimerHeap,
                  tu: TransactionUser | None = None, *, tcp: TcpLimits | None = None,
-                 tls: TlsContexts | None = None, shard: Shard | None = None,
+                 tls: TlsContexts | None = None,
                  forwarder: Forwarder | None = None) -> None:
         self.reactor = reactor
-        #: one of several workers (sipdial.workers): messages another worker owns go to it
-        #: through ``forwarder``; so do TCP/TLS sends of every worker but 0
-        self._shard = shard if shard is not None and shard.sharded else None
+        #: one of several workers (the endpoint's shard, sipdial.workers): messages another
+        #: worker owns go to it through ``forwarder``; so do TCP/TLS sends of all but worker 0
+        shard = endpoint.shard
+        self._shard: Shard | None = shard if shard.sharded else None
         self._forwarder = forwarder
         self._relay_streams = (self._shard is not None and forwarder is not None
                                and self._shard.index != 0)
@@ -463,8 +464,7 @@ class SipDriver:
             self._refusal_logged = now
 
     def transport_failed(self, peer: Peer) -> None:
-        self.endpoint.txns.transport_error(peer, self.reactor.seconds())
-        self.pump()
+        self.transport_failed_here(peer)
         if self._forwarder is not None and self._shard is not None and self._shard.index == 0:
             self._forwarder.report_failure(peer)  # whoever relayed through it is told
 

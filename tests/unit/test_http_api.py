@@ -969,13 +969,16 @@ def test_another_workers_call_is_answered_by_that_worker(sharded: Server,
         (("WWW-Authenticate", 'Bearer realm="sipdial"'),))
     r = sharded.request("GET", "/v1/calls/01abc", token="tok-201")
     assert (r.status, r.json) == (200, call)
-    r = sharded.request("DELETE", "/v1/calls/01abc", token="bad")
-    assert r.status == 401 and r.error_code == "unauthorized"
+    r = sharded.request("DELETE", "/v1/calls/01abc", token="tok-201")
+    assert r.status == 401 and r.error_code == "unauthorized"  # the owner's answer
     assert r.headers["WWW-Authenticate"] == 'Bearer realm="sipdial"'
-    # the owner authenticates: the credentials go along as they came
+    # the owner authenticates again: the credentials go along as they came
     assert workers.asked == [(1, "GET", "/v1/calls/01abc", "Bearer tok-201"),
-                             (1, "DELETE", "/v1/calls/01abc", "Bearer bad")]
+                             (1, "DELETE", "/v1/calls/01abc", "Bearer tok-201")]
     assert sharded.api.hung_up == []
+    # bad credentials are refused here: the owner is not asked
+    r = sharded.request("GET", "/v1/calls/01abc", token="bad")
+    assert r.status == 401 and len(workers.asked) == 2
 
 
 def test_a_restarting_owner_is_503_with_retry_after(sharded: Server) -> None:
