@@ -47,7 +47,7 @@ from sipdial.guard import (
     Lockout,
     check_weak_passwords,
 )
-from sipdial.media import MediaManager, PromptLibrary
+from sipdial.media import MediaManager, MediaProcess, PromptLibrary
 from sipdial.registrar import Binding, ExpiryLimits, Registrar
 from sipdial.sip import (
     SINGLE,
@@ -455,7 +455,7 @@ class Running:
     driver: SipDriver
     store: SqliteStore
     events: EventHub
-    media: MediaManager
+    media: MediaManager | MediaProcess
     sip_ports: list[tuple[str, str, int]]
     http_port: int
     listeners: list[Any]
@@ -543,7 +543,13 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     prompts = PromptLibrary.load(custom_file=config.media.prompt_file)
     media_host = config.media.host or config.sip.listen[0].host
     port_min, port_max = _media_ports(config.media.port_min, config.media.port_max, role)
-    media = MediaManager(reactor, media_host, port_min, port_max, prompts)
+    media: MediaManager | MediaProcess
+    if config.media.process:
+        media = MediaProcess(reactor, media_host, port_min, port_max, config.media.prompt_file,
+                             name="media" if role is None else f"w{role.index} media")
+        media.start()
+    else:
+        media = MediaManager(reactor, media_host, port_min, port_max, prompts)
     lag = LagMonitor(reactor)
     events = EventHub(store, reactor, config.webhooks,
                       ids=(role.index, role.count) if role is not None else (0, 1),

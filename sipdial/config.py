@@ -206,6 +206,9 @@ class MediaConfig:
     port_min: int = 0  #: RTP port range; 0/0 = any free port for each call
     port_max: int = 0
     prompt_file: str | None = None  #: custom confirmation prompt, any format PyAV decodes
+    #: send and receive RTP in a process of its own (sipdial.media.remote: the 20 ms tick
+    #: keeps time while the SIP process is busy); false: in the SIP process
+    process: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,7 +359,7 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
     "auth": frozenset({"backoff_after", "backoff_base", "backoff_max", "lockout_after",
                        "lockout_time", "forget_after", "trust_time", "max_tracked",
                        "min_password_length", "allow_weak_passwords"}),
-    "media": frozenset({"host", "port_min", "port_max", "prompt_file"}),
+    "media": frozenset({"host", "port_min", "port_max", "prompt_file", "process"}),
     "webhooks[]": frozenset({"url", "secret", "events"}),
     "sip": frozenset(
         {
@@ -693,7 +696,7 @@ def _parse_media(t: _Table) -> MediaConfig:
     if (port_min == 0) != (port_max == 0) or port_min > port_max:
         raise ConfigError(f"{t.path('port_max')}: give both port_min <= port_max, or neither")
     prompt_file = t.optional_string("prompt_file")
-    return MediaConfig(host, port_min, port_max, prompt_file)
+    return MediaConfig(host, port_min, port_max, prompt_file, t.boolean("process", True))
 
 
 def _parse_webhook(t: _Table) -> WebhookConfig:

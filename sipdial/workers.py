@@ -69,6 +69,7 @@ from glob import escape as glob_escape
 from typing import Any
 
 from sipdial.config import ConfigError, load_config
+from sipdial.pdeathsig import die_with_parent
 from sipdial.worker_role import WorkerRole
 
 __all__ = ["main", "supervise"]
@@ -367,18 +368,6 @@ def _worker_files(store_path: str, glob: Any) -> list[tuple[int, str]]:
 # ----------------------------------------------------------------------------- worker
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM this worker when the supervisor dies (even by SIGKILL)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """A worker process: ``python -m sipdial.workers`` as the supervisor starts it."""
     parser = argparse.ArgumentParser(prog="sipdial-worker")
@@ -393,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rejoin", action="store_true",
                         help="restarted while others run: take registrations from them")
     args = parser.parse_args(argv)
-    _die_with_parent()
+    die_with_parent()
     if os.getppid() != args.supervisor:  # it died before the line above took effect
         return 1
     # the supervisor blocks these to wait for them; a worker takes them as usual

@@ -45,7 +45,13 @@ class MediaPort(Protocol):
     def set_remote(self, key: str, host: str, port: int, payload_type: int,
                    event_pt: int | None) -> None: ...
 
-    def play(self, key: str, frames: Sequence[bytes], *, loop: bool = False) -> None: ...
+    def play_prompt(self, key: str, number: str, language: str) -> None:
+        """Play "to connect to <number>, press 1" in the payload type ``set_remote`` gave."""
+        ...
+
+    def play_tone(self, key: str, tone: Tone, *, loop: bool) -> None:
+        """Play a call-progress tone (one cadence cycle; ``loop``: until stopped)."""
+        ...
 
     def stop_playing(self, key: str) -> None: ...
 
@@ -53,12 +59,12 @@ class MediaPort(Protocol):
 
 
 class PromptSource(Protocol):
-    """Pre-encoded audio frames (:class:`sipdial.media.PromptLibrary`)."""
+    """Pre-encoded audio frames (:class:`sipdial.media.PromptLibrary`): here only to know how
+    long a prompt lasts; the frames are sent by the :class:`MediaPort` (maybe in another
+    process, which has its own copy of the library)."""
 
     def confirm_prompt(self, number: str, language: str,
                        payload_type: int) -> Sequence[bytes]: ...
-
-    def tone(self, kind: Tone, payload_type: int) -> Sequence[bytes]: ...
 
 
 FRAME_SECONDS = 0.020
@@ -90,14 +96,14 @@ class CallMedia:
     def play_prompt(self, number: str, language: str) -> float:
         """Play "to connect to <number>, press 1"; returns how long it lasts (seconds)."""
         frames = self._prompts.confirm_prompt(number, language, self.payload_type)
-        self._port.play(self.key, frames)
+        self._port.play_prompt(self.key, number, language)
         return len(frames) * FRAME_SECONDS
 
     def play_tone(self, tone: Tone, *, loop: bool = True) -> bool:
         """Play a call-progress tone; False when there is nowhere to play it."""
         if not self._remote:
             return False
-        self._port.play(self.key, self._prompts.tone(tone, self.payload_type), loop=loop)
+        self._port.play_tone(self.key, tone, loop=loop)
         return True
 
     def stop_playing(self) -> None:

@@ -1,5 +1,9 @@
 """Twisted adapter for sipdial's own media: RTP sockets, the shared tick, DTMF dispatch.
 
+It runs in the process that uses it (tests, ``[media] process = false``) or in a media
+process of its own (:mod:`sipdial.media.process`, where :meth:`MediaManager.adopt` takes the
+sockets the SIP process bound).
+
 Glue only: one UDP port per call (symmetric RTP: we send from the port our SDP names), ONE
 ``LoopingCall`` every 20 ms that runs :meth:`Player.tick` while anything plays and writes the
 packets it returns, and incoming datagrams parsed as RTP and fed to the call's DTMF receiver.
@@ -20,16 +24,13 @@ from twisted.internet import error, protocol, task
 from sipdial.media.dtmf import InbandDetector, Rfc4733Receiver
 from sipdial.media.g711 import alaw_to_pcm, ulaw_to_pcm
 from sipdial.media.player import FRAME, OnDone, Player
+from sipdial.media.ports import PortRange
 from sipdial.media.prompt import PromptLibrary
 from sipdial.media.rtp import PCMA, PCMU, RtpSender, parse_rtp
 
 log = logging.getLogger("sipdial.media")
 
 OnDigit = Callable[[str, str, str], None]  #: on_digit(key, digit, "rfc4733" | "inband")
-
-
-class MediaPortsExhausted(Exception):
-    """No free RTP port left in ``[media] port_min..port_max``."""
 
 
 class _Rtp(protocol.DatagramProtocol):
@@ -69,15 +70,11 @@ class MediaManager:
 
     def __init__(self, reactor: Any, host: str, port_min: int, port_max: int,
                  prompts: PromptLibrary) -> None:
-        if port_min > port_max or (port_min == 0) != (port_max == 0):
-            raise ValueError(f"bad RTP port range {port_min}..{port_max}")
+        self._ports = PortRange(port_min, port_max)  # ValueError for a bad range
         self.reactor = reactor
         self.host = host
         self.prompts = prompts  #: the library callers take frames from
         self.player = Player()
-        self._port_min = port_min + (port_min & 1)  # RTP on even ports (RFC 3550 §11)
-        self._port_max = port_max
-        self._next_port = self._port_min
         self._calls: dict[str, _Call] = {}
         self._finished: list[tuple[OnDone, str, float]] = []
         self._loop = task.LoopingCall(self._tick)
@@ -97,6 +94,15 @@ class MediaManager:
         call.port = self._bind(_Rtp(self, call))
         self._calls[key] = call
         return self.host, int(call.port.getHost().port)
+
+    def adopt(self, key: str, fd: int, family: int, on_digit: OnDigit) -> None:
+        """Like :meth:`open` with a UDP socket bound elsewhere (the SIP worker, which put its
+        port in the SDP and passed the descriptor here): the socket is duplicated, ``fd``
+        stays the caller's to close. An ``open`` key is closed first (a resent open)."""
+        self.close(key)
+        call = _Call(key, on_digit)
+        call.port = self.reactor.adoptDatagramPort(fd, family, _Rtp(self, call))
+        self._calls[key] = call
 
     def set_remote(self, key: str, host: str, port: int, payload_type: int,
                    event_pt: int | None) -> None:
@@ -138,6 +144,15 @@ class MediaManager:
             self._loop.start(FRAME, now=False).addErrback(
                 lambda f: log.error("media tick failed: %s", f.getTraceback()))
 
+    def play_prompt(self, key: str, number: str, language: str) -> None:
+        """Play "to connect to <number>, press 1" (:meth:`PromptLibrary.confirm_prompt`) in the
+        payload type :meth:`set_remote` negotiated."""
+        self.play(key, self.prompts.confirm_prompt(number, language, self._pt(key)))
+
+    def play_tone(self, key: str, tone: str, *, loop: bool) -> None:
+        """Play a call-progress tone (:meth:`PromptLibrary.tone`); ``ValueError`` if unknown."""
+        self.play(key, self.prompts.tone(tone, self._pt(key)), loop=loop)
+
     def stop_playing(self, key: str) -> None:
         """Stop sending to ``key`` (no ``on_done``); the port stays open for DTMF."""
         self.player.stop(key)
@@ -169,18 +184,20 @@ class MediaManager:
 
     # -- internals -----------------------------------------------------------------------------
 
+    def _pt(self, key: str) -> int:
+        call = self._calls[key]
+        if call.sender is None:
+            raise ValueError(f"no remote RTP address for {key!r} yet (set_remote first)")
+        return call.payload_type
+
     def _bind(self, rtp: _Rtp) -> Any:
-        if self._port_max == 0:
-            return self.reactor.listenUDP(0, rtp, interface=self.host)
-        span = (self._port_max - self._port_min) // 2 + 1
-        for _ in range(span):
-            port = self._next_port
-            self._next_port = port + 2 if port + 2 <= self._port_max else self._port_min
+        for port in self._ports.candidates():
             try:
                 return self.reactor.listenUDP(port, rtp, interface=self.host)
             except error.CannotListenError:
-                continue
-        raise MediaPortsExhausted(f"no free RTP port in {self._port_min}..{self._port_max}")
+                if port == 0:
+                    raise
+        raise self._ports.exhausted()
 
     def _tick(self) -> None:
         calls = self._calls

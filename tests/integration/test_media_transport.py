@@ -18,9 +18,10 @@ import pytest
 from twisted.internet import protocol
 
 from sipdial.media.g711 import pcm_to_ulaw
+from sipdial.media.ports import MediaPortsExhausted
 from sipdial.media.prompt import PromptLibrary
 from sipdial.media.rtp import PCMA, PCMU, TELEPHONE_EVENT, RtpSender, parse_rtp
-from sipdial.media.transport import MediaManager, MediaPortsExhausted
+from sipdial.media.transport import MediaManager
 from tests.integration.reactor_helpers import pump
 
 pytestmark = pytest.mark.integration

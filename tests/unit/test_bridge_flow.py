@@ -33,10 +33,16 @@ class FakeMedia:
                    event_pt: int | None) -> None:
         self.remote[key] = (host, port, payload_type, event_pt)
 
-    def play(self, key: object, frames: Sequence[bytes], *, loop: bool = False,
-             on_done: object = None) -> None:
+    def _play(self, key: object, frames: Sequence[bytes], loop: bool) -> None:
         self.playing[key] = (frames, loop)
         self.calls.append(("play", frames))
+
+    def play_prompt(self, key: object, number: str, language: str) -> None:
+        pt = self.remote[key][2]  # KeyError: played before set_remote
+        self._play(key, FakePrompts().confirm_prompt(number, language, pt), False)
+
+    def play_tone(self, key: object, tone: str, *, loop: bool) -> None:
+        self._play(key, FakePrompts().tone(tone, self.remote[key][2]), loop)
 
     def stop_playing(self, key: object) -> None:
         self.playing.pop(key, None)

@@ -1,0 +1,262 @@
+"""sipdial's RTP in a process of its own: the SIP process's side (a Twisted adapter).
+
+Why a process: every stream's packet leaves from ONE 20 ms tick (:mod:`.player`). In the SIP
+process that tick waits behind whatever the reactor is doing — a burst of SIP messages, a
+young-generation collection with tens of thousands of live calls (20-80 ms) — and a late tick
+sends two packets at once: with 1,000 prompts the send-interval jitter p99 was 22.5 ms
+(loadtest/RESULTS.md). A thread would not help: it needs the GIL the SIP reactor holds. The
+media process holds almost no objects, does nothing but the tick and the incoming RTP, and
+wakes on time.
+
+How: the SIP process still binds each call's UDP port (``open`` must answer at once: the port
+goes into the SDP it is building, and ``[media]`` port exhaustion must be an immediate
+refusal), then passes the socket over a Unix stream (``SCM_RIGHTS``) to the media process,
+which reads and writes it; the SIP process keeps its copy closed-over until ``close`` (the
+port stays ours until both let go). Commands go down as JSON lines; key presses come back.
+If the media process dies it is started again and told every open call and its remote
+address again (a prompt that was playing is not resumed; digits keep working).
+
+Wire format, one JSON array per line, parent -> child: ``["open", key, family]`` (with one
+descriptor), ``["remote", key, host, port, pt, event_pt]``, ``["prompt", key, number,
+language]``, ``["tone", key, tone, loop]``, ``["stop", key]``, ``["close", key]``; child ->
+parent: ``["digit", key, digit, how]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.python.failure import Failure
+
+from sipdial.media.ports import PortRange
+from sipdial.media.rtp import PCMA, PCMU
+
+log = logging.getLogger("sipdial.media")
+
+OnDigit = Callable[[str, str, str], None]  #: on_digit(key, digit, "rfc4733" | "inband")
+RESTART_DELAY = 1.0  #: seconds before a media process that died is started again
+
+
+class _Open:
+    __slots__ = ("family", "on_digit", "remote", "sock")
+
+    def __init__(self, sock: socket.socket, on_digit: OnDigit) -> None:
+        self.sock = sock
+        self.family = int(sock.family)
+        self.on_digit = on_digit
+        self.remote: tuple[str, int, int, int | None] | None = None
+
+
+class _Link(protocol.Protocol):
+    """The SIP process's end of the control stream."""
+
+    def __init__(self, owner: MediaProcess) -> None:
+        self.owner = owner
+        self._buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        for line in lines:
+            self.owner._received(line)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.owner._lost(self)
+
+
+class MediaProcess:
+    """A :class:`sipdial.calls.MediaPort` whose RTP is sent and received by a child process
+    (``python -m sipdial.media.process``); same contract as :class:`.MediaManager`."""
+
+    def __init__(self, reactor: Any, host: str, port_min: int, port_max: int,
+                 prompt_file: str | None = None, *, name: str = "media") -> None:
+        self.name = name  #: how its log lines are marked ("w1 media")
+        self._ports = PortRange(port_min, port_max)  # ValueError for a bad range
+        self.reactor = reactor
+        self.host = host
+        self._prompt_file = prompt_file
+        info = socket.getaddrinfo(host, 0, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST)
+        self._family, self._sockaddr = info[0][0], info[0][4]  # a numeric host: one answer
+        self._calls: dict[str, _Open] = {}
+        self._link: _Link | None = None
+        self._transport: Any = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stopping = False
+        self.restarts = 0  #: how often the media process had to be started again
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the media process (the calls opened meanwhile are sent to it once it runs)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            argv = [sys.executable, "-m", "sipdial.media.process", "--fd", str(theirs.fileno()),
+                    "--host", self.host, "--name", self.name]
+            if self._prompt_file is not None:
+                argv += ["--prompt-file", self._prompt_file]
+            self._process = subprocess.Popen(argv, pass_fds=[theirs.fileno()],
+                                             stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        link = _Link(self)
+        self._link = link
+        self._transport = self.reactor.adoptStreamConnection(
+            ours.fileno(), socket.AF_UNIX, _OneProtocol(link))
+        ours.close()  # adopted: Twisted holds its own duplicate
+        for key, call in self._calls.items():  # a restart: tell it everything again
+            self._send_open(key, call)
+            if call.remote is not None:
+                self._send(["remote", key, *call.remote])
+
+    def stop(self) -> None:
+        """Close every call and end the media process (waits for it, at most 2 s)."""
+        self._stopping = True
+        for key in list(self._calls):
+            self.close(key)
+        if self._transport is not None:
+            self._transport.loseConnection()
+        process, self._process = self._process, None
+        if process is not None:
+            # it would exit at the stream's end too, but that needs this reactor to run
+            process.terminate()
+            try:
+                process.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def calls(self) -> int:
+        """Number of open RTP ports."""
+        return len(self._calls)
+
+    # -- the MediaPort ---------------------------------------------------------------------------
+
+    def open(self, key: str, on_digit: OnDigit) -> tuple[str, int]:
+        """Bind an RTP port for ``key`` here and hand it to the media process; (host, port)
+        for our SDP. :class:`MediaPortsExhausted` when the range has no free even port,
+        ``ValueError`` if ``key`` is open already."""
+        if key in self._calls:
+            raise ValueError(f"media already open for {key!r}")
+        sock = self._bind()
+        call = _Open(sock, on_digit)
+        self._calls[key] = call
+        self._send_open(key, call)
+        return self.host, int(sock.getsockname()[1])
+
+    def set_remote(self, key: str, host: str, port: int, payload_type: int,
+                   event_pt: int | None) -> None:
+        """As :meth:`.MediaManager.set_remote` (``ValueError`` for a PT other than PCMU/PCMA,
+        ``KeyError`` for a key not open)."""
+        if payload_type not in (PCMU, PCMA):
+            raise ValueError(f"sipdial plays PCMU/PCMA only, not PT {payload_type}")
+        call = self._calls[key]
+        call.remote = (host, port, payload_type, event_pt)
+        self._send(["remote", key, host, port, payload_type, event_pt])
+
+    def play_prompt(self, key: str, number: str, language: str) -> None:
+        self._check_remote(key)
+        self._send(["prompt", key, number, language])
+
+    def play_tone(self, key: str, tone: str, *, loop: bool) -> None:
+        self._check_remote(key)
+        self._send(["tone", key, str(tone), loop])
+
+    def stop_playing(self, key: str) -> None:
+        if key in self._calls:
+            self._send(["stop", key])
+
+    def close(self, key: str) -> None:
+        """Release ``key``'s port (unknown keys are ignored): the media process closes its
+        copy, this process its own now."""
+        call = self._calls.pop(key, None)
+        if call is not None:
+            self._send(["close", key])
+            call.sock.close()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _check_remote(self, key: str) -> None:
+        if self._calls[key].remote is None:
+            raise ValueError(f"no remote RTP address for {key!r} yet (set_remote first)")
+
+    def _bind(self) -> socket.socket:
+        host, _, *rest = self._sockaddr
+        for port in self._ports.candidates():
+            sock = socket.socket(self._family, socket.SOCK_DGRAM)
+            try:
+                sock.bind((host, port, *rest))
+            except OSError:
+                sock.close()
+                if port == 0:
+                    raise
+                continue
+            sock.setblocking(False)
+            return sock
+        raise self._ports.exhausted()
+
+    def _send_open(self, key: str, call: _Open) -> None:
+        if self._transport is None:
+            return  # told when the media process is (re)started
+        self._transport.sendFileDescriptor(call.sock.fileno())
+        self._send(["open", key, call.family])
+
+    def _send(self, message: list[Any]) -> None:
+        if self._transport is None:
+            return  # between a crash and the restart: the restart re-sends open and remote
+        self._transport.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    def _received(self, line: bytes) -> None:
+        try:
+            op, key, digit, how = json.loads(line)
+        except (ValueError, TypeError):
+            log.error("media process sent %r", line[:200])
+            return
+        call = self._calls.get(key)
+        if op == "digit" and call is not None:
+            call.on_digit(key, digit, how)
+
+    def _lost(self, link: _Link) -> None:
+        if link is not self._link:
+            return
+        self._link = self._transport = None
+        process, self._process = self._process, None
+        if self._stopping:
+            return
+        code = process.poll() if process is not None else None
+        log.error("the media process (pid %s) went away (exit %s); starting it again in %.0f s; "
+                  "prompts playing meanwhile are not resumed",
+                  process.pid if process is not None else "?", code, RESTART_DELAY)
+        if process is not None and code is None:
+            self.reactor.callLater(RESTART_DELAY, _reap, process)
+        self.restarts += 1
+        self.reactor.callLater(RESTART_DELAY, self._restart)
+
+    def _restart(self) -> None:
+        if not self._stopping and self._link is None:
+            self.start()
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+class _OneProtocol(protocol.Factory):
+    def __init__(self, link: _Link) -> None:
+        self._link = link
+
+    def buildProtocol(self, addr: Any) -> _Link:
+        return self._link
