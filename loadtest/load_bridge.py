@@ -129,12 +129,32 @@ def _pids(pid: int | tuple[int, ...]) -> tuple[int, ...]:
 
 
 def sipdial_pids(sd: Sipdial) -> int | tuple[int, ...]:
-    """The process(es) doing sipdial's work: the workers under `serve --workers`."""
+    """The process(es) doing sipdial's work: the workers under `serve --workers`, and the
+    media process of each (``[media] process``; their CPU and RSS count as sipdial's)."""
     assert sd.proc is not None
     workers = sd.info.get("workers")
-    if workers:
-        return tuple(int(w["pid"]) for w in workers)
-    return sd.proc.pid
+    sip = tuple(int(w["pid"]) for w in workers) if workers else (sd.proc.pid,)
+    media = media_pids(sip)
+    return sip + media if workers or media else sd.proc.pid
+
+
+def media_pids(parents: tuple[int, ...]) -> tuple[int, ...]:
+    """The media processes (``python -m sipdial.media.process``) started by ``parents``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            if ppid not in parents:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"sipdial.media.process" in f.read():
+                    found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return tuple(sorted(found))
 
 
 def sipdial_dbs(sd: Sipdial) -> list[Path]:

@@ -33,6 +33,7 @@ from sipdial.pdeathsig import die_with_parent
 
 log = logging.getLogger("sipdial.media")
 
+PHASES = 5  #: sub-slots of the 20 ms packet time (sipdial.media.player.Player)
 MAX_LINE = 65536  #: a longer command line from the SIP process is a bug: the stream is closed
 
 
@@ -127,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
-    manager = MediaManager(reactor, args.host, 0, 0, prompts)
+    # a tick every 4 ms, each sending a fifth of the streams (sipdial.media.player)
+    manager = MediaManager(reactor, args.host, 0, 0, prompts, phases=PHASES)
     control = Control(manager, on_lost=reactor.stop)
     reactor.adoptStreamConnection(args.fd, socket.AF_UNIX, _Factory(control))
     os.close(args.fd)

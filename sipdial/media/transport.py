@@ -5,7 +5,8 @@ process of its own (:mod:`sipdial.media.process`, where :meth:`MediaManager.adop
 sockets the SIP process bound).
 
 Glue only: one UDP port per call (symmetric RTP: we send from the port our SDP names), ONE
-``LoopingCall`` every 20 ms that runs :meth:`Player.tick` while anything plays and writes the
+timer that runs :meth:`Player.tick` while anything plays (every 20 ms / ``phases``, where the
+player's grid says) and writes the
 packets it returns, and incoming datagrams parsed as RTP and fed to the call's DTMF receiver.
 The reactor is injected (``IReactorUDP`` + ``IReactorTime``).
 
@@ -19,11 +20,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet import error, protocol, task
+from twisted.internet import error, protocol
 
 from sipdial.media.dtmf import InbandDetector, Rfc4733Receiver
 from sipdial.media.g711 import alaw_to_pcm, ulaw_to_pcm
-from sipdial.media.player import FRAME, OnDone, Player
+from sipdial.media.player import OnDone, Player
 from sipdial.media.ports import PortRange
 from sipdial.media.prompt import PromptLibrary
 from sipdial.media.rtp import PCMA, PCMU, RtpSender, parse_rtp
@@ -31,6 +32,7 @@ from sipdial.media.rtp import PCMA, PCMU, RtpSender, parse_rtp
 log = logging.getLogger("sipdial.media")
 
 OnDigit = Callable[[str, str, str], None]  #: on_digit(key, digit, "rfc4733" | "inband")
+EARLY = 0.0005  #: seconds a tick is asked for before it is due (poll timeouts round up to 1 ms)
 
 
 class _Rtp(protocol.DatagramProtocol):
@@ -46,12 +48,13 @@ class _Rtp(protocol.DatagramProtocol):
 
 class _Call:
     __slots__ = ("inband", "key", "latched", "on_digit", "payload_type", "port", "remote",
-                 "rfc4733", "sender", "telephone_event")
+                 "rfc4733", "sender", "sendto", "telephone_event")
 
     def __init__(self, key: str, on_digit: OnDigit) -> None:
         self.key = key
         self.on_digit = on_digit
         self.port: Any = None  # IListeningPort
+        self.sendto: Callable[[bytes, tuple[str, int]], int] | None = None  # the port's socket
         self.remote: tuple[str, int] | None = None
         # Symmetric RTP: the address the phone's RTP actually comes from. Behind NAT the SDP
         # names a private address; the source is where it can be reached. Latched to the
@@ -66,19 +69,18 @@ class _Call:
 
 class MediaManager:
     """Owns RTP sockets (one per call, from [media] port range or ephemeral), the shared
-    20 ms LoopingCall that drives Player.tick, and incoming-RTP dispatch to DTMF detectors."""
+    timer that drives Player.tick, and incoming-RTP dispatch to DTMF detectors."""
 
     def __init__(self, reactor: Any, host: str, port_min: int, port_max: int,
-                 prompts: PromptLibrary) -> None:
+                 prompts: PromptLibrary, *, phases: int = 1) -> None:
         self._ports = PortRange(port_min, port_max)  # ValueError for a bad range
         self.reactor = reactor
         self.host = host
         self.prompts = prompts  #: the library callers take frames from
-        self.player = Player()
+        self.player = Player(phases=phases)  # see Player: ticks of 20 ms / phases
         self._calls: dict[str, _Call] = {}
         self._finished: list[tuple[OnDone, str, float]] = []
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = reactor
+        self._wake: Any = None  # the DelayedCall of the next tick, while anything plays
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -92,6 +94,7 @@ class MediaManager:
             raise ValueError(f"media already open for {key!r}")
         call = _Call(key, on_digit)
         call.port = self._bind(_Rtp(self, call))
+        call.sendto = call.port.socket.sendto
         self._calls[key] = call
         return self.host, int(call.port.getHost().port)
 
@@ -102,6 +105,7 @@ class MediaManager:
         self.close(key)
         call = _Call(key, on_digit)
         call.port = self.reactor.adoptDatagramPort(fd, family, _Rtp(self, call))
+        call.sendto = call.port.socket.sendto
         self._calls[key] = call
 
     def set_remote(self, key: str, host: str, port: int, payload_type: int,
@@ -140,9 +144,8 @@ class MediaManager:
             def done(k: str, now: float, cb: OnDone = on_done) -> None:
                 self._finished.append((cb, k, now))
         self.player.play(key, call.remote, call.sender, frames, loop=loop, on_done=done)
-        if not self._loop.running:
-            self._loop.start(FRAME, now=False).addErrback(
-                lambda f: log.error("media tick failed: %s", f.getTraceback()))
+        if self._wake is None:
+            self._wake = self.reactor.callLater(self.player.interval, self._tick)
 
     def play_prompt(self, key: str, number: str, language: str) -> None:
         """Play "to connect to <number>, press 1" (:meth:`PromptLibrary.confirm_prompt`) in the
@@ -163,7 +166,7 @@ class MediaManager:
         self.player.stop(key)
         call = self._calls.pop(key, None)
         if call is not None:
-            port, call.port = call.port, None
+            port, call.port, call.sendto = call.port, None, None
             # the port holds its protocol (_Rtp), which holds the call: without the call's
             # own reference to the port there is no cycle, and all three go by reference
             # counting once Twisted lets go of the closed port (else ~12 objects per call
@@ -174,8 +177,9 @@ class MediaManager:
         """Close every call and stop the tick (shutdown)."""
         for key in list(self._calls):
             self.close(key)
-        if self._loop.running:
-            self._loop.stop()
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
 
     @property
     def calls(self) -> int:
@@ -200,14 +204,32 @@ class MediaManager:
         raise self._ports.exhausted()
 
     def _tick(self) -> None:
+        self._wake = None
+        try:
+            self._send_due()
+        except Exception:  # a bug here must not silence every call for good
+            log.exception("media tick failed")
+        player = self.player
+        if self._wake is None and (player.active or self._finished):
+            # the next tick where the player's grid says (not a fixed period: after a
+            # forgiven lag the grid restarts, and the timer follows it), asked for a little
+            # early: the reactor's poll rounds its timeout up to the next millisecond
+            due = player.next_due
+            now = self.reactor.seconds()
+            delay = player.interval if due is None else due - now - min(EARLY, player.interval / 4)
+            self._wake = self.reactor.callLater(max(0.0, delay), self._tick)
+
+    def _send_due(self) -> None:
         calls = self._calls
         for key, remote, data in self.player.tick(self.reactor.seconds()):
             call = calls.get(key)
-            if call is None:
+            if call is None or call.sendto is None:
                 continue
             try:
-                call.port.write(data, call.latched or remote)
-            except (OSError, error.MessageLengthError) as exc:  # e.g. ENETUNREACH: drop it
+                # the socket's own sendto: Port.write checks the address anew for each of
+                # the 50 packets per second and stream (a quarter of the tick's time)
+                call.sendto(data, call.latched or remote)
+            except OSError as exc:  # e.g. ENETUNREACH, ECONNREFUSED, EAGAIN: drop this one
                 log.debug("RTP to %s for %r not sent: %s", remote, key, exc)
         finished, self._finished = self._finished, []
         for on_done, key, now in finished:
@@ -215,8 +237,6 @@ class MediaManager:
                 on_done(key, now)
             except Exception:
                 log.exception("media on_done for %r failed", key)
-        if not self.player.active and not self._finished and self._loop.running:
-            self._loop.stop()
 
     def _received(self, call: _Call, datagram: bytes, source: tuple[str, int]) -> None:
         if self._calls.get(call.key) is not call:

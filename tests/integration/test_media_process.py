@@ -83,6 +83,7 @@ def test_a_tone_loops_until_stopped(reactor: Any, media: MediaProcess,
     media.set_remote("a", HOST, ua_port, PCMU, None)
     media.play_tone("a", "busy", loop=True)  # one cycle is 48 packets
     pump(reactor, lambda: len(ua.received) > 60, "the tone's second cycle")
+    assert {addr for _, addr in ua.received} == {(HOST, port)}
     media.stop_playing("a")
     # every packet sent before the stop arrives: wait until a further ~100 ms bring nothing
     count = -1

@@ -3,6 +3,8 @@ it refuses the demo secrets on a public address."""
 
 from __future__ import annotations
 
+import os
+import select
 import signal
 import socket
 import subprocess
@@ -67,6 +69,43 @@ def test_sigterm_stops_a_running_sipdial(tmp_path: Path) -> None:
     sd.proc.send_signal(signal.SIGTERM)
     assert sd.proc.wait(timeout=10) == 0
     assert "sipdial stopped" in sd.log_text()
+
+
+def _media_processes(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # not a process, or gone meanwhile
+            continue
+        if int(stat.rsplit(b")", 1)[1].split()[1]) == parent \
+                and b"sipdial.media.process" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _exits(pid: int, timeout: float) -> bool:
+    """Whether ``pid`` (not our child) ends within ``timeout`` s: its pidfd becomes readable."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_the_media_process_ends_with_sipdial(tmp_path: Path, how: signal.Signals) -> None:
+    sd = Sipdial(tmp_path, users=USERS, routes=ROUTES).start()
+    assert sd.proc is not None
+    media = _media_processes(sd.proc.pid)
+    assert len(media) == 1, "[media] process = true (the default): one media process"
+    sd.proc.send_signal(how)
+    sd.proc.wait(timeout=10)
+    assert _exits(media[0], timeout=10)  # SIGKILL: the kernel's parent-death signal
 
 
 def test_sigterm_while_starting_stops_sipdial(tmp_path: Path) -> None:

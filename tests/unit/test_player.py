@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import defaultdict
 
@@ -216,3 +217,77 @@ def test_one_thousand_streams_in_one_tick() -> None:
 def test_max_catchup_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Player(max_catchup=0)
+
+
+# ------------------------------------------------------------------ phases
+
+
+def test_phases_spread_the_streams_and_each_still_gets_one_frame_per_20_ms() -> None:
+    player = Player(phases=5)
+    assert player.interval == pytest.approx(FRAME / 5)
+    clips = {k: frames(40, k) for k in range(10)}
+    for k, clip in clips.items():
+        player.play(str(k), REMOTE, RtpSender(PCMU), clip)
+    clock = Clock(player)
+    for _ in range(5 * 20):  # 20 frames' worth of 4 ms ticks
+        clock.tick(FRAME / 5)
+    assert [len(out) for out in clock.sent[:5]] == [2, 2, 2, 2, 2]  # a fifth per tick
+    streams = clock.by_key()
+    for k, clip in clips.items():
+        check_stream(streams[str(k)], clip[:20], REMOTE, PCMU)
+    # each stream's packets leave exactly 5 ticks (20 ms) apart
+    for k in clips:
+        ticks = [i for i, out in enumerate(clock.sent) for d in out if d[0] == str(k)]
+        assert {b - a for a, b in itertools.pairwise(ticks)} == {5}
+
+
+def test_a_new_stream_joins_the_least_busy_phase() -> None:
+    player = Player(phases=4)
+    clock = Clock(player)
+    for k in "abcd":
+        player.play(k, REMOTE, RtpSender(PCMU), frames(100), loop=True)
+    clock.tick(FRAME / 4)
+    player.stop("c")
+    player.play("e", REMOTE, RtpSender(PCMU), frames(100), loop=True)  # c's phase is free
+    sent = [[d[0] for d in clock.tick(FRAME / 4)] for _ in range(4)]
+    assert sent == [["b"], ["e"], ["d"], ["a"]]
+
+
+def test_a_late_tick_catches_up_every_phase_it_missed() -> None:
+    player = Player(phases=4)
+    clock = Clock(player)
+    for k in "abcd":
+        player.play(k, REMOTE, RtpSender(PCMU), frames(100, ord(k)), loop=True)
+    for _ in range(4):  # a b c d: each has sent its first frame (the grid starts at a's)
+        clock.tick(FRAME / 4)
+    out = clock.tick(FRAME / 4 * 6)  # 6 sub-slots: a b c d a b
+    assert sorted(d[0] for d in out) == ["a", "a", "b", "b", "c", "d"]
+    assert [d[0] for d in clock.tick(FRAME / 4)] == ["c"]  # back on the grid
+    # a lag beyond max_catchup frames is forgiven: at most 5 frames each, then a new grid
+    out = clock.tick(1.0)
+    assert {k: sum(1 for d in out if d[0] == k) for k in "abcd"} == {
+        "a": 5, "b": 5, "c": 5, "d": 5}
+    assert player.next_due == pytest.approx(clock.now + FRAME / 4)
+
+
+def test_next_due_follows_the_grid_and_is_none_when_idle() -> None:
+    player = Player(phases=2)
+    assert player.next_due is None
+    player.play("a", REMOTE, RtpSender(PCMU), frames(2))
+    clock = Clock(player)
+    clock.tick(0.001)
+    assert player.next_due == pytest.approx(T0 + 0.001 + FRAME / 2)
+    clock.tick(FRAME / 2 - 0.004)  # a little early: still that sub-slot
+    assert player.next_due == pytest.approx(T0 + 0.001 + FRAME)
+    for _ in range(3):
+        clock.tick(FRAME / 2)
+    assert player.active == 0
+    clock.tick(FRAME / 2)
+    assert player.next_due is None
+
+
+def test_phases_must_be_sensible() -> None:
+    with pytest.raises(ValueError):
+        Player(phases=0)
+    with pytest.raises(ValueError):
+        Player(phases=21)
