@@ -83,14 +83,20 @@ class Control(protocol.Protocol):
         elif op == "stop":
             manager.stop_playing(key)
         elif op == "close":
-            manager.close(key)
+            # always answered, known key or not: the SIP process holds its copy until then
+            try:
+                manager.close(key)
+            finally:
+                self._send(["closed", int(args[0])])
         else:
             raise ValueError(f"unknown media command {op!r}")
 
     def _digit(self, key: str, digit: str, how: str) -> None:
+        self._send(["digit", key, digit, how])
+
+    def _send(self, message: list[Any]) -> None:
         transport: Any = self.transport
-        transport.write(
-            json.dumps(["digit", key, digit, how], separators=(",", ":")).encode() + b"\n")
+        transport.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.manager.stop()

@@ -11,15 +11,17 @@ wakes on time.
 How: the SIP process still binds each call's UDP port (``open`` must answer at once: the port
 goes into the SDP it is building, and ``[media]`` port exhaustion must be an immediate
 refusal), then passes the socket over a Unix stream (``SCM_RIGHTS``) to the media process,
-which reads and writes it; the SIP process keeps its copy closed-over until ``close`` (the
-port stays ours until both let go). Commands go down as JSON lines; key presses come back.
-If the media process dies it is started again and told every open call and its remote
-address again (a prompt that was playing is not resumed; digits keep working).
+which reads and writes it; the SIP process keeps its copy until the media process has closed
+its own (the port stays ours until both let go). Commands go down as JSON lines; key
+presses come back. If the media process dies it is started again and told every open call
+and its remote address again (a prompt that was playing is not resumed; digits keep working).
 
-Wire format, one JSON array per line, parent -> child: ``["open", key, family]`` (with one
-descriptor), ``["remote", key, host, port, pt, event_pt]``, ``["prompt", key, number,
-language]``, ``["tone", key, tone, loop]``, ``["stop", key]``, ``["close", key]``; child ->
-parent: ``["digit", key, digit, how]``.
+Wire format, one JSON array per line, parent -> child: ``["open", key, family, serial]``
+(with one descriptor), ``["remote", key, host, port, pt, event_pt]``, ``["prompt", key,
+number, language]``, ``["tone", key, tone, loop]``, ``["stop", key]``, ``["close", key, serial]``;
+child -> parent: ``["digit", key, digit, how]``, ``["closed", serial]`` (only then does the
+SIP process close its own copy: a descriptor still queued for sending must stay open, and
+its number must not be reused by the next call's socket meanwhile).
 """
 
 from __future__ import annotations
@@ -45,10 +47,11 @@ RESTART_DELAY = 1.0  #: seconds before a media process that died is started agai
 
 
 class _Open:
-    __slots__ = ("family", "on_digit", "remote", "sock")
+    __slots__ = ("family", "on_digit", "remote", "serial", "sock")
 
-    def __init__(self, sock: socket.socket, on_digit: OnDigit) -> None:
+    def __init__(self, sock: socket.socket, on_digit: OnDigit, serial: int) -> None:
         self.sock = sock
+        self.serial = serial  # names this socket in "open" and in the child's "closed"
         self.family = int(sock.family)
         self.on_digit = on_digit
         self.remote: tuple[str, int, int, int | None] | None = None
@@ -67,7 +70,7 @@ class _Link(protocol.Protocol):
             self.owner._received(line)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.owner._lost(self)
+        self.owner._lost(self, reason)
 
 
 class MediaProcess:
@@ -84,6 +87,10 @@ class MediaProcess:
         info = socket.getaddrinfo(host, 0, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST)
         self._family, self._sockaddr = info[0][0], info[0][4]  # a numeric host: one answer
         self._calls: dict[str, _Open] = {}
+        # closed here, still to be closed by the media process: our copy of the socket stays
+        # open until it says "closed" (the descriptor may not even have been sent yet)
+        self._closing: dict[int, socket.socket] = {}
+        self._serial = 0
         self._link: _Link | None = None
         self._transport: Any = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -123,6 +130,7 @@ class MediaProcess:
         if self._transport is not None:
             self._transport.loseConnection()
         process, self._process = self._process, None
+        self._close_pending()
         if process is not None:
             # it would exit at the stream's end too, but that needs this reactor to run
             process.terminate()
@@ -150,7 +158,8 @@ class MediaProcess:
         if key in self._calls:
             raise ValueError(f"media already open for {key!r}")
         sock = self._bind()
-        call = _Open(sock, on_digit)
+        self._serial += 1
+        call = _Open(sock, on_digit, self._serial)
         self._calls[key] = call
         self._send_open(key, call)
         return self.host, int(sock.getsockname()[1])
@@ -179,11 +188,15 @@ class MediaProcess:
 
     def close(self, key: str) -> None:
         """Release ``key``'s port (unknown keys are ignored): the media process closes its
-        copy, this process its own now."""
+        copy, then this process its own (the port is free once both have)."""
         call = self._calls.pop(key, None)
-        if call is not None:
-            self._send(["close", key])
-            call.sock.close()
+        if call is None:
+            return
+        if self._transport is None:
+            call.sock.close()  # no media process holds a copy now
+            return
+        self._closing[call.serial] = call.sock
+        self._send(["close", key, call.serial])
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -210,7 +223,7 @@ class MediaProcess:
         if self._transport is None:
             return  # told when the media process is (re)started
         self._transport.sendFileDescriptor(call.sock.fileno())
-        self._send(["open", key, call.family])
+        self._send(["open", key, call.family, call.serial])
 
     def _send(self, message: list[Any]) -> None:
         if self._transport is None:
@@ -219,29 +232,43 @@ class MediaProcess:
 
     def _received(self, line: bytes) -> None:
         try:
-            op, key, digit, how = json.loads(line)
+            op, *args = json.loads(line)
+            if op == "digit":
+                key, digit, how = args
+                call = self._calls.get(key)
+                if call is not None:
+                    call.on_digit(key, digit, how)
+            elif op == "closed":
+                sock = self._closing.pop(int(args[0]), None)
+                if sock is not None:
+                    sock.close()
+            else:
+                raise ValueError(op)
         except (ValueError, TypeError):
             log.error("media process sent %r", line[:200])
-            return
-        call = self._calls.get(key)
-        if op == "digit" and call is not None:
-            call.on_digit(key, digit, how)
 
-    def _lost(self, link: _Link) -> None:
+    def _lost(self, link: _Link, reason: Failure) -> None:
         if link is not self._link:
             return
         self._link = self._transport = None
+        self._close_pending()  # the process that held the other copies is gone
         process, self._process = self._process, None
         if self._stopping:
             return
         code = process.poll() if process is not None else None
-        log.error("the media process (pid %s) went away (exit %s); starting it again in %.0f s; "
-                  "prompts playing meanwhile are not resumed",
-                  process.pid if process is not None else "?", code, RESTART_DELAY)
+        log.error("the media process (pid %s) went away (exit %s: %s); starting it again in "
+                  "%.0f s; prompts playing meanwhile are not resumed",
+                  process.pid if process is not None else "?", code,
+                  reason.getErrorMessage(), RESTART_DELAY)
         if process is not None and code is None:
             self.reactor.callLater(RESTART_DELAY, _reap, process)
         self.restarts += 1
         self.reactor.callLater(RESTART_DELAY, self._restart)
+
+    def _close_pending(self) -> None:
+        closing, self._closing = self._closing, {}
+        for sock in closing.values():
+            sock.close()
 
     def _restart(self) -> None:
         if not self._stopping and self._link is None:

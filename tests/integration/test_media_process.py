@@ -157,3 +157,24 @@ def test_stop_ends_the_media_process(reactor: Any) -> None:
     assert media.pid is None and media.calls == 0
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # exited and reaped
+
+
+def test_calls_closed_before_their_socket_was_passed_cost_nothing(reactor: Any) -> None:
+    """Open and close in one reactor turn (a call refused right after its media was opened):
+    the descriptor is still queued for sending when the call closes. Closing it then made
+    the stream fail (EBADF) and restarted the media process; its number could also have gone
+    to the next call's socket. Our copy now stays open until the media process says closed."""
+    media = MediaProcess(reactor, HOST, 0, 0)
+    media.start()
+    try:
+        ports = []
+        for i in range(40):
+            ports.append(media.open(f"k{i}", digits_to([]))[1])
+            if i % 2:
+                media.close(f"k{i}")
+        pump(reactor, lambda: all(not port_in_use(p) for p in ports[1::2]),
+             "the closed calls' ports to be free")
+        assert all(port_in_use(p) for p in ports[0::2])
+        assert media.restarts == 0 and media.calls == 20
+    finally:
+        media.stop()
