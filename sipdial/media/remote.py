@@ -38,12 +38,14 @@ from twisted.internet import protocol
 from twisted.python.failure import Failure
 
 from sipdial.media.ports import PortRange
-from sipdial.media.rtp import PCMA, PCMU
+from sipdial.media.rtp import PCMA, PCMU, check_remote
 
 log = logging.getLogger("sipdial.media")
 
 OnDigit = Callable[[str, str, str], None]  #: on_digit(key, digit, "rfc4733" | "inband")
 RESTART_DELAY = 1.0  #: seconds before a media process that died is started again
+MAX_DELAY = 30.0  #: ... doubled each time it dies within STABLE seconds of its start
+STABLE = 30.0
 
 
 class _Open:
@@ -95,6 +97,8 @@ class MediaProcess:
         self._transport: Any = None
         self._process: subprocess.Popen[bytes] | None = None
         self._stopping = False
+        self._started_at = 0.0
+        self._delay = RESTART_DELAY  # doubled while it keeps dying young, up to MAX_DELAY
         self.restarts = 0  #: how often the media process had to be started again
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -109,8 +113,12 @@ class MediaProcess:
                 argv += ["--prompt-file", self._prompt_file]
             self._process = subprocess.Popen(argv, pass_fds=[theirs.fileno()],
                                              stdin=subprocess.DEVNULL)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
+        self._started_at = self.reactor.seconds()
         ours.setblocking(False)
         link = _Link(self)
         self._link = link
@@ -171,6 +179,7 @@ class MediaProcess:
         if payload_type not in (PCMU, PCMA):
             raise ValueError(f"sipdial plays PCMU/PCMA only, not PT {payload_type}")
         call = self._calls[key]
+        check_remote(host, port, self._family == socket.AF_INET6)
         call.remote = (host, port, payload_type, event_pt)
         self._send(["remote", key, host, port, payload_type, event_pt])
 
@@ -237,7 +246,10 @@ class MediaProcess:
                 key, digit, how = args
                 call = self._calls.get(key)
                 if call is not None:
-                    call.on_digit(key, digit, how)
+                    try:
+                        call.on_digit(key, digit, how)
+                    except Exception:  # the call's bug: not a reason to drop the stream
+                        log.exception("digit %r for %r: the handler failed", digit, key)
             elif op == "closed":
                 sock = self._closing.pop(int(args[0]), None)
                 if sock is not None:
@@ -256,14 +268,20 @@ class MediaProcess:
         if self._stopping:
             return
         code = process.poll() if process is not None else None
+        if self.reactor.seconds() - self._started_at > STABLE:
+            self._delay = RESTART_DELAY
         log.error("the media process (pid %s) went away (exit %s: %s); starting it again in "
                   "%.0f s; prompts playing meanwhile are not resumed",
                   process.pid if process is not None else "?", code,
-                  reason.getErrorMessage(), RESTART_DELAY)
+                  reason.getErrorMessage(), self._delay)
         if process is not None and code is None:
-            self.reactor.callLater(RESTART_DELAY, _reap, process)
+            self.reactor.callLater(self._delay, _reap, process)
         self.restarts += 1
-        self.reactor.callLater(RESTART_DELAY, self._restart)
+        self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        self.reactor.callLater(self._delay, self._restart)
+        self._delay = min(MAX_DELAY, self._delay * 2)
 
     def _close_pending(self) -> None:
         closing, self._closing = self._closing, {}
@@ -271,8 +289,14 @@ class MediaProcess:
             sock.close()
 
     def _restart(self) -> None:
-        if not self._stopping and self._link is None:
+        if self._stopping or self._link is not None:
+            return
+        try:
             self.start()
+        except Exception:  # EMFILE, ENOMEM, ...: calls get no audio; keep trying
+            log.exception("the media process could not be started; trying again in %.0f s",
+                          self._delay)
+            self._schedule_restart()
 
 
 def _reap(process: subprocess.Popen[bytes]) -> None:

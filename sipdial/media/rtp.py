@@ -7,6 +7,7 @@ and the usual dynamic PT for RFC 4733 telephone-event (the PT the peer offered w
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import struct
 from dataclasses import dataclass, field
@@ -67,3 +68,24 @@ def parse_rtp(data: bytes) -> RtpPacket:
         return RtpPacket.parse(data)
     except struct.error as exc:  # defensive: aiortc checks lengths before unpacking
         raise ValueError(f"truncated RTP packet: {exc}") from exc
+
+
+#: the RTP payloads sipdial reads: G.711 of 10-60 ms (80-480 bytes), RFC 4733 events (4 bytes,
+#: a few more with redundancy); anything longer is not worth decoding (in-band detection
+#: costs ~60 µs per 160 bytes: a 64 KiB datagram would stall every stream for ~25 ms)
+MAX_AUDIO_PAYLOAD = 480
+MAX_EVENT_PAYLOAD = 64
+
+
+def check_remote(host: str, port: int, ipv6: bool) -> None:
+    """``ValueError`` unless ``host`` is an IP address of the socket's family and ``port`` a
+    port: RTP goes out with the socket's own ``sendto`` 50 times a second, which would look
+    a host name up each time."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"RTP remote {host!r} is not an IP address") from None
+    if (ip.version == 6) != ipv6:
+        raise ValueError(f"RTP remote {host} is not an IPv{6 if ipv6 else 4} address")
+    if not 0 < port <= 65535:
+        raise ValueError(f"RTP remote port {port} out of range")

@@ -10,13 +10,17 @@ player's grid says) and writes the
 packets it returns, and incoming datagrams parsed as RTP and fed to the call's DTMF receiver.
 The reactor is injected (``IReactorUDP`` + ``IReactorTime``).
 
-Incoming RTP is latched: the source of the first valid RTP packet is where the call's audio
-goes from then on (behind NAT the SDP names a private address) and other sources are ignored.
+Incoming RTP is latched: the source of the first valid RTP packet after the phone's answer is
+where the call's audio goes from then on (behind NAT the SDP names a private address) and
+other sources are ignored, except the address the SDP names, which takes the latch back (a
+scanner that raced the phone to a predictable port keeps neither the prompt nor the digits
+once the phone speaks). Datagrams longer than G.711 of 60 ms are dropped unread.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,7 +31,15 @@ from sipdial.media.g711 import alaw_to_pcm, ulaw_to_pcm
 from sipdial.media.player import OnDone, Player
 from sipdial.media.ports import PortRange
 from sipdial.media.prompt import PromptLibrary
-from sipdial.media.rtp import PCMA, PCMU, RtpSender, parse_rtp
+from sipdial.media.rtp import (
+    MAX_AUDIO_PAYLOAD,
+    MAX_EVENT_PAYLOAD,
+    PCMA,
+    PCMU,
+    RtpSender,
+    check_remote,
+    parse_rtp,
+)
 
 log = logging.getLogger("sipdial.media")
 
@@ -113,10 +125,12 @@ class MediaManager:
         """Where to send (from the peer's SDP) and the negotiated PTs: ``payload_type`` PCMU or
         PCMA, ``event_pt`` the peer's telephone-event PT or None (then DTMF is detected in-band
         in the audio). Takes effect for the next :meth:`play`; the RTP stream (SSRC, sequence)
-        continues unless the payload type changes. ``ValueError`` for any other payload type."""
+        continues unless the payload type changes. ``ValueError`` for any other payload type,
+        or a host that is not an IP address of the port's family, or a port out of range."""
         if payload_type not in (PCMU, PCMA):
             raise ValueError(f"sipdial plays PCMU/PCMA only, not PT {payload_type}")
         call = self._calls[key]
+        check_remote(host, port, call.port.socket.family == socket.AF_INET6)
         call.remote = (host, port)
         if call.sender is None or call.sender.payload_type != payload_type:
             call.sender = RtpSender(payload_type)
@@ -227,10 +241,13 @@ class MediaManager:
                 continue
             try:
                 # the socket's own sendto: Port.write checks the address anew for each of
-                # the 50 packets per second and stream (a quarter of the tick's time)
+                # the 50 packets per second and stream (a quarter of the tick's time);
+                # set_remote made sure it is an IP address and a port
                 call.sendto(data, call.latched or remote)
             except OSError as exc:  # e.g. ENETUNREACH, ECONNREFUSED, EAGAIN: drop this one
                 log.debug("RTP to %s for %r not sent: %s", remote, key, exc)
+            except Exception:  # never the other streams' packets of this tick
+                log.exception("RTP to %s for %r not sent", remote, key)
         finished, self._finished = self._finished, []
         for on_done, key, now in finished:
             try:
@@ -241,22 +258,37 @@ class MediaManager:
     def _received(self, call: _Call, datagram: bytes, source: tuple[str, int]) -> None:
         if self._calls.get(call.key) is not call:
             return  # closed meanwhile
-        if call.latched is not None and source != call.latched:
+        remote = call.remote
+        if remote is None:
+            return  # nothing is expected before the phone's answer named its address
+        if call.latched is not None and source != call.latched and source != remote:
+            return
+        if len(datagram) > 12 + MAX_AUDIO_PAYLOAD + 64:  # header, CSRCs, extensions
             return
         try:
             packet = parse_rtp(datagram)
         except ValueError:
             return
-        if call.latched is None:
+        if source == remote or call.latched is None:
+            # the first valid packet latches (behind NAT the SDP names a private address);
+            # the address the SDP names wins it back from whoever raced the phone to it
             call.latched = source
         pt = packet.payload_type
+        payload = packet.payload
         if call.rfc4733 is not None and pt == call.telephone_event:
+            if len(payload) > MAX_EVENT_PAYLOAD:
+                return
             call.inband = None  # the phone speaks RFC 4733: no need to listen for tones
-            digits, how = call.rfc4733.feed(packet.payload, packet.timestamp), "rfc4733"
+            digits, how = call.rfc4733.feed(payload, packet.timestamp), "rfc4733"
         elif call.inband is not None and pt == call.payload_type:
+            if len(payload) > MAX_AUDIO_PAYLOAD:
+                return
             decode = ulaw_to_pcm if pt == PCMU else alaw_to_pcm
-            digits, how = call.inband.feed(decode(packet.payload)), "inband"
+            digits, how = call.inband.feed(decode(payload)), "inband"
         else:
             return
         for digit in digits or ():
-            call.on_digit(call.key, digit, how)
+            try:
+                call.on_digit(call.key, digit, how)
+            except Exception:
+                log.exception("digit %r for %r: the handler failed", digit, call.key)

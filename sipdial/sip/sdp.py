@@ -7,6 +7,7 @@ mode at the call's own RTP port (:mod:`sipdial.media`).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -83,15 +84,27 @@ class MediaAnswer:
 
 
 def parse_answer(body: bytes) -> MediaAnswer | None:
-    """The first audio stream of an SDP body; None if it has none we can use."""
+    """The first audio stream of an SDP body; None if it has none we can use: no G.711, port
+    0 (rejected) or not a port, or a connection address that is not an IP address (RFC 4566
+    allows a host name; sipdial's media does no DNS lookups, 50 a second per call)."""
     conn = _CONNECTION.search(body)
     audio = _AUDIO_LINE.search(body)
-    if conn is None or audio is None or audio.group(1) == b"0":
+    if conn is None or audio is None:
+        return None
+    port = int(audio.group(1))
+    host = conn.group(1).decode("ascii", "replace")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if not 0 < port <= 65535 or (ip.version == 6) != conn.group(0).startswith(b"c=IN IP6"):
         return None
     formats = [int(f) for f in audio.group(2).split()]
     g711 = [f for f in formats if f in (0, 8)]
     if not g711:
         return None
     event = _EVENT_MAP.search(body)
-    return MediaAnswer(conn.group(1).decode("ascii", "replace"), int(audio.group(1)), g711[0],
-                       int(event.group(1)) if event else None)
+    event_pt = int(event.group(1)) if event else None
+    if event_pt is not None and event_pt > 127:
+        event_pt = None  # not an RTP payload type: no RFC 4733 from this peer
+    return MediaAnswer(host, port, g711[0], event_pt)

@@ -273,3 +273,65 @@ def test_symmetric_rtp_latches_to_the_phones_source_and_ignores_others(
         assert natted_port != 9
     finally:
         stranger_port.stopListening()
+
+
+def test_the_address_the_sdp_names_takes_the_latch_back_from_a_scanner(
+        reactor: Any, manager: MediaManager, phone: tuple[Phone, int]) -> None:
+    """RTP ports are predictable: a scanner that sends first must not keep the prompt (or
+    press 1) once the phone at the address its SDP names speaks."""
+    real, real_port = phone
+    scanner = Phone()
+    scanner_port = reactor.listenUDP(0, scanner, interface=HOST)
+    try:
+        digits: list[tuple[object, str, str]] = []
+        _, port = manager.open("k", lambda key, digit, how: digits.append((key, digit, how)))
+        scanner.send(RtpSender(101).packet(b"\x01\x8a\x00\xa0"), (HOST, port))  # before answer
+        for _ in range(3):  # loopback delivers at once: the packet is read (and dropped) here
+            reactor.iterate(0)
+        assert manager._calls["k"].latched is None and digits == []
+        manager.set_remote("k", HOST, real_port, PCMU, 101)
+        scanner.send(RtpSender(PCMU).packet(b"\xff" * 160), (HOST, port))
+        pump(reactor, lambda: manager._calls["k"].latched is not None, "the scanner's latch")
+        real.send(RtpSender(PCMU).packet(b"\xff" * 160), (HOST, port))
+        pump(reactor, lambda: manager._calls["k"].latched == (HOST, real_port), "the phone")
+        manager.play("k", manager.prompts.confirm_prompt("+49", "en", PCMU)[:3])
+        pump(reactor, lambda: len(real.received) >= 3, "the prompt at the phone")
+        for packet in event_packets(RtpSender(101), 1):
+            scanner.send(packet, (HOST, port))
+        for packet in event_packets(RtpSender(101), 7):
+            real.send(packet, (HOST, port))
+        pump(reactor, lambda: bool(digits), "the phone's digit")
+        assert digits == [("k", "7", "rfc4733")] and scanner.received == []
+    finally:
+        scanner_port.stopListening()
+
+
+def test_oversized_datagrams_are_dropped_and_a_failing_handler_stops_nothing(
+        reactor: Any, manager: MediaManager, phone: tuple[Phone, int]) -> None:
+    ua, ua_port = phone
+    seen: list[str] = []
+
+    def handler(key: object, digit: str, how: str) -> None:
+        seen.append(digit)
+        raise RuntimeError("the call's bug")
+
+    _, port = manager.open("k", handler)
+    manager.set_remote("k", HOST, ua_port, PCMU, 101)
+    sender = RtpSender(PCMU)
+    ua.send(sender.packet(b"\xff" * 8000), (HOST, port))  # 1 s of audio in one datagram
+    ua.send(RtpSender(101).packet(b"\x01\x8a\x00\xa0" * 100), (HOST, port))  # 400-byte event
+    events = RtpSender(101)
+    for digit in (3, 4):
+        for packet in event_packets(events, digit):
+            ua.send(packet, (HOST, port))
+    pump(reactor, lambda: len(seen) >= 2, "both digits despite the failing handler")
+    assert seen == ["3", "4"]
+
+
+@pytest.mark.parametrize("host, port", [("phone.example.com", 4000), ("::1", 4000),
+                                        (HOST, 0), (HOST, 70000)])
+def test_set_remote_wants_an_ip_address_of_the_socket_s_family_and_a_port(
+        manager: MediaManager, host: str, port: int) -> None:
+    manager.open("k", lambda key, digit, how: None)
+    with pytest.raises(ValueError):
+        manager.set_remote("k", host, port, PCMU, None)

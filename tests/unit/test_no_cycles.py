@@ -12,6 +12,7 @@ of sipdial's.
 from __future__ import annotations
 
 import gc
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -96,6 +97,9 @@ class _Port:
     def __init__(self, protocol: Any) -> None:
         self.protocol = protocol
         self.stopped = False
+        # what MediaManager takes from a bound port's socket (no real socket here)
+        self.socket = type("Socket", (), {"family": socket.AF_INET,
+                                          "sendto": lambda self, data, addr: len(data)})()
 
     def getHost(self) -> Any:
         return type("Address", (), {"port": 40000})()
