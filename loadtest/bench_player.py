@@ -92,7 +92,9 @@ def main() -> None:
     print(f"= {mean * TICKS_PER_SECOND / 1e4:.1f} % of one core at {TICKS_PER_SECOND} ticks/s")
     if send_us:
         smean = statistics.fmean(send_us)
+        sq = statistics.quantiles(send_us, n=100) if len(send_us) > 1 else [smean] * 99
         print(f"sendto (loopback, one socket): mean {smean:.0f} µs/tick "
+              f"(p1 {sq[0]:.0f}, p50 {sq[49]:.0f}, p99 {sq[98]:.0f}, max {max(send_us):.0f}) "
               f"= {smean * TICKS_PER_SECOND / 1e4:.1f} % of one core")
 
 
