@@ -3,7 +3,7 @@
     .venv/bin/python -m loadtest.farm --sipdial 127.0.0.1:5060 --users 1-200 [--devices 1]
         [--password-template 'pw-{user}-load'] [--port 0] [--ready-file F] [--events F]
         [--reject-share 0] [--no-answer-share 0] [--answer-delay MS] [--seed 0]
-        [--max-seconds 600] [--register-rate 500] [--dtmf-after MS]
+        [--max-seconds 600] [--register-rate 500] [--dtmf-after MS] [--drop-refer-params]
 
 Every device ``d`` (1..K) of every user ``u`` REGISTERs ``<sip:u-d{d}@127.0.0.1:PORT>`` at
 sipdial (digest, 401 answered once) from ONE UDP socket, then behaves like a phone:
@@ -16,7 +16,8 @@ sipdial (digest, 401 answered once) from ONE UDP socket, then behaves like a pho
   ``--no-answer-share``, ``--seed``);
 * a re-INVITE in the dialog (bridge mode): 200 with the SDP answer, ACK absorbed;
 * a REFER in the dialog: 202, NOTIFY "100 Trying", then the referred call: a new dialog
-  INVITE to the Refer-To URI (headers stripped) sent to ``--sipdial``, 407 answered once with
+  INVITE to the Refer-To URI (headers stripped; ``--drop-refer-params``: its parameters too)
+  sent to ``--sipdial``, 407 answered once with
   Proxy-Authorization, 2xx ACKed, and a final NOTIFY (``terminated;reason=noresource``) with
   the outcome's status line;
 * BYE, CANCEL, OPTIONS, INFO: 200 (BYE/CANCEL of nothing known: 481); anything else: 501.
@@ -108,6 +109,9 @@ class FarmConfig:
     dtmf_after: float | None = None  #: seconds after the ACK to send RFC 4733 "1" (None: never)
     #: the audio address every device's SDP names (loadtest.rtp_probe); None: its own socket
     media_to: Addr | None = None
+    #: the referred INVITE goes to the Refer-To URI without its parameters (x-c2d and the
+    #: like), as some phones send it: sipdial must match it by user and number
+    drop_refer_params: bool = False
     t1: float = 0.5
     t2: float = 4.0
 
@@ -763,7 +767,8 @@ class FarmCore:
         self._event(now, "refer", refer_to=refer_to, call_id=dialog.call_id,
                     user=device.user, device=device.index)
         self._notify(dialog, "SIP/2.0 100 Trying", "active;expires=60", now)
-        uri = target.copy(headers={})
+        uri = target.copy(params={}, headers={}) if self.config.drop_refer_params \
+            else target.copy(headers={})
         to_uri = target.copy(params={}, headers={})
         referred = Referred(device, dialog, f"ref-{self._id()}", self._id(), str(uri),
                             f"<{to_uri}>", request.headers.get("Referred-By"))
@@ -1149,6 +1154,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="send RFC 4733 '1' this many ms after the ACK (default: never)")
     ap.add_argument("--media-to", type=_address, default=None, metavar="HOST:PORT",
                     help="the audio address every device's SDP names (loadtest.rtp_probe)")
+    ap.add_argument("--drop-refer-params", action="store_true",
+                    help="the referred INVITE without the Refer-To URI's parameters")
     args = ap.parse_args(argv)
     try:
         users = parse_users(args.users)
@@ -1165,7 +1172,7 @@ def main(argv: list[str] | None = None) -> int:
         answer_delay=args.answer_delay / 1000.0, seed=args.seed,
         register_rate=args.register_rate,
         dtmf_after=None if args.dtmf_after is None else args.dtmf_after / 1000.0,
-        media_to=args.media_to)
+        media_to=args.media_to, drop_refer_params=args.drop_refer_params)
     stats = run(config, port=args.port, ready_file=args.ready_file, events_file=args.events,
                 max_seconds=args.max_seconds)
     print(json.dumps(stats), flush=True)

@@ -109,6 +109,8 @@ class Plan:
     #: every phone names loadtest.rtp_probe as its audio address: sipdial's prompt RTP is
     #: timed on arrival (send-interval jitter)
     rtp_probe: bool = False
+    #: the phones send the referred INVITE without the Refer-To's parameters (x-c2d)
+    drop_refer_params: bool = False
     max_seconds: float = 300.0  #: the whole run, start-up to teardown
     drain_seconds: float = 20.0  #: after the last POST, wait at most this (+ hold) for ends
     #: datagrams dropped in each direction by lossy UDP relays between sipdial and the phones
@@ -297,6 +299,8 @@ class Farm:
             self.args += ["--dtmf-after", str(plan.dtmf_after_ms)]
         if media_to is not None:
             self.args += ["--media-to", f"{LOOPBACK}:{media_to}"]
+        if plan.drop_refer_params:
+            self.args += ["--drop-refer-params"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
         self.stats: dict[str, Any] = {}

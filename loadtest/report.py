@@ -338,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rtp-probe", action="store_true",
                     help="time sipdial's prompt RTP on arrival (send-interval jitter; "
                     "loadtest/rtp_probe.py)")
+    ap.add_argument("--drop-refer-params", action="store_true",
+                    help="refer mode: the phones send the referred INVITE without the "
+                    "Refer-To's parameters (x-c2d), as some phones do")
     ap.add_argument("--max-seconds", type=float, default=300.0,
                     help="hard limit for a run, start-up to teardown (300)")
     ap.add_argument("--seed", type=int, default=1)
@@ -367,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                 no_answer_share=args.no_answer_share, ring_timeout=args.ring_timeout,
                 http_conns=args.http_conns, max_seconds=args.max_seconds, seed=args.seed,
                 workers=args.workers, dtmf_after_ms=args.dtmf_after,
-                rtp_probe=args.rtp_probe)
+                rtp_probe=args.rtp_probe, drop_refer_params=args.drop_refer_params)
     try:
         plan.check()
     except ValueError as exc:

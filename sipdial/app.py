@@ -33,6 +33,7 @@ from sipdial.calls import (
     OnResolved,
     Pbx,
     PromptSource,
+    ReferralWatch,
     Resolver,
     Router,
     local_hosts,
@@ -55,6 +56,7 @@ from sipdial.sip import (
     Event,
     NameAddr,
     Peer,
+    Referrals,
     Shard,
     SipError,
     SipURI,
@@ -272,8 +274,58 @@ def _replicated_bindings(document: bytes) -> list[tuple[Binding, bool]]:
     return out
 
 
+class _MeshReferrals:
+    """:class:`sipdial.calls.ReferralWatch` for a worker: this worker's waiting REFER-mode
+    calls go into the routing table its driver consults and to the other workers."""
+
+    def __init__(self, table: Referrals, mesh: Mesh) -> None:
+        self.table = table
+        self.mesh = mesh
+
+    def waiting(self, call_id: str, user: str, number: str) -> None:
+        self.table.add(self.mesh.index, call_id, user, number)
+        self.mesh.send_referral(None, _referral_document(self.mesh.index, True, call_id,
+                                                          user, number))
+
+    def done(self, call_id: str) -> None:
+        self.table.remove(call_id)
+        self.mesh.send_referral(None, _referral_document(self.mesh.index, False, call_id))
+
+    def received(self, document: bytes) -> None:
+        try:
+            worker, op, call_id, *rest = json.loads(document)
+            if not isinstance(worker, int) or not 0 <= worker < self.mesh.count \
+                    or worker == self.mesh.index or not isinstance(call_id, str):
+                raise ValueError(worker)
+            if op == "+":
+                user, number = rest
+                self.table.add(worker, call_id, str(user), str(number))
+            elif op == "-":
+                self.table.remove(call_id)
+            else:
+                raise ValueError(op)
+        except (ValueError, TypeError):
+            log.warning("mesh: a referral message that does not parse dropped")
+
+    def restarted(self, worker: int) -> None:
+        """``worker`` said hello: its calls are gone; it learns what waits here."""
+        self.table.forget_worker(worker)
+        for call_id, user, number in self.table.of_worker(self.mesh.index):
+            self.mesh.send_referral(worker, _referral_document(self.mesh.index, True,
+                                                               call_id, user, number))
+
+
+def _referral_document(worker: int, waiting: bool, call_id: str, user: str = "",
+                       number: str = "") -> bytes:
+    entry: list[object] = [worker, "+" if waiting else "-", call_id]
+    if waiting:
+        entry += [user, number]
+    return json.dumps(entry, separators=(",", ":")).encode()
+
+
 def _mesh_handlers(reactor: Any, core: Core, store: CoreStore, driver: SipDriver,
-                   mesh: Mesh, events: EventHub, merged: MergedEvents) -> MeshHandlers:
+                   mesh: Mesh, events: EventHub, merged: MergedEvents,
+                   referrals: _MeshReferrals) -> MeshHandlers:
     """What this worker does with the others' messages (sipdial.workers)."""
     #: the workers with SSE clients, and the id last forwarded (or acked) to each
     forward_to: dict[int, int] = {}
@@ -317,13 +369,15 @@ def _mesh_handlers(reactor: Any, core: Core, store: CoreStore, driver: SipDriver
             mesh.send_registration(worker, document)
         forward_to.pop(worker, None)  # it has no SSE clients yet, and asks again if it has
         merged.restarted(worker)
+        referrals.restarted(worker)
 
     def out(data: bytes, peer: Peer) -> None:
         driver.send_here(peer, data)
 
     return MeshHandlers(sip=driver.receive_here, out=out,
                         failed=driver.transport_failed_here, registration=registration,
-                        hello=hello, interest=interest, ack=merged.acked, event=event)
+                        hello=hello, interest=interest, ack=merged.acked, event=event,
+                        referral=referrals.received)
 
 
 class CoreStore(CallStore, Protocol):
@@ -390,7 +444,8 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
                load: LoadGauge | None = None, resolver: Resolver | None = None,
                on_lockout: Callable[[Lockout], None] | None = None,
                shard: Shard = SINGLE,
-               on_binding: Callable[[Binding, bool], None] | None = None) -> Core:
+               on_binding: Callable[[Binding, bool], None] | None = None,
+               referrals: ReferralWatch | None = None) -> Core:
     """The whole SIP and call stack for ``config``; nothing listens yet (the transport adds
     its local addresses to ``core.endpoint`` as it binds)."""
     timers = TimerHeap()
@@ -425,7 +480,7 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
     resolver = resolver or NumericResolver(clock)
     calls = CallService(config, ua, registrar, router, store, events, clock,
                         auto_answer_rules=rules, rtp_sinks=rtp_sinks, resolver=resolver,
-                        media=media, prompts=prompts, load=load)
+                        media=media, prompts=prompts, load=load, referrals=referrals)
     inbound = InboundRouter(config, ua, auth, router, calls, resolver)
     upstream = None
     if config.upstream is not None:
@@ -565,6 +620,7 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     dns = DnsResolver(reactor, supported=transports)
     # with workers: the way to the others (it starts listening once the driver exists)
     mesh = Mesh(reactor, role.mesh_dir, role.index, role.count) if role is not None else None
+    referrals = _MeshReferrals(Referrals(), mesh) if mesh is not None else None
 
     def replicate(binding: Binding, removed: bool) -> None:
         assert mesh is not None
@@ -576,7 +632,8 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                       load=lag, resolver=_ClockedResolver(dns, reactor.seconds),
                       on_lockout=on_lockout,
                       shard=role.shard if role is not None else SINGLE,
-                      on_binding=replicate if role is not None else None)
+                      on_binding=replicate if role is not None else None,
+                      referrals=referrals)
     saved = yield store.load_registrations()
     if role is not None and role.rejoin:
         # the others answer our hello with their whole table; what this file holds may
@@ -607,12 +664,14 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
         merged = MergedEvents(role.index, role.count, events, readers, mesh.want_events,
                               reactor)
     driver = SipDriver(reactor, core.endpoint, core.timers, core.handle, tcp=tcp, tls=tls,
-                       forwarder=mesh)
+                       forwarder=mesh,
+                       referrals=referrals.table if referrals is not None else None)
     sip_ports: list[tuple[str, str, int]] = []
     bound: dict[str, int] = {}
     try:
-        if mesh is not None and merged is not None:
-            mesh.start(_mesh_handlers(reactor, core, store, driver, mesh, events, merged))
+        if mesh is not None and merged is not None and referrals is not None:
+            mesh.start(_mesh_handlers(reactor, core, store, driver, mesh, events, merged,
+                                      referrals))
         for addr in config.sip.listen:
             wildcard = addr.host in ("0.0.0.0", "::")
             advertise = config.sip.domain if wildcard else None

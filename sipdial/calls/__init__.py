@@ -48,6 +48,7 @@ from sipdial.calls.service import (
     CallStore,
     EventSink,
     LoadGauge,
+    ReferralWatch,
     Refusal,
 )
 from sipdial.calls.states import CallState, Cause, Mode
@@ -72,6 +73,7 @@ __all__ = [
     "OnResolved",
     "Pbx",
     "PromptSource",
+    "ReferralWatch",
     "Refusal",
     "Resolver",
     "Router",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from sipdial.calls.autoanswer import AutoAnswerRule
 from sipdial.calls.clicktodial import C2D_PARAM, CallEnv, ClickToDial, Options
 from sipdial.calls.media import CallMedia, MediaPort, PromptSource
-from sipdial.calls.routing import Destination, Resolver, Router, Unavailable
+from sipdial.calls.routing import Destination, Resolver, Router, Unavailable, escape_user
 from sipdial.calls.states import CallState, Cause, Input, Mode
 from sipdial.media import MediaPortsExhausted
 from sipdial.registrar import Registrar
@@ -37,6 +37,7 @@ __all__ = [
     "CallStore",
     "EventSink",
     "LoadGauge",
+    "ReferralWatch",
     "Refusal",
 ]
 
@@ -55,6 +56,17 @@ class EventSink(Protocol):
     """Who hears of every state change (:class:`sipdial.events.EventHub`: SSE, webhooks)."""
 
     def publish(self, record: CallRecord, event: CallEvent) -> None: ...
+
+
+class ReferralWatch(Protocol):
+    """With workers: who is told which REFER-mode call waits for its phone's referred INVITE
+    (the user and the Refer-To's number, escaped as on the wire), so that an INVITE whose
+    phone dropped the Refer-To's ``x-c2d`` still reaches this worker (sipdial.sip.Referrals,
+    kept over the mesh by sipdial.app)."""
+
+    def waiting(self, call_id: str, user: str, number: str) -> None: ...
+
+    def done(self, call_id: str) -> None: ...
 
 
 class LoadGauge(Protocol):
@@ -108,8 +120,11 @@ class CallService:
                  auto_answer_rules: tuple[AutoAnswerRule, ...],
                  rtp_sinks: dict[int, tuple[str, int]], resolver: Resolver,
                  media: MediaPort | None = None, prompts: PromptSource | None = None,
-                 load: LoadGauge | None = None) -> None:
+                 load: LoadGauge | None = None,
+                 referrals: ReferralWatch | None = None) -> None:
         self.config = config
+        self.referrals = referrals
+        self._watched: set[str] = set()  # call ids told to ``referrals`` as waiting
         self.ua = ua
         self.registrar = registrar
         self.router = router
@@ -204,8 +219,8 @@ class CallService:
         record.events.append(event)
         log.info("call %s user %s: calling_user to=%s mode=%s (%s)", record.id,
                  record.user, record.to, mode.value, rung)
-        self._changed(record, event)
         self.calls[record.id] = call
+        self._changed(record, event)
         unavailable = self._unavailable(destination, now)
         if unavailable is not None:
             # a local extension with no device: nobody is rung for a call that cannot connect
@@ -308,6 +323,26 @@ class CallService:
         self.store.save_call(record)
         self.store.add_event(record.id, event)
         self.events.publish(record, event)
+        if self.referrals is not None:
+            self._watch(record, event.state)
+
+    def _watch(self, record: CallRecord, state: str) -> None:
+        """REFER mode: told as waiting for the referred INVITE from the call's first state
+        on (not only once the REFER is out: the phone's INVITE may reach another worker
+        before a message sent then would), no longer once it is connected or over (the
+        INVITE has come by then, or will not)."""
+        assert self.referrals is not None
+        if state in (CallState.CONNECTED.value, CallState.ENDED.value):
+            if record.id in self._watched:
+                self._watched.discard(record.id)
+                self.referrals.done(record.id)
+        elif record.id not in self._watched and record.mode == Mode.REFER.value \
+                and self.router.pbx is None:
+            call = self.calls.get(record.id)
+            if call is not None:
+                self._watched.add(record.id)
+                self.referrals.waiting(record.id, escape_user(record.user),
+                                       escape_user(call.destination.number))
 
     def _ended(self, call: ClickToDial) -> None:
         self.calls.pop(call.id, None)

@@ -43,7 +43,7 @@ Each module documents its part of the contract:
                            :class:`Peer` targets they give (:class:`Resolution`)
 :mod:`~.timers`            :class:`TimerHeap`: one heap for every timer in the process
 :mod:`~.peer`              :class:`Peer`: transport and address
-:mod:`~.shard`             :class:`Shard`: which worker process owns a message
+:mod:`~.shard`             :class:`Shard`: which worker process owns a message; :class:`Referrals`
 :mod:`~.symbols`           :class:`Symbol`: enums for state-table keys, hashed by identity
 :mod:`~.errors`            :class:`SipError`, :class:`ParseError`
 =========================  ===========================================================
@@ -108,7 +108,7 @@ from sipdial.sip.rfc3263 import (
     plan,
 )
 from sipdial.sip.sdp import MediaAnswer
-from sipdial.sip.shard import SINGLE, Shard
+from sipdial.sip.shard import SINGLE, Referrals, Shard
 from sipdial.sip.symbols import Symbol
 from sipdial.sip.timers import TimerHandle, TimerHeap
 from sipdial.sip.transaction import (
@@ -164,6 +164,7 @@ __all__ = [
     "Peer",
     "Query",
     "RecordType",
+    "Referrals",
     "Request",
     "RequestReceived",
     "Resolution",

@@ -13,7 +13,9 @@ index in its first two hex digits (:meth:`Shard.prefix`):
   for a 2xx;
 * its Call-IDs and the click-to-dial call id: the **referred INVITE** of a REFER-mode call
   (a new dialog the phone starts) is routed by the ``x-c2d`` parameter that the REFER's
-  Refer-To put into its Request-URI;
+  Refer-To put into its Request-URI; a phone that drops that parameter sends its INVITE
+  from the user to the number anyway: the workers tell each other which of them waits for
+  which (user, number) (:class:`Referrals`, kept by the mesh), and that worker gets it;
 * any other INVITE, and CANCEL and the ACK of a non-2xx (which carry their INVITE's Call-ID),
   go to the worker the Call-ID hashes to (CRC-32 modulo the count): a phone's retransmission
   or CANCEL finds its transaction even when the kernel's choice of socket changed meanwhile
@@ -40,7 +42,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["SINGLE", "Shard"]
+__all__ = ["SINGLE", "Referrals", "Shard"]
 
 #: the header block: up to the first empty line (a datagram without one is all headers)
 _END_OF_HEADERS: Final = b"\r\n\r\n"
@@ -61,6 +63,67 @@ _CALL_ID: Final = re.compile(rb"^(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*$",
                              re.IGNORECASE | re.MULTILINE)
 #: requests that open a transaction a CANCEL or a non-2xx ACK will name (by Call-ID)
 _BY_CALL_ID: Final = (b"INVITE ", b"CANCEL ", b"ACK ")
+#: the user part of a sip:/sips: Request-URI (escaped, as on the wire)
+_RURI_USER: Final = re.compile(rb"^(?:INVITE|CANCEL) sips?:([^@;?\s>]+)@", re.IGNORECASE)
+#: §20.20: "From" / "f", the user part of its (first) sip:/sips: URI
+_FROM_USER: Final = re.compile(rb"^(?:from|f)[ \t]*:[^\r\n]*?sips?:([^@;?\s>]+)@",
+                               re.IGNORECASE | re.MULTILINE)
+
+
+class Referrals:
+    """Which worker waits for the referred INVITE of which REFER-mode call, by (user,
+    number): the user part of the phone's From and of the Refer-To it was given (both
+    escaped, as on the wire). Filled from the calls of this worker and, over the mesh, of
+    the others; consulted for an INVITE or CANCEL without a To tag or x-c2d, before the
+    Call-ID hash. An entry that outlived its call only sends an ordinary call of that user
+    to that number to a worker that handles it like any other."""
+
+    def __init__(self) -> None:
+        self._owners: dict[tuple[bytes, bytes], dict[str, int]] = {}  # -> call id -> worker
+        self._calls: dict[str, tuple[int, tuple[bytes, bytes]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def add(self, worker: int, call_id: str, user: str, number: str) -> None:
+        self.remove(call_id)
+        key = (user.encode("utf-8", "surrogateescape"),
+               number.encode("utf-8", "surrogateescape"))
+        self._owners.setdefault(key, {})[call_id] = worker
+        self._calls[call_id] = (worker, key)
+
+    def remove(self, call_id: str) -> None:
+        entry = self._calls.pop(call_id, None)
+        if entry is None:
+            return
+        owners = self._owners[entry[1]]
+        del owners[call_id]
+        if not owners:
+            del self._owners[entry[1]]
+
+    def forget_worker(self, worker: int) -> None:
+        """``worker`` restarted: its calls are gone."""
+        for call_id in [c for c, (w, _) in self._calls.items() if w == worker]:
+            self.remove(call_id)
+
+    def of_worker(self, worker: int) -> list[tuple[str, str, str]]:
+        """(call id, user, number) of every entry of ``worker``."""
+        return [(c, key[0].decode("utf-8", "surrogateescape"),
+                 key[1].decode("utf-8", "surrogateescape"))
+                for c, (w, key) in self._calls.items() if w == worker]
+
+    def owner(self, head: bytes) -> int | None:
+        """The worker waiting for this INVITE/CANCEL (its header block), or None."""
+        if not self._owners:
+            return None
+        number = _RURI_USER.match(head)
+        user = _FROM_USER.search(head) if number is not None else None
+        if user is None or number is None:
+            return None
+        owners = self._owners.get((user.group(1), number.group(1)))
+        if not owners:
+            return None
+        return next(reversed(owners.values()))  # the latest, if several wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +160,7 @@ class Shard:
             return None
         return index if index < self.count else None
 
-    def route(self, data: bytes) -> int | None:
+    def route(self, data: bytes, referrals: Referrals | None = None) -> int | None:
         """The other worker that owns this raw SIP message, or None: handle it here."""
         if not self.sharded:
             return None
@@ -108,6 +171,10 @@ class Shard:
         else:
             match = _TO_TAG.search(head) or _C2D.match(head)
             if match is None and head.startswith(_BY_CALL_ID):
+                if referrals:
+                    waiting = referrals.owner(head)
+                    if waiting is not None:
+                        return None if waiting == self.index else waiting
                 call_id = _CALL_ID.search(head)
                 if call_id is None or not call_id.group(1):
                     return None

@@ -23,6 +23,7 @@ from sipdial.sip import (
     Event,
     ParseError,
     Peer,
+    Referrals,
     Shard,
     StreamFramer,
     TimerHandle,
@@ -309,8 +310,11 @@ class SipDriver:
     def __init__(self, reactor: Any, endpoint: Endpoint, timers: TimerHeap,
                  tu: TransactionUser | None = None, *, tcp: TcpLimits | None = None,
                  tls: TlsContexts | None = None,
-                 forwarder: Forwarder | None = None) -> None:
+                 forwarder: Forwarder | None = None,
+                 referrals: Referrals | None = None) -> None:
         self.reactor = reactor
+        #: with workers: which worker waits for which referred INVITE (sipdial.sip.shard)
+        self.referrals = referrals
         #: one of several workers (the endpoint's shard, sipdial.workers): messages another
         #: worker owns go to it through ``forwarder``; so do TCP/TLS sends of all but worker 0
         shard = endpoint.shard
@@ -410,7 +414,7 @@ class SipDriver:
     def receive(self, data: bytes, peer: Peer) -> None:
         shard = self._shard
         if shard is not None and self._forwarder is not None:
-            owner = shard.route(data)
+            owner = shard.route(data, self.referrals)
             if owner is not None:
                 self._forwarder.forward(owner, data, peer)
                 return

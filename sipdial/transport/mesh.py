@@ -16,7 +16,9 @@ is (:class:`MeshKind`):
 ``H``  "hello, I (re)started": the others answer with every binding they hold;
 ``I``  "I have SSE clients: forward me your events" (or "no longer"), with the sender's index;
 ``A``  the answer to ``I``: the id of the last event released before forwarding began;
-``E``  an event the sender released (:func:`sipdial.events.encode_event`).
+``E``  an event the sender released (:func:`sipdial.events.encode_event`);
+``W``  a REFER-mode call of the sender waits for its phone's referred INVITE, or no longer
+       (JSON: ``[worker, "+" or "-", call id, user, number]``, :class:`sipdial.sip.Referrals`).
 
 A message that cannot be sent (a worker restarting) is dropped and logged once per
 interval: SIP retransmits, and a registration is refreshed. Nothing here crosses a
@@ -68,6 +70,7 @@ class MeshKind(enum.Enum):
     INTEREST = b"I"
     ACK = b"A"
     EVENT = b"E"
+    REFERRAL = b"W"
 
 
 def mesh_socket_path(directory: str, index: int) -> str:
@@ -86,6 +89,7 @@ class MeshHandlers:
     interest: Callable[[int, bool], None]  #: worker wants (True) our events, or no longer
     ack: Callable[[int, int], None]  #: worker forwards its events after this id
     event: Callable[[bytes], None]  #: an event another worker released
+    referral: Callable[[bytes], None]  #: a call of another worker waits (or no longer)
 
 
 def _with_peer(kind: MeshKind, peer: Peer, data: bytes) -> bytes:
@@ -311,6 +315,13 @@ class Mesh:
     def send_event(self, worker: int, document: bytes) -> None:
         self._send(worker, MeshKind.EVENT.value + document)
 
+    def send_referral(self, worker: int | None, document: bytes) -> None:
+        """To ``worker``, or (None) to every other."""
+        message = MeshKind.REFERRAL.value + document
+        for other in range(self.count) if worker is None else (worker,):
+            if other != self.index:
+                self._send(other, message)
+
     def _send(self, worker: int, message: bytes, *, quiet: bool = False) -> None:
         if self._port is None:
             return
@@ -358,6 +369,8 @@ class Mesh:
             handlers.registration(message[1:])
         elif kind == MeshKind.EVENT.value:
             handlers.event(message[1:])
+        elif kind == MeshKind.REFERRAL.value:
+            handlers.referral(message[1:])
         elif kind in (MeshKind.INTEREST.value, MeshKind.ACK.value):
             try:
                 worker, number = (int(x) for x in message[1:].split(b" "))

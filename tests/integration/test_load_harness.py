@@ -104,3 +104,22 @@ def test_a_small_run_on_two_workers_with_the_rtp_probe(tmp_path: Path) -> None:
     assert rtp["sequence_gaps"] == 0 and rtp["kernel_drops"] == 0
     assert rtp["interval_deviation_ms"]["p50"] is not None
     assert "prompt RTP at the phones: 20 streams" in text(summary)
+
+
+@pytest.mark.timeout(180)
+def test_phones_that_drop_the_refer_to_parameters_on_two_workers(tmp_path: Path) -> None:
+    """REFER mode, two workers, phones whose referred INVITE has no ``x-c2d``: it goes where
+    its Call-ID hashes unless the workers told each other which of them waits for that user
+    and number (sipdial.sip.Referrals). Before, about half the calls became a relayed call of
+    their own and the click-to-dial call never connected."""
+    plan = Plan(mode="refer", drop_refer_params=True, rate=5.0, calls=20, users=5,
+                hold_ms=300, max_seconds=120.0, drain_seconds=15.0, workers=2, http_conns=16)
+    r = run(plan, tmp_path / "run")
+    summary = summarise(r)
+    assert summary["completed"] == 20 and summary["sustained"] is True, text(summary)
+    _consistent(r.calls, summary, 20)
+    assert {c["call_id"][:2] for c in r.calls} == {"00", "01"}
+    # matched to its click-to-dial call: the destination's ringing is the call's (relayed
+    # as a call of its own, the c2d call connected only on the phone's final NOTIFY)
+    assert all(c["target_ringing"] and c["connected"] for c in r.calls), r.calls
+    assert summary["sipdial_log"]["tracebacks"] == 0

@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from sipdial.api import CallsApi
 from sipdial.app import build_core
-from sipdial.calls import CallRequest, MediaPort, Mode, PromptSource, Resolver
+from sipdial.calls import CallRequest, MediaPort, Mode, PromptSource, ReferralWatch, Resolver
 from sipdial.config import Config, parse_config
 from sipdial.sip import (
     Message,
@@ -158,7 +158,8 @@ def parse_response(data: bytes) -> Response:
 class SimNet:
     def __init__(self, config: Config | None = None, *, now: float = START,
                  media: MediaPort | None = None, prompts: PromptSource | None = None,
-                 store: FakeStore | None = None, resolver: Resolver | None = None) -> None:
+                 store: FakeStore | None = None, resolver: Resolver | None = None,
+                 referrals: ReferralWatch | None = None) -> None:
         self.config = config or make_config()
         self.now = now
         self.store = store or FakeStore()
@@ -166,7 +167,7 @@ class SimNet:
         self.core = build_core(self.config, clock=lambda: self.now, store=self.store,
                                events=self, secret=b"simnet-secret-0123456789abcdef!!",
                                rtp_sinks={4: MEDIA}, media=media, prompts=prompts,
-                               load=self, resolver=resolver)
+                               load=self, resolver=resolver, referrals=referrals)
         core = self.core
         self.timers = core.timers
         self.endpoint = core.endpoint

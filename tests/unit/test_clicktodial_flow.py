@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sipdial.api.service import ApiError
-from sipdial.calls import MediaPort, PromptSource, Resolver
+from sipdial.calls import MediaPort, PromptSource, ReferralWatch, Resolver
 from sipdial.calls.transfer import NOTIFY_GRACE
 from sipdial.config import Config
 from sipdial.sip.message import Request, Response, call_id, cseq, from_, to
@@ -36,8 +36,10 @@ class Flow:
                  user_agents: tuple[str | None, ...] = ("Yealink SIP-T46S 66.86.0.15",
                                                         "baresip v1.0.0 (x86_64/linux)"),
                  media: MediaPort | None = None, prompts: PromptSource | None = None,
-                 resolver: Resolver | None = None) -> None:
-        self.net = SimNet(config, media=media, prompts=prompts, resolver=resolver)
+                 resolver: Resolver | None = None,
+                 referrals: ReferralWatch | None = None) -> None:
+        self.net = SimNet(config, media=media, prompts=prompts, resolver=resolver,
+                          referrals=referrals)
         self.phones = [Phone(self.net, port=5070 + i, contact_host=f"192.168.1.{10 + i}",
                              user_agent=user_agents[i % len(user_agents)])
                        for i in range(devices)]
@@ -383,6 +385,53 @@ def test_referred_invite_without_c2d_param_is_correlated_by_number() -> None:
     flow.referred_invite()
     flow.target_gets_invite()
     assert flow.state == "calling_target"
+
+
+class Watch:
+    """Records what a REFER-mode call tells the other workers (sipdial.app._MeshReferrals)."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, ...]] = []
+
+    def waiting(self, call_id: str, user: str, number: str) -> None:
+        self.log.append(("waiting", call_id, user, number))
+
+    def done(self, call_id: str) -> None:
+        self.log.append(("done", call_id))
+
+
+def test_with_workers_a_refer_call_says_it_waits_until_connected() -> None:
+    """From its first state on (a phone's referred INVITE may reach another worker before
+    a message sent with the REFER would), until connected: then the INVITE has come."""
+    watch = Watch()
+    flow = Flow(referrals=watch)
+    flow.to_refer()
+    assert watch.log == [("waiting", flow.call_id, "201", TARGET)]
+    flow.accept_refer()
+    flow.notify("SIP/2.0 100 Trying")
+    flow.referred_invite()
+    flow.target_gets_invite()
+    flow.target_rings()
+    assert len(watch.log) == 1
+    flow.target_answers()
+    assert flow.state == "connected"
+    assert watch.log[1:] == [("done", flow.call_id)]
+
+
+def test_with_workers_a_call_that_ends_early_is_withdrawn_and_bridge_calls_never_wait() -> None:
+    watch = Watch()
+    flow = Flow(referrals=watch)
+    flow.create()
+    flow.net.calls.hang_up(flow.call_id)
+    assert flow.state == "ended"
+    assert watch.log == [("waiting", flow.call_id, "201", TARGET), ("done", flow.call_id)]
+    from tests.unit.test_bridge_flow import FakeMedia, FakePrompts
+
+    bridged = Watch()
+    flow = Flow(referrals=bridged, media=FakeMedia(), prompts=FakePrompts())
+    flow.create(mode="bridge")
+    flow.ring()
+    assert flow.state == "user_ringing" and bridged.log == []
 
 
 def test_retransmitted_2xx_is_reacked_without_second_refer() -> None:

@@ -23,13 +23,15 @@ class Seen:
         self.interest: list[tuple[int, bool]] = []
         self.acks: list[tuple[int, int]] = []
         self.events: list[bytes] = []
+        self.referrals: list[bytes] = []
 
     def handlers(self) -> MeshHandlers:
         return MeshHandlers(
             sip=lambda d, p: self.sip.append((d, p)), out=lambda d, p: self.out.append((d, p)),
             failed=self.failed.append, registration=self.registrations.append,
             hello=self.hellos.append, interest=lambda w, on: self.interest.append((w, on)),
-            ack=lambda w, n: self.acks.append((w, n)), event=self.events.append)
+            ack=lambda w, n: self.acks.append((w, n)), event=self.events.append,
+            referral=self.referrals.append)
 
 
 def started(tmp_path: Path, index: int, count: int = 3) -> tuple[Mesh, Seen,
@@ -76,6 +78,7 @@ def test_every_kind_reaches_its_handler_and_bad_ones_are_dropped(tmp_path: Path)
     sender.send_ack(1, 42)
     sender.send_event(1, b"ev")
     sender.send_registration(1, b"[]")
+    sender.send_referral(1, b'[0,"+","c","201","555"]')
     sender.hello()
     _link, transport = connect(sender, reactor, 1)  # the link to worker 1 opens now
     receiver_link = _Link(receiver, None)
@@ -85,6 +88,7 @@ def test_every_kind_reaches_its_handler_and_bad_ones_are_dropped(tmp_path: Path)
     assert seen.failed == [tls] and seen.failed[0].name == "pbx.example.com"
     assert seen.interest == [(0, True)] and seen.acks == [(0, 42)]
     assert seen.events == [b"ev"] and seen.registrations == [b"[]"] and seen.hellos == [0]
+    assert seen.referrals == [b'[0,"+","c","201","555"]']
     # nonsense from a worker is dropped, the next message still handled
     for bad in (b"S no newline", b"Sudp h x -\ndata", b"I 9 1", b"Ix", b"Zwhat", b""):
         receiver.dispatch(bad)

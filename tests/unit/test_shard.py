@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from sipdial.sip import SINGLE, Endpoint, Peer, Shard, TimerHeap, parse_message
+from sipdial.sip import SINGLE, Endpoint, Peer, Referrals, Shard, TimerHeap, parse_message
 from sipdial.sip.message import Request
 
 W1 = Shard(1, 4)
@@ -83,6 +83,43 @@ def test_a_new_invite_its_cancel_and_non_2xx_ack_go_where_the_call_id_hashes() -
     assert W1.route(b"ACK sip:x SIP/2.0\r\nTo: <sip:x>;tag=03a\r\nCall-ID: q\r\n\r\n") == 3
     assert W1.route(b"INVITE sip:x SIP/2.0\r\nTo: <sip:x>\r\n\r\n") is None
     assert W1.route(b"INVITE sip:x SIP/2.0\r\nCall-ID:\r\n\r\n") is None
+
+
+def _invite(number: bytes, user: bytes, method: bytes = b"INVITE",
+            from_header: bytes = b"From") -> bytes:
+    return (method + b" sip:" + number + b"@10.0.0.1:5070 SIP/2.0\r\n"
+            + from_header + b": \"Ann\" <sip:" + user + b"@10.0.0.1>;tag=phone\r\n"
+            b"To: <sip:" + number + b"@10.0.0.1>\r\nCall-ID: phone-call-1\r\n\r\n")
+
+
+def test_a_referred_invite_without_x_c2d_goes_to_the_worker_that_waits_for_it() -> None:
+    """Some phones drop the Refer-To's parameters: the workers tell each other which of
+    them waits for which user's INVITE to which number (sipdial.sip.Referrals)."""
+    referrals = Referrals()
+    hashed = zlib.crc32(b"phone-call-1") % 4
+    waiting = (hashed + 2) % 4  # not where the Call-ID would take it
+    assert not referrals
+    referrals.add(waiting, "c1", "201", "+4930123")
+    invite = _invite(b"+4930123", b"201")
+    at = Shard((waiting + 1) % 4, 4)
+    assert at.route(invite, referrals) == waiting
+    assert at.route(_invite(b"+4930123", b"201", b"CANCEL"), referrals) == waiting
+    assert at.route(_invite(b"+4930123", b"201", from_header=b"f"), referrals) == waiting
+    assert Shard(waiting, 4).route(invite, referrals) is None  # its own
+    # another user, another number, a To tag, an x-c2d: not this rule
+    for other in (_invite(b"+4930123", b"202"), _invite(b"+4930999", b"201")):
+        assert at.route(other, referrals) == (None if hashed == at.index else hashed)
+    tagged = invite.replace(b"To: <sip:+4930123@10.0.0.1>", b"To: <sip:x@y>;tag=03a")
+    assert at.route(tagged, referrals) == (None if at.index == 3 else 3)
+    # gone when the call is done, or when its worker restarted
+    referrals.remove("c1")
+    assert at.route(invite, referrals) == (None if hashed == at.index else hashed)
+    referrals.add(waiting, "c2", "201", "+4930123")
+    referrals.add(waiting, "c3", "202", "+4930123")
+    assert sorted(referrals.of_worker(waiting)) == [("c2", "201", "+4930123"),
+                                                     ("c3", "202", "+4930123")]
+    referrals.forget_worker(waiting)
+    assert len(referrals) == 0 and at.route(invite, referrals) != waiting
 
 
 @pytest.mark.parametrize("data", [
