@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 from twisted.internet import protocol
@@ -46,6 +46,8 @@ from sipdial.guard import (
     FailureGuard,
     GuardPolicy,
     Lockout,
+    OnOutcome,
+    Outcome,
     check_weak_passwords,
 )
 from sipdial.media import MediaManager, MediaProcess, PromptLibrary
@@ -221,6 +223,16 @@ def _media_ports(low: int, high: int, role: WorkerRole | None) -> tuple[int, int
     return start, start + 2 * (share - 1)
 
 
+def _worker_share(config: Config, role: WorkerRole | None) -> Config:
+    """This worker's share of ``[calls] max_concurrent`` (rounded up): the kernel spreads new
+    HTTP connections, so N workers together take about the configured number (a worker
+    whose share is full refuses while another still has room)."""
+    if role is None or role.count == 1:
+        return config
+    share = -(-config.calls.max_concurrent // role.count)
+    return replace(config, calls=replace(config.calls, max_concurrent=share))
+
+
 def _listen_key(addr: ListenAddr) -> str:
     """A [sip] listen entry as written: "udp:127.0.0.1:0" (IPv6 hosts bare)."""
     return f"{addr.transport}:{addr.host}:{addr.port}"
@@ -327,6 +339,14 @@ def _mesh_handlers(reactor: Any, core: Core, store: CoreStore, driver: SipDriver
                    mesh: Mesh, events: EventHub, merged: MergedEvents,
                    referrals: _MeshReferrals) -> MeshHandlers:
     """What this worker does with the others' messages (sipdial.workers)."""
+    guard_of_core = core.auth.guard
+
+    def guard(document: bytes) -> None:
+        try:
+            outcome, src, account, at = json.loads(document)
+            guard_of_core.apply(Outcome(outcome), str(src), str(account), float(at))
+        except (ValueError, TypeError):
+            log.warning("mesh: a guard message that does not parse dropped")
     #: the workers with SSE clients, and the id last forwarded (or acked) to each
     forward_to: dict[int, int] = {}
 
@@ -377,7 +397,7 @@ def _mesh_handlers(reactor: Any, core: Core, store: CoreStore, driver: SipDriver
     return MeshHandlers(sip=driver.receive_here, out=out,
                         failed=driver.transport_failed_here, registration=registration,
                         hello=hello, interest=interest, ack=merged.acked, event=event,
-                        referral=referrals.received)
+                        referral=referrals.received, guard=guard)
 
 
 class CoreStore(CallStore, Protocol):
@@ -445,7 +465,8 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
                on_lockout: Callable[[Lockout], None] | None = None,
                shard: Shard = SINGLE,
                on_binding: Callable[[Binding, bool], None] | None = None,
-               referrals: ReferralWatch | None = None) -> Core:
+               referrals: ReferralWatch | None = None,
+               on_guard: OnOutcome | None = None) -> Core:
     """The whole SIP and call stack for ``config``; nothing listens yet (the transport adds
     its local addresses to ``core.endpoint`` as it binds)."""
     timers = TimerHeap()
@@ -453,7 +474,7 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
                         user_agent=config.sip.user_agent, shard=shard)
     users = config.users
     # one guard for every password check: REGISTER, the phones' calls, the HTTP auth=
-    guard = FailureGuard(GuardPolicy.from_config(config.auth), on_lockout)
+    guard = FailureGuard(GuardPolicy.from_config(config.auth), on_lockout, on_guard)
     auth = Authenticator(config.sip.realm,
                          lambda u: users[u].password if u in users else None,
                          secret=secret, algorithms=config.sip.digest_algorithms, guard=guard)
@@ -626,14 +647,20 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
         assert mesh is not None
         mesh.broadcast_registration(_binding_document(binding, removed))
 
-    core = build_core(config, clock=reactor.seconds, store=store, events=events,
+    def guard_outcome(outcome: Outcome, src: str, account: str, at: float) -> None:
+        assert mesh is not None
+        mesh.broadcast_guard(json.dumps([outcome.value, src, account, at]).encode())
+
+    core = build_core(_worker_share(config, role), clock=reactor.seconds, store=store,
+                      events=events,
                       secret=role.secret if role is not None else os.urandom(32),
                       rtp_sinks=sinks, media=media, prompts=prompts,
                       load=lag, resolver=_ClockedResolver(dns, reactor.seconds),
                       on_lockout=on_lockout,
                       shard=role.shard if role is not None else SINGLE,
                       on_binding=replicate if role is not None else None,
-                      referrals=referrals)
+                      referrals=referrals,
+                      on_guard=guard_outcome if mesh is not None else None)
     saved = yield store.load_registrations()
     if role is not None and role.rejoin:
         # the others answer our hello with their whole table; what this file holds may

@@ -31,6 +31,11 @@ Successes clear nothing: otherwise a guesser could interleave logins to an accou
 or ride on the real phone's re-registrations, to reset its counters. Counters of honest
 devices age out after ``forget_after``.
 
+With ``serve --workers N`` each worker's guard tells the others every failure and every new
+trust (:attr:`FailureGuard.on_outcome`, applied there with :meth:`FailureGuard.apply`): N
+workers count like one process; the lockout is logged and published by the worker whose
+failure caused it.
+
 Each lockout (not each back-off) is one WARNING line on ``sipdial.auth`` and one call of the
 ``on_lockout`` listener with a :class:`Lockout` (the app publishes it as the live event
 ``auth.locked_out``).
@@ -60,6 +65,8 @@ __all__ = [
     "GuardPolicy",
     "Lockout",
     "LockoutKind",
+    "OnOutcome",
+    "Outcome",
     "check_weak_passwords",
     "source_key",
     "weak_password_reason",
@@ -105,6 +112,17 @@ class GuardPolicy:
             return 0.0
         exponent = min(failures - self.backoff_after - 1, 62)
         return min(self.backoff_max, self.backoff_base * 2.0**exponent)
+
+
+class Outcome(enum.StrEnum):
+    """What :attr:`FailureGuard.on_outcome` tells the other workers."""
+
+    FAILED = "failed"  #: a password was checked and was wrong
+    TRUSTED = "trusted"  #: a source proved it holds an account's password
+
+
+#: on_outcome(outcome, source key, account, now)
+OnOutcome = Callable[["Outcome", str, str, float], None]
 
 
 class LockoutKind(enum.StrEnum):
@@ -165,9 +183,13 @@ class FailureGuard:
     """
 
     def __init__(self, policy: GuardPolicy | None = None,
-                 on_lockout: Callable[[Lockout], None] | None = None) -> None:
+                 on_lockout: Callable[[Lockout], None] | None = None,
+                 on_outcome: OnOutcome | None = None) -> None:
         self.policy = policy or GuardPolicy()
         self._on_lockout = on_lockout
+        #: with workers: every failure, and every trust that is new or half used up, goes
+        #: to the other workers (their :meth:`apply`), so N workers count like one process
+        self.on_outcome = on_outcome
         self._counters: OrderedDict[_Key, _Counter] = OrderedDict()
         self._trusted: OrderedDict[tuple[str, str], float] = OrderedDict()
 
@@ -197,20 +219,41 @@ class FailureGuard:
     def failed(self, source: str, account: str, now: float) -> None:
         """A password from ``source`` for ``account`` was checked and was wrong."""
         src = source_key(source)
-        self._count(("s", src), LockoutKind.SOURCE, src, account, now)
-        self._count(("a", account), LockoutKind.ACCOUNT, src, account, now)
-        if self._is_trusted(src, account, now):
-            self._count(("p", src, account), LockoutKind.PAIR, src, account, now)
+        self._failed(src, account, now, report=True)
+        if self.on_outcome is not None:
+            self.on_outcome(Outcome.FAILED, src, account, now)
 
     def succeeded(self, source: str, account: str, now: float) -> None:
         """``source`` proved it holds ``account``'s password: trust the pair."""
-        pair = (source_key(source), account)
-        self._trusted[pair] = now + self.policy.trust_time
+        src = source_key(source)
+        previous = self._trusted.get((src, account), 0.0)
+        self._trust(src, account, now)
+        # told to the others when new or half used up: not for every REGISTER refresh
+        if self.on_outcome is not None and previous - now < self.policy.trust_time / 2:
+            self.on_outcome(Outcome.TRUSTED, src, account, now)
+
+    def apply(self, outcome: Outcome, src: str, account: str, now: float) -> None:
+        """Another worker's outcome (``src`` is already a :func:`source_key`): counted and
+        trusted here alike; a lockout it causes is that worker's to log and publish."""
+        if outcome is Outcome.FAILED:
+            self._failed(src, account, now, report=False)
+        else:
+            self._trust(src, account, now)
+
+    # ------------------------------------------------------------ internals
+
+    def _failed(self, src: str, account: str, now: float, *, report: bool) -> None:
+        self._count(("s", src), LockoutKind.SOURCE, src, account, now, report)
+        self._count(("a", account), LockoutKind.ACCOUNT, src, account, now, report)
+        if self._is_trusted(src, account, now):
+            self._count(("p", src, account), LockoutKind.PAIR, src, account, now, report)
+
+    def _trust(self, src: str, account: str, now: float) -> None:
+        pair = (src, account)
+        self._trusted[pair] = max(self._trusted.get(pair, 0.0), now + self.policy.trust_time)
         self._trusted.move_to_end(pair)
         while len(self._trusted) > self.policy.max_tracked:
             self._trusted.popitem(last=False)
-
-    # ------------------------------------------------------------ internals
 
     def _is_trusted(self, src: str, account: str, now: float) -> bool:
         until = self._trusted.get((src, account))
@@ -224,7 +267,8 @@ class FailureGuard:
         counter = self._counters.get(key)
         return counter.until if counter is not None else now
 
-    def _count(self, key: _Key, kind: LockoutKind, src: str, account: str, now: float) -> None:
+    def _count(self, key: _Key, kind: LockoutKind, src: str, account: str, now: float,
+               report: bool) -> None:
         policy = self.policy
         counter = self._counters.get(key)
         if counter is None or (now - counter.last >= policy.forget_after
@@ -244,7 +288,7 @@ class FailureGuard:
         if counter.failures < policy.lockout_after:
             return
         counter.locked = True
-        if was_locked:
+        if was_locked or not report:
             return
         lockout = Lockout(kind, src, account, counter.failures, now, counter.until)
         log.warning("authentication locked out: %s %s for %.0f s after %d failed attempts "

@@ -37,11 +37,15 @@ its own SQLite file), that share the public addresses and route to each other:
   client's position is a cursor of every worker's last id, its SSE ``id:``, from which
   ``Last-Event-ID`` resumes exactly (:mod:`sipdial.events.merged`).
 
-Not shared: the password-guessing limits and ``[calls] max_concurrent`` count per
-worker; ``[upstream]`` registration is done by worker 0 only (the others answer ``GET
-/v1/upstream`` from worker 0 and leave it out of ``/healthz``); a referred INVITE whose phone
-dropped the Refer-To's ``x-c2d`` parameter is matched only in the worker its Call-ID
-hashes to.
+* **Password guessing**: every failure and every new trust is told to the others (mesh
+  ``G``), so N workers count like one process (:mod:`sipdial.guard`).
+* **A referred INVITE without ``x-c2d``** (a phone that drops the Refer-To's parameters)
+  reaches the worker waiting for that user and number: the workers tell each other
+  (mesh ``W``, :class:`sipdial.sip.Referrals`).
+
+Not shared: ``[calls] max_concurrent`` is split, each worker taking its share (rounded up);
+``[upstream]`` registration is done by worker 0 only (the others answer ``GET
+/v1/upstream`` from worker 0 and leave it out of ``/healthz``).
 
 The same design extends to several machines: Kamailio's ``dispatcher`` in front sends new
 calls and REGISTERs to one of them (hash over Call-ID or source), responses and in-dialog

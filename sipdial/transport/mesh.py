@@ -18,7 +18,9 @@ is (:class:`MeshKind`):
 ``A``  the answer to ``I``: the id of the last event released before forwarding began;
 ``E``  an event the sender released (:func:`sipdial.events.encode_event`);
 ``W``  a REFER-mode call of the sender waits for its phone's referred INVITE, or no longer
-       (JSON: ``[worker, "+" or "-", call id, user, number]``, :class:`sipdial.sip.Referrals`).
+       (JSON: ``[worker, "+" or "-", call id, user, number]``, :class:`sipdial.sip.Referrals`);
+``G``  a password-guessing outcome at the sender (JSON ``[outcome, source, account, time]``,
+       :class:`sipdial.guard.FailureGuard`): every worker counts every failure.
 
 A message that cannot be sent (a worker restarting) is dropped and logged once per
 interval: SIP retransmits, and a registration is refreshed. Nothing here crosses a
@@ -58,7 +60,7 @@ MAX_BUFFERED = 8 * 1024 * 1024
 _DROP_LOG_INTERVAL = 10.0
 _LENGTH = struct.Struct("!I")  # Int32StringReceiver's prefix
 #: kinds dropped when a link is over MAX_BUFFERED (the others always go)
-_CAPPED = (b"S", b"O", b"E")
+_CAPPED = (b"S", b"O", b"E", b"G")
 
 
 class MeshKind(enum.Enum):
@@ -71,6 +73,7 @@ class MeshKind(enum.Enum):
     ACK = b"A"
     EVENT = b"E"
     REFERRAL = b"W"
+    GUARD = b"G"
 
 
 def mesh_socket_path(directory: str, index: int) -> str:
@@ -90,6 +93,7 @@ class MeshHandlers:
     ack: Callable[[int, int], None]  #: worker forwards its events after this id
     event: Callable[[bytes], None]  #: an event another worker released
     referral: Callable[[bytes], None]  #: a call of another worker waits (or no longer)
+    guard: Callable[[bytes], None]  #: a failed password or a new trust at another worker
 
 
 def _with_peer(kind: MeshKind, peer: Peer, data: bytes) -> bytes:
@@ -315,6 +319,12 @@ class Mesh:
     def send_event(self, worker: int, document: bytes) -> None:
         self._send(worker, MeshKind.EVENT.value + document)
 
+    def broadcast_guard(self, document: bytes) -> None:
+        message = MeshKind.GUARD.value + document
+        for other in range(self.count):
+            if other != self.index:
+                self._send(other, message)
+
     def send_referral(self, worker: int | None, document: bytes) -> None:
         """To ``worker``, or (None) to every other."""
         message = MeshKind.REFERRAL.value + document
@@ -371,6 +381,8 @@ class Mesh:
             handlers.event(message[1:])
         elif kind == MeshKind.REFERRAL.value:
             handlers.referral(message[1:])
+        elif kind == MeshKind.GUARD.value:
+            handlers.guard(message[1:])
         elif kind in (MeshKind.INTEREST.value, MeshKind.ACK.value):
             try:
                 worker, number = (int(x) for x in message[1:].split(b" "))

@@ -142,3 +142,24 @@ def test_lockout_is_one_warning_and_one_admin_event(tmp_path: Path) -> None:
                               "the lockout warning")
         assert any("127.0.0.1 for 900 s after 2 failed attempts" in w for w in warnings), warnings
         assert any("'201' for 900 s after 2 failed attempts" in w for w in warnings), warnings
+
+
+def test_two_workers_count_the_guesses_together(tmp_path: Path) -> None:
+    """``serve --workers 2``: each guess is a new HTTP connection, which the kernel hands to
+    either worker; the workers tell each other every failure, so the 4th locks the account
+    at both (before, each counted its own share and the right password got through)."""
+    extra = ALLOW_WEAK + "backoff_after = 3\nlockout_after = 4\n"
+    sd = Sipdial(tmp_path, workers=2, users=[{"id": "201", "password": WEAK, "name": "Alice"}],
+                 routes=[{"match": "^[0-9]+$", "uri": "sip:{number}@127.0.0.1:9"}],
+                 transports=("udp",), extra=extra)
+    with sd.start():
+        misses = [_remote_call(sd, f"201:{guess:04d}") for guess in range(4)]
+        assert all(status == 401 for status, _ in misses), misses
+        wait_until(lambda: _log_count(sd, "wrong password: '201'") >= 4, 5.0,
+                   "four evaluated guesses in the log")
+        for _ in range(6):  # new connections: both workers are asked, neither lets it in
+            assert _remote_call(sd, f"201:{WEAK}") == misses[0]
+        assert _log_count(sd, "wrong password: '201'") == 4
+        warnings = [line for line in sd.log_text().splitlines()
+                    if "authentication locked out" in line]
+        assert len(warnings) == 2, warnings  # source and account, by one worker only

@@ -12,6 +12,7 @@ from sipdial.guard import (
     GuardPolicy,
     Lockout,
     LockoutKind,
+    Outcome,
     check_weak_passwords,
     source_key,
 )
@@ -242,3 +243,47 @@ def test_auth_section_figures_and_errors() -> None:
         parse_config(base + "[auth]\nlockout_after = 3\nbackoff_after = 3\n")
     with pytest.raises(ConfigError, match=r'unknown key "auth\.lockout"'):
         parse_config(base + "[auth]\nlockout = 3\n")
+
+
+# ------------------------------------------------------------ several workers
+
+
+def test_workers_count_each_others_failures_and_only_the_locking_one_reports() -> None:
+    """``serve --workers 2``: the kernel spreads a guesser's sources (and HTTP connections)
+    over the workers; each worker hands its outcomes to the others, so together they allow
+    what one process allows, and the lockout is one warning and one event."""
+    policy = GuardPolicy(backoff_after=3, lockout_after=4)
+    locked: list[tuple[str, Lockout]] = []
+    workers: list[FailureGuard] = []
+
+    def make(name: str) -> FailureGuard:
+        def tell(outcome: Outcome, src: str, account: str, now: float) -> None:
+            for other in workers:
+                if other is not guard:
+                    other.apply(outcome, src, account, now)
+        guard = FailureGuard(policy, lambda lockout: locked.append((name, lockout)), tell)
+        return guard
+
+    workers.extend([make("w0"), make("w1")])
+    w0, w1 = workers
+    for i in range(4):  # alternately at either worker, from one source
+        (w0 if i % 2 else w1).failed(ATTACKER, "201", T0 + i)
+    assert not w0.allows(ATTACKER, "201", T0 + 5) and not w1.allows(ATTACKER, "201", T0 + 5)
+    assert not w0.allows(PHONE, "201", T0 + 5)  # the account is locked everywhere too
+    assert [(name, lockout.failures) for name, lockout in locked] == [("w0", 4), ("w0", 4)]
+    assert {lockout.kind for _, lockout in locked} == {LockoutKind.SOURCE, LockoutKind.ACCOUNT}
+
+
+def test_a_trust_won_at_one_worker_counts_at_the_other_and_is_not_retold_each_time() -> None:
+    told: list[tuple[Outcome, str, str]] = []
+    w0 = FailureGuard(GuardPolicy(backoff_after=3, lockout_after=4),
+                      on_outcome=lambda o, src, account, now: told.append((o, src, account)))
+    w1 = FailureGuard(GuardPolicy(backoff_after=3, lockout_after=4))
+    w0.succeeded(PHONE, "201", T0)
+    w0.succeeded(PHONE, "201", T0 + 60)  # a REGISTER refresh: nothing new for the others
+    assert told == [(Outcome.TRUSTED, source_key(PHONE), "201")]
+    w1.apply(Outcome.TRUSTED, source_key(PHONE), "201", T0)
+    # a stranger locks the account at w1; the trusted phone still gets in there
+    fail_until_blocked(w1, ATTACKER, "201", T0 + 1)
+    assert not w1.allows(ATTACKER, "201", T0 + 2)
+    assert w1.allows(PHONE, "201", T0 + 2)

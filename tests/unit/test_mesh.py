@@ -24,6 +24,7 @@ class Seen:
         self.acks: list[tuple[int, int]] = []
         self.events: list[bytes] = []
         self.referrals: list[bytes] = []
+        self.guard: list[bytes] = []
 
     def handlers(self) -> MeshHandlers:
         return MeshHandlers(
@@ -31,7 +32,7 @@ class Seen:
             failed=self.failed.append, registration=self.registrations.append,
             hello=self.hellos.append, interest=lambda w, on: self.interest.append((w, on)),
             ack=lambda w, n: self.acks.append((w, n)), event=self.events.append,
-            referral=self.referrals.append)
+            referral=self.referrals.append, guard=self.guard.append)
 
 
 def started(tmp_path: Path, index: int, count: int = 3) -> tuple[Mesh, Seen,
@@ -79,6 +80,7 @@ def test_every_kind_reaches_its_handler_and_bad_ones_are_dropped(tmp_path: Path)
     sender.send_event(1, b"ev")
     sender.send_registration(1, b"[]")
     sender.send_referral(1, b'[0,"+","c","201","555"]')
+    sender.broadcast_guard(b'["failed","192.0.2.1","201",1.0]')
     sender.hello()
     _link, transport = connect(sender, reactor, 1)  # the link to worker 1 opens now
     receiver_link = _Link(receiver, None)
@@ -89,6 +91,7 @@ def test_every_kind_reaches_its_handler_and_bad_ones_are_dropped(tmp_path: Path)
     assert seen.interest == [(0, True)] and seen.acks == [(0, 42)]
     assert seen.events == [b"ev"] and seen.registrations == [b"[]"] and seen.hellos == [0]
     assert seen.referrals == [b'[0,"+","c","201","555"]']
+    assert seen.guard == [b'["failed","192.0.2.1","201",1.0]']
     # nonsense from a worker is dropped, the next message still handled
     for bad in (b"S no newline", b"Sudp h x -\ndata", b"I 9 1", b"Ix", b"Zwhat", b""):
         receiver.dispatch(bad)

@@ -61,3 +61,19 @@ def test_each_worker_takes_its_own_slice_of_the_rtp_ports() -> None:
     assert all(low % 2 == 0 and high % 2 == 0 for low, high in slices)
     assert _media_ports(20000, 20002, role(2, 3)) == (20000, 20002)  # too few: shared
     assert _media_ports(0, 0, role(1, 2)) == (0, 0)  # any free port
+
+
+def test_each_worker_takes_its_share_of_max_concurrent() -> None:
+    from dataclasses import replace
+
+    from sipdial.app import _worker_share
+    from sipdial.worker_role import WorkerRole
+    from tests.unit.simnet import make_config
+
+    config = make_config(max_concurrent=1001)
+    assert config.calls.max_concurrent == 1001
+    assert _worker_share(config, None) is config
+    shares = [_worker_share(config, WorkerRole(index=k, count=3, mesh_dir="/x", secret=b""))
+              for k in range(3)]
+    assert [s.calls.max_concurrent for s in shares] == [334, 334, 334]
+    assert replace(shares[0], calls=config.calls) == config  # nothing else changes
