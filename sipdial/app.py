@@ -496,7 +496,8 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
     router = Router(users.keys(), config.routes, registrar.contacts,
                     local_hosts(config.sip.domain, [a.host for a in config.sip.listen]),
                     outbound_proxy=config.sip.outbound_proxy,
-                    pbx=Pbx.from_config(config.upstream) if config.upstream else None)
+                    pbx=Pbx.from_config(config.upstream) if config.upstream else None,
+                    numbers=config.numbers)
     rules = rules_from_config([dict(e) for e in config.auto_answer]) + DEFAULT_RULES
     resolver = resolver or NumericResolver(clock)
     calls = CallService(config, ua, registrar, router, store, events, clock,

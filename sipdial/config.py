@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, TypeVar
 
+from sipdial.numbers import NumberFormat, NumberPlan
 from sipdial.sip import SipError, SipURI, parse_uri
 from sipdial.vocabulary import Mode
 
@@ -177,6 +178,8 @@ class RouteConfig:
     username: str | None = None  #: digest credentials towards the gateway, if it challenges
     password: str | None = field(default=None, repr=False)
     outbound_proxy: str | None = None  #: this route's own (else ``[sip] outbound_proxy``)
+    #: the number in the URI: E.164, national or as dialled from here (sipdial.numbers)
+    format: NumberFormat = NumberFormat.E164
 
     def target_uri(self, number: str) -> str:
         """The request URI for ``number`` (``{number}`` substituted)."""
@@ -281,6 +284,7 @@ class Config:
     webhooks: tuple[WebhookConfig, ...] = ()
     auth: AuthConfig = field(default_factory=AuthConfig)
     upstream: UpstreamConfig | None = None  #: None: standalone (no [upstream] section)
+    numbers: NumberPlan = field(default_factory=NumberPlan)  #: ``[numbers]`` (none: as given)
     source: str = "<string>"  #: file the configuration came from
 
 
@@ -323,11 +327,13 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     media = _parse_media(root.table("media", required=False))
     webhooks = tuple(_parse_webhook(t) for t in root.array_of_tables("webhooks"))
     auth = _parse_auth(root.table("auth", required=False))
+    numbers = _parse_numbers(root.table("numbers", required=False))
     upstream = _parse_upstream(root.table("upstream"), sip.outbound_proxy) \
         if "upstream" in raw else None
     if upstream is None:
         _require_passwords(users)
     return Config(
+        numbers=numbers,
         auth=auth,
         upstream=upstream,
         media=media,
@@ -353,7 +359,9 @@ _SQLITE_PREFIX: Final = "sqlite:///"
 #: Every key the file may contain, by table ("name[]" for each entry of an array of tables).
 _KEYS: Final[dict[str, frozenset[str]]] = {
     "": frozenset({"sip", "http", "store", "api", "users", "routes", "calls", "auto_answer",
-                   "media", "webhooks", "auth", "upstream"}),
+                   "media", "webhooks", "auth", "upstream", "numbers"}),
+    "numbers": frozenset({"country", "area", "base", "outside_line", "international_prefix",
+                          "national_prefix"}),
     "upstream": frozenset({"registrar", "username", "password", "domain", "expires",
                            "retry_base", "retry_max", "outbound_proxy", "from_user"}),
     "auth": frozenset({"backoff_after", "backoff_base", "backoff_max", "lockout_after",
@@ -389,7 +397,8 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
     "api": frozenset({"tokens"}),
     "users[]": frozenset({"id", "password", "name", "auto_answer", "number", "confirm",
                           "language", "clir"}),
-    "routes[]": frozenset({"match", "uri", "username", "password", "outbound_proxy"}),
+    "routes[]": frozenset({"match", "uri", "username", "password", "outbound_proxy",
+                           "format"}),
     "calls": frozenset(
         {
             "default_mode",
@@ -636,7 +645,26 @@ def _parse_route(t: _Table) -> RouteConfig:
     password = t.optional_string("password", allow_empty=True)
     if password is not None and username is None:
         raise ConfigError(f"{t.path('password')}: given without {t.path('username')}")
-    return RouteConfig(match, uri, username, password, _outbound_proxy(t))
+    form = t.optional_string("format") or NumberFormat.E164.value
+    try:
+        number_format = NumberFormat(form)
+    except ValueError:
+        raise ConfigError(f'{t.path("format")}: one of "e164", "national", "dial", '
+                          f'not "{form}"') from None
+    return RouteConfig(match, uri, username, password, _outbound_proxy(t), number_format)
+
+
+def _parse_numbers(t: _Table) -> NumberPlan:
+    values: dict[str, str] = {}
+    for key in ("country", "area", "base", "international_prefix", "national_prefix",
+                "outside_line"):
+        value = t.optional_string(key, allow_empty=key == "outside_line")
+        if value is not None:
+            values[key] = value.strip().lstrip("+") if key == "country" else value.strip()
+    try:
+        return NumberPlan(**values)
+    except ValueError as exc:
+        raise ConfigError(f"numbers: {exc}") from None
 
 
 def _outbound_proxy(t: _Table) -> str | None:

@@ -39,6 +39,7 @@ REFUSAL_STATUS: dict[Refusal, int] = {
     Refusal.USER_NOT_REGISTERED: 409,
     Refusal.DEVICE_NOT_REGISTERED: 409,
     Refusal.INVALID_DESTINATION: 422,
+    Refusal.INVALID_NUMBER: 422,
     Refusal.NO_ROUTE: 422,
     Refusal.MEDIA_UNAVAILABLE: 422,
     Refusal.MEDIA_PORTS_EXHAUSTED: 503,

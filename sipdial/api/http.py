@@ -99,7 +99,8 @@ def normalise_destination(value: str) -> str | None:
 
     Numbers keep an optional leading ``+`` and lose human formatting: ``"+49 (30) 123-456"``
     -> ``"+4930123456"``; the trunk-prefix notation ``"+49 (0)30 123456"`` drops the
-    ``(0)``; ``tel:`` is stripped. Extensions (``"201"``) are numbers too. ``sip:``/``sips:``
+    ``(0)``; ``tel:``, ``callto:`` and ``phone:`` (CRMs' links) are stripped. Extensions
+    (``"201"``) are numbers too. ``sip:``/``sips:``
     URIs are rebuilt by sipdial's URI parser: lower-case scheme and host, the user part
     escaped per RFC 3261 §25.1 (``"sip:jürgen#1@x"`` -> ``"sip:j%C3%BCrgen%231@x"``; ``;`` and
     ``?`` in it too), without password, ``?headers`` and ``;method=`` (a Request-URI carries
@@ -126,8 +127,9 @@ def _destination(value: str) -> str:
         raise _NotADestination("must be at most 256 characters")
     if _SIP_URI.fullmatch(text) is not None:
         return _canonical_uri(text)
-    if text[:4].lower() == "tel:":
-        text = text[4:]
+    scheme, colon, rest = text.partition(":")
+    if colon and scheme.lower() in ("tel", "callto", "phone"):  # CRMs' links (seed 002)
+        text = rest.removeprefix("//")  # (a tel: ;ext= or ;phone-context= is refused)
     if text.startswith("+"):
         text = text.replace("(0)", "")
     text = text.translate(_VISUAL_SEPARATORS)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
 
 from sipdial.config import FromUser
+from sipdial.numbers import NumberPlan, complete, for_route
 from sipdial.registrar import Binding
 from sipdial.sip import (
     URI,
@@ -264,8 +265,10 @@ class Router:
     def __init__(self, users: Collection[str], routes: Sequence[RouteConfig],
                  devices: Callable[[str, float], list[Binding]],
                  local_hosts: Collection[str], outbound_proxy: str | None = None,
-                 pbx: Pbx | None = None) -> None:
+                 pbx: Pbx | None = None, numbers: NumberPlan | None = None) -> None:
         self._users = users
+        #: ``[numbers]``: numbers completed to E.164 (sipdial.numbers)
+        self.numbers = numbers or NumberPlan()
         #: PBX mode: users and every number no ``[[routes]]`` entry matches go to the PBX
         self.pbx = pbx
         self._routes = routes
@@ -275,7 +278,14 @@ class Router:
         self.local_hosts = frozenset(h.lower() for h in local_hosts)
 
     def destination(self, to: str) -> Destination:
-        return parse_destination(to, self.local_hosts)
+        """``to`` parsed; a number completed to E.164 by ``[numbers]`` (a local user stays
+        that user). ``ValueError``, :class:`~sipdial.numbers.InvalidNumber` (a subclass) for
+        a number that cannot be one."""
+        destination = parse_destination(to, self.local_hosts)
+        if destination.uri is not None:
+            return destination
+        number = complete(destination.number, self.numbers, self._users.__contains__)
+        return destination if number == destination.number else Destination(number)
 
     def is_local_user(self, destination: Destination) -> bool:
         return destination.uri is None and destination.number in self._users
@@ -299,7 +309,8 @@ class Router:
             # the number goes into the template escaped: whatever a phone put in its
             # Request-URI ("%40evil.example", "%0D%0A") cannot change the route's host or
             # reach a header
-            uri = parse_uri(route.target_uri(escape_user(number)))
+            dialled = for_route(number, route.format, self.numbers)
+            uri = parse_uri(route.target_uri(escape_user(dialled)))
         except SipError:
             return NoRoute(number)
         creds = (route.username, route.password) \

@@ -22,6 +22,7 @@ from sipdial.calls.media import CallMedia, MediaPort, PromptSource
 from sipdial.calls.routing import Destination, Resolver, Router, Unavailable, escape_user
 from sipdial.calls.states import CallState, Cause, Input, Mode
 from sipdial.media import MediaPortsExhausted
+from sipdial.numbers import InvalidNumber
 from sipdial.registrar import Registrar
 from sipdial.sip import URI, SipURI
 from sipdial.store import CallEvent, CallRecord
@@ -96,6 +97,7 @@ class Refusal(enum.Enum):
     USER_NOT_REGISTERED = "user_not_registered"
     DEVICE_NOT_REGISTERED = "device_not_registered"
     INVALID_DESTINATION = "invalid_destination"
+    INVALID_NUMBER = "invalid_number"
     NO_ROUTE = "no_route"
     MEDIA_UNAVAILABLE = "media_unavailable"
     MEDIA_PORTS_EXHAUSTED = "media_ports_exhausted"
@@ -161,6 +163,8 @@ class CallService:
                               "(RTP) support, which is not running")
         try:
             destination = self.router.destination(request.to)
+        except InvalidNumber as exc:
+            raise CallRefused(Refusal.INVALID_NUMBER, f"to: {exc}") from None
         except ValueError as exc:
             raise CallRefused(Refusal.INVALID_DESTINATION, f"to: {exc}") from None
         if not self.router.routable(destination):
@@ -200,7 +204,9 @@ class CallService:
                           language=profile.language or config.calls.language,
                           caller_id=request.caller_id,
                           clir=profile.clir if request.clir is None else request.clir)
-        record = CallRecord(id=self.ua.endpoint.shard.prefix(32), user=request.user, to=request.to,
+        # the call resource shows the number as dialled: E.164 with [numbers]
+        to = request.to if destination.uri is not None else destination.number
+        record = CallRecord(id=self.ua.endpoint.shard.prefix(32), user=request.user, to=to,
                             mode=mode.value, state=CallState.CALLING_USER.value, cause=None,
                             created_at=now, ended_at=None,
                             auto_answer=auto_answer)

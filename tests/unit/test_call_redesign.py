@@ -108,7 +108,7 @@ def test_an_unroutable_destination_is_refused_before_ringing() -> None:
                               max_concurrent=2000)
     flow = Flow(config=parse_config(text.replace("^\\\\+?[0-9]+$", "^\\\\+49[0-9]+$")))
     assert flow.net.config.routes[0].match.pattern == "^\\+49[0-9]+$"
-    error = _refused(flow, to="+4420123")
+    error = _refused(flow, to="+442079460000")
     assert (error.status, error.code) == (422, "no_route")
     assert flow.phone.nothing(), flow.phone.pending()  # nobody was rung
     assert flow.net.store.calls == {}
@@ -442,3 +442,51 @@ def test_a_number_from_the_wire_cannot_change_a_routes_host(number: str) -> None
     assert target.uri.unquote_user() == number
     assert target.peer == Peer("udp", "192.0.2.50", 5080)
     assert "\r" not in str(target.uri) and "\n" not in str(target.uri)
+
+
+# ----------------------------------------------------------------- [numbers] (issue 10 §1)
+
+
+def _numbers_flow(route_format: str = "e164") -> Flow:
+    text = BASE_CONFIG.format(auto_answer="true", user_answer_timeout=30.0,
+                              target_answer_timeout=60.0, refer_timeout=32.0,
+                              max_concurrent=2000)
+    text = text.replace('uri = "sip:{number}@127.0.0.1:5080"',
+                        f'uri = "sip:{{number}}@127.0.0.1:5080"\nformat = "{route_format}"')
+    text += '\n[numbers]\ncountry = "49"\narea = "211"\nbase = "339903"\noutside_line = "0"\n'
+    return Flow(config=parse_config(text))
+
+
+def test_a_short_number_is_completed_to_e164_for_the_call_the_refer_and_the_route() -> None:
+    flow = _numbers_flow()
+    flow.create(to="12")
+    assert flow.net_record.to == "+4921133990312"  # the call resource (and its events)
+    flow.ring()
+    flow.answer()
+    refer = flow.take_refer()
+    assert (refer.headers.get("Refer-To") or "").startswith("<sip:+4921133990312@")
+    flow.accept_refer()
+    flow.referred_invite()
+    assert str(flow.target_gets_invite().uri) == "sip:+4921133990312@127.0.0.1:5080"
+
+
+def test_a_route_that_wants_the_dialled_form_gets_it() -> None:
+    flow = _numbers_flow("dial")
+    flow.create(to="030 123456".replace(" ", ""), mode="refer")
+    assert flow.net_record.to == "+4930123456"
+    flow.ring()
+    flow.answer()
+    flow.take_refer()
+    flow.accept_refer()
+    flow.referred_invite()
+    assert str(flow.target_gets_invite().uri) == "sip:0030123456@127.0.0.1:5080"
+
+
+@pytest.mark.parametrize("to, why", [("+491", "too short"), ("+999123456",
+                                                              "unknown country code")])
+def test_an_impossible_number_is_422_invalid_number_saying_why(to: str, why: str) -> None:
+    flow = _numbers_flow()
+    error = _refused(flow, to=to)
+    assert (error.status, error.code) == (422, "invalid_number")
+    assert why in error.message
+    assert flow.phone.nothing() and flow.net.store.calls == {}

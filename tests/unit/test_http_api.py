@@ -261,6 +261,9 @@ def test_create_call_passes_none_for_omitted_options(server: Server) -> None:
         ("0049-30-123456", "004930123456"),
         ("  201 ", "201"),
         ("tel:+49-30-123456", "+4930123456"),
+        ("callto:+49 30 123456", "+4930123456"),  # CRMs' links (seed 002)
+        ("phone:030/123.456", "030123456"),
+        ("callto://+4930123456", "+4930123456"),
         ("SIP:alice@example.com", "sip:alice@example.com"),
         ("sips:bob@[2001:db8::1]:5061;transport=tls", "sips:bob@[2001:db8::1]:5061;transport=tls"),
         ("sip:192.0.2.7", "sip:192.0.2.7"),

@@ -29,7 +29,7 @@ def test_engine_refuses_calls_while_overloaded() -> None:
     flow = Flow()
     flow.net.is_overloaded = True
     errors: list[object] = []
-    flow.net.api.create_call(user="201", to="+4930", device=None, auto_answer=None,
+    flow.net.api.create_call(user="201", to="+4930123456", device=None, auto_answer=None,
                              mode=None).addErrback(lambda f: errors.append(f.value))
     (error,) = errors
     assert isinstance(error, ApiError) and (error.status, error.code) == (503, "overloaded")
