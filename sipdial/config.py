@@ -18,7 +18,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Final, TypeVar
 
@@ -167,6 +167,9 @@ class UserConfig:
     confirm: bool | None = None  #: play "press 1" before dialling (None: [calls] confirm)
     language: str | None = None  #: prompt language "en" | "de" (None: [calls] language)
     clir: bool = False  #: hide this user's number from targets (Privacy: id)
+    #: ``[[users]] numbers = {...}``: ``[numbers]`` with this user's keys overriding (None:
+    #: ``[numbers]`` as it is)
+    numbers: NumberPlan | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +322,8 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     sip = _parse_sip(root.table("sip"))
     http = _parse_http(root.table("http"))
     store = _parse_store(root.table("store"))
-    users = _parse_users(root.array_of_tables("users"))
+    user_numbers: dict[str, dict[str, str]] = {}
+    users = _parse_users(root.array_of_tables("users"), user_numbers)
     api = _parse_api(root.table("api"), users)
     routes = tuple(_parse_route(t) for t in root.array_of_tables("routes"))
     calls = _parse_calls(root.table("calls", required=False))
@@ -327,7 +331,9 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     media = _parse_media(root.table("media", required=False))
     webhooks = tuple(_parse_webhook(t) for t in root.array_of_tables("webhooks"))
     auth = _parse_auth(root.table("auth", required=False))
-    numbers = _parse_numbers(root.table("numbers", required=False))
+    number_values = _number_values(root.table("numbers", required=False))
+    numbers = _plan(number_values, "numbers")
+    users = _with_user_plans(users, number_values, user_numbers)
     upstream = _parse_upstream(root.table("upstream"), sip.outbound_proxy) \
         if "upstream" in raw else None
     if upstream is None:
@@ -396,7 +402,7 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
     "store": frozenset({"url"}),
     "api": frozenset({"tokens"}),
     "users[]": frozenset({"id", "password", "name", "auto_answer", "number", "confirm",
-                          "language", "clir"}),
+                          "language", "clir", "numbers"}),
     "routes[]": frozenset({"match", "uri", "username", "password", "outbound_proxy",
                            "format"}),
     "calls": frozenset(
@@ -576,7 +582,10 @@ def _parse_store(t: _Table) -> StoreConfig:
     return StoreConfig(url)
 
 
-def _parse_users(tables: list[_Table]) -> Mapping[str, UserConfig]:
+def _parse_users(tables: list[_Table],
+                 overrides: dict[str, dict[str, str]]) -> Mapping[str, UserConfig]:
+    """The users; their ``numbers`` tables go into ``overrides`` (by user id), made plans
+    once ``[numbers]`` is known (:func:`_with_user_plans`)."""
     users: dict[str, UserConfig] = {}
     for t in tables:
         uid = t.string("id")
@@ -597,6 +606,9 @@ def _parse_users(tables: list[_Table]) -> Mapping[str, UserConfig]:
         if language is not None and language not in LANGUAGES:
             raise ConfigError(f'{t.path("language")}: expected "en" or "de", got "{language}"')
         clir = t.boolean("clir", False)
+        if "numbers" in t.raw:
+            own = _Table(t.get("numbers", dict, "a table"), t.path("numbers"), "numbers")
+            overrides[uid] = _number_values(own)
         users[uid] = UserConfig(uid, password, name, auto_answer, number, confirm, language,
                                 clir)
     return MappingProxyType(users)
@@ -654,17 +666,33 @@ def _parse_route(t: _Table) -> RouteConfig:
     return RouteConfig(match, uri, username, password, _outbound_proxy(t), number_format)
 
 
-def _parse_numbers(t: _Table) -> NumberPlan:
+def _number_values(t: _Table) -> dict[str, str]:
     values: dict[str, str] = {}
     for key in ("country", "area", "base", "international_prefix", "national_prefix",
                 "outside_line"):
         value = t.optional_string(key, allow_empty=key == "outside_line")
         if value is not None:
             values[key] = value.strip().lstrip("+") if key == "country" else value.strip()
+    return values
+
+
+def _plan(values: dict[str, str], where: str) -> NumberPlan:
     try:
         return NumberPlan(**values)
     except ValueError as exc:
-        raise ConfigError(f"numbers: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _with_user_plans(users: Mapping[str, UserConfig], base: dict[str, str],
+                     overrides: dict[str, dict[str, str]]) -> Mapping[str, UserConfig]:
+    if not overrides:
+        return users
+    out = dict(users)
+    for index, uid in enumerate(users):
+        if uid in overrides:
+            plan = _plan({**base, **overrides[uid]}, f"users[{index}].numbers")
+            out[uid] = replace(users[uid], numbers=plan)
+    return MappingProxyType(out)
 
 
 def _outbound_proxy(t: _Table) -> str | None:

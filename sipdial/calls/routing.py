@@ -277,14 +277,16 @@ class Router:
         self._devices = devices
         self.local_hosts = frozenset(h.lower() for h in local_hosts)
 
-    def destination(self, to: str) -> Destination:
-        """``to`` parsed; a number completed to E.164 by ``[numbers]`` (a local user stays
-        that user). ``ValueError``, :class:`~sipdial.numbers.InvalidNumber` (a subclass) for
-        a number that cannot be one."""
+    def destination(self, to: str, numbers: NumberPlan | None = None) -> Destination:
+        """``to`` parsed; a number completed to E.164 by ``numbers`` (the user's own plan),
+        else ``[numbers]`` (a local user stays that user). ``ValueError``,
+        :class:`~sipdial.numbers.InvalidNumber` (a subclass) for a number that cannot be
+        one."""
         destination = parse_destination(to, self.local_hosts)
         if destination.uri is not None:
             return destination
-        number = complete(destination.number, self.numbers, self._users.__contains__)
+        number = complete(destination.number, numbers or self.numbers,
+                          self._users.__contains__)
         return destination if number == destination.number else Destination(number)
 
     def is_local_user(self, destination: Destination) -> bool:

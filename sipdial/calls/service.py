@@ -162,7 +162,7 @@ class CallService:
                               "bridge mode and the confirmation prompt need sipdial's media "
                               "(RTP) support, which is not running")
         try:
-            destination = self.router.destination(request.to)
+            destination = self.router.destination(request.to, profile.numbers)
         except InvalidNumber as exc:
             raise CallRefused(Refusal.INVALID_NUMBER, f"to: {exc}") from None
         except ValueError as exc:

@@ -490,3 +490,20 @@ def test_an_impossible_number_is_422_invalid_number_saying_why(to: str, why: str
     assert (error.status, error.code) == (422, "invalid_number")
     assert why in error.message
     assert flow.phone.nothing() and flow.net.store.calls == {}
+
+
+def test_a_user_s_own_numbers_table_overrides_the_deployment_s() -> None:
+    text = BASE_CONFIG.format(auto_answer="true", user_answer_timeout=30.0,
+                              target_answer_timeout=60.0, refer_timeout=32.0,
+                              max_concurrent=2000)
+    text = text.replace('id = "202"', 'id = "202"\nnumbers = { area = "30", base = "555" }', 1)
+    text += '\n[numbers]\ncountry = "49"\narea = "211"\nbase = "339903"\n'
+    config = parse_config(text)
+    assert config.users["202"].numbers is not None
+    assert config.users["202"].numbers.country == "49"  # inherited
+    assert config.users["201"].numbers is None
+    flow = Flow(config=config)
+    flow.create(to="12")
+    assert flow.net_record.to == "+4921133990312"  # 201: the deployment's plan
+    assert flow.net.calls.router.destination("12", config.users["202"].numbers).number \
+        == "+493055512"
