@@ -5,12 +5,14 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import os
 import signal
 import socket
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -223,6 +225,13 @@ def _media_ports(low: int, high: int, role: WorkerRole | None) -> tuple[int, int
     return start, start + 2 * (share - 1)
 
 
+def _reporter(role: WorkerRole) -> Callable[[str], bool]:
+    """Whether this worker logs and publishes a lockout of a guard key: one worker per key
+    (the CRC-32 of its text), whichever worker's failure locked it."""
+    return lambda key: zlib.crc32(key.encode("utf-8", "surrogateescape")) % role.count \
+        == role.index
+
+
 def _worker_share(config: Config, role: WorkerRole | None) -> Config:
     """This worker's share of ``[calls] max_concurrent`` (rounded up): the kernel spreads new
     HTTP connections, so N workers together take about the configured number (a worker
@@ -344,6 +353,8 @@ def _mesh_handlers(reactor: Any, core: Core, store: CoreStore, driver: SipDriver
     def guard(document: bytes) -> None:
         try:
             outcome, src, account, at = json.loads(document)
+            if not math.isfinite(float(at)):
+                raise ValueError(at)
             guard_of_core.apply(Outcome(outcome), str(src), str(account), float(at))
         except (ValueError, TypeError):
             log.warning("mesh: a guard message that does not parse dropped")
@@ -466,7 +477,8 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
                shard: Shard = SINGLE,
                on_binding: Callable[[Binding, bool], None] | None = None,
                referrals: ReferralWatch | None = None,
-               on_guard: OnOutcome | None = None) -> Core:
+               on_guard: OnOutcome | None = None,
+               guard_reports: Callable[[str], bool] | None = None) -> Core:
     """The whole SIP and call stack for ``config``; nothing listens yet (the transport adds
     its local addresses to ``core.endpoint`` as it binds)."""
     timers = TimerHeap()
@@ -474,7 +486,8 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
                         user_agent=config.sip.user_agent, shard=shard)
     users = config.users
     # one guard for every password check: REGISTER, the phones' calls, the HTTP auth=
-    guard = FailureGuard(GuardPolicy.from_config(config.auth), on_lockout, on_guard)
+    guard = FailureGuard(GuardPolicy.from_config(config.auth), on_lockout, on_guard,
+                         guard_reports)
     auth = Authenticator(config.sip.realm,
                          lambda u: users[u].password if u in users else None,
                          secret=secret, algorithms=config.sip.digest_algorithms, guard=guard)
@@ -661,7 +674,8 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                       shard=role.shard if role is not None else SINGLE,
                       on_binding=replicate if role is not None else None,
                       referrals=referrals,
-                      on_guard=guard_outcome if mesh is not None else None)
+                      on_guard=guard_outcome if mesh is not None else None,
+                      guard_reports=_reporter(role) if role is not None else None)
     saved = yield store.load_registrations()
     if role is not None and role.rejoin:
         # the others answer our hello with their whole table; what this file holds may

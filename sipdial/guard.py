@@ -184,9 +184,15 @@ class FailureGuard:
 
     def __init__(self, policy: GuardPolicy | None = None,
                  on_lockout: Callable[[Lockout], None] | None = None,
-                 on_outcome: OnOutcome | None = None) -> None:
+                 on_outcome: OnOutcome | None = None,
+                 reports: Callable[[str], bool] | None = None) -> None:
         self.policy = policy or GuardPolicy()
         self._on_lockout = on_lockout
+        #: with workers: whether this worker logs and publishes the lockout of a key (by
+        #: the key's text; exactly one worker does, whether the failure that locked it was
+        #: its own or another's). None: every lockout reached here by a local failure.
+        self._reports = reports
+        self._told: OrderedDict[tuple[str, str], float] = OrderedDict()  # trust last told
         #: with workers: every failure, and every trust that is new or half used up, goes
         #: to the other workers (their :meth:`apply`), so N workers count like one process
         self.on_outcome = on_outcome
@@ -226,17 +232,25 @@ class FailureGuard:
     def succeeded(self, source: str, account: str, now: float) -> None:
         """``source`` proved it holds ``account``'s password: trust the pair."""
         src = source_key(source)
-        previous = self._trusted.get((src, account), 0.0)
         self._trust(src, account, now)
-        # told to the others when new or half used up: not for every REGISTER refresh
-        if self.on_outcome is not None and previous - now < self.policy.trust_time / 2:
+        if self.on_outcome is None:
+            return
+        # told to the others when new or last told half a trust time ago: not for every
+        # REGISTER refresh, and yet before the others' trust runs out
+        pair = (src, account)
+        told = self._told.get(pair)
+        if told is None or now - told >= self.policy.trust_time / 2:
+            self._told[pair] = now
+            self._told.move_to_end(pair)
+            while len(self._told) > self.policy.max_tracked:
+                self._told.popitem(last=False)
             self.on_outcome(Outcome.TRUSTED, src, account, now)
 
     def apply(self, outcome: Outcome, src: str, account: str, now: float) -> None:
         """Another worker's outcome (``src`` is already a :func:`source_key`): counted and
         trusted here alike; a lockout it causes is that worker's to log and publish."""
         if outcome is Outcome.FAILED:
-            self._failed(src, account, now, report=False)
+            self._failed(src, account, now, report=self._reports is not None)
         else:
             self._trust(src, account, now)
 
@@ -290,6 +304,8 @@ class FailureGuard:
         counter.locked = True
         if was_locked or not report:
             return
+        if self._reports is not None and not self._reports("|".join(key)):
+            return  # another worker reports this key's lockouts
         lockout = Lockout(kind, src, account, counter.failures, now, counter.until)
         log.warning("authentication locked out: %s %s for %.0f s after %d failed attempts "
                     "(the last from %s as %r)", kind.value, _subject(lockout),

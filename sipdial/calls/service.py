@@ -44,6 +44,10 @@ __all__ = [
 
 log = logging.getLogger("sipdial.calls")
 
+#: seconds a REFER-mode call stays in the workers' referral table after it connected or
+#: ended (RFC 3261 Timer B/F: 64*T1 with the default T1)
+REFERRAL_LINGER = 32.0
+
 
 class CallStore(Protocol):
     """Where calls are written (:class:`sipdial.store.SqliteStore`): queued, never blocking."""
@@ -205,7 +209,8 @@ class CallService:
                           caller_id=request.caller_id,
                           clir=profile.clir if request.clir is None else request.clir)
         # the call resource shows the number as dialled: E.164 with [numbers]
-        to = request.to if destination.uri is not None else destination.number
+        number = destination.number
+        to = number if destination.uri is None and number.lstrip("+").isdigit() else request.to
         record = CallRecord(id=self.ua.endpoint.shard.prefix(32), user=request.user, to=to,
                             mode=mode.value, state=CallState.CALLING_USER.value, cause=None,
                             created_at=now, ended_at=None,
@@ -341,7 +346,12 @@ class CallService:
         if state in (CallState.CONNECTED.value, CallState.ENDED.value):
             if record.id in self._watched:
                 self._watched.discard(record.id)
-                self.referrals.done(record.id)
+                # withdrawn once the INVITEs routed by it are over (64*T1): a CANCEL or a
+                # retransmission must still find the worker that got their INVITE
+                referrals = self.referrals
+                call_id = record.id
+                self.ua.timers.schedule(self.clock() + REFERRAL_LINGER,
+                                        lambda now: referrals.done(call_id))
         elif record.id not in self._watched and record.mode == Mode.REFER.value \
                 and self.router.pbx is None:
             call = self.calls.get(record.id)

@@ -60,7 +60,7 @@ MAX_BUFFERED = 8 * 1024 * 1024
 _DROP_LOG_INTERVAL = 10.0
 _LENGTH = struct.Struct("!I")  # Int32StringReceiver's prefix
 #: kinds dropped when a link is over MAX_BUFFERED (the others always go)
-_CAPPED = (b"S", b"O", b"E", b"G")
+_CAPPED = (b"S", b"O", b"E")
 
 
 class MeshKind(enum.Enum):

@@ -157,9 +157,18 @@ def test_two_workers_count_the_guesses_together(tmp_path: Path) -> None:
         assert all(status == 401 for status, _ in misses), misses
         wait_until(lambda: _log_count(sd, "wrong password: '201'") >= 4, 5.0,
                    "four evaluated guesses in the log")
+
+        def lockouts() -> list[str]:
+            return [line for line in sd.log_text().splitlines()
+                    if "authentication locked out" in line]
+
+        # source and account, each logged by one worker only, the one its key hashes to:
+        # "s|127.0.0.1" worker 0, "a|201" worker 1 (CRC-32 mod 2), so once both lines are
+        # there both workers have counted the 4th failure (the replication is not instant)
+        warnings = wait_until(lambda: len(lockouts()) >= 2 and lockouts(), 5.0,
+                              "the lockout warnings")
+        assert len(warnings) == 2, warnings
+        assert {line.split("]")[0][-2:] for line in warnings} == {"w0", "w1"}, warnings
         for _ in range(6):  # new connections: both workers are asked, neither lets it in
             assert _remote_call(sd, f"201:{WEAK}") == misses[0]
         assert _log_count(sd, "wrong password: '201'") == 4
-        warnings = [line for line in sd.log_text().splitlines()
-                    if "authentication locked out" in line]
-        assert len(warnings) == 2, warnings  # source and account, by one worker only

@@ -287,3 +287,40 @@ def test_a_trust_won_at_one_worker_counts_at_the_other_and_is_not_retold_each_ti
     fail_until_blocked(w1, ATTACKER, "201", T0 + 1)
     assert not w1.allows(ATTACKER, "201", T0 + 2)
     assert w1.allows(PHONE, "201", T0 + 2)
+
+
+def test_a_lockout_reached_at_two_workers_at_once_is_reported_once() -> None:
+    """Both at 3 of 4; a guess at each at the same moment: each crosses 4 only when the
+    other's failure arrives (in apply). The worker the key's hash names reports it."""
+    import zlib
+
+    policy = GuardPolicy(backoff_after=3, lockout_after=4)
+    locked: list[tuple[int, LockoutKind]] = []
+
+    def make(index: int) -> FailureGuard:
+        return FailureGuard(
+            policy, lambda lockout: locked.append((index, lockout.kind)),
+            reports=lambda key: zlib.crc32(key.encode()) % 2 == index)
+
+    w0, w1 = make(0), make(1)
+    for i in range(3):  # replicated in step
+        w0.failed(ATTACKER, "201", T0 + i)
+        w1.apply(Outcome.FAILED, source_key(ATTACKER), "201", T0 + i)
+    assert locked == []
+    # at once: each counts its own, then the other's
+    w0.failed(ATTACKER, "201", T0 + 10)
+    w1.failed(ATTACKER, "201", T0 + 10)
+    w0.apply(Outcome.FAILED, source_key(ATTACKER), "201", T0 + 10)
+    w1.apply(Outcome.FAILED, source_key(ATTACKER), "201", T0 + 10)
+    kinds = sorted(kind for _, kind in locked)
+    assert kinds == [LockoutKind.ACCOUNT, LockoutKind.SOURCE], locked  # once each
+    assert not w0.allows(ATTACKER, "201", T0 + 11) and not w1.allows(ATTACKER, "201", T0 + 11)
+
+
+def test_trust_is_told_again_before_the_others_trust_runs_out() -> None:
+    told: list[float] = []
+    policy = GuardPolicy(backoff_after=3, lockout_after=4, trust_time=1000.0)
+    guard = FailureGuard(policy, on_outcome=lambda o, src, account, now: told.append(now))
+    for t in range(0, 1600, 100):  # a phone re-registering every 100 s
+        guard.succeeded(PHONE, "201", T0 + t)
+    assert told == [T0, T0 + 500, T0 + 1000, T0 + 1500]

@@ -111,6 +111,8 @@ def test_a_referred_invite_without_x_c2d_goes_to_the_worker_that_waits_for_it() 
         assert at.route(other, referrals) == (None if hashed == at.index else hashed)
     tagged = invite.replace(b"To: <sip:+4930123@10.0.0.1>", b"To: <sip:x@y>;tag=03a")
     assert at.route(tagged, referrals) == (None if at.index == 3 else 3)
+    marked = invite.replace(b"@10.0.0.1:5070 SIP", b"@10.0.0.1:5070;x-c2d=03ab SIP")
+    assert at.route(marked, referrals) == (None if at.index == 3 else 3)
     # gone when the call is done, or when its worker restarted
     referrals.remove("c1")
     assert at.route(invite, referrals) == (None if hashed == at.index else hashed)

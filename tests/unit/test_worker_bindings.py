@@ -77,3 +77,33 @@ def test_each_worker_takes_its_share_of_max_concurrent() -> None:
               for k in range(3)]
     assert [s.calls.max_concurrent for s in shares] == [334, 334, 334]
     assert replace(shares[0], calls=config.calls) == config  # nothing else changes
+
+
+def test_referrals_between_workers_parse_forget_and_answer_a_hello() -> None:
+    from sipdial.app import _MeshReferrals
+    from sipdial.sip import Referrals
+
+    class FakeMesh:
+        index, count = 0, 3
+
+        def __init__(self) -> None:
+            self.sent: list[tuple[int | None, bytes]] = []
+
+        def send_referral(self, worker: int | None, document: bytes) -> None:
+            self.sent.append((worker, document))
+
+    mesh = FakeMesh()
+    watch = _MeshReferrals(Referrals(), mesh)  # type: ignore[arg-type]
+    watch.waiting("00c1", "201", "+4930123456")
+    assert json.loads(mesh.sent[-1][1]) == [0, "+", "00c1", "201", "+4930123456"]
+    assert mesh.sent[-1][0] is None  # to every other worker
+    watch.received(b'[2,"+","02c9","202","+4930999"]')
+    for bad in (b"[", b'[0,"+","x","a","b"]', b'[7,"+","x","a","b"]', b'[1,"?","x"]',
+                b'["1","+","x","a","b"]', b'[1,"+",5,"a","b"]', b"{}"):
+        watch.received(bad)  # our own index, no such worker, nonsense: dropped
+    assert len(watch.table) == 2
+    watch.restarted(2)  # worker 2's calls are gone; it is told ours
+    assert watch.table.of_worker(2) == []
+    assert mesh.sent[-1][0] == 2 and json.loads(mesh.sent[-1][1])[2] == "00c1"
+    watch.done("00c1")
+    assert len(watch.table) == 0 and json.loads(mesh.sent[-1][1]) == [0, "-", "00c1"]
