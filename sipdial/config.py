@@ -190,6 +190,27 @@ class RouteConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """One ``[[policy]]`` entry: what its users may dial, and how much (toll-fraud limits).
+
+    Every entry that names the caller (or ``"*"``) applies: a destination matching any
+    ``deny`` is refused, and where ``allow`` is given one of its patterns must match. The
+    caps count the calls of each user (``per = "user"``) or of everyone the entry names
+    together (``per = "all"``)."""
+
+    users: tuple[str, ...] = ("*",)  #: user ids, "*" for every user
+    allow: tuple[re.Pattern[str], ...] = ()  #: patterns on the E.164 destination
+    deny: tuple[re.Pattern[str], ...] = ()
+    max_concurrent: int | None = None  #: calls in progress at once
+    max_per_minute: int | None = None  #: calls started in any 60 s
+    max_per_hour: int | None = None  #: calls started in any 3600 s
+    per: str = "user"  #: "user" or "all"
+
+    def applies_to(self, user: str) -> bool:
+        return "*" in self.users or user in self.users
+
+
+@dataclass(frozen=True, slots=True)
 class CallsConfig:
     """``[calls]``: click-to-dial behaviour and limits."""
 
@@ -288,6 +309,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     upstream: UpstreamConfig | None = None  #: None: standalone (no [upstream] section)
     numbers: NumberPlan = field(default_factory=NumberPlan)  #: ``[numbers]`` (none: as given)
+    policy: tuple[PolicyConfig, ...] = ()  #: ``[[policy]]``, every entry that applies counts
     source: str = "<string>"  #: file the configuration came from
 
 
@@ -331,6 +353,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     media = _parse_media(root.table("media", required=False))
     webhooks = tuple(_parse_webhook(t) for t in root.array_of_tables("webhooks"))
     auth = _parse_auth(root.table("auth", required=False))
+    policy = tuple(_parse_policy(t, users) for t in root.array_of_tables("policy"))
     number_values = _number_values(root.table("numbers", required=False))
     numbers = _plan(number_values, "numbers")
     users = _with_user_plans(users, number_values, user_numbers)
@@ -339,6 +362,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     if upstream is None:
         _require_passwords(users)
     return Config(
+        policy=policy,
         numbers=numbers,
         auth=auth,
         upstream=upstream,
@@ -365,7 +389,9 @@ _SQLITE_PREFIX: Final = "sqlite:///"
 #: Every key the file may contain, by table ("name[]" for each entry of an array of tables).
 _KEYS: Final[dict[str, frozenset[str]]] = {
     "": frozenset({"sip", "http", "store", "api", "users", "routes", "calls", "auto_answer",
-                   "media", "webhooks", "auth", "upstream", "numbers"}),
+                   "media", "webhooks", "auth", "upstream", "numbers", "policy"}),
+    "policy[]": frozenset({"users", "allow", "deny", "max_concurrent", "max_per_minute",
+                           "max_per_hour", "per"}),
     "numbers": frozenset({"country", "area", "base", "outside_line", "international_prefix",
                           "national_prefix"}),
     "upstream": frozenset({"registrar", "username", "password", "domain", "expires",
@@ -664,6 +690,30 @@ def _parse_route(t: _Table) -> RouteConfig:
         raise ConfigError(f'{t.path("format")}: one of "e164", "national", "dial", '
                           f'not "{form}"') from None
     return RouteConfig(match, uri, username, password, _outbound_proxy(t), number_format)
+
+
+def _parse_policy(t: _Table, users: Mapping[str, UserConfig]) -> PolicyConfig:
+    names = tuple(t.strings("users")) if "users" in t.raw else ("*",)
+    for i, name in enumerate(names):
+        if name != "*" and name not in users:
+            raise ConfigError(f'{t.path("users")}[{i}]: unknown user "{name}"')
+    patterns: dict[str, tuple[re.Pattern[str], ...]] = {}
+    for key in ("allow", "deny"):
+        compiled = []
+        for i, pattern in enumerate(t.strings(key) if key in t.raw else []):
+            try:
+                compiled.append(re.compile(pattern))
+            except re.error as exc:
+                raise ConfigError(f"{t.path(key)}[{i}]: invalid regular expression: {exc}") \
+                    from None
+        patterns[key] = tuple(compiled)
+    caps = {key: t.positive_int(key, 1) if key in t.raw else None
+            for key in ("max_concurrent", "max_per_minute", "max_per_hour")}
+    per = t.string("per", default="user")
+    if per not in ("user", "all"):
+        raise ConfigError(f'{t.path("per")}: "user" or "all", not "{per}"')
+    return PolicyConfig(names, patterns["allow"], patterns["deny"], caps["max_concurrent"],
+                        caps["max_per_minute"], caps["max_per_hour"], per)
 
 
 def _number_values(t: _Table) -> dict[str, str]:

@@ -9,6 +9,7 @@ api -> calls.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -40,6 +41,8 @@ REFUSAL_STATUS: dict[Refusal, int] = {
     Refusal.DEVICE_NOT_REGISTERED: 409,
     Refusal.INVALID_DESTINATION: 422,
     Refusal.INVALID_NUMBER: 422,
+    Refusal.DESTINATION_FORBIDDEN: 403,
+    Refusal.RATE_LIMITED: 429,
     Refusal.NO_ROUTE: 422,
     Refusal.MEDIA_UNAVAILABLE: 422,
     Refusal.MEDIA_PORTS_EXHAUSTED: 503,
@@ -85,7 +88,10 @@ class CallsApi:
         try:
             call = self._calls.create(request)
         except CallRefused as exc:
-            return fail(ApiError(REFUSAL_STATUS[exc.refusal], exc.refusal.value, exc.message))
+            headers = [] if exc.retry_after is None else [
+                ("Retry-After", str(max(1, math.ceil(exc.retry_after))))]
+            return fail(ApiError(REFUSAL_STATUS[exc.refusal], exc.refusal.value, exc.message,
+                                 headers))
         resource = call.record.to_json()
 
         # the 201 only once the call's first rows are committed (the store flushes a new

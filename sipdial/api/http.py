@@ -564,7 +564,7 @@ class _Router:
     def _error_reply(self, failure: Failure, request: _Incoming) -> _Reply:
         error = failure.value
         if isinstance(error, ApiError) and 400 <= error.status <= 599:
-            headers = error.headers if isinstance(error, _HttpError) else []
+            headers = error.headers
             return _Reply(error.status, _error_body(error.code, error.message), headers)
         log.error("unexpected error handling %s %s", request.method, _loggable(request.path),
                   exc_info=exc_info(failure))

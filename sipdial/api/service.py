@@ -81,11 +81,13 @@ class ApiError(Exception):
     Example: ``ApiError(409, "user_not_registered", "user 201 has no registered device")``.
     """
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str,
+                 headers: list[tuple[str, str]] | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or []  #: extra response headers (Retry-After, ...)
 
     def __repr__(self) -> str:
         return f"ApiError({self.status!r}, {self.code!r}, {self.message!r})"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from sipdial.calls.autoanswer import AutoAnswerRule
 from sipdial.calls.clicktodial import C2D_PARAM, CallEnv, ClickToDial, Options
 from sipdial.calls.media import CallMedia, MediaPort, PromptSource
+from sipdial.calls.policy import Policy
 from sipdial.calls.routing import Destination, Resolver, Router, Unavailable, escape_user
 from sipdial.calls.states import CallState, Cause, Input, Mode
 from sipdial.media import MediaPortsExhausted
@@ -102,6 +103,8 @@ class Refusal(enum.Enum):
     DEVICE_NOT_REGISTERED = "device_not_registered"
     INVALID_DESTINATION = "invalid_destination"
     INVALID_NUMBER = "invalid_number"
+    DESTINATION_FORBIDDEN = "destination_forbidden"
+    RATE_LIMITED = "rate_limited"
     NO_ROUTE = "no_route"
     MEDIA_UNAVAILABLE = "media_unavailable"
     MEDIA_PORTS_EXHAUSTED = "media_ports_exhausted"
@@ -109,10 +112,12 @@ class Refusal(enum.Enum):
 
 
 class CallRefused(Exception):
-    def __init__(self, refusal: Refusal, message: str) -> None:
+    def __init__(self, refusal: Refusal, message: str, *,
+                 retry_after: float | None = None) -> None:
         super().__init__(f"{refusal.value}: {message}")
         self.refusal = refusal
         self.message = message
+        self.retry_after = retry_after  #: seconds (a cap of the policy)
 
 
 class _NeverOverloaded:
@@ -131,6 +136,8 @@ class CallService:
         self.config = config
         self.referrals = referrals
         self._watched: set[str] = set()  # call ids told to ``referrals`` as waiting
+        self.policy = Policy(config.policy)  # [[policy]]: destinations and caps
+        self._per_user: dict[str, int] = {}  # calls in progress by user
         self.ua = ua
         self.registrar = registrar
         self.router = router
@@ -175,6 +182,13 @@ class CallService:
             raise CallRefused(Refusal.NO_ROUTE,
                               f"no route to {destination.number!r}: it is no local user and "
                               "no [[routes]] entry matches it")
+        refusal = self.policy.check(
+            request.user, destination.number if destination.uri is None
+            else str(destination.uri), self.clock(), self._in_progress)
+        if refusal is not None:
+            raise CallRefused(Refusal.DESTINATION_FORBIDDEN if refusal.forbidden
+                              else Refusal.RATE_LIMITED, refusal.message,
+                              retry_after=refusal.retry_after)
         if len(self.calls) >= config.calls.max_concurrent:
             raise CallRefused(Refusal.OVERLOADED, "too many calls in progress")
         if self.load.overloaded():
@@ -231,6 +245,8 @@ class CallService:
         log.info("call %s user %s: calling_user to=%s mode=%s (%s)", record.id,
                  record.user, record.to, mode.value, rung)
         self.calls[record.id] = call
+        self._per_user[record.user] = self._per_user.get(record.user, 0) + 1
+        self.policy.started(record.user, now)
         self._changed(record, event)
         unavailable = self._unavailable(destination, now)
         if unavailable is not None:
@@ -361,7 +377,16 @@ class CallService:
                                        escape_user(call.destination.number))
 
     def _ended(self, call: ClickToDial) -> None:
-        self.calls.pop(call.id, None)
+        if self.calls.pop(call.id, None) is not None:
+            user = call.record.user
+            left = self._per_user.get(user, 0) - 1
+            if left > 0:
+                self._per_user[user] = left
+            else:
+                self._per_user.pop(user, None)
+
+    def _in_progress(self, user: str | None) -> int:
+        return len(self.calls) if user is None else self._per_user.get(user, 0)
 
     def _digit(self, key: str, digit: str, how: str) -> None:
         """A key press on sipdial's RTP (RFC 4733 or in-band)."""

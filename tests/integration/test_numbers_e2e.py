@@ -49,3 +49,17 @@ def test_a_short_number_is_completed_shown_and_dialled_as_the_route_wants(
                 assert final["cause"] == "completed", final
             invite = dest.messages()
             assert "INVITE sip:0021133990312@127.0.0.1" in invite, invite[:2000]
+
+
+def test_a_forbidden_destination_is_403_over_http(tmp_path: Path) -> None:
+    """The toll-fraud policy (issue 10 §2) at the real HTTP API: the CRM's national number,
+    completed to E.164, is matched by the deny pattern before anyone is rung."""
+    policy = '[[policy]]\ndeny = ["^\\\\+49900"]\n'
+    sd = Sipdial(tmp_path, users=USERS,
+                 routes=[{"match": "^\\+?[0-9]+$", "uri": "sip:{number}@127.0.0.1:9"}],
+                 extra=NUMBERS + policy)
+    with sd.start():
+        status, body = sd.api("POST", "/v1/calls", {"user": "201", "to": "0900 1234567"})
+        assert status == 403, body
+        assert body["error"]["code"] == "destination_forbidden"
+        assert "+499001234567" in body["error"]["message"]

@@ -1,0 +1,120 @@
+"""Toll-fraud policy (sipdial.calls.policy, issue 10 §2): numbers for time, no I/O; and the
+API's answers through the real call engine (tests.unit.simnet)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from sipdial.api import ApiError
+from sipdial.calls.policy import Policy
+from sipdial.config import PolicyConfig, parse_config
+from tests.unit.simnet import BASE_CONFIG
+from tests.unit.test_clicktodial_flow import Flow
+
+T0 = 1000.0
+
+
+def rule(**kw: Any) -> PolicyConfig:
+    for key in ("allow", "deny"):
+        if key in kw:
+            kw[key] = tuple(re.compile(p) for p in kw[key])
+    if "users" in kw:
+        kw["users"] = tuple(kw["users"])
+    return PolicyConfig(**kw)
+
+
+def idle(user: str | None) -> int:
+    return 0
+
+
+def test_deny_and_allow_patterns_on_the_destination() -> None:
+    policy = Policy([rule(deny=[r"^\+(?!49)", r"^\+49900"]),
+                     rule(users=["202"], allow=[r"^\+4930"])])
+    assert policy.check("201", "+4921133990312", T0, idle) is None
+    refused = policy.check("201", "+44207946000", T0, idle)
+    assert refused is not None and refused.forbidden and "policy 1" in refused.message
+    assert policy.check("201", "+499001234567", T0, idle) is not None
+    assert policy.check("202", "+4930123456", T0, idle) is None
+    refused = policy.check("202", "+4921133990312", T0, idle)  # 202 may call Berlin only
+    assert refused is not None and refused.forbidden and "policy 2" in refused.message
+    assert policy.check("201", "201", T0, idle) is None  # an extension matches no pattern
+
+
+def test_per_minute_and_per_hour_caps_with_when_to_retry() -> None:
+    policy = Policy([rule(max_per_minute=2, max_per_hour=3)])
+    for t in (0.0, 10.0):
+        assert policy.check("201", "+4930123456", T0 + t, idle) is None
+        policy.started("201", T0 + t)
+    refused = policy.check("201", "+4930123456", T0 + 20, idle)
+    assert refused is not None and not refused.forbidden
+    assert refused.retry_after == 40.0  # the first call leaves the minute at T0 + 60
+    assert policy.check("202", "+4930123456", T0 + 20, idle) is None  # per user
+    assert policy.check("201", "+4930123456", T0 + 60, idle) is None
+    policy.started("201", T0 + 60)
+    refused = policy.check("201", "+4930123456", T0 + 200, idle)  # 3 in the hour
+    assert refused is not None and refused.retry_after == 3400.0 and "hour" in refused.message
+    assert policy.check("201", "+4930123456", T0 + 3600, idle) is None
+
+
+def test_concurrent_cap_per_user_or_shared() -> None:
+    running = {"201": 2, "202": 0}
+
+    def in_progress(user: str | None) -> int:
+        return sum(running.values()) if user is None else running[user]
+
+    policy = Policy([rule(max_concurrent=2)])
+    refused = policy.check("201", "+4930123456", T0, in_progress)
+    assert refused is not None and refused.retry_after == 1.0
+    assert policy.check("202", "+4930123456", T0, in_progress) is None
+    shared = Policy([rule(max_concurrent=2, per="all")])
+    assert shared.check("202", "+4930123456", T0, in_progress) is not None
+
+
+def _flow(policy: str) -> Flow:
+    text = BASE_CONFIG.format(auto_answer="true", user_answer_timeout=30.0,
+                              target_answer_timeout=60.0, refer_timeout=32.0,
+                              max_concurrent=2000)
+    return Flow(config=parse_config(text + "\n" + policy))
+
+
+def _refused(flow: Flow, to: str) -> ApiError:
+    errors: list[Any] = []
+    flow.net.api.create_call(user="201", to=to, device=None, auto_answer=None,
+                             mode=None).addErrback(lambda f: errors.append(f.value))
+    (error,) = errors
+    assert isinstance(error, ApiError)
+    return error
+
+
+def test_the_api_answers_403_destination_forbidden_before_anyone_is_rung() -> None:
+    flow = _flow('[[policy]]\ndeny = ["^\\\\+44"]\n')
+    error = _refused(flow, "+44207946000")
+    assert (error.status, error.code) == (403, "destination_forbidden")
+    assert flow.phone.nothing() and flow.net.store.calls == {}
+
+
+def test_the_api_answers_429_rate_limited_with_retry_after() -> None:
+    flow = _flow('[[policy]]\nusers = ["201"]\nmax_per_minute = 1\n')
+    flow.create()
+    error = _refused(flow, "+4930123456")
+    assert (error.status, error.code) == (429, "rate_limited")
+    assert ("Retry-After", "60") in error.headers
+
+
+@pytest.mark.parametrize("policy, message", [
+    ('[[policy]]\nusers = ["999"]\n', 'unknown user "999"'),
+    ('[[policy]]\ndeny = ["("]\n', "invalid regular expression"),
+    ('[[policy]]\nper = "group"\n', '"user" or "all"'),
+    ('[[policy]]\nmax_per_minute = 0\n', "must be > 0"),
+])
+def test_bad_policies_are_refused_at_start(policy: str, message: str) -> None:
+    from sipdial.config import ConfigError
+
+    text = BASE_CONFIG.format(auto_answer="true", user_answer_timeout=30.0,
+                              target_answer_timeout=60.0, refer_timeout=32.0,
+                              max_concurrent=2000)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(text + "\n" + policy)
