@@ -762,7 +762,10 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     workers: OtherWorkers | None = WorkerHttp(reactor, role) if role is not None else None
     site = build_site(api, config.api.tokens, reactor=reactor,
                       check_password=check_password,
-                      events=merged if merged is not None else events, workers=workers)
+                      events=merged if merged is not None else events, workers=workers,
+                      allow_from={"api": config.http.allow_from,
+                                  "call_init": config.http.call_init_allow_from,
+                                  "remote_call": config.http.remote_call_allow_from})
     private_port = None
     if role is None:
         http = reactor.listenTCP(config.http.port, site, interface=config.http.host)

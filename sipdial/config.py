@@ -123,12 +123,22 @@ class SipConfig:
             object.__setattr__(self, "realm", self.domain)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
-    """``[http]``: where the HTTP API listens."""
+    """``[http]``: where the HTTP API listens, and who may use it."""
 
     host: str  #: IPv6 without brackets
     port: int
+    #: the networks the API (``/v1/...``, ``/healthz``) answers; None: every address.
+    #: Others get 403 before any credential is looked at (LocaPhone's GS_CALL_INIT_FROM_NET)
+    allow_from: tuple[Network, ...] | None = None
+    #: the same for LocaPhone's ``call-init.php`` and pbxnsip's ``remote_call.htm``
+    #: (None: as ``allow_from``)
+    call_init_allow_from: tuple[Network, ...] | None = None
+    remote_call_allow_from: tuple[Network, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,7 +434,8 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
         }
     ),
     "sip.tls": frozenset({"certificate", "key", "ca", "verify"}),
-    "http": frozenset({"listen"}),
+    "http": frozenset({"listen", "allow_from", "call_init_allow_from",
+                       "remote_call_allow_from"}),
     "store": frozenset({"url"}),
     "api": frozenset({"tokens"}),
     "users[]": frozenset({"id", "password", "name", "auto_answer", "number", "confirm",
@@ -566,7 +577,26 @@ def _parse_http(t: _Table) -> HttpConfig:
         raise ConfigError(f'{key}: expected "HOST:PORT" (IPv6 as "[::1]:PORT"), got "{value}"')
     host = _parse_host(m["host"], key, value)
     port = _parse_port(m["port"], key)
-    return HttpConfig(host, port)
+    nets = {k: _networks(t, k) for k in ("allow_from", "call_init_allow_from",
+                                        "remote_call_allow_from")}
+    api = nets["allow_from"]
+    return HttpConfig(host, port, api,
+                      nets["call_init_allow_from"] if "call_init_allow_from" in t.raw else api,
+                      nets["remote_call_allow_from"] if "remote_call_allow_from" in t.raw
+                      else api)
+
+
+def _networks(t: _Table, key: str) -> tuple[Network, ...] | None:
+    if key not in t.raw:
+        return None
+    out: list[Network] = []
+    for i, text in enumerate(t.strings(key)):
+        try:
+            out.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f'{t.path(key)}[{i}]: not an address or CIDR network: "{text}"') \
+                from None
+    return tuple(out)
 
 
 def _parse_host(text: str, key: str, value: str) -> str:

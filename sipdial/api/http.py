@@ -34,11 +34,12 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, BinaryIO, Final, Protocol
@@ -53,6 +54,7 @@ from twisted.web.resource import Resource
 from sipdial.api.service import ApiError, CallApi, OtherWorkers, WorkerReply
 from sipdial.api.sse import EventSource, EventStream
 from sipdial.calls import CallState, Mode, escape_user
+from sipdial.config import Network
 from sipdial.events import parse_cursor
 from sipdial.reactor_types import exc_info
 from sipdial.sip import SipError, SipURI, parse_uri
@@ -467,10 +469,27 @@ class _Route:
     methods: Mapping[str, _Handler]
     #: HEAD is answered like GET; not on compatibility URLs, where GET starts a call.
     head: bool = True
+    scope: str = "api"  #: whose ``allow_from`` applies (see _SCOPE_KEYS)
 
     def allow(self) -> str:
         methods = set(self.methods) | ({"HEAD"} if self.head and "GET" in self.methods else set())
         return ", ".join(sorted(methods))
+
+
+_SCOPE_KEYS: Final = {"api": "allow_from", "call_init": "call_init_allow_from",
+                      "remote_call": "remote_call_allow_from"}
+
+
+def _from_allowed(client: str, networks: Sequence[Network]) -> bool:
+    """Whether the client's address is in one of ``networks`` (an IPv4-mapped IPv6 address
+    counts as its IPv4 address; no address at all is never allowed)."""
+    try:
+        address = ipaddress.ip_address(client.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
 
 
 def _error_body(code: str, message: str) -> dict[str, Any]:
@@ -525,8 +544,11 @@ class _Router:
         check_password: Callable[[str, str, str], bool] | None,
         events: bool = False,
         workers: OtherWorkers | None = None,
+        allow_from: Mapping[str, Sequence[Network] | None] | None = None,
     ) -> None:
         self._api = api
+        #: by route scope ("api", "call_init", "remote_call"): who may ask (None: anyone)
+        self._allow_from = dict(allow_from or {})
         self._tokens = _Tokens(tokens)
         self._check_password = check_password
         self._events = events
@@ -543,6 +565,13 @@ class _Router:
             match = route.pattern.fullmatch(request.path)
             if match is None:
                 continue
+            allowed = self._allow_from.get(route.scope)
+            if allowed is not None and not _from_allowed(request.client, allowed):
+                # before anything else, credentials above all: a guesser from elsewhere
+                # gets no answer that depends on them
+                raise ApiError(403, "forbidden_source",
+                               f"requests from {_loggable(request.client) or 'here'} are not "
+                               f"accepted here ([http] {_SCOPE_KEYS[route.scope]})")
             method = request.method
             if method == "HEAD" and route.head:
                 method = "GET"
@@ -857,11 +886,13 @@ _ROUTES: Final[tuple[_Route, ...]] = (
         re.compile(r"(?:/[^?#]*)?/call-init\.php"),
         {"GET": _Router._locaphone_call_init},
         head=False,
+        scope="call_init",
     ),
     _Route(
         re.compile(r"(?:/[^?#]*)?/remote_call\.htm"),
         {"GET": _Router._pbxnsip_remote_call},
         head=False,
+        scope="remote_call",
     ),
 )
 
@@ -1041,6 +1072,7 @@ def build_site(
     check_password: Callable[[str, str, str], bool] | None = None,
     events: EventSource | None = None,
     workers: OtherWorkers | None = None,
+    allow_from: Mapping[str, Sequence[Network] | None] | None = None,
 ) -> server.Site:
     """The HTTP API as a Twisted ``Site``; listen on it with ``reactor.listenTCP``.
 
@@ -1051,7 +1083,9 @@ def build_site(
     ``reactor`` (an ``IReactorTime``) drives the HTTP connection timeouts.
     ``events`` (the :class:`~sipdial.events.hub.EventHub`) enables ``GET /v1/events``.
     ``workers``: the other worker processes (``sipdial serve --workers``), which answer for
-    their own calls; None: this process has every call.
+    their own calls; None: this process has every call. ``allow_from``: by scope
+    (``"api"``, ``"call_init"``, ``"remote_call"``), the networks that may ask there (403
+    ``forbidden_source`` for the others, before any credential check); None: anyone.
     """
     stream: EventStream | None = None
     if events is not None:
@@ -1062,7 +1096,7 @@ def build_site(
         stream = EventStream(events, reactor)
     site = _Site(  # type: ignore[no-untyped-call]
         _Resource(_Router(api, tokens, check_password, events=stream is not None,
-                          workers=workers), stream),
+                          workers=workers, allow_from=allow_from), stream),
         requestFactory=_LimitedRequest,
         parsePOSTFormSubmission=False,
         reactor=reactor,

@@ -1027,3 +1027,28 @@ def test_with_several_workers_last_event_id_may_be_a_cursor(sharded: Server,
     assert bad.status == 422 and "cursor" in bad.error_message
     single = server.request("GET", "/v1/events", headers={"Last-Event-ID": "12.7.9"})
     assert single.status in (422, 404)  # one process: ids only (or no stream at all)
+
+
+# ------------------------------------------------------------------------- allow_from
+
+
+def test_allow_from_refuses_other_sources_before_any_credential(reactor: SelectReactor) -> None:
+    """LocaPhone's GS_CALL_INIT_FROM_NET: per scope, the networks that may ask; the others
+    get 403 before the token or password is looked at (a wrong one gets the same 403)."""
+    import ipaddress
+
+    api = FakeApi()
+    here = (ipaddress.ip_network("127.0.0.0/8"),)
+    elsewhere = (ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/32"))
+    for server in serve(reactor, api, check_password=check_password,
+                        allow_from={"api": here, "remote_call": elsewhere,
+                                    "call_init": None}):
+        assert server.request("GET", "/healthz").status == 200  # from 127.0.0.1: allowed
+        for token in ("admin-token", "wrong"):
+            r = server.request("GET", "/remote_call.htm?user=201&dest=4930123", token=token)
+            assert (r.status, r.error_code) == (403, "forbidden_source"), r.raw
+            assert "remote_call_allow_from" in r.error_message
+        assert api.created == []
+        # call-init.php: no list for it, anyone may ask (and is then authenticated)
+        r = server.request("GET", "/call-init.php?user=201&number=4930123", token=None)
+        assert r.status != 403, r.raw
