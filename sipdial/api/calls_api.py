@@ -27,7 +27,7 @@ from sipdial.calls import (
     Refusal,
 )
 from sipdial.registrar import Registrar
-from sipdial.store import CallRecord, WriteReport
+from sipdial.store import CallRecord, Metadata, WriteReport
 from sipdial.upstream import UpstreamRegistration
 
 __all__ = ["REFUSAL_STATUS", "CallHistory", "CallsApi"]
@@ -80,11 +80,11 @@ class CallsApi:
 
     def create_call(self, *, user: str, to: str, device: str | None,
                     auto_answer: bool | None, mode: Mode | None, confirm: bool | None = None,
-                    caller_id: str | None = None,
-                    clir: bool | None = None) -> Deferred[dict[str, Any]]:
+                    caller_id: str | None = None, clir: bool | None = None,
+                    metadata: Metadata | None = None) -> Deferred[dict[str, Any]]:
         request = CallRequest(user=user, to=to, device=device, auto_answer=auto_answer,
                               mode=None if mode is None else Mode(mode), confirm=confirm,
-                              caller_id=caller_id, clir=clir)
+                              caller_id=caller_id, clir=clir, metadata=metadata)
         try:
             call = self._calls.create(request)
         except CallRefused as exc:

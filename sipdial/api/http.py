@@ -58,6 +58,7 @@ from sipdial.config import Network
 from sipdial.events import parse_cursor
 from sipdial.reactor_types import exc_info
 from sipdial.sip import SipError, SipURI, parse_uri
+from sipdial.store import MAX_METADATA_BYTES, Metadata
 
 __all__ = ["MAX_BODY_BYTES", "build_site", "normalise_destination"]
 
@@ -92,7 +93,7 @@ _USER: Final = re.compile(r"[A-Za-z0-9._~+-]{1,64}")
 _CALL_ID: Final = r"[A-Za-z0-9._~-]{1,128}"
 _UNPRINTABLE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _BODY_FIELDS: Final = frozenset(
-    {"user", "to", "device", "auto_answer", "mode", "confirm", "caller_id", "clir"}
+    {"user", "to", "device", "auto_answer", "mode", "confirm", "caller_id", "clir", "metadata"}
 )
 
 
@@ -260,6 +261,19 @@ class _CallRequest:
     confirm: bool | None = None  #: "press 1" before dialling (None: user/config default)
     caller_id: str | None = None  #: number shown to the target in bridge mode
     clir: bool | None = None  #: hide the caller's identity from the target
+    metadata: Metadata | None = None  #: the CRM's correlation data (a small JSON object)
+
+
+def _valid_metadata(value: object) -> Metadata | None:
+    """A JSON object of at most MAX_METADATA_BYTES as compact JSON (UTF-8), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _invalid("metadata: must be a JSON object")
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        raise _invalid(f"metadata: {size} bytes as JSON, at most {MAX_METADATA_BYTES}")
+    return value
 
 
 def _call_request_from_json(payload: object) -> _CallRequest:
@@ -284,7 +298,8 @@ def _call_request_from_json(payload: object) -> _CallRequest:
         raise _invalid('caller_id: must be a number (digits with an optional leading "+")')
     return _CallRequest(user=user, to=to, device=device, auto_answer=auto_answer, mode=mode,
                         confirm=_valid_flag(payload, "confirm"), caller_id=caller_id,
-                        clir=_valid_flag(payload, "clir"))
+                        clir=_valid_flag(payload, "clir"),
+                        metadata=_valid_metadata(payload.get("metadata")))
 
 
 def _parse_json(body: bytes) -> object:
@@ -668,6 +683,7 @@ class _Router:
             confirm=call.confirm,
             caller_id=call.caller_id,
             clir=call.clir,
+            metadata=call.metadata,
         )
 
         def created(resource: dict[str, Any]) -> _Reply:

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 
 from sipdial.calls import CallState, Mode
+from sipdial.store import Metadata
 
 __all__ = ["ApiError", "CallApi", "OtherWorkers", "WorkerReply"]
 
@@ -113,6 +114,7 @@ class CallApi(Protocol):
         confirm: bool | None = None,
         caller_id: str | None = None,
         clir: bool | None = None,
+        metadata: Metadata | None = None,
     ) -> Deferred[dict[str, Any]]:
         """Start a call; fires with the new call resource. ``confirm``: play "press 1" first
         (None: the user's / config default); ``caller_id`` and ``clir``: what the target

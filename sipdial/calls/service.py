@@ -26,7 +26,7 @@ from sipdial.media import MediaPortsExhausted
 from sipdial.numbers import InvalidNumber
 from sipdial.registrar import Registrar
 from sipdial.sip import URI, SipURI
-from sipdial.store import CallEvent, CallRecord
+from sipdial.store import CallEvent, CallRecord, Metadata
 from sipdial.ua import UserAgent
 
 if TYPE_CHECKING:
@@ -93,6 +93,9 @@ class CallRequest:
     confirm: bool | None = None  #: play "press 1" first; None: the user's / config default
     caller_id: str | None = None  #: what the target sees (bridge mode)
     clir: bool | None = None  #: hide the caller from the target (bridge mode)
+    #: the CRM's correlation data, kept on the call and in its events (validated: a JSON
+    #: object of at most MAX_METADATA_BYTES)
+    metadata: Metadata | None = None
 
 
 class Refusal(enum.Enum):
@@ -228,7 +231,7 @@ class CallService:
         record = CallRecord(id=self.ua.endpoint.shard.prefix(32), user=request.user, to=to,
                             mode=mode.value, state=CallState.CALLING_USER.value, cause=None,
                             created_at=now, ended_at=None,
-                            auto_answer=auto_answer)
+                            auto_answer=auto_answer, metadata=request.metadata)
         media = None
         if needs_media and self.media is not None and self.prompts is not None:
             media = CallMedia(self.media, self.prompts, record.id)

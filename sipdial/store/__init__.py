@@ -26,8 +26,11 @@ and left out, the rest of its batch is committed. Only a broken database loses a
 """
 
 from sipdial.store.models import (
+    MAX_METADATA_BYTES,
     CallEvent,
     CallRecord,
+    JsonValue,
+    Metadata,
     OutboxEntry,
     PublishedEvent,
     RegistrationRecord,
@@ -43,8 +46,11 @@ from sipdial.store.sqlite import (
 )
 
 __all__ = [
+    "MAX_METADATA_BYTES",
     "CallEvent",
     "CallRecord",
+    "JsonValue",
+    "Metadata",
     "OutboxEntry",
     "PublishedEvent",
     "RegistrationRecord",

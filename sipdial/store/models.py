@@ -11,14 +11,24 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 __all__ = [
+    "MAX_METADATA_BYTES",
     "CallEvent",
     "CallRecord",
+    "JsonValue",
+    "Metadata",
     "OutboxEntry",
     "PublishedEvent",
     "RegistrationRecord",
     "WriteReport",
     "iso_time",
 ]
+
+
+#: a JSON value, as ``json.loads`` gives it
+JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
+#: a call's ``metadata``: a JSON object, at most :data:`MAX_METADATA_BYTES` as compact JSON
+Metadata = dict[str, JsonValue]
+MAX_METADATA_BYTES = 2048
 
 
 @lru_cache(maxsize=4096)
@@ -64,6 +74,8 @@ class CallRecord:
     ended_at: float | None  #: unix time, None while in progress
     device: str | None = None  #: the user's device that answered (Contact or User-Agent)
     auto_answer: bool = False  #: the user's leg was auto-answered
+    #: the CRM's correlation data given with the call (a small JSON object), or None
+    metadata: Metadata | None = None
     #: the call's events, oldest first (filled by reads; :meth:`save_call` does not write them)
     events: list[CallEvent] = field(default_factory=list)
 
@@ -86,6 +98,7 @@ class CallRecord:
             "ended_at": None if self.ended_at is None else iso_time(self.ended_at),
             "device": self.device,
             "auto_answer": self.auto_answer,
+            "metadata": self.metadata,
         }
 
 

@@ -30,6 +30,7 @@ restart loses none). :data:`_SQL_MIGRATIONS` brings an older database up to date
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -49,6 +50,7 @@ from sipdial.reactor_types import DelayedCall, TimeReactor, exc_info
 from sipdial.store.models import (
     CallEvent,
     CallRecord,
+    Metadata,
     OutboxEntry,
     PublishedEvent,
     RegistrationRecord,
@@ -60,7 +62,7 @@ __all__ = ["RunInThread", "SqliteStore", "StoreError", "StoreReactor"]
 _T = TypeVar("_T")
 log = logging.getLogger("sipdial.store")
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 # --------------------------------------------------------------------------------------------
 # SQL: every statement the store runs
@@ -139,20 +141,23 @@ _SQL_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     ),
     # RFC 3327: a binding's Path (its preloaded route set) survives a restart
     3: ("ALTER TABLE registrations ADD COLUMN path TEXT NOT NULL DEFAULT ''",),
+    # the CRM's correlation data of a call (issue 10 §6), compact JSON or NULL
+    4: ("ALTER TABLE calls ADD COLUMN metadata TEXT",),
 }
 _SQL_GET_VERSION: Final = "SELECT MAX(version) FROM schema_version"
 _SQL_SET_VERSION: Final = "INSERT INTO schema_version (version) VALUES (?)"
 
 _CALL_COLUMNS: Final = (
-    "id, user_id, target, mode, state, cause, created_at, ended_at, device, auto_answer"
+    "id, user_id, target, mode, state, cause, created_at, ended_at, device, auto_answer, "
+    "metadata"
 )
 _SQL_UPSERT_CALL: Final = f"""
-    INSERT INTO calls ({_CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO calls ({_CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET
         user_id = excluded.user_id, target = excluded.target, mode = excluded.mode,
         state = excluded.state, cause = excluded.cause, created_at = excluded.created_at,
         ended_at = excluded.ended_at, device = excluded.device,
-        auto_answer = excluded.auto_answer"""
+        auto_answer = excluded.auto_answer, metadata = excluded.metadata"""
 _SQL_INSERT_EVENT: Final = (
     "INSERT INTO call_events (call_id, state, time, sip_code, detail) VALUES (?, ?, ?, ?, ?)"
 )
@@ -239,7 +244,8 @@ class StoreError(RuntimeError):
 # Pending writes
 # --------------------------------------------------------------------------------------------
 
-_CallRow = tuple[str, str, str, str, str, str | None, float, float | None, str | None, int]
+_CallRow = tuple[str, str, str, str, str, str | None, float, float | None, str | None, int,
+                 str | None]
 _EventRow = tuple[str, str, float, int | None, str | None]
 _RegRow = tuple[
     str, str, str | None, str, str, int, float, float, str | None, str, int, float, str
@@ -325,7 +331,22 @@ def _call_row(call: CallRecord) -> _CallRow:
         call.ended_at,
         call.device,
         int(call.auto_answer),
+        None if call.metadata is None else _metadata_text(call.metadata),
     )
+
+
+def _metadata_text(metadata: Metadata) -> str:
+    return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+
+
+def _metadata_of(text: str | None) -> Metadata | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _call_from_row(row: Sequence[Any]) -> CallRecord:
@@ -340,6 +361,7 @@ def _call_from_row(row: Sequence[Any]) -> CallRecord:
         ended_at=row[7],
         device=row[8],
         auto_answer=bool(row[9]),
+        metadata=_metadata_of(row[10]),
     )
 
 

@@ -507,3 +507,11 @@ def test_a_user_s_own_numbers_table_overrides_the_deployment_s() -> None:
     assert flow.net_record.to == "+4921133990312"  # 201: the deployment's plan
     assert flow.net.calls.router.destination("12", config.users["202"].numbers).number \
         == "+493055512"
+
+
+def test_metadata_is_on_the_call_and_in_every_event() -> None:
+    flow = Flow()
+    flow.create(metadata={"ticket": "T-4711"})
+    assert flow.net_record.metadata == {"ticket": "T-4711"}
+    flow.ring()
+    assert flow.net_record.to_json()["metadata"] == {"ticket": "T-4711"}

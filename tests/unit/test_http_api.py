@@ -76,11 +76,13 @@ class FakeApi:
         confirm: bool | None = None,
         caller_id: str | None = None,
         clir: bool | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> Deferred[dict[str, Any]]:
         args: dict[str, Any] = {"user": user, "to": to, "device": device,
                                 "auto_answer": auto_answer, "mode": mode}
         # the issue-3 fields are recorded only when given, so older expectations stay exact
-        for name, value in (("confirm", confirm), ("caller_id", caller_id), ("clir", clir)):
+        for name, value in (("confirm", confirm), ("caller_id", caller_id), ("clir", clir),
+                            ("metadata", metadata)):
             if value is not None:
                 args[name] = value
         self.created.append(args)
@@ -1052,3 +1054,19 @@ def test_allow_from_refuses_other_sources_before_any_credential(reactor: SelectR
         # call-init.php: no list for it, anyone may ask (and is then authenticated)
         r = server.request("GET", "/call-init.php?user=201&number=4930123", token=None)
         assert r.status != 403, r.raw
+
+
+# ------------------------------------------------------------------------- metadata
+
+
+def test_metadata_goes_to_the_engine_and_bad_metadata_is_refused(server: Server) -> None:
+    """A CRM's correlation data (issue 10 §6): a JSON object of at most 2048 bytes."""
+    metadata = {"ticket": "T-4711", "lead": 42, "owner": {"name": "Jürgen"}}
+    r = server.request("POST", "/v1/calls", body=call_body(metadata=metadata))
+    assert r.status == 201, r.raw
+    assert server.api.created[-1]["metadata"] == metadata
+    for bad, why in ((["a"], "must be a JSON object"), ("x", "must be a JSON object"),
+                     ({"blob": "x" * 2100}, "at most 2048")):
+        r = server.request("POST", "/v1/calls", body=call_body(metadata=bad))
+        assert r.status in (400, 422) and why in r.error_message, r.raw
+    assert len(server.api.created) == 1

@@ -535,6 +535,7 @@ def test_call_to_json() -> None:
         "ended_at": "2026-11-21T13:36:55.623Z",
         "device": "sip:201@10.0.0.5",
         "auto_answer": True,
+        "metadata": None,
         "events": [
             {
                 "state": "calling_user",
@@ -611,3 +612,25 @@ def test_a_new_call_is_flushed_within_end_flush_interval_too(db: Path) -> None:
     h.store.save_call(record)  # a later change waits for flush_interval
     h.clock.advance(0.005)
     assert h.transactions() == 1
+
+
+def test_metadata_is_kept_with_the_call_and_an_old_database_gets_the_column(
+        db: Path) -> None:
+    """A CRM's correlation data (issue 10 §6) survives the store, and a version 3 database
+    is migrated (calls.metadata added, NULL for the calls it had)."""
+    metadata: dict[str, Any] = {"lead": 4711, "crm": "consol", "tags": ["a", "ü"]}
+    h = started(db)
+    h.store.save_call(call("m1", metadata=metadata))
+    h.store.save_call(call("m2"))
+    h.clock.advance(1.0)
+    stored = result(h.store.get_call("m1"))
+    assert stored is not None and stored.metadata == metadata
+    assert stored.to_json()["metadata"] == metadata
+    result(h.store.stop())
+    with sqlite3.connect(db) as conn:  # back to version 3, as an older sipdial left it
+        conn.execute("ALTER TABLE calls DROP COLUMN metadata")
+        conn.execute("UPDATE schema_version SET version = 3 WHERE version = 4")
+    h = started(db)
+    old = result(h.store.get_call("m1"))
+    assert old is not None and old.metadata is None and old.state == "calling_user"
+    result(h.store.stop())
