@@ -177,6 +177,9 @@ class UserConfig:
     confirm: bool | None = None  #: play "press 1" before dialling (None: [calls] confirm)
     language: str | None = None  #: prompt language "en" | "de" (None: [calls] language)
     clir: bool = False  #: hide this user's number from targets (Privacy: id)
+    #: a user with a click-to-dial call in progress: rung anyway (False) or refused with
+    #: 409 user_busy (True); a request's ``refuse_if_busy`` wins
+    refuse_if_busy: bool = False
     #: ``[[users]] numbers = {...}``: ``[numbers]`` with this user's keys overriding (None:
     #: ``[numbers]`` as it is)
     numbers: NumberPlan | None = None
@@ -439,7 +442,7 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
     "store": frozenset({"url"}),
     "api": frozenset({"tokens"}),
     "users[]": frozenset({"id", "password", "name", "auto_answer", "number", "confirm",
-                          "language", "clir", "numbers"}),
+                          "language", "clir", "numbers", "refuse_if_busy"}),
     "routes[]": frozenset({"match", "uri", "username", "password", "outbound_proxy",
                            "format"}),
     "calls": frozenset(
@@ -662,11 +665,12 @@ def _parse_users(tables: list[_Table],
         if language is not None and language not in LANGUAGES:
             raise ConfigError(f'{t.path("language")}: expected "en" or "de", got "{language}"')
         clir = t.boolean("clir", False)
+        refuse_if_busy = t.boolean("refuse_if_busy", False)
         if "numbers" in t.raw:
             own = _Table(t.get("numbers", dict, "a table"), t.path("numbers"), "numbers")
             overrides[uid] = _number_values(own)
         users[uid] = UserConfig(uid, password, name, auto_answer, number, confirm, language,
-                                clir)
+                                clir, refuse_if_busy)
     return MappingProxyType(users)
 
 

@@ -43,6 +43,7 @@ REFUSAL_STATUS: dict[Refusal, int] = {
     Refusal.INVALID_NUMBER: 422,
     Refusal.DESTINATION_FORBIDDEN: 403,
     Refusal.RATE_LIMITED: 429,
+    Refusal.USER_BUSY: 409,
     Refusal.NO_ROUTE: 422,
     Refusal.MEDIA_UNAVAILABLE: 422,
     Refusal.MEDIA_PORTS_EXHAUSTED: 503,
@@ -81,10 +82,12 @@ class CallsApi:
     def create_call(self, *, user: str, to: str, device: str | None,
                     auto_answer: bool | None, mode: Mode | None, confirm: bool | None = None,
                     caller_id: str | None = None, clir: bool | None = None,
-                    metadata: Metadata | None = None) -> Deferred[dict[str, Any]]:
+                    metadata: Metadata | None = None,
+                    refuse_if_busy: bool | None = None) -> Deferred[dict[str, Any]]:
         request = CallRequest(user=user, to=to, device=device, auto_answer=auto_answer,
                               mode=None if mode is None else Mode(mode), confirm=confirm,
-                              caller_id=caller_id, clir=clir, metadata=metadata)
+                              caller_id=caller_id, clir=clir, metadata=metadata,
+                              refuse_if_busy=refuse_if_busy)
         try:
             call = self._calls.create(request)
         except CallRefused as exc:

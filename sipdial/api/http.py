@@ -93,7 +93,8 @@ _USER: Final = re.compile(r"[A-Za-z0-9._~+-]{1,64}")
 _CALL_ID: Final = r"[A-Za-z0-9._~-]{1,128}"
 _UNPRINTABLE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _BODY_FIELDS: Final = frozenset(
-    {"user", "to", "device", "auto_answer", "mode", "confirm", "caller_id", "clir", "metadata"}
+    {"user", "to", "device", "auto_answer", "mode", "confirm", "caller_id", "clir", "metadata",
+     "refuse_if_busy"}
 )
 
 
@@ -262,6 +263,7 @@ class _CallRequest:
     caller_id: str | None = None  #: number shown to the target in bridge mode
     clir: bool | None = None  #: hide the caller's identity from the target
     metadata: Metadata | None = None  #: the CRM's correlation data (a small JSON object)
+    refuse_if_busy: bool | None = None  #: 409 user_busy while the user is on a c2d call
 
 
 def _valid_metadata(value: object) -> Metadata | None:
@@ -299,7 +301,8 @@ def _call_request_from_json(payload: object) -> _CallRequest:
     return _CallRequest(user=user, to=to, device=device, auto_answer=auto_answer, mode=mode,
                         confirm=_valid_flag(payload, "confirm"), caller_id=caller_id,
                         clir=_valid_flag(payload, "clir"),
-                        metadata=_valid_metadata(payload.get("metadata")))
+                        metadata=_valid_metadata(payload.get("metadata")),
+                        refuse_if_busy=_valid_flag(payload, "refuse_if_busy"))
 
 
 def _parse_json(body: bytes) -> object:
@@ -684,6 +687,7 @@ class _Router:
             caller_id=call.caller_id,
             clir=call.clir,
             metadata=call.metadata,
+            refuse_if_busy=call.refuse_if_busy,
         )
 
         def created(resource: dict[str, Any]) -> _Reply:

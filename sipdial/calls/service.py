@@ -96,6 +96,9 @@ class CallRequest:
     #: the CRM's correlation data, kept on the call and in its events (validated: a JSON
     #: object of at most MAX_METADATA_BYTES)
     metadata: Metadata | None = None
+    #: refuse (409 user_busy) while the user has a click-to-dial call in progress; None: the
+    #: user's ``refuse_if_busy``
+    refuse_if_busy: bool | None = None
 
 
 class Refusal(enum.Enum):
@@ -108,6 +111,7 @@ class Refusal(enum.Enum):
     INVALID_NUMBER = "invalid_number"
     DESTINATION_FORBIDDEN = "destination_forbidden"
     RATE_LIMITED = "rate_limited"
+    USER_BUSY = "user_busy"
     NO_ROUTE = "no_route"
     MEDIA_UNAVAILABLE = "media_unavailable"
     MEDIA_PORTS_EXHAUSTED = "media_ports_exhausted"
@@ -192,6 +196,12 @@ class CallService:
             raise CallRefused(Refusal.DESTINATION_FORBIDDEN if refusal.forbidden
                               else Refusal.RATE_LIMITED, refusal.message,
                               retry_after=refusal.retry_after)
+        refuse_if_busy = request.refuse_if_busy
+        if refuse_if_busy is None:
+            refuse_if_busy = profile.refuse_if_busy
+        if refuse_if_busy and self._per_user.get(request.user, 0):
+            raise CallRefused(Refusal.USER_BUSY, f"user {request.user} has a click-to-dial "
+                              "call in progress (refuse_if_busy)")
         if len(self.calls) >= config.calls.max_concurrent:
             raise CallRefused(Refusal.OVERLOADED, "too many calls in progress")
         if self.load.overloaded():

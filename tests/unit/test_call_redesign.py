@@ -515,3 +515,29 @@ def test_metadata_is_on_the_call_and_in_every_event() -> None:
     assert flow.net_record.metadata == {"ticket": "T-4711"}
     flow.ring()
     assert flow.net_record.to_json()["metadata"] == {"ticket": "T-4711"}
+
+
+def test_a_busy_user_is_rung_anyway_unless_refuse_if_busy() -> None:
+    """CRMs ask whether to ring a user already on a call (issue 10 §6): by default yes; with
+    refuse_if_busy (per request, or the user's setting) 409 user_busy while the user has a
+    click-to-dial call in progress."""
+    flow = Flow()
+    flow.create()
+    assert flow.state == "calling_user"
+    error = _refused(flow, to="+4930999999", refuse_if_busy=True)
+    assert (error.status, error.code) == (409, "user_busy")
+    assert flow.phone.nothing(), flow.phone.pending()  # nobody rung for the refused one
+    second = flow.net.api.create_call(user="201", to="+4930999998", device=None,
+                                      auto_answer=None, mode=None)
+    results: list[Any] = []
+    second.addBoth(results.append)
+    assert isinstance(results[0], dict), results  # rung anyway by default
+    text = BASE_CONFIG.format(auto_answer="true", user_answer_timeout=30.0,
+                              target_answer_timeout=60.0, refer_timeout=32.0,
+                              max_concurrent=2000)
+    busy = Flow(config=parse_config(text.replace('id = "201"',
+                                                 'id = "201"\nrefuse_if_busy = true', 1)))
+    busy.create()
+    error = _refused(busy, to="+4930999999")
+    assert (error.status, error.code) == (409, "user_busy")
+    busy.create(to="+4930999997", refuse_if_busy=False)  # the request wins

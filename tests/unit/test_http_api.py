@@ -77,12 +77,13 @@ class FakeApi:
         caller_id: str | None = None,
         clir: bool | None = None,
         metadata: dict[str, Any] | None = None,
+        refuse_if_busy: bool | None = None,
     ) -> Deferred[dict[str, Any]]:
         args: dict[str, Any] = {"user": user, "to": to, "device": device,
                                 "auto_answer": auto_answer, "mode": mode}
         # the issue-3 fields are recorded only when given, so older expectations stay exact
         for name, value in (("confirm", confirm), ("caller_id", caller_id), ("clir", clir),
-                            ("metadata", metadata)):
+                            ("metadata", metadata), ("refuse_if_busy", refuse_if_busy)):
             if value is not None:
                 args[name] = value
         self.created.append(args)
