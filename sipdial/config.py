@@ -236,6 +236,9 @@ class CallsConfig:
     confirm: bool = False  #: play "to connect to ..., press 1" and wait for DTMF 1 first
     confirm_timeout: float = 15.0  #: seconds to wait for a digit (cause not_confirmed)
     language: str = "en"  #: prompt language, "en" or "de"
+    #: header names a request may set on the call's INVITEs (``"headers"``: X-CRM-Id, ...),
+    #: lower case; none by default
+    extra_headers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,6 +459,7 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
             "confirm",
             "confirm_timeout",
             "language",
+            "extra_headers",
         }
     ),
     "auto_answer[]": frozenset({"vendor", "match", "headers"}),
@@ -813,10 +817,33 @@ def _parse_calls(t: _Table) -> CallsConfig:
         confirm=t.boolean("confirm", False),
         confirm_timeout=t.positive_float("confirm_timeout", 15.0),
         language=t.string("language", default="en"),
+        extra_headers=_extra_headers(t),
     )
     if calls.language not in LANGUAGES:
         raise ConfigError(f'{t.path("language")}: expected "en" or "de", got "{calls.language}"')
     return calls
+
+
+#: headers sipdial writes itself or that change routing, dialogs or security: never a
+#: request's to set (RFC 3261 §20 and the extensions sipdial uses)
+_OWN_HEADERS: Final = frozenset({
+    "via", "v", "from", "f", "to", "t", "call-id", "i", "cseq", "contact", "m", "route",
+    "record-route", "max-forwards", "content-length", "l", "content-type", "c",
+    "authorization", "proxy-authorization", "www-authenticate", "proxy-authenticate",
+    "p-asserted-identity", "privacy", "refer-to", "r", "referred-by", "b", "replaces",
+    "require", "supported", "k", "allow", "call-info", "alert-info", "answer-mode",
+    "priv-answer-mode", "event", "o", "subscription-state", "expires", "path", "user-agent",
+})
+_TOKEN: Final = re.compile(r"[A-Za-z0-9!%*_+`'~.-]+")
+
+
+def _extra_headers(t: _Table) -> frozenset[str]:
+    names = t.strings("extra_headers") if "extra_headers" in t.raw else []
+    for i, name in enumerate(names):
+        if not _TOKEN.fullmatch(name) or name.lower() in _OWN_HEADERS:
+            raise ConfigError(f'{t.path("extra_headers")}[{i}]: "{name}" is no header a '
+                              "request may set (a token, not one sipdial writes itself)")
+    return frozenset(name.lower() for name in names)
 
 
 LANGUAGES: Final = ("en", "de")

@@ -44,6 +44,7 @@ REFUSAL_STATUS: dict[Refusal, int] = {
     Refusal.DESTINATION_FORBIDDEN: 403,
     Refusal.RATE_LIMITED: 429,
     Refusal.USER_BUSY: 409,
+    Refusal.INVALID_HEADER: 422,
     Refusal.NO_ROUTE: 422,
     Refusal.MEDIA_UNAVAILABLE: 422,
     Refusal.MEDIA_PORTS_EXHAUSTED: 503,
@@ -83,18 +84,19 @@ class CallsApi:
                     auto_answer: bool | None, mode: Mode | None, confirm: bool | None = None,
                     caller_id: str | None = None, clir: bool | None = None,
                     metadata: Metadata | None = None,
-                    refuse_if_busy: bool | None = None) -> Deferred[dict[str, Any]]:
+                    refuse_if_busy: bool | None = None,
+                    headers: tuple[tuple[str, str], ...] = ()) -> Deferred[dict[str, Any]]:
         request = CallRequest(user=user, to=to, device=device, auto_answer=auto_answer,
                               mode=None if mode is None else Mode(mode), confirm=confirm,
                               caller_id=caller_id, clir=clir, metadata=metadata,
-                              refuse_if_busy=refuse_if_busy)
+                              refuse_if_busy=refuse_if_busy, headers=headers)
         try:
             call = self._calls.create(request)
         except CallRefused as exc:
-            headers = [] if exc.retry_after is None else [
+            retry = [] if exc.retry_after is None else [
                 ("Retry-After", str(max(1, math.ceil(exc.retry_after))))]
             return fail(ApiError(REFUSAL_STATUS[exc.refusal], exc.refusal.value, exc.message,
-                                 headers))
+                                 retry))
         resource = call.record.to_json()
 
         # the 201 only once the call's first rows are committed (the store flushes a new

@@ -94,7 +94,7 @@ _CALL_ID: Final = r"[A-Za-z0-9._~-]{1,128}"
 _UNPRINTABLE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _BODY_FIELDS: Final = frozenset(
     {"user", "to", "device", "auto_answer", "mode", "confirm", "caller_id", "clir", "metadata",
-     "refuse_if_busy"}
+     "refuse_if_busy", "headers"}
 )
 
 
@@ -264,6 +264,7 @@ class _CallRequest:
     clir: bool | None = None  #: hide the caller's identity from the target
     metadata: Metadata | None = None  #: the CRM's correlation data (a small JSON object)
     refuse_if_busy: bool | None = None  #: 409 user_busy while the user is on a c2d call
+    headers: tuple[tuple[str, str], ...] = ()  #: for the INVITEs ([calls] extra_headers)
 
 
 def _valid_metadata(value: object) -> Metadata | None:
@@ -276,6 +277,16 @@ def _valid_metadata(value: object) -> Metadata | None:
     if size > MAX_METADATA_BYTES:
         raise _invalid(f"metadata: {size} bytes as JSON, at most {MAX_METADATA_BYTES}")
     return value
+
+
+def _valid_headers(value: object) -> tuple[tuple[str, str], ...]:
+    """``{"X-CRM-Id": "4711"}``: names and values strings (which names: the engine says)."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise _invalid("headers: must be a JSON object of header name -> text")
+    return tuple(value.items())
 
 
 def _call_request_from_json(payload: object) -> _CallRequest:
@@ -302,7 +313,8 @@ def _call_request_from_json(payload: object) -> _CallRequest:
                         confirm=_valid_flag(payload, "confirm"), caller_id=caller_id,
                         clir=_valid_flag(payload, "clir"),
                         metadata=_valid_metadata(payload.get("metadata")),
-                        refuse_if_busy=_valid_flag(payload, "refuse_if_busy"))
+                        refuse_if_busy=_valid_flag(payload, "refuse_if_busy"),
+                        headers=_valid_headers(payload.get("headers")))
 
 
 def _parse_json(body: bytes) -> object:
@@ -688,6 +700,7 @@ class _Router:
             clir=call.clir,
             metadata=call.metadata,
             refuse_if_busy=call.refuse_if_busy,
+            headers=call.headers,
         )
 
         def created(resource: dict[str, Any]) -> _Reply:

@@ -116,6 +116,7 @@ class CallApi(Protocol):
         clir: bool | None = None,
         metadata: Metadata | None = None,
         refuse_if_busy: bool | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> Deferred[dict[str, Any]]:
         """Start a call; fires with the new call resource. ``confirm``: play "press 1" first
         (None: the user's / config default); ``caller_id`` and ``clir``: what the target

@@ -108,6 +108,8 @@ class Options:
     language: str
     caller_id: str | None
     clir: bool
+    #: the request's own headers on the user's INVITEs and the target's (allow-listed)
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class ClickToDial:
@@ -282,7 +284,7 @@ class ClickToDial:
         media_at = self.media.address if self.media is not None else None
         legs = []
         for binding in self.bindings:
-            extra = [("P-Asserted-Identity", str(caller))]
+            extra = [("P-Asserted-Identity", str(caller)), *self.options.headers]
             if self.options.auto_answer:
                 extra += auto_answer_headers(binding.user_agent,
                                              local_uri=str(user_uri("sipdial", env.domain)),
@@ -306,7 +308,7 @@ class ClickToDial:
         sipdial's account."""
         env = self.env
         target = pbx.target(self.user.id, label="pbx")
-        extra = [("P-Asserted-Identity", str(caller))]
+        extra = [("P-Asserted-Identity", str(caller)), *self.options.headers]
         if self.options.auto_answer:
             extra += auto_answer_headers(None, local_uri=str(user_uri("sipdial", env.domain)),
                                          rules=env.auto_answer_rules)
@@ -425,7 +427,7 @@ class ClickToDial:
         user = self.user
         shown = self.options.caller_id or user.number or user.id
         identity = NameAddr(user_uri(shown, self._domain), user.name or None)
-        extra = [("P-Asserted-Identity", str(identity))]
+        extra = [("P-Asserted-Identity", str(identity)), *self.options.headers]
         caller = identity
         if self.options.clir:
             # RFC 3323/3325: anonymous From, the real identity only for trusted hops

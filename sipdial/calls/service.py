@@ -45,6 +45,9 @@ __all__ = [
 
 log = logging.getLogger("sipdial.calls")
 
+MAX_EXTRA_HEADERS = 10  #: a request's own headers at most
+MAX_HEADER_VALUE = 256  #: characters in each value
+
 #: seconds a REFER-mode call stays in the workers' referral table after it connected or
 #: ended (RFC 3261 Timer B/F: 64*T1 with the default T1)
 REFERRAL_LINGER = 32.0
@@ -99,6 +102,8 @@ class CallRequest:
     #: refuse (409 user_busy) while the user has a click-to-dial call in progress; None: the
     #: user's ``refuse_if_busy``
     refuse_if_busy: bool | None = None
+    #: headers for the call's INVITEs (name, value): only names in [calls] extra_headers
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class Refusal(enum.Enum):
@@ -112,6 +117,7 @@ class Refusal(enum.Enum):
     DESTINATION_FORBIDDEN = "destination_forbidden"
     RATE_LIMITED = "rate_limited"
     USER_BUSY = "user_busy"
+    INVALID_HEADER = "invalid_header"
     NO_ROUTE = "no_route"
     MEDIA_UNAVAILABLE = "media_unavailable"
     MEDIA_PORTS_EXHAUSTED = "media_ports_exhausted"
@@ -196,6 +202,7 @@ class CallService:
             raise CallRefused(Refusal.DESTINATION_FORBIDDEN if refusal.forbidden
                               else Refusal.RATE_LIMITED, refusal.message,
                               retry_after=refusal.retry_after)
+        self._check_headers(request.headers)
         refuse_if_busy = request.refuse_if_busy
         if refuse_if_busy is None:
             refuse_if_busy = profile.refuse_if_busy
@@ -234,7 +241,8 @@ class CallService:
         options = Options(mode=mode, auto_answer=auto_answer, confirm=confirm,
                           language=profile.language or config.calls.language,
                           caller_id=request.caller_id,
-                          clir=profile.clir if request.clir is None else request.clir)
+                          clir=profile.clir if request.clir is None else request.clir,
+                          headers=request.headers)
         # the call resource shows the number as dialled: E.164 with [numbers]
         number = destination.number
         to = number if destination.uri is None and number.lstrip("+").isdigit() else request.to
@@ -397,6 +405,21 @@ class CallService:
                 self._per_user[user] = left
             else:
                 self._per_user.pop(user, None)
+
+    def _check_headers(self, headers: tuple[tuple[str, str], ...]) -> None:
+        """Only names ``[calls] extra_headers`` allows, values of printable text without
+        line breaks (a header must not smuggle another), at most 10 of 256 characters."""
+        allowed = self.config.calls.extra_headers
+        if len(headers) > MAX_EXTRA_HEADERS:
+            raise CallRefused(Refusal.INVALID_HEADER,
+                              f"headers: at most {MAX_EXTRA_HEADERS}")
+        for name, value in headers:
+            if name.lower() not in allowed:
+                raise CallRefused(Refusal.INVALID_HEADER, f"headers: {name[:40]!r} is not in "
+                                  "[calls] extra_headers")
+            if len(value) > MAX_HEADER_VALUE or not value.isprintable():
+                raise CallRefused(Refusal.INVALID_HEADER, f"headers: {name}: printable text "
+                                  f"of at most {MAX_HEADER_VALUE} characters, no line breaks")
 
     def _in_progress(self, user: str | None) -> int:
         return len(self.calls) if user is None else self._per_user.get(user, 0)

@@ -541,3 +541,30 @@ def test_a_busy_user_is_rung_anyway_unless_refuse_if_busy() -> None:
     error = _refused(busy, to="+4930999999")
     assert (error.status, error.code) == (409, "user_busy")
     busy.create(to="+4930999997", refuse_if_busy=False)  # the request wins
+
+
+def test_a_request_s_own_headers_reach_the_phone_when_the_config_allows_them() -> None:
+    text = BASE_CONFIG.format(auto_answer="true", user_answer_timeout=30.0,
+                              target_answer_timeout=60.0, refer_timeout=32.0,
+                              max_concurrent=2000)
+    text = text.replace("[calls]", '[calls]\nextra_headers = ["X-CRM-Id"]', 1)
+    flow = Flow(config=parse_config(text))
+    flow.create(headers=(("x-crm-id", "T-4711"),))
+    invite = next(iter(flow.invites.values()))
+    assert invite.headers.get("X-CRM-Id") == "T-4711"
+    for headers, why in (((("X-Other", "1"),), "not in [calls] extra_headers"),
+                         ((("X-CRM-Id", "a\r\nVia: evil"),), "no line breaks"),
+                         ((("X-CRM-Id", "x" * 300),), "at most 256")):
+        error = _refused(flow, to="+4930999999", headers=headers)
+        assert (error.status, error.code) == (422, "invalid_header") and why in error.message
+
+
+@pytest.mark.parametrize("name", ["Via", "P-Asserted-Identity", "bad name"])
+def test_sipdials_own_headers_cannot_be_allowed(name: str) -> None:
+    from sipdial.config import ConfigError
+
+    text = BASE_CONFIG.format(auto_answer="true", user_answer_timeout=30.0,
+                              target_answer_timeout=60.0, refer_timeout=32.0,
+                              max_concurrent=2000)
+    with pytest.raises(ConfigError, match="no header a request may set"):
+        parse_config(text.replace("[calls]", f'[calls]\nextra_headers = ["{name}"]', 1))

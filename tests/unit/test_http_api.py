@@ -78,12 +78,14 @@ class FakeApi:
         clir: bool | None = None,
         metadata: dict[str, Any] | None = None,
         refuse_if_busy: bool | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> Deferred[dict[str, Any]]:
         args: dict[str, Any] = {"user": user, "to": to, "device": device,
                                 "auto_answer": auto_answer, "mode": mode}
         # the issue-3 fields are recorded only when given, so older expectations stay exact
         for name, value in (("confirm", confirm), ("caller_id", caller_id), ("clir", clir),
-                            ("metadata", metadata), ("refuse_if_busy", refuse_if_busy)):
+                            ("metadata", metadata), ("refuse_if_busy", refuse_if_busy),
+                            ("headers", headers or None)):
             if value is not None:
                 args[name] = value
         self.created.append(args)
@@ -1071,3 +1073,12 @@ def test_metadata_goes_to_the_engine_and_bad_metadata_is_refused(server: Server)
         r = server.request("POST", "/v1/calls", body=call_body(metadata=bad))
         assert r.status in (400, 422) and why in r.error_message, r.raw
     assert len(server.api.created) == 1
+
+
+def test_headers_go_to_the_engine_as_pairs_and_other_shapes_are_refused(server: Server) -> None:
+    r = server.request("POST", "/v1/calls", body=call_body(headers={"X-CRM-Id": "T-1"}))
+    assert r.status == 201, r.raw
+    assert server.api.created[-1]["headers"] == (("X-CRM-Id", "T-1"),)
+    for bad in (["X-CRM-Id"], {"X-CRM-Id": 1}, "X-CRM-Id: 1"):
+        r = server.request("POST", "/v1/calls", body=call_body(headers=bad))
+        assert (r.status, r.error_code) == (422, "invalid_request"), r.raw
