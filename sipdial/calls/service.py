@@ -195,9 +195,10 @@ class CallService:
             raise CallRefused(Refusal.NO_ROUTE,
                               f"no route to {destination.number!r}: it is no local user and "
                               "no [[routes]] entry matches it")
-        refusal = self.policy.check(
-            request.user, destination.number if destination.uri is None
-            else str(destination.uri), self.clock(), self._in_progress)
+        # the number, also of a sip: URI destination (its user part): a deny pattern on
+        # "+44" must not be dodged by "sip:+44...@gateway"
+        refusal = self.policy.check(request.user, destination.number, self.clock(),
+                                    self._in_progress)
         if refusal is not None:
             raise CallRefused(Refusal.DESTINATION_FORBIDDEN if refusal.forbidden
                               else Refusal.RATE_LIMITED, refusal.message,

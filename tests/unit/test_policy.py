@@ -118,3 +118,9 @@ def test_bad_policies_are_refused_at_start(policy: str, message: str) -> None:
                               max_concurrent=2000)
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config(text + "\n" + policy)
+
+
+def test_a_sip_uri_destination_is_judged_by_its_number() -> None:
+    flow = _flow('[[policy]]\ndeny = ["^\\\\+44"]\n')
+    error = _refused(flow, "sip:+44207946000@gateway.example.com")
+    assert (error.status, error.code) == (403, "destination_forbidden")
