@@ -273,7 +273,11 @@ def _valid_metadata(value: object) -> Metadata | None:
         return None
     if not isinstance(value, dict):
         raise _invalid("metadata: must be a JSON object")
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    try:  # NaN and Infinity parse (Python's json) but are no JSON for the CRM reading it
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise _invalid("metadata: NaN and Infinity are not JSON numbers") from None
+    size = len(text.encode())
     if size > MAX_METADATA_BYTES:
         raise _invalid(f"metadata: {size} bytes as JSON, at most {MAX_METADATA_BYTES}")
     return value

@@ -1072,6 +1072,9 @@ def test_metadata_goes_to_the_engine_and_bad_metadata_is_refused(server: Server)
                      ({"blob": "x" * 2100}, "at most 2048")):
         r = server.request("POST", "/v1/calls", body=call_body(metadata=bad))
         assert r.status in (400, 422) and why in r.error_message, r.raw
+    raw = '{"user": "201", "to": "+4930123456", "metadata": {"score": NaN}}'
+    r = server.request("POST", "/v1/calls", body=raw, headers={"Content-Type": "application/json"})
+    assert r.status == 422 and "NaN" in r.error_message, r.raw
     assert len(server.api.created) == 1
 
 
