@@ -236,9 +236,9 @@ class CallsConfig:
     confirm: bool = False  #: play "to connect to ..., press 1" and wait for DTMF 1 first
     confirm_timeout: float = 15.0  #: seconds to wait for a digit (cause not_confirmed)
     language: str = "en"  #: prompt language, "en" or "de"
-    #: header names a request may set on the call's INVITEs (``"headers"``: X-CRM-Id, ...),
-    #: lower case; none by default
-    extra_headers: frozenset[str] = frozenset()
+    #: header names a request may set on the call's INVITEs (``"headers"``: X-CRM-Id, ...):
+    #: lower case -> the spelling configured (written as configured); none by default
+    extra_headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -833,17 +833,19 @@ _OWN_HEADERS: Final = frozenset({
     "p-asserted-identity", "privacy", "refer-to", "r", "referred-by", "b", "replaces",
     "require", "supported", "k", "allow", "call-info", "alert-info", "answer-mode",
     "priv-answer-mode", "event", "o", "subscription-state", "expires", "path", "user-agent",
+    "session-expires", "x", "min-se", "proxy-require", "identity", "p-preferred-identity",
+    "remote-party-id", "diversion", "history-info", "reason", "rack", "rseq",
 })
 _TOKEN: Final = re.compile(r"[A-Za-z0-9!%*_+`'~.-]+")
 
 
-def _extra_headers(t: _Table) -> frozenset[str]:
+def _extra_headers(t: _Table) -> Mapping[str, str]:
     names = t.strings("extra_headers") if "extra_headers" in t.raw else []
     for i, name in enumerate(names):
         if not _TOKEN.fullmatch(name) or name.lower() in _OWN_HEADERS:
             raise ConfigError(f'{t.path("extra_headers")}[{i}]: "{name}" is no header a '
                               "request may set (a token, not one sipdial writes itself)")
-    return frozenset(name.lower() for name in names)
+    return MappingProxyType({name.lower(): name for name in names})
 
 
 LANGUAGES: Final = ("en", "de")

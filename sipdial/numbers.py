@@ -33,6 +33,8 @@ international prefix and the E.164 digits), ``dial`` (``outside_line`` + nationa
 from __future__ import annotations
 
 import enum
+import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -82,10 +84,29 @@ class NumberPlan:
 
     @property
     def international(self) -> str:
-        """The international prefix in use ("" without a country)."""
+        """The international prefix one dials ("" without a country)."""
         if self.international_prefix is not None:
             return self.international_prefix
         return _metadata_prefixes(self.country)[0]
+
+    def strip_international(self, number: str) -> str | None:
+        """``number`` without its international prefix, None if it has none. The country's
+        prefix may be a pattern (Korea: 001, 002, 005, 00700, ...), matched as such."""
+        if self.international_prefix is not None:
+            prefix = self.international_prefix
+            return number[len(prefix):] if number.startswith(prefix) else None
+        pattern = _international_pattern(self.country)
+        if pattern is None:
+            return None
+        match = pattern.match(number)
+        return number[match.end():] if match is not None and match.end() else None
+
+    @property
+    def region(self) -> str | None:
+        """The country's region code ("DE"), None without a country."""
+        if self.country is None:
+            return None
+        return phonenumbers.region_code_for_country_code(int(self.country))
 
     @property
     def national(self) -> str:
@@ -93,6 +114,16 @@ class NumberPlan:
         if self.national_prefix is not None:
             return self.national_prefix
         return _metadata_prefixes(self.country)[1]
+
+
+@functools.lru_cache(maxsize=64)
+def _international_pattern(country: str | None) -> re.Pattern[str] | None:
+    if country is None:
+        return None
+    region = phonenumbers.region_code_for_country_code(int(country))
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    prefix = metadata.international_prefix if metadata is not None else None
+    return re.compile(f"(?:{prefix or '00'})")
 
 
 def _metadata_prefixes(country: str | None) -> tuple[str, str]:
@@ -154,11 +185,18 @@ def _complete(number: str, plan: NumberPlan, is_local_user: Callable[[str], bool
         return check_e164(number)
     if is_local_user(number) or plan.country is None or not number.isdigit():
         return number
-    international, national = plan.international, plan.national
-    if international and number.startswith(international):
-        return check_e164("+" + number[len(international):])
+    abroad = plan.strip_international(number)
+    if abroad is not None:
+        return check_e164("+" + abroad)
+    national = plan.national
     if national and number.startswith(national):
         return check_e164(f"+{plan.country}{number[len(national):]}")
+    if plan.base is None or not national:
+        # a whole national number needs no completion: countries without a trunk prefix
+        # (Italy's 06..., 3xx mobiles; Spain; Denmark ...) and ten-digit NANP numbers
+        whole = _valid_national(number, plan)
+        if whole is not None:
+            return whole
     if plan.area is None:
         raise InvalidNumber(f"{number}: no area code given and none configured "
                             "([numbers] area) to complete it")
@@ -169,6 +207,17 @@ def _complete(number: str, plan: NumberPlan, is_local_user: Callable[[str], bool
     if number.startswith(plan.base):
         return check_e164(f"+{plan.country}{plan.area}{number}")
     return check_e164(f"+{plan.country}{plan.area}{plan.base}{number}")
+
+
+def _valid_national(number: str, plan: NumberPlan) -> str | None:
+    """``number`` as a complete, valid national number of the plan's country (E.164)."""
+    try:
+        parsed = phonenumbers.parse(number, plan.region)
+    except NumberParseException:
+        return None
+    if parsed.country_code != int(plan.country or 0) or not phonenumbers.is_valid_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 def for_route(number: str, form: NumberFormat, plan: NumberPlan) -> str:

@@ -277,7 +277,10 @@ def _valid_metadata(value: object) -> Metadata | None:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except ValueError:
         raise _invalid("metadata: NaN and Infinity are not JSON numbers") from None
-    size = len(text.encode())
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # "\ud800": a lone surrogate, no text
+        raise _invalid("metadata: text that is not well-formed Unicode") from None
     if size > MAX_METADATA_BYTES:
         raise _invalid(f"metadata: {size} bytes as JSON, at most {MAX_METADATA_BYTES}")
     return value

@@ -27,6 +27,7 @@ from sipdial.calls.routing import (
 )
 from sipdial.calls.service import CallService
 from sipdial.calls.states import Input
+from sipdial.numbers import InvalidNumber
 from sipdial.sip import URI, NameAddr, Response, SipURI
 from sipdial.ua import IncomingInvite, UserAgent
 
@@ -77,7 +78,25 @@ class InboundRouter:
             # the referred call of a click-to-dial call that has ended meanwhile
             endpoint.reply(txn, 487, now, reason="Click-to-dial call is over")
             return
-        destination = c2d.destination if c2d is not None else Destination(number)
+        if c2d is not None:
+            destination = c2d.destination  # checked when the click-to-dial call began
+        else:
+            # a number the phone dials: completed like the API's ([numbers]) and held to
+            # the same [[policy]] patterns; a SIP password is all toll fraud needs
+            try:
+                destination = self.router.destination(number, user.numbers)
+            except InvalidNumber as exc:
+                endpoint.reply(txn, 484, now, reason="Address Incomplete")
+                log.info("call from %s to %r refused: %s", user.id, number, exc)
+                return
+            except ValueError:
+                destination = Destination(number)
+            refused = self.calls.policy.destination_refused(
+                user.id, self.calls.policy_number(destination, user.numbers))
+            if refused is not None:
+                endpoint.reply(txn, 403, now, reason="Forbidden by policy")
+                log.info("call refused: %s", refused)
+                return
         routed = self.router.route(destination, now)
         if isinstance(routed, NoRoute):
             endpoint.reply(txn, 404, now, reason="No route")

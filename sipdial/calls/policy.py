@@ -43,9 +43,11 @@ class Policy:
         self._starts: dict[tuple[int, str], deque[float]] = {}
 
     def check(self, user: str, destination: str, now: float,
-              in_progress: Callable[[str | None], int]) -> PolicyRefusal | None:
+              in_progress: Callable[[str | None], int], *,
+              caps: bool = True) -> PolicyRefusal | None:
         """None if ``user`` may call ``destination`` now. ``in_progress(user)`` counts that
-        user's calls in progress, ``in_progress(None)`` everyone's."""
+        user's calls in progress, ``in_progress(None)`` everyone's. ``destination``: the
+        number (a sip: URI destination's user part), separators removed by the caller."""
         for index, rule in enumerate(self.rules):
             if not rule.applies_to(user):
                 continue
@@ -56,10 +58,16 @@ class Policy:
             if rule.allow and not any(p.search(destination) for p in rule.allow):
                 return PolicyRefusal(True, f"{user} may not call {destination} (policy "
                                      f"{index + 1} allows only its allow patterns)")
+            if not caps:
+                continue
             shared = rule.per == "all"
             whose = "these users'" if shared else f"{user}'s"
-            if rule.max_concurrent is not None and \
-                    in_progress(None if shared else user) >= rule.max_concurrent:
+            if shared:
+                running = in_progress(None) if "*" in rule.users \
+                    else sum(in_progress(u) for u in rule.users)
+            else:
+                running = in_progress(user)
+            if rule.max_concurrent is not None and running >= rule.max_concurrent:
                 return PolicyRefusal(False, f"{whose} {rule.max_concurrent} calls in progress "
                                      f"at once (policy {index + 1})", 1.0)
             starts = self._window(index, "*" if shared else user, now)
@@ -74,6 +82,12 @@ class Policy:
                     return PolicyRefusal(False, f"{whose} {cap} calls per {what} "
                                          f"(policy {index + 1})", wait)
         return None
+
+    def destination_refused(self, user: str, destination: str) -> str | None:
+        """The deny/allow part alone (calls a phone dials through sipdial, which the caps
+        do not count): why ``destination`` is refused to ``user``, or None."""
+        refusal = self.check(user, destination, 0.0, _nothing_running, caps=False)
+        return refusal.message if refusal is not None else None
 
     def started(self, user: str, now: float) -> None:
         """A call of ``user`` was accepted: it counts against every cap that applies."""
@@ -90,6 +104,10 @@ class Policy:
         while starts and starts[0] <= now - HOUR:
             starts.popleft()
         return starts
+
+
+def _nothing_running(user: str | None) -> int:
+    return 0
 
 
 def _since(starts: deque[float], cutoff: float) -> int:

@@ -12,6 +12,7 @@ import enum
 import itertools
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -23,7 +24,7 @@ from sipdial.calls.policy import Policy
 from sipdial.calls.routing import Destination, Resolver, Router, Unavailable, escape_user
 from sipdial.calls.states import CallState, Cause, Input, Mode
 from sipdial.media import MediaPortsExhausted
-from sipdial.numbers import InvalidNumber
+from sipdial.numbers import InvalidNumber, NumberPlan, complete
 from sipdial.registrar import Registrar
 from sipdial.sip import URI, SipURI
 from sipdial.store import CallEvent, CallRecord, Metadata
@@ -45,6 +46,8 @@ __all__ = [
 
 log = logging.getLogger("sipdial.calls")
 
+_SEPARATORS = re.compile(r"[\s\-./()]")
+_DIGITS = re.compile(r"\+?[0-9]+")
 MAX_EXTRA_HEADERS = 10  #: a request's own headers at most
 MAX_HEADER_VALUE = 256  #: characters in each value
 
@@ -195,10 +198,11 @@ class CallService:
             raise CallRefused(Refusal.NO_ROUTE,
                               f"no route to {destination.number!r}: it is no local user and "
                               "no [[routes]] entry matches it")
-        # the number, also of a sip: URI destination (its user part): a deny pattern on
-        # "+44" must not be dodged by "sip:+44...@gateway"
-        refusal = self.policy.check(request.user, destination.number, self.clock(),
-                                    self._in_progress)
+        # the number, also of a sip: URI destination (its user part, separators gone and
+        # completed like a number): "+44" must not be dodged by "sip:+4-4...@gateway"
+        refusal = self.policy.check(request.user,
+                                    self.policy_number(destination, profile.numbers),
+                                    self.clock(), self._in_progress)
         if refusal is not None:
             raise CallRefused(Refusal.DESTINATION_FORBIDDEN if refusal.forbidden
                               else Refusal.RATE_LIMITED, refusal.message,
@@ -243,7 +247,8 @@ class CallService:
                           language=profile.language or config.calls.language,
                           caller_id=request.caller_id,
                           clir=profile.clir if request.clir is None else request.clir,
-                          headers=request.headers)
+                          headers=tuple((self.config.calls.extra_headers[name.lower()], value)
+                                        for name, value in request.headers))
         # the call resource shows the number as dialled: E.164 with [numbers]
         number = destination.number
         to = number if destination.uri is None and number.lstrip("+").isdigit() else request.to
@@ -407,6 +412,20 @@ class CallService:
             else:
                 self._per_user.pop(user, None)
 
+    def policy_number(self, destination: Destination, numbers: NumberPlan | None = None) -> str:
+        """What ``[[policy]]`` patterns are matched against: the number, for a sip: URI its
+        user part without separators and completed to E.164 where it is a number."""
+        number = destination.number
+        if destination.uri is None:
+            return number
+        plain = _SEPARATORS.sub("", number)
+        if not _DIGITS.fullmatch(plain):
+            return number
+        try:
+            return complete(plain, numbers or self.router.numbers, lambda _user: False)
+        except InvalidNumber:
+            return plain
+
     def _check_headers(self, headers: tuple[tuple[str, str], ...]) -> None:
         """Only names ``[calls] extra_headers`` allows, values of printable text without
         line breaks (a header must not smuggle another), at most 10 of 256 characters."""
@@ -414,8 +433,10 @@ class CallService:
         if len(headers) > MAX_EXTRA_HEADERS:
             raise CallRefused(Refusal.INVALID_HEADER,
                               f"headers: at most {MAX_EXTRA_HEADERS}")
+        if len({name.lower() for name, _ in headers}) < len(headers):
+            raise CallRefused(Refusal.INVALID_HEADER, "headers: a name given twice")
         for name, value in headers:
-            if name.lower() not in allowed:
+            if not name.isascii() or name.lower() not in allowed:
                 raise CallRefused(Refusal.INVALID_HEADER, f"headers: {name[:40]!r} is not in "
                                   "[calls] extra_headers")
             if len(value) > MAX_HEADER_VALUE or not value.isprintable():

@@ -554,7 +554,10 @@ def test_a_request_s_own_headers_reach_the_phone_when_the_config_allows_them() -
     assert invite.headers.get("X-CRM-Id") == "T-4711"
     for headers, why in (((("X-Other", "1"),), "not in [calls] extra_headers"),
                          ((("X-CRM-Id", "a\r\nVia: evil"),), "no line breaks"),
-                         ((("X-CRM-Id", "x" * 300),), "at most 256")):
+                         ((("X-CRM-Id", "x" * 300),), "at most 256"),
+                         ((("X-CRM-\u212aey", "1"),), "not in [calls] extra_headers"),
+                         ((("X-CRM-Id", "1"), ("x-crm-id", "2")), "given twice"),
+                         ((("X-CRM-Id", "a\u2028b"),), "no line breaks")):
         error = _refused(flow, to="+4930999999", headers=headers)
         assert (error.status, error.code) == (422, "invalid_header") and why in error.message
 

@@ -1075,6 +1075,9 @@ def test_metadata_goes_to_the_engine_and_bad_metadata_is_refused(server: Server)
     raw = '{"user": "201", "to": "+4930123456", "metadata": {"score": NaN}}'
     r = server.request("POST", "/v1/calls", body=raw, headers={"Content-Type": "application/json"})
     assert r.status == 422 and "NaN" in r.error_message, r.raw
+    raw = '{"user": "201", "to": "+4930123456", "metadata": {"x": "\\ud800"}}'
+    r = server.request("POST", "/v1/calls", body=raw, headers={"Content-Type": "application/json"})
+    assert r.status == 422 and "Unicode" in r.error_message, r.raw
     assert len(server.api.created) == 1
 
 

@@ -97,3 +97,22 @@ def test_a_route_gets_the_form_it_asks_for() -> None:
 def test_impossible_plans_are_refused(kwargs: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         NumberPlan(**kwargs)
+
+
+def test_countries_without_a_trunk_prefix_and_ten_digit_nanp_numbers() -> None:
+    """Italian numbers keep their leading 0 and need no area; a ten-digit US number is
+    complete: neither gets the area code put in front (review: both dialled wrong numbers)."""
+    italy = NumberPlan(country="39", area="06")
+    assert done("0212345678", italy) == "+390212345678"  # Milan from Rome
+    assert done("3471234567", italy) == "+393471234567"  # a mobile
+    assert done("12345678", italy) == "+390612345678"  # a Rome subscriber number
+    us = NumberPlan(country="1", area="212")
+    assert done("2125551234", us) == "+12125551234"
+    assert done("5551234", us) == "+12125551234"
+
+
+def test_an_international_prefix_that_is_a_pattern() -> None:
+    """Korea dials abroad with 001, 002, 005, 00700 ...: all of them are the prefix."""
+    korea = NumberPlan(country="82", area="2")
+    for prefix in ("001", "002", "00700"):
+        assert done(prefix + "44207946000", korea) == "+44207946000"

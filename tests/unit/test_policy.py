@@ -124,3 +124,53 @@ def test_a_sip_uri_destination_is_judged_by_its_number() -> None:
     flow = _flow('[[policy]]\ndeny = ["^\\\\+44"]\n')
     error = _refused(flow, "sip:+44207946000@gateway.example.com")
     assert (error.status, error.code) == (403, "destination_forbidden")
+
+
+def test_a_phone_dialling_through_sipdial_is_held_to_the_same_patterns() -> None:
+    """Toll fraud needs only a SIP password: a number a registered phone dials through
+    sipdial is completed like the API's and refused by [[policy]] (403 Forbidden)."""
+    from tests.unit.simnet import Phone, SimNet, ack_for, first_via
+
+    text = BASE_CONFIG.format(auto_answer="true", user_answer_timeout=30.0,
+                              target_answer_timeout=60.0, refer_timeout=32.0,
+                              max_concurrent=2000)
+    text += '\n[numbers]\ncountry = "49"\narea = "30"\n[[policy]]\ndeny = ["^\\\\+44"]\n'
+    net = SimNet(parse_config(text))
+    phone = Phone(net, port=5070)
+    assert phone.register().status == 200
+    net.clear()
+    for dialled, status in (("0044207946000", 403), ("+44207946000", 403), ("0", 484)):
+        uri = f"sip:{dialled}@127.0.0.1"
+        first = phone.request("INVITE", uri, call_id_value=f"out-{dialled}@phone",
+                              from_tag="o1", to_value=f"<{uri}>", cseq_number=1)
+        phone.send(first)
+        challenge = phone.take_response(407)
+        phone.send(ack_for(first, challenge, first_via(first)))
+        auth = phone.authorization(challenge, "INVITE", uri, proxy=True)
+        second = phone.request("INVITE", uri, call_id_value=f"out-{dialled}@phone",
+                               from_tag="o1", to_value=f"<{uri}>", cseq_number=2,
+                               extra=[("Proxy-Authorization", auth)])
+        phone.send(second)
+        pending = phone.pending()
+        if pending[:1] and pending[0].startswith("100 "):
+            phone.take_response(100)
+        phone.take_response(status)
+    assert not net.inbound.relayed
+
+
+def test_a_shared_cap_counts_only_the_users_it_names() -> None:
+    running = {"201": 2, "202": 0, "203": 5}
+
+    def in_progress(user: str | None) -> int:
+        return sum(running.values()) if user is None else running[user]
+
+    shared = Policy([rule(users=["201", "202"], max_concurrent=3, per="all")])
+    assert shared.check("202", "+4930123456", T0, in_progress) is None  # 2 of 3, not 7
+    running["202"] = 1
+    assert shared.check("202", "+4930123456", T0, in_progress) is not None
+
+
+def test_a_sip_uri_destination_with_separators_is_judged_as_the_number() -> None:
+    flow = _flow('[[policy]]\ndeny = ["^\\\\+49900"]\n')
+    error = _refused(flow, "sip:+49-900-1234567@gateway.example.com")
+    assert (error.status, error.code) == (403, "destination_forbidden")
