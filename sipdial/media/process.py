@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]
 
 from sipdial.media.prompt import PromptError, PromptLibrary
+from sipdial.media.remote import OneProtocol
 from sipdial.media.transport import MediaManager
 from sipdial.pdeathsig import die_with_parent
 
@@ -106,14 +107,6 @@ class Control(protocol.Protocol):
             self.on_lost()
 
 
-class _Factory(protocol.Factory):
-    def __init__(self, control: Control) -> None:
-        self._control = control
-
-    def buildProtocol(self, addr: Any) -> Control:
-        return self._control
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sipdial-media")
     parser.add_argument("--fd", type=int, required=True, help="the control stream (inherited)")
@@ -137,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a tick every 4 ms, each sending a fifth of the streams (sipdial.media.player)
     manager = MediaManager(reactor, args.host, 0, 0, prompts, phases=PHASES)
     control = Control(manager, on_lost=reactor.stop)
-    reactor.adoptStreamConnection(args.fd, socket.AF_UNIX, _Factory(control))
+    reactor.adoptStreamConnection(args.fd, socket.AF_UNIX, OneProtocol(control))
     os.close(args.fd)
     gc.freeze()  # the prompt library: decoded once, never garbage
     reactor.run(installSignalHandlers=False)

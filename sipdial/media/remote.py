@@ -123,7 +123,7 @@ class MediaProcess:
         link = _Link(self)
         self._link = link
         self._transport = self.reactor.adoptStreamConnection(
-            ours.fileno(), socket.AF_UNIX, _OneProtocol(link))
+            ours.fileno(), socket.AF_UNIX, OneProtocol(link))
         ours.close()  # adopted: Twisted holds its own duplicate
         for key, call in self._calls.items():  # a restart: tell it everything again
             self._send_open(key, call)
@@ -305,9 +305,11 @@ def _reap(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-class _OneProtocol(protocol.Factory):
-    def __init__(self, link: _Link) -> None:
-        self._link = link
+class OneProtocol(protocol.Factory):
+    """The factory of an adopted connection: it has exactly one protocol, made already."""
 
-    def buildProtocol(self, addr: Any) -> _Link:
-        return self._link
+    def __init__(self, built: protocol.Protocol) -> None:
+        self._built = built
+
+    def buildProtocol(self, addr: Any) -> protocol.Protocol:
+        return self._built

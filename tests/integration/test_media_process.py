@@ -14,24 +14,15 @@ import pytest
 from sipdial.media import MediaPortsExhausted, MediaProcess
 from sipdial.media.prompt import PromptLibrary
 from sipdial.media.rtp import PCMA, PCMU, RtpSender, parse_rtp
-from tests.integration.reactor_helpers import pump
+from tests.integration.reactor_helpers import Phone, pump
 from tests.integration.test_media_transport import (
     HOST,
-    Phone,
     event_packets,
     free_even_range,
     port_in_use,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def phone(reactor: Any) -> Iterator[tuple[Phone, int]]:
-    p = Phone()
-    port = reactor.listenUDP(0, p, interface=HOST)
-    yield p, port.getHost().port
-    port.stopListening()
 
 
 @pytest.fixture

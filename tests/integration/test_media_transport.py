@@ -15,14 +15,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twisted.internet import protocol
 
 from sipdial.media.g711 import pcm_to_ulaw
 from sipdial.media.ports import MediaPortsExhausted
 from sipdial.media.prompt import PromptLibrary
 from sipdial.media.rtp import PCMA, PCMU, TELEPHONE_EVENT, RtpSender, parse_rtp
 from sipdial.media.transport import MediaManager
-from tests.integration.reactor_helpers import pump
+from tests.integration.reactor_helpers import Phone, pump
 
 pytestmark = pytest.mark.integration
 
@@ -36,28 +35,6 @@ def prompts() -> PromptLibrary:
 
 
 
-
-
-class Phone(protocol.DatagramProtocol):
-    """The remote end: collects the RTP it receives and sends RTP to sipdial."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[bytes, tuple[str, int]]] = []
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.received.append((datagram, addr))
-
-    def send(self, data: bytes, addr: tuple[str, int]) -> None:
-        transport: Any = self.transport
-        transport.write(data, addr)
-
-
-@pytest.fixture
-def phone(reactor: Any) -> Iterator[tuple[Phone, int]]:
-    p = Phone()
-    port = reactor.listenUDP(0, p, interface=HOST)
-    yield p, port.getHost().port
-    port.stopListening()
 
 
 @pytest.fixture
