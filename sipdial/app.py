@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import hashlib
+import hmac
 import json
 import logging
 import math
@@ -25,6 +27,7 @@ from sipdial.api import CallsApi, OtherWorkers, build_site
 from sipdial.authn import Authenticator
 from sipdial.calls import (
     DEFAULT_RULES,
+    CallObserver,
     CallService,
     CallStore,
     EventSink,
@@ -41,7 +44,7 @@ from sipdial.calls import (
     local_hosts,
     rules_from_config,
 )
-from sipdial.config import Config, ConfigError, ListenAddr, load_config
+from sipdial.config import Config, ConfigError, ListenAddr, MetricsConfig, load_config
 from sipdial.demo_secrets import check_demo_secrets
 from sipdial.events import EventHub, EventName, MergedEvents, decode_event, encode_event
 from sipdial.guard import (
@@ -53,6 +56,7 @@ from sipdial.guard import (
     check_weak_passwords,
 )
 from sipdial.media import MediaManager, MediaProcess, PromptLibrary
+from sipdial.metrics import CallMetrics, Metrics, MetricSources
 from sipdial.registrar import Binding, ExpiryLimits, Registrar
 from sipdial.sip import (
     SINGLE,
@@ -478,7 +482,8 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
                on_binding: Callable[[Binding, bool], None] | None = None,
                referrals: ReferralWatch | None = None,
                on_guard: OnOutcome | None = None,
-               guard_reports: Callable[[str], bool] | None = None) -> Core:
+               guard_reports: Callable[[str], bool] | None = None,
+               observer: CallObserver | None = None) -> Core:
     """The whole SIP and call stack for ``config``; nothing listens yet (the transport adds
     its local addresses to ``core.endpoint`` as it binds)."""
     timers = TimerHeap()
@@ -515,7 +520,8 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
     resolver = resolver or NumericResolver(clock)
     calls = CallService(config, ua, registrar, router, store, events, clock,
                         auto_answer_rules=rules, rtp_sinks=rtp_sinks, resolver=resolver,
-                        media=media, prompts=prompts, load=load, referrals=referrals)
+                        media=media, prompts=prompts, load=load, referrals=referrals,
+                        observer=observer)
     inbound = InboundRouter(config, ua, auth, router, calls, resolver)
     upstream = None
     if config.upstream is not None:
@@ -617,6 +623,35 @@ def start(config: Config, reactor: Any, role: WorkerRole | None = None) -> Any:
     return running
 
 
+def _metrics(core: Core, events: EventHub, lag: LagMonitor, calls: CallMetrics,
+             reactor: Any) -> Metrics:
+    """``GET /metrics`` of this process (:mod:`sipdial.metrics`): each source a cheap read
+    of what the engine keeps anyway."""
+    endpoint, txns, deliverer = core.endpoint, core.endpoint.txns, events.deliverer
+
+    def messages() -> tuple[int, int, int, int]:
+        st = endpoint.stats
+        return st.received, st.sent, st.malformed, st.dropped
+
+    def webhooks() -> tuple[int, int, int, int]:
+        return (deliverer.delivered, deliverer.failed_attempts, deliverer.given_up,
+                len(deliverer.queue))
+
+    sources = MetricSources(
+        calls_by_state=lambda: (c.record.state for c in core.calls.calls.values()),
+        relayed_calls=lambda: core.inbound.count,
+        # every worker holds the whole table (replicated): worker 0 reports it
+        registrations=((lambda: len(core.registrar.all(reactor.seconds())))
+                       if core.endpoint.shard.index == 0 else (lambda: None)),
+        transactions=lambda: (len(txns.server), len(txns.client)),
+        retransmissions=lambda: txns.retransmissions,
+        messages=messages,
+        webhooks=webhooks,
+        lag=lambda: lag.lag,
+    )
+    return Metrics(sources, calls)
+
+
 @inlineCallbacks
 def _start_on(config: Config, reactor: Any, store: SqliteStore,
               listeners: list[Any], unfinished: list[CallRecord],
@@ -665,6 +700,7 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
         assert mesh is not None
         mesh.broadcast_guard(json.dumps([outcome.value, src, account, at]).encode())
 
+    call_metrics = CallMetrics()
     core = build_core(_worker_share(config, role), clock=reactor.seconds, store=store,
                       events=events,
                       secret=role.secret if role is not None else os.urandom(32),
@@ -675,7 +711,8 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                       on_binding=replicate if role is not None else None,
                       referrals=referrals,
                       on_guard=guard_outcome if mesh is not None else None,
-                      guard_reports=_reporter(role) if role is not None else None)
+                      guard_reports=_reporter(role) if role is not None else None,
+                      observer=call_metrics)
     saved = yield store.load_registrations()
     if role is not None and role.rejoin:
         # the others answer our hello with their whole table; what this file holds may
@@ -760,12 +797,17 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                    # and their GET /v1/upstream asks worker 0
                    upstream=core.upstream if role is None or role.index == 0 else None)
     workers: OtherWorkers | None = WorkerHttp(reactor, role) if role is not None else None
+    metrics = _metrics(core, events, lag, call_metrics, reactor)
+    internal_token = (hmac.new(role.secret, b"metrics", hashlib.sha256).hexdigest()
+                      if role is not None else None)
     site = build_site(api, config.api.tokens, reactor=reactor,
                       check_password=check_password,
                       events=merged if merged is not None else events, workers=workers,
                       allow_from={"api": config.http.allow_from,
                                   "call_init": config.http.call_init_allow_from,
-                                  "remote_call": config.http.remote_call_allow_from})
+                                  "remote_call": config.http.remote_call_allow_from},
+                      metrics=metrics, metrics_config=config.metrics,
+                      internal_token=internal_token)
     private_port = None
     if role is None:
         http = reactor.listenTCP(config.http.port, site, interface=config.http.host)
@@ -778,8 +820,12 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
             http = reactor.adoptStreamPort(sock.fileno(), sock.family, site)
         finally:
             sock.close()
+        # its /metrics answers the other workers (internal token) and the [metrics] token
         own_site = build_site(api, config.api.tokens, reactor=reactor,
-                              check_password=check_password, events=events)
+                              check_password=check_password, events=events,
+                              metrics=metrics,
+                              metrics_config=MetricsConfig(token=config.metrics.token),
+                              internal_token=internal_token)
         private = reactor.listenTCP(0, own_site, interface="127.0.0.1")
         listeners.append(private)
         private_port = private.getHost().port

@@ -35,6 +35,7 @@ __all__ = [
     "FromUser",
     "HttpConfig",
     "ListenAddr",
+    "MetricsConfig",
     "RouteConfig",
     "SipConfig",
     "StoreConfig",
@@ -139,6 +140,18 @@ class HttpConfig:
     #: (None: as ``allow_from``)
     call_init_allow_from: tuple[Network, ...] | None = None
     remote_call_allow_from: tuple[Network, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: who may scrape ``GET /metrics``.
+
+    With ``token``: that bearer token (or an admin API token). Without one: an admin API
+    token, or nothing at all from an address in ``allow_from``. ``allow_from`` also refuses
+    (403) every other address before credentials are looked at."""
+
+    token: str | None = field(default=None, repr=False)
+    allow_from: tuple[Network, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +339,7 @@ class Config:
     upstream: UpstreamConfig | None = None  #: None: standalone (no [upstream] section)
     numbers: NumberPlan = field(default_factory=NumberPlan)  #: ``[numbers]`` (none: as given)
     policy: tuple[PolicyConfig, ...] = ()  #: ``[[policy]]``, every entry that applies counts
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  #: ``[metrics]``
     source: str = "<string>"  #: file the configuration came from
 
 
@@ -370,6 +384,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     webhooks = tuple(_parse_webhook(t) for t in root.array_of_tables("webhooks"))
     auth = _parse_auth(root.table("auth", required=False))
     policy = tuple(_parse_policy(t, users) for t in root.array_of_tables("policy"))
+    metrics = _parse_metrics(root.table("metrics", required=False), api)
     number_values = _number_values(root.table("numbers", required=False))
     numbers = _plan(number_values, "numbers")
     users = _with_user_plans(users, number_values, user_numbers)
@@ -378,6 +393,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     if upstream is None:
         _require_passwords(users)
     return Config(
+        metrics=metrics,
         policy=policy,
         numbers=numbers,
         auth=auth,
@@ -405,9 +421,11 @@ _SQLITE_PREFIX: Final = "sqlite:///"
 #: Every key the file may contain, by table ("name[]" for each entry of an array of tables).
 _KEYS: Final[dict[str, frozenset[str]]] = {
     "": frozenset({"sip", "http", "store", "api", "users", "routes", "calls", "auto_answer",
-                   "media", "webhooks", "auth", "upstream", "numbers", "policy"}),
+                   "media", "webhooks", "auth", "upstream", "numbers", "policy",
+                   "metrics"}),
     "policy[]": frozenset({"users", "allow", "deny", "max_concurrent", "max_per_minute",
                            "max_per_hour", "per"}),
+    "metrics": frozenset({"token", "allow_from"}),
     "numbers": frozenset({"country", "area", "base", "outside_line", "international_prefix",
                           "national_prefix"}),
     "upstream": frozenset({"registrar", "username", "password", "domain", "expires",
@@ -704,6 +722,16 @@ def _parse_api(t: _Table, users: Mapping[str, UserConfig]) -> ApiConfig:
             raise ConfigError(f'{where}: unknown user "{uid}" (not in [[users]])')
         tokens[token] = uid
     return ApiConfig(MappingProxyType(tokens))
+
+
+def _parse_metrics(t: _Table, api: ApiConfig) -> MetricsConfig:
+    token = t.optional_string("token")
+    if token is not None:
+        if not token.strip() or len(token) < 16:
+            raise ConfigError(f"{t.path('token')}: must be at least 16 characters")
+        if token in api.tokens:
+            raise ConfigError(f"{t.path('token')}: must differ from every [api] token")
+    return MetricsConfig(token=token, allow_from=_networks(t, "allow_from"))
 
 
 def _parse_route(t: _Table) -> RouteConfig:

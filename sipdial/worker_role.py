@@ -86,6 +86,9 @@ class WorkerHttp:
     def others(self) -> Sequence[int]:
         return [w for w in range(self._role.count) if w != self._role.index]
 
+    def index(self) -> int:
+        return self._role.index
+
     def primary(self) -> int | None:
         return 0 if self._role.index != 0 else None
 

@@ -187,6 +187,21 @@ class Sipdial:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")
 
+    def metrics(self, token: str | None = ADMIN) -> dict[tuple[str, tuple[tuple[str, str], ...]],
+                                                           float]:
+        """``GET /metrics`` parsed as Prometheus would: (sample name, sorted labels) ->
+        value."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        req = urllib.request.Request(self.http_url + "/metrics")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = resp.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
     def wait_registered(self, user: str, count: int = 1, timeout: float = 15.0) -> list[Any]:
         return self._wait(lambda: self._registrations(user, count), timeout,
                           f"{count} registration(s) of {user}")

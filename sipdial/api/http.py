@@ -17,6 +17,7 @@ Routes (all JSON, ``application/json; charset=utf-8``):
 ``/v1/events``               GET     Server-Sent Events (:mod:`sipdial.api.sse`), if enabled
 ``/v1/upstream``             GET     admin: sipdial's registration at [upstream]; 404 if none
 ``/healthz``                 GET     ``api.health()``, no authentication
+``/metrics``                 GET     Prometheus text format (:mod:`sipdial.metrics`), [metrics]
 ``.../call-init.php``        GET     LocaPhone: ``?user=&to=`` [&cidnum=][&clir=1], from+prv ignored
 ``.../remote_call.htm``      GET     pbxnsip: ``?user=&dest=`` [&auth=id:password][&connect=]
 ===========================  ======  ===========================================
@@ -51,11 +52,13 @@ from twisted.web import server
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
-from sipdial.api.service import ApiError, CallApi, OtherWorkers, WorkerReply
+from sipdial.api.service import ApiError, CallApi, MetricsPort, OtherWorkers, WorkerReply
 from sipdial.api.sse import EventSource, EventStream
 from sipdial.calls import CallState, Mode, escape_user
-from sipdial.config import Network
+from sipdial.config import MetricsConfig, Network
 from sipdial.events import parse_cursor
+from sipdial.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from sipdial.metrics import merge as merge_metrics
 from sipdial.reactor_types import exc_info
 from sipdial.sip import SipError, SipURI, parse_uri
 from sipdial.store import MAX_METADATA_BYTES, Metadata
@@ -480,6 +483,7 @@ class _Incoming:
     body_too_large: bool = False
     last_event_id: str | None = None  #: the SSE ``Last-Event-ID`` header
     client: str = ""  #: the client's address (host), for the password-guessing limits
+    received: float = 0.0  #: when it was read (the resource's monotonic clock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,10 +495,31 @@ class _OpenEventStream:
 
 
 @dataclass(frozen=True, slots=True)
+class _Text:
+    """A reply body that is not JSON (``/metrics``)."""
+
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class _Reply:
     status: int
     body: object
     headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _MetricsAccess:
+    """``GET /metrics``: the metrics and who may read them (:class:`MetricsConfig`)."""
+
+    port: MetricsPort
+    token: str | None = field(default=None, repr=False)  #: [metrics] token
+    #: no credentials needed ([metrics] allow_from is set, and checked before)
+    open: bool = False
+    #: what workers show each other when asking for their metrics (derived from the
+    #: workers' shared secret); None: no workers
+    internal_token: str | None = field(default=None, repr=False)
 
 
 _Handler = Callable[["_Router", _Incoming, "re.Match[str]"], "Deferred[_Reply]"]
@@ -513,8 +538,10 @@ class _Route:
         return ", ".join(sorted(methods))
 
 
-_SCOPE_KEYS: Final = {"api": "allow_from", "call_init": "call_init_allow_from",
-                      "remote_call": "remote_call_allow_from"}
+_SCOPE_KEYS: Final = {"api": "[http] allow_from",
+                      "call_init": "[http] call_init_allow_from",
+                      "remote_call": "[http] remote_call_allow_from",
+                      "metrics": "[metrics] allow_from"}
 
 
 def _from_allowed(client: str, networks: Sequence[Network]) -> bool:
@@ -582,8 +609,12 @@ class _Router:
         events: bool = False,
         workers: OtherWorkers | None = None,
         allow_from: Mapping[str, Sequence[Network] | None] | None = None,
+        metrics: _MetricsAccess | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api = api
+        self._metrics = metrics
+        self._clock = clock
         #: by route scope ("api", "call_init", "remote_call"): who may ask (None: anyone)
         self._allow_from = dict(allow_from or {})
         self._tokens = _Tokens(tokens)
@@ -608,7 +639,7 @@ class _Router:
                 # gets no answer that depends on them
                 raise ApiError(403, "forbidden_source",
                                f"requests from {_loggable(request.client) or 'here'} are not "
-                               f"accepted here ([http] {_SCOPE_KEYS[route.scope]})")
+                               f"accepted here ({_SCOPE_KEYS[route.scope]})")
             method = request.method
             if method == "HEAD" and route.head:
                 method = "GET"
@@ -689,9 +720,10 @@ class _Router:
     def _create_call(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         principal = self._authenticate(request)
         call = _call_request_from_json(_parse_json(request.body))
-        return self._start_call(principal, call)
+        return self._start_call(request, principal, call)
 
-    def _start_call(self, principal: _Principal, call: _CallRequest) -> Deferred[_Reply]:
+    def _start_call(self, request: _Incoming, principal: _Principal,
+                    call: _CallRequest) -> Deferred[_Reply]:
         if not principal.may_act_for(call.user):
             raise _forbidden(principal, call.user)
         if not self._api.known_user(call.user):
@@ -709,8 +741,13 @@ class _Router:
             refuse_if_busy=call.refuse_if_busy,
             headers=call.headers,
         )
+        # the call exists now and the phone's INVITE is with the transport (the 201 waits
+        # for the store): the "accepted" setup time, counted once the call is confirmed
+        accepted = self._clock() - request.received
 
         def created(resource: dict[str, Any]) -> _Reply:
+            if self._metrics is not None:
+                self._metrics.port.call_accepted(accepted)
             location = "/v1/calls/" + quote(str(resource["id"]), safe="")
             return _Reply(201, resource, [("Location", location)])
 
@@ -846,6 +883,63 @@ class _Router:
         stream = _OpenEventStream(user=self._limit_to(principal, user), after=after)
         return succeed(_Reply(200, stream))
 
+    def _metrics_text(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        """``GET /metrics``: this process's metrics; with workers every worker's, each
+        sample labelled with its worker (one that does not answer is left out, and named
+        in ``sipdial_metrics_unavailable_workers``)."""
+        access = self._metrics
+        if access is None:
+            raise ApiError(404, "not_found", f"no such resource: {_loggable(request.path)}")
+        self._metrics_principal(request, access)
+        here = access.port.exposition()
+        workers = self._workers
+        if workers is None or not workers.others() or access.internal_token is None:
+            return succeed(_Reply(200, _Text(METRICS_CONTENT_TYPE, here)))
+        others = list(workers.others())
+        asked = [workers.request(w, "GET", "/metrics", "Bearer " + access.internal_token)
+                 for w in others]
+        index = workers.index()
+
+        def merged(results: list[tuple[bool, Any]]) -> _Reply:
+            texts = {index: here.decode("utf-8")}
+            missing: list[int] = []
+            for worker, (ok, answer) in zip(others, results, strict=True):
+                if ok and answer.status == 200:
+                    texts[worker] = answer.body.decode("utf-8", "replace")
+                else:
+                    missing.append(worker)
+            try:
+                data = merge_metrics(texts)
+            except ValueError:
+                log.exception("GET /metrics: a worker's metrics did not parse")
+                data, missing = merge_metrics({index: texts[index]}), others
+            if missing:
+                log.warning("GET /metrics: worker(s) %s did not answer", missing)
+            gauge = ("# HELP sipdial_metrics_unavailable_workers Workers whose metrics are "
+                     "missing from this scrape\n# TYPE sipdial_metrics_unavailable_workers "
+                     f"gauge\nsipdial_metrics_unavailable_workers {len(missing)}.0\n")
+            return _Reply(200, _Text(METRICS_CONTENT_TYPE, data + gauge.encode()))
+
+        return DeferredList(asked, consumeErrors=True).addCallback(merged)
+
+    def _metrics_principal(self, request: _Incoming, access: _MetricsAccess) -> None:
+        """The [metrics] token, an admin token, a worker's internal token, or nothing where
+        ``allow_from`` alone guards the scrape."""
+        if access.open and request.authorization is None:
+            return
+        if request.authorization is not None:
+            scheme, _, given = request.authorization.strip().partition(" ")
+            given = given.strip()
+            if scheme.lower() == "bearer" and given:
+                for token in (access.token, access.internal_token):
+                    if token is not None and hmac.compare_digest(given.encode(),
+                                                                 token.encode()):
+                        return
+        principal = self._authenticate(request)
+        if principal.user is not None:
+            raise ApiError(403, "forbidden", "only the [metrics] token or an administrator "
+                                             "token may read the metrics")
+
     def _health(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         return succeed(_Reply(200, self._api.health()))
 
@@ -879,7 +973,7 @@ class _Router:
             caller_id=cidnum,
             clir=None if clir is None else clir in ("1", "true", "yes"),
         )
-        return self._start_call(principal, call)
+        return self._start_call(request, principal, call)
 
     def _pbxnsip_remote_call(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         """pbxnsip ``remote_call.htm?user=&dest=[&auth=id:password][&connect=true]``.
@@ -904,7 +998,7 @@ class _Router:
             to=_valid_destination("dest", query.required("dest", number=True)),
             confirm=True if connect is None else not flags[connect.lower()],
         )
-        return self._start_call(principal, call)
+        return self._start_call(request, principal, call)
 
 
 _ROUTES: Final[tuple[_Route, ...]] = (
@@ -919,6 +1013,7 @@ _ROUTES: Final[tuple[_Route, ...]] = (
     _Route(re.compile("/v1/registrations"), {"GET": _Router._list_registrations}),
     _Route(re.compile("/v1/events"), {"GET": _Router._event_stream}, head=False),
     _Route(re.compile("/healthz"), {"GET": _Router._health}),
+    _Route(re.compile("/metrics"), {"GET": _Router._metrics_text}, scope="metrics"),
     _Route(re.compile("/v1/upstream"), {"GET": _Router._upstream}),
     # The replaced systems served these below a prefix (LocaPhone: /locaphone/prov/);
     # any prefix is accepted so that existing links keep working after a DNS change.
@@ -977,7 +1072,7 @@ class _TwistedRequest(Protocol):
     def getClientAddress(self) -> object: ...
 
 
-def _incoming(request: _TwistedRequest) -> _Incoming:
+def _incoming(request: _TwistedRequest, received: float = 0.0) -> _Incoming:
     uri: bytes = request.uri
     path, _, query = uri.partition(b"?")
     authorization = request.getHeader(b"authorization")
@@ -993,6 +1088,7 @@ def _incoming(request: _TwistedRequest) -> _Incoming:
         body_too_large=too_large,
         last_event_id=None if last_event_id is None else last_event_id.decode("latin-1"),
         client=_client_host(request),
+        received=received,
     )
 
 
@@ -1040,17 +1136,19 @@ class _Resource(Resource):
         router: _Router,
         events: EventStream | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: MetricsPort | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._router = router
         self._events = events
         self._clock = clock
+        self._metrics = metrics
 
     def render(self, request: _TwistedRequest) -> int:
         received = self._clock()
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
-        incoming = _incoming(request)
+        incoming = _incoming(request, received)
         d = self._router.handle(incoming)
         d.addCallback(self._respond_or_stream, request, gone, incoming, received)
         d.addErrback(
@@ -1060,6 +1158,8 @@ class _Resource(Resource):
 
     def _access(self, incoming: _Incoming, received: float, status: int, note: str = "") -> None:
         elapsed = (self._clock() - received) * 1000.0
+        if self._metrics is not None:
+            self._metrics.http_request(incoming.method, status)
         log.info("%s %s %d %.1f ms%s", incoming.method, _loggable(incoming.path), status, elapsed,
                  note)
 
@@ -1083,9 +1183,13 @@ class _Resource(Resource):
                     request, user=stream.user, after=stream.after  # type: ignore[arg-type]
                 )
             return
-        reply, payload = _encode(reply)
+        if isinstance(reply.body, _Text):
+            payload, content_type = reply.body.data, reply.body.content_type.encode("ascii")
+        else:
+            reply, payload = _encode(reply)
+            content_type = _JSON_CONTENT_TYPE
         request.setResponseCode(reply.status)
-        request.setHeader(b"Content-Type", _JSON_CONTENT_TYPE)
+        request.setHeader(b"Content-Type", content_type)
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"Content-Length", str(len(payload)).encode("ascii"))
         for name, value in reply.headers:
@@ -1113,6 +1217,10 @@ def build_site(
     events: EventSource | None = None,
     workers: OtherWorkers | None = None,
     allow_from: Mapping[str, Sequence[Network] | None] | None = None,
+    metrics: MetricsPort | None = None,
+    metrics_config: MetricsConfig | None = None,
+    internal_token: str | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> server.Site:
     """The HTTP API as a Twisted ``Site``; listen on it with ``reactor.listenTCP``.
 
@@ -1126,6 +1234,9 @@ def build_site(
     their own calls; None: this process has every call. ``allow_from``: by scope
     (``"api"``, ``"call_init"``, ``"remote_call"``), the networks that may ask there (403
     ``forbidden_source`` for the others, before any credential check); None: anyone.
+    ``metrics``: serve ``GET /metrics`` (guarded as ``metrics_config`` says; ``allow_from``
+    of it is the ``"metrics"`` scope); ``internal_token``: what workers asking each other
+    for their metrics show (the private sites accept it).
     """
     stream: EventStream | None = None
     if events is not None:
@@ -1134,9 +1245,16 @@ def build_site(
 
             reactor = global_reactor
         stream = EventStream(events, reactor)
+    access = None
+    if metrics is not None:
+        settings = metrics_config or MetricsConfig()
+        access = _MetricsAccess(metrics, settings.token, settings.allow_from is not None,
+                                internal_token)
+        allow_from = {**(allow_from or {}), "metrics": settings.allow_from}
+    router = _Router(api, tokens, check_password, events=stream is not None, workers=workers,
+                     allow_from=allow_from, metrics=access, clock=clock)
     site = _Site(  # type: ignore[no-untyped-call]
-        _Resource(_Router(api, tokens, check_password, events=stream is not None,
-                          workers=workers, allow_from=allow_from), stream),
+        _Resource(router, stream, clock, metrics),
         requestFactory=_LimitedRequest,
         parsePOSTFormSubmission=False,
         reactor=reactor,

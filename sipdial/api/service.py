@@ -41,7 +41,7 @@ from twisted.internet.defer import Deferred
 from sipdial.calls import CallState, Mode
 from sipdial.store import Metadata
 
-__all__ = ["ApiError", "CallApi", "OtherWorkers", "WorkerReply"]
+__all__ = ["ApiError", "CallApi", "MetricsPort", "OtherWorkers", "WorkerReply"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +66,9 @@ class OtherWorkers(Protocol):
     def others(self) -> Sequence[int]:
         """Every other worker's index."""
 
+    def index(self) -> int:
+        """This worker's index."""
+
     def primary(self) -> int | None:
         """The worker that holds what only one does (the ``[upstream]`` registration), if
         not this one."""
@@ -74,6 +77,19 @@ class OtherWorkers(Protocol):
                 authorization: str | None) -> Deferred[WorkerReply]:
         """``method target`` (path and query) at that worker; fails when it cannot be
         reached (restarting)."""
+
+
+class MetricsPort(Protocol):
+    """What the HTTP API feeds and serves of :mod:`sipdial.metrics`."""
+
+    def exposition(self) -> bytes:
+        """This process's metrics in the Prometheus text format."""
+
+    def http_request(self, method: str, status: int) -> None:
+        """A request was answered."""
+
+    def call_accepted(self, seconds: float) -> None:
+        """A call was created ``seconds`` after its request was read."""
 
 
 class ApiError(Exception):

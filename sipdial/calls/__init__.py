@@ -42,6 +42,7 @@ from sipdial.calls.routing import (
     registrar_route,
 )
 from sipdial.calls.service import (
+    CallObserver,
     CallRefused,
     CallRequest,
     CallService,
@@ -56,6 +57,7 @@ from sipdial.calls.states import CallState, Cause, Mode
 __all__ = [
     "DEFAULT_RULES",
     "AutoAnswerRule",
+    "CallObserver",
     "CallRefused",
     "CallRequest",
     "CallService",

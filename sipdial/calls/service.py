@@ -136,6 +136,16 @@ class CallRefused(Exception):
         self.retry_after = retry_after  #: seconds (a cap of the policy)
 
 
+class CallObserver(Protocol):
+    """Told about every call (``/metrics``: :class:`sipdial.metrics.CallMetrics`)."""
+
+    def started_call(self, record: CallRecord) -> None:
+        """A call was created (its first state is recorded next)."""
+
+    def changed(self, record: CallRecord, event: CallEvent) -> None:
+        """The call entered ``event.state`` (after it was stored)."""
+
+
 class _NeverOverloaded:
     def overloaded(self) -> bool:
         return False
@@ -148,8 +158,10 @@ class CallService:
                  rtp_sinks: dict[int, tuple[str, int]], resolver: Resolver,
                  media: MediaPort | None = None, prompts: PromptSource | None = None,
                  load: LoadGauge | None = None,
-                 referrals: ReferralWatch | None = None) -> None:
+                 referrals: ReferralWatch | None = None,
+                 observer: CallObserver | None = None) -> None:
         self.config = config
+        self.observer = observer
         self.referrals = referrals
         self._watched: set[str] = set()  # call ids told to ``referrals`` as waiting
         self.policy = Policy(config.policy)  # [[policy]]: destinations and caps
@@ -274,6 +286,8 @@ class CallService:
         self.calls[record.id] = call
         self._per_user[record.user] = self._per_user.get(record.user, 0) + 1
         self.policy.started(record.user, now)
+        if self.observer is not None:
+            self.observer.started_call(record)
         self._changed(record, event)
         unavailable = self._unavailable(destination, now)
         if unavailable is not None:
@@ -377,6 +391,8 @@ class CallService:
         self.store.save_call(record)
         self.store.add_event(record.id, event)
         self.events.publish(record, event)
+        if self.observer is not None:
+            self.observer.changed(record, event)
         if self.referrals is not None:
             self._watch(record, event.state)
 

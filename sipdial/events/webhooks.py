@@ -318,6 +318,11 @@ class WebhookDeliverer:
         self._timer_at: float | None = None
         self._in_flight: dict[int, Deferred[None]] = {}
         self._running = False
+        #: outcomes so far, for /metrics: deliveries that landed, attempts that failed,
+        #: deliveries given up
+        self.delivered = 0
+        self.failed_attempts = 0
+        self.given_up = 0
 
     @property
     def queue(self) -> OutboxQueue:
@@ -425,10 +430,13 @@ class WebhookDeliverer:
         self._in_flight.pop(entry.id, None)
         now = self._clock()
         if error is None:
+            self.delivered += 1
             self._queue.delivered(entry, now)
         else:
+            self.failed_attempts += 1
             self._queue.failed(entry, now, error)
             if entry.status == "failed":
+                self.given_up += 1
                 log.error(
                     "webhook %s: gave up on delivery %d (%s, call %s) after %d attempts: %s",
                     entry.webhook_url,

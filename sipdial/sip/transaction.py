@@ -471,6 +471,9 @@ class TransactionLayer:
         self._awaiting_ack: dict[tuple[str, int], ServerTransaction] = {}
         self._prefix = branch_prefix or os.urandom(6).hex()
         self._counter = itertools.count(1)
+        #: messages sent again (requests re-sent by timers A/E, responses re-sent by timer G
+        #: or for a retransmitted request), for /metrics
+        self.retransmissions = 0
         # Transactions that entered a state where they only wait for retransmissions/timers:
         # slimmed (see _slim) at the second drain_events() after that, when the TU has
         # handled every event that was queued with the transition.
@@ -719,6 +722,7 @@ class TransactionLayer:
                     self.events.append(RequestReceived(message, None, txn.peer))
             case Do.RETRANSMIT:
                 assert isinstance(txn, ClientTransaction)
+                self.retransmissions += 1
                 self.outbox.append((txn.peer, txn.request_bytes))
             case Do.BACKOFF_A:
                 assert isinstance(txn, ClientTransaction)
@@ -748,6 +752,8 @@ class TransactionLayer:
                 txn._start_timer(In.TIMER_M, 64 * cfg.t1, now)
             case Do.SEND_RESPONSE | Do.RESEND_RESPONSE:
                 assert isinstance(txn, ServerTransaction)
+                if action is Do.RESEND_RESPONSE:
+                    self.retransmissions += 1
                 if txn.last_response_bytes is not None:
                     self.outbox.append((txn.peer, txn.last_response_bytes))
             case Do.START_G_H:

@@ -946,6 +946,9 @@ class FakeWorkers:
     def others(self) -> list[int]:
         return [1, 2]
 
+    def index(self) -> int:
+        return 0
+
     def primary(self) -> int | None:
         return 1  # stands for worker 0 here: the one that registers upstream
 
