@@ -35,6 +35,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import importlib.metadata
 import ipaddress
 import json
 import logging
@@ -52,6 +53,8 @@ from twisted.web import server
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
+from sipdial.api import schema
+from sipdial.api.schema import DocumentedPath, Operation, Param, Reply, openapi_document
 from sipdial.api.service import ApiError, CallApi, MetricsPort, OtherWorkers, WorkerReply
 from sipdial.api.sse import EventSource, EventStream
 from sipdial.calls import CallState, Mode, escape_user
@@ -95,10 +98,7 @@ _SIP_URI: Final = re.compile(
 _USER: Final = re.compile(r"[A-Za-z0-9._~+-]{1,64}")
 _CALL_ID: Final = r"[A-Za-z0-9._~-]{1,128}"
 _UNPRINTABLE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_BODY_FIELDS: Final = frozenset(
-    {"user", "to", "device", "auto_answer", "mode", "confirm", "caller_id", "clir", "metadata",
-     "refuse_if_busy", "headers"}
-)
+_BODY_FIELDS: Final = frozenset(schema.CALL_REQUEST["properties"])
 
 
 def normalise_destination(value: str) -> str | None:
@@ -234,6 +234,7 @@ def _valid_text(name: str, value: object, *, limit: int = 256) -> str | None:
     return value
 
 
+_FLAGS: Final = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _MODES: Final = {m.value: m for m in Mode}
 _STATES: Final = {s.value: s for s in CallState}
 
@@ -526,12 +527,22 @@ _Handler = Callable[["_Router", _Incoming, "re.Match[str]"], "Deferred[_Reply]"]
 
 
 @dataclass(frozen=True, slots=True)
+class _Method:
+    """One method of a route: what answers it and what the OpenAPI document says of it."""
+
+    handler: _Handler
+    doc: Operation
+
+
+@dataclass(frozen=True, slots=True)
 class _Route:
     pattern: re.Pattern[str]
-    methods: Mapping[str, _Handler]
+    methods: Mapping[str, _Method]
+    template: str  #: the path as the OpenAPI document names it
     #: HEAD is answered like GET; not on compatibility URLs, where GET starts a call.
     head: bool = True
     scope: str = "api"  #: whose ``allow_from`` applies (see _SCOPE_KEYS)
+    path_params: tuple[Param, ...] = ()
 
     def allow(self) -> str:
         methods = set(self.methods) | ({"HEAD"} if self.head and "GET" in self.methods else set())
@@ -643,8 +654,8 @@ class _Router:
             method = request.method
             if method == "HEAD" and route.head:
                 method = "GET"
-            handler = route.methods.get(method)
-            if handler is None:
+            entry = route.methods.get(method)
+            if entry is None:
                 raise _HttpError(
                     405,
                     "method_not_allowed",
@@ -655,7 +666,7 @@ class _Router:
                 raise ApiError(
                     413, "body_too_large", f"request body exceeds {MAX_BODY_BYTES} bytes"
                 )
-            return handler(self, request, match)
+            return entry.handler(self, request, match)
         raise ApiError(404, "not_found", f"no such resource: {_loggable(request.path)}")
 
     def _error_reply(self, failure: Failure, request: _Incoming) -> _Reply:
@@ -940,6 +951,9 @@ class _Router:
             raise ApiError(403, "forbidden", "only the [metrics] token or an administrator "
                                              "token may read the metrics")
 
+    def _openapi(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        return succeed(_Reply(200, _openapi_document()))
+
     def _health(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         return succeed(_Reply(200, self._api.health()))
 
@@ -990,46 +1004,137 @@ class _Router:
         else:
             principal = self._authenticate(request, basic=True)
         connect = query.text("connect")
-        flags = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-        if connect is not None and connect.lower() not in flags:
+        if connect is not None and connect.lower() not in _FLAGS:
             raise _invalid("connect: must be true or false")
         call = _CallRequest(
             user=_valid_user("user", _strip_domain(query.required("user"))),
             to=_valid_destination("dest", query.required("dest", number=True)),
-            confirm=True if connect is None else not flags[connect.lower()],
+            confirm=True if connect is None else not _FLAGS[connect.lower()],
         )
         return self._start_call(request, principal, call)
 
 
+_CALL_ERRORS: Final = (400, 401, 403, 404, 409, 413, 422, 429, 503)
+_USER_SCHEMA: Final = {"type": "string", "pattern": schema.USER_PATTERN}
+_USER_PARAM: Final = Param("user", _USER_SCHEMA, "only this user's (a user token: its own)")
+_CALL_ID_PARAM: Final = Param("call_id", {"type": "string",
+                                          "pattern": schema.CALL_ID_PATTERN})
+_CREATED: Final = Reply(201, "the call is placed: its resource (it rings the user's phone "
+                        "first)", "Call", headers=("Location",),
+                        links=(("GetCall", "getCall", "call_id", "$response.body#/id"),
+                               ("HangUpCall", "hangUpCall", "call_id", "$response.body#/id")))
+_COMPAT: Final = "compatibility"
+
 _ROUTES: Final[tuple[_Route, ...]] = (
     _Route(
         re.compile("/v1/calls"),
-        {"GET": _Router._list_calls, "POST": _Router._create_call},
+        {"GET": _Method(_Router._list_calls, Operation(
+            "listCalls", "The latest calls, newest first",
+            (Reply(200, "the calls", "CallList"),), (400, 401, 403, 422),
+            params=(_USER_PARAM,
+                    Param("state", {"type": "string", "enum": list(_STATES)}),
+                    Param("limit", {"type": "integer", "minimum": 1,
+                                    "maximum": _LIMIT_MAX},
+                          f"at most this many (default {_LIMIT_DEFAULT})")),
+            tags=("calls",))),
+         "POST": _Method(_Router._create_call, Operation(
+             "createCall", "Start a click-to-dial call", (_CREATED,), _CALL_ERRORS,
+             body="CallRequest", tags=("calls",)))},
+        "/v1/calls",
     ),
     _Route(
         re.compile(f"/v1/calls/(?P<call_id>{_CALL_ID})"),
-        {"GET": _Router._get_call, "DELETE": _Router._delete_call},
+        {"GET": _Method(_Router._get_call, Operation(
+            "getCall", "One call with its events", (Reply(200, "the call", "Call"),),
+            (401, 403, 404, 503), tags=("calls",))),
+         "DELETE": _Method(_Router._delete_call, Operation(
+             "hangUpCall", "Cancel or hang up the call at any stage (cause cancelled)",
+             (Reply(200, "the call as it is now", "Call"),), (401, 403, 404, 503),
+             tags=("calls",)))},
+        "/v1/calls/{call_id}",
+        path_params=(_CALL_ID_PARAM,),
     ),
-    _Route(re.compile("/v1/registrations"), {"GET": _Router._list_registrations}),
-    _Route(re.compile("/v1/events"), {"GET": _Router._event_stream}, head=False),
-    _Route(re.compile("/healthz"), {"GET": _Router._health}),
-    _Route(re.compile("/metrics"), {"GET": _Router._metrics_text}, scope="metrics"),
-    _Route(re.compile("/v1/upstream"), {"GET": _Router._upstream}),
+    _Route(re.compile("/v1/registrations"), {"GET": _Method(
+        _Router._list_registrations, Operation(
+            "listRegistrations", "Registered devices",
+            (Reply(200, "the registered contacts", "RegistrationList"),),
+            (400, 401, 403, 422), params=(_USER_PARAM,), tags=("registrations",)))},
+        "/v1/registrations"),
+    _Route(re.compile("/v1/events"), {"GET": _Method(_Router._event_stream, Operation(
+        "streamEvents", "Server-Sent Events of call state changes (docs/events.md)",
+        (Reply(200, "an endless event stream", content_type="text/event-stream"),),
+        (400, 401, 403, 404, 422),
+        params=(_USER_PARAM,
+                Param("last_event_id", {"type": "string"},
+                      "resume after this event id or cursor (the Last-Event-ID header "
+                      "wins)")),
+        tags=("events",)))}, "/v1/events", head=False),
+    _Route(re.compile("/healthz"), {"GET": _Method(_Router._health, Operation(
+        "health", "Liveness and a few counts", (Reply(200, "running", "Health"),), (403,),
+        auth="none", tags=("operations",)))}, "/healthz"),
+    _Route(re.compile("/metrics"), {"GET": _Method(_Router._metrics_text, Operation(
+        "metrics", "Prometheus metrics ([metrics] token or an admin token)",
+        (Reply(200, "the text exposition format 0.0.4",
+               content_type="text/plain; version=0.0.4; charset=utf-8"),),
+        (401, 403, 404), tags=("operations",)))}, "/metrics", scope="metrics"),
+    _Route(re.compile("/openapi.json"), {"GET": _Method(_Router._openapi, Operation(
+        "openapi", "This document", (Reply(200, "OpenAPI 3.1"),), (403,), auth="none",
+        tags=("operations",)))}, "/openapi.json"),
+    _Route(re.compile("/v1/upstream"), {"GET": _Method(_Router._upstream, Operation(
+        "upstream", "sipdial's own registration at [upstream] (admin token)",
+        (Reply(200, "the registration", "Upstream"),), (401, 403, 404, 503),
+        tags=("operations",)))}, "/v1/upstream"),
     # The replaced systems served these below a prefix (LocaPhone: /locaphone/prov/);
     # any prefix is accepted so that existing links keep working after a DNS change.
     _Route(
         re.compile(r"(?:/[^?#]*)?/call-init\.php"),
-        {"GET": _Router._locaphone_call_init},
+        {"GET": _Method(_Router._locaphone_call_init, Operation(
+            "locaphoneCallInit", "LocaPhone's call-init URL (any path prefix)",
+            (_CREATED,), _CALL_ERRORS,
+            params=(Param("user", _USER_SCHEMA, required=True),
+                    Param("to", {"type": "string"}, "the number", required=True),
+                    Param("cidnum", {"type": "string", "pattern": r"^\+?[0-9]{1,20}$"},
+                          "number shown to the target"),
+                    Param("clir", {"type": "string"}, "1, true or yes: hide it"),
+                    Param("from", {"type": "string"}, "ignored"),
+                    Param("prv", {"type": "string"}, "ignored")),
+            tags=(_COMPAT,)))},
+        "/call-init.php",
         head=False,
         scope="call_init",
     ),
     _Route(
         re.compile(r"(?:/[^?#]*)?/remote_call\.htm"),
-        {"GET": _Router._pbxnsip_remote_call},
+        {"GET": _Method(_Router._pbxnsip_remote_call, Operation(
+            "pbxnsipRemoteCall", "pbxnsip's remote_call link (any path prefix)",
+            (_CREATED,), _CALL_ERRORS,
+            params=(Param("user", {"type": "string", "pattern": r"^[A-Za-z0-9._~+-]{1,64}"
+                                                                 r"(@[^@]*)?$"},
+                          "the user id, optionally @domain", required=True),
+                    Param("dest", {"type": "string"}, "the number", required=True),
+                    Param("auth", {"type": "string"}, "user:password of the SIP account"),
+                    Param("connect", {"type": "string", "enum": list(_FLAGS)},
+                          "true: no press 1")),
+            auth="bearer+basic", tags=(_COMPAT,)))},
+        "/remote_call.htm",
         head=False,
         scope="remote_call",
     ),
 )
+
+
+def _openapi_document() -> dict[str, Any]:
+    """``GET /openapi.json``: made from :data:`_ROUTES` (:mod:`sipdial.api.schema`)."""
+    return openapi_document(
+        (DocumentedPath(r.template, {m: e.doc for m, e in r.methods.items()}, r.path_params)
+         for r in _ROUTES), version=_version())
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("sipdial")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
 
 
 # ---------------------------------------------------------------------- Twisted adapter
