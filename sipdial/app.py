@@ -16,14 +16,14 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Final, Protocol
 
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, inlineCallbacks
 
-from sipdial.api import CallsApi, OtherWorkers, build_site
+from sipdial.api import ApiSite, CallsApi, OtherWorkers, build_site
 from sipdial.authn import Authenticator
 from sipdial.calls import (
     DEFAULT_RULES,
@@ -44,7 +44,15 @@ from sipdial.calls import (
     local_hosts,
     rules_from_config,
 )
-from sipdial.config import Config, ConfigError, ListenAddr, MetricsConfig, load_config
+from sipdial.config import (
+    Config,
+    ConfigError,
+    ListenAddr,
+    MetricsConfig,
+    Network,
+    UserConfig,
+    load_config,
+)
 from sipdial.demo_secrets import check_demo_secrets
 from sipdial.events import EventHub, EventName, MergedEvents, decode_event, encode_event
 from sipdial.guard import (
@@ -423,7 +431,13 @@ class CoreStore(CallStore, Protocol):
     def delete_registration(self, user: str, contact: str) -> None: ...
 
 
-@dataclass(frozen=True)
+#: what a reload cannot change while running (sockets, the store, the media process, the
+#: webhook deliverer, the password-guessing limits, sipdial's own registration): named in
+#: the reload's log line as needing a restart, and kept as they were
+RESTART_ONLY: Final = ("sip", "http.listen", "store", "media", "webhooks", "auth", "upstream")
+
+
+@dataclass
 class Core:
     """sipdial's sans-IO stack, wired: no sockets, no reactor, the time passed in.
 
@@ -443,6 +457,29 @@ class Core:
     #: sipdial's own registration at ``[upstream]`` (None: standalone); started by the app
     #: once it listens (a test: ``core.upstream.start(now)``)
     upstream: UpstreamRegistration | None = None
+    #: the users now (the passwords' lookup and the router read it: a reload changes it)
+    users: dict[str, UserConfig] = field(default_factory=dict)
+
+    def reconfigure(self, config: Config) -> tuple[str, ...]:
+        """A configuration reload (SIGHUP): users, tokens' users, routes, ``[calls]``,
+        ``[numbers]``, ``[[policy]]`` and auto-answer rules from now on; calls in progress
+        keep what they started with. A removed user's registrations go. Returns what
+        changed in :data:`RESTART_ONLY` (not applied)."""
+        restart = _restart_needed(self.config, config)
+        kept = replace(config, sip=self.config.sip, store=self.config.store,
+                       media=self.config.media, webhooks=self.config.webhooks,
+                       auth=self.config.auth, upstream=self.config.upstream,
+                       http=replace(config.http, host=self.config.http.host,
+                                    port=self.config.http.port))
+        self.users.clear()
+        self.users.update(kept.users)
+        self.registrar.set_users(kept.users)
+        self.router.reconfigure(kept.routes, kept.numbers)
+        rules = rules_from_config([dict(e) for e in kept.auto_answer]) + DEFAULT_RULES
+        self.calls.reconfigure(kept, rules)
+        self.inbound.reconfigure(kept)
+        self.config = kept
+        return restart
 
     def handle(self, event: Event, now: float) -> None:
         """The transaction user: every event of the endpoint, in order."""
@@ -473,6 +510,18 @@ class Core:
             self.upstream.stop(now)  # un-REGISTER
 
 
+def _restart_needed(old: Config, new: Config) -> tuple[str, ...]:
+    changed: list[str] = []
+    for name in RESTART_ONLY:
+        section, _, key = name.partition(".")
+        before, after = getattr(old, section), getattr(new, section)
+        if key == "listen":
+            before, after = (before.host, before.port), (after.host, after.port)
+        if before != after:
+            changed.append(name)
+    return tuple(changed)
+
+
 def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
                events: EventSink, secret: bytes, rtp_sinks: dict[int, tuple[str, int]],
                media: MediaPort | None = None, prompts: PromptSource | None = None,
@@ -489,7 +538,7 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
     timers = TimerHeap()
     endpoint = Endpoint(timers, TimerConfig(config.sip.t1, config.sip.t2, config.sip.t4),
                         user_agent=config.sip.user_agent, shard=shard)
-    users = config.users
+    users = dict(config.users)  # Core.users: a reload changes it in place
     # one guard for every password check: REGISTER, the phones' calls, the HTTP auth=
     guard = FailureGuard(GuardPolicy.from_config(config.auth), on_lockout, on_guard,
                          guard_reports)
@@ -527,7 +576,7 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
     if config.upstream is not None:
         upstream = UpstreamRegistration(config.upstream, endpoint, timers, resolver)
     return Core(config, timers, endpoint, auth, registrar, ua, router, calls, inbound,
-                upstream)
+                upstream, users)
 
 
 class _ClockedResolver:
@@ -564,6 +613,21 @@ class Running:
     #: the port each [sip] listen entry got ("udp:127.0.0.1:0" -> 40123)
     bound: dict[str, int] | None = None
     merged: MergedEvents | None = None  #: with ``--workers``: the SSE source
+    sites: list[ApiSite] = field(default_factory=list)  #: the API (and the private one)
+
+    def reload(self, config: Config) -> tuple[str, ...]:
+        """Apply a configuration reloaded from the file (SIGHUP): see
+        :meth:`Core.reconfigure`; also the API's tokens, ``allow_from`` and ``[metrics]``.
+        Returns the sections that changed but need a restart (kept as they were)."""
+        restart = self.core.reconfigure(config)
+        allow = _allow_from(config)
+        for site in self.sites:
+            if site is self.sites[0]:
+                site.reconfigure(config.api.tokens, allow, config.metrics)
+            else:  # the workers' private site: no allow_from, the internal token
+                site.reconfigure(config.api.tokens, {}, MetricsConfig(token=config.metrics.token))
+        self.config = self.core.config
+        return restart
 
     @property
     def calls(self) -> CallService:
@@ -621,6 +685,12 @@ def start(config: Config, reactor: Any, role: WorkerRole | None = None) -> Any:
         yield store.stop()  # its worker thread must not keep the process alive
         raise
     return running
+
+
+def _allow_from(config: Config) -> dict[str, Sequence[Network] | None]:
+    http = config.http
+    return {"api": http.allow_from, "call_init": http.call_init_allow_from,
+            "remote_call": http.remote_call_allow_from}
 
 
 def _metrics(core: Core, events: EventHub, lag: LagMonitor, calls: CallMetrics,
@@ -803,12 +873,11 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     site = build_site(api, config.api.tokens, reactor=reactor,
                       check_password=check_password,
                       events=merged if merged is not None else events, workers=workers,
-                      allow_from={"api": config.http.allow_from,
-                                  "call_init": config.http.call_init_allow_from,
-                                  "remote_call": config.http.remote_call_allow_from},
+                      allow_from=_allow_from(config),
                       metrics=metrics, metrics_config=config.metrics,
                       internal_token=internal_token)
     private_port = None
+    sites = [site]
     if role is None:
         http = reactor.listenTCP(config.http.port, site, interface=config.http.host)
     else:
@@ -826,6 +895,7 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                               metrics=metrics,
                               metrics_config=MetricsConfig(token=config.metrics.token),
                               internal_token=internal_token)
+        sites.append(own_site)
         private = reactor.listenTCP(0, own_site, interface="127.0.0.1")
         listeners.append(private)
         private_port = private.getHost().port
@@ -833,7 +903,8 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
 
     running = Running(config, core, driver, store, events, media, sip_ports,
                       http.getHost().port, listeners, None, lag, role=role, mesh=mesh,
-                      private_http_port=private_port, bound=bound, merged=merged)
+                      private_http_port=private_port, bound=bound, merged=merged,
+                      sites=sites)
 
     full_collections = FullCollections(reactor.seconds())
 
@@ -994,12 +1065,40 @@ def serve(config_path: str, ready_file: str | None = None,
         _exit_if_stuck(STOP_GRACE)
         reactor.callFromThread(stop_once)
 
+    def reload_config() -> None:
+        if not holder:
+            log.warning("reload: not started yet; ignored")
+            return
+        reload(holder[0], config_path)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reactor.callFromThread(reload_config))
     reactor.run(installSignalHandlers=False)
     log.info("sipdial stopped")
     sys.stdout.flush()
     return exit_code[0]
+
+
+def reload(running: Running, config_path: str) -> bool:
+    """SIGHUP: load ``config_path`` again, with the checks of a start; a file that does not
+    pass is refused with the same message, and sipdial runs on as it was. True: applied."""
+    try:
+        config = load_config(config_path)
+        check_demo_secrets(config)
+        check_weak_passwords(config)
+    except (ConfigError, OSError) as exc:
+        log.error("reload refused: %s: %s (still running on the previous configuration)",
+                  config_path, exc)
+        return False
+    restart = running.reload(config)
+    log.info("configuration reloaded from %s: %d users, %d API tokens, %d routes, "
+             "%d policy entries", config_path, len(config.users), len(config.api.tokens),
+             len(config.routes), len(config.policy))
+    if restart:
+        log.warning("reload: %s changed: kept as they were until a restart",
+                    ", ".join(restart))
+    return True
 
 
 def _tracemalloc_on_signal(directory: str) -> None:

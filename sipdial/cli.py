@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 import urllib.error
@@ -77,6 +78,8 @@ def main(
         return _serve(args.config, args.ready_file, args.workers)
     if args.command == "check-config":
         return _check_config(args.path, out, err)
+    if args.command == "reload":
+        return _reload(args.config, args.pid, args.ready_file, out, err)
     client = _Client(_base_url(args.server), args.token)
     try:
         if args.command == "calls":
@@ -172,6 +175,15 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("path", metavar="PATH")
+
+    reload = commands.add_parser(
+        "reload", help="check the configuration file, then have a running sipdial reload it "
+        "(SIGHUP: users, tokens, routes, policy ... without dropping calls)")
+    reload.add_argument("--config", default="config/sipdial.toml",
+                        help="the file the server runs on (checked first)")
+    which = reload.add_mutually_exclusive_group(required=True)
+    which.add_argument("--pid", type=_positive_int, help="the server's process id")
+    which.add_argument("--ready-file", help="the server's --ready-file (its pid is in it)")
     return parser
 
 
@@ -229,6 +241,31 @@ def _check_config(path: str, out: TextIO, err: TextIO) -> int:
         print(f"sipdial: {exc}", file=err)
         return EXIT_ERROR
     print(f"{path}: OK (users: {len(config.users)}, routes: {len(config.routes)})", file=out)
+    return EXIT_OK
+
+
+def _reload(path: str, pid: int | None, ready_file: str | None, out: TextIO,
+            err: TextIO) -> int:
+    """Check ``path`` like ``check-config`` (a bad file: its error, exit 2, nothing sent),
+    then SIGHUP the server (with ``--workers``, the supervisor: it tells every worker).
+    What the server applied, and what needs a restart, is in its log."""
+    if _check_config(path, out, err) != EXIT_OK:
+        return EXIT_ERROR
+    if pid is None:
+        assert ready_file is not None
+        try:
+            with open(ready_file, encoding="utf-8") as fh:
+                pid = int(json.load(fh)["pid"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"sipdial: {ready_file}: no server's pid in it ({exc})", file=err)
+            return EXIT_ERROR
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        print(f"sipdial: cannot signal process {pid}: {exc.strerror or exc}", file=err)
+        return EXIT_ERROR
+    print(f"sent SIGHUP to {pid}: it reloads {path} (its log says what it applied)",
+          file=out)
     return EXIT_OK
 
 

@@ -177,6 +177,16 @@ class Registrar:
         self._index(binding, removed=False)
         return True
 
+    def set_users(self, users: Iterable[str]) -> list[Binding]:
+        """The users who may register now (a configuration reload); the bindings of those
+        no longer among them are removed (each told to ``on_change``) and returned."""
+        self.users = set(users)
+        removed = [b for user in [u for u in self._bindings if u not in self.users]
+                   for b in self._bindings.pop(user).values()]
+        for b in removed:
+            self._changed(b, True)
+        return removed
+
     def sweep(self, now: float) -> list[Binding]:
         removed: list[Binding] = []
         for user, table in list(self._bindings.items()):

@@ -132,6 +132,21 @@ class _Supervisor:
             args.append("--rejoin")
         return args
 
+    def reload(self) -> None:
+        """SIGHUP: every worker reloads the file (each checks it again and says what it
+        applied); a file that does not load is refused here, once, and nobody reloads.
+        Workers started later read the file anyway."""
+        try:
+            load_config(self.config_path)
+        except (ConfigError, OSError) as exc:
+            log.error("reload refused: %s: %s (the workers keep the previous configuration)",
+                      self.config_path, exc)
+            return
+        for worker in self.workers:
+            if worker.process is not None and worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGHUP)
+        log.info("reload: told %d workers", self.count)
+
     def start(self, worker: _Worker) -> None:
         try:
             os.unlink(os.path.join(self.mesh_dir, f"w{worker.index}.ready"))
@@ -282,7 +297,7 @@ def supervise(config_path: str, count: int, ready_file: str | None = None) -> in
               "is held): not starting a second one on the same ports and files",
               file=sys.stderr)
         return 2
-    watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+    watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     supervisor = _Supervisor(config_path, count, ready_file)
     supervisor.id_floor = _id_floor(store_path, count)
@@ -300,6 +315,8 @@ def supervise(config_path: str, count: int, ready_file: str | None = None) -> in
             if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
                 log.info("stopping %d workers", count)
                 break
+            if info is not None and info.si_signo == signal.SIGHUP:
+                supervisor.reload()
     finally:
         supervisor.stop()
         # what came meanwhile (a worker's late "ready", a second SIGTERM) must not act
@@ -391,7 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     # the supervisor blocks these to wait for them; a worker takes them as usual
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, signal.SIGTERM,
-                                                signal.SIGINT, signal.SIGUSR1})
+                                                signal.SIGINT, signal.SIGUSR1,
+                                                signal.SIGHUP})
     secret = bytes.fromhex(os.environ.pop("SIPDIAL_WORKER_SECRET", "")) or os.urandom(32)
     events, _, deliveries = args.id_floor.partition(",")
     role = WorkerRole(index=args.index, count=args.count, mesh_dir=args.mesh, secret=secret,

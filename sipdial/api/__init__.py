@@ -22,9 +22,9 @@ Dependencies point one way: api -> calls, events, store; nothing imports api but
 """
 
 from sipdial.api.calls_api import CallsApi
-from sipdial.api.http import build_site
+from sipdial.api.http import ApiSite, build_site
 from sipdial.api.service import ApiError, CallApi, MetricsPort, OtherWorkers, WorkerReply
 from sipdial.api.sse import EventSource
 
-__all__ = ["ApiError", "CallApi", "CallsApi", "EventSource", "MetricsPort", "OtherWorkers",
-           "WorkerReply", "build_site"]
+__all__ = ["ApiError", "ApiSite", "CallApi", "CallsApi", "EventSource", "MetricsPort",
+           "OtherWorkers", "WorkerReply", "build_site"]

@@ -66,7 +66,7 @@ from sipdial.reactor_types import exc_info
 from sipdial.sip import SipError, SipURI, parse_uri
 from sipdial.store import MAX_METADATA_BYTES, Metadata
 
-__all__ = ["MAX_BODY_BYTES", "build_site", "normalise_destination"]
+__all__ = ["MAX_BODY_BYTES", "ApiSite", "build_site", "normalise_destination"]
 
 #: Largest request body accepted; larger bodies are answered with 413.
 MAX_BODY_BYTES: Final = 64 * 1024
@@ -632,6 +632,14 @@ class _Router:
         self._check_password = check_password
         self._events = events
         self._workers = workers
+
+    def reconfigure(self, tokens: Mapping[str, str],
+                    allow_from: Mapping[str, Sequence[Network] | None],
+                    metrics: _MetricsAccess | None) -> None:
+        """A configuration reload: these tokens and networks from the next request on."""
+        self._tokens = _Tokens(tokens)
+        self._allow_from = dict(allow_from)
+        self._metrics = metrics
 
     def handle(self, request: _Incoming) -> Deferred[_Reply]:
         """Always fires with a reply; errors become JSON error replies."""
@@ -1247,7 +1255,7 @@ class _Resource(Resource):
         self._router = router
         self._events = events
         self._clock = clock
-        self._metrics = metrics
+        self.metrics = metrics
 
     def render(self, request: _TwistedRequest) -> int:
         received = self._clock()
@@ -1263,8 +1271,8 @@ class _Resource(Resource):
 
     def _access(self, incoming: _Incoming, received: float, status: int, note: str = "") -> None:
         elapsed = (self._clock() - received) * 1000.0
-        if self._metrics is not None:
-            self._metrics.http_request(incoming.method, status)
+        if self.metrics is not None:
+            self.metrics.http_request(incoming.method, status)
         log.info("%s %s %d %.1f ms%s", incoming.method, _loggable(incoming.path), status, elapsed,
                  note)
 
@@ -1305,12 +1313,45 @@ class _Resource(Resource):
         request.finish()
 
 
-class _Site(server.Site):
-    """A ``Site`` without Twisted's access log: :class:`_Resource` logs each request itself
-    (Twisted's line would carry the query string, and with it pbxnsip's ``auth=`` password)."""
+class ApiSite(server.Site):
+    """The API's ``Site``: without Twisted's access log (:class:`_Resource` logs each request
+    itself; Twisted's line would carry the query string, and with it pbxnsip's ``auth=``
+    password), and reconfigurable (a reload: :meth:`reconfigure`)."""
+
+    def __init__(self, router: _Router, resource: _Resource, *, reactor: Any,
+                 internal_token: str | None) -> None:
+        super().__init__(resource, requestFactory=_LimitedRequest,  # type: ignore[no-untyped-call]
+                         parsePOSTFormSubmission=False, reactor=reactor)
+        self.displayTracebacks = False
+        self._router = router
+        self._metrics_port = resource.metrics
+        self._internal_token = internal_token
+
+    def reconfigure(self, tokens: Mapping[str, str],
+                    allow_from: Mapping[str, Sequence[Network] | None],
+                    metrics_config: MetricsConfig | None = None) -> None:
+        """New ``[api]`` tokens, ``allow_from`` networks and ``[metrics]`` settings, from
+        the next request on (requests in progress finish under the old ones)."""
+        allow, access = _access(allow_from, self._metrics_port, metrics_config,
+                                self._internal_token)
+        self._router.reconfigure(tokens, allow, access)
 
     def log(self, request: object) -> None:
         pass
+
+
+def _access(allow_from: Mapping[str, Sequence[Network] | None] | None,
+            metrics: MetricsPort | None, metrics_config: MetricsConfig | None,
+            internal_token: str | None,
+            ) -> tuple[dict[str, Sequence[Network] | None], _MetricsAccess | None]:
+    """The router's networks by scope and its ``/metrics`` access."""
+    allow = dict(allow_from or {})
+    if metrics is None:
+        return allow, None
+    settings = metrics_config or MetricsConfig()
+    allow["metrics"] = settings.allow_from
+    return allow, _MetricsAccess(metrics, settings.token, settings.allow_from is not None,
+                                 internal_token)
 
 
 def build_site(
@@ -1326,7 +1367,7 @@ def build_site(
     metrics_config: MetricsConfig | None = None,
     internal_token: str | None = None,
     clock: Callable[[], float] = time.monotonic,
-) -> server.Site:
+) -> ApiSite:
     """The HTTP API as a Twisted ``Site``; listen on it with ``reactor.listenTCP``.
 
     ``tokens`` maps a bearer token to the user id it may act for, or to ``"*"`` for an
@@ -1350,19 +1391,8 @@ def build_site(
 
             reactor = global_reactor
         stream = EventStream(events, reactor)
-    access = None
-    if metrics is not None:
-        settings = metrics_config or MetricsConfig()
-        access = _MetricsAccess(metrics, settings.token, settings.allow_from is not None,
-                                internal_token)
-        allow_from = {**(allow_from or {}), "metrics": settings.allow_from}
+    allow, access = _access(allow_from, metrics, metrics_config, internal_token)
     router = _Router(api, tokens, check_password, events=stream is not None, workers=workers,
-                     allow_from=allow_from, metrics=access, clock=clock)
-    site = _Site(  # type: ignore[no-untyped-call]
-        _Resource(router, stream, clock, metrics),
-        requestFactory=_LimitedRequest,
-        parsePOSTFormSubmission=False,
-        reactor=reactor,
-    )
-    site.displayTracebacks = False
-    return site
+                     allow_from=allow, metrics=access, clock=clock)
+    return ApiSite(router, _Resource(router, stream, clock, metrics), reactor=reactor,
+                   internal_token=internal_token)

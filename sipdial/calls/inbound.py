@@ -52,6 +52,11 @@ class InboundRouter:
         self.domain = config.sip.domain
         self.relayed: set[RelayedCall] = set()
 
+    def reconfigure(self, config: Config) -> None:
+        """A configuration reload: the users and ``[calls]`` from now on."""
+        self.config = config
+        self.users = config.users
+
     def accept(self, invite: IncomingInvite, now: float) -> None:
         """A new INVITE from a phone: authenticate (407), route, relay."""
         request, txn, source = invite.request, invite.txn, invite.source

@@ -266,7 +266,7 @@ class Router:
                  devices: Callable[[str, float], list[Binding]],
                  local_hosts: Collection[str], outbound_proxy: str | None = None,
                  pbx: Pbx | None = None, numbers: NumberPlan | None = None) -> None:
-        self._users = users
+        self._users = users  # a live view: a reload changes who is local
         #: ``[numbers]``: numbers completed to E.164 (sipdial.numbers)
         self.numbers = numbers or NumberPlan()
         #: PBX mode: users and every number no ``[[routes]]`` entry matches go to the PBX
@@ -276,6 +276,11 @@ class Router:
         self._proxy = _proxy_route(outbound_proxy)
         self._devices = devices
         self.local_hosts = frozenset(h.lower() for h in local_hosts)
+
+    def reconfigure(self, routes: Sequence[RouteConfig], numbers: NumberPlan) -> None:
+        """A configuration reload: these routes and this number plan from now on."""
+        self._routes = routes
+        self.numbers = numbers
 
     def destination(self, to: str, numbers: NumberPlan | None = None) -> Destination:
         """``to`` parsed; a number completed to E.164 by ``numbers`` (the user's own plan),

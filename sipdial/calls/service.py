@@ -8,6 +8,7 @@ reactor-lag check that refuses new calls when sipdial runs behind (:class:`LoadG
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import itertools
 import logging
@@ -182,6 +183,19 @@ class CallService:
                            domain=config.sip.domain, router=router, resolver=resolver,
                            auto_answer_rules=auto_answer_rules, rtp_sinks=rtp_sinks,
                            on_change=self._changed, on_end=self._ended, bridges=set())
+
+    def reconfigure(self, config: Config,
+                    auto_answer_rules: tuple[AutoAnswerRule, ...]) -> None:
+        """A configuration reload: calls started from now on use ``config`` (users, their
+        settings, ``[calls]``, ``[[policy]]``, auto-answer rules); calls in progress keep
+        what they started with. Changed ``[[policy]]`` entries start their caps' windows
+        afresh (unchanged ones keep counting)."""
+        if config.policy != self.config.policy:
+            self.policy = Policy(config.policy)
+        self.config = config
+        self.users = dict(config.users)
+        self.env = dataclasses.replace(self.env, config=config.calls,
+                                       auto_answer_rules=auto_answer_rules)
 
     # ------------------------------------------------------------ starting a call
 

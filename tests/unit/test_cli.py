@@ -567,6 +567,52 @@ def test_check_config_error_exits_2(tmp_path: Path, make_path: Callable[[Path], 
     assert result.out == ""
 
 
+# ------------------------------------------------------------------------ reload
+
+_WAITS_FOR_HUP = ("import signal, sys\n"
+                  "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})\n"
+                  "print('ready', flush=True)\n"
+                  "signal.sigwait({signal.SIGHUP})\n"
+                  "print('hup', flush=True)\n")
+
+
+def test_reload_checks_the_file_then_signals_the_pid_in_the_ready_file(
+        tmp_path: Path) -> None:
+    server = subprocess.Popen([sys.executable, "-c", _WAITS_FOR_HUP], stdout=subprocess.PIPE,
+                              text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "ready\n"
+        ready = tmp_path / "ready.json"
+        ready.write_text(json.dumps({"pid": server.pid}))
+        result = run(["reload", "--config", str(ROOT / "config" / "sipdial.toml"),
+                      "--ready-file", str(ready)])
+        assert result.code == 0, result.err
+        assert f"sent SIGHUP to {server.pid}" in result.out
+        assert server.stdout.readline() == "hup\n"  # the signal arrived
+        assert server.wait(10) == 0
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_reload_of_a_bad_file_signals_nobody(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sip\n")
+    # pid 1 would be a disaster to signal; the check must come first
+    result = run(["reload", "--config", str(bad), "--pid", "1"])
+    assert result.code == 2
+    assert "invalid TOML" in result.err and "SIGHUP" not in result.out
+
+
+def test_reload_names_a_ready_file_without_a_pid(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    ready.write_text("{}")
+    result = run(["reload", "--config", str(ROOT / "config" / "sipdial.toml"),
+                  "--ready-file", str(ready)])
+    assert result.code == 2
+    assert "no server's pid" in result.err
+
+
 # ------------------------------------------------------------------------ entry points
 
 

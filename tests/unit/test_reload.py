@@ -1,0 +1,102 @@
+"""Reloading the configuration (issue 10 §7: SIGHUP / ``sipdial reload``) at the core: what
+changes for the next call, what a call in progress keeps, what needs a restart. The live
+signal path is in tests/integration/test_reload_e2e.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from sipdial.app import RESTART_ONLY
+from sipdial.calls import CallRefused, Refusal
+from sipdial.config import Config, parse_config
+from sipdial.sip import Peer
+from tests.unit.simnet import BASE_CONFIG, Phone, SimNet, make_config
+
+BASE = BASE_CONFIG.format(auto_answer="true", user_answer_timeout=30.0,
+                          target_answer_timeout=60.0, refer_timeout=32.0, max_concurrent=10)
+
+
+def reloaded(old: str, new: str) -> str:
+    assert old in BASE, old
+    return BASE.replace(old, new, 1)
+
+
+def test_a_new_user_can_register_and_call_a_removed_ones_registrations_go() -> None:
+    net = SimNet(parse_config(BASE))
+    bob = Phone(net, "202", "secret202", port=5072)
+    assert bob.register().status == 200
+    assert len(net.registrar.contacts("202", net.now)) == 1
+    assert Phone(net, "203", "secret203", port=5073).register().status == 401  # unknown
+
+    config = parse_config(reloaded('[[users]]\nid = "202"\npassword = "secret202"\nname = "Bob"\n',
+                                   '[[users]]\nid = "203"\npassword = "secret203"\n'))
+    assert net.core.reconfigure(config) == ()
+    assert net.registrar.contacts("202", net.now) == []  # removed user: unregistered
+    assert ("202", bob.contact_uri, True) in net.changes  # and out of the store
+    assert Phone(net, "203", "secret203", port=5074).register().status == 200
+    with pytest.raises(CallRefused) as refused:
+        net.create_call(user="202", to="+4930123456")
+    assert refused.value.refusal is Refusal.UNKNOWN_USER
+    assert net.create_call(user="203", to="+4930123456").user == "203"
+
+
+def test_routes_and_numbers_apply_to_the_next_call() -> None:
+    net = SimNet(parse_config(BASE))
+    alice = Phone(net, "201", "secret201", port=5071)
+    alice.register()
+    first = net.create_call(user="201", to="+4930123456")
+    config = parse_config(reloaded('uri = "sip:{number}@127.0.0.1:5080"',
+                                   'uri = "sip:{number}@127.0.0.1:5090"')
+                          + '\n[numbers]\ncountry = "49"\narea = "30"\n')
+    net.core.reconfigure(config)
+    second = net.create_call(user="201", to="123456")
+    assert second.to == "+4930123456"  # [numbers] now completes it
+    assert net.core.router.route(net.core.router.destination("+4930123456"), net.now)[0] \
+        .peer == Peer("udp", "127.0.0.1", 5090)  # type: ignore[index,union-attr]
+    assert first.state != "ended"  # the call in progress goes on
+
+
+def test_a_call_in_progress_keeps_its_settings_new_calls_take_the_new_ones() -> None:
+    net = SimNet(parse_config(BASE))
+    Phone(net, "201", "secret201", port=5071).register()
+    running = net.calls.calls
+    record = net.create_call(user="201", to="+4930123456")
+    old_env = running[record.id].env
+    config = parse_config(reloaded("user_answer_timeout = 30.0", "user_answer_timeout = 5.0"))
+    net.core.reconfigure(config)
+    assert running[record.id].env is old_env and old_env.config.user_answer_timeout == 30.0
+    assert net.calls.env.config.user_answer_timeout == 5.0
+    assert net.calls.env.bridges is old_env.bridges  # one set of bridges for all calls
+
+
+def test_changed_policy_applies_unchanged_policy_keeps_counting() -> None:
+    capped = BASE + '\n[[policy]]\nmax_per_minute = 1\n'
+    net = SimNet(parse_config(capped))
+    Phone(net, "201", "secret201", port=5071).register()
+    net.create_call(user="201", to="+4930123456")
+    policy = net.calls.policy
+    net.core.reconfigure(parse_config(capped))
+    assert net.calls.policy is policy  # same rules: the minute's count stands
+    with pytest.raises(CallRefused) as refused:
+        net.create_call(user="201", to="+4930123457")
+    assert refused.value.refusal is Refusal.RATE_LIMITED
+    net.core.reconfigure(parse_config(capped + '\n[[policy]]\ndeny = ["^\\\\+4930"]\n'))
+    with pytest.raises(CallRefused) as refused:
+        net.create_call(user="201", to="+4930123458")
+    assert refused.value.refusal is Refusal.DESTINATION_FORBIDDEN
+
+
+@pytest.mark.parametrize(("old", "new", "section"), [
+    ('listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]',
+     'listen = ["udp:127.0.0.1:5062"]', "sip"),
+    ('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:8081"', "http.listen"),
+    ('url = "sqlite:///:memory:"', 'url = "sqlite:///other.db"', "store"),
+])
+def test_what_needs_a_restart_is_named_and_kept(old: str, new: str, section: str) -> None:
+    assert section in RESTART_ONLY
+    net = SimNet(parse_config(BASE))
+    config: Config = parse_config(reloaded(old, new))
+    assert net.core.reconfigure(config) == (section,)
+    assert net.core.config.sip == make_config().sip or section != "sip"
+    assert net.core.config.http.port == 8080
+    assert net.core.config.store.url == "sqlite:///:memory:"
