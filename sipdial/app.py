@@ -23,7 +23,7 @@ from typing import Any, Final, Protocol
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, inlineCallbacks
 
-from sipdial.api import ApiSite, CallsApi, OtherWorkers, build_site
+from sipdial.api import ApiSite, CallsApi, Links, OtherWorkers, build_site
 from sipdial.authn import Authenticator
 from sipdial.calls import (
     DEFAULT_RULES,
@@ -434,7 +434,8 @@ class CoreStore(CallStore, Protocol):
 #: what a reload cannot change while running (sockets, the store, the media process, the
 #: webhook deliverer, the password-guessing limits, sipdial's own registration): named in
 #: the reload's log line as needing a restart, and kept as they were
-RESTART_ONLY: Final = ("sip", "http.listen", "store", "media", "webhooks", "auth", "upstream")
+RESTART_ONLY: Final = ("sip", "http.listen", "store", "media", "webhooks", "auth", "upstream",
+                       "links")
 
 
 @dataclass
@@ -469,6 +470,7 @@ class Core:
         kept = replace(config, sip=self.config.sip, store=self.config.store,
                        media=self.config.media, webhooks=self.config.webhooks,
                        auth=self.config.auth, upstream=self.config.upstream,
+                       links=self.config.links,
                        http=replace(config.http, host=self.config.http.host,
                                     port=self.config.http.port))
         self.users.clear()
@@ -870,12 +872,20 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     metrics = _metrics(core, events, lag, call_metrics, reactor)
     internal_token = (hmac.new(role.secret, b"metrics", hashlib.sha256).hexdigest()
                       if role is not None else None)
+    links = None
+    if config.links is not None:  # call links (sipdial.api.links)
+        shard = core.endpoint.shard
+        links = Links(config.links.secret.encode(), store, reactor.seconds,
+                      lambda: shard.prefix(24), max_ttl=config.links.max_ttl,
+                      default_ttl=config.links.default_ttl, one_click=config.links.one_click,
+                      base_url=config.links.base_url)
+        links.load((yield store.used_links(reactor.seconds())))
     site = build_site(api, config.api.tokens, reactor=reactor,
                       check_password=check_password,
                       events=merged if merged is not None else events, workers=workers,
                       allow_from=_allow_from(config),
                       metrics=metrics, metrics_config=config.metrics,
-                      internal_token=internal_token)
+                      internal_token=internal_token, links=links)
     private_port = None
     sites = [site]
     if role is None:
@@ -894,7 +904,7 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                               check_password=check_password, events=events,
                               metrics=metrics,
                               metrics_config=MetricsConfig(token=config.metrics.token),
-                              internal_token=internal_token)
+                              internal_token=internal_token, links=links)
         sites.append(own_site)
         private = reactor.listenTCP(0, own_site, interface="127.0.0.1")
         listeners.append(private)
@@ -911,6 +921,8 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     def sweep() -> None:
         now = reactor.seconds()
         core.sweep(now)
+        if links is not None:
+            links.sweep(now)
         full_collections.run_if_due(now)  # the safety net for cycles (tune_gc)
         running.sweeper = reactor.callLater(SWEEP_INTERVAL, sweep)
 

@@ -34,6 +34,7 @@ __all__ = [
     "ConfigError",
     "FromUser",
     "HttpConfig",
+    "LinksConfig",
     "ListenAddr",
     "MetricsConfig",
     "RouteConfig",
@@ -152,6 +153,17 @@ class MetricsConfig:
 
     token: str | None = field(default=None, repr=False)
     allow_from: tuple[Network, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LinksConfig:
+    """``[links]``: signed single-use call links (``POST /v1/links``, ``/c/<token>``)."""
+
+    secret: str = field(repr=False)  #: the HMAC key (at least 32 characters)
+    max_ttl: int = 7 * 86400  #: the longest lifetime a link may be given (s)
+    default_ttl: int = 86400  #: a link's lifetime when the request names none (s)
+    one_click: bool = False  #: GET /c/<token> places the call (no confirmation page)
+    base_url: str | None = None  #: "https://sipdial.example.com": absolute link URLs
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +352,7 @@ class Config:
     numbers: NumberPlan = field(default_factory=NumberPlan)  #: ``[numbers]`` (none: as given)
     policy: tuple[PolicyConfig, ...] = ()  #: ``[[policy]]``, every entry that applies counts
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  #: ``[metrics]``
+    links: LinksConfig | None = None  #: ``[links]``; None: no call links
     source: str = "<string>"  #: file the configuration came from
 
 
@@ -385,6 +398,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     auth = _parse_auth(root.table("auth", required=False))
     policy = tuple(_parse_policy(t, users) for t in root.array_of_tables("policy"))
     metrics = _parse_metrics(root.table("metrics", required=False), api)
+    links = _parse_links(root.table("links")) if "links" in raw else None
     number_values = _number_values(root.table("numbers", required=False))
     numbers = _plan(number_values, "numbers")
     users = _with_user_plans(users, number_values, user_numbers)
@@ -393,6 +407,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     if upstream is None:
         _require_passwords(users)
     return Config(
+        links=links,
         metrics=metrics,
         policy=policy,
         numbers=numbers,
@@ -422,10 +437,11 @@ _SQLITE_PREFIX: Final = "sqlite:///"
 _KEYS: Final[dict[str, frozenset[str]]] = {
     "": frozenset({"sip", "http", "store", "api", "users", "routes", "calls", "auto_answer",
                    "media", "webhooks", "auth", "upstream", "numbers", "policy",
-                   "metrics"}),
+                   "metrics", "links"}),
     "policy[]": frozenset({"users", "allow", "deny", "max_concurrent", "max_per_minute",
                            "max_per_hour", "per"}),
     "metrics": frozenset({"token", "allow_from"}),
+    "links": frozenset({"secret", "max_ttl", "default_ttl", "one_click", "base_url"}),
     "numbers": frozenset({"country", "area", "base", "outside_line", "international_prefix",
                           "national_prefix"}),
     "upstream": frozenset({"registrar", "username", "password", "domain", "expires",
@@ -732,6 +748,27 @@ def _parse_metrics(t: _Table, api: ApiConfig) -> MetricsConfig:
         if token in api.tokens:
             raise ConfigError(f"{t.path('token')}: must differ from every [api] token")
     return MetricsConfig(token=token, allow_from=_networks(t, "allow_from"))
+
+
+def _parse_links(t: _Table) -> LinksConfig:
+    secret = t.string("secret")
+    if len(secret) < 32:
+        raise ConfigError(f"{t.path('secret')}: must be at least 32 characters (it signs the "
+                          "links: anyone who knows it can place calls)")
+    max_ttl = t.positive_int("max_ttl", 7 * 86400)
+    default_ttl = t.positive_int("default_ttl", min(86400, max_ttl))
+    if max_ttl < 60:
+        raise ConfigError(f"{t.path('max_ttl')}: must be at least 60 (seconds)")
+    if not 60 <= default_ttl <= max_ttl:
+        raise ConfigError(f"{t.path('default_ttl')}: must be from 60 to max_ttl ({max_ttl})")
+    base_url = t.optional_string("base_url")
+    if base_url is not None:
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", base_url):
+            raise ConfigError(f'{t.path("base_url")}: expected "https://host[:port][/path]", '
+                              f'got "{base_url}"')
+        base_url = base_url.rstrip("/")
+    return LinksConfig(secret=secret, max_ttl=max_ttl, default_ttl=default_ttl,
+                       one_click=t.boolean("one_click", False), base_url=base_url)
 
 
 def _parse_route(t: _Table) -> RouteConfig:

@@ -13,6 +13,7 @@ as Server-Sent Events (:mod:`.sse`), and the engine behind them (:mod:`.service`
 * :class:`CallsApi` — that contract implemented on :mod:`sipdial.calls` and the store.
 * :class:`OtherWorkers` — with ``sipdial serve --workers``, the other worker processes: a
   call's resource is answered by the worker that holds it, the call list by all of them.
+* :class:`Links` — signed single-use call links (``POST /v1/links``, ``/c/<token>``).
 * :class:`MetricsPort` — ``GET /metrics`` (:mod:`sipdial.metrics`) and what the API counts
   for it.
 * :class:`EventSource` — what ``GET /v1/events`` subscribes to
@@ -23,8 +24,20 @@ Dependencies point one way: api -> calls, events, store; nothing imports api but
 
 from sipdial.api.calls_api import CallsApi
 from sipdial.api.http import ApiSite, build_site
+from sipdial.api.links import Link, Links
 from sipdial.api.service import ApiError, CallApi, MetricsPort, OtherWorkers, WorkerReply
 from sipdial.api.sse import EventSource
 
-__all__ = ["ApiError", "ApiSite", "CallApi", "CallsApi", "EventSource", "MetricsPort",
-           "OtherWorkers", "WorkerReply", "build_site"]
+__all__ = [
+           "ApiError",
+           "ApiSite",
+           "CallApi",
+           "CallsApi",
+           "EventSource",
+           "Link",
+           "Links",
+           "MetricsPort",
+           "OtherWorkers",
+           "WorkerReply",
+           "build_site",
+]

@@ -54,6 +54,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
 from sipdial.api import schema
+from sipdial.api.links import MAX_TOKEN_LENGTH, Link, Links
+from sipdial.api.pages import PAGE_HEADERS, error_page, link_page, placed_page
 from sipdial.api.schema import DocumentedPath, Operation, Param, Reply, openapi_document
 from sipdial.api.service import ApiError, CallApi, MetricsPort, OtherWorkers, WorkerReply
 from sipdial.api.sse import EventSource, EventStream
@@ -64,7 +66,7 @@ from sipdial.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sipdial.metrics import merge as merge_metrics
 from sipdial.reactor_types import exc_info
 from sipdial.sip import SipError, SipURI, parse_uri
-from sipdial.store import MAX_METADATA_BYTES, Metadata
+from sipdial.store import MAX_METADATA_BYTES, Metadata, iso_time
 
 __all__ = ["MAX_BODY_BYTES", "ApiSite", "build_site", "normalise_destination"]
 
@@ -373,15 +375,18 @@ class _Query:
         raw = self._one(name)
         if raw is None:
             return None
-        if raw.startswith("+"):
-            return "+" + _unquote_value(name, raw[1:])
-        return _unquote_value(name, raw)
+        # a "+" that starts the number, also after a link's scheme (tel:+49..., callto:+49)
+        return _unquote_value(name, _LEADING_PLUS.sub("%2B", raw))
 
     def required(self, name: str, *, number: bool = False) -> str:
         value = self.number(name) if number else self.text(name)
         if value is None or value == "":
             raise _invalid(f"{name}: is required")
         return value
+
+
+_LEADING_PLUS: Final = re.compile(r"^\+|(?<=^tel:)\+|(?<=^callto:)\+|(?<=^phone:)\+|"
+                                  r"(?<=^callto://)\+", re.IGNORECASE)
 
 
 def _unquote(value: str, errors: str = "strict") -> str:
@@ -485,6 +490,7 @@ class _Incoming:
     last_event_id: str | None = None  #: the SSE ``Last-Event-ID`` header
     client: str = ""  #: the client's address (host), for the password-guessing limits
     received: float = 0.0  #: when it was read (the resource's monotonic clock)
+    accept: str = ""  #: the Accept header: "text/html" in it asks for pages (links, /dial)
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,8 +628,10 @@ class _Router:
         allow_from: Mapping[str, Sequence[Network] | None] | None = None,
         metrics: _MetricsAccess | None = None,
         clock: Callable[[], float] = time.monotonic,
+        links: Links | None = None,
     ) -> None:
         self._api = api
+        self._links = links
         self._metrics = metrics
         self._clock = clock
         #: by route scope ("api", "call_init", "remote_call"): who may ask (None: anyone)
@@ -959,6 +967,110 @@ class _Router:
             raise ApiError(403, "forbidden", "only the [metrics] token or an administrator "
                                              "token may read the metrics")
 
+    # ------------------------------------------------------------ links and /dial
+
+    def _require_links(self, request: _Incoming) -> Links:
+        if self._links is None:
+            raise ApiError(404, "not_configured", "call links are not configured ([links])")
+        return self._links
+
+    def _create_link(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        """``POST /v1/links {"user", "to", "ttl"?}`` -> 201 ``{token, path, url, ...}``."""
+        links = self._require_links(request)
+        principal = self._authenticate(request)
+        payload = _parse_json(request.body)
+        if not isinstance(payload, dict):
+            raise _invalid("body: must be a JSON object")
+        unknown = sorted(set(payload) - set(schema.LINK_REQUEST["properties"]))
+        if unknown:
+            raise _invalid(f"{_field_name(unknown[0])}: unknown field")
+        user = _valid_user("user", payload.get("user"))
+        to = _valid_destination("to", payload.get("to"))
+        ttl = payload.get("ttl", links.default_ttl)
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 60 <= ttl <= links.max_ttl:
+            raise _invalid(f"ttl: must be whole seconds from 60 to {links.max_ttl}")
+        if not principal.may_act_for(user):
+            raise _forbidden(principal, user)
+        if not self._api.known_user(user):
+            raise ApiError(404, "unknown_user", f"no user {user}")
+        token, link = links.issue(user, to, ttl)
+        path = "/c/" + token
+        return succeed(_Reply(201, {
+            "token": token, "path": path,
+            "url": None if links.base_url is None else links.base_url + path,
+            "user": link.user, "to": link.to, "expires_at": iso_time(link.expires_at),
+        }, [("Location", path)]))
+
+    def _open_link(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        """``GET /c/<token>``: what the link does (a page with a button; with ``[links]
+        one_click`` the call); ``POST``: the call, once. The link's own worker answers."""
+        links = self._require_links(request)
+        try:
+            link = links.check(match.group("token"))  # forged or expired: no worker asked
+        except ApiError as exc:
+            if "text/html" not in request.accept:
+                raise
+            reply = _Reply(exc.status, _error_body(exc.code, exc.message))
+            return succeed(_as_page(reply, error_page(exc.message)))
+        place = request.method == "POST" or links.one_click
+        owner = self._workers.owner_of(link.nonce) if self._workers is not None else None
+        d: Deferred[_Reply]
+        if owner is not None and self._workers is not None:
+            asked = self._workers.request(owner, request.method, request.path, None)
+            d = asked.addCallbacks(_from_worker, _worker_unavailable, errbackArgs=(owner,))
+        else:
+            d = maybeDeferred(self._link_here, request, link, place)
+            d.addErrback(self._error_reply, request)
+        if "text/html" in request.accept:
+            d.addCallback(_link_page, link, request.path)
+        return d
+
+    def _link_here(self, request: _Incoming, link: Link, place: bool) -> Deferred[_Reply]:
+        links = self._require_links(request)
+        if links.used(link):
+            raise ApiError(410, "link_used", "this link has been used: it places one call")
+        if not place:
+            return succeed(_Reply(200, {"user": link.user, "to": link.to,
+                                        "expires_at": iso_time(link.expires_at),
+                                        "used": False}))
+        links.reserve(link)  # a second POST meanwhile is 410, not a second call
+        d = self._start_call(request, _Principal(user=link.user, proof="link"),
+                             _CallRequest(user=link.user, to=link.to))
+
+        def placed(reply: _Reply) -> _Reply:
+            links.commit(link)
+            return reply
+
+        def refused(failure: Failure) -> Failure:
+            links.release(link)  # not placed (not registered, overloaded): usable again
+            return failure
+
+        return d.addCallbacks(placed, refused)
+
+    def _dial(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        """``GET /dial?to=...[&user=]``, for CRMs that can only open a URL: a Bearer token
+        (header, or ``token=``), HTTP Basic or ``auth=user:password`` (the SIP account)."""
+        query = _Query(request.query)
+        token, auth = query.text("token"), query.text("auth")
+        if request.authorization is None and token is not None:
+            principal = self._tokens.lookup(token)
+            if principal is None:
+                raise _unauthorized("unknown token", basic=True, invalid=True)
+        elif request.authorization is None and auth is not None:
+            principal = self._sip_password(auth, basic=True, client=request.client)
+        else:
+            principal = self._authenticate(request, basic=True)
+        user = query.text("user") or principal.user
+        if user is None:
+            raise _invalid("user: is required with an administrator token")
+        call = _CallRequest(user=_valid_user("user", _strip_domain(user)),
+                            to=_valid_destination("to", query.required("to", number=True)))
+        d = self._start_call(request, principal, call)
+        if "text/html" in request.accept:
+            d.addErrback(self._error_reply, request)
+            d.addCallback(_dial_page)
+        return d
+
     def _openapi(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         return succeed(_Reply(200, _openapi_document()))
 
@@ -1032,6 +1144,7 @@ _CREATED: Final = Reply(201, "the call is placed: its resource (it rings the use
                         links=(("GetCall", "getCall", "call_id", "$response.body#/id"),
                                ("HangUpCall", "hangUpCall", "call_id", "$response.body#/id")))
 _COMPAT: Final = "compatibility"
+_LINK_ERRORS: Final = (404, 409, 410, 422, 429, 503)
 
 _ROUTES: Final[tuple[_Route, ...]] = (
     _Route(
@@ -1088,6 +1201,35 @@ _ROUTES: Final[tuple[_Route, ...]] = (
     _Route(re.compile("/openapi.json"), {"GET": _Method(_Router._openapi, Operation(
         "openapi", "This document", (Reply(200, "OpenAPI 3.1"),), (403,), auth="none",
         tags=("operations",)))}, "/openapi.json"),
+    _Route(re.compile("/v1/links"), {"POST": _Method(_Router._create_link, Operation(
+        "createLink", "A signed single-use link that places a call ([links])",
+        (Reply(201, "the link: open its path (or url) to place the call", "Link",
+               headers=("Location",)),),
+        (400, 401, 403, 404, 413, 422), body="LinkRequest", tags=("links",)))},
+        "/v1/links"),
+    _Route(re.compile(f"/c/(?P<token>[A-Za-z0-9_.-]{{1,{MAX_TOKEN_LENGTH}}})"), {
+        "GET": _Method(_Router._open_link, Operation(
+            "openLink", "What the link does (a page with a button for browsers); with "
+            "[links] one_click the call itself",
+            (Reply(200, "the link, not used yet", "LinkInfo"), _CREATED), _LINK_ERRORS,
+            auth="none", tags=("links",))),
+        "POST": _Method(_Router._open_link, Operation(
+            "useLink", "Place the link's call (once)", (_CREATED,), _LINK_ERRORS,
+            auth="none", tags=("links",)))},
+        "/c/{token}", head=False,
+        path_params=(Param("token", {"type": "string",
+                                     "pattern": f"^[A-Za-z0-9_.-]{{1,{MAX_TOKEN_LENGTH}}}$"}),)),
+    _Route(re.compile("/dial"), {"GET": _Method(_Router._dial, Operation(
+        "dial", "Place a call by opening a URL: /dial?to=tel:+49... (CRM URL templates)",
+        (_CREATED,), _CALL_ERRORS,
+        params=(Param("to", {"type": "string"}, "the number, tel:/callto: link or URI",
+                      required=True),
+                Param("user", _USER_SCHEMA, "whose phone rings (default: the token's or "
+                                            "account's user)"),
+                Param("token", {"type": "string"}, "an [api] token, for URL templates that "
+                                                   "cannot send headers"),
+                Param("auth", {"type": "string"}, "user:password of the SIP account")),
+        auth="bearer+basic", tags=(_COMPAT,)))}, "/dial", head=False),
     _Route(re.compile("/v1/upstream"), {"GET": _Method(_Router._upstream, Operation(
         "upstream", "sipdial's own registration at [upstream] (admin token)",
         (Reply(200, "the registration", "Upstream"),), (401, 403, 404, 503),
@@ -1129,6 +1271,39 @@ _ROUTES: Final[tuple[_Route, ...]] = (
         scope="remote_call",
     ),
 )
+
+
+_HTML: Final = "text/html; charset=utf-8"
+
+
+def _as_page(reply: _Reply, content: bytes) -> _Reply:
+    return _Reply(reply.status, _Text(_HTML, content), [*reply.headers, *PAGE_HEADERS])
+
+
+def _error_message(reply: _Reply) -> str | None:
+    body = reply.body
+    if reply.status >= 400 and isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            return str(error.get("message", ""))
+    return None
+
+
+def _link_page(reply: _Reply, link: Link, path: str) -> _Reply:
+    """A browser's view of ``/c/<token>``'s answer (JSON for everyone else)."""
+    message = _error_message(reply)
+    if message is not None:
+        return _as_page(reply, error_page(message))
+    if reply.status == 200:
+        return _as_page(reply, link_page(link.user, link.to, iso_time(link.expires_at)))
+    return _as_page(reply, placed_page(link.user, link.to))
+
+
+def _dial_page(reply: _Reply) -> _Reply:
+    message = _error_message(reply)
+    if message is not None or not isinstance(reply.body, dict):
+        return _as_page(reply, error_page(message or "the call could not be placed"))
+    return _as_page(reply, placed_page(str(reply.body.get("user")), str(reply.body.get("to"))))
 
 
 def _openapi_document() -> dict[str, Any]:
@@ -1202,6 +1377,7 @@ def _incoming(request: _TwistedRequest, received: float = 0.0) -> _Incoming:
         last_event_id=None if last_event_id is None else last_event_id.decode("latin-1"),
         client=_client_host(request),
         received=received,
+        accept=(request.getHeader(b"accept") or b"").decode("latin-1"),
     )
 
 
@@ -1367,6 +1543,7 @@ def build_site(
     metrics_config: MetricsConfig | None = None,
     internal_token: str | None = None,
     clock: Callable[[], float] = time.monotonic,
+    links: Links | None = None,
 ) -> ApiSite:
     """The HTTP API as a Twisted ``Site``; listen on it with ``reactor.listenTCP``.
 
@@ -1382,7 +1559,8 @@ def build_site(
     ``forbidden_source`` for the others, before any credential check); None: anyone.
     ``metrics``: serve ``GET /metrics`` (guarded as ``metrics_config`` says; ``allow_from``
     of it is the ``"metrics"`` scope); ``internal_token``: what workers asking each other
-    for their metrics show (the private sites accept it).
+    for their metrics show (the private sites accept it). ``links``: serve ``POST
+    /v1/links`` and ``/c/<token>`` (:mod:`sipdial.api.links`).
     """
     stream: EventStream | None = None
     if events is not None:
@@ -1393,6 +1571,6 @@ def build_site(
         stream = EventStream(events, reactor)
     allow, access = _access(allow_from, metrics, metrics_config, internal_token)
     router = _Router(api, tokens, check_password, events=stream is not None, workers=workers,
-                     allow_from=allow, metrics=access, clock=clock)
+                     allow_from=allow, metrics=access, clock=clock, links=links)
     return ApiSite(router, _Resource(router, stream, clock, metrics), reactor=reactor,
                    internal_token=internal_token)

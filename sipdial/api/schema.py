@@ -18,8 +18,8 @@ from typing import Any, Final
 from sipdial.store import MAX_METADATA_BYTES
 from sipdial.vocabulary import CallState, Cause, Mode
 
-__all__ = ["CALL_REQUEST", "COMPONENTS", "DocumentedPath", "Operation", "Param", "Reply",
-           "openapi_document"]
+__all__ = ["CALL_REQUEST", "COMPONENTS", "LINK_REQUEST", "DocumentedPath", "Operation", "Param",
+           "Reply", "openapi_document"]
 
 JsonSchema = dict[str, Any]
 
@@ -75,6 +75,21 @@ CALL_REQUEST: Final[JsonSchema] = {
     },
 }
 
+#: ``POST /v1/links``
+LINK_REQUEST: Final[JsonSchema] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["user", "to"],
+    "examples": [{"user": "201", "to": "+4930123456", "ttl": 3600}],
+    "properties": {
+        "user": {"type": "string", "pattern": USER_PATTERN, "examples": ["201"]},
+        "to": {"type": "string", "minLength": 1, "maxLength": 256,
+               "examples": ["+4930123456"]},
+        "ttl": {"type": "integer", "minimum": 60,
+                "description": "seconds the link works (at most [links] max_ttl)"},
+    },
+}
+
 COMPONENTS: Final[dict[str, JsonSchema]] = {
     "Error": {
         "type": "object", "required": ["error"],
@@ -84,6 +99,23 @@ COMPONENTS: Final[dict[str, JsonSchema]] = {
                            "message": {"type": "string", "description": "for people"}}}},
     },
     "CallRequest": CALL_REQUEST,
+    "LinkRequest": LINK_REQUEST,
+    "Link": {
+        "type": "object", "required": ["token", "path", "url", "user", "to", "expires_at"],
+        "properties": {
+            "token": {"type": "string"},
+            "path": {"type": "string", "description": "/c/<token>"},
+            "url": _nullable({"type": "string", "description": "[links] base_url + path"}),
+            "user": {"type": "string"},
+            "to": {"type": "string"},
+            "expires_at": _TIME,
+        },
+    },
+    "LinkInfo": {
+        "type": "object", "required": ["user", "to", "expires_at", "used"],
+        "properties": {"user": {"type": "string"}, "to": {"type": "string"},
+                       "expires_at": _TIME, "used": {"type": "boolean"}},
+    },
     "CallEvent": {
         "type": "object", "required": ["state", "time", "sip_code", "detail"],
         "properties": {
@@ -174,9 +206,10 @@ _ERROR_TEXT: Final = {
     401: "no or wrong credentials",
     403: "not this principal's (forbidden), not from this address (forbidden_source), "
          "or refused by [[policy]] (destination_forbidden)",
-    404: "no such call, user or resource",
+    404: "no such call, user or resource; a link that is not valid (invalid_link)",
     405: "method not allowed here (the Allow header lists those that are)",
     409: "the user has no registered device (user_not_registered) or is busy (user_busy)",
+    410: "the link has expired (link_expired) or has been used (link_used)",
     413: "request body too large",
     422: "a field is invalid (invalid_request, invalid_destination, invalid_number, "
          "invalid_header, no_route)",

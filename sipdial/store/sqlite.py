@@ -62,7 +62,7 @@ __all__ = ["RunInThread", "SqliteStore", "StoreError", "StoreReactor"]
 _T = TypeVar("_T")
 log = logging.getLogger("sipdial.store")
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 
 # --------------------------------------------------------------------------------------------
 # SQL: every statement the store runs
@@ -143,6 +143,11 @@ _SQL_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     3: ("ALTER TABLE registrations ADD COLUMN path TEXT NOT NULL DEFAULT ''",),
     # the CRM's correlation data of a call (issue 10 §6), compact JSON or NULL
     4: ("ALTER TABLE calls ADD COLUMN metadata TEXT",),
+    # single-use call links (issue 10 §4): the links used, until they would have expired
+    5: ("""CREATE TABLE IF NOT EXISTS used_links (
+            nonce TEXT PRIMARY KEY,
+            expires_at REAL NOT NULL
+        )""",),
 }
 _SQL_GET_VERSION: Final = "SELECT MAX(version) FROM schema_version"
 _SQL_SET_VERSION: Final = "INSERT INTO schema_version (version) VALUES (?)"
@@ -193,6 +198,13 @@ _SQL_LOAD_REGISTRATIONS: Final = (
     f"SELECT {_REG_COLUMNS} FROM registrations ORDER BY user_id, registered_at, contact"
 )
 
+# never twice (a duplicate key would fail the whole batch): (nonce, expires_at, nonce)
+_SQL_INSERT_USED_LINK: Final = (
+    "INSERT INTO used_links (nonce, expires_at) SELECT ?, ? "
+    "WHERE NOT EXISTS (SELECT 1 FROM used_links WHERE nonce = ?)"
+)
+_SQL_LOAD_USED_LINKS: Final = "SELECT nonce, expires_at FROM used_links WHERE expires_at > ?"
+_SQL_PURGE_USED_LINKS: Final = "DELETE FROM used_links WHERE expires_at <= ?"
 _SQL_INSERT_PUBLISHED: Final = (
     "INSERT INTO events (id, call_id, user_id, name, payload, time) VALUES (?, ?, ?, ?, ?, ?)"
 )
@@ -277,6 +289,8 @@ class _Batch:
     outbox: list[_OutboxRow] = field(default_factory=list)  #: new deliveries, in order
     #: by outbox id, latest wins; written after ``outbox`` so a new row can be updated at once
     outbox_updates: dict[int, _OutboxUpdate] = field(default_factory=dict)
+    #: (nonce, expires_at, nonce) for _SQL_INSERT_USED_LINK
+    used_links: list[tuple[str, float, str]] = field(default_factory=list)
     #: fired (on the reactor thread) once the batch is committed: see ``when_committed``
     waiters: list[Deferred[WriteReport]] = field(default_factory=list)
 
@@ -293,6 +307,7 @@ class _Batch:
             _Step("webhook delivery", _SQL_INSERT_OUTBOX, self.outbox, _first),
             _Step("webhook delivery update", _SQL_UPDATE_OUTBOX,
                   list(self.outbox_updates.values()), _last),
+            _Step("used link", _SQL_INSERT_USED_LINK, self.used_links, _first),
         ]
         return [step for step in steps if step.rows]
 
@@ -304,6 +319,7 @@ class _Batch:
             + len(self.published)
             + len(self.outbox)
             + len(self.outbox_updates)
+            + len(self.used_links)
         )
 
 
@@ -544,6 +560,27 @@ class SqliteStore:
         self._check_writable()
         self._pending.registrations[(user, contact)] = None
         self._queued()
+
+    def add_used_link(self, nonce: str, expires_at: float) -> None:
+        """A single-use link was used (kept until it would have expired)."""
+        self._check_writable()
+        self._pending.used_links.append((nonce, expires_at, nonce))
+        self._queued()
+
+    def used_links(self, now: float) -> Deferred[list[tuple[str, float]]]:
+        """The links used that have not expired (``(nonce, expires_at)``); the expired are
+        deleted."""
+        self._check_running()
+        self._submit_logged(self._take_pending())
+
+        def read() -> list[tuple[str, float]]:
+            conn = self._connection()
+            with _transaction(conn):
+                conn.execute(_SQL_PURGE_USED_LINKS, (now,))
+            return [(str(n), float(e))
+                    for n, e in conn.execute(_SQL_LOAD_USED_LINKS, (now,)).fetchall()]
+
+        return self._run(read)
 
     def add_published_event(self, event: PublishedEvent) -> None:
         """Append a live event (for SSE resume); ``event.id`` must be new and increasing."""

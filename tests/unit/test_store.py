@@ -629,7 +629,7 @@ def test_metadata_is_kept_with_the_call_and_an_old_database_gets_the_column(
     result(h.store.stop())
     with sqlite3.connect(db) as conn:  # back to version 3, as an older sipdial left it
         conn.execute("ALTER TABLE calls DROP COLUMN metadata")
-        conn.execute("UPDATE schema_version SET version = 3 WHERE version = 4")
+        conn.execute(f"UPDATE schema_version SET version = 3 WHERE version = {SCHEMA_VERSION}")
     h = started(db)
     old = result(h.store.get_call("m1"))
     assert old is not None and old.metadata is None and old.state == "calling_user"
