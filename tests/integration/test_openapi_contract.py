@@ -53,7 +53,8 @@ def _schemathesis(url: str, token: str, tmp_path: Path, *extra: str) -> str:
 def test_every_answer_matches_the_openapi_document(tmp_path: Path) -> None:
     sd = Sipdial(tmp_path, users=[user("201"), user("202")],
                  routes=[{"match": ROUTE_MATCH, "uri": f"sip:{{number}}@{LOOPBACK}:9"}],
-                 extra='[metrics]\ntoken = "scrape-token-0123456789"\n')
+                 extra='[metrics]\ntoken = "scrape-token-0123456789"\n'
+                       '[links]\nsecret = "a-links-secret-of-32-characters-at-least"\n')
     with sd.start(), SippPhone(tmp_path, sd) as phone:
         phone.register()  # calls ring its (closed) port: they are created, then fail
         with urllib.request.urlopen(sd.http_url + "/openapi.json", timeout=10) as resp:

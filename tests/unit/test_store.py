@@ -634,3 +634,18 @@ def test_metadata_is_kept_with_the_call_and_an_old_database_gets_the_column(
     old = result(h.store.get_call("m1"))
     assert old is not None and old.metadata is None and old.state == "calling_user"
     result(h.store.stop())
+
+
+def test_used_links_are_kept_until_they_expire_and_never_written_twice(db: Path) -> None:
+    h = started(db)
+    h.store.add_used_link("00aa", T0 + 100)
+    h.store.add_used_link("00bb", T0 + 5)
+    h.store.add_used_link("00aa", T0 + 100)  # the same link twice: one row, no failed batch
+    h.clock.advance(1.0)
+    assert sorted(result(h.store.used_links(T0))) == [("00aa", T0 + 100), ("00bb", T0 + 5)]
+    result(h.store.stop())
+    h = started(db)  # a restart keeps them; the expired go
+    assert result(h.store.used_links(T0 + 10)) == [("00aa", T0 + 100)]
+    result(h.store.stop())
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT nonce FROM used_links").fetchall() == [("00aa",)]
