@@ -27,6 +27,7 @@ from sipdial.api import ApiSite, CallsApi, Links, OtherWorkers, build_site
 from sipdial.authn import Authenticator
 from sipdial.calls import (
     DEFAULT_RULES,
+    AutoAnswerRule,
     CallObserver,
     CallService,
     CallStore,
@@ -467,6 +468,7 @@ class Core:
         keep what they started with. A removed user's registrations go. Returns what
         changed in :data:`RESTART_ONLY` (not applied)."""
         restart = _restart_needed(self.config, config)
+        rules = check_config(config)  # everything that can fail, before anything changes
         kept = replace(config, sip=self.config.sip, store=self.config.store,
                        media=self.config.media, webhooks=self.config.webhooks,
                        auth=self.config.auth, upstream=self.config.upstream,
@@ -477,7 +479,6 @@ class Core:
         self.users.update(kept.users)
         self.registrar.set_users(kept.users)
         self.router.reconfigure(kept.routes, kept.numbers)
-        rules = rules_from_config([dict(e) for e in kept.auto_answer]) + DEFAULT_RULES
         self.calls.reconfigure(kept, rules)
         self.inbound.reconfigure(kept)
         self.config = kept
@@ -510,6 +511,19 @@ class Core:
         self.inbound.shut_down(now)
         if self.upstream is not None:
             self.upstream.stop(now)  # un-REGISTER
+
+
+def check_config(config: Config) -> tuple[AutoAnswerRule, ...]:
+    """What a start checks beyond the file's own validation (:func:`load_config`): no demo
+    secret on a public address, no weak SIP password, auto-answer rules that compile.
+    Raises :class:`ConfigError`; returns the auto-answer rules. ``serve``, ``check-config``,
+    ``reload`` and the workers' supervisor all run it: a file one of them accepts, all do."""
+    check_demo_secrets(config)
+    check_weak_passwords(config)
+    try:
+        return rules_from_config([dict(e) for e in config.auto_answer]) + DEFAULT_RULES
+    except ValueError as exc:
+        raise ConfigError(f"auto_answer: {exc}") from None
 
 
 def _restart_needed(old: Config, new: Config) -> tuple[str, ...]:
@@ -615,19 +629,19 @@ class Running:
     #: the port each [sip] listen entry got ("udp:127.0.0.1:0" -> 40123)
     bound: dict[str, int] | None = None
     merged: MergedEvents | None = None  #: with ``--workers``: the SSE source
-    sites: list[ApiSite] = field(default_factory=list)  #: the API (and the private one)
+    site: ApiSite | None = None  #: the API
+    private_site: ApiSite | None = None  #: with ``--workers``: what the others ask
 
     def reload(self, config: Config) -> tuple[str, ...]:
         """Apply a configuration reloaded from the file (SIGHUP): see
         :meth:`Core.reconfigure`; also the API's tokens, ``allow_from`` and ``[metrics]``.
         Returns the sections that changed but need a restart (kept as they were)."""
-        restart = self.core.reconfigure(config)
-        allow = _allow_from(config)
-        for site in self.sites:
-            if site is self.sites[0]:
-                site.reconfigure(config.api.tokens, allow, config.metrics)
-            else:  # the workers' private site: no allow_from, the internal token
-                site.reconfigure(config.api.tokens, {}, MetricsConfig(token=config.metrics.token))
+        restart = self.core.reconfigure(_worker_share(config, self.role))
+        if self.site is not None:
+            self.site.reconfigure(config.api.tokens, _allow_from(config), config.metrics)
+        if self.private_site is not None:  # no allow_from; the other workers' token
+            self.private_site.reconfigure(config.api.tokens, {},
+                                          MetricsConfig(token=config.metrics.token))
         self.config = self.core.config
         return restart
 
@@ -640,6 +654,7 @@ class Running:
             "sip": [{"transport": t, "host": h, "port": p} for t, h, p in self.sip_ports],
             "http": {"host": self.config.http.host, "port": self.http_port},
             "pid": os.getpid(),
+            "config": os.path.abspath(self.config.source),  # what `sipdial reload` checks
         }
         if self.role is not None:
             info["worker"] = self.role.index
@@ -887,7 +902,7 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                       metrics=metrics, metrics_config=config.metrics,
                       internal_token=internal_token, links=links)
     private_port = None
-    sites = [site]
+    own_site = None
     if role is None:
         http = reactor.listenTCP(config.http.port, site, interface=config.http.host)
     else:
@@ -905,7 +920,6 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                               metrics=metrics,
                               metrics_config=MetricsConfig(token=config.metrics.token),
                               internal_token=internal_token, links=links)
-        sites.append(own_site)
         private = reactor.listenTCP(0, own_site, interface="127.0.0.1")
         listeners.append(private)
         private_port = private.getHost().port
@@ -914,7 +928,7 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     running = Running(config, core, driver, store, events, media, sip_ports,
                       http.getHost().port, listeners, None, lag, role=role, mesh=mesh,
                       private_http_port=private_port, bound=bound, merged=merged,
-                      sites=sites)
+                      site=site, private_site=own_site)
 
     full_collections = FullCollections(reactor.seconds())
 
@@ -1021,14 +1035,16 @@ def serve(config_path: str, ready_file: str | None = None,
 
     reactor: Any = _reactor
 
+    # a reload asked while starting is done once started (SIGHUP's default would kill)
+    reload_pending: list[bool] = []
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_pending.append(True))
     who = "" if role is None else f"[w{role.index}] "  # workers share the supervisor's output
     logging.basicConfig(level=os.environ.get("SIPDIAL_LOG", "INFO"),
                         format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
     _route_twisted_logs()
     try:
         config = load_config(config_path)
-        check_demo_secrets(config)
-        check_weak_passwords(config)
+        check_config(config)
     except (ConfigError, OSError) as exc:
         print(f"sipdial: {config_path}: {exc}", file=sys.stderr)
         return 2
@@ -1052,6 +1068,8 @@ def serve(config_path: str, ready_file: str | None = None,
             os.replace(tmp, ready_file)
         if role is not None:  # wake the supervisor
             os.kill(os.getppid(), signal.SIGUSR1)
+        if reload_pending:
+            reload(running, config_path)
 
     def failed(failure: Any) -> None:
         log.error("sipdial failed to start: %s", failure.getErrorMessage())
@@ -1079,7 +1097,7 @@ def serve(config_path: str, ready_file: str | None = None,
 
     def reload_config() -> None:
         if not holder:
-            log.warning("reload: not started yet; ignored")
+            reload_pending.append(True)  # done in started()
             return
         reload(holder[0], config_path)
 
@@ -1097,8 +1115,7 @@ def reload(running: Running, config_path: str) -> bool:
     pass is refused with the same message, and sipdial runs on as it was. True: applied."""
     try:
         config = load_config(config_path)
-        check_demo_secrets(config)
-        check_weak_passwords(config)
+        check_config(config)
     except (ConfigError, OSError) as exc:
         log.error("reload refused: %s: %s (still running on the previous configuration)",
                   config_path, exc)

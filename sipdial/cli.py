@@ -179,8 +179,8 @@ def _parser() -> argparse.ArgumentParser:
     reload = commands.add_parser(
         "reload", help="check the configuration file, then have a running sipdial reload it "
         "(SIGHUP: users, tokens, routes, policy ... without dropping calls)")
-    reload.add_argument("--config", default="config/sipdial.toml",
-                        help="the file the server runs on (checked first)")
+    reload.add_argument("--config", help="the file the server runs on, checked first "
+                        "(default: the one named in --ready-file, else config/sipdial.toml)")
     which = reload.add_mutually_exclusive_group(required=True)
     which.add_argument("--pid", type=_positive_int, help="the server's process id")
     which.add_argument("--ready-file", help="the server's --ready-file (its pid is in it)")
@@ -229,14 +229,12 @@ def _serve(config_path: str, ready_file: str | None, workers: int = 1) -> int:
 
 
 def _check_config(path: str, out: TextIO, err: TextIO) -> int:
+    from sipdial.app import check_config
     from sipdial.config import ConfigError, load_config
-    from sipdial.demo_secrets import check_demo_secrets
-    from sipdial.guard import check_weak_passwords
 
     try:
         config = load_config(path)
-        check_demo_secrets(config)
-        check_weak_passwords(config)
+        check_config(config)
     except ConfigError as exc:
         print(f"sipdial: {exc}", file=err)
         return EXIT_ERROR
@@ -244,21 +242,33 @@ def _check_config(path: str, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-def _reload(path: str, pid: int | None, ready_file: str | None, out: TextIO,
+def _reload(path: str | None, pid: int | None, ready_file: str | None, out: TextIO,
             err: TextIO) -> int:
-    """Check ``path`` like ``check-config`` (a bad file: its error, exit 2, nothing sent),
-    then SIGHUP the server (with ``--workers``, the supervisor: it tells every worker).
-    What the server applied, and what needs a restart, is in its log."""
-    if _check_config(path, out, err) != EXIT_OK:
-        return EXIT_ERROR
-    if pid is None:
-        assert ready_file is not None
+    """Check the server's file like ``check-config`` (a bad file: its error, exit 2,
+    nothing sent), then SIGHUP the server (with ``--workers``, the supervisor: it tells
+    every worker). What the server applied, and what needs a restart, is in its log."""
+    if ready_file is not None:
         try:
             with open(ready_file, encoding="utf-8") as fh:
-                pid = int(json.load(fh)["pid"])
+                info = json.load(fh)
+            pid = int(info["pid"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"sipdial: {ready_file}: no server's pid in it ({exc})", file=err)
             return EXIT_ERROR
+        runs_on = info.get("config") if isinstance(info, dict) else None
+        if isinstance(runs_on, str):
+            if path is not None and os.path.abspath(path) != runs_on:
+                print(f"sipdial: the server runs on {runs_on}, not {path}: it would reload "
+                      "a file this did not check", file=err)
+                return EXIT_ERROR
+            path = runs_on
+    path = path or "config/sipdial.toml"
+    assert pid is not None
+    if pid <= 1:  # 0 and -1 signal whole process groups; 1 is init
+        print(f"sipdial: {pid} is no server's process id", file=err)
+        return EXIT_ERROR
+    if _check_config(path, out, err) != EXIT_OK:
+        return EXIT_ERROR
     try:
         os.kill(pid, signal.SIGHUP)
     except OSError as exc:

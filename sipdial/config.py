@@ -148,11 +148,14 @@ class MetricsConfig:
     """``[metrics]``: who may scrape ``GET /metrics``.
 
     With ``token``: that bearer token (or an admin API token). Without one: an admin API
-    token, or nothing at all from an address in ``allow_from``. ``allow_from`` also refuses
-    (403) every other address before credentials are looked at."""
+    token, or nothing at all from an address in a ``[metrics] allow_from`` of its own.
+    ``allow_from`` (default: ``[http] allow_from``) refuses (403) every other address before
+    credentials are looked at."""
 
     token: str | None = field(default=None, repr=False)
     allow_from: tuple[Network, ...] | None = None
+    #: no credentials needed from ``allow_from`` (it is [metrics]' own and there is no token)
+    open: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,7 +400,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     webhooks = tuple(_parse_webhook(t) for t in root.array_of_tables("webhooks"))
     auth = _parse_auth(root.table("auth", required=False))
     policy = tuple(_parse_policy(t, users) for t in root.array_of_tables("policy"))
-    metrics = _parse_metrics(root.table("metrics", required=False), api)
+    metrics = _parse_metrics(root.table("metrics", required=False), api, http)
     links = _parse_links(root.table("links")) if "links" in raw else None
     number_values = _number_values(root.table("numbers", required=False))
     numbers = _plan(number_values, "numbers")
@@ -740,14 +743,16 @@ def _parse_api(t: _Table, users: Mapping[str, UserConfig]) -> ApiConfig:
     return ApiConfig(MappingProxyType(tokens))
 
 
-def _parse_metrics(t: _Table, api: ApiConfig) -> MetricsConfig:
+def _parse_metrics(t: _Table, api: ApiConfig, http: HttpConfig) -> MetricsConfig:
     token = t.optional_string("token")
     if token is not None:
         if not token.strip() or len(token) < 16:
             raise ConfigError(f"{t.path('token')}: must be at least 16 characters")
         if token in api.tokens:
             raise ConfigError(f"{t.path('token')}: must differ from every [api] token")
-    return MetricsConfig(token=token, allow_from=_networks(t, "allow_from"))
+    own = _networks(t, "allow_from")
+    return MetricsConfig(token=token, allow_from=own if own is not None else http.allow_from,
+                         open=own is not None and token is None)
 
 
 def _parse_links(t: _Table) -> LinksConfig:

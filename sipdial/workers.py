@@ -136,16 +136,20 @@ class _Supervisor:
         """SIGHUP: every worker reloads the file (each checks it again and says what it
         applied); a file that does not load is refused here, once, and nobody reloads.
         Workers started later read the file anyway."""
+        from sipdial.app import check_config
+
         try:
-            load_config(self.config_path)
+            check_config(load_config(self.config_path))
         except (ConfigError, OSError) as exc:
             log.error("reload refused: %s: %s (the workers keep the previous configuration)",
                       self.config_path, exc)
             return
+        told = 0
         for worker in self.workers:
             if worker.process is not None and worker.process.poll() is None:
                 worker.process.send_signal(signal.SIGHUP)
-        log.info("reload: told %d workers", self.count)
+                told += 1
+        log.info("reload: told %d of %d workers", told, self.count)
 
     def start(self, worker: _Worker) -> None:
         try:
@@ -406,7 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     die_with_parent()
     if os.getppid() != args.supervisor:  # it died before the line above took effect
         return 1
-    # the supervisor blocks these to wait for them; a worker takes them as usual
+    # the supervisor blocks these to wait for them; a worker takes them as usual. A reload
+    # asked before this worker runs is moot (it reads the file now): not a default death
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, signal.SIGTERM,
                                                 signal.SIGINT, signal.SIGUSR1,
                                                 signal.SIGHUP})

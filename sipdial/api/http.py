@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import importlib.metadata
@@ -56,7 +57,7 @@ from twisted.web.resource import Resource
 from sipdial.api import schema
 from sipdial.api.links import MAX_TOKEN_LENGTH, Link, Links
 from sipdial.api.pages import PAGE_HEADERS, error_page, link_page, placed_page
-from sipdial.api.schema import DocumentedPath, Operation, Param, Reply, openapi_document
+from sipdial.api.schema import Auth, DocumentedPath, Operation, Param, Reply, openapi_document
 from sipdial.api.service import ApiError, CallApi, MetricsPort, OtherWorkers, WorkerReply
 from sipdial.api.sse import EventSource, EventStream
 from sipdial.calls import CallState, Mode, escape_user
@@ -678,7 +679,7 @@ class _Router:
                     f"{request.method} is not allowed here; allowed: {route.allow()}",
                     [("Allow", route.allow())],
                 )
-            if request.body_too_large:
+            if request.body_too_large and method == "POST":  # only POSTs have bodies here
                 raise ApiError(
                     413, "body_too_large", f"request body exceeds {MAX_BODY_BYTES} bytes"
                 )
@@ -1072,7 +1073,7 @@ class _Router:
         return d
 
     def _openapi(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
-        return succeed(_Reply(200, _openapi_document()))
+        return succeed(_Reply(200, _openapi_text()))
 
     def _health(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         return succeed(_Reply(200, self._api.health()))
@@ -1144,7 +1145,7 @@ _CREATED: Final = Reply(201, "the call is placed: its resource (it rings the use
                         links=(("GetCall", "getCall", "call_id", "$response.body#/id"),
                                ("HangUpCall", "hangUpCall", "call_id", "$response.body#/id")))
 _COMPAT: Final = "compatibility"
-_LINK_ERRORS: Final = (404, 409, 410, 422, 429, 503)
+_LINK_ERRORS: Final = (403, 404, 409, 410, 413, 422, 429, 502, 503)
 
 _ROUTES: Final[tuple[_Route, ...]] = (
     _Route(
@@ -1167,10 +1168,10 @@ _ROUTES: Final[tuple[_Route, ...]] = (
         re.compile(f"/v1/calls/(?P<call_id>{_CALL_ID})"),
         {"GET": _Method(_Router._get_call, Operation(
             "getCall", "One call with its events", (Reply(200, "the call", "Call"),),
-            (401, 403, 404, 503), tags=("calls",))),
+            (401, 403, 404, 502, 503), tags=("calls",))),
          "DELETE": _Method(_Router._delete_call, Operation(
              "hangUpCall", "Cancel or hang up the call at any stage (cause cancelled)",
-             (Reply(200, "the call as it is now", "Call"),), (401, 403, 404, 503),
+             (Reply(200, "the call as it is now", "Call"),), (401, 403, 404, 502, 503),
              tags=("calls",)))},
         "/v1/calls/{call_id}",
         path_params=(_CALL_ID_PARAM,),
@@ -1192,14 +1193,14 @@ _ROUTES: Final[tuple[_Route, ...]] = (
         tags=("events",)))}, "/v1/events", head=False),
     _Route(re.compile("/healthz"), {"GET": _Method(_Router._health, Operation(
         "health", "Liveness and a few counts", (Reply(200, "running", "Health"),), (403,),
-        auth="none", tags=("operations",)))}, "/healthz"),
+        auth=Auth.NONE, tags=("operations",)))}, "/healthz"),
     _Route(re.compile("/metrics"), {"GET": _Method(_Router._metrics_text, Operation(
         "metrics", "Prometheus metrics ([metrics] token or an admin token)",
         (Reply(200, "the text exposition format 0.0.4",
                content_type="text/plain; version=0.0.4; charset=utf-8"),),
         (401, 403, 404), tags=("operations",)))}, "/metrics", scope="metrics"),
     _Route(re.compile("/openapi.json"), {"GET": _Method(_Router._openapi, Operation(
-        "openapi", "This document", (Reply(200, "OpenAPI 3.1"),), (403,), auth="none",
+        "openapi", "This document", (Reply(200, "OpenAPI 3.1"),), (403,), auth=Auth.NONE,
         tags=("operations",)))}, "/openapi.json"),
     _Route(re.compile("/v1/links"), {"POST": _Method(_Router._create_link, Operation(
         "createLink", "A signed single-use link that places a call ([links])",
@@ -1212,10 +1213,10 @@ _ROUTES: Final[tuple[_Route, ...]] = (
             "openLink", "What the link does (a page with a button for browsers); with "
             "[links] one_click the call itself",
             (Reply(200, "the link, not used yet", "LinkInfo"), _CREATED), _LINK_ERRORS,
-            auth="none", tags=("links",))),
+            auth=Auth.NONE, tags=("links",))),
         "POST": _Method(_Router._open_link, Operation(
             "useLink", "Place the link's call (once)", (_CREATED,), _LINK_ERRORS,
-            auth="none", tags=("links",)))},
+            auth=Auth.NONE, tags=("links",)))},
         "/c/{token}", head=False,
         path_params=(Param("token", {"type": "string",
                                      "pattern": f"^[A-Za-z0-9_.-]{{1,{MAX_TOKEN_LENGTH}}}$"}),)),
@@ -1229,10 +1230,10 @@ _ROUTES: Final[tuple[_Route, ...]] = (
                 Param("token", {"type": "string"}, "an [api] token, for URL templates that "
                                                    "cannot send headers"),
                 Param("auth", {"type": "string"}, "user:password of the SIP account")),
-        auth="bearer+basic", tags=(_COMPAT,)))}, "/dial", head=False),
+        auth=Auth.BEARER_OR_BASIC, tags=(_COMPAT,)))}, "/dial", head=False),
     _Route(re.compile("/v1/upstream"), {"GET": _Method(_Router._upstream, Operation(
         "upstream", "sipdial's own registration at [upstream] (admin token)",
-        (Reply(200, "the registration", "Upstream"),), (401, 403, 404, 503),
+        (Reply(200, "the registration", "Upstream"),), (401, 403, 404, 502, 503),
         tags=("operations",)))}, "/v1/upstream"),
     # The replaced systems served these below a prefix (LocaPhone: /locaphone/prov/);
     # any prefix is accepted so that existing links keep working after a DNS change.
@@ -1258,14 +1259,13 @@ _ROUTES: Final[tuple[_Route, ...]] = (
         {"GET": _Method(_Router._pbxnsip_remote_call, Operation(
             "pbxnsipRemoteCall", "pbxnsip's remote_call link (any path prefix)",
             (_CREATED,), _CALL_ERRORS,
-            params=(Param("user", {"type": "string", "pattern": r"^[A-Za-z0-9._~+-]{1,64}"
-                                                                 r"(@[^@]*)?$"},
-                          "the user id, optionally @domain", required=True),
+            params=(Param("user", {"type": "string"}, "the user id, optionally @domain",
+                          required=True),
                     Param("dest", {"type": "string"}, "the number", required=True),
                     Param("auth", {"type": "string"}, "user:password of the SIP account"),
                     Param("connect", {"type": "string", "enum": list(_FLAGS)},
                           "true: no press 1")),
-            auth="bearer+basic", tags=(_COMPAT,)))},
+            auth=Auth.BEARER_OR_BASIC, tags=(_COMPAT,)))},
         "/remote_call.htm",
         head=False,
         scope="remote_call",
@@ -1311,6 +1311,11 @@ def _openapi_document() -> dict[str, Any]:
     return openapi_document(
         (DocumentedPath(r.template, {m: e.doc for m, e in r.methods.items()}, r.path_params)
          for r in _ROUTES), version=_version())
+
+
+@functools.cache
+def _openapi_text() -> _Text:
+    return _Text("application/json; charset=utf-8", json.dumps(_openapi_document()).encode())
 
 
 def _version() -> str:
@@ -1526,8 +1531,7 @@ def _access(allow_from: Mapping[str, Sequence[Network] | None] | None,
         return allow, None
     settings = metrics_config or MetricsConfig()
     allow["metrics"] = settings.allow_from
-    return allow, _MetricsAccess(metrics, settings.token, settings.allow_from is not None,
-                                 internal_token)
+    return allow, _MetricsAccess(metrics, settings.token, settings.open, internal_token)
 
 
 def build_site(

@@ -11,6 +11,7 @@ response must match its schema and status list, and no input may produce a 5xx.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -18,8 +19,8 @@ from typing import Any, Final
 from sipdial.store import MAX_METADATA_BYTES
 from sipdial.vocabulary import CallState, Cause, Mode
 
-__all__ = ["CALL_REQUEST", "COMPONENTS", "LINK_REQUEST", "DocumentedPath", "Operation", "Param",
-           "Reply", "openapi_document"]
+__all__ = ["CALL_REQUEST", "COMPONENTS", "LINK_REQUEST", "Auth", "DocumentedPath", "Operation",
+           "Param", "Reply", "openapi_document"]
 
 JsonSchema = dict[str, Any]
 
@@ -211,11 +212,20 @@ _ERROR_TEXT: Final = {
     409: "the user has no registered device (user_not_registered) or is busy (user_busy)",
     410: "the link has expired (link_expired) or has been used (link_used)",
     413: "request body too large",
+    502: "with --workers: the worker that holds it answered nonsense (bad_worker_reply)",
     422: "a field is invalid (invalid_request, invalid_destination, invalid_number, "
          "invalid_header, no_route)",
     429: "a [[policy]] cap (rate_limited; Retry-After says when to try again)",
     503: "overloaded, no free media port, or a worker restarting (Retry-After)",
 }
+
+
+class Auth(enum.Enum):
+    """What an operation takes as credentials (its OpenAPI ``security``)."""
+
+    BEARER = "bearer"  #: an [api] token
+    BEARER_OR_BASIC = "bearer or basic"  #: or HTTP Basic with the SIP account
+    NONE = "none"  #: none (the document itself, /healthz, a link's own token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,8 +261,7 @@ class Operation:
     errors: tuple[int, ...] = ()  #: error statuses it may answer (the Error document)
     params: tuple[Param, ...] = ()
     body: str | None = None  #: request body component name
-    #: "bearer", "bearer+basic" (also HTTP Basic with the SIP account), "none"
-    auth: str = "bearer"
+    auth: Auth = Auth.BEARER
     tags: tuple[str, ...] = ()
     description: str = ""
 
@@ -327,9 +336,9 @@ def _operation(op: Operation, path_params: tuple[Param, ...]) -> dict[str, Any]:
             response["headers"] = {"Retry-After": {"schema": {"type": "string"}}}
         responses[str(status)] = response
     doc["responses"] = responses
-    if op.auth == "none":
+    if op.auth is Auth.NONE:
         doc["security"] = []
-    elif op.auth == "bearer+basic":
+    elif op.auth is Auth.BEARER_OR_BASIC:
         doc["security"] = [{"bearer": []}, {"basic": []}]
     else:
         doc["security"] = [{"bearer": []}]

@@ -42,6 +42,19 @@ class Policy:
         self.rules = tuple(rules)
         self._starts: dict[tuple[int, str], deque[float]] = {}
 
+    def reconfigure(self, rules: Sequence[PolicyConfig]) -> None:
+        """A configuration reload: these entries from now on. An entry equal to one before
+        keeps the start times its caps count (wherever it moved in the list); a new or
+        changed one starts with none: editing the file never resets the others' windows."""
+        new = tuple(rules)
+        carried: dict[tuple[int, str], deque[float]] = {}
+        for index, rule in enumerate(new):
+            old = next((i for i, r in enumerate(self.rules) if r == rule), None)
+            if old is not None:
+                carried.update({(index, key): starts for (i, key), starts
+                                in self._starts.items() if i == old})
+        self.rules, self._starts = new, carried
+
     def check(self, user: str, destination: str, now: float,
               in_progress: Callable[[str | None], int], *,
               caps: bool = True) -> PolicyRefusal | None:

@@ -188,10 +188,9 @@ class CallService:
                     auto_answer_rules: tuple[AutoAnswerRule, ...]) -> None:
         """A configuration reload: calls started from now on use ``config`` (users, their
         settings, ``[calls]``, ``[[policy]]``, auto-answer rules); calls in progress keep
-        what they started with. Changed ``[[policy]]`` entries start their caps' windows
-        afresh (unchanged ones keep counting)."""
-        if config.policy != self.config.policy:
-            self.policy = Policy(config.policy)
+        what they started with. ``[[policy]]`` entries that are still there keep counting
+        their caps' windows (a new or changed entry starts afresh)."""
+        self.policy.reconfigure(config.policy)
         self.config = config
         self.users = dict(config.users)
         self.env = dataclasses.replace(self.env, config=config.calls,
@@ -363,9 +362,10 @@ class CallService:
 
     def sweep(self, now: float) -> int:
         """Hang up what has been up longer than ``calls.max_duration`` (a BYE that never
-        arrived must not keep a call in memory forever). Returns how many."""
-        limit = now - self.config.calls.max_duration
-        old = [c for c in self.calls.values() if c.record.created_at < limit]
+        arrived must not keep a call in memory forever). Each call by the limit it started
+        with (a reload does not cut calls short). Returns how many."""
+        old = [c for c in self.calls.values()
+               if c.record.created_at < now - c.env.config.max_duration]
         for call in old:
             call.fire(Input.CANCEL, now, detail="maximum call duration reached")
         return len(old)

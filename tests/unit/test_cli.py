@@ -598,10 +598,31 @@ def test_reload_checks_the_file_then_signals_the_pid_in_the_ready_file(
 def test_reload_of_a_bad_file_signals_nobody(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[sip\n")
-    # pid 1 would be a disaster to signal; the check must come first
-    result = run(["reload", "--config", str(bad), "--pid", "1"])
+    # no such process: had it been signalled first, the error would say so
+    result = run(["reload", "--config", str(bad), "--pid", "999999999"])
     assert result.code == 2
     assert "invalid TOML" in result.err and "SIGHUP" not in result.out
+    assert "cannot signal" not in result.err
+
+
+def test_reload_refuses_pids_that_name_process_groups_or_init(tmp_path: Path) -> None:
+    for pid in ("0", "-1", "1"):
+        ready = tmp_path / "ready.json"
+        ready.write_text(json.dumps({"pid": int(pid)}))
+        result = run(["reload", "--config", str(ROOT / "config" / "sipdial.toml"),
+                      "--ready-file", str(ready)])
+        assert result.code == 2 and "no server's process id" in result.err, pid
+
+
+def test_reload_checks_the_file_the_server_runs_on(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    ready.write_text(json.dumps({"pid": 999999999, "config": str(tmp_path / "other.toml")}))
+    result = run(["reload", "--config", str(ROOT / "config" / "sipdial.toml"),
+                  "--ready-file", str(ready)])
+    assert result.code == 2 and "the server runs on" in result.err
+    (tmp_path / "other.toml").write_text("[sip\n")  # its own file, named by the ready file
+    result = run(["reload", "--ready-file", str(ready)])
+    assert result.code == 2 and "invalid TOML" in result.err
 
 
 def test_reload_names_a_ready_file_without_a_pid(tmp_path: Path) -> None:

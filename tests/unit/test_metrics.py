@@ -189,17 +189,34 @@ def test_the_metrics_token_reads_metrics_and_nothing_else(reactor: SelectReactor
 
 
 def test_allow_from_alone_opens_metrics_to_those_networks(reactor: SelectReactor) -> None:  # noqa: F811
-    here = MetricsConfig(allow_from=(ipaddress.ip_network("127.0.0.0/8"),))
+    here = MetricsConfig(allow_from=(ipaddress.ip_network("127.0.0.0/8"),), open=True)
     for server in serve(reactor, FakeApi(), metrics=fake_metrics(), metrics_config=here):
         assert server.request("GET", "/metrics", token=None).status == 200
         assert server.request("GET", "/metrics", token="tok-201").status == 403
-    elsewhere = MetricsConfig(allow_from=(ipaddress.ip_network("192.0.2.0/24"),))
+    elsewhere = MetricsConfig(allow_from=(ipaddress.ip_network("192.0.2.0/24"),), open=True)
     for server in serve(reactor, FakeApi(), metrics=fake_metrics(),
                         metrics_config=elsewhere):
         r = server.request("GET", "/metrics")  # even an admin token: not from here
         assert r.status == 403 and r.json["error"]["code"] == "forbidden_source"
         assert "[metrics] allow_from" in r.json["error"]["message"]
         assert server.request("GET", "/v1/calls").status == 200  # the API is not limited
+
+
+def test_a_token_with_allow_from_still_needs_the_token(reactor: SelectReactor) -> None:  # noqa: F811
+    config = parse_config(toml(metrics='[metrics]\ntoken = "scrape-0123456789abcdef"\n'
+                                       'allow_from = ["127.0.0.0/8"]\n'))
+    assert not config.metrics.open
+    for server in serve(reactor, FakeApi(), metrics=fake_metrics(),
+                        metrics_config=config.metrics):
+        assert server.request("GET", "/metrics", token=None).status == 401
+        assert server.request("GET", "/metrics", token="scrape-0123456789abcdef").status == 200
+
+
+def test_metrics_are_behind_the_apis_allow_from_by_default() -> None:
+    config = parse_config(toml(http='[http]\nlisten = "127.0.0.1:0"\n'
+                                    'allow_from = ["10.0.0.0/8"]\n'))
+    assert config.metrics.allow_from == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert not config.metrics.open  # inherited: credentials still needed
 
 
 def test_without_metrics_there_is_no_such_resource(reactor: SelectReactor) -> None:  # noqa: F811
@@ -235,6 +252,7 @@ def test_metrics_config_is_validated() -> None:
                                        'allow_from = ["10.0.0.0/8"]\n'))
     assert config.metrics.token == "scrape-0123456789abcdef"
     assert config.metrics.allow_from == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert not config.metrics.open
     assert parse_config(toml()).metrics == MetricsConfig()
     with pytest.raises(ConfigError, match=r"metrics\.token: must be at least 16"):
         parse_config(toml(metrics='[metrics]\ntoken = "short"\n'))

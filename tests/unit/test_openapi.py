@@ -31,12 +31,24 @@ def validator(document: dict[str, Any], component: str) -> Any:
     return jsonschema_rs.Draft202012Validator(schema)
 
 
-def test_every_route_and_method_is_documented(document: dict[str, Any]) -> None:
+_EXAMPLES = {"call_id": "0abc123", "token": "eyJhIjoxfQ.c2ln"}
+
+
+def test_each_documented_path_is_the_path_its_route_answers(document: dict[str, Any]) -> None:
+    """The template a client builds from the document reaches the route it documents (and
+    no other one first), with the parameter where the route reads it."""
     for route in _ROUTES:
         item = document["paths"][route.template]
-        assert set(item) == {m.lower() for m in route.methods}
-        for op in item.values():
-            assert op["operationId"] and op["responses"]
+        path = route.template.format(**_EXAMPLES)
+        first = next(r for r in _ROUTES if r.pattern.fullmatch(path))
+        assert first is route, (route.template, first.template)
+        match = route.pattern.fullmatch(path)
+        assert match is not None
+        assert match.groupdict() == {p.name: _EXAMPLES[p.name] for p in route.path_params}
+        for method, op in item.items():
+            assert op["responses"], (route.template, method)
+            declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert declared == set(match.groupdict()), (route.template, method)
     ids = [op["operationId"] for item in document["paths"].values() for op in item.values()]
     assert len(ids) == len(set(ids))
 

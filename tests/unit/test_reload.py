@@ -8,7 +8,7 @@ import pytest
 
 from sipdial.app import RESTART_ONLY
 from sipdial.calls import CallRefused, Refusal
-from sipdial.config import Config, parse_config
+from sipdial.config import Config, ConfigError, parse_config
 from sipdial.sip import Peer
 from tests.unit.simnet import BASE_CONFIG, Phone, SimNet, make_config
 
@@ -80,10 +80,18 @@ def test_changed_policy_applies_unchanged_policy_keeps_counting() -> None:
     with pytest.raises(CallRefused) as refused:
         net.create_call(user="201", to="+4930123457")
     assert refused.value.refusal is Refusal.RATE_LIMITED
-    net.core.reconfigure(parse_config(capped + '\n[[policy]]\ndeny = ["^\\\\+4930"]\n'))
+    # a deny entry added before it: the capped entry moves, and keeps its count
+    net.core.reconfigure(parse_config(BASE + '\n[[policy]]\ndeny = ["^\\\\+4930"]\n'
+                                      '\n[[policy]]\nmax_per_minute = 1\n'))
     with pytest.raises(CallRefused) as refused:
         net.create_call(user="201", to="+4930123458")
     assert refused.value.refusal is Refusal.DESTINATION_FORBIDDEN
+    with pytest.raises(CallRefused) as refused:
+        net.create_call(user="201", to="+4940123458")
+    assert refused.value.refusal is Refusal.RATE_LIMITED
+    # changed (now 2 a minute): counts afresh
+    net.core.reconfigure(parse_config(BASE + '\n[[policy]]\nmax_per_minute = 2\n'))
+    assert net.create_call(user="201", to="+4940123459").user == "201"
 
 
 @pytest.mark.parametrize(("old", "new", "section"), [
@@ -100,3 +108,14 @@ def test_what_needs_a_restart_is_named_and_kept(old: str, new: str, section: str
     assert net.core.config.sip == make_config().sip or section != "sip"
     assert net.core.config.http.port == 8080
     assert net.core.config.store.url == "sqlite:///:memory:"
+
+
+def test_a_reload_that_fails_a_start_check_changes_nothing() -> None:
+    net = SimNet(parse_config(BASE))
+    assert Phone(net, "202", "secret202", port=5072).register().status == 200
+    bad = reloaded('[[users]]\nid = "202"\npassword = "secret202"\nname = "Bob"\n', "") + (
+        '\n[[auto_answer]]\nvendor = " "\nmatch = "x"\nheaders = { "Alert-Info" = "a" }\n')
+    with pytest.raises(ConfigError, match="auto_answer"):
+        net.core.reconfigure(parse_config(bad))
+    assert "202" in net.core.users and len(net.registrar.contacts("202", net.now)) == 1
+    assert net.core.config.users.keys() == {"201", "202"}
