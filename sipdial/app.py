@@ -54,8 +54,10 @@ from sipdial.config import (
     UserConfig,
     load_config,
 )
+from sipdial.contacts import ContactLookup, Contacts, Phonebook, PhonebookError
 from sipdial.demo_secrets import check_demo_secrets
 from sipdial.events import EventHub, EventName, MergedEvents, decode_event, encode_event
+from sipdial.events.http_client import AgentFetcher
 from sipdial.guard import (
     FailureGuard,
     GuardPolicy,
@@ -520,6 +522,11 @@ def check_config(config: Config) -> tuple[AutoAnswerRule, ...]:
     ``reload`` and the workers' supervisor all run it: a file one of them accepts, all do."""
     check_demo_secrets(config)
     check_weak_passwords(config)
+    if config.contacts.phonebook is not None:
+        try:
+            Phonebook.from_file(config.contacts.phonebook, config.numbers)
+        except PhonebookError as exc:
+            raise ConfigError(f"contacts.phonebook: {exc}") from None
     try:
         return rules_from_config([dict(e) for e in config.auto_answer]) + DEFAULT_RULES
     except ValueError as exc:
@@ -548,7 +555,8 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
                referrals: ReferralWatch | None = None,
                on_guard: OnOutcome | None = None,
                guard_reports: Callable[[str], bool] | None = None,
-               observer: CallObserver | None = None) -> Core:
+               observer: CallObserver | None = None,
+               contacts: ContactLookup | None = None) -> Core:
     """The whole SIP and call stack for ``config``; nothing listens yet (the transport adds
     its local addresses to ``core.endpoint`` as it binds)."""
     timers = TimerHeap()
@@ -587,10 +595,15 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
                         auto_answer_rules=rules, rtp_sinks=rtp_sinks, resolver=resolver,
                         media=media, prompts=prompts, load=load, referrals=referrals,
                         observer=observer)
-    inbound = InboundRouter(config, ua, auth, router, calls, resolver)
     upstream = None
     if config.upstream is not None:
         upstream = UpstreamRegistration(config.upstream, endpoint, timers, resolver)
+
+    def upstream_peer() -> Peer | None:  # [[trunks]] upstream = true: trusted from there
+        return upstream.peer if upstream is not None else None
+
+    inbound = InboundRouter(config, ua, auth, router, calls, resolver,
+                            upstream_peer=upstream_peer, contacts=contacts)
     return Core(config, timers, endpoint, auth, registrar, ua, router, calls, inbound,
                 upstream, users)
 
@@ -637,6 +650,9 @@ class Running:
         :meth:`Core.reconfigure`; also the API's tokens, ``allow_from`` and ``[metrics]``.
         Returns the sections that changed but need a restart (kept as they were)."""
         restart = self.core.reconfigure(_worker_share(config, self.role))
+        contacts = self.core.inbound.contacts
+        if isinstance(contacts, Contacts) and config.contacts.phonebook is not None:
+            contacts.phonebook = Phonebook.from_file(config.contacts.phonebook, config.numbers)
         if self.site is not None:
             self.site.reconfigure(config.api.tokens, _allow_from(config), config.metrics)
         if self.private_site is not None:  # no allow_from; the other workers' token
@@ -702,6 +718,20 @@ def start(config: Config, reactor: Any, role: WorkerRole | None = None) -> Any:
         yield store.stop()  # its worker thread must not keep the process alive
         raise
     return running
+
+
+def _contacts(config: Config, reactor: Any) -> Contacts | None:
+    """``[contacts]``: the phonebook (loaded now) and the CRM's lookup URL."""
+    settings = config.contacts
+    if settings.phonebook is None and settings.lookup_url is None:
+        return None
+    phonebook = None
+    if settings.phonebook is not None:
+        phonebook = Phonebook.from_file(settings.phonebook, config.numbers)
+        log.info("phonebook %s: %d numbers", settings.phonebook, len(phonebook))
+    fetch = AgentFetcher(reactor).get if settings.lookup_url is not None else None
+    return Contacts(phonebook, lookup_url=settings.lookup_url, fetch=fetch,
+                    cache_ttl=settings.cache_ttl, clock=reactor.seconds)
 
 
 def _allow_from(config: Config) -> dict[str, Sequence[Network] | None]:
@@ -788,6 +818,7 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
         mesh.broadcast_guard(json.dumps([outcome.value, src, account, at]).encode())
 
     call_metrics = CallMetrics()
+    contacts = _contacts(config, reactor)
     core = build_core(_worker_share(config, role), clock=reactor.seconds, store=store,
                       events=events,
                       secret=role.secret if role is not None else os.urandom(32),
@@ -799,7 +830,7 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                       referrals=referrals,
                       on_guard=guard_outcome if mesh is not None else None,
                       guard_reports=_reporter(role) if role is not None else None,
-                      observer=call_metrics)
+                      observer=call_metrics, contacts=contacts)
     saved = yield store.load_registrations()
     if role is not None and role.rejoin:
         # the others answer our hello with their whole table; what this file holds may

@@ -32,6 +32,7 @@ __all__ = [
     "CallsConfig",
     "Config",
     "ConfigError",
+    "ContactsConfig",
     "FromUser",
     "HttpConfig",
     "LinksConfig",
@@ -41,6 +42,7 @@ __all__ = [
     "SipConfig",
     "StoreConfig",
     "TlsConfig",
+    "TrunkConfig",
     "UpstreamConfig",
     "UserConfig",
     "load_config",
@@ -156,6 +158,33 @@ class MetricsConfig:
     allow_from: tuple[Network, ...] | None = None
     #: no credentials needed from ``allow_from`` (it is [metrics]' own and there is no token)
     open: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TrunkConfig:
+    """One ``[[trunks]]`` entry: a carrier or PBX whose INVITEs to a user's number are
+    relayed to that user's phones without a digest challenge."""
+
+    name: str
+    #: trusted by source address: INVITEs from these networks
+    allow_from: tuple[Network, ...] = ()
+    #: trusted as the ``[upstream]`` registrar sipdial is registered at
+    upstream: bool = False
+    #: the number called (as the trunk sends it, or E.164) -> the user whose phones ring;
+    #: the users' own ``number`` counts too
+    dids: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ContactsConfig:
+    """``[contacts]``: who is calling — a phonebook file sipdial loads and/or a CRM lookup."""
+
+    phonebook: str | None = None  #: a CSV (name, number[, url]) or vCard file
+    #: "https://crm/lookup?number={e164}": JSON {"name", "url"} (404/empty: nobody)
+    lookup_url: str | None = None
+    #: seconds call.incoming waits for the lookup at most (the call itself never waits)
+    lookup_timeout: float = 0.5
+    cache_ttl: float = 600.0  #: seconds an answer of the lookup is reused
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +385,8 @@ class Config:
     policy: tuple[PolicyConfig, ...] = ()  #: ``[[policy]]``, every entry that applies counts
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  #: ``[metrics]``
     links: LinksConfig | None = None  #: ``[links]``; None: no call links
+    trunks: tuple[TrunkConfig, ...] = ()  #: ``[[trunks]]``: where inbound calls come from
+    contacts: ContactsConfig = field(default_factory=ContactsConfig)  #: ``[contacts]``
     source: str = "<string>"  #: file the configuration came from
 
 
@@ -402,6 +433,9 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     policy = tuple(_parse_policy(t, users) for t in root.array_of_tables("policy"))
     metrics = _parse_metrics(root.table("metrics", required=False), api, http)
     links = _parse_links(root.table("links")) if "links" in raw else None
+    trunks = tuple(_parse_trunk(t, users, "upstream" in raw)
+                   for t in root.array_of_tables("trunks"))
+    contacts = _parse_contacts(root.table("contacts", required=False))
     number_values = _number_values(root.table("numbers", required=False))
     numbers = _plan(number_values, "numbers")
     users = _with_user_plans(users, number_values, user_numbers)
@@ -410,6 +444,8 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     if upstream is None:
         _require_passwords(users)
     return Config(
+        trunks=trunks,
+        contacts=contacts,
         links=links,
         metrics=metrics,
         policy=policy,
@@ -440,11 +476,13 @@ _SQLITE_PREFIX: Final = "sqlite:///"
 _KEYS: Final[dict[str, frozenset[str]]] = {
     "": frozenset({"sip", "http", "store", "api", "users", "routes", "calls", "auto_answer",
                    "media", "webhooks", "auth", "upstream", "numbers", "policy",
-                   "metrics", "links"}),
+                   "metrics", "links", "trunks", "contacts"}),
     "policy[]": frozenset({"users", "allow", "deny", "max_concurrent", "max_per_minute",
                            "max_per_hour", "per"}),
     "metrics": frozenset({"token", "allow_from"}),
     "links": frozenset({"secret", "max_ttl", "default_ttl", "one_click", "base_url"}),
+    "trunks[]": frozenset({"name", "allow_from", "upstream", "dids"}),
+    "contacts": frozenset({"phonebook", "lookup_url", "lookup_timeout", "cache_ttl"}),
     "numbers": frozenset({"country", "area", "base", "outside_line", "international_prefix",
                           "national_prefix"}),
     "upstream": frozenset({"registrar", "username", "password", "domain", "expires",
@@ -755,6 +793,44 @@ def _parse_metrics(t: _Table, api: ApiConfig, http: HttpConfig) -> MetricsConfig
                          open=own is not None and token is None)
 
 
+def _parse_trunk(t: _Table, users: Mapping[str, UserConfig], upstream: bool) -> TrunkConfig:
+    name = t.string("name")
+    allow_from = _networks(t, "allow_from") or ()
+    by_upstream = t.boolean("upstream", False)
+    if by_upstream and not upstream:
+        raise ConfigError(f"{t.path('upstream')}: needs an [upstream] section")
+    if not allow_from and not by_upstream:
+        raise ConfigError(f"{t.path('allow_from')}: required (or upstream = true): a trunk is "
+                          "trusted by where its INVITEs come from")
+    if any(n.prefixlen == 0 for n in allow_from):
+        raise ConfigError(f"{t.path('allow_from')}: 0.0.0.0/0 or ::/0 would let anyone call "
+                          "without a password")
+    raw = t.get("dids", dict, "a table of number = user id", {})
+    dids: dict[str, str] = {}
+    for number, uid in raw.items():
+        where = f"{t.path('dids')}.{number}"
+        if re.fullmatch(r"\+?[0-9]{1,32}", number) is None:
+            raise ConfigError(f"{where}: the key must be a number (digits, optional +)")
+        if not isinstance(uid, str) or uid not in users:
+            raise ConfigError(f"{where}: unknown user {uid!r} (not in [[users]])")
+        dids[number] = uid
+    return TrunkConfig(name=name, allow_from=allow_from, upstream=by_upstream,
+                       dids=MappingProxyType(dids))
+
+
+def _parse_contacts(t: _Table) -> ContactsConfig:
+    phonebook = t.optional_string("phonebook")
+    if phonebook is not None and not os.path.isfile(phonebook):
+        raise ConfigError(f'{t.path("phonebook")}: no such file "{phonebook}"')
+    url = t.optional_string("lookup_url")
+    if url is not None and (not re.fullmatch(r"https?://\S+", url) or "{e164}" not in url):
+        raise ConfigError(f'{t.path("lookup_url")}: expected an http(s) URL with "{{e164}}", '
+                          f'got "{url}"')
+    return ContactsConfig(phonebook=phonebook, lookup_url=url,
+                          lookup_timeout=t.positive_float("lookup_timeout", 0.5),
+                          cache_ttl=t.positive_float("cache_ttl", 600.0))
+
+
 def _parse_links(t: _Table) -> LinksConfig:
     secret = t.string("secret")
     if len(secret) < 32:
@@ -920,7 +996,7 @@ def _extra_headers(t: _Table) -> Mapping[str, str]:
 
 LANGUAGES: Final = ("en", "de")
 EVENT_NAMES: Final = ("call.dialing", "call.ringing", "call.answered", "call.confirmed",
-                      "call.connected", "call.ended", "auth.locked_out")
+                      "call.connected", "call.ended", "call.incoming", "auth.locked_out")
 
 
 def _parse_media(t: _Table) -> MediaConfig:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["CallState", "Cause", "Mode"]
+__all__ = ["CallState", "Cause", "Direction", "Mode"]
 
 
 class CallState(enum.StrEnum):
@@ -24,6 +24,18 @@ class CallState(enum.StrEnum):
     TARGET_RINGING = "target_ringing"
     CONNECTED = "connected"
     ENDED = "ended"
+
+
+class Direction(enum.StrEnum):
+    """Who started the call: a CRM through the API (outbound) or someone calling a user
+    through a ``[[trunks]]`` entry (inbound)."""
+
+    OUTBOUND = "outbound"
+    INBOUND = "inbound"
+
+
+#: an inbound call's ``mode`` (it is relayed to the user's phones, not REFERred or bridged)
+INBOUND_MODE = "inbound"
 
 
 class Mode(enum.StrEnum):
@@ -47,4 +59,5 @@ class Cause(enum.StrEnum):
     REFER_FAILED = "refer_failed"
     CANCELLED = "cancelled"
     FAILED = "failed"
+    CALLER_CANCELLED = "caller_cancelled"  # inbound: the caller gave up before an answer
     INTERRUPTED = "interrupted"  # sipdial stopped (cleanly, or found at start after a crash)

@@ -29,6 +29,7 @@ from sipdial.calls import (
 from sipdial.registrar import Registrar
 from sipdial.store import CallRecord, Metadata, WriteReport
 from sipdial.upstream import UpstreamRegistration
+from sipdial.vocabulary import Direction
 
 __all__ = ["REFUSAL_STATUS", "CallHistory", "CallsApi"]
 
@@ -58,7 +59,8 @@ class CallHistory(Protocol):
     def get_call(self, call_id: str) -> Deferred[CallRecord | None]: ...
 
     def list_calls(self, *, user: str | None = None, state: str | None = None,
-                   limit: int = 50) -> Deferred[list[CallRecord]]: ...
+                   limit: int = 50, direction: str | None = None
+                   ) -> Deferred[list[CallRecord]]: ...
 
     def when_committed(self) -> Deferred[WriteReport]:
         """Fires once every write queued so far is committed."""
@@ -114,24 +116,33 @@ class CallsApi:
         return self._history.when_committed().addCallbacks(committed, not_committed)
 
     def get_call(self, call_id: str) -> Deferred[dict[str, Any] | None]:
-        live = self._calls.live(call_id)
+        live = self._live(call_id)
         if live is not None:
-            return succeed(live.record.to_json())
+            return succeed(live.to_json())
         d = self._history.get_call(call_id)
         return d.addCallback(lambda rec: rec.to_json() if rec is not None else None)
 
     def list_calls(self, *, user: str | None, state: CallState | None,
-                   limit: int) -> Deferred[list[dict[str, Any]]]:
+                   limit: int, direction: Direction | None = None
+                   ) -> Deferred[list[dict[str, Any]]]:
         d = self._history.list_calls(user=user, state=None if state is None else state.value,
-                                     limit=limit)
+                                     limit=limit,
+                                     direction=None if direction is None else direction.value)
         return d.addCallback(lambda recs: [self._fresh(r).to_json() for r in recs])
 
+    def _live(self, call_id: str) -> CallRecord | None:
+        """A call in progress: a click-to-dial call's record, or an inbound call's."""
+        live = self._calls.live(call_id)
+        if live is not None:
+            return live.record
+        incoming = self._inbound.incoming.get(call_id)
+        return incoming.record if incoming is not None else None
+
     def _fresh(self, record: CallRecord) -> CallRecord:
-        live = self._calls.live(record.id)
-        return live.record if live is not None else record
+        return self._live(record.id) or record
 
     def hangup_call(self, call_id: str) -> Deferred[dict[str, Any]]:
-        record = self._calls.hang_up(call_id)
+        record = self._calls.hang_up(call_id) or self._inbound.hang_up(call_id, self._clock())
         if record is not None:
             return succeed(record.to_json())
 

@@ -68,6 +68,7 @@ from sipdial.metrics import merge as merge_metrics
 from sipdial.reactor_types import exc_info
 from sipdial.sip import SipError, SipURI, parse_uri
 from sipdial.store import MAX_METADATA_BYTES, Metadata, iso_time
+from sipdial.vocabulary import Direction
 
 __all__ = ["MAX_BODY_BYTES", "ApiSite", "build_site", "normalise_destination"]
 
@@ -240,6 +241,7 @@ def _valid_text(name: str, value: object, *, limit: int = 256) -> str | None:
 _FLAGS: Final = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _MODES: Final = {m.value: m for m in Mode}
 _STATES: Final = {s.value: s for s in CallState}
+_DIRECTIONS: Final = {d.value: d for d in Direction}
 
 
 def _valid_mode(value: object) -> Mode | None:
@@ -839,7 +841,14 @@ class _Router:
             limit = int(limit_text) if limit_text.isascii() and limit_text.isdigit() else 0
             if not 1 <= limit <= _LIMIT_MAX:
                 raise _invalid(f"limit: must be an integer from 1 to {_LIMIT_MAX}")
-        d = self._api.list_calls(user=self._limit_to(principal, user), state=state, limit=limit)
+        direction_text = query.text("direction")
+        direction = None
+        if direction_text is not None:
+            if direction_text not in _DIRECTIONS:
+                raise _invalid("direction: must be inbound or outbound")
+            direction = _DIRECTIONS[direction_text]
+        d = self._api.list_calls(user=self._limit_to(principal, user), state=state, limit=limit,
+                                 direction=direction)
         if self._workers is None or not self._workers.others():
             return d.addCallback(lambda calls: _Reply(200, {"calls": calls}))
         return self._list_everywhere(request, d, self._workers, limit)
@@ -1155,6 +1164,8 @@ _ROUTES: Final[tuple[_Route, ...]] = (
             (Reply(200, "the calls", "CallList"),), (400, 401, 403, 422),
             params=(_USER_PARAM,
                     Param("state", {"type": "string", "enum": list(_STATES)}),
+                    Param("direction", {"type": "string", "enum": list(_DIRECTIONS)},
+                          "outbound (click-to-dial) or inbound (from [[trunks]])"),
                     Param("limit", {"type": "integer", "minimum": 1,
                                     "maximum": _LIMIT_MAX},
                           f"at most this many (default {_LIMIT_DEFAULT})")),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sipdial.store import MAX_METADATA_BYTES
-from sipdial.vocabulary import CallState, Cause, Mode
+from sipdial.vocabulary import INBOUND_MODE, CallState, Cause, Direction, Mode
 
 __all__ = ["CALL_REQUEST", "COMPONENTS", "LINK_REQUEST", "Auth", "DocumentedPath", "Operation",
            "Param", "Reply", "openapi_document"]
@@ -134,9 +134,15 @@ COMPONENTS: Final[dict[str, JsonSchema]] = {
             "id": {"type": "string", "pattern": CALL_ID_PATTERN},
             "user": {"type": "string"},
             "to": {"type": "string", "description": "E.164 for numbers (with [numbers])"},
-            "mode": {"type": "string", "enum": [m.value for m in Mode]},
+            "mode": {"type": "string", "enum": [*(m.value for m in Mode), INBOUND_MODE]},
             "state": {"type": "string", "enum": [s.value for s in CallState]},
             "cause": _nullable({"type": "string", "enum": [c.value for c in Cause]}),
+            "direction": {"type": "string", "enum": [d.value for d in Direction]},
+            "caller": _nullable({"type": "string", "description": "inbound: the caller's "
+                                 "number (E.164 where it parses); null: anonymous"}),
+            "contact": _nullable({"type": "object", "required": ["name"], "properties": {
+                "name": {"type": "string"}, "url": {"type": "string"}},
+                "description": "inbound: who is calling (phonebook or CRM lookup)"}),
             "created_at": _TIME,
             "ended_at": _nullable(_TIME),
             "device": _nullable({"type": "string"}),

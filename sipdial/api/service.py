@@ -40,6 +40,7 @@ from twisted.internet.defer import Deferred
 
 from sipdial.calls import CallState, Mode
 from sipdial.store import Metadata
+from sipdial.vocabulary import Direction
 
 __all__ = ["ApiError", "CallApi", "MetricsPort", "OtherWorkers", "WorkerReply"]
 
@@ -144,9 +145,11 @@ class CallApi(Protocol):
         ...
 
     def list_calls(
-        self, *, user: str | None, state: CallState | None, limit: int
+        self, *, user: str | None, state: CallState | None, limit: int,
+        direction: Direction | None = None,
     ) -> Deferred[list[dict[str, Any]]]:
-        """Newest first, at most ``limit``, optionally filtered by user and state."""
+        """Newest first, at most ``limit``, optionally filtered by user, state and
+        direction."""
         ...
 
     def hangup_call(self, call_id: str) -> Deferred[dict[str, Any]]:

@@ -10,12 +10,16 @@ over authentication and location, this is the piece that changes.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
-from typing import TYPE_CHECKING
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
 
 from sipdial.authn import Authenticator
 from sipdial.calls.b2bua import RelayedCall
 from sipdial.calls.clicktodial import C2D_PARAM
+from sipdial.calls.incoming import IncomingCall
 from sipdial.calls.routing import (
     Destination,
     NoRoute,
@@ -26,13 +30,25 @@ from sipdial.calls.routing import (
     user_uri,
 )
 from sipdial.calls.service import CallService
-from sipdial.calls.states import Input
-from sipdial.numbers import InvalidNumber
-from sipdial.sip import URI, NameAddr, Response, SipURI
+from sipdial.calls.states import CallState, Cause, Input
+from sipdial.numbers import InvalidNumber, NumberPlan, complete
+from sipdial.sip import (
+    URI,
+    NameAddr,
+    Peer,
+    Request,
+    Response,
+    SipError,
+    SipURI,
+    parse_name_addr_list,
+)
+from sipdial.store import CallRecord
 from sipdial.ua import IncomingInvite, UserAgent
+from sipdial.vocabulary import INBOUND_MODE, Direction
 
 if TYPE_CHECKING:
-    from sipdial.config import Config
+    from sipdial.config import Config, TrunkConfig
+    from sipdial.contacts import ContactLookup
 
 __all__ = ["InboundRouter"]
 
@@ -41,8 +57,17 @@ log = logging.getLogger("sipdial.calls")
 
 class InboundRouter:
     def __init__(self, config: Config, ua: UserAgent, auth: Authenticator, router: Router,
-                 calls: CallService, resolver: Resolver) -> None:
+                 calls: CallService, resolver: Resolver, *,
+                 upstream_peer: Callable[[], Peer | None] = lambda: None,
+                 contacts: ContactLookup | None = None) -> None:
+        """``upstream_peer``: where sipdial's ``[upstream]`` registration goes (a trunk with
+        ``upstream = true`` is trusted from there); ``contacts``: who a caller is."""
         self.config = config
+        self.upstream_peer = upstream_peer
+        self.contacts = contacts
+        #: inbound calls from trunks in progress, by call id
+        self.incoming: dict[str, IncomingCall] = {}
+        self._trunks = _Trunks(config)
         self.ua = ua
         self.auth = auth
         self.router = router
@@ -52,15 +77,23 @@ class InboundRouter:
         self.domain = config.sip.domain
         self.relayed: set[RelayedCall] = set()
 
-    def reconfigure(self, config: Config) -> None:
-        """A configuration reload: the users and ``[calls]`` from now on."""
+    def reconfigure(self, config: Config, contacts: ContactLookup | None = None) -> None:
+        """A configuration reload: the users, ``[calls]``, ``[[trunks]]`` (and the
+        phonebook) from now on."""
         self.config = config
         self.users = config.users
+        self._trunks = _Trunks(config)
+        if contacts is not None:
+            self.contacts = contacts
 
     def accept(self, invite: IncomingInvite, now: float) -> None:
         """A new INVITE from a phone: authenticate (407), route, relay."""
         request, txn, source = invite.request, invite.txn, invite.source
         endpoint = self.ua.endpoint
+        trunk = self._trunks.trusted(source, self.upstream_peer())
+        if trunk is not None:  # a carrier's or PBX's call to a user: no digest
+            self._from_trunk(trunk, invite, now)
+            return
         outcome = self.auth.check(request, now, proxy=True, source=source.host)
         if isinstance(outcome, Response):
             # a registered phone's INVITE (e.g. the referred call) gets a challenge that is
@@ -130,9 +163,65 @@ class InboundRouter:
         # like a 503 inside its leg; a bug ends the relay (and its call) as failed
         relayed.start(now)
 
+    # ------------------------------------------------------------ trunks
+
+    def _from_trunk(self, trunk: TrunkConfig, invite: IncomingInvite, now: float) -> None:
+        request, txn, source = invite.request, invite.txn, invite.source
+        endpoint = self.ua.endpoint
+        uri = request.uri
+        called = uri.unquote_user() if isinstance(uri, SipURI) else None
+        user_id = self._trunks.user_for(trunk, called or "", self.router.numbers)
+        if user_id is None or user_id not in self.users:
+            endpoint.reply(txn, 404, now, reason="No such number")
+            log.info("call from trunk %s to %r refused: no user has that number", trunk.name,
+                     called)
+            return
+        caller, display = _caller_of(request, self.router.numbers)
+        record = CallRecord(id=endpoint.shard.prefix(32), user=user_id,
+                            to=_e164(called or user_id, self.router.numbers),
+                            mode=INBOUND_MODE, state=CallState.CALLING_USER.value, cause=None,
+                            created_at=now, ended_at=None, direction=Direction.INBOUND.value,
+                            caller=caller)
+        incoming = IncomingCall(record, timers=self.ua.timers, log_to=self.calls,
+                                on_end=self._incoming_ended, contacts=self.contacts,
+                                lookup_timeout=self.config.contacts.lookup_timeout, now=now)
+        self.incoming[record.id] = incoming
+        routed = self.router.route(Destination(user_id), now)
+        if not isinstance(routed, list):
+            endpoint.reply(txn, 480, now)
+            incoming.ended_without_relay(now, 480, Cause.TARGET_UNAVAILABLE,
+                                         f"{user_id} has no registered device")
+            return
+        user = self.users[user_id]
+        label = f"{trunk.name}:{caller or 'anonymous'}->{user_id}"
+        relayed = RelayedCall(
+            self.ua, self.ua.timers, txn, source, targets=routed,
+            caller=NameAddr(user_uri(caller or "anonymous", self.domain), display),
+            callee=NameAddr(user_uri(user.number or user.id, self.domain), user.name or None),
+            answer_timeout=self.config.calls.user_answer_timeout, listener=incoming,
+            label=label, resolver=self.resolver, on_end=self.relayed.discard)
+        incoming.relay = relayed
+        self.relayed.add(relayed)
+        relayed.start(now)
+
+    def _incoming_ended(self, incoming: IncomingCall) -> None:
+        self.incoming.pop(incoming.id, None)
+
+    def hang_up(self, call_id: str, now: float) -> CallRecord | None:
+        """``DELETE /v1/calls/{id}`` of an inbound call: released (the caller gets 487 or
+        a BYE). None: no such inbound call in progress."""
+        incoming = self.incoming.get(call_id)
+        if incoming is None:
+            return None
+        if incoming.relay is not None:
+            incoming.relay.release(now)
+        incoming.target_event(Input.FAILED if incoming.answered else Input.PHONE_HUNG_UP, now,
+                              None, "hung up by API")
+        return incoming.record
+
     @property
     def count(self) -> int:
-        """Calls being relayed (the phones' own calls through sipdial)."""
+        """Calls being relayed (the phones' own calls through sipdial, and inbound calls)."""
         return len(self.relayed)
 
     def sweep(self, now: float) -> int:
@@ -146,6 +235,80 @@ class InboundRouter:
     def shut_down(self, now: float) -> None:
         for relayed in list(self.relayed):
             relayed.release(now)
+
+
+class _Trunks:
+    """``[[trunks]]``: which one a source is, and the user a called number reaches."""
+
+    def __init__(self, config: Config) -> None:
+        self.trunks = config.trunks
+        self.users = config.users
+        self.numbers = config.numbers
+
+    def trusted(self, source: Peer, upstream: Peer | None) -> TrunkConfig | None:
+        if not self.trunks:
+            return None
+        try:
+            address = ipaddress.ip_address(source.host.strip("[]").partition("%")[0])
+        except ValueError:
+            return None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        for trunk in self.trunks:
+            if any(address in network for network in trunk.allow_from):
+                return trunk
+            if trunk.upstream and upstream is not None and upstream.host == source.host:
+                return trunk
+        return None
+
+    def user_for(self, trunk: TrunkConfig, called: str, numbers: NumberPlan) -> str | None:
+        """The DID's user: as the trunk sent it or in E.164, then the users' ``number``."""
+        wanted = {called, _e164(called, numbers)}
+        for did, uid in trunk.dids.items():
+            if did in wanted or _e164(did, numbers) in wanted:
+                return uid
+        for profile in self.users.values():
+            if profile.number is not None and _e164(profile.number, numbers) in wanted:
+                return profile.id
+        return None
+
+
+_NUMBER_TEXT: Final = re.compile(r"\+?[0-9]{2,32}")
+
+
+def _e164(number: str, plan: NumberPlan) -> str:
+    """``number`` in E.164 where it completes, else as it is."""
+    plain = re.sub(r"[\s\-./()]", "", number)
+    if _NUMBER_TEXT.fullmatch(plain) is None:
+        return number
+    try:
+        return complete(plain, plan, lambda _user: False)
+    except InvalidNumber:
+        return plain
+
+
+def _caller_of(request: Request, plan: NumberPlan) -> tuple[str | None, str | None]:
+    """The caller's number (E.164 where it parses; None: anonymous or no number) and display
+    name, from P-Asserted-Identity (a trunk asserts it) else From."""
+    for header in ("P-Asserted-Identity", "From"):
+        value = request.headers.get(header)
+        if not value:
+            continue
+        try:
+            addr = parse_name_addr_list(value)[0]
+        except (SipError, IndexError):
+            continue
+        uri = addr.uri
+        user = uri.unquote_user() if isinstance(uri, SipURI) else None
+        display = addr.display_name
+        if display is not None:
+            display = display.strip()[:100] or None
+        if user and user.lower() != "anonymous" and _NUMBER_TEXT.fullmatch(
+                re.sub(r"[\s\-./()]", "", user)):
+            return _e164(user, plan), display
+        if header == "From":
+            return None, display
+    return None, None
 
 
 def _c2d_id(uri: URI) -> str | None:

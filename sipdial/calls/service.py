@@ -401,6 +401,21 @@ class CallService:
 
     # ------------------------------------------------------------ what calls tell us
 
+    # the inbound calls' log (sipdial.calls.incoming.CallLog): stored, then published
+    def record_change(self, record: CallRecord, event: CallEvent) -> None:
+        self.store.save_call(record)
+        self.store.add_event(record.id, event)
+
+    def save_record(self, record: CallRecord) -> None:
+        self.store.save_call(record)
+
+    def publish_change(self, record: CallRecord, event: CallEvent) -> None:
+        self.events.publish(record, event)
+        if self.observer is not None:
+            if len(record.events) == 1 and record.events[0] is event:
+                self.observer.started_call(record)
+            self.observer.changed(record, event)
+
     def _changed(self, record: CallRecord, event: CallEvent) -> None:
         self.store.save_call(record)
         self.store.add_event(record.id, event)

@@ -20,7 +20,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer  # type: ignore[import-untyped]
 
-__all__ = ["AgentPoster"]
+__all__ = ["AgentFetcher", "AgentPoster"]
 
 
 class _Consumer(Protocol):
@@ -97,6 +97,62 @@ class AgentPoster:
         response.deliverBody(protocol[0])
         code: int = response.code
         return finished.addCallback(lambda _: code)
+
+    def close(self) -> Deferred[None]:
+        d: Deferred[None] = self._pool.closeCachedConnections()
+        return d.addCallback(lambda _: None)
+
+
+class _Collect(TwistedProtocol):
+    """Reads a response body up to ``limit`` bytes (more: the connection is dropped)."""
+
+    def __init__(self, finished: Deferred[bytes], limit: int) -> None:
+        self._finished = finished
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self._limit:
+            if self.transport is not None:
+                self.transport.stopProducing()
+            return
+        self._parts.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self._finished.called:
+            self._finished.callback(b"".join(self._parts))
+
+
+class AgentFetcher:
+    """GETs a URL (the CRM's contact lookup, :mod:`sipdial.contacts`): the body of a 2xx, at
+    most ``limit`` bytes, or None for any other status; fails on errors and after
+    ``timeout`` s. https verifies the server like :class:`AgentPoster`."""
+
+    def __init__(self, reactor: Any, *, timeout: float = 5.0, limit: int = 64 * 1024) -> None:
+        self._reactor = reactor
+        self._timeout = timeout
+        self._limit = limit
+        self._pool: Any = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
+        self._agent: Any = Agent(  # type: ignore[no-untyped-call]
+            reactor, connectTimeout=timeout, pool=self._pool
+        )
+
+    def get(self, url: str) -> Deferred[bytes | None]:
+        headers = Headers({b"Accept": [b"application/json"]})
+        d: Deferred[Any] = self._agent.request(b"GET", url.encode("utf-8"), headers, None)
+        d.addCallback(self._body)
+        d.addTimeout(self._timeout, self._reactor)
+        return d
+
+    def _body(self, response: Any) -> Deferred[bytes | None] | None:
+        if not 200 <= int(response.code) <= 299:
+            response.deliverBody(_Discard(Deferred()))
+            return None
+        finished: Deferred[bytes] = Deferred()
+        response.deliverBody(_Collect(finished, self._limit))
+        return finished.addCallback(lambda body: body)
 
     def close(self) -> Deferred[None]:
         d: Deferred[None] = self._pool.closeCachedConnections()

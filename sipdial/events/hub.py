@@ -348,7 +348,8 @@ class EventHub:
             return
         unsent: list[_Unsent] = []
         try:
-            for spec in events_for(_previous_state(record, event), event.state):
+            for spec in events_for(_previous_state(record, event), event.state,
+                                   record.direction):
                 unsent.append(self._publish_one(record, event, spec))
         except Exception:
             log.exception("event hub: cannot publish call %s entering %s", record.id, event.state)
@@ -448,7 +449,7 @@ class EventHub:
             "state": event.state,
             "leg": spec.leg,
             "cause": record.cause,
-            "missed": ended and is_missed(record.cause),
+            "missed": ended and is_missed(record.cause, record.direction),
             "sip_code": event.sip_code,
             "detail": event.detail,
         }

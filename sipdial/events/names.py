@@ -41,7 +41,8 @@ from typing import Final, Literal
 
 from sipdial.vocabulary import CallState, Cause
 
-__all__ = ["EVENTS_BY_STATE", "EventName", "EventSpec", "events_for", "is_missed"]
+__all__ = ["EVENTS_BY_STATE", "INBOUND_EVENTS_BY_STATE", "EventName", "EventSpec", "events_for",
+           "is_missed"]
 
 
 class EventName(enum.StrEnum):
@@ -53,6 +54,8 @@ class EventName(enum.StrEnum):
     CONFIRMED = "call.confirmed"
     CONNECTED = "call.connected"
     ENDED = "call.ended"
+    #: an inbound call (from a ``[[trunks]]`` entry) rings the user: the CRM's popup
+    INCOMING = "call.incoming"
     #: not a call's: a password-guessing lockout (:mod:`sipdial.guard`), published by
     #: :meth:`~sipdial.events.EventHub.publish_notice` to admin streams and the webhooks
     #: that name it
@@ -86,21 +89,37 @@ EVENTS_BY_STATE: Final[dict[str, EventSpec]] = {
     St.ENDED: EventSpec(N.ENDED),
 }
 
+#: an inbound call's events (Klingelt / Verbunden / Aufgelegt or Verpasst in a CTI log):
+#: ``call.incoming`` when the user's phones are rung (the caller, the contact), then
+#: ``call.ringing``, ``call.answered`` when the user picks up, ``call.ended`` (``missed``
+#: unless it was answered)
+INBOUND_EVENTS_BY_STATE: Final[dict[str, EventSpec]] = {
+    St.CALLING_USER: EventSpec(N.INCOMING, "user"),
+    St.USER_RINGING: EventSpec(N.RINGING, "user"),
+    St.CONNECTED: EventSpec(N.ANSWERED, "user"),
+    St.ENDED: EventSpec(N.ENDED),
+}
+
 _CONFIRMED: Final = EventSpec(N.CONFIRMED)
 
 
-def events_for(previous: str | None, state: str) -> tuple[EventSpec, ...]:
+def events_for(previous: str | None, state: str,
+               direction: str = "outbound") -> tuple[EventSpec, ...]:
     """The events of a call entering ``state`` from ``previous`` (None: a new call)."""
-    spec = EVENTS_BY_STATE.get(state)
+    table = INBOUND_EVENTS_BY_STATE if direction == "inbound" else EVENTS_BY_STATE
+    spec = table.get(state)
     if spec is None:
         return ()
-    if previous is not None and EVENTS_BY_STATE.get(previous) == spec:
+    if previous is not None and table.get(previous) == spec:
         return ()
     if previous == St.AWAITING_CONFIRMATION and state != St.ENDED:
         return (_CONFIRMED, spec)
     return (spec,)
 
 
-def is_missed(cause: str | None) -> bool:
-    """Whether a call that ended with ``cause`` is a missed call (the user did not answer)."""
+def is_missed(cause: str | None, direction: str = "outbound") -> bool:
+    """Whether a call that ended with ``cause`` is a missed call: a click-to-dial call the
+    user's phone rang out for; an inbound call the user did not answer."""
+    if direction == "inbound":
+        return cause != Cause.COMPLETED
     return cause == Cause.USER_NO_ANSWER

@@ -62,7 +62,8 @@ class CallEvent:
 
 @dataclass(slots=True)
 class CallRecord:
-    """One click-to-dial call as the API shows it."""
+    """One call as the API shows it: a click-to-dial call, or (``direction`` inbound) a call
+    from a trunk to a user."""
 
     id: str
     user: str  #: user id whose phone is rung first
@@ -76,6 +77,10 @@ class CallRecord:
     auto_answer: bool = False  #: the user's leg was auto-answered
     #: the CRM's correlation data given with the call (a small JSON object), or None
     metadata: Metadata | None = None
+    direction: str = "outbound"  #: "outbound" (click-to-dial) | "inbound" (from a trunk)
+    caller: str | None = None  #: inbound: the caller's number (E.164 where it parses)
+    #: inbound: who the caller is ({"name", "url"}) from the phonebook or the CRM's lookup
+    contact: dict[str, str] | None = None
     #: the call's events, oldest first (filled by reads; :meth:`save_call` does not write them)
     events: list[CallEvent] = field(default_factory=list)
 
@@ -99,6 +104,9 @@ class CallRecord:
             "device": self.device,
             "auto_answer": self.auto_answer,
             "metadata": self.metadata,
+            "direction": self.direction,
+            "caller": self.caller,
+            "contact": self.contact,
         }
 
 

@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +62,7 @@ __all__ = ["RunInThread", "SqliteStore", "StoreError", "StoreReactor"]
 _T = TypeVar("_T")
 log = logging.getLogger("sipdial.store")
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 
 # --------------------------------------------------------------------------------------------
 # SQL: every statement the store runs
@@ -148,21 +148,26 @@ _SQL_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
             nonce TEXT PRIMARY KEY,
             expires_at REAL NOT NULL
         )""",),
+    # inbound calls (issue 10 §3): who called, and who that is
+    6: ("ALTER TABLE calls ADD COLUMN direction TEXT NOT NULL DEFAULT 'outbound'",
+        "ALTER TABLE calls ADD COLUMN caller TEXT",
+        "ALTER TABLE calls ADD COLUMN contact TEXT"),
 }
 _SQL_GET_VERSION: Final = "SELECT MAX(version) FROM schema_version"
 _SQL_SET_VERSION: Final = "INSERT INTO schema_version (version) VALUES (?)"
 
 _CALL_COLUMNS: Final = (
     "id, user_id, target, mode, state, cause, created_at, ended_at, device, auto_answer, "
-    "metadata"
+    "metadata, direction, caller, contact"
 )
 _SQL_UPSERT_CALL: Final = f"""
-    INSERT INTO calls ({_CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO calls ({_CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET
         user_id = excluded.user_id, target = excluded.target, mode = excluded.mode,
         state = excluded.state, cause = excluded.cause, created_at = excluded.created_at,
         ended_at = excluded.ended_at, device = excluded.device,
-        auto_answer = excluded.auto_answer, metadata = excluded.metadata"""
+        auto_answer = excluded.auto_answer, metadata = excluded.metadata,
+        direction = excluded.direction, caller = excluded.caller, contact = excluded.contact"""
 _SQL_INSERT_EVENT: Final = (
     "INSERT INTO call_events (call_id, state, time, sip_code, detail) VALUES (?, ?, ?, ?, ?)"
 )
@@ -171,6 +176,7 @@ _SQL_GET_CALL: Final = f"SELECT {_CALL_COLUMNS} FROM calls WHERE id = ?"
 _SQL_LIST_CALLS: Final = f"""
     SELECT {_CALL_COLUMNS} FROM calls
     WHERE (? IS NULL OR user_id = ?) AND (? IS NULL OR state = ?)
+        AND (? IS NULL OR direction = ?)
     ORDER BY created_at DESC, id DESC
     LIMIT ?"""
 _SQL_EVENTS_OF: Final = (
@@ -257,7 +263,7 @@ class StoreError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 _CallRow = tuple[str, str, str, str, str, str | None, float, float | None, str | None, int,
-                 str | None]
+                 str | None, str, str | None, str | None]
 _EventRow = tuple[str, str, float, int | None, str | None]
 _RegRow = tuple[
     str, str, str | None, str, str, int, float, float, str | None, str, int, float, str
@@ -348,10 +354,13 @@ def _call_row(call: CallRecord) -> _CallRow:
         call.device,
         int(call.auto_answer),
         None if call.metadata is None else _metadata_text(call.metadata),
+        call.direction,
+        call.caller,
+        None if call.contact is None else _metadata_text(call.contact),
     )
 
 
-def _metadata_text(metadata: Metadata) -> str:
+def _metadata_text(metadata: Mapping[str, object]) -> str:
     return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -378,7 +387,15 @@ def _call_from_row(row: Sequence[Any]) -> CallRecord:
         device=row[8],
         auto_answer=bool(row[9]),
         metadata=_metadata_of(row[10]),
+        direction=row[11],
+        caller=row[12],
+        contact=_contact_of(row[13]),
     )
+
+
+def _contact_of(text: str | None) -> dict[str, str] | None:
+    value = _metadata_of(text)
+    return None if value is None else {str(k): str(v) for k, v in value.items()}
 
 
 def _registration_row(reg: RegistrationRecord) -> _RegRow:
@@ -646,9 +663,11 @@ class SqliteStore:
         return self._run(read)
 
     def list_calls(
-        self, *, user: str | None = None, state: str | None = None, limit: int = 50
+        self, *, user: str | None = None, state: str | None = None, limit: int = 50,
+        direction: str | None = None,
     ) -> Deferred[list[CallRecord]]:
-        """Calls newest first (by ``created_at``), optionally of one user / in one state."""
+        """Calls newest first (by ``created_at``), optionally of one user / in one state /
+        in one direction."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         self._check_running()
@@ -656,7 +675,8 @@ class SqliteStore:
 
         def read() -> list[CallRecord]:
             conn = self._connection()
-            rows = conn.execute(_SQL_LIST_CALLS, (user, user, state, state, limit)).fetchall()
+            rows = conn.execute(_SQL_LIST_CALLS, (user, user, state, state, direction,
+                                                  direction, limit)).fetchall()
             calls = [_call_from_row(row) for row in rows]
             self._attach_events(conn, calls)
             return calls

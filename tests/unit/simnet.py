@@ -124,9 +124,11 @@ class FakeStore:
         return succeed(WriteReport())  # in memory: every write is "committed" at once
 
     def list_calls(self, *, user: str | None = None, state: str | None = None,
-                   limit: int = 100) -> Deferred[list[CallRecord]]:
+                   limit: int = 100, direction: str | None = None
+                   ) -> Deferred[list[CallRecord]]:
         found = [c for c in self.calls.values()
-                 if (user is None or c.user == user) and (state is None or c.state == state)]
+                 if (user is None or c.user == user) and (state is None or c.state == state)
+                 and (direction is None or c.direction == direction)]
         return succeed(found[:limit])
 
     def save_registration(self, reg: RegistrationRecord) -> None:

@@ -46,7 +46,13 @@ def test_every_state_is_reachable_from_calling_user() -> None:
 
 
 def test_every_cause_is_reachable() -> None:
+    """Every cause ends some call: a click-to-dial call's table, or an inbound call's
+    (sipdial.calls.incoming) with the causes it takes from the SIP code."""
+    from sipdial.calls.incoming import _BY_CODE, INBOUND_TABLE
+
     causes = {cause for (_s, _i), (_n, cause, _a) in TRANSITIONS.items() if cause}
+    causes |= {cause for _state, cause in INBOUND_TABLE.values() if cause}
+    causes |= set(_BY_CODE.values())
     assert causes == set(Cause)
 
 

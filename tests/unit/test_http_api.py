@@ -103,9 +103,10 @@ class FakeApi:
         return succeed(self.calls.get(call_id))
 
     def list_calls(
-        self, *, user: str | None, state: str | None, limit: int
+        self, *, user: str | None, state: str | None, limit: int, direction: Any = None
     ) -> Deferred[list[dict[str, Any]]]:
-        self.list_args.append({"user": user, "state": state, "limit": limit})
+        args = {"user": user, "state": state, "limit": limit}
+        self.list_args.append(args if direction is None else {**args, "direction": direction})
         calls = [c for c in self.calls.values() if user is None or c["user"] == user]
         return succeed(calls[:limit])
 
