@@ -15,9 +15,10 @@ the caller hangs up         ended:           ended: completed
                             caller_cancelled
 a phone hangs up            (nothing)        ended: completed
 nobody answers in time      ended:           (nothing)
-                            user_no_answer
+(or 408/480/487)            user_no_answer
+busy (486/600)              ended: user_busy (nothing)
 every phone refuses         ended: by code
-                            (486/600 user_busy, 603 user_rejected, else failed)
+otherwise                   (603/607/608 user_rejected, else failed)
 an internal error           ended: failed    ended: failed
 ==========================  ===============  ====================================
 
@@ -52,6 +53,7 @@ INBOUND_TABLE: Final[dict[tuple[bool, Input], tuple[CallState, Cause | None]]] =
     (False, Input.TARGET_ANSWERED): (St.CONNECTED, None),
     (False, Input.PHONE_HUNG_UP): (St.ENDED, Cause.CALLER_CANCELLED),
     (False, Input.TARGET_NO_ANSWER): (St.ENDED, Cause.USER_NO_ANSWER),
+    (False, Input.TARGET_BUSY): (St.ENDED, Cause.USER_BUSY),
     (False, Input.TARGET_FAILED): (St.ENDED, None),
     (False, Input.FAILED): (St.ENDED, Cause.FAILED),
     (True, Input.PHONE_HUNG_UP): (St.ENDED, Cause.COMPLETED),
@@ -59,7 +61,9 @@ INBOUND_TABLE: Final[dict[tuple[bool, Input], tuple[CallState, Cause | None]]] =
     (True, Input.FAILED): (St.ENDED, Cause.FAILED),
 }
 
-_BY_CODE: Final = {486: Cause.USER_BUSY, 600: Cause.USER_BUSY, 603: Cause.USER_REJECTED}
+#: the cause of a failure the relay reports as TARGET_FAILED, by its SIP code
+_BY_CODE: Final = {603: Cause.USER_REJECTED, 607: Cause.USER_REJECTED,
+                   608: Cause.USER_REJECTED}
 
 
 class CallLog(Protocol):

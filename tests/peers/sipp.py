@@ -92,6 +92,7 @@ class Sipp:
         rtp_echo: bool = True,
         extra_args: Sequence[str] = (),
         name: str | None = None,
+        local_ip: str = LOOPBACK,
     ) -> None:
         if transport not in _TRANSPORT_FLAG:
             raise ValueError(f"transport must be 'udp' or 'tcp', not {transport!r}")
@@ -115,10 +116,10 @@ class Sipp:
             self.binary,
             *([remote] if remote else []),
             "-sf", str(self.scenario),
-            "-i", LOOPBACK,
+            "-i", local_ip,
             "-p", str(self.port),
             "-t", _TRANSPORT_FLAG[transport],
-            "-mi", LOOPBACK,
+            "-mi", local_ip,
             "-mp", str(self.media_port),
             *(["-rtp_echo"] if rtp_echo else []),
             "-s", service,

@@ -24,6 +24,7 @@ from sipdial.api import CallsApi
 from sipdial.app import build_core
 from sipdial.calls import CallRequest, MediaPort, Mode, PromptSource, ReferralWatch, Resolver
 from sipdial.config import Config, parse_config
+from sipdial.contacts import ContactLookup
 from sipdial.sip import (
     Message,
     Peer,
@@ -161,7 +162,8 @@ class SimNet:
     def __init__(self, config: Config | None = None, *, now: float = START,
                  media: MediaPort | None = None, prompts: PromptSource | None = None,
                  store: FakeStore | None = None, resolver: Resolver | None = None,
-                 referrals: ReferralWatch | None = None) -> None:
+                 referrals: ReferralWatch | None = None,
+                 contacts: ContactLookup | None = None) -> None:
         self.config = config or make_config()
         self.now = now
         self.store = store or FakeStore()
@@ -169,7 +171,8 @@ class SimNet:
         self.core = build_core(self.config, clock=lambda: self.now, store=self.store,
                                events=self, secret=b"simnet-secret-0123456789abcdef!!",
                                rtp_sinks={4: MEDIA}, media=media, prompts=prompts,
-                               load=self, resolver=resolver, referrals=referrals)
+                               load=self, resolver=resolver, referrals=referrals,
+                               contacts=contacts)
         core = self.core
         self.timers = core.timers
         self.endpoint = core.endpoint
