@@ -931,7 +931,8 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                       events=merged if merged is not None else events, workers=workers,
                       allow_from=_allow_from(config),
                       metrics=metrics, metrics_config=config.metrics,
-                      internal_token=internal_token, links=links)
+                      internal_token=internal_token, links=links,
+                      camara_sinks=config.camara_sinks)
     private_port = None
     own_site = None
     if role is None:
@@ -950,7 +951,8 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                               check_password=check_password, events=events,
                               metrics=metrics,
                               metrics_config=MetricsConfig(token=config.metrics.token),
-                              internal_token=internal_token, links=links)
+                              internal_token=internal_token, links=links,
+                              camara_sinks=config.camara_sinks)
         private = reactor.listenTCP(0, own_site, interface="127.0.0.1")
         listeners.append(private)
         private_port = private.getHost().port

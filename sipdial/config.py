@@ -386,6 +386,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  #: ``[metrics]``
     links: LinksConfig | None = None  #: ``[links]``; None: no call links
     trunks: tuple[TrunkConfig, ...] = ()  #: ``[[trunks]]``: where inbound calls come from
+    #: ``[camara] sinks``: URL prefixes a user's token may name as a CloudEvents sink
+    camara_sinks: tuple[str, ...] = ()
     contacts: ContactsConfig = field(default_factory=ContactsConfig)  #: ``[contacts]``
     source: str = "<string>"  #: file the configuration came from
 
@@ -436,6 +438,12 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     trunks = tuple(_parse_trunk(t, users, "upstream" in raw)
                    for t in root.array_of_tables("trunks"))
     contacts = _parse_contacts(root.table("contacts", required=False))
+    camara = root.table("camara", required=False)
+    camara_sinks = tuple(camara.strings("sinks")) if "sinks" in camara.raw else ()
+    for i, prefix in enumerate(camara_sinks):
+        if not re.fullmatch(r"https?://[^\s/?#]+/\S*", prefix):
+            raise ConfigError(f'{camara.path("sinks")}[{i}]: expected "https://host/path/", '
+                              f'got "{prefix}"')
     number_values = _number_values(root.table("numbers", required=False))
     numbers = _plan(number_values, "numbers")
     users = _with_user_plans(users, number_values, user_numbers)
@@ -444,6 +452,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     if upstream is None:
         _require_passwords(users)
     return Config(
+        camara_sinks=camara_sinks,
         trunks=trunks,
         contacts=contacts,
         links=links,
@@ -476,12 +485,13 @@ _SQLITE_PREFIX: Final = "sqlite:///"
 _KEYS: Final[dict[str, frozenset[str]]] = {
     "": frozenset({"sip", "http", "store", "api", "users", "routes", "calls", "auto_answer",
                    "media", "webhooks", "auth", "upstream", "numbers", "policy",
-                   "metrics", "links", "trunks", "contacts"}),
+                   "metrics", "links", "trunks", "contacts", "camara"}),
     "policy[]": frozenset({"users", "allow", "deny", "max_concurrent", "max_per_minute",
                            "max_per_hour", "per"}),
     "metrics": frozenset({"token", "allow_from"}),
     "links": frozenset({"secret", "max_ttl", "default_ttl", "one_click", "base_url"}),
     "trunks[]": frozenset({"name", "allow_from", "upstream", "dids"}),
+    "camara": frozenset({"sinks"}),
     "contacts": frozenset({"phonebook", "lookup_url", "lookup_timeout", "cache_ttl"}),
     "numbers": frozenset({"country", "area", "base", "outside_line", "international_prefix",
                           "national_prefix"}),

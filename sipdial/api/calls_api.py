@@ -87,11 +87,14 @@ class CallsApi:
                     caller_id: str | None = None, clir: bool | None = None,
                     metadata: Metadata | None = None,
                     refuse_if_busy: bool | None = None,
-                    headers: tuple[tuple[str, str], ...] = ()) -> Deferred[dict[str, Any]]:
+                    headers: tuple[tuple[str, str], ...] = (),
+                    first_leg: str | None = None,
+                    sink: tuple[str, str | None] | None = None) -> Deferred[dict[str, Any]]:
         request = CallRequest(user=user, to=to, device=device, auto_answer=auto_answer,
                               mode=None if mode is None else Mode(mode), confirm=confirm,
                               caller_id=caller_id, clir=clir, metadata=metadata,
-                              refuse_if_busy=refuse_if_busy, headers=headers)
+                              refuse_if_busy=refuse_if_busy, headers=headers,
+                              first_leg=first_leg, sink=sink)
         try:
             call = self._calls.create(request)
         except CallRefused as exc:
@@ -161,6 +164,13 @@ class CallsApi:
 
     def known_user(self, user: str) -> bool:
         return self._calls.knows_user(user)
+
+    def user_number(self, user: str) -> str | None:
+        return self._calls.user_number(user)
+
+    def user_by_number(self, number: str) -> str | None:
+        return next((uid for uid in self._calls.users
+                     if self._calls.user_number(uid) == number), None)
 
     def health(self) -> dict[str, Any]:
         health = {"status": "ok",

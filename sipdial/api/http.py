@@ -55,6 +55,13 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
 from sipdial.api import schema
+from sipdial.api.camara import (
+    CAMARA_PATH,
+    camara_error,
+    camara_view,
+    parse_create,
+    valid_correlator,
+)
 from sipdial.api.links import MAX_TOKEN_LENGTH, Link, Links
 from sipdial.api.pages import PAGE_HEADERS, error_page, link_page, placed_page
 from sipdial.api.schema import Auth, DocumentedPath, Operation, Param, Reply, openapi_document
@@ -65,6 +72,7 @@ from sipdial.config import MetricsConfig, Network
 from sipdial.events import parse_cursor
 from sipdial.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sipdial.metrics import merge as merge_metrics
+from sipdial.numbers import check_e164
 from sipdial.reactor_types import exc_info
 from sipdial.sip import SipError, SipURI, parse_uri
 from sipdial.store import MAX_METADATA_BYTES, Metadata, iso_time
@@ -274,6 +282,7 @@ class _CallRequest:
     metadata: Metadata | None = None  #: the CRM's correlation data (a small JSON object)
     refuse_if_busy: bool | None = None  #: 409 user_busy while the user is on a c2d call
     headers: tuple[tuple[str, str], ...] = ()  #: for the INVITEs ([calls] extra_headers)
+    first_leg: str | None = None  #: ``"device": "tel:+49..."``: an external number first
 
 
 def _valid_metadata(value: object) -> Metadata | None:
@@ -318,6 +327,10 @@ def _call_request_from_json(payload: object) -> _CallRequest:
         raise _invalid("to: is required")
     to = _valid_destination("to", payload["to"])
     device = _valid_text("device", payload.get("device"))
+    first_leg = None
+    if device is not None and device.lower().startswith("tel:"):
+        # an external number rung first instead of the user's phones (bridge mode)
+        first_leg, device = _valid_destination("device", device), None
     auto_answer = _valid_flag(payload, "auto_answer")
     mode = _valid_mode(payload.get("mode"))
     caller_id = payload.get("caller_id")
@@ -330,7 +343,7 @@ def _call_request_from_json(payload: object) -> _CallRequest:
                         clir=_valid_flag(payload, "clir"),
                         metadata=_valid_metadata(payload.get("metadata")),
                         refuse_if_busy=_valid_flag(payload, "refuse_if_busy"),
-                        headers=_valid_headers(payload.get("headers")))
+                        headers=_valid_headers(payload.get("headers")), first_leg=first_leg)
 
 
 def _parse_json(body: bytes) -> object:
@@ -491,6 +504,7 @@ class _Incoming:
     body: bytes = b""
     body_too_large: bool = False
     last_event_id: str | None = None  #: the SSE ``Last-Event-ID`` header
+    correlator: str | None = None  #: CAMARA's ``x-correlator`` header
     client: str = ""  #: the client's address (host), for the password-guessing limits
     received: float = 0.0  #: when it was read (the resource's monotonic clock)
     accept: str = ""  #: the Accept header: "text/html" in it asks for pages (links, /dial)
@@ -576,6 +590,25 @@ def _from_allowed(client: str, networks: Sequence[Network]) -> bool:
     return any(address in network for network in networks)
 
 
+def _camara_reply(reply: _Reply, request: _Incoming) -> _Reply:
+    """A reply on a CAMARA path: errors as CAMARA's ``{status, code, message}``, the
+    request's ``x-correlator`` echoed (when it is one)."""
+    body = reply.body
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        body = camara_error(reply.status, str(error.get("code", "")),
+                            str(error.get("message", "")))
+    headers = list(reply.headers)
+    try:
+        correlator = valid_correlator(request.correlator)
+    except ApiError:
+        correlator = None
+    if correlator is not None:
+        headers.append(("x-correlator", correlator))
+    return _Reply(int(body["status"]) if isinstance(body, dict) and "status" in body
+                  and isinstance(body.get("status"), int) else reply.status, body, headers)
+
+
 def _error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
@@ -632,9 +665,12 @@ class _Router:
         metrics: _MetricsAccess | None = None,
         clock: Callable[[], float] = time.monotonic,
         links: Links | None = None,
+        camara_sinks: Sequence[str] = (),
     ) -> None:
         self._api = api
         self._links = links
+        #: URL prefixes a user's token may name as a CAMARA sink ([camara] sinks)
+        self._camara_sinks = tuple(camara_sinks)
         self._metrics = metrics
         self._clock = clock
         #: by route scope ("api", "call_init", "remote_call"): who may ask (None: anyone)
@@ -656,6 +692,8 @@ class _Router:
         """Always fires with a reply; errors become JSON error replies."""
         d = maybeDeferred(self._dispatch, request)
         d.addErrback(self._error_reply, request)
+        if _CAMARA_PATHS.match(request.path):
+            d.addCallback(_camara_reply, request)
         return d
 
     def _dispatch(self, request: _Incoming) -> Deferred[_Reply]:
@@ -770,6 +808,7 @@ class _Router:
             metadata=call.metadata,
             refuse_if_busy=call.refuse_if_busy,
             headers=call.headers,
+            first_leg=call.first_leg,
         )
         # the call exists now and the phone's INVITE is with the transport (the 201 waits
         # for the store): the "accepted" setup time, counted once the call is confirmed
@@ -1081,6 +1120,70 @@ class _Router:
             d.addCallback(_dial_page)
         return d
 
+    # ------------------------------------------------------------ CAMARA ClickToDial
+
+    def _camara_create(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        """``createCall``: see :mod:`sipdial.api.camara`."""
+        valid_correlator(request.correlator)
+        principal = self._authenticate(request)
+        call = parse_create(_parse_json(request.body), check_e164)
+        if call.sink is not None and principal.user is not None and not any(
+                call.sink.startswith(prefix) for prefix in self._camara_sinks):
+            raise ApiError(403, "PERMISSION_DENIED",
+                           "sink: a user's token may only name a sink under [camara] sinks")
+        local = self._api.user_by_number(call.caller)
+        if local is not None:  # the caller is a user: their phones ring
+            if not principal.may_act_for(local):
+                raise ApiError(403, "INVALID_TOKEN_CONTEXT",
+                               "caller is not consistent with access token")
+            user, first_leg, mode = local, None, None
+        elif principal.user is not None:  # rung first through a route, for the user
+            user, first_leg, mode = principal.user, call.caller, Mode.BRIDGE
+        else:
+            raise ApiError(422, "CALLER_NOT_AVAILABLE",
+                           "the caller is no user's number: an external caller is rung on "
+                           "behalf of a user (use that user's token)")
+        d = self._api.create_call(
+            user=user, to=call.callee, device=None, auto_answer=None, mode=mode,
+            first_leg=first_leg,
+            sink=(call.sink, call.sink_token) if call.sink is not None else None)
+        return d.addCallback(lambda resource: _Reply(201, camara_view(resource, call.caller)))
+
+    def _camara_call(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        """``getCall`` and ``terminateCall``; another worker's call is answered there."""
+        valid_correlator(request.correlator)
+        call_id = match.group("call_id")
+        forwarded = self._at_owner(request, request.method, call_id)
+        if forwarded is not None:
+            return forwarded
+        principal = self._authenticate(request)
+        d = self._owned_call(principal, call_id)
+        if request.method == "GET":
+            return d.addCallback(lambda resource: _Reply(200, self._camara_view(resource)))
+
+        def terminate(resource: dict[str, Any]) -> Deferred[_Reply]:
+            if resource.get("state") == CallState.ENDED.value:
+                raise ApiError(409, "CONFLICT", f"call {call_id} has already ended")
+            hung_up = self._api.hangup_call(call_id)
+            return hung_up.addCallback(lambda _r: _Reply(204, _Text("application/json", b"")))
+
+        return d.addCallback(terminate)
+
+    def _camara_recording(self, request: _Incoming,
+                          match: re.Match[str]) -> Deferred[_Reply]:
+        valid_correlator(request.correlator)
+        principal = self._authenticate(request)
+        d = self._owned_call(principal, match.group("call_id"))
+
+        def none(_resource: dict[str, Any]) -> _Reply:
+            raise ApiError(404, "NOT_FOUND", "no recording: sipdial does not record calls")
+
+        return d.addCallback(none)
+
+    def _camara_view(self, resource: dict[str, Any]) -> dict[str, Any]:
+        caller = resource.get("caller") or self._api.user_number(str(resource.get("user")))
+        return camara_view(resource, caller)
+
     def _openapi(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         return succeed(_Reply(200, _openapi_text()))
 
@@ -1154,6 +1257,9 @@ _CREATED: Final = Reply(201, "the call is placed: its resource (it rings the use
                         links=(("GetCall", "getCall", "call_id", "$response.body#/id"),
                                ("HangUpCall", "hangUpCall", "call_id", "$response.body#/id")))
 _COMPAT: Final = "compatibility"
+_CAMARA_PATHS: Final = re.compile(CAMARA_PATH)
+_CAMARA: Final = "CAMARA ClickToDial"
+_CAMARA_ID: Final = Param("call_id", {"type": "string", "pattern": schema.CALL_ID_PATTERN})
 _LINK_ERRORS: Final = (403, 404, 409, 410, 413, 422, 429, 502, 503)
 
 _ROUTES: Final[tuple[_Route, ...]] = (
@@ -1242,6 +1348,29 @@ _ROUTES: Final[tuple[_Route, ...]] = (
                                                    "cannot send headers"),
                 Param("auth", {"type": "string"}, "user:password of the SIP account")),
         auth=Auth.BEARER_OR_BASIC, tags=(_COMPAT,)))}, "/dial", head=False),
+    _Route(re.compile(CAMARA_PATH), {"POST": _Method(_Router._camara_create, Operation(
+        "camaraCreateCall", "CAMARA createCall (0.1.0-rc.1; also /v0.1/)",
+        (Reply(201, "the call", "CamaraCall", headers=("x-correlator",)),),
+        (400, 401, 403, 409, 413, 422, 429, 503), body="CamaraCreateCall",
+        tags=(_CAMARA,), error_schema="CamaraError"))},
+        "/click-to-dial/v0.1rc1/calls", path_params=()),
+    _Route(re.compile(CAMARA_PATH + f"/(?P<call_id>{_CALL_ID})"), {
+        "GET": _Method(_Router._camara_call, Operation(
+            "camaraGetCall", "CAMARA getCall", (Reply(200, "the call", "CamaraCall"),),
+            (400, 401, 403, 404, 502, 503), tags=(_CAMARA,), error_schema="CamaraError")),
+        "DELETE": _Method(_Router._camara_call, Operation(
+            "camaraTerminateCall", "CAMARA terminateCall",
+            (Reply(204, "terminated", content_type="application/json"),),
+            (400, 401, 403, 404, 409, 502, 503), tags=(_CAMARA,),
+            error_schema="CamaraError"))},
+        "/click-to-dial/v0.1rc1/calls/{call_id}", head=False, path_params=(_CAMARA_ID,)),
+    _Route(re.compile(CAMARA_PATH + f"/(?P<call_id>{_CALL_ID})/recording"), {
+        "GET": _Method(_Router._camara_recording, Operation(
+            "camaraGetRecording", "CAMARA getRecording: recording is not offered (404)",
+            (Reply(200, "never: no recordings"),), (400, 401, 403, 404),
+            tags=(_CAMARA,), error_schema="CamaraError"))},
+        "/click-to-dial/v0.1rc1/calls/{call_id}/recording", head=False,
+        path_params=(_CAMARA_ID,)),
     _Route(re.compile("/v1/upstream"), {"GET": _Method(_Router._upstream, Operation(
         "upstream", "sipdial's own registration at [upstream] (admin token)",
         (Reply(200, "the registration", "Upstream"),), (401, 403, 404, 502, 503),
@@ -1381,6 +1510,7 @@ def _incoming(request: _TwistedRequest, received: float = 0.0) -> _Incoming:
     path, _, query = uri.partition(b"?")
     authorization = request.getHeader(b"authorization")
     last_event_id = request.getHeader(b"last-event-id")
+    correlator = request.getHeader(b"x-correlator")
     too_large = bool(getattr(request, "body_too_large", False))
     body = b"" if too_large or request.content is None else request.content.read()
     return _Incoming(
@@ -1391,6 +1521,7 @@ def _incoming(request: _TwistedRequest, received: float = 0.0) -> _Incoming:
         body=body,
         body_too_large=too_large,
         last_event_id=None if last_event_id is None else last_event_id.decode("latin-1"),
+        correlator=None if correlator is None else correlator.decode("latin-1"),
         client=_client_host(request),
         received=received,
         accept=(request.getHeader(b"accept") or b"").decode("latin-1"),
@@ -1559,6 +1690,7 @@ def build_site(
     internal_token: str | None = None,
     clock: Callable[[], float] = time.monotonic,
     links: Links | None = None,
+    camara_sinks: Sequence[str] = (),
 ) -> ApiSite:
     """The HTTP API as a Twisted ``Site``; listen on it with ``reactor.listenTCP``.
 
@@ -1586,6 +1718,7 @@ def build_site(
         stream = EventStream(events, reactor)
     allow, access = _access(allow_from, metrics, metrics_config, internal_token)
     router = _Router(api, tokens, check_password, events=stream is not None, workers=workers,
-                     allow_from=allow, metrics=access, clock=clock, links=links)
+                     allow_from=allow, metrics=access, clock=clock, links=links,
+                     camara_sinks=camara_sinks)
     return ApiSite(router, _Resource(router, stream, clock, metrics), reactor=reactor,
                    internal_token=internal_token)

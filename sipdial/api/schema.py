@@ -101,6 +101,46 @@ COMPONENTS: Final[dict[str, JsonSchema]] = {
     },
     "CallRequest": CALL_REQUEST,
     "LinkRequest": LINK_REQUEST,
+    "CamaraError": {
+        "type": "object", "required": ["status", "code", "message"],
+        "properties": {"status": {"type": "integer"}, "code": {"type": "string"},
+                       "message": {"type": "string"}},
+    },
+    "CamaraCreateCall": {
+        "type": "object", "additionalProperties": False, "required": ["caller", "callee"],
+        "examples": [{"caller": {"number": "+4930201"}, "callee": {"number": "+4930123456"}}],
+        "properties": {
+            "caller": {"type": "object", "additionalProperties": False, "required": ["number"],
+                       "properties": {"number": {"type": "string",
+                                                 "pattern": r"^\+[1-9][0-9]{1,14}$"}}},
+            "callee": {"type": "object", "additionalProperties": False, "required": ["number"],
+                       "properties": {"number": {"type": "string",
+                                                 "pattern": r"^\+[1-9][0-9]{1,14}$"}}},
+            "sink": {"type": "string", "format": "uri"},
+            "sinkCredential": {"type": "object", "required": [
+                "credentialType", "accessToken", "accessTokenExpiresUtc", "accessTokenType"],
+                "properties": {"credentialType": {"type": "string", "enum": ["ACCESSTOKEN"]},
+                               "accessToken": {"type": "string"},
+                               "accessTokenExpiresUtc": {"type": "string",
+                                                         "format": "date-time"},
+                               "accessTokenType": {"type": "string", "enum": ["bearer"]}}},
+            "recordingEnabled": {"type": "boolean",
+                                 "description": "true: 422 RECORDING_NOT_SUPPORTED"},
+        },
+    },
+    "CamaraCall": {
+        "type": "object", "required": ["callId", "caller", "callee", "status", "createdAt"],
+        "properties": {
+            "callId": {"type": "string"},
+            "caller": {"type": "object", "properties": {"number": {"type": "string"}}},
+            "callee": {"type": "object", "properties": {"number": {"type": "string"}}},
+            "status": {"type": "string", "enum": [
+                "initiating", "callingCaller", "callingCallee", "connected", "disconnected",
+                "failed"]},
+            "createdAt": _TIME,
+            "recordingEnabled": {"type": "boolean"},
+        },
+    },
     "Link": {
         "type": "object", "required": ["token", "path", "url", "user", "to", "expires_at"],
         "properties": {
@@ -270,6 +310,7 @@ class Operation:
     auth: Auth = Auth.BEARER
     tags: tuple[str, ...] = ()
     description: str = ""
+    error_schema: str = "Error"  #: CAMARA's routes answer errors as CamaraError
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +376,7 @@ def _operation(op: Operation, path_params: tuple[Param, ...]) -> dict[str, Any]:
         responses[str(reply.status)] = response
     for status in op.errors:
         response = {"description": _ERROR_TEXT[status],
-                    "content": {"application/json": {"schema": _ref("Error")}}}
+                    "content": {"application/json": {"schema": _ref(op.error_schema)}}}
         if status == 405:
             response["headers"] = {"Allow": {"schema": {"type": "string"}}}
         if status in (429, 503):

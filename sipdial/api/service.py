@@ -134,6 +134,8 @@ class CallApi(Protocol):
         metadata: Metadata | None = None,
         refuse_if_busy: bool | None = None,
         headers: tuple[tuple[str, str], ...] = (),
+        first_leg: str | None = None,
+        sink: tuple[str, str | None] | None = None,
     ) -> Deferred[dict[str, Any]]:
         """Start a call; fires with the new call resource. ``confirm``: play "press 1" first
         (None: the user's / config default); ``caller_id`` and ``clir``: what the target
@@ -162,6 +164,14 @@ class CallApi(Protocol):
 
     def known_user(self, user: str) -> bool:
         """Whether ``user`` is a configured user."""
+        ...
+
+    def user_number(self, user: str) -> str | None:
+        """The user's own number (``[[users]] number``) in E.164, if any."""
+        ...
+
+    def user_by_number(self, number: str) -> str | None:
+        """The user whose own number is ``number`` (E.164), if any."""
         ...
 
     def health(self) -> dict[str, Any]:

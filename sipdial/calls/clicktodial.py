@@ -40,6 +40,7 @@ from sipdial.calls.routing import (
     Pbx,
     Resolver,
     Router,
+    Target,
     Unavailable,
     callee_uri,
     user_uri,
@@ -115,8 +116,12 @@ class Options:
 class ClickToDial:
     def __init__(self, env: CallEnv, record: CallRecord, user: UserConfig,
                  destination: Destination, bindings: list[Binding], options: Options,
-                 media: CallMedia | None, session_id: int) -> None:
+                 media: CallMedia | None, session_id: int,
+                 first_leg: list[Target] | None = None) -> None:
+        """``first_leg``: an external number's route targets, rung instead of the user's
+        devices (bridge mode)."""
         self.env = env
+        self.first_leg = first_leg
         self.record = record
         self.user = user
         self.destination = destination
@@ -276,6 +281,11 @@ class ClickToDial:
         caller = NameAddr(user_uri(number, self._domain), self.record.to)
         callee = NameAddr(user_uri(self.user.id, self._domain), self.user.name or None)
         pbx = env.router.pbx
+        if self.first_leg is not None:
+            self.forks = Forks([self._external_leg(t, caller) for t in self.first_leg])
+            self.forks.start(now)
+            self._set_timer(now + env.config.user_answer_timeout, self._user_timeout)
+            return
         if pbx is not None:
             self.forks = Forks([self._pbx_leg(pbx, caller, callee)])
             self.forks.start(now)
@@ -300,6 +310,21 @@ class ClickToDial:
         self.forks = Forks(legs)
         self.forks.start(now)
         self._set_timer(now + env.config.user_answer_timeout, self._user_timeout)
+
+    def _external_leg(self, target: Target, caller: NameAddr) -> UacLeg:
+        """An external number rung first (a mobile through a route): like a target, with
+        the route's credentials; the caller ID shown is the target number, as on a phone."""
+        env = self.env
+        media_at = self.media.address if self.media is not None else None
+        assert media_at is not None  # bridge mode: sipdial's own RTP
+        offer = sdp.audio_offer(*media_at, session_id=self._session_id)
+        number = self.record.caller or ""
+        extra = [("P-Asserted-Identity", str(caller)), *self.options.headers]
+        return UacLeg(env.ua, self, uri=target.uri, peer=target.peer, from_party=caller,
+                      to_party=NameAddr(callee_uri(target, number, self._domain)), body=offer,
+                      content_type=sdp.CONTENT_TYPE, extra=extra, label=target.label,
+                      credentials=target.credentials, resolver=env.resolver,
+                      route=target.route)
 
     def _pbx_leg(self, pbx: Pbx, caller: NameAddr, callee: NameAddr) -> UacLeg:
         """PBX mode: one INVITE to ``sip:USER@PBX`` through the PBX, which forks it to the

@@ -22,17 +22,24 @@ from sipdial.calls.autoanswer import AutoAnswerRule
 from sipdial.calls.clicktodial import C2D_PARAM, CallEnv, ClickToDial, Options
 from sipdial.calls.media import CallMedia, MediaPort, PromptSource
 from sipdial.calls.policy import Policy
-from sipdial.calls.routing import Destination, Resolver, Router, Unavailable, escape_user
+from sipdial.calls.routing import (
+    Destination,
+    Resolver,
+    Router,
+    Target,
+    Unavailable,
+    escape_user,
+)
 from sipdial.calls.states import CallState, Cause, Input, Mode
 from sipdial.media import MediaPortsExhausted
 from sipdial.numbers import InvalidNumber, NumberPlan, complete
-from sipdial.registrar import Registrar
+from sipdial.registrar import Binding, Registrar
 from sipdial.sip import URI, SipURI
 from sipdial.store import CallEvent, CallRecord, Metadata
 from sipdial.ua import UserAgent
 
 if TYPE_CHECKING:
-    from sipdial.config import Config
+    from sipdial.config import Config, UserConfig
 
 __all__ = [
     "CallRefused",
@@ -108,6 +115,12 @@ class CallRequest:
     refuse_if_busy: bool | None = None
     #: headers for the call's INVITEs (name, value): only names in [calls] extra_headers
     headers: tuple[tuple[str, str], ...] = ()
+    #: an external number rung first instead of the user's devices (through [[routes]],
+    #: bridge mode; ``"device": "tel:+49..."``, CAMARA's external caller); the user's
+    #: policy applies to it as to the target
+    first_leg: str | None = None
+    #: CAMARA: where the call's CloudEvents go, and the bearer token they carry
+    sink: tuple[str, str | None] | None = None
 
 
 class Refusal(enum.Enum):
@@ -246,7 +259,11 @@ class CallService:
         now = self.clock()
         pbx = self.router.pbx
         device = request.device
-        if pbx is not None:
+        first_leg = self._first_leg(request, profile, mode, now)
+        bindings: list[Binding]
+        if first_leg is not None:
+            bindings = []
+        elif pbx is not None:
             # PBX mode: the user's phones are registered at the PBX, which forks to them
             if device is not None:
                 raise CallRefused(Refusal.DEVICE_NOT_REGISTERED,
@@ -267,7 +284,8 @@ class CallService:
             bindings = bindings[:1]
         wants_auto = profile.auto_answer if request.auto_answer is None else request.auto_answer
         # auto-answer only when exactly one device rings: never answer a forked call for it
-        auto_answer = wants_auto and (pbx is not None or len(bindings) == 1)
+        auto_answer = wants_auto and first_leg is None and (pbx is not None or
+                                                             len(bindings) == 1)
         options = Options(mode=mode, auto_answer=auto_answer, confirm=confirm,
                           language=profile.language or config.calls.language,
                           caller_id=request.caller_id,
@@ -280,7 +298,10 @@ class CallService:
         record = CallRecord(id=self.ua.endpoint.shard.prefix(32), user=request.user, to=to,
                             mode=mode.value, state=CallState.CALLING_USER.value, cause=None,
                             created_at=now, ended_at=None,
-                            auto_answer=auto_answer, metadata=request.metadata)
+                            auto_answer=auto_answer, metadata=request.metadata,
+                            caller=first_leg[0] if first_leg is not None else None,
+                            sink_url=request.sink[0] if request.sink else None,
+                            sink_token=request.sink[1] if request.sink else None)
         media = None
         if needs_media and self.media is not None and self.prompts is not None:
             media = CallMedia(self.media, self.prompts, record.id)
@@ -290,8 +311,10 @@ class CallService:
                 raise CallRefused(Refusal.MEDIA_PORTS_EXHAUSTED,
                                   "no free RTP port for the call; retry shortly") from None
         call = ClickToDial(self.env, record, profile, destination, bindings, options, media,
-                           next(self._sessions))
-        rung = "through the PBX" if pbx is not None else f"{len(bindings)} device(s)"
+                           next(self._sessions),
+                           first_leg=first_leg[1] if first_leg is not None else None)
+        rung = (f"{first_leg[0]} first" if first_leg is not None
+                else "through the PBX" if pbx is not None else f"{len(bindings)} device(s)")
         event = CallEvent(CallState.CALLING_USER.value, now, None, rung)
         record.events.append(event)
         log.info("call %s user %s: calling_user to=%s mode=%s (%s)", record.id,
@@ -314,6 +337,32 @@ class CallService:
             log.exception("call %s could not start", record.id)
             call.fire(Input.FAILED, now, detail="could not start the call")
         return call
+
+    def _first_leg(self, request: CallRequest, profile: UserConfig, mode: Mode,
+                   now: float) -> tuple[str, list[Target]] | None:
+        """An external number rung first: (its E.164, where it goes) — through a route,
+        never a local user (their devices are rung as usual), bridge mode only, and held
+        to the user's [[policy]] patterns like any number the user calls."""
+        if request.first_leg is None:
+            return None
+        if mode is not Mode.BRIDGE:
+            raise CallRefused(Refusal.INVALID_DESTINATION, "an external number rung first "
+                              "needs bridge mode (a carrier does not act on REFER)")
+        try:
+            leg = self.router.destination(request.first_leg, profile.numbers)
+        except ValueError as exc:  # InvalidNumber too
+            raise CallRefused(Refusal.INVALID_NUMBER, f"device: {exc}") from None
+        if self.router.is_local_user(leg) or leg.uri is not None:
+            raise CallRefused(Refusal.INVALID_DESTINATION,
+                              "device: tel: names an external number, not a user")
+        refusal = self.policy.destination_refused(request.user, leg.number)
+        if refusal is not None:
+            raise CallRefused(Refusal.DESTINATION_FORBIDDEN, refusal)
+        routed = self.router.route(leg, now)
+        if not isinstance(routed, list):
+            raise CallRefused(Refusal.NO_ROUTE, f"no route to {leg.number!r} (the number "
+                              "rung first): no [[routes]] entry matches it")
+        return leg.number, routed
 
     def _unavailable(self, destination: Destination, now: float) -> Unavailable | None:
         if not self.router.is_local_user(destination):
@@ -456,6 +505,17 @@ class CallService:
                 self._per_user[user] = left
             else:
                 self._per_user.pop(user, None)
+
+    def user_number(self, user: str) -> str | None:
+        """``[[users]] number`` of ``user`` in E.164 (as ``[numbers]`` completes it)."""
+        profile = self.users.get(user)
+        if profile is None or profile.number is None:
+            return None
+        plain = _SEPARATORS.sub("", profile.number)
+        try:
+            return complete(plain, profile.numbers or self.router.numbers, lambda _u: False)
+        except InvalidNumber:
+            return plain
 
     def policy_number(self, destination: Destination, numbers: NumberPlan | None = None) -> str:
         """What ``[[policy]]`` patterns are matched against: the number, for a sip: URI its

@@ -54,6 +54,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from sipdial.config import WebhookConfig
+from sipdial.events.camara import CLOUDEVENT_TYPE, cloud_event, status_changed
 from sipdial.events.names import EventName, EventSpec, events_for, is_missed
 from sipdial.events.webhooks import DeliveryPolicy, Poster, WebhookDeliverer
 from sipdial.reactor_types import exc_info
@@ -274,7 +275,7 @@ class EventHub:
             orphans = 0
             now = self._clock()
             for entry in entries:
-                if entry.webhook_url in self._webhooks:
+                if entry.webhook_url in self._webhooks or entry.sink_token is not None:
                     # a restart is a good moment to try again: due now, backoff kept after
                     entry.next_attempt_at = min(entry.next_attempt_at, now)
                     self._deliverer.add(entry)
@@ -351,6 +352,8 @@ class EventHub:
             for spec in events_for(_previous_state(record, event), event.state,
                                    record.direction):
                 unsent.append(self._publish_one(record, event, spec))
+            if record.sink_url is not None and unsent:
+                self._queue_cloud_event(record, event, unsent[-1].entries)
         except Exception:
             log.exception("event hub: cannot publish call %s entering %s", record.id, event.state)
         if unsent:
@@ -473,6 +476,23 @@ class EventHub:
             self._event_texts.pop(record.id, None)
         return _Unsent(published, entries)
 
+    def _queue_cloud_event(self, record: CallRecord, event: CallEvent,
+                           entries: list[OutboxEntry]) -> None:
+        """CAMARA: a status change of the call goes to its sink as a CloudEvent, from the
+        same outbox as the webhooks (durable, retried, in order per call)."""
+        assert record.sink_url is not None
+        if not status_changed(record, _previous_event(record, event), event):
+            return
+        now = self._clock()
+        self._last_outbox_id += self._id_step
+        entry = OutboxEntry(id=self._last_outbox_id, webhook_url=record.sink_url,
+                            event_id=self._last_event_id, call_id=record.id,
+                            event_name=CLOUDEVENT_TYPE, payload=cloud_event(record, event),
+                            created_at=now, next_attempt_at=now,
+                            sink_token=record.sink_token or "")
+        self._store.add_outbox_entry(entry)
+        entries.append(entry)
+
     def _queue_deliveries(self, published: PublishedEvent, *,
                           call_event: bool) -> list[OutboxEntry]:
         """One outbox row per webhook that wants ``published`` (``"*"``: every call event)."""
@@ -582,6 +602,14 @@ def _hand_over(subscription: Subscription, events: Iterable[PublishedEvent]) -> 
         if event.id > subscription.last_sent:
             subscription.last_sent = event.id
             subscription.subscriber.event(event)
+
+
+def _previous_event(record: CallRecord, event: CallEvent) -> CallEvent | None:
+    events = record.events
+    for index in range(len(events) - 1, -1, -1):
+        if events[index] is event:
+            return events[index - 1] if index > 0 else None
+    return events[-1] if events and events[-1] is not event else None
 
 
 def _previous_state(record: CallRecord, event: CallEvent) -> str | None:

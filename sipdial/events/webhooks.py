@@ -108,7 +108,13 @@ def verify_signature(
 
 
 def delivery_headers(entry: OutboxEntry, secret: str, now: float) -> dict[str, str]:
-    """The headers of one attempt at ``entry``, signed at ``now``."""
+    """The headers of one attempt at ``entry``, signed at ``now``; a CAMARA sink's
+    CloudEvent instead carries its bearer token (structured mode)."""
+    if entry.sink_token is not None:
+        headers = {"Content-Type": "application/cloudevents+json", "User-Agent": "sipdial"}
+        if entry.sink_token:
+            headers["Authorization"] = f"Bearer {entry.sink_token}"
+        return headers
     timestamp = int(now)
     return {
         "Content-Type": "application/json",
@@ -330,7 +336,7 @@ class WebhookDeliverer:
 
     def add(self, entry: OutboxEntry) -> None:
         """Queue a pending entry; it is sent on the next timer tick if its line is free."""
-        if entry.webhook_url not in self._secrets:
+        if entry.sink_token is None and entry.webhook_url not in self._secrets:
             raise ValueError(f"no webhook configured for {entry.webhook_url}")
         self._queue.add(entry)
         self._schedule()
@@ -394,7 +400,7 @@ class WebhookDeliverer:
 
     def _send(self, entry: OutboxEntry, now: float) -> None:
         try:  # one entry that cannot even be sent fails alone; the others of this tick go
-            headers = delivery_headers(entry, self._secrets[entry.webhook_url], now)
+            headers = delivery_headers(entry, self._secrets.get(entry.webhook_url, ""), now)
             d = self._poster.post(entry.webhook_url, entry.payload.encode("utf-8"), headers)
         except Exception as exc:  # a body that is not UTF-8, a poster bug, a URL it refuses
             d = defer.fail(exc)

@@ -78,9 +78,14 @@ class CallRecord:
     #: the CRM's correlation data given with the call (a small JSON object), or None
     metadata: Metadata | None = None
     direction: str = "outbound"  #: "outbound" (click-to-dial) | "inbound" (from a trunk)
-    caller: str | None = None  #: inbound: the caller's number (E.164 where it parses)
+    #: inbound: the caller's number (E.164 where it parses); outbound: the external number
+    #: rung first instead of the user's phones (None: the user's phones)
+    caller: str | None = None
     #: inbound: who the caller is ({"name", "url"}) from the phonebook or the CRM's lookup
     contact: dict[str, str] | None = None
+    #: CAMARA: where this call's CloudEvents go and their bearer token (not in the API)
+    sink_url: str | None = field(default=None, repr=False)
+    sink_token: str | None = field(default=None, repr=False)
     #: the call's events, oldest first (filled by reads; :meth:`save_call` does not write them)
     events: list[CallEvent] = field(default_factory=list)
 
@@ -165,6 +170,9 @@ class OutboxEntry:
     next_attempt_at: float = 0.0  #: unix time of the next try
     status: str = "pending"  #: "pending" | "done" | "failed"
     last_error: str | None = None  #: why the last try failed ("HTTP 500", "timeout", ...)
+    #: None: a [[webhooks]] delivery (signed); else a CAMARA sink's CloudEvent, sent with
+    #: ``Authorization: Bearer <sink_token>`` ("" : no token)
+    sink_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

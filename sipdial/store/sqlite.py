@@ -62,7 +62,7 @@ __all__ = ["RunInThread", "SqliteStore", "StoreError", "StoreReactor"]
 _T = TypeVar("_T")
 log = logging.getLogger("sipdial.store")
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 
 # --------------------------------------------------------------------------------------------
 # SQL: every statement the store runs
@@ -152,22 +152,28 @@ _SQL_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     6: ("ALTER TABLE calls ADD COLUMN direction TEXT NOT NULL DEFAULT 'outbound'",
         "ALTER TABLE calls ADD COLUMN caller TEXT",
         "ALTER TABLE calls ADD COLUMN contact TEXT"),
+    # CAMARA ClickToDial (issue 10 §5): a call's CloudEvents sink, in the same outbox
+    7: ("ALTER TABLE calls ADD COLUMN sink_url TEXT",
+        "ALTER TABLE calls ADD COLUMN sink_token TEXT",
+        "ALTER TABLE webhook_outbox ADD COLUMN sink_token TEXT"),
 }
 _SQL_GET_VERSION: Final = "SELECT MAX(version) FROM schema_version"
 _SQL_SET_VERSION: Final = "INSERT INTO schema_version (version) VALUES (?)"
 
 _CALL_COLUMNS: Final = (
     "id, user_id, target, mode, state, cause, created_at, ended_at, device, auto_answer, "
-    "metadata, direction, caller, contact"
+    "metadata, direction, caller, contact, sink_url, sink_token"
 )
 _SQL_UPSERT_CALL: Final = f"""
-    INSERT INTO calls ({_CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO calls ({_CALL_COLUMNS})
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET
         user_id = excluded.user_id, target = excluded.target, mode = excluded.mode,
         state = excluded.state, cause = excluded.cause, created_at = excluded.created_at,
         ended_at = excluded.ended_at, device = excluded.device,
         auto_answer = excluded.auto_answer, metadata = excluded.metadata,
-        direction = excluded.direction, caller = excluded.caller, contact = excluded.contact"""
+        direction = excluded.direction, caller = excluded.caller, contact = excluded.contact,
+        sink_url = excluded.sink_url, sink_token = excluded.sink_token"""
 _SQL_INSERT_EVENT: Final = (
     "INSERT INTO call_events (call_id, state, time, sip_code, detail) VALUES (?, ?, ?, ?, ?)"
 )
@@ -221,10 +227,11 @@ _SQL_EVENTS_AFTER: Final = """
     LIMIT ?"""
 _OUTBOX_COLUMNS: Final = (
     "id, webhook_url, event_id, call_id, event_name, payload, created_at, attempts, "
-    "next_attempt_at, status, last_error"
+    "next_attempt_at, status, last_error, sink_token"
 )
 _SQL_INSERT_OUTBOX: Final = (
-    f"INSERT INTO webhook_outbox ({_OUTBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO webhook_outbox ({_OUTBOX_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SQL_UPDATE_OUTBOX: Final = """
     UPDATE webhook_outbox SET attempts = ?, next_attempt_at = ?, status = ?, last_error = ?
@@ -263,13 +270,13 @@ class StoreError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 _CallRow = tuple[str, str, str, str, str, str | None, float, float | None, str | None, int,
-                 str | None, str, str | None, str | None]
+                 str | None, str, str | None, str | None, str | None, str | None]
 _EventRow = tuple[str, str, float, int | None, str | None]
 _RegRow = tuple[
     str, str, str | None, str, str, int, float, float, str | None, str, int, float, str
 ]
 _PublishedRow = tuple[int, str, str, str, str, float]
-_OutboxRow = tuple[int, str, int, str, str, str, float, int, float, str, str | None]
+_OutboxRow = tuple[int, str, int, str, str, str, float, int, float, str, str | None, str | None]
 _OutboxUpdate = tuple[int, float, str, str | None, int]
 
 
@@ -357,6 +364,8 @@ def _call_row(call: CallRecord) -> _CallRow:
         call.direction,
         call.caller,
         None if call.contact is None else _metadata_text(call.contact),
+        call.sink_url,
+        call.sink_token,
     )
 
 
@@ -390,6 +399,8 @@ def _call_from_row(row: Sequence[Any]) -> CallRecord:
         direction=row[11],
         caller=row[12],
         contact=_contact_of(row[13]),
+        sink_url=row[14],
+        sink_token=row[15],
     )
 
 
@@ -433,6 +444,7 @@ def _outbox_row(entry: OutboxEntry) -> _OutboxRow:
         entry.next_attempt_at,
         entry.status,
         entry.last_error,
+        entry.sink_token,
     )
 
 

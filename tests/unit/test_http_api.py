@@ -79,13 +79,16 @@ class FakeApi:
         metadata: dict[str, Any] | None = None,
         refuse_if_busy: bool | None = None,
         headers: tuple[tuple[str, str], ...] = (),
+        first_leg: str | None = None,
+        sink: tuple[str, str | None] | None = None,
     ) -> Deferred[dict[str, Any]]:
         args: dict[str, Any] = {"user": user, "to": to, "device": device,
                                 "auto_answer": auto_answer, "mode": mode}
         # the issue-3 fields are recorded only when given, so older expectations stay exact
         for name, value in (("confirm", confirm), ("caller_id", caller_id), ("clir", clir),
                             ("metadata", metadata), ("refuse_if_busy", refuse_if_busy),
-                            ("headers", headers or None)):
+                            ("headers", headers or None), ("first_leg", first_leg),
+                            ("sink", sink)):
             if value is not None:
                 args[name] = value
         self.created.append(args)
@@ -125,6 +128,14 @@ class FakeApi:
 
     def known_user(self, user: str) -> bool:
         return user in self.users
+
+    numbers: dict[str, str] = field(default_factory=lambda: {"201": "+4930201"})
+
+    def user_number(self, user: str) -> str | None:
+        return self.numbers.get(user)
+
+    def user_by_number(self, number: str) -> str | None:
+        return next((u for u, n in self.numbers.items() if n == number), None)
 
     def health(self) -> dict[str, Any]:
         return self.health_doc

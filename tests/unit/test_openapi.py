@@ -44,11 +44,12 @@ def test_each_documented_path_is_the_path_its_route_answers(document: dict[str, 
         assert first is route, (route.template, first.template)
         match = route.pattern.fullmatch(path)
         assert match is not None
-        assert match.groupdict() == {p.name: _EXAMPLES[p.name] for p in route.path_params}
+        params = {k: v for k, v in match.groupdict().items() if k != "version"}  # CAMARA's
+        assert params == {p.name: _EXAMPLES[p.name] for p in route.path_params}
         for method, op in item.items():
             assert op["responses"], (route.template, method)
             declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
-            assert declared == set(match.groupdict()), (route.template, method)
+            assert declared == set(params), (route.template, method)
     ids = [op["operationId"] for item in document["paths"].values() for op in item.values()]
     assert len(ids) == len(set(ids))
 

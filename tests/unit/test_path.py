@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from sipdial.app import _binding, _record
 from sipdial.sip import Peer, Request, Response
 from sipdial.store import SqliteStore
+from sipdial.store.sqlite import _SQL_MIGRATIONS
 from tests.unit.deferreds import result, run_now
 from tests.unit.simnet import Phone, SimNet, sdp_answer
 
@@ -139,6 +140,8 @@ def test_a_version_2_database_gains_the_path_column(tmp_path: Path) -> None:
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     conn.execute("INSERT INTO schema_version (version) VALUES (2)")
+    for statement in _SQL_MIGRATIONS[2]:  # what a version 2 database has of its own
+        conn.execute(statement)
     conn.execute("""CREATE TABLE registrations (user_id TEXT NOT NULL, contact TEXT NOT NULL,
         instance TEXT, transport TEXT NOT NULL, source_host TEXT NOT NULL,
         source_port INTEGER NOT NULL, expires_at REAL NOT NULL, q REAL NOT NULL,

@@ -632,8 +632,9 @@ def test_metadata_is_kept_with_the_call_and_an_old_database_gets_the_column(
     result(h.store.stop())
     with sqlite3.connect(db) as conn:  # back to version 3, as an older sipdial left it
         conn.execute("ALTER TABLE calls DROP COLUMN metadata")
-        for column in ("direction", "caller", "contact"):  # what versions 5 and 6 added
-            conn.execute(f"ALTER TABLE calls DROP COLUMN {column}")
+        for column in ("direction", "caller", "contact", "sink_url", "sink_token"):
+            conn.execute(f"ALTER TABLE calls DROP COLUMN {column}")  # what 5 to 7 added
+        conn.execute("ALTER TABLE webhook_outbox DROP COLUMN sink_token")
         conn.execute("DROP TABLE used_links")
         conn.execute(f"UPDATE schema_version SET version = 3 WHERE version = {SCHEMA_VERSION}")
     h = started(db)
