@@ -89,12 +89,13 @@ class CallsApi:
                     refuse_if_busy: bool | None = None,
                     headers: tuple[tuple[str, str], ...] = (),
                     first_leg: str | None = None,
-                    sink: tuple[str, str | None] | None = None) -> Deferred[dict[str, Any]]:
+                    sink: tuple[str, str | None] | None = None,
+                    caller_number: str | None = None) -> Deferred[dict[str, Any]]:
         request = CallRequest(user=user, to=to, device=device, auto_answer=auto_answer,
                               mode=None if mode is None else Mode(mode), confirm=confirm,
                               caller_id=caller_id, clir=clir, metadata=metadata,
                               refuse_if_busy=refuse_if_busy, headers=headers,
-                              first_leg=first_leg, sink=sink)
+                              first_leg=first_leg, sink=sink, caller_number=caller_number)
         try:
             call = self._calls.create(request)
         except CallRefused as exc:

@@ -1145,7 +1145,7 @@ class _Router:
                            "behalf of a user (use that user's token)")
         d = self._api.create_call(
             user=user, to=call.callee, device=None, auto_answer=None, mode=mode,
-            first_leg=first_leg,
+            first_leg=first_leg, caller_number=call.caller,
             sink=(call.sink, call.sink_token) if call.sink is not None else None)
         return d.addCallback(lambda resource: _Reply(201, camara_view(resource, call.caller)))
 

@@ -136,6 +136,7 @@ class CallApi(Protocol):
         headers: tuple[tuple[str, str], ...] = (),
         first_leg: str | None = None,
         sink: tuple[str, str | None] | None = None,
+        caller_number: str | None = None,
     ) -> Deferred[dict[str, Any]]:
         """Start a call; fires with the new call resource. ``confirm``: play "press 1" first
         (None: the user's / config default); ``caller_id`` and ``clir``: what the target

@@ -121,6 +121,9 @@ class CallRequest:
     first_leg: str | None = None
     #: CAMARA: where the call's CloudEvents go, and the bearer token they carry
     sink: tuple[str, str | None] | None = None
+    #: CAMARA: the caller's number as the request named it (a user's own number), kept as
+    #: the call's ``caller`` for its CloudEvents
+    caller_number: str | None = None
 
 
 class Refusal(enum.Enum):
@@ -299,7 +302,8 @@ class CallService:
                             mode=mode.value, state=CallState.CALLING_USER.value, cause=None,
                             created_at=now, ended_at=None,
                             auto_answer=auto_answer, metadata=request.metadata,
-                            caller=first_leg[0] if first_leg is not None else None,
+                            caller=first_leg[0] if first_leg is not None
+                            else request.caller_number,
                             sink_url=request.sink[0] if request.sink else None,
                             sink_token=request.sink[1] if request.sink else None)
         media = None

@@ -79,7 +79,7 @@ class CallRecord:
     metadata: Metadata | None = None
     direction: str = "outbound"  #: "outbound" (click-to-dial) | "inbound" (from a trunk)
     #: inbound: the caller's number (E.164 where it parses); outbound: the external number
-    #: rung first instead of the user's phones (None: the user's phones)
+    #: rung first instead of the user's phones, or CAMARA's caller (a user's own number)
     caller: str | None = None
     #: inbound: who the caller is ({"name", "url"}) from the phonebook or the CRM's lookup
     contact: dict[str, str] | None = None

@@ -81,6 +81,7 @@ class FakeApi:
         headers: tuple[tuple[str, str], ...] = (),
         first_leg: str | None = None,
         sink: tuple[str, str | None] | None = None,
+        caller_number: str | None = None,
     ) -> Deferred[dict[str, Any]]:
         args: dict[str, Any] = {"user": user, "to": to, "device": device,
                                 "auto_answer": auto_answer, "mode": mode}
