@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import glob
 import hashlib
 import hmac
 import json
@@ -92,6 +93,7 @@ from sipdial.store import (
     RegistrationRecord,
     SqliteEventReader,
     SqliteStore,
+    used_links_in,
 )
 from sipdial.transport import (
     DnsResolver,
@@ -438,7 +440,7 @@ class CoreStore(CallStore, Protocol):
 #: webhook deliverer, the password-guessing limits, sipdial's own registration): named in
 #: the reload's log line as needing a restart, and kept as they were
 RESTART_ONLY: Final = ("sip", "http.listen", "store", "media", "webhooks", "auth", "upstream",
-                       "links")
+                       "links", "contacts")
 
 
 @dataclass
@@ -474,7 +476,7 @@ class Core:
         kept = replace(config, sip=self.config.sip, store=self.config.store,
                        media=self.config.media, webhooks=self.config.webhooks,
                        auth=self.config.auth, upstream=self.config.upstream,
-                       links=self.config.links,
+                       links=self.config.links, contacts=self.config.contacts,
                        http=replace(config.http, host=self.config.http.host,
                                     port=self.config.http.port))
         self.users.clear()
@@ -598,12 +600,7 @@ def build_core(config: Config, *, clock: Callable[[], float], store: CoreStore,
     upstream = None
     if config.upstream is not None:
         upstream = UpstreamRegistration(config.upstream, endpoint, timers, resolver)
-
-    def upstream_peer() -> Peer | None:  # [[trunks]] upstream = true: trusted from there
-        return upstream.peer if upstream is not None else None
-
-    inbound = InboundRouter(config, ua, auth, router, calls, resolver,
-                            upstream_peer=upstream_peer, contacts=contacts)
+    inbound = InboundRouter(config, ua, auth, router, calls, resolver, contacts=contacts)
     return Core(config, timers, endpoint, auth, registrar, ua, router, calls, inbound,
                 upstream, users)
 
@@ -650,9 +647,6 @@ class Running:
         :meth:`Core.reconfigure`; also the API's tokens, ``allow_from`` and ``[metrics]``.
         Returns the sections that changed but need a restart (kept as they were)."""
         restart = self.core.reconfigure(_worker_share(config, self.role))
-        contacts = self.core.inbound.contacts
-        if isinstance(contacts, Contacts) and config.contacts.phonebook is not None:
-            contacts.phonebook = Phonebook.from_file(config.contacts.phonebook, config.numbers)
         if self.site is not None:
             self.site.reconfigure(config.api.tokens, _allow_from(config), config.metrics)
         if self.private_site is not None:  # no allow_from; the other workers' token
@@ -732,6 +726,15 @@ def _contacts(config: Config, reactor: Any) -> Contacts | None:
     fetch = AgentFetcher(reactor).get if settings.lookup_url is not None else None
     return Contacts(phonebook, lookup_url=settings.lookup_url, fetch=fetch,
                     cache_ttl=settings.cache_ttl, clock=reactor.seconds)
+
+
+def _used_links_of_others(path: str, role: WorkerRole, now: float) -> list[tuple[str, float]]:
+    """The used links in the other workers' store files (``calls.wN.db``, also of indexes a
+    previous run had): read once at start, read-only."""
+    root, ext = os.path.splitext(path)
+    files = {path, *glob.glob(f"{glob.escape(root)}.w*{ext or '.db'}")}
+    files.discard(worker_store_path(path, role.index))
+    return [entry for name in sorted(files) for entry in used_links_in(name, now)]
 
 
 def _allow_from(config: Config) -> dict[str, Sequence[Network] | None]:
@@ -926,6 +929,8 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                       default_ttl=config.links.default_ttl, one_click=config.links.one_click,
                       base_url=config.links.base_url)
         links.load((yield store.used_links(reactor.seconds())))
+        if role is not None:  # links another worker (of this or an earlier run) saw used
+            links.load(_used_links_of_others(config.store.sqlite_path, role, reactor.seconds()))
     site = build_site(api, config.api.tokens, reactor=reactor,
                       check_password=check_password,
                       events=merged if merged is not None else events, workers=workers,

@@ -168,8 +168,10 @@ class TrunkConfig:
     name: str
     #: trusted by source address: INVITEs from these networks
     allow_from: tuple[Network, ...] = ()
-    #: trusted as the ``[upstream]`` registrar sipdial is registered at
-    upstream: bool = False
+    #: over these transports only (UDP source addresses can be forged: prefer tcp/tls)
+    transports: tuple[str, ...] = ("udp", "tcp", "tls")
+    #: calls from this trunk in progress at once; more get 503
+    max_concurrent: int = 100
     #: the number called (as the trunk sends it, or E.164) -> the user whose phones ring;
     #: the users' own ``number`` counts too
     dids: Mapping[str, str] = field(default_factory=dict)
@@ -435,8 +437,10 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     policy = tuple(_parse_policy(t, users) for t in root.array_of_tables("policy"))
     metrics = _parse_metrics(root.table("metrics", required=False), api, http)
     links = _parse_links(root.table("links")) if "links" in raw else None
-    trunks = tuple(_parse_trunk(t, users, "upstream" in raw)
-                   for t in root.array_of_tables("trunks"))
+    trunks = tuple(_parse_trunk(t, users) for t in root.array_of_tables("trunks"))
+    if trunks and "upstream" in raw:
+        raise ConfigError("trunks: not with [upstream] (PBX mode): the PBX delivers inbound "
+                          "calls to the phones itself (relaying them would loop back to it)")
     contacts = _parse_contacts(root.table("contacts", required=False))
     camara = root.table("camara", required=False)
     camara_sinks = tuple(camara.strings("sinks")) if "sinks" in camara.raw else ()
@@ -490,7 +494,7 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
                            "max_per_hour", "per"}),
     "metrics": frozenset({"token", "allow_from"}),
     "links": frozenset({"secret", "max_ttl", "default_ttl", "one_click", "base_url"}),
-    "trunks[]": frozenset({"name", "allow_from", "upstream", "dids"}),
+    "trunks[]": frozenset({"name", "allow_from", "transports", "max_concurrent", "dids"}),
     "camara": frozenset({"sinks"}),
     "contacts": frozenset({"phonebook", "lookup_url", "lookup_timeout", "cache_ttl"}),
     "numbers": frozenset({"country", "area", "base", "outside_line", "international_prefix",
@@ -803,15 +807,17 @@ def _parse_metrics(t: _Table, api: ApiConfig, http: HttpConfig) -> MetricsConfig
                          open=own is not None and token is None)
 
 
-def _parse_trunk(t: _Table, users: Mapping[str, UserConfig], upstream: bool) -> TrunkConfig:
+def _parse_trunk(t: _Table, users: Mapping[str, UserConfig]) -> TrunkConfig:
     name = t.string("name")
     allow_from = _networks(t, "allow_from") or ()
-    by_upstream = t.boolean("upstream", False)
-    if by_upstream and not upstream:
-        raise ConfigError(f"{t.path('upstream')}: needs an [upstream] section")
-    if not allow_from and not by_upstream:
-        raise ConfigError(f"{t.path('allow_from')}: required (or upstream = true): a trunk is "
-                          "trusted by where its INVITEs come from")
+    if not allow_from:
+        raise ConfigError(f"{t.path('allow_from')}: required: a trunk is trusted by where its "
+                          "INVITEs come from")
+    transports = tuple(t.strings("transports")) if "transports" in t.raw \
+        else ("udp", "tcp", "tls")
+    for i, transport in enumerate(transports):
+        if transport not in ("udp", "tcp", "tls"):
+            raise ConfigError(f'{t.path("transports")}[{i}]: one of "udp", "tcp", "tls"')
     if any(n.prefixlen == 0 for n in allow_from):
         raise ConfigError(f"{t.path('allow_from')}: 0.0.0.0/0 or ::/0 would let anyone call "
                           "without a password")
@@ -824,7 +830,8 @@ def _parse_trunk(t: _Table, users: Mapping[str, UserConfig], upstream: bool) -> 
         if not isinstance(uid, str) or uid not in users:
             raise ConfigError(f"{where}: unknown user {uid!r} (not in [[users]])")
         dids[number] = uid
-    return TrunkConfig(name=name, allow_from=allow_from, upstream=by_upstream,
+    return TrunkConfig(name=name, allow_from=allow_from, transports=transports,
+                       max_concurrent=t.positive_int("max_concurrent", 100),
                        dids=MappingProxyType(dids))
 
 
@@ -837,8 +844,15 @@ def _parse_contacts(t: _Table) -> ContactsConfig:
         raise ConfigError(f'{t.path("lookup_url")}: expected an http(s) URL with "{{e164}}", '
                           f'got "{url}"')
     return ContactsConfig(phonebook=phonebook, lookup_url=url,
-                          lookup_timeout=t.positive_float("lookup_timeout", 0.5),
+                          lookup_timeout=_at_most(t, "lookup_timeout", 0.5, 5.0),
                           cache_ttl=t.positive_float("cache_ttl", 600.0))
+
+
+def _at_most(t: _Table, key: str, default: float, limit: float) -> float:
+    value = t.positive_float(key, default)
+    if value > limit:
+        raise ConfigError(f"{t.path(key)}: at most {limit:g} (seconds), got {value:g}")
+    return value
 
 
 def _parse_links(t: _Table) -> LinksConfig:

@@ -203,14 +203,18 @@ class Contacts:
 
     def __init__(self, phonebook: Phonebook | None, *, lookup_url: str | None = None,
                  fetch: Fetch | None = None, cache_ttl: float = 600.0,
-                 clock: Callable[[], float], max_cached: int = 10_000) -> None:
+                 clock: Callable[[], float], max_cached: int = 10_000,
+                 max_asking: int = 50) -> None:
         self.phonebook = phonebook
         self._url = lookup_url
         self._fetch = fetch
         self._ttl = cache_ttl
         self._clock = clock
         self._max = max_cached
+        self._max_asking = max_asking  #: lookups under way at most
         self._cache: dict[str, tuple[float, Contact | None]] = {}
+        #: lookups under way, by number: who else waits for each (one GET per number)
+        self._asking: dict[str, list[Callable[[Contact | None], None]]] = {}
 
     def lookup(self, number: str, done: Callable[[Contact | None], None]) -> None:
         if self.phonebook is not None:
@@ -226,18 +230,31 @@ class Contacts:
         if cached is not None and cached[0] > now:
             done(cached[1])
             return
+        waiting = self._asking.get(number)
+        if waiting is not None:
+            waiting.append(done)
+            return
+        if len(self._asking) >= self._max_asking:
+            done(None)  # a flood of distinct callers: no GET for each
+            return
+        self._asking[number] = [done]
         url = self._url.replace("{e164}", quote(number, safe=""))
 
+        def tell(contact: Contact | None) -> None:
+            for each in self._asking.pop(number, []):
+                each(contact)
+
         def answered(body: bytes | None) -> None:
+            # an answer (404: nobody) is cached; an error is not
             contact = None if body is None else contact_from_answer(body)
             if len(self._cache) >= self._max:
                 self._cache.clear()
             self._cache[number] = (self._clock() + self._ttl, contact)
-            done(contact)
+            tell(contact)
 
         def failed(failure: object) -> None:
             log.info("contact lookup for %s failed: %s", number,
                      getattr(failure, "getErrorMessage", lambda: failure)())
-            done(None)
+            tell(None)
 
         self._fetch(url).addCallbacks(answered, failed)

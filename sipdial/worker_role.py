@@ -117,7 +117,8 @@ class WorkerHttp:
         d: Deferred[Any] = self._agent.request(method.encode("ascii"), url, headers, None)
 
         def got(response: Any) -> Deferred[WorkerReply]:
-            passed = tuple((name, value) for name in ("WWW-Authenticate", "Retry-After")
+            passed = tuple((name, value) for name in ("WWW-Authenticate", "Retry-After",
+                                                      "Location")
                            for value in response.headers.getRawHeaders(name, []))
             status = int(response.code)
             body: Deferred[bytes] = readBody(response)

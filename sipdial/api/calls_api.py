@@ -139,8 +139,7 @@ class CallsApi:
         live = self._calls.live(call_id)
         if live is not None:
             return live.record
-        incoming = self._inbound.incoming.get(call_id)
-        return incoming.record if incoming is not None else None
+        return self._inbound.live(call_id)
 
     def _fresh(self, record: CallRecord) -> CallRecord:
         return self._live(record.id) or record

@@ -42,6 +42,7 @@ import json
 import logging
 import re
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -1062,7 +1063,7 @@ class _Router:
             reply = _Reply(exc.status, _error_body(exc.code, exc.message))
             return succeed(_as_page(reply, error_page(exc.message)))
         place = request.method == "POST" or links.one_click
-        owner = self._workers.owner_of(link.nonce) if self._workers is not None else None
+        owner = self._link_owner(link.nonce)
         d: Deferred[_Reply]
         if owner is not None and self._workers is not None:
             asked = self._workers.request(owner, request.method, request.path, None)
@@ -1074,6 +1075,23 @@ class _Router:
             d.addCallback(_link_page, link, request.path)
         return d
 
+    def _link_owner(self, nonce: str) -> int | None:
+        """The other worker that answers for a link (None: this one). A link's nonce names
+        its issuing worker; one issued before the number of workers changed (a worker index
+        no longer there, or a single process's random prefix) goes to a worker chosen by its
+        hash: every worker agrees, so it is still used once."""
+        workers = self._workers
+        if workers is None or not workers.others():
+            return None
+        count = len(workers.others()) + 1
+        try:
+            index = int(nonce[:2], 16)
+        except ValueError:
+            index = count
+        if index >= count:
+            index = zlib.crc32(nonce.encode("utf-8", "replace")) % count
+        return None if index == workers.index() else index
+
     def _link_here(self, request: _Incoming, link: Link, place: bool) -> Deferred[_Reply]:
         links = self._require_links(request)
         if links.used(link):
@@ -1083,8 +1101,8 @@ class _Router:
                                         "expires_at": iso_time(link.expires_at),
                                         "used": False}))
         links.reserve(link)  # a second POST meanwhile is 410, not a second call
-        d = self._start_call(request, _Principal(user=link.user, proof="link"),
-                             _CallRequest(user=link.user, to=link.to))
+        d = maybeDeferred(self._start_call, request, _Principal(user=link.user, proof="link"),
+                          _CallRequest(user=link.user, to=link.to))
 
         def placed(reply: _Reply) -> _Reply:
             links.commit(link)
@@ -1098,17 +1116,19 @@ class _Router:
 
     def _dial(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         """``GET /dial?to=...[&user=]``, for CRMs that can only open a URL: a Bearer token
-        (header, or ``token=``), HTTP Basic or ``auth=user:password`` (the SIP account)."""
+        (header, or ``token=``) or ``auth=user:password`` (the SIP account). Not HTTP Basic:
+        a browser keeps Basic credentials, and any web page could then place calls with an
+        ``<img src=".../dial?to=...">``."""
         query = _Query(request.query)
         token, auth = query.text("token"), query.text("auth")
         if request.authorization is None and token is not None:
             principal = self._tokens.lookup(token)
             if principal is None:
-                raise _unauthorized("unknown token", basic=True, invalid=True)
+                raise _unauthorized("unknown token", invalid=True)
         elif request.authorization is None and auth is not None:
-            principal = self._sip_password(auth, basic=True, client=request.client)
+            principal = self._sip_password(auth, basic=False, client=request.client)
         else:
-            principal = self._authenticate(request, basic=True)
+            principal = self._authenticate(request)
         user = query.text("user") or principal.user
         if user is None:
             raise _invalid("user: is required with an administrator token")
@@ -1347,7 +1367,7 @@ _ROUTES: Final[tuple[_Route, ...]] = (
                 Param("token", {"type": "string"}, "an [api] token, for URL templates that "
                                                    "cannot send headers"),
                 Param("auth", {"type": "string"}, "user:password of the SIP account")),
-        auth=Auth.BEARER_OR_BASIC, tags=(_COMPAT,)))}, "/dial", head=False),
+        tags=(_COMPAT,)))}, "/dial", head=False),
     _Route(re.compile(CAMARA_PATH), {"POST": _Method(_Router._camara_create, Operation(
         "camaraCreateCall", "CAMARA createCall (0.1.0-rc.1; also /v0.1/)",
         (Reply(201, "the call", "CamaraCall", headers=("x-correlator",)),),
@@ -1550,7 +1570,10 @@ def _encode(reply: _Reply) -> tuple[_Reply, bytes]:
 
 
 def _loggable(path: str) -> str:
-    """``path`` for a log line: at most 200 characters, control characters escaped."""
+    """``path`` for a log line: at most 200 characters, control characters escaped; a call
+    link's token cut to its first characters (the token is a credential)."""
+    if path.startswith("/c/") and len(path) > 19:
+        path = path[:19] + "..."
     if len(path) > 200:
         path = path[:200] + "..."
     return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", path)

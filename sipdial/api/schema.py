@@ -169,7 +169,7 @@ COMPONENTS: Final[dict[str, JsonSchema]] = {
     "Call": {
         "type": "object",
         "required": ["id", "user", "to", "mode", "state", "cause", "created_at", "ended_at",
-                     "device", "auto_answer"],
+                     "device", "auto_answer", "direction", "caller", "contact"],
         "properties": {
             "id": {"type": "string", "pattern": CALL_ID_PATTERN},
             "user": {"type": "string"},

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from sipdial.authn import Authenticator
@@ -58,15 +57,13 @@ log = logging.getLogger("sipdial.calls")
 class InboundRouter:
     def __init__(self, config: Config, ua: UserAgent, auth: Authenticator, router: Router,
                  calls: CallService, resolver: Resolver, *,
-                 upstream_peer: Callable[[], Peer | None] = lambda: None,
                  contacts: ContactLookup | None = None) -> None:
-        """``upstream_peer``: where sipdial's ``[upstream]`` registration goes (a trunk with
-        ``upstream = true`` is trusted from there); ``contacts``: who a caller is."""
+        """``contacts``: who calls from a trunk."""
         self.config = config
-        self.upstream_peer = upstream_peer
         self.contacts = contacts
         #: inbound calls from trunks in progress, by call id
         self.incoming: dict[str, IncomingCall] = {}
+        self._trunk_calls: dict[str, int] = {}  # calls in progress by trunk name
         self._trunks = _Trunks(config)
         self.ua = ua
         self.auth = auth
@@ -90,8 +87,11 @@ class InboundRouter:
         """A new INVITE from a phone: authenticate (407), route, relay."""
         request, txn, source = invite.request, invite.txn, invite.source
         endpoint = self.ua.endpoint
-        trunk = self._trunks.trusted(source, self.upstream_peer())
-        if trunk is not None:  # a carrier's or PBX's call to a user: no digest
+        trunk = self._trunks.trusted(source)
+        if trunk is not None and not self.calls.registrar.knows_peer(source) \
+                and _c2d_id(request.uri) is None:
+            # a carrier's or PBX's call to a user: no digest (a registered phone in the
+            # trunk's network, and a referred click-to-dial call, take the phones' path)
             self._from_trunk(trunk, invite, now)
             return
         outcome = self.auth.check(request, now, proxy=True, source=source.host)
@@ -166,7 +166,7 @@ class InboundRouter:
     # ------------------------------------------------------------ trunks
 
     def _from_trunk(self, trunk: TrunkConfig, invite: IncomingInvite, now: float) -> None:
-        request, txn, source = invite.request, invite.txn, invite.source
+        request, txn = invite.request, invite.txn
         endpoint = self.ua.endpoint
         uri = request.uri
         called = uri.unquote_user() if isinstance(uri, SipURI) else None
@@ -176,6 +176,11 @@ class InboundRouter:
             log.info("call from trunk %s to %r refused: no user has that number", trunk.name,
                      called)
             return
+        if self._trunk_calls.get(trunk.name, 0) >= trunk.max_concurrent:
+            endpoint.reply(txn, 503, now, reason="Too many calls from this trunk")
+            log.warning("trunk %s: %d calls in progress: refused one more", trunk.name,
+                        trunk.max_concurrent)
+            return
         caller, display = _caller_of(request, self.router.numbers)
         record = CallRecord(id=endpoint.shard.prefix(32), user=user_id,
                             to=_e164(called or user_id, self.router.numbers),
@@ -184,8 +189,23 @@ class InboundRouter:
                             caller=caller)
         incoming = IncomingCall(record, timers=self.ua.timers, log_to=self.calls,
                                 on_end=self._incoming_ended, contacts=self.contacts,
-                                lookup_timeout=self.config.contacts.lookup_timeout, now=now)
+                                lookup_timeout=self.config.contacts.lookup_timeout, now=now,
+                                trunk=trunk.name)
         self.incoming[record.id] = incoming
+        self._trunk_calls[trunk.name] = self._trunk_calls.get(trunk.name, 0) + 1
+        try:
+            self._ring_user(trunk, incoming, invite, display, now)
+        except Exception:  # a bug: the call ends visibly, the caller is answered
+            log.exception("inbound call %s could not start", record.id)
+            if not txn.answered:
+                endpoint.reply(txn, 500, now)
+            incoming.end(Input.FAILED, now, "could not start the call")
+
+    def _ring_user(self, trunk: TrunkConfig, incoming: IncomingCall, invite: IncomingInvite,
+                   display: str | None, now: float) -> None:
+        txn, source = invite.txn, invite.source
+        endpoint = self.ua.endpoint
+        user_id, caller = incoming.record.user, incoming.record.caller
         routed = self.router.route(Destination(user_id), now)
         if not isinstance(routed, list):
             endpoint.reply(txn, 480, now)
@@ -205,7 +225,12 @@ class InboundRouter:
         relayed.start(now)
 
     def _incoming_ended(self, incoming: IncomingCall) -> None:
-        self.incoming.pop(incoming.id, None)
+        if self.incoming.pop(incoming.id, None) is not None:
+            left = self._trunk_calls.get(incoming.trunk, 0) - 1
+            if left > 0:
+                self._trunk_calls[incoming.trunk] = left
+            else:
+                self._trunk_calls.pop(incoming.trunk, None)
 
     def hang_up(self, call_id: str, now: float) -> CallRecord | None:
         """``DELETE /v1/calls/{id}`` of an inbound call: released (the caller gets 487 or
@@ -213,11 +238,13 @@ class InboundRouter:
         incoming = self.incoming.get(call_id)
         if incoming is None:
             return None
-        if incoming.relay is not None:
-            incoming.relay.release(now)
-        incoming.target_event(Input.FAILED if incoming.answered else Input.PHONE_HUNG_UP, now,
-                              None, "hung up by API")
+        incoming.end(Input.CANCEL, now, "cancelled by API")
         return incoming.record
+
+    def live(self, call_id: str) -> CallRecord | None:
+        """An inbound call in progress, by id."""
+        incoming = self.incoming.get(call_id)
+        return incoming.record if incoming is not None else None
 
     @property
     def count(self) -> int:
@@ -227,12 +254,16 @@ class InboundRouter:
     def sweep(self, now: float) -> int:
         """Release relayed calls older than ``calls.max_duration``; returns how many."""
         limit = now - self.config.calls.max_duration
+        for incoming in [c for c in self.incoming.values() if c.record.created_at < limit]:
+            incoming.end(Input.CANCEL, now, "maximum call duration reached")
         stale = [r for r in self.relayed if r.started_at < limit]
         for relayed in stale:
             relayed.release(now)
         return len(stale)
 
     def shut_down(self, now: float) -> None:
+        for incoming in list(self.incoming.values()):
+            incoming.end(Input.SHUTDOWN, now, "sipdial stopped")
         for relayed in list(self.relayed):
             relayed.release(now)
 
@@ -245,7 +276,7 @@ class _Trunks:
         self.users = config.users
         self.numbers = config.numbers
 
-    def trusted(self, source: Peer, upstream: Peer | None) -> TrunkConfig | None:
+    def trusted(self, source: Peer) -> TrunkConfig | None:
         if not self.trunks:
             return None
         try:
@@ -255,9 +286,8 @@ class _Trunks:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         for trunk in self.trunks:
-            if any(address in network for network in trunk.allow_from):
-                return trunk
-            if trunk.upstream and upstream is not None and upstream.host == source.host:
+            if source.transport in trunk.transports and any(
+                    address in network for network in trunk.allow_from):
                 return trunk
         return None
 

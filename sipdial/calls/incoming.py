@@ -20,6 +20,8 @@ busy (486/600)              ended: user_busy (nothing)
 every phone refuses         ended: by code
 otherwise                   (603/607/608 user_rejected, else failed)
 an internal error           ended: failed    ended: failed
+sipdial ends it (API, max   ended: cancelled ended: cancelled
+duration) / stops           / interrupted    / interrupted
 ==========================  ===============  ====================================
 
 The first state (``calling_user``: the phones are being rung) gives ``call.incoming``.
@@ -59,6 +61,11 @@ INBOUND_TABLE: Final[dict[tuple[bool, Input], tuple[CallState, Cause | None]]] =
     (True, Input.PHONE_HUNG_UP): (St.ENDED, Cause.COMPLETED),
     (True, Input.TARGET_HUNG_UP): (St.ENDED, Cause.COMPLETED),
     (True, Input.FAILED): (St.ENDED, Cause.FAILED),
+    # sipdial ends it: DELETE /v1/calls/{id}, calls.max_duration, a stop
+    (False, Input.CANCEL): (St.ENDED, Cause.CANCELLED),
+    (True, Input.CANCEL): (St.ENDED, Cause.CANCELLED),
+    (False, Input.SHUTDOWN): (St.ENDED, Cause.INTERRUPTED),
+    (True, Input.SHUTDOWN): (St.ENDED, Cause.INTERRUPTED),
 }
 
 #: the cause of a failure the relay reports as TARGET_FAILED, by its SIP code
@@ -84,8 +91,10 @@ class IncomingCall:
 
     def __init__(self, record: CallRecord, *, timers: TimerHeap, log_to: CallLog,
                  on_end: Callable[[IncomingCall], None],
-                 contacts: ContactLookup | None, lookup_timeout: float, now: float) -> None:
+                 contacts: ContactLookup | None, lookup_timeout: float, now: float,
+                 trunk: str = "") -> None:
         self.record = record
+        self.trunk = trunk  #: the [[trunks]] entry it came from (its name)
         self.relay: RelayedCall | None = None
         self._timers = timers
         self._log = log_to
@@ -114,8 +123,10 @@ class IncomingCall:
         if self.record.state == St.ENDED:
             return
         row = INBOUND_TABLE.get((self.answered, inp))
-        if row is None:
-            return  # TARGET_CALLING (already recorded), a repeated 18x, ...
+        if row is None:  # TARGET_CALLING (recorded at the start), a 18x after the answer
+            log.debug("inbound call %s: %s ignored in %s", self.id, inp.name,
+                      self.record.state)
+            return
         state, cause = row
         if state == self.record.state:
             return
@@ -126,6 +137,16 @@ class IncomingCall:
     def ended_without_relay(self, now: float, code: int, cause: Cause, detail: str) -> None:
         """Nobody could be rung (no registered device): over before it began."""
         self._enter(St.ENDED, now, code, detail, cause)
+
+    def end(self, inp: Input, now: float, detail: str) -> None:
+        """sipdial ends the call (``Input.CANCEL``: the API or ``max_duration``;
+        ``Input.SHUTDOWN``: stopping): both sides released, the record closed."""
+        if self.record.state == St.ENDED:
+            return
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            relay.release(now)  # (a release reports nothing: the call is told here)
+        self.target_event(inp, now, None, detail)
 
     # ------------------------------------------------------------ the contact
 

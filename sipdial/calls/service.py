@@ -465,7 +465,7 @@ class CallService:
     def publish_change(self, record: CallRecord, event: CallEvent) -> None:
         self.events.publish(record, event)
         if self.observer is not None:
-            if len(record.events) == 1 and record.events[0] is event:
+            if record.events and record.events[0] is event:
                 self.observer.started_call(record)
             self.observer.changed(record, event)
 

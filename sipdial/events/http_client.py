@@ -127,8 +127,9 @@ class _Collect(TwistedProtocol):
 
 class AgentFetcher:
     """GETs a URL (the CRM's contact lookup, :mod:`sipdial.contacts`): the body of a 2xx, at
-    most ``limit`` bytes, or None for any other status; fails on errors and after
-    ``timeout`` s. https verifies the server like :class:`AgentPoster`."""
+    most ``limit`` bytes; None for a 404 (nobody); fails for another status, on errors and
+    after ``timeout`` s (the connection is dropped). https verifies the server like
+    :class:`AgentPoster`."""
 
     def __init__(self, reactor: Any, *, timeout: float = 5.0, limit: int = 64 * 1024) -> None:
         self._reactor = reactor
@@ -147,11 +148,22 @@ class AgentFetcher:
         return d
 
     def _body(self, response: Any) -> Deferred[bytes | None] | None:
-        if not 200 <= int(response.code) <= 299:
+        code = int(response.code)
+        if not 200 <= code <= 299:
             response.deliverBody(_Discard(Deferred()))
-            return None
-        finished: Deferred[bytes] = Deferred()
-        response.deliverBody(_Collect(finished, self._limit))
+            if code == 404:
+                return None
+            raise ValueError(f"HTTP {code}")
+        collector: list[_Collect] = []
+
+        def abort(_: Deferred[bytes]) -> None:  # the timeout: drop the connection
+            transport = collector[0].transport if collector else None
+            if transport is not None:
+                transport.abortConnection()
+
+        finished: Deferred[bytes] = Deferred(abort)
+        collector.append(_Collect(finished, self._limit))
+        response.deliverBody(collector[0])
         return finished.addCallback(lambda body: body)
 
     def close(self) -> Deferred[None]:

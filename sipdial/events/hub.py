@@ -66,6 +66,7 @@ from sipdial.store import (
     WriteReport,
     iso_time,
 )
+from sipdial.vocabulary import CallState
 
 __all__ = ["EventHub", "EventStore", "Subscriber", "Subscription"]
 
@@ -452,7 +453,9 @@ class EventHub:
             "state": event.state,
             "leg": spec.leg,
             "cause": record.cause,
-            "missed": ended and is_missed(record.cause, record.direction),
+            "missed": ended and is_missed(
+                record.cause, record.direction,
+                any(e.state == CallState.CONNECTED for e in record.events)),
             "sip_code": event.sip_code,
             "detail": event.detail,
         }

@@ -117,9 +117,10 @@ def events_for(previous: str | None, state: str,
     return (spec,)
 
 
-def is_missed(cause: str | None, direction: str = "outbound") -> bool:
+def is_missed(cause: str | None, direction: str = "outbound", answered: bool = False) -> bool:
     """Whether a call that ended with ``cause`` is a missed call: a click-to-dial call the
-    user's phone rang out for; an inbound call the user did not answer."""
+    user's phone rang out for; an inbound call the user did not answer (``answered``: it
+    was connected at some point)."""
     if direction == "inbound":
-        return cause != Cause.COMPLETED
+        return not answered
     return cause == Cause.USER_NO_ANSWER

@@ -43,6 +43,7 @@ from sipdial.store.sqlite import (
     SqliteStore,
     StoreError,
     StoreReactor,
+    used_links_in,
 )
 
 __all__ = [
@@ -61,4 +62,5 @@ __all__ = [
     "StoreReactor",
     "WriteReport",
     "iso_time",
+    "used_links_in",
 ]

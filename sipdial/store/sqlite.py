@@ -57,7 +57,8 @@ from sipdial.store.models import (
     WriteReport,
 )
 
-__all__ = ["RunInThread", "SqliteStore", "StoreError", "StoreReactor"]
+__all__ = ["RunInThread", "SqliteEventReader", "SqliteStore", "StoreError", "StoreReactor",
+           "used_links_in"]
 
 _T = TypeVar("_T")
 log = logging.getLogger("sipdial.store")
@@ -954,6 +955,20 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def used_links_in(path: str, now: float) -> list[tuple[str, float]]:
+    """The unexpired used links of another worker's file, read once (read-only, blocking:
+    at start); an older file without the table, or an unreadable one: none."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = conn.execute(_SQL_LOAD_USED_LINKS, (now,)).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []
+    return [(str(n), float(e)) for n, e in rows]
 
 
 class SqliteEventReader:

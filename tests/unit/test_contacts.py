@@ -89,3 +89,28 @@ def test_a_failed_lookup_is_nobody_and_the_phonebook_comes_first() -> None:
     contacts.lookup("+4930123456", got.append)
     contacts.lookup("+4940123456", got.append)
     assert got == [Contact("From the book"), None]
+
+
+def test_one_lookup_per_number_at_a_time_and_errors_are_not_cached() -> None:
+    pending: list[Deferred[bytes | None]] = []
+
+    def fetch(url: str) -> Deferred[bytes | None]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    contacts = Contacts(None, lookup_url="https://crm/{e164}", fetch=fetch, clock=lambda: 0.0,
+                        max_asking=2)
+    got: list[Contact | None] = []
+    contacts.lookup("+4930123456", got.append)
+    contacts.lookup("+4930123456", got.append)  # the same number: waits for the same GET
+    assert len(pending) == 1
+    pending[0].errback(ConnectionRefusedError())
+    assert got == [None, None]
+    contacts.lookup("+4930123456", got.append)  # the error was not cached: asked again
+    assert len(pending) == 2
+    contacts.lookup("+4940000001", got.append)
+    contacts.lookup("+4940000002", got.append)  # a third number at once: over max_asking
+    assert len(pending) == 3 and got[-1] is None
+    pending[1].callback(None)  # 404: nobody, cached
+    contacts.lookup("+4930123456", got.append)
+    assert len(pending) == 3

@@ -197,7 +197,7 @@ def test_the_phonebook_names_the_caller() -> None:
     ('name = "x"\nallow_from = ["0.0.0.0/0"]', "would let anyone call"),
     ('name = "x"\nallow_from = ["192.0.2.1"]\ndids = { "12" = "999" }', "unknown user"),
     ('name = "x"\nallow_from = ["192.0.2.1"]\ndids = { "abc" = "201" }', "must be a number"),
-    ('name = "x"\nupstream = true', "needs an [upstream]"),
+    ('name = "x"\nallow_from = ["192.0.2.1"]\ntransports = ["sctp"]', "one of"),
 ])
 def test_bad_trunks_are_refused_at_start(trunk: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
@@ -217,3 +217,75 @@ def test_the_phones_refusal_is_the_calls_cause(status: int, cause: str) -> None:
     record = _record(net)
     assert (record.state, record.cause) == ("ended", cause)
     assert is_missed(record.cause, record.direction)
+
+
+def test_trunks_and_pbx_mode_do_not_go_together() -> None:
+    upstream = '\n[upstream]\nregistrar = "sip:pbx.example.com"\nusername = "sd"\n' \
+               'password = "a-long-password"\n'
+    with pytest.raises(ConfigError, match="not with"):
+        parse_config(BASE + TRUNK + upstream)
+
+
+def _answered(net: SimNet, alice: Phone, trunk: Phone) -> None:
+    _invite(trunk)
+    ring = alice.take_request("INVITE")
+    alice.reply(ring, 200, to_tag="a1", body=sdp_answer())
+    assert _record(net).state == "connected"
+
+
+def test_the_api_hangs_up_an_inbound_call_and_answered_calls_are_not_missed() -> None:
+    net = _net()
+    alice = Phone(net, "201", "secret201", port=5071)
+    alice.register()
+    _answered(net, alice, _carrier(net))
+    record = _record(net)
+    assert net.core.inbound.hang_up(record.id, net.now) is record
+    assert (record.state, record.cause) == ("ended", "cancelled")
+    assert not is_missed(record.cause, record.direction, answered=True)
+    assert net.core.inbound.incoming == {}
+    assert any(m.startswith("BYE") for m in alice.pending()), alice.pending()
+
+
+def test_sweep_and_stop_end_inbound_calls_for_good() -> None:
+    net = _net()
+    alice = Phone(net, "201", "secret201", port=5071)
+    alice.register()
+    _answered(net, alice, _carrier(net))
+    net.now += 14400 + 1  # [calls] max_duration
+    net.core.sweep(net.now)
+    assert (_record(net).state, _record(net).cause) == ("ended", "cancelled")
+    assert net.core.inbound.incoming == {}
+    net2 = _net()
+    bob = Phone(net2, "201", "secret201", port=5071)
+    bob.register()
+    _answered(net2, bob, _carrier(net2))
+    net2.core.shut_down(net2.now)
+    assert (_record(net2).state, _record(net2).cause) == ("ended", "interrupted")
+    assert net2.core.inbound.incoming == {}
+
+
+def test_a_registered_phone_in_a_trunks_network_is_still_a_phone() -> None:
+    net = _net(TRUNK.replace('allow_from = ["192.0.2.0/24"]', 'allow_from = ["127.0.0.0/8"]'))
+    alice = Phone(net, "201", "secret201", port=5071)  # 127.0.0.1: in the trunk's network
+    alice.register()
+    invite = alice.request("INVITE", "sip:+4930999@127.0.0.1", call_id_value="x1",
+                           from_tag="f1", to_value="<sip:+4930999@127.0.0.1>", cseq_number=1,
+                           body=OFFER, content_type="application/sdp")
+    alice.send(invite)
+    assert alice.take_response(407)  # challenged like a phone, not a trunk call to 404
+
+
+def test_a_trunks_transports_and_concurrent_calls_are_limited() -> None:
+    net = _net(TRUNK.replace('dids =', 'transports = ["tcp"]\nmax_concurrent = 1\ndids ='))
+    Phone(net, "201", "secret201", port=5071).register()
+    udp = _carrier(net)
+    _invite(udp)
+    assert udp.take_response(407)  # over UDP it is no trunk
+    net2 = _net(TRUNK.replace('dids =', 'max_concurrent = 1\ndids ='))
+    alice = Phone(net2, "201", "secret201", port=5071)
+    alice.register()
+    first, second = _carrier(net2), _carrier(net2, host="192.0.2.11")
+    _invite(first)
+    assert alice.take_request("INVITE")
+    _invite(second)
+    assert second.take_response(503)

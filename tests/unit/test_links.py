@@ -220,10 +220,15 @@ def test_dial_places_a_call_from_a_url(linked: Server) -> None:
     r = linked.request("GET", "/dial?to=tel:+49-30-123456&token=tok-201", token=None)
     assert r.status == 201, r.json
     assert linked.api.created[-1]["to"] == "+4930123456"  # "+" kept, unencoded
+    r = linked.request("GET", "/dial?to=030123456&auth=201:secret", token=None)
+    assert r.status == 201 and linked.api.created[-1]["user"] == "201"
+    # no HTTP Basic: a browser would keep it for every page's <img src=/dial?...>
     basic = "Basic " + base64.b64encode(b"201:secret").decode()
     r = linked.request("GET", "/dial?to=030123456", token=None,
                        headers={"Authorization": basic})
-    assert r.status == 201 and linked.api.created[-1]["user"] == "201"
+    assert r.status == 401 and "Basic" not in r.headers.get("WWW-Authenticate", "")
+    r = linked.request("GET", "/dial?to=030123456", token=None)
+    assert r.status == 401 and "Basic" not in r.headers.get("WWW-Authenticate", "")
     r = linked.request("GET", "/dial?to=030123456")  # admin token: whose phone?
     assert (r.status, r.json["error"]["code"]) == (422, "invalid_request")
     r = linked.request("GET", "/dial?to=030123456&user=202", token="tok-201")
@@ -251,3 +256,21 @@ def test_pages_escape_what_they_show() -> None:
                  error_page("<script>")):
         text = page.decode()
         assert "<b>x" not in text and "<script>" not in text and "<i>" not in text
+
+
+def test_a_link_from_before_the_workers_changed_has_one_owner(reactor: SelectReactor) -> None:
+    """A nonce naming no current worker (index 0x7f of 3, or a single process's random one)
+    is answered by the worker its hash names — the same for every worker."""
+    links = make_links(nonce="7faabb")
+    token, _link = links.issue("201", "+4930123456", 600)
+    owners = set()
+    for index in range(3):
+        workers = FakeWorkers()
+        workers.index = lambda index=index: index  # type: ignore[method-assign]
+        workers.others = lambda index=index: [w for w in range(3) if w != index]  # type: ignore[method-assign]
+        call = {"id": "c", "user": "201", "to": "+4930123456", "state": "calling_user"}
+        workers.replies[f"POST /c/{token}"] = WorkerReply(201, json.dumps(call).encode())
+        for server in serve(reactor, FakeApi(), links=links, workers=workers):
+            assert server.request("POST", f"/c/{token}", token=None).status in (201, 410, 503)
+            owners.add(workers.asked[0][0] if workers.asked else index)
+    assert len(owners) == 1
