@@ -252,11 +252,24 @@ def _reporter(role: WorkerRole) -> Callable[[str], bool]:
 def _worker_share(config: Config, role: WorkerRole | None) -> Config:
     """This worker's share of ``[calls] max_concurrent`` (rounded up): the kernel spreads new
     HTTP connections, so N workers together take about the configured number (a worker
-    whose share is full refuses while another still has room)."""
+    whose share is full refuses while another still has room). ``[[policy]]`` caps are
+    split the same way but never rounded up: N workers never allow more than the cap (a
+    user may be refused a little early)."""
     if role is None or role.count == 1:
         return config
     share = -(-config.calls.max_concurrent // role.count)
-    return replace(config, calls=replace(config.calls, max_concurrent=share))
+
+    def part(cap: int | None) -> int | None:
+        """A toll-fraud cap split so that the workers' parts add up to it, never more:
+        worker i gets cap // N, plus one while i < cap % N (a part may be 0)."""
+        if cap is None:
+            return None
+        return cap // role.count + (1 if role.index < cap % role.count else 0)
+
+    policy = tuple(replace(rule, max_concurrent=part(rule.max_concurrent),
+                           max_per_minute=part(rule.max_per_minute),
+                           max_per_hour=part(rule.max_per_hour)) for rule in config.policy)
+    return replace(config, calls=replace(config.calls, max_concurrent=share), policy=policy)
 
 
 def _listen_key(addr: ListenAddr) -> str:

@@ -90,7 +90,8 @@ class Policy:
                     continue
                 recent = _since(starts, now - span)
                 if recent >= cap:
-                    oldest = starts[len(starts) - recent]
+                    # (a cap of 0: a worker's share of a small cap; another may have room)
+                    oldest = starts[len(starts) - recent] if recent else now - span
                     wait = max(1.0, math.ceil(oldest + span - now))
                     return PolicyRefusal(False, f"{whose} {cap} calls per {what} "
                                          f"(policy {index + 1})", wait)

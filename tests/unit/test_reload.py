@@ -119,3 +119,21 @@ def test_a_reload_that_fails_a_start_check_changes_nothing() -> None:
         net.core.reconfigure(parse_config(bad))
     assert "202" in net.core.users and len(net.registrar.contacts("202", net.now)) == 1
     assert net.core.config.users.keys() == {"201", "202"}
+
+
+def test_workers_split_policy_caps_without_exceeding_them() -> None:
+    from sipdial.app import _worker_share
+    from sipdial.worker_role import WorkerRole
+
+    config = parse_config(BASE + '\n[[policy]]\nmax_per_minute = 3\nmax_concurrent = 1\n')
+    parts = [_worker_share(config, WorkerRole(index=i, count=2, mesh_dir="/tmp", secret=b"s"))
+             .policy[0] for i in range(2)]
+    assert [p.max_per_minute for p in parts] == [2, 1]
+    assert [p.max_concurrent for p in parts] == [1, 0]
+    # a worker whose share is 0 refuses (and says when to retry), it does not crash
+    net = SimNet(_worker_share(config, WorkerRole(index=1, count=2, mesh_dir="/tmp",
+                                                  secret=b"s")))
+    Phone(net, "201", "secret201", port=5071).register()
+    with pytest.raises(CallRefused) as refused:
+        net.create_call(user="201", to="+4930123456")
+    assert refused.value.refusal is Refusal.RATE_LIMITED
