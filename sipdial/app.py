@@ -661,10 +661,12 @@ class Running:
         Returns the sections that changed but need a restart (kept as they were)."""
         restart = self.core.reconfigure(_worker_share(config, self.role))
         if self.site is not None:
-            self.site.reconfigure(config.api.tokens, _allow_from(config), config.metrics)
+            self.site.reconfigure(config.api.tokens, _allow_from(config), config.metrics,
+                                  config.camara_sinks)
         if self.private_site is not None:  # no allow_from; the other workers' token
             self.private_site.reconfigure(config.api.tokens, {},
-                                          MetricsConfig(token=config.metrics.token))
+                                          MetricsConfig(token=config.metrics.token),
+                                          config.camara_sinks)
         self.config = self.core.config
         return restart
 

@@ -298,6 +298,9 @@ class CallsConfig:
     #: header names a request may set on the call's INVITEs (``"headers"``: X-CRM-Id, ...):
     #: lower case -> the spelling configured (written as configured); none by default
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    #: the external numbers that may be rung first instead of the user's phones
+    #: (``"device": "tel:..."``, CAMARA's external caller); none by default
+    first_leg_allow: tuple[re.Pattern[str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,9 +448,9 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     camara = root.table("camara", required=False)
     camara_sinks = tuple(camara.strings("sinks")) if "sinks" in camara.raw else ()
     for i, prefix in enumerate(camara_sinks):
-        if not re.fullmatch(r"https?://[^\s/?#]+/\S*", prefix):
-            raise ConfigError(f'{camara.path("sinks")}[{i}]: expected "https://host/path/", '
-                              f'got "{prefix}"')
+        if not re.fullmatch(r"https?://[^\s/?#@]+/(\S*/)?", prefix):
+            raise ConfigError(f'{camara.path("sinks")}[{i}]: expected "https://host/path/" '
+                              f'(ending in "/"), got "{prefix}"')
     number_values = _number_values(root.table("numbers", required=False))
     numbers = _plan(number_values, "numbers")
     users = _with_user_plans(users, number_values, user_numbers)
@@ -549,6 +552,7 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
             "confirm_timeout",
             "language",
             "extra_headers",
+            "first_leg_allow",
         }
     ),
     "auto_answer[]": frozenset({"vendor", "match", "headers"}),
@@ -988,6 +992,7 @@ def _parse_calls(t: _Table) -> CallsConfig:
         confirm_timeout=t.positive_float("confirm_timeout", 15.0),
         language=t.string("language", default="en"),
         extra_headers=_extra_headers(t),
+        first_leg_allow=_regexes(t, "first_leg_allow"),
     )
     if calls.language not in LANGUAGES:
         raise ConfigError(f'{t.path("language")}: expected "en" or "de", got "{calls.language}"')
@@ -1007,6 +1012,17 @@ _OWN_HEADERS: Final = frozenset({
     "remote-party-id", "diversion", "history-info", "reason", "rack", "rseq",
 })
 _TOKEN: Final = re.compile(r"[A-Za-z0-9!%*_+`'~.-]+")
+
+
+def _regexes(t: _Table, key: str) -> tuple[re.Pattern[str], ...]:
+    compiled = []
+    for i, pattern in enumerate(t.strings(key) if key in t.raw else []):
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise ConfigError(f"{t.path(key)}[{i}]: invalid regular expression: {exc}") \
+                from None
+    return tuple(compiled)
 
 
 def _extra_headers(t: _Table) -> Mapping[str, str]:

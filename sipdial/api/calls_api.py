@@ -50,6 +50,8 @@ REFUSAL_STATUS: dict[Refusal, int] = {
     Refusal.MEDIA_UNAVAILABLE: 422,
     Refusal.MEDIA_PORTS_EXHAUSTED: 503,
     Refusal.OVERLOADED: 503,
+    Refusal.FIRST_LEG_FORBIDDEN: 403,
+    Refusal.FIRST_LEG_NO_ROUTE: 422,
 }
 
 

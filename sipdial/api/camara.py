@@ -19,7 +19,9 @@ json``, ``Authorization: Bearer <sinkCredential.accessToken>``) must start with 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 from sipdial.api.service import ApiError
@@ -34,17 +36,24 @@ _CORRELATOR: Final = re.compile(r"[a-zA-Z0-9\-_:;./<>{}]{0,256}")
 _FIELDS: Final = frozenset({"caller", "callee", "sink", "sinkCredential", "recordingEnabled"})
 
 #: sipdial's error code -> CAMARA's (by status where no code matches)
-_CODES: Final = {
-    "invalid_number": "INVALID_PHONE_NUMBER",
-    "invalid_destination": "INVALID_PHONE_NUMBER",
-    "user_not_registered": "CALLER_NOT_AVAILABLE",
-    "device_not_registered": "CALLER_NOT_AVAILABLE",
-    "user_busy": "CALLER_NOT_AVAILABLE",
-    "no_route": "CALLEE_NOT_AVAILABLE",
-    "destination_forbidden": "PERMISSION_DENIED",
-    "forbidden_source": "PERMISSION_DENIED",
-    "forbidden": "PERMISSION_DENIED",
+#: sipdial's error code -> (CAMARA's status, code); "ACTIVE" is the version's 409 code
+_CODES: Final[dict[str, tuple[int, str]]] = {
+    "invalid_number": (422, "INVALID_PHONE_NUMBER"),
+    "invalid_destination": (422, "INVALID_PHONE_NUMBER"),
+    "user_not_registered": (422, "CALLER_NOT_AVAILABLE"),
+    "device_not_registered": (422, "CALLER_NOT_AVAILABLE"),
+    "media_unavailable": (422, "CALLER_NOT_AVAILABLE"),
+    "first_leg_no_route": (422, "CALLER_NOT_AVAILABLE"),
+    "first_leg_forbidden": (422, "CALLER_NOT_AVAILABLE"),
+    "user_busy": (409, "ACTIVE"),
+    "no_route": (422, "CALLEE_NOT_AVAILABLE"),
+    "destination_forbidden": (403, "PERMISSION_DENIED"),
+    "forbidden_source": (403, "PERMISSION_DENIED"),
+    "forbidden": (403, "PERMISSION_DENIED"),
+    "invalid_header": (400, "INVALID_ARGUMENT"),
 }
+#: the 409 of createCall by version: 0.1.0-rc.1 and 0.1.0
+_ACTIVE: Final = {"v0.1rc1": "CALL_ALREADY_ACTIVE", "v0.1": "ALREADY_EXISTS"}
 _BY_STATUS: Final = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED",
                      403: "PERMISSION_DENIED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
                      409: "CONFLICT", 413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT",
@@ -60,12 +69,16 @@ def _unprocessable(code: str, message: str) -> ApiError:
     return ApiError(422, code, message)
 
 
-def camara_error(status: int, code: str, message: str) -> dict[str, Any]:
-    """sipdial's error (or a CAMARA code already) as CAMARA's ``ErrorInfo``."""
+def camara_error(status: int, code: str, message: str,
+                 version: str = "v0.1rc1") -> dict[str, Any]:
+    """sipdial's error (or a CAMARA code already) as CAMARA's ``ErrorInfo``: the status
+    follows the code (a 422 code is a 422, INVALID_ARGUMENT a 400)."""
     if not code.isupper():
-        code = _CODES.get(code) or _BY_STATUS.get(status, "INVALID_ARGUMENT")
-    if status == 422 and code == "PERMISSION_DENIED":
-        status = 403
+        status, code = _CODES.get(code) or (status, _BY_STATUS.get(status, "INVALID_ARGUMENT"))
+    if code == "ACTIVE":
+        code = _ACTIVE.get(version, "CALL_ALREADY_ACTIVE")
+    if code == "INVALID_ARGUMENT" and status == 422:
+        status = 400
     return {"status": status, "code": code, "message": message}
 
 
@@ -101,7 +114,8 @@ def _number(payload: dict[str, Any], name: str) -> str:
     return number
 
 
-def parse_create(payload: object, check_e164: Any) -> CamaraCall:
+def parse_create(payload: object, check_e164: Callable[[str], object],
+                 now: float) -> CamaraCall:
     """``createCall``'s body -> :class:`CamaraCall`; CAMARA's 400/422 otherwise.
     ``check_e164(number)`` raises ValueError for a number no country has."""
     if not isinstance(payload, dict):
@@ -137,8 +151,16 @@ def parse_create(payload: object, check_e164: Any) -> CamaraCall:
             raise _bad("sinkCredential.accessToken: must be a token (printable, no spaces)")
         if credential.get("accessTokenType") != "bearer":
             raise _bad('sinkCredential.accessTokenType: must be "bearer"')
-        if not isinstance(credential.get("accessTokenExpiresUtc"), str):
-            raise _bad("sinkCredential.accessTokenExpiresUtc: must be a date-time")
+        expires = credential.get("accessTokenExpiresUtc")
+        try:
+            when = datetime.fromisoformat(expires) if isinstance(expires, str) else None
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:
+            raise _bad("sinkCredential.accessTokenExpiresUtc: must be an RFC 3339 date-time "
+                       "with a time zone")
+        if when.timestamp() <= now:
+            raise _bad("sinkCredential.accessTokenExpiresUtc: the token has expired")
         if sink is None:
             raise _bad("sinkCredential: given without a sink")
     return CamaraCall(caller, callee, sink, token)

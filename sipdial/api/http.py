@@ -597,8 +597,10 @@ def _camara_reply(reply: _Reply, request: _Incoming) -> _Reply:
     body = reply.body
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         error = body["error"]
+        found = _CAMARA_PATHS.match(request.path)
         body = camara_error(reply.status, str(error.get("code", "")),
-                            str(error.get("message", "")))
+                            str(error.get("message", "")),
+                            found.group("version") if found is not None else "v0.1rc1")
     headers = list(reply.headers)
     try:
         correlator = valid_correlator(request.correlator)
@@ -622,6 +624,8 @@ def _target(request: _Incoming) -> str:
 
 
 def _from_worker(reply: WorkerReply) -> _Reply:
+    if reply.status == 204:  # CAMARA's terminateCall: nothing to parse
+        return _Reply(204, _Text("application/json", b""), list(reply.headers))
     try:
         body = json.loads(reply.body)
     except ValueError:
@@ -683,8 +687,9 @@ class _Router:
 
     def reconfigure(self, tokens: Mapping[str, str],
                     allow_from: Mapping[str, Sequence[Network] | None],
-                    metrics: _MetricsAccess | None) -> None:
+                    metrics: _MetricsAccess | None, camara_sinks: Sequence[str] = ()) -> None:
         """A configuration reload: these tokens and networks from the next request on."""
+        self._camara_sinks = tuple(camara_sinks)
         self._tokens = _Tokens(tokens)
         self._allow_from = dict(allow_from)
         self._metrics = metrics
@@ -1146,25 +1151,27 @@ class _Router:
         """``createCall``: see :mod:`sipdial.api.camara`."""
         valid_correlator(request.correlator)
         principal = self._authenticate(request)
-        call = parse_create(_parse_json(request.body), check_e164)
-        if call.sink is not None and principal.user is not None and not any(
-                call.sink.startswith(prefix) for prefix in self._camara_sinks):
-            raise ApiError(403, "PERMISSION_DENIED",
-                           "sink: a user's token may only name a sink under [camara] sinks")
+        call = parse_create(_parse_json(request.body), check_e164, time.time())
+        if call.sink is not None and (principal.user is not None or self._camara_sinks) \
+                and not any(call.sink.startswith(p) for p in self._camara_sinks):
+            # (an admin token may name any sink only while [camara] sinks is not set)
+            raise ApiError(403, "PERMISSION_DENIED", "sink: not under [camara] sinks")
         local = self._api.user_by_number(call.caller)
         if local is not None:  # the caller is a user: their phones ring
             if not principal.may_act_for(local):
                 raise ApiError(403, "INVALID_TOKEN_CONTEXT",
                                "caller is not consistent with access token")
-            user, first_leg, mode = local, None, None
+            user, first_leg = local, None
         elif principal.user is not None:  # rung first through a route, for the user
-            user, first_leg, mode = principal.user, call.caller, Mode.BRIDGE
+            user, first_leg = principal.user, call.caller
         else:
             raise ApiError(422, "CALLER_NOT_AVAILABLE",
                            "the caller is no user's number: an external caller is rung on "
                            "behalf of a user (use that user's token)")
+        # bridge mode: a REFERred call leaves sipdial's view once transferred, and CAMARA
+        # reports until the end (disconnected, callDuration) and terminates on DELETE
         d = self._api.create_call(
-            user=user, to=call.callee, device=None, auto_answer=None, mode=mode,
+            user=user, to=call.callee, device=None, auto_answer=None, mode=Mode.BRIDGE,
             first_leg=first_leg, caller_number=call.caller,
             sink=(call.sink, call.sink_token) if call.sink is not None else None)
         return d.addCallback(lambda resource: _Reply(201, camara_view(resource, call.caller)))
@@ -1173,6 +1180,8 @@ class _Router:
         """``getCall`` and ``terminateCall``; another worker's call is answered there."""
         valid_correlator(request.correlator)
         call_id = match.group("call_id")
+        if re.fullmatch(_CALL_ID, call_id) is None:
+            raise ApiError(400, "INVALID_ARGUMENT", "callId: 1-128 of A-Z a-z 0-9 . _ ~ -")
         forwarded = self._at_owner(request, request.method, call_id)
         if forwarded is not None:
             return forwarded
@@ -1192,6 +1201,8 @@ class _Router:
     def _camara_recording(self, request: _Incoming,
                           match: re.Match[str]) -> Deferred[_Reply]:
         valid_correlator(request.correlator)
+        if re.fullmatch(_CALL_ID, match.group("call_id")) is None:
+            raise ApiError(400, "INVALID_ARGUMENT", "callId: 1-128 of A-Z a-z 0-9 . _ ~ -")
         principal = self._authenticate(request)
         d = self._owned_call(principal, match.group("call_id"))
 
@@ -1374,7 +1385,7 @@ _ROUTES: Final[tuple[_Route, ...]] = (
         (400, 401, 403, 409, 413, 422, 429, 503), body="CamaraCreateCall",
         tags=(_CAMARA,), error_schema="CamaraError"))},
         "/click-to-dial/v0.1rc1/calls", path_params=()),
-    _Route(re.compile(CAMARA_PATH + f"/(?P<call_id>{_CALL_ID})"), {
+    _Route(re.compile(CAMARA_PATH + "/(?P<call_id>[^/]*)"), {
         "GET": _Method(_Router._camara_call, Operation(
             "camaraGetCall", "CAMARA getCall", (Reply(200, "the call", "CamaraCall"),),
             (400, 401, 403, 404, 502, 503), tags=(_CAMARA,), error_schema="CamaraError")),
@@ -1384,7 +1395,7 @@ _ROUTES: Final[tuple[_Route, ...]] = (
             (400, 401, 403, 404, 409, 502, 503), tags=(_CAMARA,),
             error_schema="CamaraError"))},
         "/click-to-dial/v0.1rc1/calls/{call_id}", head=False, path_params=(_CAMARA_ID,)),
-    _Route(re.compile(CAMARA_PATH + f"/(?P<call_id>{_CALL_ID})/recording"), {
+    _Route(re.compile(CAMARA_PATH + "/(?P<call_id>[^/]*)/recording"), {
         "GET": _Method(_Router._camara_recording, Operation(
             "camaraGetRecording", "CAMARA getRecording: recording is not offered (404)",
             (Reply(200, "never: no recordings"),), (400, 401, 403, 404),
@@ -1648,9 +1659,10 @@ class _Resource(Resource):
             reply, payload = _encode(reply)
             content_type = _JSON_CONTENT_TYPE
         request.setResponseCode(reply.status)
-        request.setHeader(b"Content-Type", content_type)
+        if reply.status != 204:  # RFC 9110 §8.6: a 204 has no Content-Length (no body)
+            request.setHeader(b"Content-Type", content_type)
+            request.setHeader(b"Content-Length", str(len(payload)).encode("ascii"))
         request.setHeader(b"Cache-Control", b"no-store")
-        request.setHeader(b"Content-Length", str(len(payload)).encode("ascii"))
         for name, value in reply.headers:
             request.responseHeaders.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
         # logged before the bytes go out: the line is there when the client has its answer
@@ -1675,12 +1687,13 @@ class ApiSite(server.Site):
 
     def reconfigure(self, tokens: Mapping[str, str],
                     allow_from: Mapping[str, Sequence[Network] | None],
-                    metrics_config: MetricsConfig | None = None) -> None:
+                    metrics_config: MetricsConfig | None = None,
+                    camara_sinks: Sequence[str] = ()) -> None:
         """New ``[api]`` tokens, ``allow_from`` networks and ``[metrics]`` settings, from
         the next request on (requests in progress finish under the old ones)."""
         allow, access = _access(allow_from, self._metrics_port, metrics_config,
                                 self._internal_token)
-        self._router.reconfigure(tokens, allow, access)
+        self._router.reconfigure(tokens, allow, access, camara_sinks)
 
     def log(self, request: object) -> None:
         pass

@@ -313,13 +313,22 @@ class ClickToDial:
 
     def _external_leg(self, target: Target, caller: NameAddr) -> UacLeg:
         """An external number rung first (a mobile through a route): like a target, with
-        the route's credentials; the caller ID shown is the target number, as on a phone."""
+        the route's credentials and the identity the target leg gets (the user's number or
+        ``caller_id``; a carrier refuses a number sipdial does not hold), the number to be
+        called in the display name."""
         env = self.env
         media_at = self.media.address if self.media is not None else None
         assert media_at is not None  # bridge mode: sipdial's own RTP
         offer = sdp.audio_offer(*media_at, session_id=self._session_id)
         number = self.record.caller or ""
-        extra = [("P-Asserted-Identity", str(caller)), *self.options.headers]
+        user = self.user
+        shown = self.options.caller_id or user.number or user.id
+        identity = NameAddr(user_uri(shown, self._domain), self.destination.number)
+        extra = [("P-Asserted-Identity", str(identity)), *self.options.headers]
+        caller = identity
+        if self.options.clir:
+            caller = NameAddr(user_uri("anonymous", "anonymous.invalid"), "Anonymous")
+            extra.append(("Privacy", "id"))
         return UacLeg(env.ua, self, uri=target.uri, peer=target.peer, from_party=caller,
                       to_party=NameAddr(callee_uri(target, number, self._domain)), body=offer,
                       content_type=sdp.CONTENT_TYPE, extra=extra, label=target.label,

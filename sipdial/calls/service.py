@@ -142,6 +142,9 @@ class Refusal(enum.Enum):
     MEDIA_UNAVAILABLE = "media_unavailable"
     MEDIA_PORTS_EXHAUSTED = "media_ports_exhausted"
     OVERLOADED = "overloaded"
+    #: the external number rung first: not allowed ([calls] first_leg_allow), no route
+    FIRST_LEG_FORBIDDEN = "first_leg_forbidden"
+    FIRST_LEG_NO_ROUTE = "first_leg_no_route"
 
 
 class CallRefused(Exception):
@@ -326,6 +329,8 @@ class CallService:
         self.calls[record.id] = call
         self._per_user[record.user] = self._per_user.get(record.user, 0) + 1
         self.policy.started(record.user, now)
+        if first_leg is not None:  # two external legs: both count against the caps
+            self.policy.started(record.user, now)
         if self.observer is not None:
             self.observer.started_call(record)
         self._changed(record, event)
@@ -359,13 +364,19 @@ class CallService:
         if self.router.is_local_user(leg) or leg.uri is not None:
             raise CallRefused(Refusal.INVALID_DESTINATION,
                               "device: tel: names an external number, not a user")
+        # two external legs on one request, and "press 1" answered by whoever picks up the
+        # first: only numbers [calls] first_leg_allow names may be rung first
+        if not any(p.search(leg.number) for p in self.config.calls.first_leg_allow):
+            raise CallRefused(Refusal.FIRST_LEG_FORBIDDEN,
+                              f"{leg.number} may not be rung first (not in [calls] "
+                              "first_leg_allow)")
         refusal = self.policy.destination_refused(request.user, leg.number)
         if refusal is not None:
             raise CallRefused(Refusal.DESTINATION_FORBIDDEN, refusal)
         routed = self.router.route(leg, now)
         if not isinstance(routed, list):
-            raise CallRefused(Refusal.NO_ROUTE, f"no route to {leg.number!r} (the number "
-                              "rung first): no [[routes]] entry matches it")
+            raise CallRefused(Refusal.FIRST_LEG_NO_ROUTE, f"no route to {leg.number!r} (the "
+                              "number rung first): no [[routes]] entry matches it")
         return leg.number, routed
 
     def _unavailable(self, destination: Destination, now: float) -> Unavailable | None:

@@ -10,8 +10,9 @@ calling_user, user_ringing,             callingCaller (the caller's phone is
 user_answered, awaiting_confirmation    rung, or the caller confirms)
 calling_target, target_ringing          callingCallee
 connected                               connected
-ended after connected                   disconnected (with a reason)
-ended before                            failed (with a reason)
+ended (but failed, interrupted)         disconnected (with a reason)
+failed or interrupted before connected  failed (no reason: CAMARA gives one
+                                        only with disconnected)
 ======================================  =====================================
 
 Reasons by cause: completed/cancelled -> hangUp; user_busy/user_rejected -> callerBusy;
@@ -67,7 +68,9 @@ def status_of(state: str, cause: str | None, was_connected: bool) -> tuple[str, 
     """CAMARA's (status, reason) of a call in ``state`` (see the module docstring)."""
     if state != St.ENDED:
         return _RUNNING.get(state, "initiating"), None
-    return ("disconnected" if was_connected else "failed"), _REASONS.get(cause or "", "other")
+    if not was_connected and cause in (C.FAILED, C.INTERRUPTED, None):
+        return "failed", None
+    return "disconnected", _REASONS.get(cause or "", "other")
 
 
 def camara_status(record: CallRecord, upto: CallEvent | None = None
@@ -89,7 +92,10 @@ def call_duration(record: CallRecord) -> str | None:
     start = _connected_at(record)
     if start is None or record.ended_at is None:
         return None
-    return str(max(0, int(record.ended_at - start)))
+    end = record.ended_at
+    if record.cause == C.INTERRUPTED and len(record.events) >= 2:
+        end = record.events[-2].time  # ended at a restart: not the time sipdial was down
+    return str(max(0, int(end - start)))
 
 
 def cloud_event(record: CallRecord, event: CallEvent) -> str:

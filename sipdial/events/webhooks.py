@@ -400,7 +400,8 @@ class WebhookDeliverer:
 
     def _send(self, entry: OutboxEntry, now: float) -> None:
         try:  # one entry that cannot even be sent fails alone; the others of this tick go
-            headers = delivery_headers(entry, self._secrets.get(entry.webhook_url, ""), now)
+            secret = "" if entry.sink_token is not None else self._secrets[entry.webhook_url]
+            headers = delivery_headers(entry, secret, now)
             d = self._poster.post(entry.webhook_url, entry.payload.encode("utf-8"), headers)
         except Exception as exc:  # a body that is not UTF-8, a poster bug, a URL it refuses
             d = defer.fail(exc)

@@ -38,7 +38,7 @@ class Sink(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/sink"
+        return f"http://127.0.0.1:{self.server_address[1]}/sink/"
 
     def states_until(self, last: str, timeout: float = 30.0) -> list[dict[str, Any]]:
         got: list[dict[str, Any]] = []
@@ -79,7 +79,7 @@ def _create(sd: Sipdial, sink: Sink, caller: str = CALLER, token: str = "admin-s
 def _sipdial(tmp_path: Path, routes: list[dict[str, str]], sink: Sink) -> Sipdial:
     return Sipdial(tmp_path, users=[{"id": "201", "password": "secret201", "name": "Alice",
                                      "auto_answer": True, "number": CALLER}],
-                   routes=routes, calls={"default_mode": "bridge"},
+                   routes=routes, calls={"first_leg_allow": ["^\\+49171"]},
                    extra=f'[camara]\nsinks = ["{sink.url}"]\n')
 
 

@@ -21,6 +21,7 @@ from tests.unit.test_http_api import reactor as reactor
 
 CALLS = "/click-to-dial/v0.1rc1/calls"
 UUID = "b4333c46-49c0-4f62-80d7-f0ef930f1c46"
+NOW = 1_800_000_000.0  # 2027-01-15
 
 
 def body(**overrides: Any) -> dict[str, Any]:
@@ -45,11 +46,17 @@ def body(**overrides: Any) -> dict[str, Any]:
     (body(sink="https://s/x", sinkCredential={
         "credentialType": "ACCESSTOKEN", "accessToken": "a b", "accessTokenType": "bearer",
         "accessTokenExpiresUtc": "2030-01-01T00:00:00Z"}), 400, "INVALID_ARGUMENT"),
+    (body(sink="https://s/x", sinkCredential={
+        "credentialType": "ACCESSTOKEN", "accessToken": "t", "accessTokenType": "bearer",
+        "accessTokenExpiresUtc": "2020-01-01T00:00:00Z"}), 400, "INVALID_ARGUMENT"),
+    (body(sink="https://s/x", sinkCredential={
+        "credentialType": "ACCESSTOKEN", "accessToken": "t", "accessTokenType": "bearer",
+        "accessTokenExpiresUtc": "tomorrow"}), 400, "INVALID_ARGUMENT"),
 ])
 def test_create_call_bodies_are_checked_as_camara_says(payload: object, status: int,
                                                         code: str) -> None:
     with pytest.raises(ApiError) as refused:
-        parse_create(payload, check_e164)
+        parse_create(payload, check_e164, NOW)
     assert (refused.value.status, refused.value.code) == (status, code)
 
 
@@ -57,7 +64,7 @@ def test_a_good_body_with_a_sink() -> None:
     call = parse_create(body(sink="https://crm.example/sink", sinkCredential={
         "credentialType": "ACCESSTOKEN", "accessToken": "ya29.token",
         "accessTokenType": "bearer", "accessTokenExpiresUtc": "2030-01-01T00:00:00Z"}),
-        check_e164)
+        check_e164, NOW)
     assert (call.caller, call.callee, call.sink, call.sink_token) == (
         "+4930201", "+4930123456", "https://crm.example/sink", "ya29.token")
 
@@ -69,13 +76,17 @@ def test_a_good_body_with_a_sink() -> None:
     ("connected", None, True, ("connected", None)),
     ("ended", "completed", True, ("disconnected", "hangUp")),
     ("ended", "cancelled", True, ("disconnected", "hangUp")),
-    ("ended", "user_busy", False, ("failed", "callerBusy")),
-    ("ended", "user_no_answer", False, ("failed", "callerNoAnswer")),
-    ("ended", "not_confirmed", False, ("failed", "callerAbandon")),
-    ("ended", "target_busy", False, ("failed", "calleeBusy")),
-    ("ended", "target_no_answer", False, ("failed", "calleeNoAnswer")),
-    ("ended", "target_failed", False, ("failed", "calleeFailure")),
+    # CAMARA gives a reason only with disconnected: the unanswered end so, with a reason
+    ("ended", "user_busy", False, ("disconnected", "callerBusy")),
+    ("ended", "user_no_answer", False, ("disconnected", "callerNoAnswer")),
+    ("ended", "not_confirmed", False, ("disconnected", "callerAbandon")),
+    ("ended", "target_busy", False, ("disconnected", "calleeBusy")),
+    ("ended", "target_no_answer", False, ("disconnected", "calleeNoAnswer")),
+    ("ended", "target_failed", False, ("disconnected", "calleeFailure")),
+    ("ended", "cancelled", False, ("disconnected", "hangUp")),  # DELETE before answer
     ("ended", "interrupted", True, ("disconnected", "other")),
+    ("ended", "failed", False, ("failed", None)),
+    ("ended", "interrupted", False, ("failed", None)),
 ])
 def test_states_and_causes_map_to_camara(state: str, cause: str | None, connected: bool,
                                          expected: tuple[str, str | None]) -> None:
@@ -107,7 +118,11 @@ def test_the_cloud_event_of_a_disconnected_call() -> None:
 def test_errors_become_camara_error_info() -> None:
     assert camara_error(401, "unauthorized", "m") == {
         "status": 401, "code": "UNAUTHENTICATED", "message": "m"}
-    assert camara_error(409, "user_not_registered", "m")["code"] == "CALLER_NOT_AVAILABLE"
+    assert camara_error(409, "user_not_registered", "m") == {
+        "status": 422, "code": "CALLER_NOT_AVAILABLE", "message": "m"}
+    assert camara_error(409, "user_busy", "m")["code"] == "CALL_ALREADY_ACTIVE"
+    assert camara_error(409, "user_busy", "m", "v0.1")["code"] == "ALREADY_EXISTS"
+    assert camara_error(422, "invalid_header", "m")["status"] == 400
     assert camara_error(422, "no_route", "m")["code"] == "CALLEE_NOT_AVAILABLE"
     assert camara_error(403, "destination_forbidden", "m")["code"] == "PERMISSION_DENIED"
     assert camara_error(429, "rate_limited", "m")["code"] == "TOO_MANY_REQUESTS"
@@ -133,6 +148,7 @@ def test_create_call_for_a_users_number_rings_that_user(camara: Server) -> None:
     assert r.json["callee"] == {"number": "+4930123456"}
     assert r.json["status"] == "callingCaller" and r.json["callId"] == "c1"
     assert camara.api.created[-1]["user"] == "201" and "first_leg" not in camara.api.created[-1]
+    assert camara.api.created[-1]["mode"] == "bridge"  # CAMARA follows the call to its end
 
 
 def test_an_external_caller_is_rung_first_for_the_tokens_user(camara: Server) -> None:
@@ -156,6 +172,8 @@ def test_a_user_token_cannot_call_as_another_user_nor_to_any_sink(camara: Server
                  body=body(sink="https://crm.example/hooks/1"))
     assert r.status == 201
     assert camara.api.created[-1]["sink"] == ("https://crm.example/hooks/1", None)
+    r = _request(camara, "POST", CALLS, body=body(sink="http://127.0.0.1:8080/v1/calls"))
+    assert (r.status, r.json["code"]) == (403, "PERMISSION_DENIED")  # [camara] sinks: all
 
 
 def test_errors_are_error_info_with_the_correlator(camara: Server) -> None:
@@ -182,12 +200,63 @@ def test_get_and_terminate_and_recording(camara: Server) -> None:
     assert (r.json["status"], r.json["caller"], r.json["callee"]) == (
         "connected", {"number": "+4930201"}, {"number": "+49301"})
     assert _request(camara, "GET", f"{CALLS}/nope").json["code"] == "NOT_FOUND"
+    for bad in ("", "a%20b", "x" * 200):  # missing or malformed: 400
+        r = _request(camara, "GET", f"{CALLS}/{bad}")
+        assert (r.status, r.json["code"]) == (400, "INVALID_ARGUMENT"), bad
     assert _request(camara, "GET", f"{CALLS}/c9", token="tok-202").status == 403
     r = _request(camara, "GET", f"{CALLS}/c9/recording")
     assert (r.status, r.json["code"]) == (404, "NOT_FOUND")
     r = _request(camara, "DELETE", f"{CALLS}/c9")
     assert r.status == 204 and r.raw == b"" and camara.api.hung_up == ["c9"]
+    assert "Content-Length" not in r.headers
     r = _request(camara, "DELETE", f"{CALLS}/c9")  # ended now
     assert (r.status, r.json["code"]) == (409, "CONFLICT")
     r = _request(camara, "GET", "/click-to-dial/v0.1/calls/c9")  # 0.1.0 too
     assert r.json["status"] == "disconnected"
+
+
+# ------------------------------------------------------------------- the first leg (engine)
+
+def test_an_external_first_leg_needs_first_leg_allow_and_counts_twice() -> None:
+    from sipdial.calls import CallRefused, Refusal
+    from sipdial.config import parse_config
+    from tests.unit.simnet import BASE_CONFIG, Phone, SimNet
+    from tests.unit.test_bridge_flow import FakeMedia, FakePrompts
+
+    base = BASE_CONFIG.format(auto_answer="true", user_answer_timeout=30.0,
+                              target_answer_timeout=60.0, refer_timeout=32.0,
+                              max_concurrent=10)
+    net = SimNet(parse_config(base), media=FakeMedia(), prompts=FakePrompts())
+    with pytest.raises(CallRefused) as refused:
+        net.create_call(user="201", to="+4930123456", first_leg="+491712345678",
+                        mode="bridge")
+    assert refused.value.refusal is Refusal.FIRST_LEG_FORBIDDEN
+    allowed = base.replace("[calls]\n", '[calls]\nfirst_leg_allow = ["^\\\\+49171"]\n')
+    net = SimNet(parse_config(allowed + '\n[[policy]]\nmax_per_minute = 2\n'),
+                 media=FakeMedia(), prompts=FakePrompts())
+    gateway = Phone(net, "gw", None, port=5080)  # the [[routes]] entry's address
+    record = net.create_call(user="201", to="+4930123456", first_leg="+491712345678",
+                             mode="bridge")
+    assert record.caller == "+491712345678"
+    invite = gateway.take_request("INVITE")  # the mobile is rung first, through the route
+    assert str(invite.uri).startswith("sip:+491712345678@")
+    identity = invite.headers.get("P-Asserted-Identity") or ""
+    assert "<sip:201@" in identity, identity  # the user's identity, not the callee's number
+    assert "sip:+4930123456@" not in identity and "sip:+4930123456@" not in (
+        invite.headers.get("From") or "")
+    with pytest.raises(CallRefused) as refused:  # two legs counted: the cap of 2 is used
+        net.create_call(user="201", to="+4930123457", first_leg="+491712345678",
+                        mode="bridge")
+    assert refused.value.refusal is Refusal.RATE_LIMITED
+
+
+def test_terminate_at_another_worker_is_204_here_too(reactor: SelectReactor) -> None:
+    from sipdial.api import WorkerReply
+    from tests.unit.test_http_api import FakeWorkers
+
+    workers = FakeWorkers()
+    workers.replies[f"DELETE {CALLS}/01abc"] = WorkerReply(204, b"")
+    for server in serve(reactor, FakeApi(), workers=workers):
+        r = _request(server, "DELETE", f"{CALLS}/01abc")
+        assert r.status == 204 and r.raw == b"", (r.status, r.raw)
+        assert r.headers["x-correlator"] == UUID
