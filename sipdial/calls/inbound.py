@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from sipdial.authn import Authenticator
@@ -154,8 +155,9 @@ class InboundRouter:
             caller=NameAddr(caller_uri, user.name or None),
             callee=NameAddr(callee_uri(routed[0], destination.number, self.domain)),
             answer_timeout=self.config.calls.target_answer_timeout, listener=c2d,
-            label=label, resolver=self.resolver, on_end=self.relayed.discard)
+            label=label, resolver=self.resolver, on_end=self._phone_relay_ended(user.id))
         self.relayed.add(relayed)
+        self.calls.relay_started(user.id, relayed)  # the user is on the phone
         log.info("relaying %s (%s)", label, f"call {c2d.id}" if c2d is not None else "dialled")
         if c2d is not None:
             c2d.referred_call(relayed, now)
@@ -223,6 +225,13 @@ class InboundRouter:
         incoming.relay = relayed
         self.relayed.add(relayed)
         relayed.start(now)
+
+    def _phone_relay_ended(self, user: str) -> Callable[[RelayedCall], None]:
+        def ended(relayed: RelayedCall) -> None:
+            self.relayed.discard(relayed)
+            self.calls.relay_ended(user, relayed)
+
+        return ended
 
     def _incoming_ended(self, incoming: IncomingCall) -> None:
         if self.incoming.pop(incoming.id, None) is not None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from sipdial.calls.autoanswer import AutoAnswerRule
+from sipdial.calls.bridging import Bridge
 from sipdial.calls.clicktodial import C2D_PARAM, CallEnv, ClickToDial, Options
 from sipdial.calls.media import CallMedia, MediaPort, PromptSource
 from sipdial.calls.policy import Policy
@@ -186,6 +187,10 @@ class CallService:
         self._watched: set[str] = set()  # call ids told to ``referrals`` as waiting
         self.policy = Policy(config.policy)  # [[policy]]: destinations and caps
         self._per_user: dict[str, int] = {}  # calls in progress by user
+        #: the calls the users' phones place through sipdial (relayed), by user: a REFER
+        #: call's referred call goes on after the click-to-dial call ended at the NOTIFY, and
+        #: the user is still on the phone (busy, and counted by [[policy]] max_concurrent)
+        self._relays: dict[str, set[Bridge]] = {}
         self.ua = ua
         self.registrar = registrar
         self.router = router
@@ -255,7 +260,7 @@ class CallService:
         refuse_if_busy = request.refuse_if_busy
         if refuse_if_busy is None:
             refuse_if_busy = profile.refuse_if_busy
-        if refuse_if_busy and self._per_user.get(request.user, 0):
+        if refuse_if_busy and self._in_progress(request.user):
             raise CallRefused(Refusal.USER_BUSY, f"user {request.user} has a click-to-dial "
                               "call in progress (refuse_if_busy)")
         if len(self.calls) >= config.calls.max_concurrent:
@@ -563,8 +568,33 @@ class CallService:
                 raise CallRefused(Refusal.INVALID_HEADER, f"headers: {name}: printable text "
                                   f"of at most {MAX_HEADER_VALUE} characters, no line breaks")
 
+    def relay_started(self, user: str, relay: Bridge) -> None:
+        """A call of ``user``'s phone is relayed (:class:`~sipdial.calls.InboundRouter`)."""
+        self._relays.setdefault(user, set()).add(relay)
+
+    def relay_ended(self, user: str, relay: Bridge) -> None:
+        relays = self._relays.get(user)
+        if relays is not None:
+            relays.discard(relay)
+            if not relays:
+                del self._relays[user]
+
     def _in_progress(self, user: str | None) -> int:
-        return len(self.calls) if user is None else self._per_user.get(user, 0)
+        """Calls in progress (of ``user``): click-to-dial calls, and the calls the phones
+        place through sipdial that no click-to-dial call in progress already counts."""
+        if user is None:
+            return len(self.calls) + sum(self._own_relays(u) for u in self._relays)
+        return self._per_user.get(user, 0) + self._own_relays(user)
+
+    def _own_relays(self, user: str) -> int:
+        """``user``'s relayed calls that are not the referred call of a click-to-dial call
+        still in progress (that call counts itself until it ends)."""
+        count = 0
+        for relay in self._relays.get(user, ()):
+            owner = relay.listener
+            if not isinstance(owner, ClickToDial) or owner.id not in self.calls:
+                count += 1
+        return count
 
     def _digit(self, key: str, digit: str, how: str) -> None:
         """A key press on sipdial's RTP (RFC 4733 or in-band)."""

@@ -1071,8 +1071,10 @@ def test_allow_from_refuses_other_sources_before_any_credential(reactor: SelectR
             assert "remote_call_allow_from" in r.error_message
         assert api.created == []
         # call-init.php: no list for it, anyone may ask (and is then authenticated)
-        r = server.request("GET", "/call-init.php?user=201&number=4930123", token=None)
-        assert r.status != 403, r.raw
+        r = server.request("GET", "/call-init.php?user=201&to=4930123", token=None)
+        assert (r.status, r.error_code) == (401, "unauthorized"), r.raw  # asked, not refused
+        r = server.request("GET", "/call-init.php?user=201&to=4930123")
+        assert r.status == 201, r.raw
 
 
 # ------------------------------------------------------------------------- metadata

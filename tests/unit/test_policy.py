@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from sipdial.api import ApiError
+from sipdial.calls import CallRefused, Refusal
 from sipdial.calls.policy import Policy
 from sipdial.config import PolicyConfig, parse_config
-from tests.unit.simnet import BASE_CONFIG
+from tests.unit.simnet import BASE_CONFIG, Phone, SimNet
 from tests.unit.test_clicktodial_flow import Flow
 
 T0 = 1000.0
@@ -174,3 +175,43 @@ def test_a_sip_uri_destination_with_separators_is_judged_as_the_number() -> None
     flow = _flow('[[policy]]\ndeny = ["^\\\\+49900"]\n')
     error = _refused(flow, "sip:+49-900-1234567@gateway.example.com")
     assert (error.status, error.code) == (403, "destination_forbidden")
+
+
+def _dialling(policy: str) -> SimNet:
+    """A net where user 201's phone has dialled +4930999 through sipdial (relayed)."""
+    base = BASE_CONFIG.format(auto_answer="true", user_answer_timeout=30.0,
+                              target_answer_timeout=60.0, refer_timeout=32.0,
+                              max_concurrent=10)
+    net = SimNet(parse_config(base + policy))
+    alice = Phone(net, "201", "secret201", port=5071)
+    alice.register()
+    offer = (b"v=0\r\no=a 1 1 IN IP4 192.168.1.10\r\ns=-\r\nc=IN IP4 192.168.1.10\r\n"
+             b"t=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
+
+    def invite(auth: str | None = None) -> None:
+        extra = [("Proxy-Authorization", auth)] if auth else []
+        alice.send(alice.request("INVITE", "sip:+4930999@127.0.0.1", call_id_value="dial1",
+                                 from_tag="d1", to_value="<sip:+4930999@127.0.0.1>",
+                                 cseq_number=1 if auth is None else 2, extra=extra,
+                                 body=offer, content_type="application/sdp"))
+
+    invite()
+    challenge = alice.take_response(407)
+    invite(alice.authorization(challenge, "INVITE", "sip:+4930999@127.0.0.1", proxy=True))
+    assert net.inbound.relayed, alice.pending()
+    return net
+
+
+def test_a_call_the_phone_dials_through_sipdial_makes_the_user_busy() -> None:
+    """Busy awareness and max_concurrent see the calls a user's phone places through
+    sipdial (relayed), not only click-to-dial calls."""
+    net = _dialling("")
+    with pytest.raises(CallRefused) as refused:
+        net.create_call(user="201", to="+4930123456", refuse_if_busy=True)
+    assert refused.value.refusal is Refusal.USER_BUSY
+    Phone(net, "202", "secret202", port=5072).register()
+    assert net.create_call(user="202", to="+4930123456", refuse_if_busy=True).user == "202"
+    net = _dialling('\n[[policy]]\nmax_concurrent = 1\n')
+    with pytest.raises(CallRefused) as refused:
+        net.create_call(user="201", to="+4930123456")
+    assert refused.value.refusal is Refusal.RATE_LIMITED
