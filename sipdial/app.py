@@ -24,7 +24,7 @@ from typing import Any, Final, Protocol
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, inlineCallbacks
 
-from sipdial.api import ApiSite, CallsApi, Links, OtherWorkers, build_site
+from sipdial.api import ApiSite, CallsApi, Links, OtherWorkers, Sessions, build_site
 from sipdial.authn import Authenticator
 from sipdial.calls import (
     DEFAULT_RULES,
@@ -936,6 +936,9 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     metrics = _metrics(core, events, lag, call_metrics, reactor)
     internal_token = (hmac.new(role.secret, b"metrics", hashlib.sha256).hexdigest()
                       if role is not None else None)
+    # the web page's sessions: signed cookies, the key shared by the workers
+    sessions = Sessions(hmac.new(role.secret, b"sessions", hashlib.sha256).digest()
+                        if role is not None else os.urandom(32), reactor.seconds)
     links = None
     if config.links is not None:  # call links (sipdial.api.links)
         shard = core.endpoint.shard
@@ -952,7 +955,7 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                       allow_from=_allow_from(config),
                       metrics=metrics, metrics_config=config.metrics,
                       internal_token=internal_token, links=links,
-                      camara_sinks=config.camara_sinks)
+                      camara_sinks=config.camara_sinks, sessions=sessions)
     private_port = None
     own_site = None
     if role is None:

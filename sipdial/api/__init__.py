@@ -26,6 +26,7 @@ from sipdial.api.calls_api import CallsApi
 from sipdial.api.http import ApiSite, build_site
 from sipdial.api.links import Link, Links
 from sipdial.api.service import ApiError, CallApi, MetricsPort, OtherWorkers, WorkerReply
+from sipdial.api.session import Sessions
 from sipdial.api.sse import EventSource
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
            "Links",
            "MetricsPort",
            "OtherWorkers",
+           "Sessions",
            "WorkerReply",
            "build_site",
 ]

@@ -64,9 +64,17 @@ from sipdial.api.camara import (
     valid_correlator,
 )
 from sipdial.api.links import MAX_TOKEN_LENGTH, Link, Links
-from sipdial.api.pages import PAGE_HEADERS, error_page, link_page, placed_page
+from sipdial.api.pages import (
+    PAGE_HEADERS,
+    PAGE_HEADERS_APP,
+    error_page,
+    link_page,
+    placed_page,
+    static_file,
+)
 from sipdial.api.schema import Auth, DocumentedPath, Operation, Param, Reply, openapi_document
 from sipdial.api.service import ApiError, CallApi, MetricsPort, OtherWorkers, WorkerReply
+from sipdial.api.session import COOKIE, SESSION_SECONDS, Sessions, cookie_value
 from sipdial.api.sse import EventSource, EventStream
 from sipdial.calls import CallState, Mode, escape_user
 from sipdial.config import MetricsConfig, Network
@@ -506,6 +514,10 @@ class _Incoming:
     body_too_large: bool = False
     last_event_id: str | None = None  #: the SSE ``Last-Event-ID`` header
     correlator: str | None = None  #: CAMARA's ``x-correlator`` header
+    cookie: str | None = None  #: the session cookie's value (the web page)
+    csrf: str | None = None  #: the ``X-CSRF-Token`` header
+    fetch_site: str | None = None  #: ``Sec-Fetch-Site``: "cross-site" is refused for sessions
+    secure: bool = False  #: the request came over TLS (the cookie gets Secure)
     client: str = ""  #: the client's address (host), for the password-guessing limits
     received: float = 0.0  #: when it was read (the resource's monotonic clock)
     accept: str = ""  #: the Accept header: "text/html" in it asks for pages (links, /dial)
@@ -671,8 +683,10 @@ class _Router:
         clock: Callable[[], float] = time.monotonic,
         links: Links | None = None,
         camara_sinks: Sequence[str] = (),
+        sessions: Sessions | None = None,
     ) -> None:
         self._api = api
+        self._sessions = sessions
         self._links = links
         #: URL prefixes a user's token may name as a CAMARA sink ([camara] sinks)
         self._camara_sinks = tuple(camara_sinks)
@@ -744,6 +758,9 @@ class _Router:
     # ---------------------------------------------------------------- authentication
 
     def _authenticate(self, request: _Incoming, *, basic: bool = False) -> _Principal:
+        if request.authorization is None and request.cookie is not None \
+                and self._sessions is not None:
+            return self._session_principal(request, self._sessions)
         if request.authorization is None:
             raise _unauthorized("missing credentials: auth=user:password, HTTP Basic or a "
                                 "Bearer token" if basic else "missing bearer token", basic=basic)
@@ -761,6 +778,22 @@ class _Router:
                 raise _unauthorized("malformed basic credentials", basic=True) from None
             return self._sip_password(decoded, basic=True, client=request.client)
         raise _unauthorized("expected an Authorization: Bearer token", basic=basic)
+
+    def _session_principal(self, request: _Incoming, sessions: Sessions) -> _Principal:
+        """A signed-in browser: its session, and for anything that changes something its
+        CSRF token, never from another site."""
+        assert request.cookie is not None
+        session = sessions.check(request.cookie)
+        if session is None:
+            raise _unauthorized("the session has expired: sign in again")
+        if request.method not in ("GET", "HEAD"):
+            if request.fetch_site == "cross-site":
+                raise ApiError(403, "cross_site", "requests from other sites are refused")
+            if not sessions.csrf_ok(session, request.csrf):
+                raise ApiError(403, "csrf", "missing or wrong X-CSRF-Token")
+        if session.user is not None and not self._api.known_user(session.user):
+            raise _unauthorized("the session's user no longer exists")
+        return _Principal(user=session.user, proof="session")
 
     def _sip_password(self, user_password: str, *, basic: bool, client: str) -> _Principal:
         """Check ``"201[@domain]:password"`` against the SIP user's password.
@@ -1215,6 +1248,62 @@ class _Router:
         caller = resource.get("caller") or self._api.user_number(str(resource.get("user")))
         return camara_view(resource, caller)
 
+    # ------------------------------------------------------------ the web page
+
+    def _sign_in(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        """``POST /v1/session``: the SIP account's id and password, or an ``[api]`` token."""
+        sessions = self._require_sessions()
+        if request.fetch_site == "cross-site":
+            raise ApiError(403, "cross_site", "requests from other sites are refused")
+        payload = _parse_json(request.body)
+        if not isinstance(payload, dict):
+            raise _invalid("body: must be a JSON object")
+        token = payload.get("token")
+        if isinstance(token, str) and token:
+            principal = self._tokens.lookup(token)
+            if principal is None:
+                raise _unauthorized("unknown token", invalid=True)
+        else:
+            user, password = payload.get("user"), payload.get("password")
+            if not isinstance(user, str) or not isinstance(password, str):
+                raise _invalid("user and password (or token): required")
+            principal = self._sip_password(f"{user}:{password}", basic=False,
+                                           client=request.client)
+        value, session = sessions.issue(principal.user)
+        cookie = (f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; "
+                  f"Max-Age={SESSION_SECONDS}" + ("; Secure" if request.secure else ""))
+        return succeed(_Reply(201, {"user": principal.user, "csrf": sessions.csrf(session),
+                                    "expires_at": iso_time(session.expires_at)},
+                              [("Set-Cookie", cookie)]))
+
+    def _who(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        """``GET /v1/session``: the signed-in user and the CSRF token (the page reloaded)."""
+        sessions = self._require_sessions()
+        session = sessions.check(request.cookie) if request.cookie else None
+        if session is None:
+            raise _unauthorized("not signed in")
+        return succeed(_Reply(200, {"user": session.user, "csrf": sessions.csrf(session),
+                                    "expires_at": iso_time(session.expires_at)}))
+
+    def _sign_out(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        self._require_sessions()
+        cookie = f"{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+        return succeed(_Reply(200, {"signed_out": True}, [("Set-Cookie", cookie)]))
+
+    def _require_sessions(self) -> Sessions:
+        if self._sessions is None:
+            raise ApiError(404, "not_found", "no web sessions here")
+        return self._sessions
+
+    def _page(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        """``GET /`` and ``/static/<name>``: the web page's files (in the package)."""
+        name = match.groupdict().get("name") or "index.html"
+        found = static_file(name)
+        if found is None:
+            raise ApiError(404, "not_found", f"no such file: {_loggable(name)}")
+        content_type, data = found
+        return succeed(_Reply(200, _Text(content_type, data), list(PAGE_HEADERS_APP)))
+
     def _openapi(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         return succeed(_Reply(200, _openapi_text()))
 
@@ -1402,6 +1491,27 @@ _ROUTES: Final[tuple[_Route, ...]] = (
             tags=(_CAMARA,), error_schema="CamaraError"))},
         "/click-to-dial/v0.1rc1/calls/{call_id}/recording", head=False,
         path_params=(_CAMARA_ID,)),
+    _Route(re.compile("/v1/session"), {
+        "POST": _Method(_Router._sign_in, Operation(
+            "signIn", "Sign a browser in (the SIP account, or an [api] token): sets the "
+            "session cookie", (Reply(201, "signed in", "Session", headers=("Set-Cookie",)),),
+            (400, 401, 403, 404, 413, 422), body="SignIn", auth=Auth.NONE, tags=("web",))),
+        "GET": _Method(_Router._who, Operation(
+            "session", "Who is signed in, and the CSRF token",
+            (Reply(200, "the session", "Session"),), (401, 403, 404), auth=Auth.NONE,
+            tags=("web",))),
+        "DELETE": _Method(_Router._sign_out, Operation(
+            "signOut", "Sign out (clears the cookie)", (Reply(200, "signed out"),),
+            (403, 404), auth=Auth.NONE, tags=("web",)))}, "/v1/session"),
+    _Route(re.compile("/"), {"GET": _Method(_Router._page, Operation(
+        "page", "The web page", (Reply(200, "HTML", content_type="text/html"),), (403,),
+        auth=Auth.NONE, tags=("web",)))}, "/"),
+    _Route(re.compile("/static/(?P<name>[A-Za-z0-9_.-]{1,64})"), {"GET": _Method(
+        _Router._page, Operation(
+            "staticFile", "The web page's scripts and styles",
+            (Reply(200, "a file", content_type="text/plain"),), (403, 404), auth=Auth.NONE,
+            tags=("web",)))}, "/static/{name}",
+        path_params=(Param("name", {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}),)),
     _Route(re.compile("/v1/upstream"), {"GET": _Method(_Router._upstream, Operation(
         "upstream", "sipdial's own registration at [upstream] (admin token)",
         (Reply(200, "the registration", "Upstream"),), (401, 403, 404, 502, 503),
@@ -1553,10 +1663,19 @@ def _incoming(request: _TwistedRequest, received: float = 0.0) -> _Incoming:
         body_too_large=too_large,
         last_event_id=None if last_event_id is None else last_event_id.decode("latin-1"),
         correlator=None if correlator is None else correlator.decode("latin-1"),
+        cookie=cookie_value((request.getHeader(b"cookie") or b"").decode("latin-1")),
+        csrf=_header(request, b"x-csrf-token"),
+        fetch_site=_header(request, b"sec-fetch-site"),
+        secure=bool(getattr(request, "isSecure", lambda: False)()),
         client=_client_host(request),
         received=received,
         accept=(request.getHeader(b"accept") or b"").decode("latin-1"),
     )
+
+
+def _header(request: _TwistedRequest, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return None if value is None else value.decode("latin-1")
 
 
 def _client_host(request: _TwistedRequest) -> str:
@@ -1727,6 +1846,7 @@ def build_site(
     clock: Callable[[], float] = time.monotonic,
     links: Links | None = None,
     camara_sinks: Sequence[str] = (),
+    sessions: Sessions | None = None,
 ) -> ApiSite:
     """The HTTP API as a Twisted ``Site``; listen on it with ``reactor.listenTCP``.
 
@@ -1755,6 +1875,6 @@ def build_site(
     allow, access = _access(allow_from, metrics, metrics_config, internal_token)
     router = _Router(api, tokens, check_password, events=stream is not None, workers=workers,
                      allow_from=allow, metrics=access, clock=clock, links=links,
-                     camara_sinks=camara_sinks)
+                     camara_sinks=camara_sinks, sessions=sessions)
     return ApiSite(router, _Resource(router, stream, clock, metrics), reactor=reactor,
                    internal_token=internal_token)

@@ -9,10 +9,13 @@ be clicked through: clickjacking places a call).
 
 from __future__ import annotations
 
+import functools
 import html
+from pathlib import Path
 from typing import Final
 
-__all__ = ["PAGE_HEADERS", "error_page", "link_page", "placed_page"]
+__all__ = ["PAGE_HEADERS", "PAGE_HEADERS_APP", "error_page", "link_page", "placed_page",
+           "static_file"]
 
 PAGE_HEADERS: Final = (
     ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; "
@@ -21,6 +24,34 @@ PAGE_HEADERS: Final = (
     ("Referrer-Policy", "no-referrer"),  # the token is in the URL
     ("X-Content-Type-Options", "nosniff"),
 )
+
+#: the web page (issue 11): its own scripts, styles and API only, no framing
+PAGE_HEADERS_APP: Final = (
+    ("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; "
+                                "img-src 'self' data:; connect-src 'self'; form-action 'self'; "
+                                "frame-ancestors 'none'; base-uri 'none'"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Content-Type-Options", "nosniff"),
+)
+
+_STATIC: Final = Path(__file__).resolve().parent / "static"
+_TYPES: Final = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                 ".css": "text/css; charset=utf-8", ".json": "application/json; charset=utf-8",
+                 ".svg": "image/svg+xml"}
+
+
+@functools.cache
+def static_file(name: str) -> tuple[str, bytes] | None:
+    """(content type, bytes) of a file of the web page, by its plain name (no paths)."""
+    if "/" in name or name.startswith("."):
+        return None
+    path = _STATIC / name
+    content_type = _TYPES.get(path.suffix)
+    if content_type is None or not path.is_file():
+        return None
+    return content_type, path.read_bytes()
+
 
 _STYLE: Final = ("body{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;"
                  "padding:0 1rem;line-height:1.5}button{font-size:1.2rem;padding:.6rem 1.4rem}"

@@ -101,6 +101,16 @@ COMPONENTS: Final[dict[str, JsonSchema]] = {
     },
     "CallRequest": CALL_REQUEST,
     "LinkRequest": LINK_REQUEST,
+    "SignIn": {
+        "type": "object",
+        "properties": {"user": {"type": "string"}, "password": {"type": "string"},
+                       "token": {"type": "string"}},
+    },
+    "Session": {
+        "type": "object", "required": ["user", "csrf", "expires_at"],
+        "properties": {"user": _nullable({"type": "string"}), "csrf": {"type": "string"},
+                       "expires_at": _TIME},
+    },
     "CamaraError": {
         "type": "object", "required": ["status", "code", "message"],
         "properties": {"status": {"type": "integer"}, "code": {"type": "string"},

@@ -31,7 +31,7 @@ def validator(document: dict[str, Any], component: str) -> Any:
     return jsonschema_rs.Draft202012Validator(schema)
 
 
-_EXAMPLES = {"call_id": "0abc123", "token": "eyJhIjoxfQ.c2ln"}
+_EXAMPLES = {"call_id": "0abc123", "token": "eyJhIjoxfQ.c2ln", "name": "app.js"}
 
 
 def test_each_documented_path_is_the_path_its_route_answers(document: dict[str, Any]) -> None:

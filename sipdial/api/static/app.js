@@ -1,0 +1,256 @@
+// sipdial's web page (issue 11): sign in, call box, live state, hang up, call list.
+// Plain ES module, no build step; talks to the same API as CRMs (session cookie + CSRF).
+
+const T = {
+  en: {
+    signIn: "Sign in", signOut: "Sign out", user: "User (extension)", password: "Password",
+    orToken: "or an API token", token: "API token", callBox: "Call", number: "Number",
+    device: "Ring", allDevices: "all my phones", mode: "Connect by", modeDefault: "default",
+    modeRefer: "transfer (REFER)", modeBridge: "bridge", confirm: "\"press 1\" first",
+    dialButton: "Call", current: "Current call", hangUp: "Hang up", calls: "Calls",
+    onlyMissed: "missed only", onlyToday: "today", when: "When", state: "State",
+    duration: "Duration", more: "More", protocol: "Open tel: links with sipdial",
+    confirmDial: "Call", cancel: "Cancel", callBack: "Call back", missed: "missed",
+    signedInAs: "signed in as", admin: "administrator", protocolDone: "registered",
+    states: {
+      calling_user: "dialling your phone", user_ringing: "your phone rings",
+      user_answered: "answered", awaiting_confirmation: "press 1",
+      calling_target: "dialling", target_ringing: "ringing", connected: "connected",
+      ended: "ended",
+    },
+    causes: {
+      completed: "hung up", user_busy: "you were busy", user_rejected: "you declined",
+      user_no_answer: "missed", user_hung_up: "you hung up", not_confirmed: "not confirmed",
+      target_busy: "busy", target_no_answer: "no answer", target_unavailable: "unavailable",
+      target_failed: "failed", refer_failed: "transfer failed", cancelled: "cancelled",
+      failed: "failed", interrupted: "interrupted", caller_cancelled: "missed",
+    },
+  },
+  de: {
+    signIn: "Anmelden", signOut: "Abmelden", user: "Benutzer (Nebenstelle)",
+    password: "Kennwort", orToken: "oder ein API-Token", token: "API-Token", callBox: "Anrufen",
+    number: "Rufnummer", device: "Klingeln an", allDevices: "allen meinen Telefonen",
+    mode: "Verbinden per", modeDefault: "Standard", modeRefer: "Weitervermittlung (REFER)",
+    modeBridge: "Brücke", confirm: "vorher „1 drücken“", dialButton: "Anrufen",
+    current: "Aktueller Anruf", hangUp: "Auflegen", calls: "Anrufliste",
+    onlyMissed: "nur verpasste", onlyToday: "heute", when: "Wann", state: "Status",
+    duration: "Dauer", more: "Mehr", protocol: "tel:-Links mit sipdial öffnen",
+    confirmDial: "Anrufen:", cancel: "Abbrechen", callBack: "Zurückrufen", missed: "verpasst",
+    signedInAs: "angemeldet als", admin: "Administrator", protocolDone: "eingerichtet",
+    states: {
+      calling_user: "Ihr Telefon wird angerufen", user_ringing: "Klingelt bei Ihnen",
+      user_answered: "Angenommen", awaiting_confirmation: "1 drücken",
+      calling_target: "Wählt", target_ringing: "Klingelt", connected: "Verbunden",
+      ended: "Beendet",
+    },
+    causes: {
+      completed: "Aufgelegt", user_busy: "Sie waren besetzt", user_rejected: "Abgelehnt",
+      user_no_answer: "Verpasst", user_hung_up: "Sie haben aufgelegt",
+      not_confirmed: "Nicht bestätigt", target_busy: "Besetzt", target_no_answer: "Keine Antwort",
+      target_unavailable: "Nicht erreichbar", target_failed: "Fehlgeschlagen",
+      refer_failed: "Vermittlung fehlgeschlagen", cancelled: "Abgebrochen",
+      failed: "Fehlgeschlagen", interrupted: "Unterbrochen", caller_cancelled: "Verpasst",
+    },
+  },
+};
+const lang = (navigator.language || "en").toLowerCase().startsWith("de") ? "de" : "en";
+const t = T[lang];
+document.documentElement.lang = lang;
+
+const $ = (id) => document.getElementById(id);
+let session = null;   // {user, csrf}
+let current = null;   // the call placed from this page
+let limit = 20;
+let events = null;
+
+function translate() {
+  for (const el of document.querySelectorAll("[data-t]")) {
+    const text = t[el.dataset.t];
+    if (typeof text === "string") el.textContent = text;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { "Accept": "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (session && method !== "GET") headers["X-CSRF-Token"] = session.csrf;
+  const r = await fetch(path, { method, headers, credentials: "same-origin",
+                                body: body === undefined ? undefined : JSON.stringify(body) });
+  const data = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error((data.error && data.error.message) || `HTTP ${r.status}`);
+  return data;
+}
+
+function stateWords(call) {
+  if (call.state === "ended") {
+    const missed = call.direction === "inbound"
+      ? !(call.events || []).some((e) => e.state === "connected")
+      : call.cause === "user_no_answer";
+    const words = t.causes[call.cause] || call.cause || t.states.ended;
+    return missed && !words.toLowerCase().includes(t.missed) ? `${words} (${t.missed})` : words;
+  }
+  return t.states[call.state] || call.state;
+}
+
+function isMissed(call) {
+  if (call.state !== "ended") return false;
+  if (call.direction === "inbound") return !(call.events || []).some((e) => e.state === "connected");
+  return call.cause === "user_no_answer";
+}
+
+function duration(call) {
+  const connected = (call.events || []).find((e) => e.state === "connected");
+  if (!connected || !call.ended_at) return "";
+  const s = Math.round((Date.parse(call.ended_at) - Date.parse(connected.time)) / 1000);
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+async function showSignedIn(s) {
+  session = s;
+  $("who").textContent = `${t.signedInAs} ${s.user || t.admin}`;
+  $("sign-in-view").hidden = true;
+  $("app-view").hidden = false;
+  $("sign-out").hidden = false;
+  await Promise.all([loadDevices(), loadCalls()]);
+  listen();
+  const wanted = new URLSearchParams(location.hash.slice(1)).get("dial");
+  if (wanted) {
+    history.replaceState(null, "", "/");
+    askToDial(wanted.replace(/^(tel|callto|sip|web\+callto):(\/\/)?/i, ""));
+  }
+}
+
+function showSignIn() {
+  session = null;
+  if (events) events.close();
+  $("sign-in-view").hidden = false;
+  $("app-view").hidden = true;
+  $("sign-out").hidden = true;
+  $("who").textContent = "";
+}
+
+async function loadDevices() {
+  const select = $("device");
+  for (const opt of [...select.options].slice(1)) opt.remove();
+  const query = session.user ? `?user=${encodeURIComponent(session.user)}` : "";
+  const { registrations } = await api("GET", `/v1/registrations${query}`);
+  for (const r of registrations) {
+    const opt = document.createElement("option");
+    opt.value = r.contact;
+    opt.textContent = `${r.user_agent || r.contact} (${r.transport} ${r.source})`;
+    select.append(opt);
+  }
+}
+
+async function loadCalls() {
+  const query = new URLSearchParams({ limit: String(limit) });
+  if (session.user) query.set("user", session.user);
+  const { calls } = await api("GET", `/v1/calls?${query}`);
+  const today = new Date().toDateString();
+  const body = $("calls").tBodies[0];
+  body.replaceChildren();
+  for (const call of calls) {
+    if ($("only-missed").checked && !isMissed(call)) continue;
+    if ($("only-today").checked && new Date(call.created_at).toDateString() !== today) continue;
+    const number = call.direction === "inbound" ? (call.caller || "") : call.to;
+    const row = body.insertRow();
+    row.dataset.id = call.id;
+    if (isMissed(call)) row.className = "missed";
+    row.insertCell().textContent = new Date(call.created_at).toLocaleString(lang);
+    const who = row.insertCell();
+    who.className = "number";
+    who.textContent = (call.direction === "inbound" ? "← " : "→ ") + number +
+      (call.contact ? ` (${call.contact.name})` : "");
+    row.insertCell().textContent = stateWords(call);
+    row.insertCell().textContent = duration(call);
+    const action = row.insertCell();
+    if (number) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "call-back";
+      button.textContent = "☎";
+      button.title = button.ariaLabel = `${t.callBack} ${number}`;
+      button.addEventListener("click", () => dial(number));
+      action.append(button);
+    }
+  }
+}
+
+function showCurrent(call) {
+  current = call;
+  $("current").hidden = false;
+  $("current-to").textContent = call.to;
+  $("current-state").textContent = stateWords(call);
+  $("hang-up").hidden = call.state === "ended";
+}
+
+function listen() {
+  if (events) events.close();
+  events = new EventSource("/v1/events");
+  events.onmessage = null;
+  const update = (message) => {
+    const data = JSON.parse(message.data);
+    if (!data.call) return;
+    if (current && data.call.id === current.id) showCurrent(data.call);
+    if (data.event === "call.ended" || data.event === "call.incoming") loadCalls();
+  };
+  for (const name of ["call.dialing", "call.ringing", "call.answered", "call.confirmed",
+                      "call.connected", "call.ended", "call.incoming"]) {
+    events.addEventListener(name, update);
+  }
+}
+
+async function dial(number) {
+  $("call-error").textContent = "";
+  const body = { user: session.user, to: number };
+  if ($("device").value) body.device = $("device").value;
+  if ($("mode").value) body.mode = $("mode").value;
+  if ($("confirm").checked) body.confirm = true;
+  try {
+    const call = await api("POST", "/v1/calls", body);
+    showCurrent(call);
+    loadCalls();
+  } catch (e) {
+    $("call-error").textContent = e.message;
+  }
+}
+
+function askToDial(number) {
+  $("confirm-number").textContent = number;
+  const dialog = $("confirm-dial");
+  dialog.onclose = () => { if (dialog.returnValue === "yes") dial(number); };
+  dialog.showModal();
+}
+
+$("sign-in").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  $("sign-in-error").textContent = "";
+  const token = $("token").value;
+  const body = token ? { token } : { user: $("user").value, password: $("password").value };
+  try {
+    await showSignedIn(await api("POST", "/v1/session", body));
+  } catch (e) {
+    $("sign-in-error").textContent = e.message;
+  }
+});
+$("sign-out").addEventListener("click", async () => {
+  await api("DELETE", "/v1/session").catch(() => {});
+  showSignIn();
+});
+$("call-box").addEventListener("submit", (ev) => { ev.preventDefault(); dial($("to").value); });
+$("hang-up").addEventListener("click", async () => {
+  if (current) await api("DELETE", `/v1/calls/${encodeURIComponent(current.id)}`).catch(() => {});
+});
+$("only-missed").addEventListener("change", loadCalls);
+$("only-today").addEventListener("change", loadCalls);
+$("more").addEventListener("click", () => { limit += 20; loadCalls(); });
+$("protocol").addEventListener("click", () => {
+  // tel: and sip: are safelisted; callto: only as web+callto
+  for (const scheme of ["tel", "sip", "web+callto"]) {
+    try { navigator.registerProtocolHandler(scheme, `${location.origin}/#dial=%s`); } catch (e) { /* not offered */ }
+  }
+  $("protocol").textContent = t.protocolDone;
+});
+
+translate();
+api("GET", "/v1/session").then(showSignedIn, showSignIn);

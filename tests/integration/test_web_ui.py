@@ -1,0 +1,140 @@
+"""The web page in a real browser (issue 11): headless Chromium (Debian's chromium and
+chromedriver) driven by Selenium against a running sipdial, two baresip phones of user 201
+(one answers by itself, one never does) and a SIPp destination.
+
+Sign in, type a number: the phone rings, the page shows the states live up to connected,
+hang up from the page, the call is in the list; a call to the phone that does not answer
+is missed and marked, and its call-back button places the call again. Screenshots of each
+step go to ``$SIPDIAL_SCREENSHOTS`` (default: the test's tmp dir, ``screenshots/``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from tests.integration.c2d_helpers import ROUTE_MATCH, user
+from tests.peers.baresip import Baresip
+from tests.peers.sipp import LOOPBACK, Sipp
+from tests.sipdial_proc import Sipdial
+
+pytestmark = pytest.mark.integration
+
+NUMBER = "+4930123456"
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    chromium = shutil.which("chromium")
+    driver_path = shutil.which("chromedriver")
+    assert chromium and driver_path, "CI installs chromium and chromium-driver (.ci/run)"
+    options = Options()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,900",
+                "--lang=en-US", f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _shots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("SIPDIAL_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _text_is(driver: Any, element_id: str, *wanted: str, timeout: float = 20) -> str:
+    def check(d: Any) -> str | bool:
+        text = d.find_element(By.ID, element_id).text
+        return text if any(w in text for w in wanted) else False
+    result: str = WebDriverWait(driver, timeout).until(check)
+    return result
+
+
+def test_sign_in_call_watch_it_live_hang_up_and_call_back_a_missed_call(
+        tmp_path: Path, browser: Any) -> None:
+    shots = _shots(tmp_path)
+    with Sipp.uas(tmp_path, "uas_answer.xml", timeout=120, calls=3) as dest:
+        sd = Sipdial(tmp_path, users=[user("201", auto_answer=True)],
+                     routes=[{"match": ROUTE_MATCH,
+                              "uri": f"sip:{{number}}@{LOOPBACK}:{dest.port}"}],
+                     calls={"user_answer_timeout": 3})
+        with sd.start():
+            dest.start()
+            registrar = f"127.0.0.1:{sd.sip_port('udp')}"
+            with Baresip(tmp_path, user="201", password="secret201", registrar=registrar,
+                         outbound=False, name="desk") as desk, \
+                    Baresip(tmp_path, user="201", password="secret201", registrar=registrar,
+                            outbound=False, auto_answer=False, name="silent") as silent:
+                sd.wait_registered("201", count=2)
+                wait = WebDriverWait(browser, 20)
+                browser.get(sd.http_url + "/")
+                wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
+                browser.save_screenshot(str(shots / "1-sign-in.png"))
+                browser.find_element(By.ID, "user").send_keys("201")
+                browser.find_element(By.ID, "password").send_keys("secret201")
+                browser.find_element(By.CSS_SELECTOR, "#sign-in button[type=submit]").click()
+                wait.until(ec.visibility_of_element_located((By.ID, "call-box")))
+                assert "201" in browser.find_element(By.ID, "who").text
+                browser.save_screenshot(str(shots / "2-dashboard.png"))
+
+                # 1. a call from the call box, to the phone that answers by itself
+                devices = Select(browser.find_element(By.ID, "device"))
+                desk_contact = next(o.get_attribute("value") for o in devices.options
+                                    if f":{desk.sip_port}" in (o.get_attribute("value") or ""))
+                devices.select_by_value(desk_contact)
+                browser.find_element(By.ID, "to").send_keys(NUMBER)
+                browser.find_element(By.ID, "dial").click()
+                _text_is(browser, "current-state", "connected")
+                incoming = desk.wait_event("CALL_ESTABLISHED", timeout=10)
+                assert "4930123456" in str(incoming)  # the number as caller ID
+                browser.save_screenshot(str(shots / "3-connected.png"))
+                browser.find_element(By.ID, "hang-up").click()
+                _text_is(browser, "current-state", "cancelled", "hung up")
+                row = wait.until(ec.presence_of_element_located(
+                    (By.CSS_SELECTOR, "#calls tbody tr")))
+                assert NUMBER in row.text
+                browser.save_screenshot(str(shots / "4-hung-up.png"))
+
+                # 2. a call to the phone that never answers: missed, marked, called back
+                silent_contact = next(o.get_attribute("value") for o in devices.options
+                                      if f":{silent.sip_port}" in
+                                      (o.get_attribute("value") or ""))
+                devices.select_by_value(silent_contact)
+                browser.find_element(By.ID, "dial").click()
+                _text_is(browser, "current-state", "missed", timeout=20)
+                missed = wait.until(ec.presence_of_element_located(
+                    (By.CSS_SELECTOR, "#calls tbody tr.missed")))
+                browser.save_screenshot(str(shots / "5-missed.png"))
+                browser.find_element(By.ID, "only-missed").click()
+                rows = browser.find_elements(By.CSS_SELECTOR, "#calls tbody tr")
+                assert rows and all("missed" in (r.get_attribute("class") or "")
+                                    for r in rows)
+                devices.select_by_value(desk_contact)
+                missed = browser.find_element(By.CSS_SELECTOR, "#calls tbody tr.missed")
+                missed.find_element(By.CSS_SELECTOR, "button.call-back").click()
+                _text_is(browser, "current-state", "connected")
+                browser.save_screenshot(str(shots / "6-called-back.png"))
+                browser.find_element(By.ID, "hang-up").click()
+                _text_is(browser, "current-state", "cancelled", "hung up")
+                status, calls = sd.api("GET", "/v1/calls?user=201")
+                assert status == 200, calls
+                causes = [c["cause"] for c in calls["calls"]]
+                assert causes.count("user_no_answer") == 1 and len(causes) == 3, causes
+    assert sorted(p.name for p in shots.iterdir()) == [
+        "1-sign-in.png", "2-dashboard.png", "3-connected.png", "4-hung-up.png",
+        "5-missed.png", "6-called-back.png"]

@@ -1,0 +1,87 @@
+"""The web page's server side (issue 11): its files, sign-in, the session cookie and CSRF.
+The page itself in a real browser: tests/integration/test_web_ui.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from twisted.internet.selectreactor import SelectReactor
+
+from sipdial.api import Sessions
+from sipdial.api.session import SESSION_SECONDS
+from tests.unit.test_http_api import FakeApi, Server, call_body, check_password, serve
+from tests.unit.test_http_api import reactor as reactor
+
+NOW = [1_800_000_000.0]
+
+
+@pytest.fixture
+def web(reactor: SelectReactor) -> Iterator[Server]:
+    sessions = Sessions(b"k" * 32, lambda: NOW[0])
+    yield from serve(reactor, FakeApi(), check_password=check_password, sessions=sessions)
+
+
+def _sign_in(server: Server, **body: str) -> tuple[str, str]:
+    r = server.request("POST", "/v1/session", token=None, body=body or
+                       {"user": "201", "password": "secret"})
+    assert r.status == 201, r.raw
+    cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Secure" not in cookie
+    return cookie.split(";")[0], r.json["csrf"]
+
+
+def test_the_page_and_its_files_are_served_with_a_strict_policy(web: Server) -> None:
+    page = web.request("GET", "/", token=None)
+    assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert b'<script type="module" src="/static/app.js">' in page.raw
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert web.request("GET", "/static/app.js", token=None).headers["Content-Type"] \
+        .startswith("text/javascript")
+    for bad in ("/static/..%2Fhttp.py", "/static/nope.js", "/static/.hidden"):
+        assert web.request("GET", bad, token=None).status == 404, bad
+
+
+def test_a_session_acts_for_its_user_and_changes_need_the_csrf_token(web: Server) -> None:
+    cookie, csrf = _sign_in(web)
+    as_browser = {"Cookie": cookie}
+    r = web.request("GET", "/v1/session", token=None, headers=as_browser)
+    assert (r.status, r.json["user"], r.json["csrf"]) == (200, "201", csrf)
+    assert web.request("GET", "/v1/calls", token=None, headers=as_browser).status == 200
+    r = web.request("GET", "/v1/calls?user=202", token=None, headers=as_browser)
+    assert r.status == 403  # only its own user
+    r = web.request("POST", "/v1/calls", token=None, headers=as_browser, body=call_body())
+    assert (r.status, r.json["error"]["code"]) == (403, "csrf")
+    r = web.request("POST", "/v1/calls", token=None, body=call_body(),
+                    headers={**as_browser, "X-CSRF-Token": "0" * 32})
+    assert (r.status, r.json["error"]["code"]) == (403, "csrf")
+    r = web.request("POST", "/v1/calls", token=None, body=call_body(),
+                    headers={**as_browser, "X-CSRF-Token": csrf, "Sec-Fetch-Site": "cross-site"})
+    assert (r.status, r.json["error"]["code"]) == (403, "cross_site")
+    r = web.request("POST", "/v1/calls", token=None, body=call_body(),
+                    headers={**as_browser, "X-CSRF-Token": csrf, "Sec-Fetch-Site": "same-origin"})
+    assert r.status == 201, r.raw
+
+
+def test_sign_in_failures_forged_and_expired_sessions(web: Server) -> None:
+    r = web.request("POST", "/v1/session", token=None, body={"user": "201", "password": "x"})
+    assert r.status == 401 and "Set-Cookie" not in r.headers
+    r = web.request("POST", "/v1/session", token=None, body={"token": "nope"})
+    assert r.status == 401
+    cookie, _csrf = _sign_in(web, token="admin-token")
+    assert web.request("GET", "/v1/session", token=None,
+                       headers={"Cookie": cookie}).json["user"] is None  # an admin
+    forged = cookie[:-3] + ("AAA" if not cookie.endswith("AAA") else "BBB")
+    assert web.request("GET", "/v1/calls", token=None, headers={"Cookie": forged}).status == 401
+    NOW[0] += SESSION_SECONDS + 1
+    try:
+        assert web.request("GET", "/v1/calls", token=None,
+                           headers={"Cookie": cookie}).status == 401
+    finally:
+        NOW[0] -= SESSION_SECONDS + 1
+    out = web.request("DELETE", "/v1/session", token=None, headers={"Cookie": cookie})
+    assert "Max-Age=0" in out.headers["Set-Cookie"]
+    r = web.request("POST", "/v1/session", token=None, body={"token": "admin-token"},
+                    headers={"Sec-Fetch-Site": "cross-site"})
+    assert r.status == 403  # no signing in from another site's page
