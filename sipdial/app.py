@@ -89,10 +89,12 @@ from sipdial.sip import (
 )
 from sipdial.store import (
     CallRecord,
+    ContactBook,
     PublishedEvent,
     RegistrationRecord,
     SqliteEventReader,
     SqliteStore,
+    contact_book_path,
     used_links_in,
 )
 from sipdial.transport import (
@@ -729,18 +731,17 @@ def start(config: Config, reactor: Any, role: WorkerRole | None = None) -> Any:
     return running
 
 
-def _contacts(config: Config, reactor: Any) -> Contacts | None:
-    """``[contacts]``: the phonebook (loaded now) and the CRM's lookup URL."""
+def _contacts(config: Config, reactor: Any, book: ContactBook) -> Contacts:
+    """Who calls: ``[contacts]`` phonebook (loaded now), the users' own phonebooks (the
+    web page's), the CRM's lookup URL."""
     settings = config.contacts
-    if settings.phonebook is None and settings.lookup_url is None:
-        return None
     phonebook = None
     if settings.phonebook is not None:
         phonebook = Phonebook.from_file(settings.phonebook, config.numbers)
         log.info("phonebook %s: %d numbers", settings.phonebook, len(phonebook))
     fetch = AgentFetcher(reactor).get if settings.lookup_url is not None else None
     return Contacts(phonebook, lookup_url=settings.lookup_url, fetch=fetch,
-                    cache_ttl=settings.cache_ttl, clock=reactor.seconds)
+                    cache_ttl=settings.cache_ttl, clock=reactor.seconds, book=book)
 
 
 def _used_links_of_others(path: str, role: WorkerRole, now: float) -> list[tuple[str, float]]:
@@ -836,7 +837,8 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
         mesh.broadcast_guard(json.dumps([outcome.value, src, account, at]).encode())
 
     call_metrics = CallMetrics()
-    contacts = _contacts(config, reactor)
+    book = ContactBook(contact_book_path(config.store.sqlite_path), reactor, reactor.seconds)
+    contacts = _contacts(config, reactor, book)
     core = build_core(_worker_share(config, role), clock=reactor.seconds, store=store,
                       events=events,
                       secret=role.secret if role is not None else os.urandom(32),
@@ -955,7 +957,8 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                       allow_from=_allow_from(config),
                       metrics=metrics, metrics_config=config.metrics,
                       internal_token=internal_token, links=links,
-                      camara_sinks=config.camara_sinks, sessions=sessions)
+                      camara_sinks=config.camara_sinks, sessions=sessions,
+                      contact_book=book, number_plan=config.numbers)
     private_port = None
     own_site = None
     if role is None:

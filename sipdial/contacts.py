@@ -25,14 +25,22 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
 
 from sipdial.numbers import InvalidNumber, NumberPlan, complete
 
-__all__ = ["Contact", "ContactLookup", "Contacts", "Phonebook", "PhonebookError"]
+__all__ = ["Contact", "ContactLookup", "Contacts", "Phonebook", "PhonebookError",
+           "entries_of", "number_key"]
+
+
+def entries_of(text: str, name: str = "import") -> list[tuple[Contact, list[str]]]:
+    """The contacts of a CSV (header row) or vCard text (``PhonebookError`` if neither)."""
+    if text.lstrip().upper().startswith("BEGIN:VCARD"):
+        return _vcards(text)
+    return _csv_rows(text, name)
 
 log = logging.getLogger("sipdial.contacts")
 
@@ -56,13 +64,27 @@ class Contact:
 
 
 class ContactLookup(Protocol):
-    """What an incoming call asks: ``done(contact or None)`` now or later (once)."""
+    """What an incoming call asks: ``done(contact or None)`` now or later (once); ``user``:
+    the called user (their own phonebook counts)."""
 
-    def lookup(self, number: str, done: Callable[[Contact | None], None]) -> None: ...
+    def lookup(self, number: str, done: Callable[[Contact | None], None],
+               user: str | None = None) -> None: ...
+
+
+class BookLookup(Protocol):
+    """The users' phonebooks (:class:`sipdial.store.ContactBook`)."""
+
+    def find_number(self, user: str, key: str) -> Deferred[Any]: ...
 
 
 class PhonebookError(ValueError):
     """The phonebook file cannot be read (the message names the file and line)."""
+
+
+def number_key(number: str, plan: NumberPlan) -> str | None:
+    """How phonebooks and callers are compared: E.164 where it completes (None: no
+    number)."""
+    return _key(number, plan)
 
 
 def _key(number: str, plan: NumberPlan) -> str | None:
@@ -204,8 +226,9 @@ class Contacts:
     def __init__(self, phonebook: Phonebook | None, *, lookup_url: str | None = None,
                  fetch: Fetch | None = None, cache_ttl: float = 600.0,
                  clock: Callable[[], float], max_cached: int = 10_000,
-                 max_asking: int = 50) -> None:
+                 max_asking: int = 50, book: BookLookup | None = None) -> None:
         self.phonebook = phonebook
+        self.book = book  #: the users' own phonebooks (the web page's), after the file
         self._url = lookup_url
         self._fetch = fetch
         self._ttl = cache_ttl
@@ -216,12 +239,30 @@ class Contacts:
         #: lookups under way, by number: who else waits for each (one GET per number)
         self._asking: dict[str, list[Callable[[Contact | None], None]]] = {}
 
-    def lookup(self, number: str, done: Callable[[Contact | None], None]) -> None:
+    def lookup(self, number: str, done: Callable[[Contact | None], None],
+               user: str | None = None) -> None:
         if self.phonebook is not None:
             found = self.phonebook.find(number)
             if found is not None:
                 done(found)
                 return
+        if self.book is not None and user is not None and number.startswith("+"):
+            def in_book(entry: Any) -> None:
+                if entry is not None:
+                    done(Contact(entry.name, entry.url))
+                else:
+                    self._ask_url(number, done)
+
+            def book_failed(failure: object) -> None:
+                log.warning("phonebook lookup for %s failed: %s", number,
+                            getattr(failure, "getErrorMessage", lambda: failure)())
+                self._ask_url(number, done)
+
+            self.book.find_number(user, number).addCallbacks(in_book, book_failed)
+            return
+        self._ask_url(number, done)
+
+    def _ask_url(self, number: str, done: Callable[[Contact | None], None]) -> None:
         if self._url is None or self._fetch is None or not number.startswith("+"):
             done(None)
             return

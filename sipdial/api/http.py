@@ -78,13 +78,14 @@ from sipdial.api.session import COOKIE, SESSION_SECONDS, Sessions, cookie_value
 from sipdial.api.sse import EventSource, EventStream
 from sipdial.calls import CallState, Mode, escape_user
 from sipdial.config import MetricsConfig, Network
+from sipdial.contacts import PhonebookError, entries_of, number_key
 from sipdial.events import parse_cursor
 from sipdial.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sipdial.metrics import merge as merge_metrics
-from sipdial.numbers import check_e164
+from sipdial.numbers import NumberPlan, check_e164
 from sipdial.reactor_types import exc_info
 from sipdial.sip import SipError, SipURI, parse_uri
-from sipdial.store import MAX_METADATA_BYTES, Metadata, iso_time
+from sipdial.store import MAX_METADATA_BYTES, ContactBook, Metadata, iso_time
 from sipdial.vocabulary import Direction
 
 __all__ = ["MAX_BODY_BYTES", "ApiSite", "build_site", "normalise_destination"]
@@ -603,6 +604,12 @@ def _from_allowed(client: str, networks: Sequence[Network]) -> bool:
     return any(address in network for network in networks)
 
 
+def _full_book(failure: Failure) -> Failure:
+    if isinstance(failure.value, ValueError):
+        raise ApiError(422, "phonebook_full", str(failure.value))
+    return failure
+
+
 def _camara_reply(reply: _Reply, request: _Incoming) -> _Reply:
     """A reply on a CAMARA path: errors as CAMARA's ``{status, code, message}``, the
     request's ``x-correlator`` echoed (when it is one)."""
@@ -684,9 +691,13 @@ class _Router:
         links: Links | None = None,
         camara_sinks: Sequence[str] = (),
         sessions: Sessions | None = None,
+        contact_book: ContactBook | None = None,
+        number_plan: NumberPlan | None = None,
     ) -> None:
         self._api = api
         self._sessions = sessions
+        self._book = contact_book
+        self._plan = number_plan or NumberPlan()
         self._links = links
         #: URL prefixes a user's token may name as a CAMARA sink ([camara] sinks)
         self._camara_sinks = tuple(camara_sinks)
@@ -1290,6 +1301,125 @@ class _Router:
         cookie = f"{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
         return succeed(_Reply(200, {"signed_out": True}, [("Set-Cookie", cookie)]))
 
+    # ------------------------------------------------------------ the phonebook
+
+    def _require_book(self) -> ContactBook:
+        if self._book is None:
+            raise ApiError(404, "not_found", "no phonebook here")
+        return self._book
+
+    def _contact_owner(self, principal: _Principal, wanted: object) -> str:
+        """Whose contact a new one is: a user's own; an administrator's ``owner`` (a user
+        id, default "*": everyone's)."""
+        if principal.user is not None:
+            if wanted not in (None, principal.user):
+                raise _forbidden(principal, str(wanted))
+            return principal.user
+        if wanted is None or wanted == "*":
+            return "*"
+        return _valid_user("owner", wanted)
+
+    def _contact_fields(self, payload: object) -> tuple[str, list[str], list[str], str | None]:
+        if not isinstance(payload, dict):
+            raise _invalid("body: must be a JSON object")
+        unknown = sorted(set(payload) - {"name", "numbers", "url", "owner"})
+        if unknown:
+            raise _invalid(f"{_field_name(unknown[0])}: unknown field")
+        name = _valid_text("name", payload.get("name"), limit=200)
+        if name is None:
+            raise _invalid("name: is required")
+        numbers = payload.get("numbers")
+        if not isinstance(numbers, list) or not 1 <= len(numbers) <= 10:
+            raise _invalid("numbers: 1 to 10 numbers")
+        keys = []
+        for number in numbers:
+            text = _valid_text("numbers", number, limit=64)
+            key = number_key(text or "", self._plan)
+            if key is None:
+                raise ApiError(422, "invalid_number", f"numbers: {_shown(str(number))} is "
+                                                      "no phone number")
+            keys.append(key)
+        url = payload.get("url")
+        if url is not None and (not isinstance(url, str) or len(url) > 2048
+                                or re.fullmatch(r"https?://\S+", url) is None):
+            raise _invalid("url: must be an http(s) URL")
+        return name, [str(n) for n in numbers], keys, url
+
+    def _list_contacts(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        book = self._require_book()
+        principal = self._authenticate(request)
+        query = _Query(request.query)
+        text = query.text("q") or ""
+        if len(text) > 64:
+            raise _invalid("q: at most 64 characters")
+        limit_text, offset_text = query.text("limit"), query.text("offset")
+        for text_value in (limit_text, offset_text):
+            if text_value is not None and not (text_value.isascii() and text_value.isdigit()
+                                               and len(text_value) <= 7):
+                raise _invalid(f"limit: 1 to {_LIMIT_MAX}; offset: 0 to 1000000")
+        limit = int(limit_text) if limit_text else _LIMIT_DEFAULT
+        offset = int(offset_text) if offset_text else 0
+        if not 1 <= limit <= _LIMIT_MAX or offset > 10**6:
+            raise _invalid(f"limit: 1 to {_LIMIT_MAX}; offset: 0 to 1000000")
+        owner = principal.user if principal.user is not None else query.text("owner")
+        d = book.search(owner, text, limit, offset)
+        return d.addCallback(lambda found: _Reply(200, {
+            "contacts": [c.to_json() for c in found]}))
+
+    def _add_contact(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        book = self._require_book()
+        principal = self._authenticate(request)
+        payload = _parse_json(request.body)
+        name, numbers, keys, url = self._contact_fields(payload)
+        owner = self._contact_owner(principal, payload.get("owner")
+                                    if isinstance(payload, dict) else None)
+        d = book.add(owner, [(name, numbers, keys, url)])
+        d.addErrback(_full_book)
+        return d.addCallback(lambda ids: _Reply(201, {"id": ids[0], "owner": owner,
+                                                      "name": name, "numbers": numbers,
+                                                      "url": url}))
+
+    def _import_contacts(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        """``POST /v1/contacts/import``: the body is a CSV (header row) or vCard file."""
+        book = self._require_book()
+        principal = self._authenticate(request)
+        owner = self._contact_owner(principal, _Query(request.query).text("owner"))
+        try:
+            entries = entries_of(request.body.decode("utf-8-sig"), "the file")
+        except UnicodeDecodeError:
+            raise ApiError(400, "invalid_file", "the file is not UTF-8 text") from None
+        except PhonebookError as exc:
+            raise ApiError(422, "invalid_file", str(exc)) from None
+        rows = []
+        for contact, numbers in entries:
+            keyed = [(n, k) for n in numbers if (k := number_key(n, self._plan)) is not None]
+            if keyed:
+                rows.append((contact.name, [n for n, _ in keyed][:10],
+                             [k for _, k in keyed][:10], contact.url))
+        d = book.add(owner, rows)
+        d.addErrback(_full_book)
+        return d.addCallback(lambda ids: _Reply(201, {"imported": len(ids),
+                                                      "skipped": len(entries) - len(ids)}))
+
+    def _change_contact(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        book = self._require_book()
+        principal = self._authenticate(request)
+        contact_id = int(match.group("contact_id"))
+        if request.method == "DELETE":
+            d = book.delete(contact_id, principal.user)
+            body: dict[str, object] = {"id": contact_id, "deleted": True}
+        else:
+            name, numbers, keys, url = self._contact_fields(_parse_json(request.body))
+            d = book.update(contact_id, principal.user, name, numbers, keys, url)
+            body = {"id": contact_id, "name": name, "numbers": numbers, "url": url}
+
+        def done(found: bool) -> _Reply:
+            if not found:
+                raise ApiError(404, "not_found", f"no contact {contact_id}")
+            return _Reply(200, body)
+
+        return d.addCallback(done)
+
     def _require_sessions(self) -> Sessions:
         if self._sessions is None:
             raise ApiError(404, "not_found", "no web sessions here")
@@ -1491,6 +1621,33 @@ _ROUTES: Final[tuple[_Route, ...]] = (
             tags=(_CAMARA,), error_schema="CamaraError"))},
         "/click-to-dial/v0.1rc1/calls/{call_id}/recording", head=False,
         path_params=(_CAMARA_ID,)),
+    _Route(re.compile("/v1/contacts"), {
+        "GET": _Method(_Router._list_contacts, Operation(
+            "listContacts", "The phonebook: the user's and everyone's contacts",
+            (Reply(200, "contacts", "ContactList"),), (400, 401, 403, 404, 422),
+            params=(Param("q", {"type": "string", "maxLength": 64}, "in the name or a number"),
+                    Param("limit", {"type": "integer", "minimum": 1, "maximum": _LIMIT_MAX}),
+                    Param("offset", {"type": "integer", "minimum": 0, "maximum": 1000000}),
+                    Param("owner", {"type": "string"}, "admin: a user's, * everyone's")),
+            tags=("phonebook",))),
+        "POST": _Method(_Router._add_contact, Operation(
+            "addContact", "Add a contact", (Reply(201, "added", "Contact"),),
+            (400, 401, 403, 404, 413, 422), body="ContactRequest", tags=("phonebook",)))},
+        "/v1/contacts"),
+    _Route(re.compile("/v1/contacts/import"), {"POST": _Method(
+        _Router._import_contacts, Operation(
+            "importContacts", "Import a CSV (header row: name, number columns, url) or "
+            "vCard file (the request body)", (Reply(201, "how many", "ContactImport"),),
+            (400, 401, 403, 404, 413, 422), tags=("phonebook",)))}, "/v1/contacts/import"),
+    _Route(re.compile("/v1/contacts/(?P<contact_id>[0-9]{1,12})"), {
+        "PUT": _Method(_Router._change_contact, Operation(
+            "changeContact", "Change a contact", (Reply(200, "changed", "Contact"),),
+            (400, 401, 403, 404, 413, 422), body="ContactRequest", tags=("phonebook",))),
+        "DELETE": _Method(_Router._change_contact, Operation(
+            "deleteContact", "Delete a contact", (Reply(200, "deleted"),),
+            (401, 403, 404), tags=("phonebook",)))},
+        "/v1/contacts/{contact_id}",
+        path_params=(Param("contact_id", {"type": "string", "pattern": "^[0-9]{1,12}$"}),)),
     _Route(re.compile("/v1/session"), {
         "POST": _Method(_Router._sign_in, Operation(
             "signIn", "Sign a browser in (the SIP account, or an [api] token): sets the "
@@ -1847,6 +2004,8 @@ def build_site(
     links: Links | None = None,
     camara_sinks: Sequence[str] = (),
     sessions: Sessions | None = None,
+    contact_book: ContactBook | None = None,
+    number_plan: NumberPlan | None = None,
 ) -> ApiSite:
     """The HTTP API as a Twisted ``Site``; listen on it with ``reactor.listenTCP``.
 
@@ -1875,6 +2034,7 @@ def build_site(
     allow, access = _access(allow_from, metrics, metrics_config, internal_token)
     router = _Router(api, tokens, check_password, events=stream is not None, workers=workers,
                      allow_from=allow, metrics=access, clock=clock, links=links,
-                     camara_sinks=camara_sinks, sessions=sessions)
+                     camara_sinks=camara_sinks, sessions=sessions,
+                     contact_book=contact_book, number_plan=number_plan)
     return ApiSite(router, _Resource(router, stream, clock, metrics), reactor=reactor,
                    internal_token=internal_token)

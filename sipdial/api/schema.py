@@ -101,6 +101,29 @@ COMPONENTS: Final[dict[str, JsonSchema]] = {
     },
     "CallRequest": CALL_REQUEST,
     "LinkRequest": LINK_REQUEST,
+    "ContactRequest": {
+        "type": "object", "additionalProperties": False, "required": ["name", "numbers"],
+        "examples": [{"name": "Erika Mustermann", "numbers": ["030 123456"]}],
+        "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200},
+                       "numbers": {"type": "array", "minItems": 1, "maxItems": 10,
+                                   "items": {"type": "string", "maxLength": 64}},
+                       "url": {"type": "string"}, "owner": {"type": "string"}},
+    },
+    "Contact": {
+        "type": "object", "required": ["id", "name", "numbers"],
+        "properties": {"id": {"type": "integer"}, "owner": {"type": "string"},
+                       "name": {"type": "string"},
+                       "numbers": {"type": "array", "items": {"type": "string"}},
+                       "url": _nullable({"type": "string"})},
+    },
+    "ContactList": {
+        "type": "object", "required": ["contacts"],
+        "properties": {"contacts": {"type": "array", "items": _ref("Contact")}},
+    },
+    "ContactImport": {
+        "type": "object", "required": ["imported", "skipped"],
+        "properties": {"imported": {"type": "integer"}, "skipped": {"type": "integer"}},
+    },
     "SignIn": {
         "type": "object",
         "properties": {"user": {"type": "string"}, "password": {"type": "string"},

@@ -104,7 +104,7 @@ class IncomingCall:
         self._enter(St.CALLING_USER, now, None, "ringing the user's phones")
         if contacts is not None and record.caller is not None:
             self._timer = timers.schedule(now + lookup_timeout, self._lookup_late)
-            contacts.lookup(record.caller, self._contact)
+            contacts.lookup(record.caller, self._contact, record.user)
         else:
             self._release_held()
 

@@ -25,6 +25,7 @@ and left out, the rest of its batch is committed. Only a broken database loses a
 (logged with how many writes); later writes still go through.
 """
 
+from sipdial.store.contacts import ContactBook, ContactEntry, contact_book_path
 from sipdial.store.models import (
     MAX_METADATA_BYTES,
     CallEvent,
@@ -50,6 +51,8 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "CallEvent",
     "CallRecord",
+    "ContactBook",
+    "ContactEntry",
     "JsonValue",
     "Metadata",
     "OutboxEntry",
@@ -61,6 +64,7 @@ __all__ = [
     "StoreError",
     "StoreReactor",
     "WriteReport",
+    "contact_book_path",
     "iso_time",
     "used_links_in",
 ]

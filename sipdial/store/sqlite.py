@@ -961,7 +961,8 @@ def used_links_in(path: str, now: float) -> list[tuple[str, float]]:
     """The unexpired used links of another worker's file, read once (read-only, blocking:
     at start); an older file without the table, or an unreadable one: none."""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        uri = Path(path).resolve().as_uri() + "?mode=ro"  # ?, # and % quoted
+        conn = sqlite3.connect(uri, uri=True, timeout=5)
         try:
             rows = conn.execute(_SQL_LOAD_USED_LINKS, (now,)).fetchall()
         finally:

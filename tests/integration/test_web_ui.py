@@ -135,6 +135,58 @@ def test_sign_in_call_watch_it_live_hang_up_and_call_back_a_missed_call(
                 assert status == 200, calls
                 causes = [c["cause"] for c in calls["calls"]]
                 assert causes.count("user_no_answer") == 1 and len(causes) == 3, causes
-    assert sorted(p.name for p in shots.iterdir()) == [
-        "1-sign-in.png", "2-dashboard.png", "3-connected.png", "4-hung-up.png",
-        "5-missed.png", "6-called-back.png"]
+    assert {"1-sign-in.png", "2-dashboard.png", "3-connected.png", "4-hung-up.png",
+            "5-missed.png", "6-called-back.png"} <= {p.name for p in shots.iterdir()}
+
+
+def test_import_a_phonebook_dial_from_it_and_see_who_calls(tmp_path: Path,
+                                                           browser: Any) -> None:
+    """CSV import on the page, click-to-dial from the phonebook, and an incoming call from
+    a trunk (SIPp at 127.0.0.2) shows the caller's name from that phonebook."""
+    from tests.integration.test_inbound_e2e import CARRIER, DID, _carrier
+
+    shots = _shots(tmp_path)
+    book = tmp_path / "contacts.csv"
+    book.write_text("Name,Phone\nErika Mustermann,030 123456\n")
+    with Sipp.uas(tmp_path, "uas_answer.xml", timeout=120) as dest:
+        sd = Sipdial(tmp_path, users=[user("201", auto_answer=True)],
+                     routes=[{"match": ROUTE_MATCH,
+                              "uri": f"sip:{{number}}@{LOOPBACK}:{dest.port}"}],
+                     extra=(f'[numbers]\ncountry = "49"\narea = "211"\n'
+                            f'[[trunks]]\nname = "carrier"\nallow_from = ["{CARRIER}/32"]\n'
+                            f'dids = {{ "{DID}" = "201" }}\n'))
+        with sd.start():
+            dest.start()
+            with Baresip(tmp_path, user="201", password="secret201",
+                         registrar=f"127.0.0.1:{sd.sip_port('udp')}", outbound=False) as phone:
+                sd.wait_registered("201")
+                wait = WebDriverWait(browser, 20)
+                browser.get(sd.http_url + "/")
+                wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
+                browser.find_element(By.ID, "user").send_keys("201")
+                browser.find_element(By.ID, "password").send_keys("secret201")
+                browser.find_element(By.CSS_SELECTOR, "#sign-in button[type=submit]").click()
+                wait.until(ec.visibility_of_element_located((By.ID, "book-import")))
+                browser.find_element(By.ID, "book-file").send_keys(str(book))
+                browser.find_element(By.CSS_SELECTOR, "#book-import button").click()
+                _text_is(browser, "book-status", "1 imported")
+                button = wait.until(ec.element_to_be_clickable(
+                    (By.CSS_SELECTOR, "#book button.book-dial")))
+                assert "030 123456" in button.text
+                browser.save_screenshot(str(shots / "7-phonebook.png"))
+                button.click()
+                _text_is(browser, "current-state", "connected")
+                assert "+4930123456" in browser.find_element(By.ID, "current-to").text
+                browser.find_element(By.ID, "hang-up").click()
+                _text_is(browser, "current-state", "cancelled", "hung up")
+
+                # someone calls from that number: the list names them
+                with _carrier(tmp_path, sd, "030123456", name="erika") as carrier:
+                    carrier.start()
+                    phone.wait_event("CALL_ESTABLISHED", timeout=15)  # auto-answered
+                    row = WebDriverWait(browser, 20).until(lambda d: next(
+                        (r for r in d.find_elements(By.CSS_SELECTOR, "#calls tbody tr")
+                         if "Erika Mustermann" in r.text), False))
+                    assert "←" in row.text  # inbound, named from the phonebook
+                    browser.save_screenshot(str(shots / "8-incoming-named.png"))
+                    carrier.wait(20)

@@ -710,7 +710,7 @@ def test_healthz_needs_no_token(server: Server) -> None:
 # ---------------------------------------------------------------- routing and methods
 
 
-@pytest.mark.parametrize("path", ["/", "/v1", "/v1/calls/", "/v1/calls/a/b", "/v2/calls"])
+@pytest.mark.parametrize("path", ["/index.html", "/v1", "/v1/calls/", "/v1/calls/a/b", "/v2/calls"])
 def test_unknown_path_is_404_json(server: Server, path: str) -> None:
     r = server.request("GET", path)
     assert r.status == 404

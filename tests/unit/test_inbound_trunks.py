@@ -32,7 +32,8 @@ class SlowLookup:
 
     asked: list[tuple[str, Callable[[Contact | None], None]]] = field(default_factory=list)
 
-    def lookup(self, number: str, done: Callable[[Contact | None], None]) -> None:
+    def lookup(self, number: str, done: Callable[[Contact | None], None],
+               user: str | None = None) -> None:
         self.asked.append((number, done))
 
 

@@ -31,7 +31,8 @@ def validator(document: dict[str, Any], component: str) -> Any:
     return jsonschema_rs.Draft202012Validator(schema)
 
 
-_EXAMPLES = {"call_id": "0abc123", "token": "eyJhIjoxfQ.c2ln", "name": "app.js"}
+_EXAMPLES = {"call_id": "0abc123", "token": "eyJhIjoxfQ.c2ln", "name": "app.js",
+             "contact_id": "17"}
 
 
 def test_each_documented_path_is_the_path_its_route_answers(document: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ The page itself in a real browser: tests/integration/test_web_ui.py."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from twisted.internet.selectreactor import SelectReactor
@@ -85,3 +86,63 @@ def test_sign_in_failures_forged_and_expired_sessions(web: Server) -> None:
     r = web.request("POST", "/v1/session", token=None, body={"token": "admin-token"},
                     headers={"Sec-Fetch-Site": "cross-site"})
     assert r.status == 403  # no signing in from another site's page
+
+
+# ------------------------------------------------------------------------------- phonebook
+
+@pytest.fixture
+def book_site(reactor: SelectReactor, tmp_path: Path) -> Iterator[Server]:
+    from sipdial.numbers import NumberPlan
+    from sipdial.store import ContactBook
+
+    book = ContactBook(str(tmp_path / "contacts.db"), reactor, lambda: NOW[0])
+    yield from serve(reactor, FakeApi(), check_password=check_password,
+                     contact_book=book, number_plan=NumberPlan(country="49", area="30"))
+
+
+def test_the_phonebook_add_search_change_delete_per_user(book_site: Server) -> None:
+    r = book_site.request("POST", "/v1/contacts", token="tok-201",
+                          body={"name": "Erika", "numbers": ["030 123456", "+49 171 2345"]})
+    assert r.status == 201, r.raw
+    erika = r.json["id"]
+    assert book_site.request("POST", "/v1/contacts", token="tok-202",
+                             body={"name": "Bobs Friend", "numbers": ["12345"]}).status == 201
+    shared = book_site.request("POST", "/v1/contacts",
+                               body={"name": "Reception", "numbers": ["+4930100"]})
+    assert shared.json["owner"] == "*"
+    names = [c["name"] for c in book_site.request("GET", "/v1/contacts",
+                                                  token="tok-201").json["contacts"]]
+    assert names == ["Erika", "Reception"]  # own and everyone's, not 202's
+    found = book_site.request("GET", "/v1/contacts?q=4930123456", token="tok-201")
+    assert [c["name"] for c in found.json["contacts"]] == ["Erika"]  # by the E.164 form
+    for body, code in (({"name": "x", "numbers": []}, "invalid_request"),
+                       ({"name": "x", "numbers": ["abc"]}, "invalid_number"),
+                       ({"name": "", "numbers": ["1"]}, "invalid_request"),
+                       ({"name": "x", "numbers": ["12"], "url": "javascript:x"},
+                        "invalid_request"),
+                       ({"name": "x", "numbers": ["12"], "owner": "202"}, "forbidden")):
+        r = book_site.request("POST", "/v1/contacts", token="tok-201", body=body)
+        assert r.json["error"]["code"] == code, (body, r.raw)
+    r = book_site.request("PUT", f"/v1/contacts/{erika}", token="tok-202",
+                          body={"name": "Mine now", "numbers": ["12"]})
+    assert r.status == 404  # not 202's
+    r = book_site.request("PUT", f"/v1/contacts/{erika}", token="tok-201",
+                          body={"name": "Erika M.", "numbers": ["030 123456"]})
+    assert r.status == 200
+    assert book_site.request("DELETE", f"/v1/contacts/{erika}", token="tok-201").status == 200
+    assert book_site.request("DELETE", f"/v1/contacts/{erika}", token="tok-201").status == 404
+
+
+def test_csv_and_vcard_imports(book_site: Server) -> None:
+    csv = "Name,Telefon,URL\nErika,030 123456,https://crm/c/1\nNo Number,,\nMax,(030) 99,\n"
+    r = book_site.request("POST", "/v1/contacts/import", token="tok-201", body=csv,
+                          headers={"Content-Type": "text/csv"})
+    assert (r.status, r.json) == (201, {"imported": 2, "skipped": 1}), r.raw  # no number
+    vcard = "BEGIN:VCARD\r\nFN:Vera\r\nTEL:+4940111\r\nEND:VCARD\r\n"
+    r = book_site.request("POST", "/v1/contacts/import", token="tok-201", body=vcard)
+    assert r.json["imported"] == 1
+    r = book_site.request("POST", "/v1/contacts/import", token="tok-201", body="a,b\n1,2\n")
+    assert (r.status, r.json["error"]["code"]) == (422, "invalid_file")
+    names = sorted(c["name"] for c in book_site.request(
+        "GET", "/v1/contacts", token="tok-201").json["contacts"])
+    assert names == ["Erika", "Max", "Vera"]

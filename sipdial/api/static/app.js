@@ -12,6 +12,10 @@ const T = {
     duration: "Duration", more: "More", protocol: "Open tel: links with sipdial",
     confirmDial: "Call", cancel: "Cancel", callBack: "Call back", missed: "missed",
     signedInAs: "signed in as", admin: "administrator", protocolDone: "registered",
+    phonebook: "Phonebook", search: "Search", name: "Name", numbers: "Numbers",
+    addContact: "Add a contact", numbersHint: "Numbers (comma separated)", add: "Add",
+    importFile: "Import a CSV or vCard file", import: "Import", remove: "Delete",
+    imported: "imported", call: "Call",
     states: {
       calling_user: "dialling your phone", user_ringing: "your phone rings",
       user_answered: "answered", awaiting_confirmation: "press 1",
@@ -37,6 +41,10 @@ const T = {
     duration: "Dauer", more: "Mehr", protocol: "tel:-Links mit sipdial öffnen",
     confirmDial: "Anrufen:", cancel: "Abbrechen", callBack: "Zurückrufen", missed: "verpasst",
     signedInAs: "angemeldet als", admin: "Administrator", protocolDone: "eingerichtet",
+    phonebook: "Telefonbuch", search: "Suchen", name: "Name", numbers: "Rufnummern",
+    addContact: "Kontakt hinzufügen", numbersHint: "Rufnummern (durch Komma getrennt)",
+    add: "Hinzufügen", importFile: "CSV- oder vCard-Datei importieren", import: "Importieren",
+    remove: "Löschen", imported: "importiert", call: "Anrufen",
     states: {
       calling_user: "Ihr Telefon wird angerufen", user_ringing: "Klingelt bei Ihnen",
       user_answered: "Angenommen", awaiting_confirmation: "1 drücken",
@@ -111,7 +119,7 @@ async function showSignedIn(s) {
   $("sign-in-view").hidden = true;
   $("app-view").hidden = false;
   $("sign-out").hidden = false;
-  await Promise.all([loadDevices(), loadCalls()]);
+  await Promise.all([loadDevices(), loadCalls(), loadBook()]);
   listen();
   const wanted = new URLSearchParams(location.hash.slice(1)).get("dial");
   if (wanted) {
@@ -173,6 +181,38 @@ async function loadCalls() {
       button.addEventListener("click", () => dial(number));
       action.append(button);
     }
+  }
+}
+
+async function loadBook() {
+  const query = new URLSearchParams({ limit: "100" });
+  const q = $("book-search").value.trim();
+  if (q) query.set("q", q);
+  const { contacts } = await api("GET", `/v1/contacts?${query}`);
+  const body = $("book").tBodies[0];
+  body.replaceChildren();
+  for (const c of contacts) {
+    const row = body.insertRow();
+    row.insertCell().textContent = c.name;
+    const numbers = row.insertCell();
+    for (const number of c.numbers) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "book-dial number";
+      button.textContent = `☎ ${number}`;
+      button.title = button.ariaLabel = `${t.call} ${c.name} ${number}`;
+      button.addEventListener("click", () => dial(number));
+      numbers.append(button, " ");
+    }
+    const del = document.createElement("button");
+    del.type = "button";
+    del.textContent = t.remove;
+    del.ariaLabel = `${t.remove} ${c.name}`;
+    del.addEventListener("click", async () => {
+      await api("DELETE", `/v1/contacts/${c.id}`).catch(() => {});
+      loadBook();
+    });
+    row.insertCell().append(del);
   }
 }
 
@@ -240,6 +280,29 @@ $("sign-out").addEventListener("click", async () => {
 $("call-box").addEventListener("submit", (ev) => { ev.preventDefault(); dial($("to").value); });
 $("hang-up").addEventListener("click", async () => {
   if (current) await api("DELETE", `/v1/calls/${encodeURIComponent(current.id)}`).catch(() => {});
+});
+$("book-search").addEventListener("input", () => loadBook());
+$("book-add").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const numbers = $("book-numbers").value.split(",").map((n) => n.trim()).filter(Boolean);
+  try {
+    await api("POST", "/v1/contacts", { name: $("book-name").value, numbers });
+    $("book-add").reset();
+    loadBook();
+  } catch (e) { $("book-status").textContent = e.message; }
+});
+$("book-import").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const file = $("book-file").files[0];
+  if (!file) return;
+  const r = await fetch("/v1/contacts/import", {
+    method: "POST", credentials: "same-origin", body: await file.text(),
+    headers: { "Content-Type": "text/plain; charset=utf-8", "X-CSRF-Token": session.csrf },
+  });
+  const data = await r.json().catch(() => ({}));
+  $("book-status").textContent = r.ok ? `${data.imported} ${t.imported}`
+    : ((data.error && data.error.message) || `HTTP ${r.status}`);
+  loadBook();
 });
 $("only-missed").addEventListener("change", loadCalls);
 $("only-today").addEventListener("change", loadCalls);

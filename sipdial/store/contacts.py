@@ -1,0 +1,174 @@
+"""The users' phonebooks (issue 11): contacts with one or more numbers, kept in one SQLite
+file beside the store that every worker opens (WAL; a write waits for another at most 5 s),
+so an edit at one worker is what every other reads. Each operation opens its own
+connection on the reactor's thread pool: phonebook edits and lookups are rare next to calls.
+
+A contact belongs to a user, or to everyone (owner ``"*"``, an administrator's). Numbers are
+stored as typed and, for lookups, as E.164 keys (``sipdial.contacts.number_key``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+
+__all__ = ["ContactBook", "ContactEntry", "contact_book_path"]
+
+_T = TypeVar("_T")
+
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS contacts (
+        id INTEGER PRIMARY KEY,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        numbers TEXT NOT NULL,
+        keys TEXT NOT NULL,
+        url TEXT,
+        updated REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS contacts_owner ON contacts (owner, name)",
+)
+_COLUMNS: Final = "id, owner, name, numbers, url"
+MAX_CONTACTS: Final = 100_000  #: per owner
+
+
+@dataclass(frozen=True, slots=True)
+class ContactEntry:
+    id: int
+    owner: str  #: a user id, or "*" (everyone's)
+    name: str
+    numbers: tuple[str, ...]
+    url: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {"id": self.id, "owner": self.owner, "name": self.name,
+                "numbers": list(self.numbers), "url": self.url}
+
+
+def contact_book_path(store_path: str) -> str:
+    """The phonebook file beside the store (``calls.db`` -> ``calls.contacts.db``)."""
+    if store_path == ":memory:" or store_path.startswith("file:"):
+        return ":memory:"
+    root = store_path[:-3] if store_path.endswith(".db") else store_path
+    return f"{root}.contacts.db"
+
+
+def _entry(row: Sequence[Any]) -> ContactEntry:
+    numbers = json.loads(row[3])
+    return ContactEntry(int(row[0]), str(row[1]), str(row[2]),
+                        tuple(str(n) for n in numbers), row[4])
+
+
+def _keys(keys: Sequence[str]) -> str:
+    return " " + " ".join(keys) + " "
+
+
+class ContactBook:
+    def __init__(self, path: str, reactor: Any, clock: Callable[[], float]) -> None:
+        self._path = path
+        self._reactor = reactor
+        self._clock = clock
+        self._memory: sqlite3.Connection | None = None  # ":memory:": one shared connection
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._path == ":memory:":
+            if self._memory is None:
+                self._memory = sqlite3.connect(":memory:", check_same_thread=False)
+                for statement in _SCHEMA:
+                    self._memory.execute(statement)
+            return self._memory
+        conn = sqlite3.connect(self._path, timeout=5)
+        conn.execute("PRAGMA journal_mode=WAL")
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        return conn
+
+    def _do(self, work: Callable[[sqlite3.Connection], _T]) -> Deferred[_T]:
+        def run() -> _T:
+            conn = self._connect()
+            try:
+                with conn:
+                    return work(conn)
+            finally:
+                if conn is not self._memory:
+                    conn.close()
+
+        d: Deferred[_T] = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), run)
+        return d
+
+    def search(self, owner: str | None, query: str = "", limit: int = 50,
+             offset: int = 0) -> Deferred[list[ContactEntry]]:
+        """``owner``'s and everyone's contacts (None: all), by name; ``query`` in the name or
+        a number."""
+        like = "%" + query.replace("%", "").replace("_", "") + "%"
+
+        def work(conn: sqlite3.Connection) -> list[ContactEntry]:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM contacts WHERE (? IS NULL OR owner IN (?, '*')) "
+                "AND (name LIKE ? OR numbers LIKE ? OR keys LIKE ?) "
+                "ORDER BY name COLLATE NOCASE, id LIMIT ? OFFSET ?",
+                (owner, owner, like, like, like, limit, offset)).fetchall()
+            return [_entry(r) for r in rows]
+
+        return self._do(work)
+
+    def add(self, owner: str, entries: Sequence[tuple[str, Sequence[str], Sequence[str],
+                                                      str | None]]) -> Deferred[list[int]]:
+        """Add (name, numbers, their E.164 keys, url) entries; their ids. Refuses (ValueError)
+        to grow an owner's book past MAX_CONTACTS."""
+        now = self._clock()
+
+        def work(conn: sqlite3.Connection) -> list[int]:
+            (count,) = conn.execute("SELECT COUNT(*) FROM contacts WHERE owner = ?",
+                                    (owner,)).fetchone()
+            if count + len(entries) > MAX_CONTACTS:
+                raise ValueError(f"at most {MAX_CONTACTS} contacts")
+            ids = []
+            for name, numbers, keys, url in entries:
+                cur = conn.execute(
+                    "INSERT INTO contacts (owner, name, numbers, keys, url, updated) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (owner, name, json.dumps(list(numbers)), _keys(keys), url, now))
+                ids.append(int(cur.lastrowid or 0))
+            return ids
+
+        return self._do(work)
+
+    def update(self, contact_id: int, owner: str | None, name: str, numbers: Sequence[str],
+               keys: Sequence[str], url: str | None) -> Deferred[bool]:
+        def work(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE contacts SET name = ?, numbers = ?, keys = ?, url = ?, updated = ? "
+                "WHERE id = ? AND (? IS NULL OR owner = ?)",
+                (name, json.dumps(list(numbers)), _keys(keys), url, self._clock(), contact_id,
+                 owner, owner))
+            return cur.rowcount > 0
+
+        return self._do(work)
+
+    def delete(self, contact_id: int, owner: str | None) -> Deferred[bool]:
+        def work(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("DELETE FROM contacts WHERE id = ? AND (? IS NULL OR owner = ?)",
+                               (contact_id, owner, owner))
+            return cur.rowcount > 0
+
+        return self._do(work)
+
+    def find_number(self, user: str, key: str) -> Deferred[ContactEntry | None]:
+        """The first contact of ``user`` (or everyone's) with the number ``key`` (E.164)."""
+        def work(conn: sqlite3.Connection) -> ContactEntry | None:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM contacts WHERE owner IN (?, '*') AND keys LIKE ? "
+                "ORDER BY owner = '*', id LIMIT 1", (user, f"% {key} %")).fetchone()
+            return None if row is None else _entry(row)
+
+        return self._do(work)
