@@ -44,7 +44,7 @@ import re
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from io import BytesIO
 from typing import Any, BinaryIO, Final, Protocol
 from urllib.parse import quote, unquote_to_bytes
@@ -67,9 +67,11 @@ from sipdial.api.links import MAX_TOKEN_LENGTH, Link, Links
 from sipdial.api.pages import (
     PAGE_HEADERS,
     PAGE_HEADERS_APP,
+    dial_confirm_page,
     error_page,
     link_page,
     placed_page,
+    sign_in_page,
     static_file,
 )
 from sipdial.api.schema import Auth, DocumentedPath, Operation, Param, Reply, openapi_document
@@ -1170,6 +1172,9 @@ class _Router:
         ``<img src=".../dial?to=...">``."""
         query = _Query(request.query)
         token, auth = query.text("token"), query.text("auth")
+        if request.authorization is None and token is None and auth is None \
+                and self._sessions is not None and "text/html" in request.accept:
+            return self._dial_in_browser(request, self._sessions)
         if request.authorization is None and token is not None:
             principal = self._tokens.lookup(token)
             if principal is None:
@@ -1188,6 +1193,31 @@ class _Router:
             d.addErrback(self._error_reply, request)
             d.addCallback(_dial_page)
         return d
+
+    def _dial_in_browser(self, request: _Incoming, sessions: Sessions) -> Deferred[_Reply]:
+        """``/dial?to=`` opened by the browser (its ``tel:`` handler): GET asks on a page,
+        its form POSTs back with the session's CSRF token and places the call. Without a
+        session: a page that signs in first."""
+        if request.method == "POST":
+            form = _Query(request.body)
+            to = form.required("to", number=True)
+            request = replace(request, csrf=form.text("csrf"))
+        else:
+            to = _Query(request.query).required("to", number=True)
+        destination = _valid_destination("to", to)
+        session = sessions.check(request.cookie) if request.cookie else None
+        if session is None:
+            return succeed(_as_page(_Reply(401, {}), sign_in_page(destination)))
+        if request.method != "POST":
+            return succeed(_as_page(_Reply(200, {}), dial_confirm_page(
+                destination, sessions.csrf(session))))
+        principal = self._session_principal(request, sessions)
+        if principal.user is None:
+            raise _invalid("an administrator's session dials on the page, for a user")
+        d = self._start_call(request, principal,
+                             _CallRequest(user=principal.user, to=destination))
+        d.addErrback(self._error_reply, request)
+        return d.addCallback(_dial_page)
 
     # ------------------------------------------------------------ CAMARA ClickToDial
 
@@ -1587,7 +1617,10 @@ _ROUTES: Final[tuple[_Route, ...]] = (
         "/c/{token}", head=False,
         path_params=(Param("token", {"type": "string",
                                      "pattern": f"^[A-Za-z0-9_.-]{{1,{MAX_TOKEN_LENGTH}}}$"}),)),
-    _Route(re.compile("/dial"), {"GET": _Method(_Router._dial, Operation(
+    _Route(re.compile("/dial"), {"POST": _Method(_Router._dial, Operation(
+        "dialConfirmed", "The browser's confirmation of GET /dial (session, form with the "
+        "CSRF token)", (_CREATED,), _CALL_ERRORS, auth=Auth.NONE, tags=("web",))),
+        "GET": _Method(_Router._dial, Operation(
         "dial", "Place a call by opening a URL: /dial?to=tel:+49... (CRM URL templates)",
         (_CREATED,), _CALL_ERRORS,
         params=(Param("to", {"type": "string"}, "the number, tel:/callto: link or URI",

@@ -14,8 +14,8 @@ import html
 from pathlib import Path
 from typing import Final
 
-__all__ = ["PAGE_HEADERS", "PAGE_HEADERS_APP", "error_page", "link_page", "placed_page",
-           "static_file"]
+__all__ = ["PAGE_HEADERS", "PAGE_HEADERS_APP", "dial_confirm_page", "error_page", "link_page",
+           "placed_page", "sign_in_page", "static_file"]
 
 PAGE_HEADERS: Final = (
     ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; "
@@ -73,6 +73,23 @@ def link_page(user: str, to: str, expires: str) -> bytes:
         f"connected.</p>"
         f'<form method="post"><button type="submit" autofocus>Call now</button></form>'
         f"<p><small>This link works once, until {html.escape(expires)}.</small></p>"))
+
+
+def dial_confirm_page(to: str, csrf: str) -> bytes:
+    """``/dial?to=`` in the browser (its tel: handler): asked before anything is dialled."""
+    return _page(f"Call {to}", (
+        f'<h1>Call <span class="n">{html.escape(to)}</span>?</h1>'
+        f'<form method="post"><input type="hidden" name="to" value="{html.escape(to)}">'
+        f'<input type="hidden" name="csrf" value="{html.escape(csrf)}">'
+        f'<button type="submit" autofocus>Call now</button></form>'
+        f'<p><a href="/">sipdial</a></p>'))
+
+
+def sign_in_page(to: str) -> bytes:
+    target = "/#dial=" + html.escape(to.replace("#", "").replace("&", ""))
+    return _page("Sign in", (
+        f"<h1>Sign in first</h1><p>To call <span class=\"n\">{html.escape(to)}</span>, "
+        f'<a href="{target}">sign in to sipdial</a>.</p>'))
 
 
 def placed_page(user: str, to: str) -> bytes:

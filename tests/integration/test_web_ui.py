@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +35,24 @@ pytestmark = pytest.mark.integration
 NUMBER = "+4930123456"
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
+def _chrome(profile: Path, lang: str = "en-US") -> Any:
     chromium = shutil.which("chromium")
     driver_path = shutil.which("chromedriver")
     assert chromium and driver_path, "CI installs chromium and chromium-driver (.ci/run)"
     options = Options()
     options.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,900",
-                "--lang=en-US", f"--user-data-dir={tmp_path / 'chromium'}"):
+                f"--lang={lang}", f"--user-data-dir={profile}"):
         options.add_argument(arg)
+    options.add_experimental_option("prefs", {"intl.accept_languages": lang})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(30)
+    return driver
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    driver = _chrome(tmp_path / "chromium")
     try:
         yield driver
     finally:
@@ -190,3 +198,64 @@ def test_import_a_phonebook_dial_from_it_and_see_who_calls(tmp_path: Path,
                     assert "←" in row.text  # inbound, named from the phonebook
                     browser.save_screenshot(str(shots / "8-incoming-named.png"))
                     carrier.wait(20)
+
+
+class _Elsewhere(ThreadingHTTPServer):
+    """Another site's page: a form that posts to sipdial by itself (a CSRF attempt)."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(("127.0.0.1", 0), _ElsewhereHandler)
+        self.target = target
+
+
+class _ElsewhereHandler(BaseHTTPRequestHandler):
+    server: _Elsewhere
+
+    def do_GET(self) -> None:
+        page = (f'<form id="f" method="post" action="{self.server.target}/dial">'
+                '<input name="to" value="+4930999"><input name="csrf" value="guess"></form>'
+                '<script>document.getElementById("f").submit()</script>').encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_german_admin_view_and_a_cross_site_post_is_refused(tmp_path: Path) -> None:
+    shots = _shots(tmp_path)
+    sd = Sipdial(tmp_path, users=[user("201", auto_answer=True)], routes=[])
+    with sd.start(), Baresip(tmp_path, user="201", password="secret201",
+                             registrar=f"127.0.0.1:{sd.sip_port('udp')}", outbound=False):
+        sd.wait_registered("201")
+        browser = _chrome(tmp_path / "chromium-de", "de-DE")
+        elsewhere = _Elsewhere(sd.http_url)
+        threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+        try:
+            wait = WebDriverWait(browser, 20)
+            browser.get(sd.http_url + "/")
+            wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
+            assert browser.find_element(By.CSS_SELECTOR, "#sign-in h2, #sign-in-view h2") \
+                .text == "Anmelden"
+            browser.find_element(By.CSS_SELECTOR, "#sign-in details summary").click()
+            browser.find_element(By.ID, "token").send_keys("admin-secret")
+            browser.find_element(By.CSS_SELECTOR, "#sign-in button[type=submit]").click()
+            _text_is(browser, "who", "Administrator")
+            rows = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR,
+                                                        "#registrations tbody tr"))
+            assert rows[0].text.startswith("201"), rows[0].text
+            assert browser.find_element(By.ID, "call-box-title").text == "Anrufen"
+            browser.save_screenshot(str(shots / "9-admin-de.png"))
+
+            # another site's page posts to sipdial in the signed-in browser: refused
+            before = len(sd.api("GET", "/v1/calls")[1]["calls"])
+            browser.get(f"http://127.0.0.1:{elsewhere.server_address[1]}/")
+            wait.until(lambda d: d.current_url.startswith(sd.http_url))
+            assert len(sd.api("GET", "/v1/calls")[1]["calls"]) == before
+            assert "Calling" not in browser.page_source
+        finally:
+            browser.quit()
+            elsewhere.shutdown()

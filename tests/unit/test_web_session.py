@@ -146,3 +146,25 @@ def test_csv_and_vcard_imports(book_site: Server) -> None:
     names = sorted(c["name"] for c in book_site.request(
         "GET", "/v1/contacts", token="tok-201").json["contacts"])
     assert names == ["Erika", "Max", "Vera"]
+
+
+def test_dial_in_the_browser_asks_then_places_with_the_csrf_token(web: Server) -> None:
+    html = {"Accept": "text/html"}
+    r = web.request("GET", "/dial?to=tel:+4930123456", token=None, headers=html)
+    assert r.status == 401 and b"/#dial=+4930123456" in r.raw  # sign in first
+    cookie, csrf = _sign_in(web)
+    browser = {**html, "Cookie": cookie}
+    page = web.request("GET", "/dial?to=tel:+4930123456", token=None, headers=browser)
+    assert page.status == 200 and b'name="csrf"' in page.raw and csrf.encode() in page.raw
+    assert web.api.created == []  # asked, nothing placed
+    form = {**browser, "Content-Type": "application/x-www-form-urlencoded"}
+    r = web.request("POST", "/dial", token=None, headers=form,
+                    body="to=%2B4930123456&csrf=wrong")
+    assert r.status == 403 and web.api.created == []
+    r = web.request("POST", "/dial", token=None, headers={**form, "Sec-Fetch-Site": "cross-site"},
+                    body=f"to=%2B4930123456&csrf={csrf}")
+    assert r.status == 403 and web.api.created == []
+    r = web.request("POST", "/dial", token=None, headers=form,
+                    body=f"to=%2B4930123456&csrf={csrf}")
+    assert r.status == 201 and b"Calling" in r.raw
+    assert [(c["user"], c["to"]) for c in web.api.created] == [("201", "+4930123456")]

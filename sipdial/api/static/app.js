@@ -15,7 +15,8 @@ const T = {
     phonebook: "Phonebook", search: "Search", name: "Name", numbers: "Numbers",
     addContact: "Add a contact", numbersHint: "Numbers (comma separated)", add: "Add",
     importFile: "Import a CSV or vCard file", import: "Import", remove: "Delete",
-    imported: "imported", call: "Call",
+    imported: "imported", call: "Call", forUser: "For user",
+    registrations: "Registered phones (all users)", userCol: "User", expires: "Expires in",
     states: {
       calling_user: "dialling your phone", user_ringing: "your phone rings",
       user_answered: "answered", awaiting_confirmation: "press 1",
@@ -44,7 +45,9 @@ const T = {
     phonebook: "Telefonbuch", search: "Suchen", name: "Name", numbers: "Rufnummern",
     addContact: "Kontakt hinzufügen", numbersHint: "Rufnummern (durch Komma getrennt)",
     add: "Hinzufügen", importFile: "CSV- oder vCard-Datei importieren", import: "Importieren",
-    remove: "Löschen", imported: "importiert", call: "Anrufen",
+    remove: "Löschen", imported: "importiert", call: "Anrufen", forUser: "Für Benutzer",
+    registrations: "Angemeldete Telefone (alle Benutzer)", userCol: "Benutzer",
+    expires: "Läuft ab in",
     states: {
       calling_user: "Ihr Telefon wird angerufen", user_ringing: "Klingelt bei Ihnen",
       user_answered: "Angenommen", awaiting_confirmation: "1 drücken",
@@ -119,6 +122,9 @@ async function showSignedIn(s) {
   $("sign-in-view").hidden = true;
   $("app-view").hidden = false;
   $("sign-out").hidden = false;
+  const admin = !s.user;
+  $("admin-view").hidden = !admin;
+  for (const el of document.querySelectorAll(".admin-only")) el.hidden = !admin;
   await Promise.all([loadDevices(), loadCalls(), loadBook()]);
   listen();
   const wanted = new URLSearchParams(location.hash.slice(1)).get("dial");
@@ -142,6 +148,17 @@ async function loadDevices() {
   for (const opt of [...select.options].slice(1)) opt.remove();
   const query = session.user ? `?user=${encodeURIComponent(session.user)}` : "";
   const { registrations } = await api("GET", `/v1/registrations${query}`);
+  if (!session.user) {
+    const table = $("registrations").tBodies[0];
+    table.replaceChildren();
+    for (const r of registrations) {
+      const row = table.insertRow();
+      row.insertCell().textContent = r.user;
+      row.insertCell().textContent = `${r.user_agent || r.contact} (${r.transport} ${r.source})`;
+      row.insertCell().textContent = `${r.expires_in} s`;
+    }
+    return;  // an administrator dials for a user: all of that user's phones
+  }
   for (const r of registrations) {
     const opt = document.createElement("option");
     opt.value = r.contact;
@@ -168,7 +185,7 @@ async function loadCalls() {
     const who = row.insertCell();
     who.className = "number";
     who.textContent = (call.direction === "inbound" ? "← " : "→ ") + number +
-      (call.contact ? ` (${call.contact.name})` : "");
+      (call.contact ? ` (${call.contact.name})` : "") + (session.user ? "" : ` [${call.user}]`);
     row.insertCell().textContent = stateWords(call);
     row.insertCell().textContent = duration(call);
     const action = row.insertCell();
@@ -242,7 +259,7 @@ function listen() {
 
 async function dial(number) {
   $("call-error").textContent = "";
-  const body = { user: session.user, to: number };
+  const body = { user: session.user || $("as-user").value.trim(), to: number };
   if ($("device").value) body.device = $("device").value;
   if ($("mode").value) body.mode = $("mode").value;
   if ($("confirm").checked) body.confirm = true;
@@ -310,7 +327,7 @@ $("more").addEventListener("click", () => { limit += 20; loadCalls(); });
 $("protocol").addEventListener("click", () => {
   // tel: and sip: are safelisted; callto: only as web+callto
   for (const scheme of ["tel", "sip", "web+callto"]) {
-    try { navigator.registerProtocolHandler(scheme, `${location.origin}/#dial=%s`); } catch (e) { /* not offered */ }
+    try { navigator.registerProtocolHandler(scheme, `${location.origin}/dial?to=%s`); } catch (e) { /* not offered */ }
   }
   $("protocol").textContent = t.protocolDone;
 });
