@@ -958,7 +958,9 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                       metrics=metrics, metrics_config=config.metrics,
                       internal_token=internal_token, links=links,
                       camara_sinks=config.camara_sinks, sessions=sessions,
-                      contact_book=book, number_plan=config.numbers)
+                      contact_book=book, number_plan=config.numbers,
+                      password_of=lambda u: core.users[u].password if u in core.users
+                      else None)
     private_port = None
     own_site = None
     if role is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,7 +101,8 @@ class WorkerHttp:
         return port
 
     def request(self, worker: int, method: str, target: str,
-                authorization: str | None) -> Deferred[WorkerReply]:
+                authorization: str | None,
+                extra: Mapping[str, str] | None = None) -> Deferred[WorkerReply]:
         from twisted.web.client import readBody
         from twisted.web.http_headers import Headers
 
@@ -112,6 +113,8 @@ class WorkerHttp:
         headers = Headers()
         if authorization is not None:
             headers.addRawHeader(b"Authorization", authorization.encode("latin-1"))
+        for name, value in (extra or {}).items():
+            headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
         url = f"http://127.0.0.1:{port}{target}".encode("latin-1")
         # only GET and DELETE are handed over: no body
         d: Deferred[Any] = self._agent.request(method.encode("ascii"), url, headers, None)

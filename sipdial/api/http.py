@@ -76,7 +76,7 @@ from sipdial.api.pages import (
 )
 from sipdial.api.schema import Auth, DocumentedPath, Operation, Param, Reply, openapi_document
 from sipdial.api.service import ApiError, CallApi, MetricsPort, OtherWorkers, WorkerReply
-from sipdial.api.session import COOKIE, SESSION_SECONDS, Sessions, cookie_value
+from sipdial.api.session import COOKIE, SESSION_SECONDS, Session, Sessions, cookie_value
 from sipdial.api.sse import EventSource, EventStream
 from sipdial.calls import CallState, Mode, escape_user
 from sipdial.config import MetricsConfig, Network
@@ -464,6 +464,16 @@ class _Tokens:
             if token
         ]
 
+    def has(self, digest_hex: str, user: str | None) -> bool:
+        """Whether a token whose SHA-256 starts with ``digest_hex`` is still configured for
+        ``user`` (None: an administrator's)."""
+        owner = user or "*"
+        return any(d.hex().startswith(digest_hex) and o == owner for d, o in self._entries)
+
+    @staticmethod
+    def proof(token: str) -> str:
+        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+
     def lookup(self, token: str) -> _Principal | None:
         presented = hashlib.sha256(token.encode()).digest()
         found: str | None = None
@@ -606,6 +616,19 @@ def _from_allowed(client: str, networks: Sequence[Network]) -> bool:
     return any(address in network for network in networks)
 
 
+def _session_headers(request: _Incoming) -> dict[str, str]:
+    """What another worker needs to take the same web session: its cookie, CSRF token and
+    where the request came from (sessions are valid at every worker: a shared key)."""
+    if request.authorization is not None or request.cookie is None:
+        return {}
+    headers = {"Cookie": f"{COOKIE}={request.cookie}"}
+    if request.csrf is not None:
+        headers["X-CSRF-Token"] = request.csrf
+    if request.fetch_site is not None:
+        headers["Sec-Fetch-Site"] = request.fetch_site
+    return headers
+
+
 def _full_book(failure: Failure) -> Failure:
     if isinstance(failure.value, ValueError):
         raise ApiError(422, "phonebook_full", str(failure.value))
@@ -695,8 +718,10 @@ class _Router:
         sessions: Sessions | None = None,
         contact_book: ContactBook | None = None,
         number_plan: NumberPlan | None = None,
+        password_of: Callable[[str], str | None] | None = None,
     ) -> None:
         self._api = api
+        self._password_of = password_of  #: a user's SIP password now (sessions end on change)
         self._sessions = sessions
         self._book = contact_book
         self._plan = number_plan or NumberPlan()
@@ -770,8 +795,13 @@ class _Router:
 
     # ---------------------------------------------------------------- authentication
 
-    def _authenticate(self, request: _Incoming, *, basic: bool = False) -> _Principal:
-        if request.authorization is None and request.cookie is not None \
+    def _authenticate(self, request: _Incoming, *, basic: bool = False,
+                      session: bool = False) -> _Principal:
+        """Bearer (or Basic) credentials; with ``session``, also the web page's session
+        cookie. Only the JSON API the page uses takes the cookie: a GET that places a call
+        (a compatibility URL, /dial) must never be placed by a cookie a browser sends
+        along with an <img> of another page."""
+        if session and request.authorization is None and request.cookie is not None \
                 and self._sessions is not None:
             return self._session_principal(request, self._sessions)
         if request.authorization is None:
@@ -797,16 +827,25 @@ class _Router:
         CSRF token, never from another site."""
         assert request.cookie is not None
         session = sessions.check(request.cookie)
-        if session is None:
+        if session is None or not self._still_valid(session, sessions):
             raise _unauthorized("the session has expired: sign in again")
+        if request.fetch_site not in (None, "same-origin", "none"):
+            raise ApiError(403, "cross_site", "requests from other sites are refused")
         if request.method not in ("GET", "HEAD"):
-            if request.fetch_site == "cross-site":
-                raise ApiError(403, "cross_site", "requests from other sites are refused")
             if not sessions.csrf_ok(session, request.csrf):
                 raise ApiError(403, "csrf", "missing or wrong X-CSRF-Token")
-        if session.user is not None and not self._api.known_user(session.user):
-            raise _unauthorized("the session's user no longer exists")
         return _Principal(user=session.user, proof="session")
+
+    def _still_valid(self, session: Session, sessions: Sessions) -> bool:
+        """The credentials the session was made with still hold (a reload may have removed
+        the token or the user, or changed the password)."""
+        if session.proof.startswith("token:"):
+            return self._tokens.has(session.proof[6:], session.user)
+        if session.user is None or not self._api.known_user(session.user):
+            return False
+        password = self._password_of(session.user) if self._password_of else None
+        return password is not None and hmac.compare_digest(
+            session.proof, sessions.password_proof(session.user, password))
 
     def _sip_password(self, user_password: str, *, basic: bool, client: str) -> _Principal:
         """Check ``"201[@domain]:password"`` against the SIP user's password.
@@ -838,7 +877,7 @@ class _Router:
     # ---------------------------------------------------------------------- handlers
 
     def _create_call(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
-        principal = self._authenticate(request)
+        principal = self._authenticate(request, session=True)
         call = _call_request_from_json(_parse_json(request.body))
         return self._start_call(request, principal, call)
 
@@ -875,24 +914,25 @@ class _Router:
         return d.addCallback(created)
 
     def _get_call(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
-        forwarded = self._at_owner(request, "GET", match.group("call_id"))
+        forwarded = self._at_owner(request, "GET", match.group("call_id"), session=True)
         if forwarded is not None:
             return forwarded
-        principal = self._authenticate(request)
+        principal = self._authenticate(request, session=True)
         d = self._owned_call(principal, match.group("call_id"))
         return d.addCallback(lambda resource: _Reply(200, resource))
 
     def _delete_call(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         call_id = match.group("call_id")
-        forwarded = self._at_owner(request, "DELETE", call_id)
+        forwarded = self._at_owner(request, "DELETE", call_id, session=True)
         if forwarded is not None:
             return forwarded
-        principal = self._authenticate(request)
+        principal = self._authenticate(request, session=True)
         d = self._owned_call(principal, call_id)
         d.addCallback(lambda _resource: self._api.hangup_call(call_id))
         return d.addCallback(lambda resource: _Reply(200, resource))
 
-    def _at_owner(self, request: _Incoming, method: str, call_id: str) -> Deferred[_Reply] | None:
+    def _at_owner(self, request: _Incoming, method: str, call_id: str,
+                  session: bool = False) -> Deferred[_Reply] | None:
         """Another worker's call: that worker answers. The request is authenticated here
         first (the same tokens and users everywhere): a request without valid credentials
         costs no other worker anything; the owner checks them again, and the call's user."""
@@ -900,8 +940,9 @@ class _Router:
         owner = workers.owner_of(call_id) if workers is not None else None
         if workers is None or owner is None:
             return None
-        self._authenticate(request)
-        d = workers.request(owner, method, _target(request), request.authorization)
+        self._authenticate(request, session=session)
+        d = workers.request(owner, method, _target(request), request.authorization,
+                            _session_headers(request))
         return d.addCallbacks(_from_worker, _worker_unavailable, errbackArgs=(owner,))
 
     def _owned_call(self, principal: _Principal, call_id: str) -> Deferred[dict[str, Any]]:
@@ -915,7 +956,7 @@ class _Router:
         return self._api.get_call(call_id).addCallback(check)
 
     def _list_calls(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
-        principal = self._authenticate(request)
+        principal = self._authenticate(request, session=True)
         query = _Query(request.query)
         user = query.text("user")
         if user is not None:
@@ -951,7 +992,8 @@ class _Router:
         A worker that cannot answer (restarting) is named in ``unavailable_workers``."""
         others = list(workers.others())
         asked: list[Deferred[Any]] = [here] + [
-            workers.request(w, "GET", _target(request), request.authorization) for w in others]
+            workers.request(w, "GET", _target(request), request.authorization,
+                            _session_headers(request)) for w in others]
 
         def merge(results: list[tuple[bool, Any]]) -> _Reply:
             ok, local = results[0]
@@ -976,7 +1018,7 @@ class _Router:
         return DeferredList(asked, consumeErrors=True).addCallback(merge)
 
     def _list_registrations(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
-        principal = self._authenticate(request)
+        principal = self._authenticate(request, session=True)
         user = _Query(request.query).text("user")
         if user is not None:
             _valid_user("user", user)
@@ -987,7 +1029,7 @@ class _Router:
         """``GET /v1/events[?user=][&last_event_id=]``; ``Last-Event-ID`` wins over the query."""
         if not self._events:
             raise ApiError(404, "not_found", f"no such resource: {_loggable(request.path)}")
-        principal = self._authenticate(request)
+        principal = self._authenticate(request, session=True)
         query = _Query(request.query)
         user = query.text("user")
         if user is not None:
@@ -1194,6 +1236,10 @@ class _Router:
             d.addCallback(_dial_page)
         return d
 
+    def _dial_post(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        """``POST /dial``: the confirmation page's form (the session and its CSRF token)."""
+        return self._dial_in_browser(request, self._require_sessions())
+
     def _dial_in_browser(self, request: _Incoming, sessions: Sessions) -> Deferred[_Reply]:
         """``/dial?to=`` opened by the browser (its ``tel:`` handler): GET asks on a page,
         its form POSTs back with the session's CSRF token and places the call. Without a
@@ -1206,6 +1252,11 @@ class _Router:
             to = _Query(request.query).required("to", number=True)
         destination = _valid_destination("to", to)
         session = sessions.check(request.cookie) if request.cookie else None
+        if session is None and request.method != "POST":
+            # (a tel: link clicked on another site: no Strict cookie comes along) the page
+            # itself, signed in or after signing in, asks and dials
+            return succeed(_Reply(303, _Text("text/plain; charset=utf-8", b""),
+                                  [("Location", "/#dial=" + quote(destination, safe=""))]))
         if session is None:
             return succeed(_as_page(_Reply(401, {}), sign_in_page(destination)))
         if request.method != "POST":
@@ -1304,13 +1355,16 @@ class _Router:
             principal = self._tokens.lookup(token)
             if principal is None:
                 raise _unauthorized("unknown token", invalid=True)
+            proof = _Tokens.proof(token)
         else:
             user, password = payload.get("user"), payload.get("password")
             if not isinstance(user, str) or not isinstance(password, str):
                 raise _invalid("user and password (or token): required")
             principal = self._sip_password(f"{user}:{password}", basic=False,
                                            client=request.client)
-        value, session = sessions.issue(principal.user)
+            assert principal.user is not None
+            proof = sessions.password_proof(principal.user, password)
+        value, session = sessions.issue(principal.user, proof)
         cookie = (f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; "
                   f"Max-Age={SESSION_SECONDS}" + ("; Secure" if request.secure else ""))
         return succeed(_Reply(201, {"user": principal.user, "csrf": sessions.csrf(session),
@@ -1321,7 +1375,7 @@ class _Router:
         """``GET /v1/session``: the signed-in user and the CSRF token (the page reloaded)."""
         sessions = self._require_sessions()
         session = sessions.check(request.cookie) if request.cookie else None
-        if session is None:
+        if session is None or not self._still_valid(session, sessions):
             raise _unauthorized("not signed in")
         return succeed(_Reply(200, {"user": session.user, "csrf": sessions.csrf(session),
                                     "expires_at": iso_time(session.expires_at)}))
@@ -1377,7 +1431,7 @@ class _Router:
 
     def _list_contacts(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         book = self._require_book()
-        principal = self._authenticate(request)
+        principal = self._authenticate(request, session=True)
         query = _Query(request.query)
         text = query.text("q") or ""
         if len(text) > 64:
@@ -1398,7 +1452,7 @@ class _Router:
 
     def _add_contact(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         book = self._require_book()
-        principal = self._authenticate(request)
+        principal = self._authenticate(request, session=True)
         payload = _parse_json(request.body)
         name, numbers, keys, url = self._contact_fields(payload)
         owner = self._contact_owner(principal, payload.get("owner")
@@ -1412,7 +1466,7 @@ class _Router:
     def _import_contacts(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         """``POST /v1/contacts/import``: the body is a CSV (header row) or vCard file."""
         book = self._require_book()
-        principal = self._authenticate(request)
+        principal = self._authenticate(request, session=True)
         owner = self._contact_owner(principal, _Query(request.query).text("owner"))
         try:
             entries = entries_of(request.body.decode("utf-8-sig"), "the file")
@@ -1433,7 +1487,7 @@ class _Router:
 
     def _change_contact(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         book = self._require_book()
-        principal = self._authenticate(request)
+        principal = self._authenticate(request, session=True)
         contact_id = int(match.group("contact_id"))
         if request.method == "DELETE":
             d = book.delete(contact_id, principal.user)
@@ -1617,7 +1671,7 @@ _ROUTES: Final[tuple[_Route, ...]] = (
         "/c/{token}", head=False,
         path_params=(Param("token", {"type": "string",
                                      "pattern": f"^[A-Za-z0-9_.-]{{1,{MAX_TOKEN_LENGTH}}}$"}),)),
-    _Route(re.compile("/dial"), {"POST": _Method(_Router._dial, Operation(
+    _Route(re.compile("/dial"), {"POST": _Method(_Router._dial_post, Operation(
         "dialConfirmed", "The browser's confirmation of GET /dial (session, form with the "
         "CSRF token)", (_CREATED,), _CALL_ERRORS, auth=Auth.NONE, tags=("web",))),
         "GET": _Method(_Router._dial, Operation(
@@ -2039,6 +2093,7 @@ def build_site(
     sessions: Sessions | None = None,
     contact_book: ContactBook | None = None,
     number_plan: NumberPlan | None = None,
+    password_of: Callable[[str], str | None] | None = None,
 ) -> ApiSite:
     """The HTTP API as a Twisted ``Site``; listen on it with ``reactor.listenTCP``.
 
@@ -2068,6 +2123,7 @@ def build_site(
     router = _Router(api, tokens, check_password, events=stream is not None, workers=workers,
                      allow_from=allow, metrics=access, clock=clock, links=links,
                      camara_sinks=camara_sinks, sessions=sessions,
-                     contact_book=contact_book, number_plan=number_plan)
+                     contact_book=contact_book, number_plan=number_plan,
+                     password_of=password_of)
     return ApiSite(router, _Resource(router, stream, clock, metrics), reactor=reactor,
                    internal_token=internal_token)

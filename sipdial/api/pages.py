@@ -9,10 +9,10 @@ be clicked through: clickjacking places a call).
 
 from __future__ import annotations
 
-import functools
 import html
 from pathlib import Path
 from typing import Final
+from urllib.parse import quote
 
 __all__ = ["PAGE_HEADERS", "PAGE_HEADERS_APP", "dial_confirm_page", "error_page", "link_page",
            "placed_page", "sign_in_page", "static_file"]
@@ -41,16 +41,21 @@ _TYPES: Final = {".html": "text/html; charset=utf-8", ".js": "text/javascript; c
                  ".svg": "image/svg+xml"}
 
 
-@functools.cache
+def _load_static() -> dict[str, tuple[str, bytes]]:
+    files = {}
+    for path in _STATIC.iterdir() if _STATIC.is_dir() else ():
+        content_type = _TYPES.get(path.suffix)
+        if content_type is not None and path.is_file() and not path.name.startswith("."):
+            files[path.name] = (content_type, path.read_bytes())
+    return files
+
+
+_FILES: Final = _load_static()  #: read once: a name nobody has costs nothing to ask for
+
+
 def static_file(name: str) -> tuple[str, bytes] | None:
     """(content type, bytes) of a file of the web page, by its plain name (no paths)."""
-    if "/" in name or name.startswith("."):
-        return None
-    path = _STATIC / name
-    content_type = _TYPES.get(path.suffix)
-    if content_type is None or not path.is_file():
-        return None
-    return content_type, path.read_bytes()
+    return _FILES.get(name)
 
 
 _STYLE: Final = ("body{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;"
@@ -86,7 +91,7 @@ def dial_confirm_page(to: str, csrf: str) -> bytes:
 
 
 def sign_in_page(to: str) -> bytes:
-    target = "/#dial=" + html.escape(to.replace("#", "").replace("&", ""))
+    target = "/#dial=" + html.escape(quote(to, safe=""))
     return _page("Sign in", (
         f"<h1>Sign in first</h1><p>To call <span class=\"n\">{html.escape(to)}</span>, "
         f'<a href="{target}">sign in to sipdial</a>.</p>'))

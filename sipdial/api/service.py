@@ -32,7 +32,7 @@ The API layer relies on ``id``, ``user`` and ``state``; ``sipdial call`` prints 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,9 +75,10 @@ class OtherWorkers(Protocol):
         not this one."""
 
     def request(self, worker: int, method: str, target: str,
-                authorization: str | None) -> Deferred[WorkerReply]:
+                authorization: str | None,
+                extra: Mapping[str, str] | None = None) -> Deferred[WorkerReply]:
         """``method target`` (path and query) at that worker; fails when it cannot be
-        reached (restarting)."""
+        reached (restarting). ``extra``: more headers (a web session's cookie, CSRF)."""
 
 
 class MetricsPort(Protocol):

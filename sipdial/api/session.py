@@ -33,6 +33,9 @@ class Session:
     user: str | None  #: None: an administrator (signed in with an admin token)
     expires_at: int
     nonce: str
+    #: what it was made with: "token:<sha-256 prefix>" or "pw:<HMAC of the password>";
+    #: checked on every request, so a removed token or a changed password ends it
+    proof: str = ""
 
 
 def _b64(data: bytes) -> str:
@@ -48,10 +51,12 @@ class Sessions:
         self._key = key
         self._clock = clock
 
-    def issue(self, user: str | None) -> tuple[str, Session]:
+    def issue(self, user: str | None, proof: str = "") -> tuple[str, Session]:
         """A cookie value for ``user`` (None: admin)."""
-        session = Session(user, int(self._clock()) + SESSION_SECONDS, os.urandom(12).hex())
-        body = ".".join((_b64((user or "*").encode()), str(session.expires_at), session.nonce))
+        session = Session(user, int(self._clock()) + SESSION_SECONDS, os.urandom(12).hex(),
+                          proof)
+        body = ".".join((_b64((user or "*").encode()), str(session.expires_at), session.nonce,
+                         _b64(proof.encode())))
         return f"{body}.{self._mac('session|' + body)}", session
 
     def check(self, cookie: str) -> Session | None:
@@ -61,14 +66,18 @@ class Sessions:
                 mac.encode("ascii", "replace"), self._mac("session|" + body).encode()):
             return None
         try:
-            user_part, expiry, nonce = body.split(".")
+            user_part, expiry, nonce, proof_part = body.split(".")
             user = _unb64(user_part).decode()
             expires_at = int(expiry)
+            proof = _unb64(proof_part).decode()
         except (ValueError, binascii.Error, UnicodeDecodeError):
             return None
         if self._clock() >= expires_at:
             return None
-        return Session(None if user == "*" else user, expires_at, nonce)
+        return Session(None if user == "*" else user, expires_at, nonce, proof)
+
+    def password_proof(self, user: str, password: str) -> str:
+        return "pw:" + self._mac(f"password|{user}|{password}")[:32]
 
     def csrf(self, session: Session) -> str:
         return self._mac("csrf|" + session.nonce)[:32]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,10 @@ class ContactEntry:
 
 def contact_book_path(store_path: str) -> str:
     """The phonebook file beside the store (``calls.db`` -> ``calls.contacts.db``)."""
-    if store_path == ":memory:" or store_path.startswith("file:"):
+    if store_path == ":memory:":
         return ":memory:"
+    if store_path.startswith("file:"):  # a URI: its path part
+        store_path = store_path[5:].partition("?")[0]
     root = store_path[:-3] if store_path.endswith(".db") else store_path
     return f"{root}.contacts.db"
 
@@ -76,11 +79,12 @@ class ContactBook:
         self._reactor = reactor
         self._clock = clock
         self._memory: sqlite3.Connection | None = None  # ":memory:": one shared connection
+        self._lock = threading.Lock()
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
 
     def _connect(self) -> sqlite3.Connection:
-        if self._path == ":memory:":
+        if self._path == ":memory:":  # (callers hold self._lock around its use)
             if self._memory is None:
                 self._memory = sqlite3.connect(":memory:", check_same_thread=False)
                 for statement in _SCHEMA:
@@ -94,13 +98,17 @@ class ContactBook:
 
     def _do(self, work: Callable[[sqlite3.Connection], _T]) -> Deferred[_T]:
         def run() -> _T:
+            if self._path == ":memory:":  # one connection: one thread at a time
+                with self._lock:
+                    conn = self._connect()
+                    with conn:
+                        return work(conn)
             conn = self._connect()
             try:
                 with conn:
                     return work(conn)
             finally:
-                if conn is not self._memory:
-                    conn.close()
+                conn.close()
 
         d: Deferred[_T] = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), run)
         return d

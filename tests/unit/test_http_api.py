@@ -952,6 +952,7 @@ class FakeWorkers:
 
     replies: dict[str, WorkerReply] = field(default_factory=dict)
     asked: list[tuple[int, str, str, str | None]] = field(default_factory=list)
+    extra: list[dict[str, str]] = field(default_factory=list)
 
     def owner_of(self, call_id: str) -> int | None:
         return {"01": 1, "02": 2}.get(call_id[:2])
@@ -966,8 +967,10 @@ class FakeWorkers:
         return 1  # stands for worker 0 here: the one that registers upstream
 
     def request(self, worker: int, method: str, target: str,
-                authorization: str | None) -> Deferred[WorkerReply]:
+                authorization: str | None,
+                extra: Any = None) -> Deferred[WorkerReply]:
         self.asked.append((worker, method, target, authorization))
+        self.extra.append(dict(extra or {}))
         if worker == 2:
             return fail(ConnectionRefusedError("worker 2 is restarting"))
         return succeed(self.replies[f"{method} {target}"])

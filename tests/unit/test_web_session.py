@@ -20,7 +20,8 @@ NOW = [1_800_000_000.0]
 @pytest.fixture
 def web(reactor: SelectReactor) -> Iterator[Server]:
     sessions = Sessions(b"k" * 32, lambda: NOW[0])
-    yield from serve(reactor, FakeApi(), check_password=check_password, sessions=sessions)
+    yield from serve(reactor, FakeApi(), check_password=check_password, sessions=sessions,
+                     password_of={"201": "secret"}.get)
 
 
 def _sign_in(server: Server, **body: str) -> tuple[str, str]:
@@ -151,7 +152,8 @@ def test_csv_and_vcard_imports(book_site: Server) -> None:
 def test_dial_in_the_browser_asks_then_places_with_the_csrf_token(web: Server) -> None:
     html = {"Accept": "text/html"}
     r = web.request("GET", "/dial?to=tel:+4930123456", token=None, headers=html)
-    assert r.status == 401 and b"/#dial=+4930123456" in r.raw  # sign in first
+    assert r.status == 303  # no session (a tel: link from another site): the page asks
+    assert r.headers["Location"] == "/#dial=%2B4930123456"
     cookie, csrf = _sign_in(web)
     browser = {**html, "Cookie": cookie}
     page = web.request("GET", "/dial?to=tel:+4930123456", token=None, headers=browser)
@@ -168,3 +170,53 @@ def test_dial_in_the_browser_asks_then_places_with_the_csrf_token(web: Server) -
                     body=f"to=%2B4930123456&csrf={csrf}")
     assert r.status == 201 and b"Calling" in r.raw
     assert [(c["user"], c["to"]) for c in web.api.created] == [("201", "+4930123456")]
+
+
+def test_a_session_cookie_places_no_call_through_urls_that_call_on_get(web: Server) -> None:
+    """<img src="/dial?to=..."> or a compatibility URL in another page of the same site:
+    the browser sends the cookie along, and it must not count there."""
+    cookie, _csrf = _sign_in(web)
+    for path in ("/dial?to=%2B4930123456", "/call-init.php?user=201&to=4930123456",
+                 "/remote_call.htm?user=201&dest=4930123456"):
+        r = web.request("GET", path, token=None, headers={"Cookie": cookie})
+        assert r.status == 401, (path, r.raw)
+    assert web.api.created == []
+    r = web.request("GET", "/v1/calls", token=None,
+                    headers={"Cookie": cookie, "Sec-Fetch-Site": "same-site"})
+    assert r.status == 403  # another origin of the site: not the page's own requests
+
+
+def test_a_session_ends_when_its_token_or_password_changes(reactor: SelectReactor) -> None:
+    passwords = {"201": "secret"}
+    sessions = Sessions(b"k" * 32, lambda: NOW[0])
+    for server in serve(reactor, FakeApi(), check_password=check_password, sessions=sessions,
+                        password_of=passwords.get):
+        cookie, _ = _sign_in(server)
+        assert server.request("GET", "/v1/calls", token=None,
+                              headers={"Cookie": cookie}).status == 200
+        passwords["201"] = "changed"
+        assert server.request("GET", "/v1/calls", token=None,
+                              headers={"Cookie": cookie}).status == 401
+        admin, _ = _sign_in(server, token="admin-token")
+        assert server.request("GET", "/v1/calls", token=None,
+                              headers={"Cookie": admin}).status == 200
+
+
+def test_a_sessions_request_for_another_workers_call_goes_there_with_the_session(
+        reactor: SelectReactor) -> None:
+    import json
+
+    from sipdial.api import WorkerReply
+    from tests.unit.test_http_api import FakeWorkers
+
+    workers = FakeWorkers()
+    call = {"id": "01abc", "user": "201", "state": "connected"}
+    workers.replies["DELETE /v1/calls/01abc"] = WorkerReply(200, json.dumps(call).encode())
+    sessions = Sessions(b"k" * 32, lambda: NOW[0])
+    for server in serve(reactor, FakeApi(), check_password=check_password, sessions=sessions,
+                        password_of={"201": "secret"}.get, workers=workers):
+        cookie, csrf = _sign_in(server)
+        r = server.request("DELETE", "/v1/calls/01abc", token=None,
+                           headers={"Cookie": cookie, "X-CSRF-Token": csrf})
+        assert r.status == 200, r.raw
+        assert workers.extra[-1] == {"Cookie": cookie, "X-CSRF-Token": csrf}

@@ -88,6 +88,9 @@ async function api(method, path, body) {
   const r = await fetch(path, { method, headers, credentials: "same-origin",
                                 body: body === undefined ? undefined : JSON.stringify(body) });
   const data = await r.json().catch(() => ({}));
+  if (r.status === 401 && session && path !== "/v1/session") {
+    showSignIn();  // the session ended (expired, password changed): sign in again
+  }
   if (!r.ok) throw new Error((data.error && data.error.message) || `HTTP ${r.status}`);
   return data;
 }
@@ -125,9 +128,11 @@ async function showSignedIn(s) {
   const admin = !s.user;
   $("admin-view").hidden = !admin;
   for (const el of document.querySelectorAll(".admin-only")) el.hidden = !admin;
-  await Promise.all([loadDevices(), loadCalls(), loadBook()]);
+  await Promise.allSettled([loadDevices(), loadCalls(), loadBook()]);
   listen();
-  const wanted = new URLSearchParams(location.hash.slice(1)).get("dial");
+  $("to").focus();
+  const hash = location.hash;
+  const wanted = hash.startsWith("#dial=") ? decodeURIComponent(hash.slice(6)) : "";
   if (wanted) {
     history.replaceState(null, "", "/");
     askToDial(wanted.replace(/^(tel|callto|sip|web\+callto):(\/\/)?/i, ""));
@@ -195,7 +200,7 @@ async function loadCalls() {
       button.className = "call-back";
       button.textContent = "☎";
       button.title = button.ariaLabel = `${t.callBack} ${number}`;
-      button.addEventListener("click", () => dial(number));
+      button.addEventListener("click", () => dial(number, call.user));
       action.append(button);
     }
   }
@@ -221,15 +226,18 @@ async function loadBook() {
       button.addEventListener("click", () => dial(number));
       numbers.append(button, " ");
     }
-    const del = document.createElement("button");
-    del.type = "button";
-    del.textContent = t.remove;
-    del.ariaLabel = `${t.remove} ${c.name}`;
-    del.addEventListener("click", async () => {
-      await api("DELETE", `/v1/contacts/${c.id}`).catch(() => {});
-      loadBook();
-    });
-    row.insertCell().append(del);
+    const cell = row.insertCell();
+    if (!session.user || c.owner === session.user) {  // everyone's: an administrator's
+      const del = document.createElement("button");
+      del.type = "button";
+      del.textContent = t.remove;
+      del.ariaLabel = `${t.remove} ${c.name}`;
+      del.addEventListener("click", async () => {
+        try { await api("DELETE", `/v1/contacts/${c.id}`); } catch (e) { $("book-status").textContent = e.message; }
+        loadBook();
+      });
+      cell.append(del);
+    }
   }
 }
 
@@ -244,7 +252,9 @@ function showCurrent(call) {
 function listen() {
   if (events) events.close();
   events = new EventSource("/v1/events");
-  events.onmessage = null;
+  events.onerror = () => {  // a closed stream: still signed in? (it reconnects by itself)
+    api("GET", "/v1/session").catch(() => showSignIn());
+  };
   const update = (message) => {
     const data = JSON.parse(message.data);
     if (!data.call) return;
@@ -257,9 +267,9 @@ function listen() {
   }
 }
 
-async function dial(number) {
+async function dial(number, forUser) {
   $("call-error").textContent = "";
-  const body = { user: session.user || $("as-user").value.trim(), to: number };
+  const body = { user: session.user || forUser || $("as-user").value.trim(), to: number };
   if ($("device").value) body.device = $("device").value;
   if ($("mode").value) body.mode = $("mode").value;
   if ($("confirm").checked) body.confirm = true;
@@ -275,6 +285,7 @@ async function dial(number) {
 function askToDial(number) {
   $("confirm-number").textContent = number;
   const dialog = $("confirm-dial");
+  dialog.returnValue = "";  // Escape must not repeat an earlier "yes"
   dialog.onclose = () => { if (dialog.returnValue === "yes") dial(number); };
   dialog.showModal();
 }
@@ -298,7 +309,11 @@ $("call-box").addEventListener("submit", (ev) => { ev.preventDefault(); dial($("
 $("hang-up").addEventListener("click", async () => {
   if (current) await api("DELETE", `/v1/calls/${encodeURIComponent(current.id)}`).catch(() => {});
 });
-$("book-search").addEventListener("input", () => loadBook());
+let searchTimer = 0;
+$("book-search").addEventListener("input", () => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(loadBook, 250);
+});
 $("book-add").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const numbers = $("book-numbers").value.split(",").map((n) => n.trim()).filter(Boolean);
@@ -323,7 +338,7 @@ $("book-import").addEventListener("submit", async (ev) => {
 });
 $("only-missed").addEventListener("change", loadCalls);
 $("only-today").addEventListener("change", loadCalls);
-$("more").addEventListener("click", () => { limit += 20; loadCalls(); });
+$("more").addEventListener("click", () => { limit = Math.min(limit + 20, 500); loadCalls(); });
 $("protocol").addEventListener("click", () => {
   // tel: and sip: are safelisted; callto: only as web+callto
   for (const scheme of ["tel", "sip", "web+callto"]) {
