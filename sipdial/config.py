@@ -909,16 +909,7 @@ def _parse_policy(t: _Table, users: Mapping[str, UserConfig]) -> PolicyConfig:
     for i, name in enumerate(names):
         if name != "*" and name not in users:
             raise ConfigError(f'{t.path("users")}[{i}]: unknown user "{name}"')
-    patterns: dict[str, tuple[re.Pattern[str], ...]] = {}
-    for key in ("allow", "deny"):
-        compiled = []
-        for i, pattern in enumerate(t.strings(key) if key in t.raw else []):
-            try:
-                compiled.append(re.compile(pattern))
-            except re.error as exc:
-                raise ConfigError(f"{t.path(key)}[{i}]: invalid regular expression: {exc}") \
-                    from None
-        patterns[key] = tuple(compiled)
+    patterns = {key: _regexes(t, key) for key in ("allow", "deny")}
     caps = {key: t.positive_int(key, 1) if key in t.raw else None
             for key in ("max_concurrent", "max_per_minute", "max_per_hour")}
     per = t.string("per", default="user")
