@@ -61,7 +61,8 @@ class CallHistory(Protocol):
     def get_call(self, call_id: str) -> Deferred[CallRecord | None]: ...
 
     def list_calls(self, *, user: str | None = None, state: str | None = None,
-                   limit: int = 50, direction: str | None = None
+                   limit: int = 50, direction: str | None = None, missed: bool = False,
+                   since: float | None = None, before: float | None = None
                    ) -> Deferred[list[CallRecord]]: ...
 
     def when_committed(self) -> Deferred[WriteReport]:
@@ -129,11 +130,13 @@ class CallsApi:
         return d.addCallback(lambda rec: rec.to_json() if rec is not None else None)
 
     def list_calls(self, *, user: str | None, state: CallState | None,
-                   limit: int, direction: Direction | None = None
+                   limit: int, direction: Direction | None = None, missed: bool = False,
+                   since: float | None = None, before: float | None = None
                    ) -> Deferred[list[dict[str, Any]]]:
         d = self._history.list_calls(user=user, state=None if state is None else state.value,
                                      limit=limit,
-                                     direction=None if direction is None else direction.value)
+                                     direction=None if direction is None else direction.value,
+                                     missed=missed, since=since, before=before)
         return d.addCallback(lambda recs: [self._fresh(r).to_json() for r in recs])
 
     def _live(self, call_id: str) -> CallRecord | None:

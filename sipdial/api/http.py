@@ -45,6 +45,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from io import BytesIO
 from typing import Any, BinaryIO, Final, Protocol
 from urllib.parse import quote, unquote_to_bytes
@@ -406,6 +407,21 @@ class _Query:
         # a "+" that starts the number, also after a link's scheme (tel:+49..., callto:+49)
         return _unquote_value(name, _LEADING_PLUS.sub("%2B", raw))
 
+    def time(self, name: str) -> float | None:
+        """An RFC 3339 time with its offset (``2026-12-03T00:00:00Z``) as unix time."""
+        text = self.text(name)
+        if text is None:
+            return None
+        # an offset's "+" arrives as a space unless the client encoded it (%2B)
+        text = _OFFSET_AS_SPACE.sub(r"+\1", text)
+        try:
+            when = datetime.fromisoformat(text) if len(text) <= 40 else None
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:
+            raise _invalid(f"{name}: must be a time like 2026-12-03T08:00:00Z (with offset)")
+        return when.timestamp()
+
     def required(self, name: str, *, number: bool = False) -> str:
         value = self.number(name) if number else self.text(name)
         if value is None or value == "":
@@ -413,6 +429,7 @@ class _Query:
         return value
 
 
+_OFFSET_AS_SPACE: Final = re.compile(r" (\d\d(?::?\d\d)?)$")
 _LEADING_PLUS: Final = re.compile(r"^\+|(?<=^tel:)\+|(?<=^callto:)\+|(?<=^phone:)\+|"
                                   r"(?<=^callto://)\+", re.IGNORECASE)
 
@@ -684,6 +701,18 @@ def _worker_unavailable(failure: Failure, worker: int) -> _Reply:
         "worker_unavailable",
         f"the worker process that answers this (worker {worker}) is restarting: try again"),
         [("Retry-After", "1")])
+
+
+def _call_page(calls: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    """``{"calls": [...], "next": ...}`` of calls newest first: the first ``limit`` and the
+    others of the last one's millisecond; ``next`` is that millisecond (``before=`` for the
+    next page) when there may be more, else null. Each worker's list is such a page too."""
+    page = calls[:limit]
+    if len(calls) < limit or not page:
+        return {"calls": page, "next": None}
+    last = page[-1].get("created_at")
+    page.extend(c for c in calls[limit:] if c.get("created_at") == last)
+    return {"calls": page, "next": last}
 
 
 def _listed_calls(reply: WorkerReply) -> list[dict[str, Any]] | None:
@@ -979,10 +1008,15 @@ class _Router:
             if direction_text not in _DIRECTIONS:
                 raise _invalid("direction: must be inbound or outbound")
             direction = _DIRECTIONS[direction_text]
+        missed_text = query.text("missed")
+        if missed_text is not None and missed_text.lower() not in _FLAGS:
+            raise _invalid("missed: must be true or false")
+        missed = missed_text is not None and _FLAGS[missed_text.lower()]
+        since, before = query.time("since"), query.time("before")
         d = self._api.list_calls(user=self._limit_to(principal, user), state=state, limit=limit,
-                                 direction=direction)
+                                 direction=direction, missed=missed, since=since, before=before)
         if self._workers is None or not self._workers.others():
-            return d.addCallback(lambda calls: _Reply(200, {"calls": calls}))
+            return d.addCallback(lambda calls: _Reply(200, _call_page(calls, limit)))
         return self._list_everywhere(request, d, self._workers, limit)
 
     @staticmethod
@@ -1007,8 +1041,9 @@ class _Router:
                     unavailable.append(worker)
                 else:
                     calls.extend(listed)
-            calls.sort(key=lambda c: str(c.get("created_at", "")), reverse=True)
-            body: dict[str, Any] = {"calls": calls[:limit]}
+            calls.sort(key=lambda c: (str(c.get("created_at", "")), str(c.get("id", ""))),
+                       reverse=True)
+            body = _call_page(calls, limit)
             if unavailable:
                 log.warning("GET /v1/calls: worker(s) %s did not answer: listed without them",
                             unavailable)
@@ -1608,7 +1643,15 @@ _ROUTES: Final[tuple[_Route, ...]] = (
                           "outbound (click-to-dial) or inbound (from [[trunks]])"),
                     Param("limit", {"type": "integer", "minimum": 1,
                                     "maximum": _LIMIT_MAX},
-                          f"at most this many (default {_LIMIT_DEFAULT})")),
+                          f"at most this many (default {_LIMIT_DEFAULT}), and the other "
+                          "calls of the last one's millisecond"),
+                    Param("missed", {"type": "string", "enum": list(_FLAGS)},
+                          "true: missed calls only (click-to-dial calls the user's phone "
+                          "rang out for, inbound calls never answered)"),
+                    Param("since", {"type": "string", "format": "date-time"},
+                          "calls created at or after this time (RFC 3339, with offset)"),
+                    Param("before", {"type": "string", "format": "date-time"},
+                          "calls created before this time: the previous page's next")),
             tags=("calls",))),
          "POST": _Method(_Router._create_call, Operation(
              "createCall", "Start a click-to-dial call", (_CREATED,), _CALL_ERRORS,

@@ -226,9 +226,13 @@ COMPONENTS: Final[dict[str, JsonSchema]] = {
         },
     },
     "CallList": {
-        "type": "object", "required": ["calls"],
+        "type": "object", "required": ["calls", "next"],
         "properties": {
             "calls": {"type": "array", "items": _ref("Call")},
+            "next": {"type": ["string", "null"], "format": "date-time",
+                     "description": "when there may be more: ask again with before= this "
+                                    "(the page's last millisecond; a page holds every call "
+                                    "of it, so it can be a little longer than limit)"},
             "unavailable_workers": {"type": "array", "items": {"type": "integer"},
                                     "description": "workers that did not answer"},
         },

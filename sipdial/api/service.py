@@ -150,10 +150,12 @@ class CallApi(Protocol):
 
     def list_calls(
         self, *, user: str | None, state: CallState | None, limit: int,
-        direction: Direction | None = None,
+        direction: Direction | None = None, missed: bool = False,
+        since: float | None = None, before: float | None = None,
     ) -> Deferred[list[dict[str, Any]]]:
-        """Newest first, at most ``limit``, optionally filtered by user, state and
-        direction."""
+        """Newest first, at most ``limit`` (and the rest of the last call's millisecond),
+        optionally filtered by user, state, direction, missed calls only, created at or
+        after ``since`` and before ``before`` (unix times)."""
         ...
 
     def hangup_call(self, call_id: str) -> Deferred[dict[str, Any]]:

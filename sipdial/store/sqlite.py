@@ -55,6 +55,7 @@ from sipdial.store.models import (
     PublishedEvent,
     RegistrationRecord,
     WriteReport,
+    iso_time,
 )
 
 __all__ = ["RunInThread", "SqliteEventReader", "SqliteStore", "StoreError", "StoreReactor",
@@ -180,10 +181,26 @@ _SQL_INSERT_EVENT: Final = (
 )
 _SQL_GET_CALL: Final = f"SELECT {_CALL_COLUMNS} FROM calls WHERE id = ?"
 # the filters are optional: "? IS NULL OR column = ?" keeps it one statement
-_SQL_LIST_CALLS: Final = f"""
-    SELECT {_CALL_COLUMNS} FROM calls
-    WHERE (? IS NULL OR user_id = ?) AND (? IS NULL OR state = ?)
+_SQL_CALL_FILTERS: Final = """
+    (? IS NULL OR user_id = ?) AND (? IS NULL OR state = ?)
         AND (? IS NULL OR direction = ?)
+        AND (? IS NULL OR created_at >= ?) AND (? IS NULL OR created_at < ?)
+        AND (? = 0 OR (state = 'ended' AND (
+            (direction = 'outbound' AND cause = 'user_no_answer')
+            OR (direction = 'inbound' AND NOT EXISTS (
+                SELECT 1 FROM call_events e WHERE e.call_id = calls.id
+                    AND e.state = 'connected')))))"""
+_SQL_LIST_CALLS: Final = f"""
+    SELECT {_CALL_COLUMNS} FROM calls WHERE {_SQL_CALL_FILTERS}
+    ORDER BY created_at DESC, id DESC
+    LIMIT ?"""
+#: at most this many more calls of a full page's last millisecond (sipdial creates far fewer)
+_SAME_MILLISECOND_MAX: Final = 1000
+# the rest of a page's last millisecond (the API's times have milliseconds: a page ends on
+# a whole millisecond, so "before" that millisecond loses no call that shares it)
+_SQL_LIST_CALLS_AFTER: Final = f"""
+    SELECT {_CALL_COLUMNS} FROM calls WHERE {_SQL_CALL_FILTERS}
+        AND created_at >= ? AND (created_at < ? OR (created_at = ? AND id < ?))
     ORDER BY created_at DESC, id DESC
     LIMIT ?"""
 _SQL_EVENTS_OF: Final = (
@@ -677,20 +694,36 @@ class SqliteStore:
 
     def list_calls(
         self, *, user: str | None = None, state: str | None = None, limit: int = 50,
-        direction: str | None = None,
+        direction: str | None = None, missed: bool = False, since: float | None = None,
+        before: float | None = None,
     ) -> Deferred[list[CallRecord]]:
         """Calls newest first (by ``created_at``), optionally of one user / in one state /
-        in one direction."""
+        in one direction / missed only (:func:`sipdial.events.names.is_missed`) / created
+        at or after ``since`` / before ``before`` (unix times).
+
+        A full page (``limit`` calls) is completed with the other calls of its last call's
+        millisecond (so it can hold a few more than ``limit``): the API shows times in
+        milliseconds, and the next page asks for calls ``before`` that millisecond."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         self._check_running()
         self._submit_logged(self._take_pending())
+        filters = (user, user, state, state, direction, direction, since, since, before,
+                   before, 1 if missed else 0)
 
         def read() -> list[CallRecord]:
             conn = self._connection()
-            rows = conn.execute(_SQL_LIST_CALLS, (user, user, state, state, direction,
-                                                  direction, limit)).fetchall()
+            rows = conn.execute(_SQL_LIST_CALLS, (*filters, limit)).fetchall()
             calls = [_call_from_row(row) for row in rows]
+            if len(calls) == limit:
+                last = calls[-1]
+                shown = iso_time(last.created_at)
+                # a millisecond earlier is surely another millisecond: read it and drop it
+                rest = conn.execute(_SQL_LIST_CALLS_AFTER, (
+                    *filters, last.created_at - 0.002, last.created_at, last.created_at,
+                    last.id, _SAME_MILLISECOND_MAX)).fetchall()
+                calls.extend(c for c in map(_call_from_row, rest)
+                             if iso_time(c.created_at) == shown)
             self._attach_events(conn, calls)
             return calls
 

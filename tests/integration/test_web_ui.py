@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -73,6 +74,28 @@ def _text_is(driver: Any, element_id: str, *wanted: str, timeout: float = 20) ->
     return result
 
 
+def _rows(driver: Any, css: str = "#calls tbody tr") -> list[tuple[str, str]]:
+    """(class, text) of each row as the page shows them now (it re-renders a list on
+    every event: a row found a moment ago may be gone, so they are read in one go)."""
+    def read(d: Any) -> list[tuple[str, str]]:
+        return [(r.get_attribute("class") or "", r.text)
+                for r in d.find_elements(By.CSS_SELECTOR, css)]
+    rows: list[tuple[str, str]] = WebDriverWait(
+        driver, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
+            lambda d: (read(d),))[0]
+    return rows
+
+
+def _click(driver: Any, css: str, timeout: float = 20) -> None:
+    """Click the element ``css`` once it is there, finding it again if the page replaced
+    it in between."""
+    def click(d: Any) -> bool:
+        d.find_element(By.CSS_SELECTOR, css).click()
+        return True
+    WebDriverWait(driver, timeout, ignored_exceptions=(
+        StaleElementReferenceException, NoSuchElementException)).until(click)
+
+
 def test_sign_in_call_watch_it_live_hang_up_and_call_back_a_missed_call(
         tmp_path: Path, browser: Any) -> None:
     shots = _shots(tmp_path)
@@ -113,9 +136,7 @@ def test_sign_in_call_watch_it_live_hang_up_and_call_back_a_missed_call(
                 browser.save_screenshot(str(shots / "3-connected.png"))
                 browser.find_element(By.ID, "hang-up").click()
                 _text_is(browser, "current-state", "cancelled", "hung up")
-                row = wait.until(ec.presence_of_element_located(
-                    (By.CSS_SELECTOR, "#calls tbody tr")))
-                assert NUMBER in row.text
+                wait.until(lambda d: any(NUMBER in text for _, text in _rows(d)))
                 browser.save_screenshot(str(shots / "4-hung-up.png"))
 
                 # 2. a call to the phone that never answers: missed, marked, called back
@@ -125,16 +146,14 @@ def test_sign_in_call_watch_it_live_hang_up_and_call_back_a_missed_call(
                 devices.select_by_value(silent_contact)
                 browser.find_element(By.ID, "dial").click()
                 _text_is(browser, "current-state", "missed", timeout=20)
-                missed = wait.until(ec.presence_of_element_located(
-                    (By.CSS_SELECTOR, "#calls tbody tr.missed")))
+                wait.until(lambda d: any("missed" in cls for cls, _ in _rows(d)))
                 browser.save_screenshot(str(shots / "5-missed.png"))
-                browser.find_element(By.ID, "only-missed").click()
-                rows = browser.find_elements(By.CSS_SELECTOR, "#calls tbody tr")
-                assert rows and all("missed" in (r.get_attribute("class") or "")
-                                    for r in rows)
+                assert len(_rows(browser)) == 2
+                browser.find_element(By.ID, "only-missed").click()  # filtered by the server
+                wait.until(lambda d: len(_rows(d)) == 1)
+                assert "missed" in _rows(browser)[0][0]
                 devices.select_by_value(desk_contact)
-                missed = browser.find_element(By.CSS_SELECTOR, "#calls tbody tr.missed")
-                missed.find_element(By.CSS_SELECTOR, "button.call-back").click()
+                _click(browser, "#calls tbody tr.missed button.call-back")
                 _text_is(browser, "current-state", "connected")
                 browser.save_screenshot(str(shots / "6-called-back.png"))
                 browser.find_element(By.ID, "hang-up").click()

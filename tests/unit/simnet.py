@@ -25,6 +25,7 @@ from sipdial.app import build_core
 from sipdial.calls import CallRequest, MediaPort, Mode, PromptSource, ReferralWatch, Resolver
 from sipdial.config import Config, parse_config
 from sipdial.contacts import ContactLookup
+from sipdial.events.names import is_missed
 from sipdial.sip import (
     Message,
     Peer,
@@ -125,11 +126,16 @@ class FakeStore:
         return succeed(WriteReport())  # in memory: every write is "committed" at once
 
     def list_calls(self, *, user: str | None = None, state: str | None = None,
-                   limit: int = 100, direction: str | None = None
+                   limit: int = 100, direction: str | None = None, missed: bool = False,
+                   since: float | None = None, before: float | None = None
                    ) -> Deferred[list[CallRecord]]:
         found = [c for c in self.calls.values()
                  if (user is None or c.user == user) and (state is None or c.state == state)
-                 and (direction is None or c.direction == direction)]
+                 and (direction is None or c.direction == direction)
+                 and (not missed or (c.state == "ended" and is_missed(
+                     c.cause, c.direction, any(e.state == "connected" for e in c.events))))
+                 and (since is None or c.created_at >= since)
+                 and (before is None or c.created_at < before)]
         return succeed(found[:limit])
 
     def save_registration(self, reg: RegistrationRecord) -> None:

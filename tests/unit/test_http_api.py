@@ -61,7 +61,8 @@ class FakeApi:
     health_doc: dict[str, Any] = field(default_factory=lambda: {"status": "ok"})
 
     def add_call(self, call_id: str, user: str, state: str = "user_ringing") -> dict[str, Any]:
-        call = {"id": call_id, "user": user, "to": "+4930123456", "state": state, "cause": None}
+        call = {"id": call_id, "user": user, "to": "+4930123456", "state": state, "cause": None,
+                "created_at": f"2026-12-03T08:00:{59 - len(self.calls):02}.000Z"}
         self.calls[call_id] = call
         return call
 
@@ -107,10 +108,13 @@ class FakeApi:
         return succeed(self.calls.get(call_id))
 
     def list_calls(
-        self, *, user: str | None, state: str | None, limit: int, direction: Any = None
+        self, *, user: str | None, state: str | None, limit: int, direction: Any = None,
+        missed: bool = False, since: float | None = None, before: float | None = None,
     ) -> Deferred[list[dict[str, Any]]]:
-        args = {"user": user, "state": state, "limit": limit}
-        self.list_args.append(args if direction is None else {**args, "direction": direction})
+        args: dict[str, Any] = {"user": user, "state": state, "limit": limit}
+        extra = {"direction": direction, "missed": missed or None, "since": since,
+                 "before": before}
+        self.list_args.append(args | {k: v for k, v in extra.items() if v is not None})
         calls = [c for c in self.calls.values() if user is None or c["user"] == user]
         return succeed(calls[:limit])
 
@@ -660,6 +664,11 @@ def test_list_calls_filters(server: Server) -> None:
         ("limit=1&limit=2", "limit"),
         ("state=bogus", "state"),
         ("user=a%20b", "user"),
+        ("missed=maybe", "missed"),
+        ("since=yesterday", "since"),
+        ("since=2026-12-03T08:00:00", "since"),  # no offset: whose 8 o'clock?
+        ("before=2026-13-03T08:00:00Z", "before"),
+        ("before=" + "9" * 50, "before"),
     ],
 )
 def test_list_calls_bad_query_is_422(server: Server, query: str, field_name: str) -> None:
@@ -667,6 +676,26 @@ def test_list_calls_bad_query_is_422(server: Server, query: str, field_name: str
     assert r.status == 422
     assert r.error_code == "invalid_request"
     assert r.error_message.startswith(f"{field_name}:")
+
+
+def test_list_calls_missed_since_before_and_the_next_page(server: Server) -> None:
+    from datetime import UTC, datetime
+    r = server.request("GET", "/v1/calls?missed=true&since=2026-12-03T00:00:00Z"
+                              "&before=2026-12-03T09:00:00+01:00")  # "+" unencoded: a space
+    assert r.status == 200, r.json
+    assert server.api.list_args[-1] == {
+        "user": None, "state": None, "limit": 50, "missed": True,
+        "since": datetime(2026, 12, 3, tzinfo=UTC).timestamp(),
+        "before": datetime(2026, 12, 3, 8, tzinfo=UTC).timestamp()}
+    assert r.json["next"] is None  # fewer than limit: no more
+    server.request("GET", "/v1/calls?missed=false&before=2026-12-03T09:00:00%2B01:00")
+    assert server.api.list_args[-1]["before"] == datetime(2026, 12, 3, 8,
+                                                          tzinfo=UTC).timestamp()
+    assert "missed" not in server.api.list_args[-1]
+    for i in range(3):
+        server.api.add_call(f"c{i}", "201")
+    r = server.request("GET", "/v1/calls?limit=2")
+    assert len(r.json["calls"]) == 2 and r.json["next"] == r.json["calls"][-1]["created_at"]
 
 
 def test_list_calls_user_token_is_limited_to_own_user(server: Server) -> None:
@@ -1034,6 +1063,21 @@ def test_the_call_list_is_every_workers_newest_first(sharded: Server,
     assert [c["id"] for c in r.json["calls"]] == ["01c", "00a", "01d"]
     assert r.json["unavailable_workers"] == [2]  # said, not silently left out
     assert [w for w, *_ in workers.asked] == [1, 2]
+
+
+def test_a_merged_page_ends_on_a_whole_millisecond(sharded: Server,
+                                                   workers: FakeWorkers) -> None:
+    """Calls of two workers that share the page's last millisecond all come with it (and
+    next names that millisecond), so before=next loses none of them."""
+    same = "2026-12-03T10:00:01.500Z"
+    sharded.api.calls["00a"] = {"id": "00a", "user": "201", "created_at": same}
+    theirs = [{"id": "01c", "user": "201", "created_at": "2026-12-03T10:00:03.000Z"},
+              {"id": "01d", "user": "201", "created_at": same}]
+    workers.replies["GET /v1/calls?limit=2"] = WorkerReply(200, json.dumps(
+        {"calls": theirs, "next": same}).encode())
+    r = sharded.request("GET", "/v1/calls?limit=2")
+    assert [c["id"] for c in r.json["calls"]] == ["01c", "01d", "00a"]
+    assert r.json["next"] == same
 
 
 def test_the_upstream_registration_is_read_from_the_worker_that_holds_it(

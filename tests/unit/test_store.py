@@ -331,6 +331,43 @@ def test_list_calls_newest_first_with_filters(db: Path) -> None:
         h.store.list_calls(limit=0)
 
 
+def test_list_calls_missed_since_before(db: Path) -> None:
+    h = started(db)
+    h.store.save_call(call("rang-out", created_at=T0, state="ended", cause="user_no_answer"))
+    h.store.save_call(call("talked", created_at=T0 + 1, state="ended", cause="completed"))
+    h.store.save_call(call("in-missed", created_at=T0 + 2, state="ended",
+                           cause="caller_cancelled", direction="inbound"))
+    h.store.save_call(call("in-answered", created_at=T0 + 3, state="ended",
+                           cause="completed", direction="inbound"))
+    h.store.add_event("in-answered", CallEvent("connected", T0 + 3.5))
+    h.store.save_call(call("live", created_at=T0 + 4, state="user_ringing"))
+
+    def ids(**kw: Any) -> list[str]:
+        return [c.id for c in result(h.store.list_calls(**kw))]
+
+    assert ids(missed=True) == ["in-missed", "rang-out"]
+    assert ids(since=T0 + 2) == ["live", "in-answered", "in-missed"]
+    assert ids(before=T0 + 2) == ["talked", "rang-out"]
+    assert ids(since=T0 + 1, before=T0 + 3, missed=True) == ["in-missed"]
+
+
+def test_a_full_page_ends_on_a_whole_millisecond(db: Path) -> None:
+    """Calls sharing the page's last millisecond come with it (the next page asks for
+    calls before that millisecond), so paging by the API's times loses none."""
+    h = started(db)
+    for i, offset in enumerate((0.0, 0.0001, 0.0002, 0.0003, 0.0011, 0.005)):
+        h.store.save_call(call(f"c{i}", created_at=T0 + offset))
+
+    def ids(**kw: Any) -> list[str]:
+        return [c.id for c in result(h.store.list_calls(**kw))]
+
+    assert ids(limit=1) == ["c5"]
+    assert ids(limit=2) == ["c5", "c4"]
+    assert ids(limit=3) == ["c5", "c4", "c3", "c2", "c1", "c0"]  # all of T0's millisecond
+    assert ids(before=T0 + 0.001, limit=1) == ["c3", "c2", "c1", "c0"]
+    assert ids(before=T0, limit=1) == []
+
+
 def test_list_calls_with_many_calls(db: Path) -> None:
     h = started(db)
     for i in range(1200):  # more than one "IN (...)" chunk of events

@@ -71,7 +71,9 @@ document.documentElement.lang = lang;
 const $ = (id) => document.getElementById(id);
 let session = null;   // {user, csrf}
 let current = null;   // the call placed from this page
-let limit = 20;
+const PAGE = 20;
+let listed = new Set();  // ids of the calls in the list
+let next = null;         // the call list's next page: before= this
 let events = null;
 
 function translate() {
@@ -172,16 +174,30 @@ async function loadDevices() {
   }
 }
 
-async function loadCalls() {
-  const query = new URLSearchParams({ limit: String(limit) });
+// The list from the server, filtered there (missed, today) and paged with its "next";
+// `more`: the next page below the shown rows, else the first page again, as long as shown.
+async function loadCalls(more = false) {
+  const query = new URLSearchParams({
+    limit: String(more ? PAGE : Math.min(Math.max(listed.size, PAGE), 500)) });
   if (session.user) query.set("user", session.user);
-  const { calls } = await api("GET", `/v1/calls?${query}`);
-  const today = new Date().toDateString();
+  if ($("only-missed").checked) query.set("missed", "true");
+  if ($("only-today").checked) {
+    const midnight = new Date();
+    midnight.setHours(0, 0, 0, 0);
+    query.set("since", midnight.toISOString());
+  }
+  if (more && next) query.set("before", next);
+  const page = await api("GET", `/v1/calls?${query}`);
   const body = $("calls").tBodies[0];
-  body.replaceChildren();
-  for (const call of calls) {
-    if ($("only-missed").checked && !isMissed(call)) continue;
-    if ($("only-today").checked && new Date(call.created_at).toDateString() !== today) continue;
+  if (!more) {
+    body.replaceChildren();
+    listed = new Set();
+  }
+  next = page.next;
+  $("more").hidden = !next;
+  for (const call of page.calls) {
+    if (listed.has(call.id)) continue;
+    listed.add(call.id);
     const number = call.direction === "inbound" ? (call.caller || "") : call.to;
     const row = body.insertRow();
     row.dataset.id = call.id;
@@ -336,9 +352,10 @@ $("book-import").addEventListener("submit", async (ev) => {
     : ((data.error && data.error.message) || `HTTP ${r.status}`);
   loadBook();
 });
-$("only-missed").addEventListener("change", loadCalls);
-$("only-today").addEventListener("change", loadCalls);
-$("more").addEventListener("click", () => { limit = Math.min(limit + 20, 500); loadCalls(); });
+const refilter = () => { listed = new Set(); loadCalls(); };
+$("only-missed").addEventListener("change", refilter);
+$("only-today").addEventListener("change", refilter);
+$("more").addEventListener("click", () => loadCalls(true));
 $("protocol").addEventListener("click", () => {
   // tel: and sip: are safelisted; callto: only as web+callto
   for (const scheme of ["tel", "sip", "web+callto"]) {
