@@ -933,7 +933,8 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                    transactions=lambda: len(txns.server) + len(txns.client),
                    # worker 0 alone registers upstream: the others' /healthz leave it out
                    # and their GET /v1/upstream asks worker 0
-                   upstream=core.upstream if role is None or role.index == 0 else None)
+                   upstream=core.upstream if role is None or role.index == 0 else None,
+                   webhooks=events.deliverer.status)
     workers: OtherWorkers | None = WorkerHttp(reactor, role) if role is not None else None
     metrics = _metrics(core, events, lag, call_metrics, reactor)
     internal_token = (hmac.new(role.secret, b"metrics", hashlib.sha256).hexdigest()

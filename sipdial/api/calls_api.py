@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -26,8 +26,9 @@ from sipdial.calls import (
     Mode,
     Refusal,
 )
+from sipdial.events import DeliveryStatus
 from sipdial.registrar import Registrar
-from sipdial.store import CallRecord, Metadata, WriteReport
+from sipdial.store import CallRecord, Metadata, WriteReport, iso_time
 from sipdial.upstream import UpstreamRegistration
 from sipdial.vocabulary import Direction
 
@@ -73,7 +74,8 @@ class CallsApi:
     def __init__(self, calls: CallService, inbound: InboundRouter, history: CallHistory,
                  registrar: Registrar, clock: Callable[[], float],
                  transactions: Callable[[], int] | None = None,
-                 upstream: UpstreamRegistration | None = None) -> None:
+                 upstream: UpstreamRegistration | None = None,
+                 webhooks: Callable[[], Sequence[DeliveryStatus]] = tuple) -> None:
         """``transactions`` counts the SIP transactions held (``/healthz``; lingering ones
         too: a transaction keeps absorbing retransmissions for up to 32 s after it ends);
         ``upstream`` is sipdial's own registration at an ``[upstream]`` registrar."""
@@ -84,6 +86,7 @@ class CallsApi:
         self._clock = clock
         self._transactions = transactions
         self._upstream = upstream
+        self._webhooks = webhooks
 
     def create_call(self, *, user: str, to: str, device: str | None,
                     auto_answer: bool | None, mode: Mode | None, confirm: bool | None = None,
@@ -189,9 +192,21 @@ class CallsApi:
             health["upstream"] = {"state": self._upstream.status(self._clock()).summary}
         return health
 
+    def webhook_status(self) -> list[dict[str, Any]]:
+        return [{"target": s.target, "delivered": s.delivered,
+                 "failed_attempts": s.failed_attempts, "given_up": s.given_up,
+                 "queued": s.queued,
+                 "last_delivered_at": _iso_or_none(s.last_delivered_at),
+                 "last_error": s.last_error, "last_error_at": _iso_or_none(s.last_error_at)}
+                for s in self._webhooks()]
+
     def upstream_status(self) -> dict[str, Any] | None:
         """sipdial's registration at ``[upstream]`` in full (None: standalone)."""
         if self._upstream is None:
             return None
         now = self._clock()
         return self._upstream.status(now).to_json(now)
+
+
+def _iso_or_none(t: float | None) -> str | None:
+    return None if t is None else iso_time(t)

@@ -715,18 +715,48 @@ def _call_page(calls: list[dict[str, Any]], limit: int) -> dict[str, Any]:
     return {"calls": page, "next": last}
 
 
-def _listed_calls(reply: WorkerReply) -> list[dict[str, Any]] | None:
-    """The calls in another worker's 200 to ``GET /v1/calls``; None for anything else."""
+def _listed(reply: WorkerReply, name: str) -> list[dict[str, Any]] | None:
+    """The list ``name`` in another worker's 200 answer (``{"calls": [...]}``); None for
+    anything else."""
     if reply.status != 200:
         return None
     try:
         body = json.loads(reply.body)
     except ValueError:
         return None
-    calls = body.get("calls") if isinstance(body, dict) else None
-    if not isinstance(calls, list):
+    items = body.get(name) if isinstance(body, dict) else None
+    if not isinstance(items, list):
         return None
-    return [c for c in calls if isinstance(c, dict)]
+    return [item for item in items if isinstance(item, dict)]
+
+
+_COUNTS: Final = ("delivered", "failed_attempts", "given_up", "queued")
+
+
+def _merged_deliveries(lists: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Every worker's delivery status by target in one: counts summed, the latest times
+    (ISO-8601 strings compare in time order) and that error."""
+    merged: dict[str, dict[str, Any]] = {}
+    for statuses in lists:
+        for status in statuses:
+            target = status.get("target")
+            if not isinstance(target, str):
+                continue
+            into = merged.get(target)
+            if into is None:
+                merged[target] = dict(status)
+                continue
+            for count in _COUNTS:
+                mine, theirs = into.get(count), status.get(count)
+                if isinstance(mine, int) and isinstance(theirs, int):
+                    into[count] = mine + theirs
+            if str(status.get("last_delivered_at") or "") > str(
+                    into.get("last_delivered_at") or ""):
+                into["last_delivered_at"] = status.get("last_delivered_at")
+            if str(status.get("last_error_at") or "") > str(into.get("last_error_at") or ""):
+                into["last_error_at"] = status.get("last_error_at")
+                into["last_error"] = status.get("last_error")
+    return list(merged.values())
 
 
 class _Router:
@@ -1036,7 +1066,7 @@ class _Router:
             calls: list[dict[str, Any]] = list(local)
             unavailable: list[int] = []
             for worker, (ok, answer) in zip(others, results[1:], strict=True):
-                listed = _listed_calls(answer) if ok else None
+                listed = _listed(answer, "calls") if ok else None
                 if listed is None:
                     unavailable.append(worker)
                 else:
@@ -1573,6 +1603,36 @@ class _Router:
             raise ApiError(404, "not_configured", "no [upstream] registrar is configured")
         return succeed(_Reply(200, upstream))
 
+    def _webhooks(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
+        """How webhook deliveries went, by target, summed over the workers (administrators;
+        the page's admin view)."""
+        principal = self._authenticate(request, session=True)
+        if principal.user is not None:
+            raise ApiError(403, "forbidden", "only an administrator may read this")
+        here = self._api.webhook_status()
+        workers = self._workers
+        others = list(workers.others()) if workers is not None else []
+        if workers is None or not others:
+            return succeed(_Reply(200, {"webhooks": here}))
+        asked = [workers.request(w, "GET", _target(request), request.authorization,
+                                 _session_headers(request)) for w in others]
+
+        def merge(results: list[tuple[bool, Any]]) -> _Reply:
+            lists = [here]
+            unavailable: list[int] = []
+            for worker, (ok, answer) in zip(others, results, strict=True):
+                theirs = _listed(answer, "webhooks") if ok else None
+                if theirs is None:
+                    unavailable.append(worker)
+                else:
+                    lists.append(theirs)
+            body: dict[str, Any] = {"webhooks": _merged_deliveries(lists)}
+            if unavailable:
+                body["unavailable_workers"] = unavailable
+            return _Reply(200, body)
+
+        return DeferredList(asked, consumeErrors=True).addCallback(merge)
+
     def _locaphone_call_init(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         """LocaPhone ``call-init.php?user=&to=[&cidnum=][&clir=1]``; ``from`` and ``prv`` are
         accepted and ignored. ``cidnum`` is the number shown to the target and ``clir=1``
@@ -1652,21 +1712,21 @@ _ROUTES: Final[tuple[_Route, ...]] = (
                           "calls created at or after this time (RFC 3339, with offset)"),
                     Param("before", {"type": "string", "format": "date-time"},
                           "calls created before this time: the previous page's next")),
-            tags=("calls",))),
+            auth=Auth.BEARER_OR_SESSION, tags=("calls",))),
          "POST": _Method(_Router._create_call, Operation(
              "createCall", "Start a click-to-dial call", (_CREATED,), _CALL_ERRORS,
-             body="CallRequest", tags=("calls",)))},
+             body="CallRequest", auth=Auth.BEARER_OR_SESSION, tags=("calls",)))},
         "/v1/calls",
     ),
     _Route(
         re.compile(f"/v1/calls/(?P<call_id>{_CALL_ID})"),
         {"GET": _Method(_Router._get_call, Operation(
             "getCall", "One call with its events", (Reply(200, "the call", "Call"),),
-            (401, 403, 404, 502, 503), tags=("calls",))),
+            (401, 403, 404, 502, 503), auth=Auth.BEARER_OR_SESSION, tags=("calls",))),
          "DELETE": _Method(_Router._delete_call, Operation(
              "hangUpCall", "Cancel or hang up the call at any stage (cause cancelled)",
              (Reply(200, "the call as it is now", "Call"),), (401, 403, 404, 502, 503),
-             tags=("calls",)))},
+             auth=Auth.BEARER_OR_SESSION, tags=("calls",)))},
         "/v1/calls/{call_id}",
         path_params=(_CALL_ID_PARAM,),
     ),
@@ -1674,7 +1734,8 @@ _ROUTES: Final[tuple[_Route, ...]] = (
         _Router._list_registrations, Operation(
             "listRegistrations", "Registered devices",
             (Reply(200, "the registered contacts", "RegistrationList"),),
-            (400, 401, 403, 422), params=(_USER_PARAM,), tags=("registrations",)))},
+            (400, 401, 403, 422), params=(_USER_PARAM,), auth=Auth.BEARER_OR_SESSION,
+            tags=("registrations",)))},
         "/v1/registrations"),
     _Route(re.compile("/v1/events"), {"GET": _Method(_Router._event_stream, Operation(
         "streamEvents", "Server-Sent Events of call state changes (docs/events.md)",
@@ -1684,7 +1745,7 @@ _ROUTES: Final[tuple[_Route, ...]] = (
                 Param("last_event_id", {"type": "string"},
                       "resume after this event id or cursor (the Last-Event-ID header "
                       "wins)")),
-        tags=("events",)))}, "/v1/events", head=False),
+        auth=Auth.BEARER_OR_SESSION, tags=("events",)))}, "/v1/events", head=False),
     _Route(re.compile("/healthz"), {"GET": _Method(_Router._health, Operation(
         "health", "Liveness and a few counts", (Reply(200, "running", "Health"),), (403,),
         auth=Auth.NONE, tags=("operations",)))}, "/healthz"),
@@ -1759,23 +1820,26 @@ _ROUTES: Final[tuple[_Route, ...]] = (
                     Param("limit", {"type": "integer", "minimum": 1, "maximum": _LIMIT_MAX}),
                     Param("offset", {"type": "integer", "minimum": 0, "maximum": 1000000}),
                     Param("owner", {"type": "string"}, "admin: a user's, * everyone's")),
-            tags=("phonebook",))),
+            auth=Auth.BEARER_OR_SESSION, tags=("phonebook",))),
         "POST": _Method(_Router._add_contact, Operation(
             "addContact", "Add a contact", (Reply(201, "added", "Contact"),),
-            (400, 401, 403, 404, 413, 422), body="ContactRequest", tags=("phonebook",)))},
+            (400, 401, 403, 404, 413, 422), body="ContactRequest",
+            auth=Auth.BEARER_OR_SESSION, tags=("phonebook",)))},
         "/v1/contacts"),
     _Route(re.compile("/v1/contacts/import"), {"POST": _Method(
         _Router._import_contacts, Operation(
             "importContacts", "Import a CSV (header row: name, number columns, url) or "
             "vCard file (the request body)", (Reply(201, "how many", "ContactImport"),),
-            (400, 401, 403, 404, 413, 422), tags=("phonebook",)))}, "/v1/contacts/import"),
+            (400, 401, 403, 404, 413, 422), auth=Auth.BEARER_OR_SESSION,
+            tags=("phonebook",)))}, "/v1/contacts/import"),
     _Route(re.compile("/v1/contacts/(?P<contact_id>[0-9]{1,12})"), {
         "PUT": _Method(_Router._change_contact, Operation(
             "changeContact", "Change a contact", (Reply(200, "changed", "Contact"),),
-            (400, 401, 403, 404, 413, 422), body="ContactRequest", tags=("phonebook",))),
+            (400, 401, 403, 404, 413, 422), body="ContactRequest",
+            auth=Auth.BEARER_OR_SESSION, tags=("phonebook",))),
         "DELETE": _Method(_Router._change_contact, Operation(
             "deleteContact", "Delete a contact", (Reply(200, "deleted"),),
-            (401, 403, 404), tags=("phonebook",)))},
+            (401, 403, 404), auth=Auth.BEARER_OR_SESSION, tags=("phonebook",)))},
         "/v1/contacts/{contact_id}",
         path_params=(Param("contact_id", {"type": "string", "pattern": "^[0-9]{1,12}$"}),)),
     _Route(re.compile("/v1/session"), {
@@ -1799,6 +1863,10 @@ _ROUTES: Final[tuple[_Route, ...]] = (
             (Reply(200, "a file", content_type="text/plain"),), (403, 404), auth=Auth.NONE,
             tags=("web",)))}, "/static/{name}",
         path_params=(Param("name", {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}),)),
+    _Route(re.compile("/v1/webhooks"), {"GET": _Method(_Router._webhooks, Operation(
+        "webhookStatus", "How webhook deliveries went since start, by target (administrators)",
+        (Reply(200, "by target, summed over the workers", "WebhookStatusList"),),
+        (401, 403), auth=Auth.BEARER_OR_SESSION, tags=("operations",)))}, "/v1/webhooks"),
     _Route(re.compile("/v1/upstream"), {"GET": _Method(_Router._upstream, Operation(
         "upstream", "sipdial's own registration at [upstream] (admin token)",
         (Reply(200, "the registration", "Upstream"),), (401, 403, 404, 502, 503),

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from sipdial.api.session import COOKIE as SESSION_COOKIE
 from sipdial.store import MAX_METADATA_BYTES
 from sipdial.vocabulary import INBOUND_MODE, CallState, Cause, Direction, Mode
 
@@ -237,6 +238,32 @@ COMPONENTS: Final[dict[str, JsonSchema]] = {
                                     "description": "workers that did not answer"},
         },
     },
+    "WebhookStatus": {
+        "type": "object",
+        "required": ["target", "delivered", "failed_attempts", "given_up", "queued",
+                     "last_delivered_at", "last_error", "last_error_at"],
+        "properties": {
+            "target": {"type": "string",
+                       "description": "the webhook URL without query or credentials, or "
+                                      "camara-sinks (every CAMARA sink together)"},
+            "delivered": {"type": "integer", "minimum": 0},
+            "failed_attempts": {"type": "integer", "minimum": 0,
+                                "description": "each is retried until max_age"},
+            "given_up": {"type": "integer", "minimum": 0},
+            "queued": {"type": "integer", "minimum": 0,
+                       "description": "waiting, in flight included"},
+            "last_delivered_at": {"type": ["string", "null"], "format": "date-time"},
+            "last_error": {"type": ["string", "null"]},
+            "last_error_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
+    "WebhookStatusList": {
+        "type": "object", "required": ["webhooks"],
+        "properties": {
+            "webhooks": {"type": "array", "items": _ref("WebhookStatus")},
+            "unavailable_workers": {"type": "array", "items": {"type": "integer"}},
+        },
+    },
     "Registration": {
         "type": "object",
         "required": ["user", "contact", "transport", "source", "expires_in"],
@@ -308,6 +335,8 @@ class Auth(enum.Enum):
 
     BEARER = "bearer"  #: an [api] token
     BEARER_OR_BASIC = "bearer or basic"  #: or HTTP Basic with the SIP account
+    #: or the web page's session cookie (same origin; X-CSRF-Token on changes)
+    BEARER_OR_SESSION = "bearer or session"
     NONE = "none"  #: none (the document itself, /healthz, a link's own token)
 
 
@@ -381,6 +410,10 @@ def openapi_document(paths: Iterable[DocumentedPath], *, version: str) -> dict[s
                            "description": "an [api] token (a user's, or '*' for admin)"},
                 "basic": {"type": "http", "scheme": "basic",
                           "description": "a SIP account's user id and password"},
+                "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE,
+                            "description": "the web page's session (POST /v1/session): "
+                                           "only from the page's own origin, and with "
+                                           "its X-CSRF-Token on every change"},
             },
         },
     }
@@ -424,6 +457,8 @@ def _operation(op: Operation, path_params: tuple[Param, ...]) -> dict[str, Any]:
         doc["security"] = []
     elif op.auth is Auth.BEARER_OR_BASIC:
         doc["security"] = [{"bearer": []}, {"basic": []}]
+    elif op.auth is Auth.BEARER_OR_SESSION:
+        doc["security"] = [{"bearer": []}, {"session": []}]
     else:
         doc["security"] = [{"bearer": []}]
     return doc

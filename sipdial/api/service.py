@@ -182,6 +182,13 @@ class CallApi(Protocol):
         """A small JSON-able status document for ``GET /healthz`` (open to anyone)."""
         ...
 
+    def webhook_status(self) -> list[dict[str, Any]]:
+        """How webhook deliveries went since this process started, by target: ``target``
+        (URL without query or credentials, or ``camara-sinks``), ``delivered``,
+        ``failed_attempts``, ``given_up``, ``queued``, ``last_delivered_at``,
+        ``last_error``, ``last_error_at`` (times ISO-8601 or null)."""
+        ...
+
     def upstream_status(self) -> dict[str, Any] | None:
         """sipdial's registration at ``[upstream]`` in full, for ``GET /v1/upstream``
         (administrators); None in standalone mode."""

@@ -36,12 +36,21 @@ from sipdial.events.merged import (
     parse_cursor,
 )
 from sipdial.events.names import EventName, events_for
-from sipdial.events.webhooks import DeliveryPolicy, Poster, sign, verify_signature
+from sipdial.events.webhooks import (
+    SINKS,
+    DeliveryPolicy,
+    DeliveryStatus,
+    Poster,
+    sign,
+    verify_signature,
+)
 
 __all__ = [
+    "SINKS",
     "Cursor",
     "CursorSubscriber",
     "DeliveryPolicy",
+    "DeliveryStatus",
     "EventHub",
     "EventName",
     "EventReader",

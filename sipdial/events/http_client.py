@@ -2,7 +2,12 @@
 
 Persistent connections (a pool per :class:`AgentPoster`), the body sent with a
 Content-Length, the response body read to its end and dropped so the connection can be
-reused. https verifies the receiver's certificate against the system trust store and its host
+reused. A receiver may close an idle kept-alive connection just as the next POST goes out
+on it (an HTTP/1.0 server closes after every answer without saying so): a POST that got no
+answer because the connection closed is sent once more at once on a new connection, as
+Twisted does for GET. Receivers see a delivery twice only if they had taken it and closed
+before answering; webhooks are at least once anyway (``X-Sipdial-Delivery`` dedupes).
+https verifies the receiver's certificate against the system trust store and its host
 name (Twisted's ``tls`` extra: pyOpenSSL, service_identity).
 """
 
@@ -11,11 +16,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+
+# RequestNotSent (a cached connection found closed before sending) is not re-exported
+from twisted.web._newclient import RequestNotSent
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer  # type: ignore[import-untyped]
@@ -73,14 +87,25 @@ class AgentPoster:
         self._agent: Any = Agent(  # type: ignore[no-untyped-call]
             reactor, connectTimeout=connect_timeout, pool=self._pool
         )
+        # the second try of a POST whose kept-alive connection closed: a new connection
+        fresh: Any = HTTPConnectionPool(reactor, persistent=False)  # type: ignore[no-untyped-call]
+        self._fresh: Any = Agent(  # type: ignore[no-untyped-call]
+            reactor, connectTimeout=connect_timeout, pool=fresh
+        )
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Deferred[int]:
         raw = Headers({name.encode("latin-1"): [value.encode("latin-1")]
                        for name, value in headers.items()})
-        d: Deferred[IResponse] = self._agent.request(
-            b"POST", url.encode("utf-8"), raw, _Body(body)
-        )
-        return d.addCallback(self._drain)
+        target = url.encode("utf-8")
+        d: Deferred[IResponse] = self._agent.request(b"POST", target, raw, _Body(body))
+
+        def again(failure: Failure) -> Failure | Deferred[IResponse]:
+            if not _closed_before_answer(failure):
+                return failure
+            retry: Deferred[IResponse] = self._fresh.request(b"POST", target, raw, _Body(body))
+            return retry
+
+        return d.addErrback(again).addCallback(self._drain)
 
     @staticmethod
     def _drain(response: Any) -> Deferred[int]:
@@ -101,6 +126,20 @@ class AgentPoster:
     def close(self) -> Deferred[None]:
         d: Deferred[None] = self._pool.closeCachedConnections()
         return d.addCallback(lambda _: None)
+
+
+def _closed_before_answer(failure: Failure) -> bool:
+    """The request got no answer because the connection closed under it (not a timeout or
+    a cancel, not a refused connection: those are ordinary failed attempts)."""
+    error = failure.value
+    if not isinstance(error, RequestNotSent | RequestTransmissionFailed
+                      | ResponseNeverReceived):
+        return False
+    reasons: list[Failure] = list(getattr(error, "reasons", []))
+    errors = [r.value for r in reasons]
+    return not any(isinstance(e, CancelledError) for e in errors) and (
+        isinstance(error, RequestNotSent)
+        or any(isinstance(e, ConnectionDone | ConnectionLost) for e in errors))
 
 
 class _Collect(TwistedProtocol):

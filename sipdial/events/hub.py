@@ -56,7 +56,7 @@ from twisted.python.failure import Failure
 from sipdial.config import WebhookConfig
 from sipdial.events.camara import CLOUDEVENT_TYPE, cloud_event, status_changed
 from sipdial.events.names import EventName, EventSpec, events_for, is_missed
-from sipdial.events.webhooks import DeliveryPolicy, Poster, WebhookDeliverer
+from sipdial.events.webhooks import DeliveryPolicy, Poster, WebhookDeliverer, shown_url
 from sipdial.reactor_types import exc_info
 from sipdial.store import (
     CallEvent,
@@ -423,8 +423,8 @@ class EventHub:
                 try:
                     self._deliverer.add(entry)
                 except Exception:  # one bad entry must not hold back the others
-                    log.exception("webhook %s: cannot queue delivery %d", entry.webhook_url,
-                                  entry.id)
+                    log.exception("webhook %s: cannot queue delivery %d",
+                                  shown_url(entry.webhook_url), entry.id)
 
     def _drop(self, published: PublishedEvent, entries: list[OutboxEntry],
               lost_outbox: frozenset[int]) -> None:

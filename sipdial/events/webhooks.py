@@ -48,6 +48,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
+from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
@@ -58,11 +59,14 @@ from sipdial.reactor_types import DelayedCall, TimeReactor
 from sipdial.store import OutboxEntry
 
 __all__ = [
+    "SINKS",
     "DeliveryPolicy",
+    "DeliveryStatus",
     "OutboxQueue",
     "Poster",
     "WebhookDeliverer",
     "delivery_headers",
+    "shown_url",
     "sign",
     "verify_signature",
 ]
@@ -161,6 +165,49 @@ class DeliveryPolicy:
 
 
 _Line = tuple[str, str]  # (webhook url, call id)
+
+#: the target of every CAMARA sink (a URL per call: counted together)
+SINKS: Final = "camara-sinks"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStatus:
+    """How deliveries to one webhook (or to all CAMARA sinks) went since sipdial started,
+    for the administrators' view (``GET /v1/webhooks``)."""
+
+    target: str  #: the webhook URL without query or credentials, or :data:`SINKS`
+    delivered: int  #: deliveries that landed (2xx)
+    failed_attempts: int  #: attempts that failed (each is retried until max_age)
+    given_up: int  #: deliveries failed for good (older than max_age)
+    queued: int  #: deliveries waiting (in flight included; those of earlier runs too)
+    last_delivered_at: float | None  #: unix time
+    last_error: str | None  #: the latest failed attempt's error ("HTTP 500", "timeout ...")
+    last_error_at: float | None  #: unix time
+
+
+@dataclass(slots=True)
+class _Tally:
+    delivered: int = 0
+    failed_attempts: int = 0
+    given_up: int = 0
+    queued: int = 0
+    last_delivered_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+
+def shown_url(url: str) -> str:
+    """``url`` without what may be a secret: credentials, query and fragment."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "(a URL that does not parse)"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class OutboxQueue:
@@ -329,6 +376,22 @@ class WebhookDeliverer:
         self.delivered = 0
         self.failed_attempts = 0
         self.given_up = 0
+        #: the same by target (each configured webhook; CAMARA sinks together)
+        self._tallies: dict[str, _Tally] = {url: _Tally() for url in self._secrets}
+
+    def status(self) -> list[DeliveryStatus]:
+        """Deliveries so far by target: every configured webhook, then the sinks if used."""
+        return [DeliveryStatus(SINKS if url == SINKS else shown_url(url), t.delivered,
+                               t.failed_attempts, t.given_up, t.queued, t.last_delivered_at,
+                               t.last_error, t.last_error_at)
+                for url, t in self._tallies.items()]
+
+    def _tally(self, entry: OutboxEntry) -> _Tally:
+        key = SINKS if entry.sink_token is not None else entry.webhook_url
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = _Tally()
+        return tally
 
     @property
     def queue(self) -> OutboxQueue:
@@ -339,6 +402,7 @@ class WebhookDeliverer:
         if entry.sink_token is None and entry.webhook_url not in self._secrets:
             raise ValueError(f"no webhook configured for {entry.webhook_url}")
         self._queue.add(entry)
+        self._tally(entry).queued += 1
         self._schedule()
 
     def start(self) -> None:
@@ -436,17 +500,25 @@ class WebhookDeliverer:
     def _landed(self, entry: OutboxEntry, error: str | None) -> None:
         self._in_flight.pop(entry.id, None)
         now = self._clock()
+        tally = self._tally(entry)
         if error is None:
             self.delivered += 1
+            tally.delivered += 1
+            tally.queued -= 1
+            tally.last_delivered_at = now
             self._queue.delivered(entry, now)
         else:
             self.failed_attempts += 1
+            tally.failed_attempts += 1
+            tally.last_error, tally.last_error_at = error, now
             self._queue.failed(entry, now, error)
             if entry.status == "failed":
                 self.given_up += 1
+                tally.given_up += 1
+                tally.queued -= 1
                 log.error(
                     "webhook %s: gave up on delivery %d (%s, call %s) after %d attempts: %s",
-                    entry.webhook_url,
+                    shown_url(entry.webhook_url),
                     entry.id,
                     entry.event_name,
                     entry.call_id,
@@ -456,7 +528,7 @@ class WebhookDeliverer:
             else:
                 log.info(
                     "webhook %s: delivery %d attempt %d failed (%s); retry in %.1f s",
-                    entry.webhook_url,
+                    shown_url(entry.webhook_url),
                     entry.id,
                     entry.attempts,
                     error,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -244,11 +245,50 @@ class _ElsewhereHandler(BaseHTTPRequestHandler):
         pass
 
 
+class _Receiver(ThreadingHTTPServer):
+    """A CRM's webhook receiver: 204 on /ok, 500 on /fail."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _ReceiverHandler)
+        self.posts: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _ReceiverHandler(BaseHTTPRequestHandler):
+    server: _Receiver
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        path = self.path.partition("?")[0]
+        self.server.posts.append(path)
+        self.send_response(204 if path == "/ok" else 500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 def test_german_admin_view_and_a_cross_site_post_is_refused(tmp_path: Path) -> None:
+    """An administrator (German browser) sees every phone and how the webhooks fare (one
+    CRM takes the events, one answers 500), dials for a user with one of that user's
+    phones; another site's form cannot place a call with the session."""
     shots = _shots(tmp_path)
-    sd = Sipdial(tmp_path, users=[user("201", auto_answer=True)], routes=[])
+    receiver = _Receiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a destination that never answers
+    silent.bind(("127.0.0.1", 0))
+    hooks = "".join(f'[[webhooks]]\nurl = "{receiver.url}/{path}?key=secret"\n'
+                    f'secret = "0123456789abcdef0123"\n' for path in ("ok", "fail"))
+    sd = Sipdial(tmp_path, users=[user("201", auto_answer=True)],
+                 routes=[{"match": ROUTE_MATCH,
+                          "uri": f"sip:{{number}}@127.0.0.1:{silent.getsockname()[1]}"}],
+                 extra=hooks)
     with sd.start(), Baresip(tmp_path, user="201", password="secret201",
-                             registrar=f"127.0.0.1:{sd.sip_port('udp')}", outbound=False):
+                             registrar=f"127.0.0.1:{sd.sip_port('udp')}", outbound=False) as phone:
         sd.wait_registered("201")
         browser = _chrome(tmp_path / "chromium-de", "de-DE")
         elsewhere = _Elsewhere(sd.http_url)
@@ -267,6 +307,29 @@ def test_german_admin_view_and_a_cross_site_post_is_refused(tmp_path: Path) -> N
                                                         "#registrations tbody tr"))
             assert rows[0].text.startswith("201"), rows[0].text
             assert browser.find_element(By.ID, "call-box-title").text == "Anrufen"
+
+            # a call for user 201 on the phone chosen for it: its events go to the webhooks
+            browser.find_element(By.ID, "as-user").send_keys("201")
+            devices = Select(browser.find_element(By.ID, "device"))
+            assert devices.options[0].text == "allen Telefonen des Benutzers"
+            wait.until(lambda d: len(devices.options) == 2)  # 201's one phone
+            devices.select_by_index(1)
+            browser.find_element(By.ID, "to").send_keys(NUMBER)
+            browser.find_element(By.ID, "dial").click()
+            _text_is(browser, "current-state", "Wählt", "Klingelt")
+            phone.wait_event("CALL_ESTABLISHED", timeout=10)
+            browser.find_element(By.ID, "hang-up").click()
+            _text_is(browser, "current-state", "Abgebrochen")
+            # the page reloads the table on call.ended; the deliveries may land after it
+            wait.until(lambda d: "/fail" in receiver.posts and "/ok" in receiver.posts)
+            browser.refresh()
+            failing = wait.until(lambda d: next(
+                (r for r in _rows(d, "#webhooks tbody tr")
+                 if "/fail" in r[1] and "HTTP 500" in r[1]), False))
+            assert "failing" in failing[0] and "key=secret" not in failing[1]
+            ok = next(r for r in _rows(browser, "#webhooks tbody tr") if "/ok" in r[1])
+            assert "failing" not in ok[0], ok
+            assert browser.find_element(By.CSS_SELECTOR, "#webhooks th").text == "Ziel"
             browser.save_screenshot(str(shots / "9-admin-de.png"))
 
             # another site's page posts to sipdial in the signed-in browser: refused
@@ -278,3 +341,5 @@ def test_german_admin_view_and_a_cross_site_post_is_refused(tmp_path: Path) -> N
         finally:
             browser.quit()
             elsewhere.shutdown()
+            receiver.shutdown()
+            silent.close()

@@ -145,6 +145,11 @@ class FakeApi:
     def health(self) -> dict[str, Any]:
         return self.health_doc
 
+    def webhook_status(self) -> list[dict[str, Any]]:
+        return [{"target": "http://crm.example/hook", "delivered": 3, "failed_attempts": 1,
+                 "given_up": 0, "queued": 1, "last_delivered_at": "2026-12-03T10:00:00.000Z",
+                 "last_error": "HTTP 500", "last_error_at": "2026-12-03T09:00:00.000Z"}]
+
 
 @pytest.fixture(scope="session")
 def reactor() -> Iterator[SelectReactor]:
@@ -1078,6 +1083,30 @@ def test_a_merged_page_ends_on_a_whole_millisecond(sharded: Server,
     r = sharded.request("GET", "/v1/calls?limit=2")
     assert [c["id"] for c in r.json["calls"]] == ["01c", "01d", "00a"]
     assert r.json["next"] == same
+
+
+def test_webhook_status_is_for_administrators_and_summed_over_workers(
+        sharded: Server, workers: FakeWorkers) -> None:
+    theirs = {"target": "http://crm.example/hook", "delivered": 2, "failed_attempts": 4,
+              "given_up": 1, "queued": 0, "last_delivered_at": "2026-12-03T08:00:00.000Z",
+              "last_error": "timeout after 10 s", "last_error_at": "2026-12-03T09:30:00.000Z"}
+    sinks = {"target": "camara-sinks", "delivered": 1, "failed_attempts": 0, "given_up": 0,
+             "queued": 0, "last_delivered_at": None, "last_error": None,
+             "last_error_at": None}
+    workers.replies["GET /v1/webhooks"] = WorkerReply(200, json.dumps(
+        {"webhooks": [theirs, sinks]}).encode())
+    r = sharded.request("GET", "/v1/webhooks")
+    assert r.status == 200, r.json
+    hook, camara = r.json["webhooks"]
+    assert (hook["delivered"], hook["failed_attempts"], hook["given_up"], hook["queued"]) \
+        == (5, 5, 1, 1)
+    assert hook["last_delivered_at"] == "2026-12-03T10:00:00.000Z"  # the latest: worker 0's
+    assert (hook["last_error"], hook["last_error_at"]) == (
+        "timeout after 10 s", "2026-12-03T09:30:00.000Z")  # the latest: worker 1's
+    assert camara == sinks
+    assert r.json["unavailable_workers"] == [2]
+    r = sharded.request("GET", "/v1/webhooks", token="tok-201")
+    assert (r.status, r.error_code) == (403, "forbidden")
 
 
 def test_the_upstream_registration_is_read_from_the_worker_that_holds_it(

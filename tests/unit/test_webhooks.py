@@ -24,10 +24,12 @@ from twisted.internet.task import Clock
 from sipdial.config import WebhookConfig
 from sipdial.events.hub import EventHub
 from sipdial.events.webhooks import (
+    SINKS,
     DeliveryPolicy,
     OutboxQueue,
     WebhookDeliverer,
     delivery_headers,
+    shown_url,
     sign,
     verify_signature,
 )
@@ -294,6 +296,38 @@ def test_deliverer_retries_after_500_with_backoff_and_keeps_order() -> None:
     h.poster.posts[4].d.callback(200)
     assert h.changes[-2:] == [(1, "done", 3), (2, "done", 1)]
     assert len(h.deliverer.queue) == 0
+
+
+def test_delivery_status_by_target_for_the_admin_view() -> None:
+    h = Delivery()
+    h.deliverer.add(entry(1, "a"))
+    h.deliverer.add(entry(2, "a"))
+    h.deliverer.add(entry(3, "b", url="https://user:pw@crm.example:8443/in?key=secret#x",
+                          sink_token="tok"))
+    h.tick()
+    h.poster.posts[0].d.callback(500)
+    h.poster.posts[1].d.callback(204)
+    first, second, sinks = h.deliverer.status()
+    assert (first.target, second.target, sinks.target) == (URL, URL2, SINKS)
+    assert (first.delivered, first.failed_attempts, first.given_up, first.queued) == (0, 1, 0, 2)
+    assert (first.last_error, first.last_error_at, first.last_delivered_at) == (
+        "HTTP 500", T0, None)
+    assert (second.delivered, second.queued) == (0, 0)  # configured, nothing sent yet
+    assert (sinks.delivered, sinks.queued, sinks.last_delivered_at) == (1, 0, T0)
+    h.tick(1.0)
+    h.poster.posts[2].d.callback(200)
+    h.tick()
+    h.poster.posts[3].d.callback(200)
+    first = h.deliverer.status()[0]
+    assert (first.delivered, first.failed_attempts, first.queued) == (2, 1, 0)
+    assert first.last_delivered_at == T0 + 1.0 and first.last_error == "HTTP 500"
+
+
+def test_shown_url_leaves_out_what_may_be_secret() -> None:
+    assert shown_url("https://user:pw@crm.example:8443/in?key=secret#x") == \
+        "https://crm.example:8443/in"
+    assert shown_url("http://[::1]:9/h?t=1") == "http://[::1]:9/h"
+    assert shown_url("http://crm.example:99999/") == "(a URL that does not parse)"
 
 
 def test_each_retry_is_signed_with_its_own_timestamp() -> None:

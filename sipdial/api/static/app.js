@@ -5,7 +5,8 @@ const T = {
   en: {
     signIn: "Sign in", signOut: "Sign out", user: "User (extension)", password: "Password",
     orToken: "or an API token", token: "API token", callBox: "Call", number: "Number",
-    device: "Ring", allDevices: "all my phones", mode: "Connect by", modeDefault: "default",
+    device: "Ring", allDevices: "all my phones",
+    allDevicesAdmin: "all of the user's phones", mode: "Connect by", modeDefault: "default",
     modeRefer: "transfer (REFER)", modeBridge: "bridge", confirm: "\"press 1\" first",
     dialButton: "Call", current: "Current call", hangUp: "Hang up", calls: "Calls",
     onlyMissed: "missed only", onlyToday: "today", when: "When", state: "State",
@@ -17,6 +18,9 @@ const T = {
     importFile: "Import a CSV or vCard file", import: "Import", remove: "Delete",
     imported: "imported", call: "Call", forUser: "For user",
     registrations: "Registered phones (all users)", userCol: "User", expires: "Expires in",
+    webhooks: "Webhook deliveries (since start)", target: "Target", delivered: "Delivered",
+    waiting: "Waiting", failedAttempts: "Failed attempts", givenUp: "Given up",
+    lastError: "Last error", noWebhooks: "No webhooks are configured.",
     states: {
       calling_user: "dialling your phone", user_ringing: "your phone rings",
       user_answered: "answered", awaiting_confirmation: "press 1",
@@ -35,6 +39,7 @@ const T = {
     signIn: "Anmelden", signOut: "Abmelden", user: "Benutzer (Nebenstelle)",
     password: "Kennwort", orToken: "oder ein API-Token", token: "API-Token", callBox: "Anrufen",
     number: "Rufnummer", device: "Klingeln an", allDevices: "allen meinen Telefonen",
+    allDevicesAdmin: "allen Telefonen des Benutzers",
     mode: "Verbinden per", modeDefault: "Standard", modeRefer: "Weitervermittlung (REFER)",
     modeBridge: "Brücke", confirm: "vorher „1 drücken“", dialButton: "Anrufen",
     current: "Aktueller Anruf", hangUp: "Auflegen", calls: "Anrufliste",
@@ -48,6 +53,9 @@ const T = {
     remove: "Löschen", imported: "importiert", call: "Anrufen", forUser: "Für Benutzer",
     registrations: "Angemeldete Telefone (alle Benutzer)", userCol: "Benutzer",
     expires: "Läuft ab in",
+    webhooks: "Webhook-Zustellungen (seit dem Start)", target: "Ziel", delivered: "Zugestellt",
+    waiting: "Wartend", failedAttempts: "Fehlversuche", givenUp: "Aufgegeben",
+    lastError: "Letzter Fehler", noWebhooks: "Es sind keine Webhooks eingerichtet.",
     states: {
       calling_user: "Ihr Telefon wird angerufen", user_ringing: "Klingelt bei Ihnen",
       user_answered: "Angenommen", awaiting_confirmation: "1 drücken",
@@ -130,7 +138,9 @@ async function showSignedIn(s) {
   const admin = !s.user;
   $("admin-view").hidden = !admin;
   for (const el of document.querySelectorAll(".admin-only")) el.hidden = !admin;
-  await Promise.allSettled([loadDevices(), loadCalls(), loadBook()]);
+  $("device").options[0].textContent = admin ? t.allDevicesAdmin : t.allDevices;
+  await Promise.allSettled([loadDevices(), loadCalls(), loadBook(),
+                            admin ? loadWebhooks() : null]);
   listen();
   $("to").focus();
   const hash = location.hash;
@@ -150,11 +160,11 @@ function showSignIn() {
   $("who").textContent = "";
 }
 
+let registrations = [];  // the signed-in user's, or (administrator) everyone's
+
 async function loadDevices() {
-  const select = $("device");
-  for (const opt of [...select.options].slice(1)) opt.remove();
   const query = session.user ? `?user=${encodeURIComponent(session.user)}` : "";
-  const { registrations } = await api("GET", `/v1/registrations${query}`);
+  ({ registrations } = await api("GET", `/v1/registrations${query}`));
   if (!session.user) {
     const table = $("registrations").tBodies[0];
     table.replaceChildren();
@@ -164,18 +174,49 @@ async function loadDevices() {
       row.insertCell().textContent = `${r.user_agent || r.contact} (${r.transport} ${r.source})`;
       row.insertCell().textContent = `${r.expires_in} s`;
     }
-    return;  // an administrator dials for a user: all of that user's phones
   }
-  for (const r of registrations) {
+  showDevices();
+}
+
+// the phones the call box may ring: the user's own, or those of the user an
+// administrator dials for
+function showDevices() {
+  const select = $("device");
+  const chosen = select.value;
+  for (const opt of [...select.options].slice(1)) opt.remove();
+  const user = session.user || $("as-user").value.trim();
+  for (const r of registrations.filter((r) => r.user === user)) {
     const opt = document.createElement("option");
     opt.value = r.contact;
     opt.textContent = `${r.user_agent || r.contact} (${r.transport} ${r.source})`;
     select.append(opt);
   }
+  select.value = [...select.options].some((o) => o.value === chosen) ? chosen : "";
 }
 
 // The list from the server, filtered there (missed, today) and paged with its "next";
 // `more`: the next page below the shown rows, else the first page again, as long as shown.
+async function loadWebhooks() {
+  const { webhooks } = await api("GET", "/v1/webhooks");
+  const body = $("webhooks").tBodies[0];
+  body.replaceChildren();
+  $("webhooks-none").hidden = webhooks.length > 0;
+  for (const w of webhooks) {
+    const row = body.insertRow();
+    if (w.given_up > 0 || (w.last_error_at && w.last_error_at > (w.last_delivered_at || ""))) {
+      row.className = "failing";
+    }
+    row.insertCell().textContent = w.target;
+    row.insertCell().textContent = String(w.delivered) +
+      (w.last_delivered_at ? ` (${new Date(w.last_delivered_at).toLocaleString(lang)})` : "");
+    row.insertCell().textContent = String(w.queued);
+    row.insertCell().textContent = String(w.failed_attempts);
+    row.insertCell().textContent = String(w.given_up);
+    row.insertCell().textContent = w.last_error
+      ? `${w.last_error} (${new Date(w.last_error_at).toLocaleString(lang)})` : "";
+  }
+}
+
 async function loadCalls(more = false) {
   const query = new URLSearchParams({
     limit: String(more ? PAGE : Math.min(Math.max(listed.size, PAGE), 500)) });
@@ -275,7 +316,10 @@ function listen() {
     const data = JSON.parse(message.data);
     if (!data.call) return;
     if (current && data.call.id === current.id) showCurrent(data.call);
-    if (data.event === "call.ended" || data.event === "call.incoming") loadCalls();
+    if (data.event === "call.ended" || data.event === "call.incoming") {
+      loadCalls();
+      if (!session.user) loadWebhooks().catch(() => {});
+    }
   };
   for (const name of ["call.dialing", "call.ringing", "call.answered", "call.confirmed",
                       "call.connected", "call.ended", "call.incoming"]) {
@@ -286,7 +330,10 @@ function listen() {
 async function dial(number, forUser) {
   $("call-error").textContent = "";
   const body = { user: session.user || forUser || $("as-user").value.trim(), to: number };
-  if ($("device").value) body.device = $("device").value;
+  const device = $("device").value;  // one of this user's phones (a call-back may be another's)
+  if (device && registrations.some((r) => r.contact === device && r.user === body.user)) {
+    body.device = device;
+  }
   if ($("mode").value) body.mode = $("mode").value;
   if ($("confirm").checked) body.confirm = true;
   try {
@@ -321,6 +368,7 @@ $("sign-out").addEventListener("click", async () => {
   await api("DELETE", "/v1/session").catch(() => {});
   showSignIn();
 });
+$("as-user").addEventListener("input", showDevices);
 $("call-box").addEventListener("submit", (ev) => { ev.preventDefault(); dial($("to").value); });
 $("hang-up").addEventListener("click", async () => {
   if (current) await api("DELETE", `/v1/calls/${encodeURIComponent(current.id)}`).catch(() => {});
