@@ -454,8 +454,8 @@ class CoreStore(CallStore, Protocol):
 #: what a reload cannot change while running (sockets, the store, the media process, the
 #: webhook deliverer, the password-guessing limits, sipdial's own registration): named in
 #: the reload's log line as needing a restart, and kept as they were
-RESTART_ONLY: Final = ("sip", "http.listen", "store", "media", "webhooks", "auth", "upstream",
-                       "links", "contacts")
+RESTART_ONLY: Final = ("sip", "http.listen", "http.secure_cookies", "store", "media",
+                       "webhooks", "auth", "upstream", "links", "contacts")
 
 
 @dataclass
@@ -493,7 +493,8 @@ class Core:
                        auth=self.config.auth, upstream=self.config.upstream,
                        links=self.config.links, contacts=self.config.contacts,
                        http=replace(config.http, host=self.config.http.host,
-                                    port=self.config.http.port))
+                                    port=self.config.http.port,
+                                    secure_cookies=self.config.http.secure_cookies))
         self.users.clear()
         self.users.update(kept.users)
         self.registrar.set_users(kept.users)
@@ -557,6 +558,8 @@ def _restart_needed(old: Config, new: Config) -> tuple[str, ...]:
         before, after = getattr(old, section), getattr(new, section)
         if key == "listen":
             before, after = (before.host, before.port), (after.host, after.port)
+        elif key:
+            before, after = getattr(before, key), getattr(after, key)
         if before != after:
             changed.append(name)
     return tuple(changed)
@@ -941,7 +944,8 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
                       if role is not None else None)
     # the web page's sessions: signed cookies, the key shared by the workers
     sessions = Sessions(hmac.new(role.secret, b"sessions", hashlib.sha256).digest()
-                        if role is not None else os.urandom(32), reactor.seconds)
+                        if role is not None else os.urandom(32), reactor.seconds,
+                        secure=config.http.secure_cookies)
     links = None
     if config.links is not None:  # call links (sipdial.api.links)
         shard = core.endpoint.shard

@@ -143,6 +143,9 @@ class HttpConfig:
     #: (None: as ``allow_from``)
     call_init_allow_from: tuple[Network, ...] | None = None
     remote_call_allow_from: tuple[Network, ...] | None = None
+    #: the web page is reached over https through a proxy that ends TLS: its session
+    #: cookie is Secure and ``__Host-`` (over sipdial's own TLS it is Secure anyway)
+    secure_cookies: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,7 +536,7 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
     ),
     "sip.tls": frozenset({"certificate", "key", "ca", "verify"}),
     "http": frozenset({"listen", "allow_from", "call_init_allow_from",
-                       "remote_call_allow_from"}),
+                       "remote_call_allow_from", "secure_cookies"}),
     "store": frozenset({"url"}),
     "api": frozenset({"tokens"}),
     "users[]": frozenset({"id", "password", "name", "auto_answer", "number", "confirm",
@@ -683,7 +686,7 @@ def _parse_http(t: _Table) -> HttpConfig:
     return HttpConfig(host, port, api,
                       nets["call_init_allow_from"] if "call_init_allow_from" in t.raw else api,
                       nets["remote_call_allow_from"] if "remote_call_allow_from" in t.raw
-                      else api)
+                      else api, secure_cookies=t.boolean("secure_cookies", False))
 
 
 def _networks(t: _Table, key: str) -> tuple[Network, ...] | None:

@@ -77,7 +77,7 @@ from sipdial.api.pages import (
 )
 from sipdial.api.schema import Auth, DocumentedPath, Operation, Param, Reply, openapi_document
 from sipdial.api.service import ApiError, CallApi, MetricsPort, OtherWorkers, WorkerReply
-from sipdial.api.session import COOKIE, SESSION_SECONDS, Session, Sessions, cookie_value
+from sipdial.api.session import COOKIE, Session, Sessions, cookie_value
 from sipdial.api.sse import EventSource, EventStream
 from sipdial.calls import CallState, Mode, escape_user
 from sipdial.config import MetricsConfig, Network
@@ -551,6 +551,10 @@ class _Incoming:
     client: str = ""  #: the client's address (host), for the password-guessing limits
     received: float = 0.0  #: when it was read (the resource's monotonic clock)
     accept: str = ""  #: the Accept header: "text/html" in it asks for pages (links, /dial)
+    content_type: str = ""  #: the Content-Type header, lower case
+    origin: str | None = None  #: the ``Origin`` header (browsers send it with POST)
+    host: str | None = None  #: the ``Host`` header
+    forwarded_host: str | None = None  #: ``X-Forwarded-Host`` (a proxy that rewrote Host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,17 +637,33 @@ def _from_allowed(client: str, networks: Sequence[Network]) -> bool:
     return any(address in network for network in networks)
 
 
-def _session_headers(request: _Incoming) -> dict[str, str]:
+def _session_headers(request: _Incoming, cookie_name: str) -> dict[str, str]:
     """What another worker needs to take the same web session: its cookie, CSRF token and
-    where the request came from (sessions are valid at every worker: a shared key)."""
+    where the request came from (sessions are valid at every worker: a shared key). Not
+    the Origin: this worker checked it, the other sees a request from here."""
     if request.authorization is not None or request.cookie is None:
         return {}
-    headers = {"Cookie": f"{COOKIE}={request.cookie}"}
+    headers = {"Cookie": f"{cookie_name}={request.cookie}"}
     if request.csrf is not None:
         headers["X-CSRF-Token"] = request.csrf
     if request.fetch_site is not None:
         headers["Sec-Fetch-Site"] = request.fetch_site
     return headers
+
+
+def _same_origin(request: _Incoming) -> None:
+    """A browser's ``Origin`` (sent with every POST, PUT, DELETE) must name this server:
+    the ``Host`` it asked, or the ``X-Forwarded-Host`` of a proxy that rewrote it (a page
+    of another site can set neither). Without an Origin (not a browser, or an old one)
+    Sec-Fetch-Site and the CSRF token decide."""
+    if request.origin is None:
+        return
+    origin = request.origin.strip()
+    _scheme, sep, authority = origin.partition("://")
+    hosts = {h.strip().lower() for h in (request.host, request.forwarded_host) if h}
+    if not sep or authority.lower() not in {h.split(",")[0].strip() for h in hosts}:
+        raise ApiError(403, "cross_site", "requests from other sites are refused (Origin "
+                                          f"{_shown(origin)})")
 
 
 def _full_book(failure: Failure) -> Failure:
@@ -881,6 +901,11 @@ class _Router:
             return self._sip_password(decoded, basic=True, client=request.client)
         raise _unauthorized("expected an Authorization: Bearer token", basic=basic)
 
+    @property
+    def cookie_name(self) -> str:
+        """The session cookie's name (the resource reads it from each request)."""
+        return self._sessions.cookie_name if self._sessions is not None else COOKIE
+
     def _session_principal(self, request: _Incoming, sessions: Sessions) -> _Principal:
         """A signed-in browser: its session, and for anything that changes something its
         CSRF token, never from another site."""
@@ -891,6 +916,7 @@ class _Router:
         if request.fetch_site not in (None, "same-origin", "none"):
             raise ApiError(403, "cross_site", "requests from other sites are refused")
         if request.method not in ("GET", "HEAD"):
+            _same_origin(request)
             if not sessions.csrf_ok(session, request.csrf):
                 raise ApiError(403, "csrf", "missing or wrong X-CSRF-Token")
         return _Principal(user=session.user, proof="session")
@@ -1001,7 +1027,7 @@ class _Router:
             return None
         self._authenticate(request, session=session)
         d = workers.request(owner, method, _target(request), request.authorization,
-                            _session_headers(request))
+                            _session_headers(request, self.cookie_name))
         return d.addCallbacks(_from_worker, _worker_unavailable, errbackArgs=(owner,))
 
     def _owned_call(self, principal: _Principal, call_id: str) -> Deferred[dict[str, Any]]:
@@ -1049,15 +1075,14 @@ class _Router:
             return d.addCallback(lambda calls: _Reply(200, _call_page(calls, limit)))
         return self._list_everywhere(request, d, self._workers, limit)
 
-    @staticmethod
-    def _list_everywhere(request: _Incoming, here: Deferred[list[dict[str, Any]]],
+    def _list_everywhere(self, request: _Incoming, here: Deferred[list[dict[str, Any]]],
                          workers: OtherWorkers, limit: int) -> Deferred[_Reply]:
         """This worker's calls and every other worker's, newest first, ``limit`` in all.
         A worker that cannot answer (restarting) is named in ``unavailable_workers``."""
         others = list(workers.others())
         asked: list[Deferred[Any]] = [here] + [
             workers.request(w, "GET", _target(request), request.authorization,
-                            _session_headers(request)) for w in others]
+                            _session_headers(request, self.cookie_name)) for w in others]
 
         def merge(results: list[tuple[bool, Any]]) -> _Reply:
             ok, local = results[0]
@@ -1410,8 +1435,14 @@ class _Router:
     def _sign_in(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         """``POST /v1/session``: the SIP account's id and password, or an ``[api]`` token."""
         sessions = self._require_sessions()
-        if request.fetch_site == "cross-site":
+        if request.fetch_site not in (None, "same-origin", "none"):
             raise ApiError(403, "cross_site", "requests from other sites are refused")
+        _same_origin(request)
+        # a form of another site cannot send JSON (that needs CORS, which sipdial never
+        # grants): no signing a browser into someone else's account (login CSRF)
+        if request.content_type.partition(";")[0].strip() != "application/json":
+            raise ApiError(415, "unsupported_media_type",
+                           "Content-Type: must be application/json")
         payload = _parse_json(request.body)
         if not isinstance(payload, dict):
             raise _invalid("body: must be a JSON object")
@@ -1430,8 +1461,7 @@ class _Router:
             assert principal.user is not None
             proof = sessions.password_proof(principal.user, password)
         value, session = sessions.issue(principal.user, proof)
-        cookie = (f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; "
-                  f"Max-Age={SESSION_SECONDS}" + ("; Secure" if request.secure else ""))
+        cookie = sessions.set_cookie(value, tls=request.secure)
         return succeed(_Reply(201, {"user": principal.user, "csrf": sessions.csrf(session),
                                     "expires_at": iso_time(session.expires_at)},
                               [("Set-Cookie", cookie)]))
@@ -1446,8 +1476,7 @@ class _Router:
                                     "expires_at": iso_time(session.expires_at)}))
 
     def _sign_out(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
-        self._require_sessions()
-        cookie = f"{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+        cookie = self._require_sessions().clear_cookie()
         return succeed(_Reply(200, {"signed_out": True}, [("Set-Cookie", cookie)]))
 
     # ------------------------------------------------------------ the phonebook
@@ -1615,7 +1644,7 @@ class _Router:
         if workers is None or not others:
             return succeed(_Reply(200, {"webhooks": here}))
         asked = [workers.request(w, "GET", _target(request), request.authorization,
-                                 _session_headers(request)) for w in others]
+                                 _session_headers(request, self.cookie_name)) for w in others]
 
         def merge(results: list[tuple[bool, Any]]) -> _Reply:
             lists = [here]
@@ -2001,7 +2030,8 @@ class _TwistedRequest(Protocol):
     def getClientAddress(self) -> object: ...
 
 
-def _incoming(request: _TwistedRequest, received: float = 0.0) -> _Incoming:
+def _incoming(request: _TwistedRequest, received: float = 0.0,
+              cookie_name: str = COOKIE) -> _Incoming:
     uri: bytes = request.uri
     path, _, query = uri.partition(b"?")
     authorization = request.getHeader(b"authorization")
@@ -2018,13 +2048,18 @@ def _incoming(request: _TwistedRequest, received: float = 0.0) -> _Incoming:
         body_too_large=too_large,
         last_event_id=None if last_event_id is None else last_event_id.decode("latin-1"),
         correlator=None if correlator is None else correlator.decode("latin-1"),
-        cookie=cookie_value((request.getHeader(b"cookie") or b"").decode("latin-1")),
+        cookie=cookie_value((request.getHeader(b"cookie") or b"").decode("latin-1"),
+                            cookie_name),
         csrf=_header(request, b"x-csrf-token"),
         fetch_site=_header(request, b"sec-fetch-site"),
         secure=bool(getattr(request, "isSecure", lambda: False)()),
         client=_client_host(request),
         received=received,
         accept=(request.getHeader(b"accept") or b"").decode("latin-1"),
+        content_type=(request.getHeader(b"content-type") or b"").decode("latin-1").lower(),
+        origin=_header(request, b"origin"),
+        host=_header(request, b"host"),
+        forwarded_host=_header(request, b"x-forwarded-host"),
     )
 
 
@@ -2092,7 +2127,7 @@ class _Resource(Resource):
         received = self._clock()
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
-        incoming = _incoming(request, received)
+        incoming = _incoming(request, received, self._router.cookie_name)
         d = self._router.handle(incoming)
         d.addCallback(self._respond_or_stream, request, gone, incoming, received)
         d.addErrback(

@@ -1,14 +1,16 @@
 """Browser sessions for the web page (issue 11): a signed cookie and its CSRF token.
 
 ``POST /v1/session {"user", "password"}`` (the SIP account) or ``{"token"}`` (an ``[api]``
-token) signs a browser in: the answer sets ``sipdial_session`` (HttpOnly, SameSite=Strict,
-Secure over TLS) and names the CSRF token. The cookie is ``<user>.<expiry>.<nonce>.<mac>``
-(base64url parts, HMAC-SHA256 over them with the key): nothing is kept on the server, so it
-is valid at every worker (they share the key). Every request a session authenticates that
-changes something (not GET/HEAD) must carry ``X-CSRF-Token`` — HMAC of the nonce, which a
-page of another site cannot read — and must not come from another site
-(``Sec-Fetch-Site``). Sign-out clears the cookie; a copied cookie stays valid until it
-expires (``SESSION_SECONDS``).
+token), as JSON from the page's own origin, signs a browser in: the answer sets
+``sipdial_session`` (HttpOnly, SameSite=Strict; Secure over TLS or with ``[http]
+secure_cookies``, then named ``__Host-sipdial_session`` so that no other host of the domain
+can plant one) and names the CSRF token. The cookie is ``<user>.<expiry>.<nonce>.<mac>``
+(base64url parts, HMAC-SHA256 over them with the key): nothing is kept on the server, so
+it is valid at every worker (they share the key). Every request a session authenticates
+that changes something (not GET/HEAD) must carry ``X-CSRF-Token`` — HMAC of the nonce,
+which a page of another site cannot read — and must not come from another site
+(``Sec-Fetch-Site``, ``Origin``). Sign-out clears the cookie; a copied cookie stays valid
+until it expires (``SESSION_SECONDS``).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["COOKIE", "SESSION_SECONDS", "Session", "Sessions"]
+__all__ = ["COOKIE", "SECURE_COOKIE", "SESSION_SECONDS", "Session", "Sessions"]
 
 COOKIE: Final = "sipdial_session"
+#: the name with ``secure``: browsers take it only with Secure, Path=/ and no Domain
+SECURE_COOKIE: Final = "__Host-sipdial_session"
 SESSION_SECONDS: Final = 8 * 3600
 
 
@@ -47,9 +51,27 @@ def _unb64(text: str) -> bytes:
 
 
 class Sessions:
-    def __init__(self, key: bytes, clock: Callable[[], float]) -> None:
+    def __init__(self, key: bytes, clock: Callable[[], float], *, secure: bool = False) -> None:
+        """``secure``: the page is served over https (by sipdial, or by a proxy in front
+        that terminates TLS: ``[http] secure_cookies``): the cookie is Secure and named
+        :data:`SECURE_COOKIE`, and only that name is read."""
         self._key = key
         self._clock = clock
+        self.secure = secure
+
+    @property
+    def cookie_name(self) -> str:
+        return SECURE_COOKIE if self.secure else COOKIE
+
+    def set_cookie(self, value: str, *, tls: bool = False) -> str:
+        """The ``Set-Cookie`` value for a new session (``tls``: this request came over
+        TLS, so Secure even without ``secure``)."""
+        return (f"{self.cookie_name}={value}; Path=/; HttpOnly; SameSite=Strict; "
+                f"Max-Age={SESSION_SECONDS}" + ("; Secure" if self.secure or tls else ""))
+
+    def clear_cookie(self) -> str:
+        return (f"{self.cookie_name}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+                + ("; Secure" if self.secure else ""))
 
     def issue(self, user: str | None, proof: str = "") -> tuple[str, Session]:
         """A cookie value for ``user`` (None: admin)."""
@@ -91,12 +113,12 @@ class Sessions:
                              hashlib.sha256).digest())
 
 
-def cookie_value(header: str | None) -> str | None:
-    """The session cookie's value in a ``Cookie`` header."""
+def cookie_value(header: str | None, wanted: str = COOKIE) -> str | None:
+    """The value of the cookie ``wanted`` (the session's) in a ``Cookie`` header."""
     if not header:
         return None
     for part in header.split(";"):
         name, _, value = part.strip().partition("=")
-        if name == COOKIE and value:
+        if name == wanted and value:
             return value
     return None

@@ -99,6 +99,8 @@ def test_changed_policy_applies_unchanged_policy_keeps_counting() -> None:
      'listen = ["udp:127.0.0.1:5062"]', "sip"),
     ('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:8081"', "http.listen"),
     ('url = "sqlite:///:memory:"', 'url = "sqlite:///other.db"', "store"),
+    ('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:8080"\nsecure_cookies = true',
+     "http.secure_cookies"),
 ])
 def test_what_needs_a_restart_is_named_and_kept(old: str, new: str, section: str) -> None:
     assert section in RESTART_ONLY
@@ -108,6 +110,7 @@ def test_what_needs_a_restart_is_named_and_kept(old: str, new: str, section: str
     assert net.core.config.sip == make_config().sip or section != "sip"
     assert net.core.config.http.port == 8080
     assert net.core.config.store.url == "sqlite:///:memory:"
+    assert not net.core.config.http.secure_cookies
 
 
 def test_a_reload_that_fails_a_start_check_changes_nothing() -> None:

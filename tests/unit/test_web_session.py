@@ -89,6 +89,59 @@ def test_sign_in_failures_forged_and_expired_sessions(web: Server) -> None:
     assert r.status == 403  # no signing in from another site's page
 
 
+def test_sign_in_takes_only_json_from_this_origin(web: Server) -> None:
+    """A form of another site (no CORS for JSON, no Sec-Fetch-Site in old browsers) cannot
+    sign a browser in (login CSRF), nor act with a session."""
+    r = web.request("POST", "/v1/session", token=None, body='{"token": "admin-token"}',
+                    headers={"Content-Type": "text/plain"})
+    assert (r.status, r.error_code) == (415, "unsupported_media_type")
+    r = web.request("POST", "/v1/session", token=None, body={"token": "admin-token"},
+                    headers={"Origin": "http://evil.example"})
+    assert (r.status, r.error_code) == (403, "cross_site")
+    r = web.request("POST", "/v1/session", token=None, body={"token": "admin-token"},
+                    headers={"Origin": "null"})
+    assert r.status == 403
+    own = f"http://127.0.0.1:{web.port}"
+    r = web.request("POST", "/v1/session", token=None, body={"token": "admin-token"},
+                    headers={"Origin": own})
+    assert r.status == 201
+    # behind a proxy that rewrote Host: its X-Forwarded-Host names the public origin
+    r = web.request("POST", "/v1/session", token=None, body={"token": "admin-token"},
+                    headers={"Origin": "https://dial.example.com",
+                             "X-Forwarded-Host": "dial.example.com"})
+    assert r.status == 201
+    cookie, csrf = _sign_in(web)
+    r = web.request("POST", "/v1/calls", token=None, body=call_body(),
+                    headers={"Cookie": cookie, "X-CSRF-Token": csrf,
+                             "Origin": "http://evil.example"})
+    assert (r.status, r.error_code) == (403, "cross_site")
+    r = web.request("POST", "/v1/calls", token=None, body=call_body(),
+                    headers={"Cookie": cookie, "X-CSRF-Token": csrf, "Origin": own})
+    assert r.status == 201, r.raw
+
+
+def test_secure_cookies_are_host_only_and_read_only_by_that_name(
+        reactor: SelectReactor) -> None:
+    """``[http] secure_cookies`` (TLS ends at a proxy in front): Secure and ``__Host-``, and
+    a plain-named cookie (planted by another host of the domain) is not read."""
+    sessions = Sessions(b"k" * 32, lambda: NOW[0], secure=True)
+    for site in serve(reactor, FakeApi(), check_password=check_password, sessions=sessions,
+                      password_of={"201": "secret"}.get):
+        r = site.request("POST", "/v1/session", token=None,
+                         body={"user": "201", "password": "secret"})
+        set_cookie = r.headers["Set-Cookie"]
+        assert set_cookie.startswith("__Host-sipdial_session=") and "; Secure" in set_cookie
+        assert "Domain" not in set_cookie and "Path=/" in set_cookie
+        value = set_cookie.split(";")[0].partition("=")[2]
+        assert site.request("GET", "/v1/session", token=None, headers={
+            "Cookie": f"__Host-sipdial_session={value}"}).status == 200
+        assert site.request("GET", "/v1/session", token=None, headers={
+            "Cookie": f"sipdial_session={value}"}).status == 401
+        out = site.request("DELETE", "/v1/session", token=None, headers={
+            "Cookie": f"__Host-sipdial_session={value}"})
+        assert out.headers["Set-Cookie"].startswith("__Host-sipdial_session=;")
+
+
 # ------------------------------------------------------------------------------- phonebook
 
 @pytest.fixture
