@@ -24,6 +24,7 @@ from selenium.common.exceptions import NoSuchElementException, StaleElementRefer
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -169,13 +170,17 @@ def test_sign_in_call_watch_it_live_hang_up_and_call_back_a_missed_call(
 
 def test_import_a_phonebook_dial_from_it_and_see_who_calls(tmp_path: Path,
                                                            browser: Any) -> None:
-    """CSV import on the page, click-to-dial from the phonebook, and an incoming call from
+    """CSV import on the page (a file bigger than one request may be: sent in parts),
+    search, change a contact, click-to-dial from the phonebook, and an incoming call from
     a trunk (SIPp at 127.0.0.2) shows the caller's name from that phonebook."""
     from tests.integration.test_inbound_e2e import CARRIER, DID, _carrier
 
     shots = _shots(tmp_path)
     book = tmp_path / "contacts.csv"
-    book.write_text("Name,Phone\nErika Mustermann,030 123456\n")
+    others = "".join(f'"Kunde {i:04}, Abteilung\nEinkauf",0211 {500000 + i}\n'
+                     for i in range(3000))
+    book.write_text("Name,Phone\n" + others + "Erika Mustermann,030 123456\n")
+    assert book.stat().st_size > 2 * 64 * 1024  # three requests at least
     with Sipp.uas(tmp_path, "uas_answer.xml", timeout=120) as dest:
         sd = Sipdial(tmp_path, users=[user("201", auto_answer=True)],
                      routes=[{"match": ROUTE_MATCH,
@@ -197,7 +202,23 @@ def test_import_a_phonebook_dial_from_it_and_see_who_calls(tmp_path: Path,
                 wait.until(ec.visibility_of_element_located((By.ID, "book-import")))
                 browser.find_element(By.ID, "book-file").send_keys(str(book))
                 browser.find_element(By.CSS_SELECTOR, "#book-import button").click()
-                _text_is(browser, "book-status", "1 imported")
+                _text_is(browser, "book-status", "3001 imported", timeout=60)
+                status, found = sd.api("GET", "/v1/contacts?q=Kunde%202999&owner=201")
+                assert status == 200
+                assert found["contacts"][0]["name"] == "Kunde 2999, Abteilung Einkauf", found
+                browser.find_element(By.ID, "book-search").send_keys("Mustermann")
+                wait.until(lambda d: [t for _, t in _rows(d, "#book tbody tr")] and all(
+                    "Mustermann" in t for _, t in _rows(d, "#book tbody tr")))
+                # change her: a second number
+                _click(browser, "#book tbody tr button.book-edit")
+                numbers = browser.find_element(By.ID, "book-numbers")
+                assert numbers.get_attribute("value") == "030 123456"
+                numbers.send_keys(", 0171 2345678")
+                assert browser.find_element(By.ID, "book-save").text == "Save"
+                browser.find_element(By.ID, "book-save").click()
+                wait.until(lambda d: any("0171 2345678" in t
+                                         for _, t in _rows(d, "#book tbody tr")))
+                assert browser.find_element(By.ID, "book-save").text == "Add"
                 button = wait.until(ec.element_to_be_clickable(
                     (By.CSS_SELECTOR, "#book button.book-dial")))
                 assert "030 123456" in button.text
@@ -343,3 +364,64 @@ def test_german_admin_view_and_a_cross_site_post_is_refused(tmp_path: Path) -> N
             elsewhere.shutdown()
             receiver.shutdown()
             silent.close()
+
+
+_TOO_WIDE = """
+return [...document.querySelectorAll("body *")]
+  .filter((el) => el.offsetParent !== null
+          && el.getBoundingClientRect().right > document.documentElement.clientWidth + 1)
+  .map((el) => `${el.tagName}#${el.id}.${el.className}: ${el.getBoundingClientRect().right}`
+       + ` > ${document.documentElement.clientWidth}`);
+"""
+
+_UNLABELLED = """
+return [...document.querySelectorAll("input, select, button, textarea")]
+  .filter((el) => el.offsetParent !== null)  // shown
+  .filter((el) => el.tagName === "BUTTON"
+    ? !(el.textContent.trim() || el.getAttribute("aria-label"))
+    : !(el.labels && el.labels.length) && !el.getAttribute("aria-label"))
+  .map((el) => el.outerHTML.slice(0, 80));
+"""
+
+
+def test_on_a_phone_sized_screen_by_keyboard_alone(tmp_path: Path) -> None:
+    """390 x 844 CSS pixels (a phone): nothing wider than the screen; sign in, call and
+    hang up with the keyboard alone; every shown control has a label or a name."""
+    shots = _shots(tmp_path)
+    with Sipp.uas(tmp_path, "uas_answer.xml", timeout=120) as dest:
+        sd = Sipdial(tmp_path, users=[user("201", auto_answer=True)],
+                     routes=[{"match": ROUTE_MATCH,
+                              "uri": f"sip:{{number}}@{LOOPBACK}:{dest.port}"}])
+        with sd.start():
+            dest.start()
+            with Baresip(tmp_path, user="201", password="secret201",
+                         registrar=f"127.0.0.1:{sd.sip_port('udp')}", outbound=False) as phone:
+                sd.wait_registered("201")
+                browser = _chrome(tmp_path / "chromium-phone")
+                try:
+                    browser.set_window_size(390, 844)
+                    wait = WebDriverWait(browser, 20)
+                    browser.get(sd.http_url + "/")
+                    wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
+                    assert browser.switch_to.active_element.get_attribute("id") == "user"
+                    assert browser.execute_script(_UNLABELLED) == []
+                    browser.switch_to.active_element.send_keys("201", Keys.TAB)
+                    browser.switch_to.active_element.send_keys("secret201", Keys.ENTER)
+                    wait.until(ec.visibility_of_element_located((By.ID, "call-box")))
+                    wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "to")
+                    browser.switch_to.active_element.send_keys(NUMBER, Keys.ENTER)
+                    _text_is(browser, "current-state", "connected")
+                    phone.wait_event("CALL_ESTABLISHED", timeout=10)
+                    assert browser.execute_script(_UNLABELLED) == []
+                    wide = browser.execute_script(_TOO_WIDE)
+                    assert not wide, "\n".join(wide)
+                    browser.save_screenshot(str(shots / "10-phone.png"))
+                    for _ in range(30):  # Tab to the hang-up button, Enter
+                        if browser.switch_to.active_element.get_attribute("id") == "hang-up":
+                            break
+                        browser.switch_to.active_element.send_keys(Keys.TAB)
+                    assert browser.switch_to.active_element.get_attribute("id") == "hang-up"
+                    browser.switch_to.active_element.send_keys(Keys.ENTER)
+                    _text_is(browser, "current-state", "cancelled", "hung up")
+                finally:
+                    browser.quit()

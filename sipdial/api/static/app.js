@@ -15,6 +15,7 @@ const T = {
     signedInAs: "signed in as", admin: "administrator", protocolDone: "registered",
     phonebook: "Phonebook", search: "Search", name: "Name", numbers: "Numbers",
     addContact: "Add a contact", numbersHint: "Numbers (comma separated)", add: "Add",
+    editContact: "Change a contact", save: "Save", edit: "Change",
     importFile: "Import a CSV or vCard file", import: "Import", remove: "Delete",
     imported: "imported", call: "Call", forUser: "For user",
     registrations: "Registered phones (all users)", userCol: "User", expires: "Expires in",
@@ -49,7 +50,8 @@ const T = {
     signedInAs: "angemeldet als", admin: "Administrator", protocolDone: "eingerichtet",
     phonebook: "Telefonbuch", search: "Suchen", name: "Name", numbers: "Rufnummern",
     addContact: "Kontakt hinzufügen", numbersHint: "Rufnummern (durch Komma getrennt)",
-    add: "Hinzufügen", importFile: "CSV- oder vCard-Datei importieren", import: "Importieren",
+    add: "Hinzufügen", editContact: "Kontakt ändern", save: "Speichern", edit: "Ändern",
+    importFile: "CSV- oder vCard-Datei importieren", import: "Importieren",
     remove: "Löschen", imported: "importiert", call: "Anrufen", forUser: "Für Benutzer",
     registrations: "Angemeldete Telefone (alle Benutzer)", userCol: "Benutzer",
     expires: "Läuft ab in",
@@ -158,6 +160,7 @@ function showSignIn() {
   $("app-view").hidden = true;
   $("sign-out").hidden = true;
   $("who").textContent = "";
+  $("user").focus();
 }
 
 let registrations = [];  // the signed-in user's, or (administrator) everyone's
@@ -285,6 +288,13 @@ async function loadBook() {
     }
     const cell = row.insertCell();
     if (!session.user || c.owner === session.user) {  // everyone's: an administrator's
+      const edit = document.createElement("button");
+      edit.type = "button";
+      edit.className = "book-edit";
+      edit.textContent = t.edit;
+      edit.ariaLabel = `${t.edit} ${c.name}`;
+      edit.addEventListener("click", () => editContact(c));
+      cell.append(edit, " ");
       const del = document.createElement("button");
       del.type = "button";
       del.textContent = t.remove;
@@ -378,26 +388,100 @@ $("book-search").addEventListener("input", () => {
   clearTimeout(searchTimer);
   searchTimer = setTimeout(loadBook, 250);
 });
+let editing = null;  // the contact the form changes; null: it adds one
+
+function editContact(c) {
+  editing = c;
+  $("book-name").value = c.name;
+  $("book-numbers").value = c.numbers.join(", ");
+  $("book-form-title").textContent = t.editContact;
+  $("book-save").textContent = t.save;
+  $("book-cancel").hidden = false;
+  $("book-name").focus();
+}
+
+function stopEditing() {
+  editing = null;
+  $("book-add").reset();
+  $("book-form-title").textContent = t.addContact;
+  $("book-save").textContent = t.add;
+  $("book-cancel").hidden = true;
+}
+
+$("book-cancel").addEventListener("click", stopEditing);
 $("book-add").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const numbers = $("book-numbers").value.split(",").map((n) => n.trim()).filter(Boolean);
+  const body = { name: $("book-name").value, numbers };
   try {
-    await api("POST", "/v1/contacts", { name: $("book-name").value, numbers });
-    $("book-add").reset();
+    if (editing) {
+      if (editing.url) body.url = editing.url;
+      await api("PUT", `/v1/contacts/${editing.id}`, body);
+    } else {
+      await api("POST", "/v1/contacts", body);
+    }
+    $("book-status").textContent = "";
+    stopEditing();
     loadBook();
   } catch (e) { $("book-status").textContent = e.message; }
 });
+// A request body may be 64 KiB: a bigger file goes in parts of whole entries (CSV rows
+// under the header row again, vCards), each part imported as it arrives.
+const PART_BYTES = 60000;
+const MAX_FILE_BYTES = 16 * 1024 * 1024;
+
+function importParts(text) {
+  const size = (s) => new TextEncoder().encode(s).length;
+  let head = "";
+  let entries;
+  if (/^\s*BEGIN:VCARD/i.test(text)) {
+    entries = text.split(/(?<=END:VCARD[ \t]*\r?\n?)/i);
+  } else {
+    const lines = text.split(/(?<=\n)/);
+    entries = [];
+    let entry = "";
+    for (const line of lines) {  // a quoted field may hold line breaks: keep it whole
+      entry += line;
+      if ((entry.match(/"/g) || []).length % 2 === 0) { entries.push(entry); entry = ""; }
+    }
+    if (entry) entries.push(entry);
+    head = entries.shift() || "";
+  }
+  const parts = [];
+  let part = "";
+  for (const entry of entries) {
+    if (part && size(head + part + entry) > PART_BYTES) { parts.push(head + part); part = ""; }
+    part += entry;
+  }
+  if (part || !parts.length) parts.push(head + part);
+  return parts;
+}
+
 $("book-import").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const file = $("book-file").files[0];
   if (!file) return;
-  const r = await fetch("/v1/contacts/import", {
-    method: "POST", credentials: "same-origin", body: await file.text(),
-    headers: { "Content-Type": "text/plain; charset=utf-8", "X-CSRF-Token": session.csrf },
-  });
-  const data = await r.json().catch(() => ({}));
-  $("book-status").textContent = r.ok ? `${data.imported} ${t.imported}`
-    : ((data.error && data.error.message) || `HTTP ${r.status}`);
+  const status = $("book-status");
+  if (file.size > MAX_FILE_BYTES) {
+    status.textContent = `${file.name}: > ${MAX_FILE_BYTES / 1048576} MiB`;
+    return;
+  }
+  let imported = 0;
+  for (const part of importParts(await file.text())) {
+    const r = await fetch("/v1/contacts/import", {
+      method: "POST", credentials: "same-origin", body: part,
+      headers: { "Content-Type": "text/plain; charset=utf-8", "X-CSRF-Token": session.csrf },
+    });
+    const data = await r.json().catch(() => ({}));
+    if (!r.ok) {
+      status.textContent = `${imported} ${t.imported}; ` +
+        ((data.error && data.error.message) || `HTTP ${r.status}`);
+      loadBook();
+      return;
+    }
+    imported += data.imported;
+    status.textContent = `${imported} ${t.imported}`;
+  }
   loadBook();
 });
 const refilter = () => { listed = new Set(); loadCalls(); };
