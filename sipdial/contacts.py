@@ -221,14 +221,14 @@ Fetch = Callable[[str], "Deferred[bytes | None]"]
 
 
 class Contacts:
-    """:class:`ContactLookup`: the phonebook, then the lookup URL (cached)."""
+    """:class:`ContactLookup`: the user's phonebook, the file, then the lookup URL (cached)."""
 
     def __init__(self, phonebook: Phonebook | None, *, lookup_url: str | None = None,
                  fetch: Fetch | None = None, cache_ttl: float = 600.0,
                  clock: Callable[[], float], max_cached: int = 10_000,
                  max_asking: int = 50, book: BookLookup | None = None) -> None:
         self.phonebook = phonebook
-        self.book = book  #: the users' own phonebooks (the web page's), after the file
+        self.book = book  #: the users' own phonebooks (the web page's), before the file
         self._url = lookup_url
         self._fetch = fetch
         self._ttl = cache_ttl
@@ -241,25 +241,30 @@ class Contacts:
 
     def lookup(self, number: str, done: Callable[[Contact | None], None],
                user: str | None = None) -> None:
-        if self.phonebook is not None:
-            found = self.phonebook.find(number)
-            if found is not None:
-                done(found)
-                return
+        """The called user's own phonebook (and everyone's, kept on the page) first — who
+        they saved is who they expect to see — then the file, then the lookup URL."""
         if self.book is not None and user is not None and number.startswith("+"):
             def in_book(entry: Any) -> None:
                 if entry is not None:
                     done(Contact(entry.name, entry.url))
                 else:
-                    self._ask_url(number, done)
+                    self._in_file(number, done)
 
             def book_failed(failure: object) -> None:
                 log.warning("phonebook lookup for %s failed: %s", number,
                             getattr(failure, "getErrorMessage", lambda: failure)())
-                self._ask_url(number, done)
+                self._in_file(number, done)
 
             self.book.find_number(user, number).addCallbacks(in_book, book_failed)
             return
+        self._in_file(number, done)
+
+    def _in_file(self, number: str, done: Callable[[Contact | None], None]) -> None:
+        if self.phonebook is not None:
+            found = self.phonebook.find(number)
+            if found is not None:
+                done(found)
+                return
         self._ask_url(number, done)
 
     def _ask_url(self, number: str, done: Callable[[Contact | None], None]) -> None:

@@ -35,7 +35,17 @@ _SCHEMA: Final = (
         updated REAL NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS contacts_owner ON contacts (owner, name)",
+    # each number's E.164 key: an incoming call's caller is found by index, not by a scan
+    """CREATE TABLE IF NOT EXISTS contact_numbers (
+        key TEXT NOT NULL,
+        contact_id INTEGER NOT NULL,
+        owner TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS contact_numbers_key ON contact_numbers (key, owner)",
+    "CREATE INDEX IF NOT EXISTS contact_numbers_contact ON contact_numbers (contact_id)",
 )
+#: PRAGMA user_version once contact_numbers holds every contact's keys
+_NUMBERS_INDEXED: Final = 1
 _COLUMNS: Final = "id, owner, name, numbers, url"
 MAX_CONTACTS: Final = 100_000  #: per owner
 
@@ -73,6 +83,11 @@ def _keys(keys: Sequence[str]) -> str:
     return " " + " ".join(keys) + " "
 
 
+def _index(conn: sqlite3.Connection, contact_id: int, owner: str, keys: Sequence[str]) -> None:
+    conn.executemany("INSERT INTO contact_numbers (key, contact_id, owner) VALUES (?, ?, ?)",
+                     [(key, contact_id, owner) for key in dict.fromkeys(keys)])
+
+
 class ContactBook:
     def __init__(self, path: str, reactor: Any, clock: Callable[[], float]) -> None:
         self._path = path
@@ -89,11 +104,20 @@ class ContactBook:
                 self._memory = sqlite3.connect(":memory:", check_same_thread=False)
                 for statement in _SCHEMA:
                     self._memory.execute(statement)
+                self._memory.execute(f"PRAGMA user_version = {_NUMBERS_INDEXED}")
             return self._memory
         conn = sqlite3.connect(self._path, timeout=5)
         conn.execute("PRAGMA journal_mode=WAL")
-        for statement in _SCHEMA:
-            conn.execute(statement)
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version < _NUMBERS_INDEXED:
+            with conn:  # a book of an earlier sipdial: its numbers into the index, once
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute("DELETE FROM contact_numbers")
+                for contact_id, owner, keys in conn.execute(
+                        "SELECT id, owner, keys FROM contacts").fetchall():
+                    _index(conn, contact_id, owner, keys.split())
+                conn.execute(f"PRAGMA user_version = {_NUMBERS_INDEXED}")
         return conn
 
     def _do(self, work: Callable[[sqlite3.Connection], _T]) -> Deferred[_T]:
@@ -147,6 +171,7 @@ class ContactBook:
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     (owner, name, json.dumps(list(numbers)), _keys(keys), url, now))
                 ids.append(int(cur.lastrowid or 0))
+                _index(conn, ids[-1], owner, keys)
             return ids
 
         return self._do(work)
@@ -156,10 +181,15 @@ class ContactBook:
         def work(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
                 "UPDATE contacts SET name = ?, numbers = ?, keys = ?, url = ?, updated = ? "
-                "WHERE id = ? AND (? IS NULL OR owner = ?)",
+                "WHERE id = ? AND (? IS NULL OR owner = ?) RETURNING owner",
                 (name, json.dumps(list(numbers)), _keys(keys), url, self._clock(), contact_id,
                  owner, owner))
-            return cur.rowcount > 0
+            changed = cur.fetchone()
+            if changed is None:
+                return False
+            conn.execute("DELETE FROM contact_numbers WHERE contact_id = ?", (contact_id,))
+            _index(conn, contact_id, str(changed[0]), keys)
+            return True
 
         return self._do(work)
 
@@ -167,7 +197,10 @@ class ContactBook:
         def work(conn: sqlite3.Connection) -> bool:
             cur = conn.execute("DELETE FROM contacts WHERE id = ? AND (? IS NULL OR owner = ?)",
                                (contact_id, owner, owner))
-            return cur.rowcount > 0
+            if cur.rowcount == 0:
+                return False
+            conn.execute("DELETE FROM contact_numbers WHERE contact_id = ?", (contact_id,))
+            return True
 
         return self._do(work)
 
@@ -175,8 +208,9 @@ class ContactBook:
         """The first contact of ``user`` (or everyone's) with the number ``key`` (E.164)."""
         def work(conn: sqlite3.Connection) -> ContactEntry | None:
             row = conn.execute(
-                f"SELECT {_COLUMNS} FROM contacts WHERE owner IN (?, '*') AND keys LIKE ? "
-                "ORDER BY owner = '*', id LIMIT 1", (user, f"% {key} %")).fetchone()
+                f"SELECT {_COLUMNS} FROM contacts WHERE id = (SELECT contact_id FROM "
+                "contact_numbers WHERE key = ? AND owner IN (?, '*') "
+                "ORDER BY owner = '*', contact_id LIMIT 1)", (key, user)).fetchone()
             return None if row is None else _entry(row)
 
         return self._do(work)

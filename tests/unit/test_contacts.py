@@ -4,6 +4,8 @@ lookup URL with its cache. No sockets: the lookup's fetch is a function here."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
@@ -89,6 +91,21 @@ def test_a_failed_lookup_is_nobody_and_the_phonebook_comes_first() -> None:
     contacts.lookup("+4930123456", got.append)
     contacts.lookup("+4940123456", got.append)
     assert got == [Contact("From the book"), None]
+
+
+def test_the_users_own_phonebook_comes_before_the_file() -> None:
+    class Book:
+        def find_number(self, user: str, key: str) -> Deferred[Any]:
+            entry = SimpleNamespace(name=f"{user}'s Erika", url=None)
+            return succeed(entry if key == "+4930123456" else None)
+
+    contacts = Contacts(Phonebook([(Contact("From the file"), ["+4930123456", "+4930999"])],
+                                  PLAN), clock=lambda: 0.0, book=Book())
+    got: list[Contact | None] = []
+    contacts.lookup("+4930123456", got.append, user="201")
+    contacts.lookup("+4930999", got.append, user="201")
+    contacts.lookup("+4930123456", got.append)  # no user: the file only
+    assert got == [Contact("201's Erika"), Contact("From the file"), Contact("From the file")]
 
 
 def test_one_lookup_per_number_at_a_time_and_errors_are_not_cached() -> None:

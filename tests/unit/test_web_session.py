@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.selectreactor import SelectReactor
@@ -273,3 +274,48 @@ def test_a_sessions_request_for_another_workers_call_goes_there_with_the_session
                            headers={"Cookie": cookie, "X-CSRF-Token": csrf})
         assert r.status == 200, r.raw
         assert workers.extra[-1] == {"Cookie": cookie, "X-CSRF-Token": csrf}
+
+
+def test_a_callers_number_is_found_by_index_own_contacts_first(reactor: SelectReactor,
+                                                               tmp_path: Path) -> None:
+    from twisted.internet.threads import blockingCallFromThread
+
+    from sipdial.store import ContactBook
+
+    book = ContactBook(str(tmp_path / "c.contacts.db"), reactor, lambda: NOW[0])
+
+    def call(method: Any, *args: Any) -> Any:
+        return blockingCallFromThread(reactor, method, *args)
+
+    shared, = call(book.add, "*", [("Reception", ["030 1"], ["+49301"], None)])
+    own, = call(book.add, "201", [("Erika", ["030 1", "0171 2"], ["+49301", "+491712"], None)])
+    assert call(book.find_number, "201", "+49301").name == "Erika"  # own first
+    assert call(book.find_number, "202", "+49301").name == "Reception"
+    assert call(book.find_number, "202", "+491712") is None  # 201's alone
+    assert call(book.update, own, "201", "Erika", ["030 3"], ["+49303"], None)
+    assert call(book.find_number, "201", "+491712") is None
+    assert call(book.find_number, "201", "+49303").name == "Erika"
+    assert call(book.delete, shared, None)
+    assert call(book.find_number, "202", "+49301") is None
+
+
+def test_a_phonebook_of_an_earlier_version_gets_its_number_index(reactor: SelectReactor,
+                                                                 tmp_path: Path) -> None:
+    import sqlite3
+
+    from twisted.internet.threads import blockingCallFromThread
+
+    from sipdial.store import ContactBook
+
+    path = tmp_path / "old.contacts.db"
+    with sqlite3.connect(path) as conn:  # as the first web page release wrote it
+        conn.execute("CREATE TABLE contacts (id INTEGER PRIMARY KEY, owner TEXT NOT NULL, "
+                     "name TEXT NOT NULL, numbers TEXT NOT NULL, keys TEXT NOT NULL, url TEXT, "
+                     "updated REAL NOT NULL)")
+        conn.execute("INSERT INTO contacts VALUES (7, '201', 'Erika', '[\"030 1\"]', "
+                     "' +49301 +491712 ', NULL, 0)")
+    book = ContactBook(str(path), reactor, lambda: NOW[0])
+    found = blockingCallFromThread(reactor, book.find_number, "201", "+491712")
+    assert found is not None and found.id == 7
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
