@@ -487,7 +487,8 @@ class Core:
         keep what they started with. A removed user's registrations go. Returns what
         changed in :data:`RESTART_ONLY` (not applied)."""
         restart = _restart_needed(self.config, config)
-        rules = check_config(config)  # everything that can fail, before anything changes
+        # everything that can fail, before anything changes ([contacts] is restart-only)
+        rules = check_config(config, phonebook=False)
         kept = replace(config, sip=self.config.sip, store=self.config.store,
                        media=self.config.media, webhooks=self.config.webhooks,
                        auth=self.config.auth, upstream=self.config.upstream,
@@ -533,14 +534,16 @@ class Core:
             self.upstream.stop(now)  # un-REGISTER
 
 
-def check_config(config: Config) -> tuple[AutoAnswerRule, ...]:
+def check_config(config: Config, *, phonebook: bool = True) -> tuple[AutoAnswerRule, ...]:
     """What a start checks beyond the file's own validation (:func:`load_config`): no demo
-    secret on a public address, no weak SIP password, auto-answer rules that compile.
+    secret on a public address, no weak SIP password, auto-answer rules that compile, a
+    phonebook file that reads (not with ``phonebook=False``: a running server's reload,
+    which does not apply ``[contacts]`` and must not read 16 MiB on the reactor thread).
     Raises :class:`ConfigError`; returns the auto-answer rules. ``serve``, ``check-config``,
     ``reload`` and the workers' supervisor all run it: a file one of them accepts, all do."""
     check_demo_secrets(config)
     check_weak_passwords(config)
-    if config.contacts.phonebook is not None:
+    if phonebook and config.contacts.phonebook is not None:
         try:
             Phonebook.from_file(config.contacts.phonebook, config.numbers)
         except PhonebookError as exc:
@@ -1181,7 +1184,7 @@ def reload(running: Running, config_path: str) -> bool:
     pass is refused with the same message, and sipdial runs on as it was. True: applied."""
     try:
         config = load_config(config_path)
-        check_config(config)
+        check_config(config, phonebook=False)  # [contacts] is restart-only: not read here
     except (ConfigError, OSError) as exc:
         log.error("reload refused: %s: %s (still running on the previous configuration)",
                   config_path, exc)

@@ -139,7 +139,7 @@ class _Supervisor:
         from sipdial.app import check_config
 
         try:
-            check_config(load_config(self.config_path))
+            check_config(load_config(self.config_path), phonebook=False)  # restart-only
         except (ConfigError, OSError) as exc:
             log.error("reload refused: %s: %s (the workers keep the previous configuration)",
                       self.config_path, exc)

@@ -4,9 +4,11 @@ signal path is in tests/integration/test_reload_e2e.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from sipdial.app import RESTART_ONLY
+from sipdial.app import RESTART_ONLY, check_config
 from sipdial.calls import CallRefused, Refusal
 from sipdial.config import Config, ConfigError, parse_config
 from sipdial.sip import Peer
@@ -111,6 +113,18 @@ def test_what_needs_a_restart_is_named_and_kept(old: str, new: str, section: str
     assert net.core.config.http.port == 8080
     assert net.core.config.store.url == "sqlite:///:memory:"
     assert not net.core.config.http.secure_cookies
+
+
+def test_a_reload_does_not_read_the_phonebook_file(tmp_path: Path) -> None:
+    """[contacts] is restart-only: a reload names it and reads no file (up to 16 MiB, on the
+    reactor thread) — not even one that is no phonebook; a start would refuse that one."""
+    net = SimNet(parse_config(BASE))
+    book = tmp_path / "book.csv"
+    book.write_text("no header row here\n")
+    config = parse_config(BASE + f'\n[contacts]\nphonebook = "{book}"\n')
+    assert net.core.reconfigure(config) == ("contacts",)
+    with pytest.raises(ConfigError, match=r"contacts\.phonebook"):
+        check_config(config)
 
 
 def test_a_reload_that_fails_a_start_check_changes_nothing() -> None:
