@@ -24,7 +24,7 @@ from typing import Any, Final, Protocol
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, inlineCallbacks
 
-from sipdial.api import ApiSite, CallsApi, Links, OtherWorkers, Sessions, build_site
+from sipdial.api import ApiParts, ApiSite, CallsApi, Links, OtherWorkers, Sessions, build_site
 from sipdial.authn import Authenticator
 from sipdial.calls import (
     DEFAULT_RULES,
@@ -959,16 +959,16 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
         links.load((yield store.used_links(reactor.seconds())))
         if role is not None:  # links another worker (of this or an earlier run) saw used
             links.load(_used_links_of_others(config.store.sqlite_path, role, reactor.seconds()))
-    site = build_site(api, config.api.tokens, reactor=reactor,
-                      check_password=check_password,
+    # the same for the public site and the private one the other workers ask
+    parts = ApiParts(check_password=check_password, links=links, sessions=sessions,
+                     contact_book=book, number_plan=config.numbers,
+                     password_of=lambda u: core.users[u].password if u in core.users
+                     else None)
+    site = build_site(api, config.api.tokens, reactor=reactor, parts=parts,
                       events=merged if merged is not None else events, workers=workers,
                       allow_from=_allow_from(config),
                       metrics=metrics, metrics_config=config.metrics,
-                      internal_token=internal_token, links=links,
-                      camara_sinks=config.camara_sinks, sessions=sessions,
-                      contact_book=book, number_plan=config.numbers,
-                      password_of=lambda u: core.users[u].password if u in core.users
-                      else None)
+                      internal_token=internal_token, camara_sinks=config.camara_sinks)
     private_port = None
     own_site = None
     if role is None:
@@ -983,11 +983,10 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
         finally:
             sock.close()
         # its /metrics answers the other workers (internal token) and the [metrics] token
-        own_site = build_site(api, config.api.tokens, reactor=reactor,
-                              check_password=check_password, events=events,
-                              metrics=metrics,
+        own_site = build_site(api, config.api.tokens, reactor=reactor, parts=parts,
+                              events=events, metrics=metrics,
                               metrics_config=MetricsConfig(token=config.metrics.token),
-                              internal_token=internal_token, links=links,
+                              internal_token=internal_token,
                               camara_sinks=config.camara_sinks)
         private = reactor.listenTCP(0, own_site, interface="127.0.0.1")
         listeners.append(private)

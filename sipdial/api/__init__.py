@@ -23,7 +23,7 @@ Dependencies point one way: api -> calls, events, store; nothing imports api but
 """
 
 from sipdial.api.calls_api import CallsApi
-from sipdial.api.http import ApiSite, build_site
+from sipdial.api.http import ApiParts, ApiSite, build_site
 from sipdial.api.links import Link, Links
 from sipdial.api.service import ApiError, CallApi, MetricsPort, OtherWorkers, WorkerReply
 from sipdial.api.session import Sessions
@@ -31,6 +31,7 @@ from sipdial.api.sse import EventSource
 
 __all__ = [
            "ApiError",
+           "ApiParts",
            "ApiSite",
            "CallApi",
            "CallsApi",

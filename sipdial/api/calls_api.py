@@ -193,7 +193,7 @@ class CallsApi:
         return health
 
     def webhook_status(self) -> list[dict[str, Any]]:
-        return [{"target": s.target, "delivered": s.delivered,
+        return [{"webhook": s.webhook, "target": s.target, "delivered": s.delivered,
                  "failed_attempts": s.failed_attempts, "given_up": s.given_up,
                  "queued": s.queued,
                  "last_delivered_at": _iso_or_none(s.last_delivered_at),

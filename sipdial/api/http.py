@@ -91,7 +91,7 @@ from sipdial.sip import SipError, SipURI, parse_uri
 from sipdial.store import MAX_METADATA_BYTES, ContactBook, Metadata, iso_time
 from sipdial.vocabulary import Direction
 
-__all__ = ["MAX_BODY_BYTES", "ApiSite", "build_site", "normalise_destination"]
+__all__ = ["MAX_BODY_BYTES", "ApiParts", "ApiSite", "build_site", "normalise_destination"]
 
 #: Largest request body accepted; larger bodies are answered with 413.
 MAX_BODY_BYTES: Final = 64 * 1024
@@ -756,15 +756,13 @@ _COUNTS: Final = ("delivered", "failed_attempts", "given_up", "queued")
 def _merged_deliveries(lists: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Every worker's delivery status by target in one: counts summed, the latest times
     (ISO-8601 strings compare in time order) and that error."""
-    merged: dict[str, dict[str, Any]] = {}
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
     for statuses in lists:
         for status in statuses:
-            target = status.get("target")
-            if not isinstance(target, str):
-                continue
-            into = merged.get(target)
+            key = (str(status.get("webhook")), str(status.get("target")))
+            into = merged.get(key)
             if into is None:
-                merged[target] = dict(status)
+                merged[key] = dict(status)
                 continue
             for count in _COUNTS:
                 mine, theirs = into.get(count), status.get(count)
@@ -779,6 +777,24 @@ def _merged_deliveries(lists: list[list[dict[str, Any]]]) -> list[dict[str, Any]
     return list(merged.values())
 
 
+@dataclass(frozen=True, slots=True)
+class ApiParts:
+    """What the API answers with besides the call engine and the reloadable settings: the
+    same for a worker's public site and the private one the other workers ask (a session
+    or a link forwarded there must find what it found here)."""
+
+    #: ``check_password(user, password, client address)``: a SIP user's credentials under
+    #: the password-guessing limits (pbxnsip's ``auth=``, HTTP Basic, the page's sign-in);
+    #: None: bearer tokens only
+    check_password: Callable[[str, str, str], bool] | None = None
+    links: Links | None = None  #: ``POST /v1/links`` and ``/c/<token>`` (sipdial.api.links)
+    sessions: Sessions | None = None  #: the web page's sign-in (None: no page sessions)
+    contact_book: ContactBook | None = None  #: the users' phonebooks (``/v1/contacts``)
+    number_plan: NumberPlan = field(default_factory=NumberPlan)  #: how numbers complete
+    #: a user's SIP password now (a session ends when it changes)
+    password_of: Callable[[str], str | None] | None = None
+
+
 class _Router:
     """Maps an :class:`_Incoming` request to a :class:`_Reply` (possibly via a Deferred)."""
 
@@ -786,25 +802,20 @@ class _Router:
         self,
         api: CallApi,
         tokens: Mapping[str, str],
-        check_password: Callable[[str, str, str], bool] | None,
+        parts: ApiParts,
         events: bool = False,
         workers: OtherWorkers | None = None,
         allow_from: Mapping[str, Sequence[Network] | None] | None = None,
         metrics: _MetricsAccess | None = None,
         clock: Callable[[], float] = time.monotonic,
-        links: Links | None = None,
         camara_sinks: Sequence[str] = (),
-        sessions: Sessions | None = None,
-        contact_book: ContactBook | None = None,
-        number_plan: NumberPlan | None = None,
-        password_of: Callable[[str], str | None] | None = None,
     ) -> None:
         self._api = api
-        self._password_of = password_of  #: a user's SIP password now (sessions end on change)
-        self._sessions = sessions
-        self._book = contact_book
-        self._plan = number_plan or NumberPlan()
-        self._links = links
+        self._password_of = parts.password_of
+        self._sessions = parts.sessions
+        self._book = parts.contact_book
+        self._plan = parts.number_plan
+        self._links = parts.links
         #: URL prefixes a user's token may name as a CAMARA sink ([camara] sinks)
         self._camara_sinks = tuple(camara_sinks)
         self._metrics = metrics
@@ -812,7 +823,7 @@ class _Router:
         #: by route scope ("api", "call_init", "remote_call"): who may ask (None: anyone)
         self._allow_from = dict(allow_from or {})
         self._tokens = _Tokens(tokens)
-        self._check_password = check_password
+        self._check_password = parts.check_password
         self._events = events
         self._workers = workers
 
@@ -1875,7 +1886,8 @@ _ROUTES: Final[tuple[_Route, ...]] = (
         "POST": _Method(_Router._sign_in, Operation(
             "signIn", "Sign a browser in (the SIP account, or an [api] token): sets the "
             "session cookie", (Reply(201, "signed in", "Session", headers=("Set-Cookie",)),),
-            (400, 401, 403, 404, 413, 422), body="SignIn", auth=Auth.NONE, tags=("web",))),
+            (400, 401, 403, 404, 413, 415, 422), body="SignIn", auth=Auth.NONE,
+            tags=("web",))),
         "GET": _Method(_Router._who, Operation(
             "session", "Who is signed in, and the CSRF token",
             (Reply(200, "the session", "Session"),), (401, 403, 404), auth=Auth.NONE,
@@ -2059,8 +2071,24 @@ def _incoming(request: _TwistedRequest, received: float = 0.0,
         content_type=(request.getHeader(b"content-type") or b"").decode("latin-1").lower(),
         origin=_header(request, b"origin"),
         host=_header(request, b"host"),
-        forwarded_host=_header(request, b"x-forwarded-host"),
+        forwarded_host=_forwarded_host(request),
     )
+
+
+def _forwarded_host(request: _TwistedRequest) -> str | None:
+    """The host a proxy in front was asked for: ``X-Forwarded-Host``, else the first
+    ``host=`` of RFC 7239 ``Forwarded``."""
+    forwarded = _header(request, b"x-forwarded-host")
+    if forwarded is not None:
+        return forwarded
+    standard = _header(request, b"forwarded")
+    if standard is None:
+        return None
+    for pair in standard.split(",")[0].split(";"):
+        name, _, value = pair.strip().partition("=")
+        if name.lower() == "host":
+            return value.strip().strip('"') or None
+    return None
 
 
 def _header(request: _TwistedRequest, name: bytes) -> str | None:
@@ -2226,7 +2254,7 @@ def build_site(
     tokens: Mapping[str, str],
     *,
     reactor: Any = None,
-    check_password: Callable[[str, str, str], bool] | None = None,
+    parts: ApiParts | None = None,
     events: EventSource | None = None,
     workers: OtherWorkers | None = None,
     allow_from: Mapping[str, Sequence[Network] | None] | None = None,
@@ -2234,19 +2262,13 @@ def build_site(
     metrics_config: MetricsConfig | None = None,
     internal_token: str | None = None,
     clock: Callable[[], float] = time.monotonic,
-    links: Links | None = None,
     camara_sinks: Sequence[str] = (),
-    sessions: Sessions | None = None,
-    contact_book: ContactBook | None = None,
-    number_plan: NumberPlan | None = None,
-    password_of: Callable[[str], str | None] | None = None,
 ) -> ApiSite:
     """The HTTP API as a Twisted ``Site``; listen on it with ``reactor.listenTCP``.
 
     ``tokens`` maps a bearer token to the user id it may act for, or to ``"*"`` for an
-    administrator. ``check_password(user, password, client address)`` verifies a SIP user's
-    credentials (under the password-guessing limits) for
-    pbxnsip's ``remote_call.htm?auth=``; without it only bearer tokens are accepted there.
+    administrator. ``parts``: what else it answers with (:class:`ApiParts`: passwords,
+    links, the page's sessions, the phonebooks); none: bearer tokens and calls only.
     ``reactor`` (an ``IReactorTime``) drives the HTTP connection timeouts.
     ``events`` (the :class:`~sipdial.events.hub.EventHub`) enables ``GET /v1/events``.
     ``workers``: the other worker processes (``sipdial serve --workers``), which answer for
@@ -2255,8 +2277,8 @@ def build_site(
     ``forbidden_source`` for the others, before any credential check); None: anyone.
     ``metrics``: serve ``GET /metrics`` (guarded as ``metrics_config`` says; ``allow_from``
     of it is the ``"metrics"`` scope); ``internal_token``: what workers asking each other
-    for their metrics show (the private sites accept it). ``links``: serve ``POST
-    /v1/links`` and ``/c/<token>`` (:mod:`sipdial.api.links`).
+    for their metrics show (the private sites accept it). ``camara_sinks``: the URL
+    prefixes a user's token may name as a CAMARA sink (reloadable, like the tokens).
     """
     stream: EventStream | None = None
     if events is not None:
@@ -2266,10 +2288,8 @@ def build_site(
             reactor = global_reactor
         stream = EventStream(events, reactor)
     allow, access = _access(allow_from, metrics, metrics_config, internal_token)
-    router = _Router(api, tokens, check_password, events=stream is not None, workers=workers,
-                     allow_from=allow, metrics=access, clock=clock, links=links,
-                     camara_sinks=camara_sinks, sessions=sessions,
-                     contact_book=contact_book, number_plan=number_plan,
-                     password_of=password_of)
+    router = _Router(api, tokens, parts or ApiParts(), events=stream is not None,
+                     workers=workers, allow_from=allow, metrics=access, clock=clock,
+                     camara_sinks=camara_sinks)
     return ApiSite(router, _Resource(router, stream, clock, metrics), reactor=reactor,
                    internal_token=internal_token)

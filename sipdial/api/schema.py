@@ -240,12 +240,16 @@ COMPONENTS: Final[dict[str, JsonSchema]] = {
     },
     "WebhookStatus": {
         "type": "object",
-        "required": ["target", "delivered", "failed_attempts", "given_up", "queued",
-                     "last_delivered_at", "last_error", "last_error_at"],
+        "required": ["webhook", "target", "delivered", "failed_attempts", "given_up",
+                     "queued", "last_delivered_at", "last_error", "last_error_at"],
         "properties": {
+            "webhook": {"type": ["integer", "null"], "minimum": 1,
+                        "description": "the [[webhooks]] entry (1, 2, ... as configured); "
+                                       "null: the CAMARA sinks"},
             "target": {"type": "string",
-                       "description": "the webhook URL without query or credentials, or "
-                                      "camara-sinks (every CAMARA sink together)"},
+                       "description": "the webhook URL without credentials, query and the "
+                                      "path past its first segment (secrets live there), "
+                                      "or camara-sinks (every CAMARA sink together)"},
             "delivered": {"type": "integer", "minimum": 0},
             "failed_attempts": {"type": "integer", "minimum": 0,
                                 "description": "each is retried until max_age"},
@@ -316,12 +320,14 @@ _ERROR_TEXT: Final = {
     400: "the body or a query value is not what it must be (invalid_json, invalid_query)",
     401: "no or wrong credentials",
     403: "not this principal's (forbidden), not from this address (forbidden_source), "
-         "or refused by [[policy]] (destination_forbidden)",
+         "refused by [[policy]] (destination_forbidden), or a web session's request from "
+         "another site or without its CSRF token (cross_site, csrf)",
     404: "no such call, user or resource; a link that is not valid (invalid_link)",
     405: "method not allowed here (the Allow header lists those that are)",
     409: "the user has no registered device (user_not_registered) or is busy (user_busy)",
     410: "the link has expired (link_expired) or has been used (link_used)",
     413: "request body too large",
+    415: "the body must be JSON (Content-Type: application/json)",
     502: "with --workers: the worker that holds it answered nonsense (bad_worker_reply)",
     422: "a field is invalid (invalid_request, invalid_destination, invalid_number, "
          "invalid_header, no_route)",

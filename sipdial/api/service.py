@@ -183,8 +183,9 @@ class CallApi(Protocol):
         ...
 
     def webhook_status(self) -> list[dict[str, Any]]:
-        """How webhook deliveries went since this process started, by target: ``target``
-        (URL without query or credentials, or ``camara-sinks``), ``delivered``,
+        """How webhook deliveries went since this process started, by target: ``webhook``
+        (the ``[[webhooks]]`` entry's number, null for the CAMARA sinks), ``target`` (its
+        URL shown without secrets, or ``camara-sinks``), ``delivered``,
         ``failed_attempts``, ``given_up``, ``queued``, ``last_delivered_at``,
         ``last_error``, ``last_error_at`` (times ISO-8601 or null)."""
         ...

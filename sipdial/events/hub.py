@@ -212,7 +212,8 @@ class EventHub:
         self._webhooks: dict[str, WebhookConfig] = {}
         for webhook in webhooks:
             if webhook.url in self._webhooks:
-                log.warning("webhook %s is configured twice: using the first", webhook.url)
+                log.warning("webhook %s is configured twice: using the first",
+                            shown_url(webhook.url))
                 continue
             self._webhooks[webhook.url] = webhook
         if poster is None:
@@ -417,7 +418,7 @@ class EventHub:
             for entry in entries:
                 if entry.id in report.lost_outbox:
                     log.error("webhook %s: delivery %d (%s, call %s) could not be stored: "
-                              "not sent", entry.webhook_url, entry.id, entry.event_name,
+                              "not sent", shown_url(entry.webhook_url), entry.id, entry.event_name,
                               entry.call_id)
                     continue
                 try:

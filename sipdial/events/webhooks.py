@@ -175,7 +175,10 @@ class DeliveryStatus:
     """How deliveries to one webhook (or to all CAMARA sinks) went since sipdial started,
     for the administrators' view (``GET /v1/webhooks``)."""
 
-    target: str  #: the webhook URL without query or credentials, or :data:`SINKS`
+    #: the ``[[webhooks]]`` entry (1, 2, ... as configured); None: the CAMARA sinks
+    webhook: int | None
+    #: the webhook URL shown (:func:`shown_url`), or :data:`SINKS`
+    target: str
     delivered: int  #: deliveries that landed (2xx)
     failed_attempts: int  #: attempts that failed (each is retried until max_age)
     given_up: int  #: deliveries failed for good (older than max_age)
@@ -197,7 +200,9 @@ class _Tally:
 
 
 def shown_url(url: str) -> str:
-    """``url`` without what may be a secret: credentials, query and fragment."""
+    """``url`` without what may be a secret: credentials, query, fragment and the path
+    past its first segment (Slack, Discord, Zapier hooks carry their key in the path):
+    ``https://hooks.example.com/services/…``."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -207,7 +212,9 @@ def shown_url(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port is None else f"{host}:{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    first, more, _rest = parts.path.lstrip("/").partition("/")
+    path = f"/{first}/…" if more else f"/{first}" if first else ""
+    return urlunsplit((parts.scheme, netloc, path, "", ""))
 
 
 class OutboxQueue:
@@ -381,9 +388,10 @@ class WebhookDeliverer:
 
     def status(self) -> list[DeliveryStatus]:
         """Deliveries so far by target: every configured webhook, then the sinks if used."""
-        return [DeliveryStatus(SINKS if url == SINKS else shown_url(url), t.delivered,
-                               t.failed_attempts, t.given_up, t.queued, t.last_delivered_at,
-                               t.last_error, t.last_error_at)
+        numbers = {url: n for n, url in enumerate(self._secrets, 1)}
+        return [DeliveryStatus(numbers.get(url), SINKS if url == SINKS else shown_url(url),
+                               t.delivered, t.failed_attempts, t.given_up, t.queued,
+                               t.last_delivered_at, t.last_error, t.last_error_at)
                 for url, t in self._tallies.items()]
 
     def _tally(self, entry: OutboxEntry) -> _Tally:

@@ -179,14 +179,16 @@ class ContactBook:
     def update(self, contact_id: int, owner: str | None, name: str, numbers: Sequence[str],
                keys: Sequence[str], url: str | None) -> Deferred[bool]:
         def work(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "UPDATE contacts SET name = ?, numbers = ?, keys = ?, url = ?, updated = ? "
-                "WHERE id = ? AND (? IS NULL OR owner = ?) RETURNING owner",
-                (name, json.dumps(list(numbers)), _keys(keys), url, self._clock(), contact_id,
-                 owner, owner))
-            changed = cur.fetchone()
+            # (no UPDATE ... RETURNING: SQLite 3.35 and later only)
+            changed = conn.execute(
+                "SELECT owner FROM contacts WHERE id = ? AND (? IS NULL OR owner = ?)",
+                (contact_id, owner, owner)).fetchone()
             if changed is None:
                 return False
+            conn.execute(
+                "UPDATE contacts SET name = ?, numbers = ?, keys = ?, url = ?, updated = ? "
+                "WHERE id = ?",
+                (name, json.dumps(list(numbers)), _keys(keys), url, self._clock(), contact_id))
             conn.execute("DELETE FROM contact_numbers WHERE contact_id = ?", (contact_id,))
             _index(conn, contact_id, str(changed[0]), keys)
             return True

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import succeed
 
-from sipdial.api import ApiError
+from sipdial.api import ApiError, ApiParts
 from sipdial.api.http import _encode, _Incoming, _Router, normalise_destination
 from sipdial.calls import escape_user
 from sipdial.calls.routing import parse_destination, user_uri
@@ -59,7 +59,7 @@ def post(router: _Router, document: Any) -> tuple[int, Any]:
 
 def fake_router(api: FakeApi | None = None) -> tuple[_Router, FakeApi]:
     api = api or FakeApi()
-    return _Router(api, TOKENS, None), api
+    return _Router(api, TOKENS, ApiParts()), api
 
 
 def catch_all_config() -> Config:
@@ -300,7 +300,7 @@ def engine() -> Iterator[tuple[_Router, SimNet]]:
     """The real engine behind the router: SimNet with user 201's phone registered."""
     net = SimNet(catch_all_config())
     assert Phone(net).register().status == 200
-    yield _Router(net.api, {"admin-token": "*", "tok-201": "201"}, None), net
+    yield _Router(net.api, {"admin-token": "*", "tok-201": "201"}, ApiParts()), net
 
 
 def _check_reply(status: int, reply: Any, net: SimNet) -> None:

@@ -15,7 +15,7 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from io import BytesIO
 from typing import Any, BinaryIO
 
@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from sipdial.api import ApiError, WorkerReply, build_site
+from sipdial.api import ApiError, ApiParts, WorkerReply, build_site
 from sipdial.api.http import (
     MAX_BODY_BYTES,
     _loggable,
@@ -146,7 +146,7 @@ class FakeApi:
         return self.health_doc
 
     def webhook_status(self) -> list[dict[str, Any]]:
-        return [{"target": "http://crm.example/hook", "delivered": 3, "failed_attempts": 1,
+        return [{"webhook": 1, "target": "http://crm.example/hook", "delivered": 3, "failed_attempts": 1,
                  "given_up": 0, "queued": 1, "last_delivered_at": "2026-12-03T10:00:00.000Z",
                  "last_error": "HTTP 500", "last_error_at": "2026-12-03T09:00:00.000Z"}]
 
@@ -238,7 +238,11 @@ def check_password(user: str, password: str, client: str = "") -> bool:
 
 
 def serve(reactor: SelectReactor, api: FakeApi, **kwargs: Any) -> Iterator[Server]:
-    site = build_site(api, TOKENS, reactor=reactor, **kwargs)
+    """``kwargs``: :func:`build_site`'s, and :class:`ApiParts`' fields by name."""
+    names = {f.name for f in fields(ApiParts)}
+    parts = ApiParts(**{k: v for k, v in kwargs.items() if k in names})
+    site = build_site(api, TOKENS, reactor=reactor, parts=parts,
+                      **{k: v for k, v in kwargs.items() if k not in names})
     port = blockingCallFromThread(reactor, reactor.listenTCP, 0, site, interface="127.0.0.1")
     try:
         yield Server(reactor, api, port.getHost().port)
@@ -500,7 +504,7 @@ def test_nothing_is_written_after_the_client_went_away(
     pending: Deferred[dict[str, Any]] = Deferred()
     api.pending = pending
     times = iter([100.0, 101.5])  # received, then the engine answers 1.5 s later
-    resource = _Resource(_Router(api, TOKENS, None), clock=lambda: next(times))
+    resource = _Resource(_Router(api, TOKENS, ApiParts()), clock=lambda: next(times))
     request = _DummyRequest([b""])
     request.method = b"POST"
     request.uri = b"/v1/calls"
@@ -1087,10 +1091,10 @@ def test_a_merged_page_ends_on_a_whole_millisecond(sharded: Server,
 
 def test_webhook_status_is_for_administrators_and_summed_over_workers(
         sharded: Server, workers: FakeWorkers) -> None:
-    theirs = {"target": "http://crm.example/hook", "delivered": 2, "failed_attempts": 4,
+    theirs = {"webhook": 1, "target": "http://crm.example/hook", "delivered": 2, "failed_attempts": 4,
               "given_up": 1, "queued": 0, "last_delivered_at": "2026-12-03T08:00:00.000Z",
               "last_error": "timeout after 10 s", "last_error_at": "2026-12-03T09:30:00.000Z"}
-    sinks = {"target": "camara-sinks", "delivered": 1, "failed_attempts": 0, "given_up": 0,
+    sinks = {"webhook": None, "target": "camara-sinks", "delivered": 1, "failed_attempts": 0, "given_up": 0,
              "queued": 0, "last_delivered_at": None, "last_error": None,
              "last_error_at": None}
     workers.replies["GET /v1/webhooks"] = WorkerReply(200, json.dumps(

@@ -111,6 +111,10 @@ def test_sign_in_takes_only_json_from_this_origin(web: Server) -> None:
                     headers={"Origin": "https://dial.example.com",
                              "X-Forwarded-Host": "dial.example.com"})
     assert r.status == 201
+    r = web.request("POST", "/v1/session", token=None, body={"token": "admin-token"},
+                    headers={"Origin": "https://dial.example.com",
+                             "Forwarded": 'for=192.0.2.1;host="dial.example.com";proto=https'})
+    assert r.status == 201  # RFC 7239
     cookie, csrf = _sign_in(web)
     r = web.request("POST", "/v1/calls", token=None, body=call_body(),
                     headers={"Cookie": cookie, "X-CSRF-Token": csrf,

@@ -309,6 +309,7 @@ def test_delivery_status_by_target_for_the_admin_view() -> None:
     h.poster.posts[1].d.callback(204)
     first, second, sinks = h.deliverer.status()
     assert (first.target, second.target, sinks.target) == (URL, URL2, SINKS)
+    assert (first.webhook, second.webhook, sinks.webhook) == (1, 2, None)
     assert (first.delivered, first.failed_attempts, first.given_up, first.queued) == (0, 1, 0, 2)
     assert (first.last_error, first.last_error_at, first.last_delivered_at) == (
         "HTTP 500", T0, None)
@@ -327,6 +328,9 @@ def test_shown_url_leaves_out_what_may_be_secret() -> None:
     assert shown_url("https://user:pw@crm.example:8443/in?key=secret#x") == \
         "https://crm.example:8443/in"
     assert shown_url("http://[::1]:9/h?t=1") == "http://[::1]:9/h"
+    assert shown_url("https://hooks.slack.example/services/T0/B0/sEcReT") == \
+        "https://hooks.slack.example/services/…"
+    assert shown_url("https://crm.example") == "https://crm.example"
     assert shown_url("http://crm.example:99999/") == "(a URL that does not parse)"
 
 

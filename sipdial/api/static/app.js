@@ -17,11 +17,12 @@ const T = {
     addContact: "Add a contact", numbersHint: "Numbers (comma separated)", add: "Add",
     editContact: "Change a contact", save: "Save", edit: "Change",
     importFile: "Import a CSV or vCard file", import: "Import", remove: "Delete",
-    imported: "imported", call: "Call", forUser: "For user",
+    imported: "imported", tooBig: "too big (over 60 kB each), left out",
+    call: "Call", forUser: "For user",
     registrations: "Registered phones (all users)", userCol: "User", expires: "Expires in",
     webhooks: "Webhook deliveries (since start)", target: "Target", delivered: "Delivered",
     waiting: "Waiting", failedAttempts: "Failed attempts", givenUp: "Given up",
-    lastError: "Last error", noWebhooks: "No webhooks are configured.",
+    lastError: "Last error", noWebhooks: "No webhooks are configured.", failing: "failing",
     states: {
       calling_user: "dialling your phone", user_ringing: "your phone rings",
       user_answered: "answered", awaiting_confirmation: "press 1",
@@ -52,12 +53,14 @@ const T = {
     addContact: "Kontakt hinzufügen", numbersHint: "Rufnummern (durch Komma getrennt)",
     add: "Hinzufügen", editContact: "Kontakt ändern", save: "Speichern", edit: "Ändern",
     importFile: "CSV- oder vCard-Datei importieren", import: "Importieren",
-    remove: "Löschen", imported: "importiert", call: "Anrufen", forUser: "Für Benutzer",
+    remove: "Löschen", imported: "importiert",
+    tooBig: "zu groß (über 60 kB je Eintrag), ausgelassen", call: "Anrufen", forUser: "Für Benutzer",
     registrations: "Angemeldete Telefone (alle Benutzer)", userCol: "Benutzer",
     expires: "Läuft ab in",
     webhooks: "Webhook-Zustellungen (seit dem Start)", target: "Ziel", delivered: "Zugestellt",
     waiting: "Wartend", failedAttempts: "Fehlversuche", givenUp: "Aufgegeben",
     lastError: "Letzter Fehler", noWebhooks: "Es sind keine Webhooks eingerichtet.",
+    failing: "gestört",
     states: {
       calling_user: "Ihr Telefon wird angerufen", user_ringing: "Klingelt bei Ihnen",
       user_answered: "Angenommen", awaiting_confirmation: "1 drücken",
@@ -85,6 +88,11 @@ const PAGE = 20;
 let listed = new Set();  // ids of the calls in the list
 let next = null;         // the call list's next page: before= this
 let events = null;
+
+function label(el, text, title = false) {
+  el.setAttribute("aria-label", text);
+  if (title) el.title = text;
+}
 
 function translate() {
   for (const el of document.querySelectorAll("[data-t]")) {
@@ -160,6 +168,8 @@ function showSignIn() {
   $("app-view").hidden = true;
   $("sign-out").hidden = true;
   $("who").textContent = "";
+  stopEditing();
+  $("book-status").textContent = "";
   $("user").focus();
 }
 
@@ -206,10 +216,11 @@ async function loadWebhooks() {
   $("webhooks-none").hidden = webhooks.length > 0;
   for (const w of webhooks) {
     const row = body.insertRow();
-    if (w.given_up > 0 || (w.last_error_at && w.last_error_at > (w.last_delivered_at || ""))) {
-      row.className = "failing";
-    }
-    row.insertCell().textContent = w.target;
+    const failing = w.given_up > 0
+      || (w.last_error_at && w.last_error_at > (w.last_delivered_at || ""));
+    if (failing) row.className = "failing";
+    row.insertCell().textContent = `${w.webhook ? `#${w.webhook} ` : ""}${w.target}` +
+      (failing ? ` (${t.failing})` : "");
     row.insertCell().textContent = String(w.delivered) +
       (w.last_delivered_at ? ` (${new Date(w.last_delivered_at).toLocaleString(lang)})` : "");
     row.insertCell().textContent = String(w.queued);
@@ -220,7 +231,10 @@ async function loadWebhooks() {
   }
 }
 
+let listing = 0;  // the call list's latest request: an older answer is dropped
+
 async function loadCalls(more = false) {
+  const mine = ++listing;
   const query = new URLSearchParams({
     limit: String(more ? PAGE : Math.min(Math.max(listed.size, PAGE), 500)) });
   if (session.user) query.set("user", session.user);
@@ -232,12 +246,15 @@ async function loadCalls(more = false) {
   }
   if (more && next) query.set("before", next);
   const page = await api("GET", `/v1/calls?${query}`);
+  if (mine !== listing) return;
+  $("calls-status").textContent = "";  // a reload (an event, a filter) asked after this one
   const body = $("calls").tBodies[0];
   if (!more) {
     body.replaceChildren();
     listed = new Set();
   }
   next = page.next;
+  if (!next && document.activeElement === $("more")) $("calls-title").focus();
   $("more").hidden = !next;
   for (const call of page.calls) {
     if (listed.has(call.id)) continue;
@@ -259,7 +276,7 @@ async function loadCalls(more = false) {
       button.type = "button";
       button.className = "call-back";
       button.textContent = "☎";
-      button.title = button.ariaLabel = `${t.callBack} ${number}`;
+      label(button, `${t.callBack} ${number}`, true);
       button.addEventListener("click", () => dial(number, call.user));
       action.append(button);
     }
@@ -282,7 +299,7 @@ async function loadBook() {
       button.type = "button";
       button.className = "book-dial number";
       button.textContent = `☎ ${number}`;
-      button.title = button.ariaLabel = `${t.call} ${c.name} ${number}`;
+      label(button, `${t.call} ${c.name} ${number}`, true);
       button.addEventListener("click", () => dial(number));
       numbers.append(button, " ");
     }
@@ -292,13 +309,13 @@ async function loadBook() {
       edit.type = "button";
       edit.className = "book-edit";
       edit.textContent = t.edit;
-      edit.ariaLabel = `${t.edit} ${c.name}`;
+      label(edit, `${t.edit} ${c.name}`);
       edit.addEventListener("click", () => editContact(c));
       cell.append(edit, " ");
       const del = document.createElement("button");
       del.type = "button";
       del.textContent = t.remove;
-      del.ariaLabel = `${t.remove} ${c.name}`;
+      label(del, `${t.remove} ${c.name}`);
       del.addEventListener("click", async () => {
         try { await api("DELETE", `/v1/contacts/${c.id}`); } catch (e) { $("book-status").textContent = e.message; }
         loadBook();
@@ -327,7 +344,7 @@ function listen() {
     if (!data.call) return;
     if (current && data.call.id === current.id) showCurrent(data.call);
     if (data.event === "call.ended" || data.event === "call.incoming") {
-      loadCalls();
+      loadCalls().catch(showListError);
       if (!session.user) loadWebhooks().catch(() => {});
     }
   };
@@ -349,7 +366,7 @@ async function dial(number, forUser) {
   try {
     const call = await api("POST", "/v1/calls", body);
     showCurrent(call);
-    loadCalls();
+    loadCalls().catch(showListError);
   } catch (e) {
     $("call-error").textContent = e.message;
   }
@@ -408,7 +425,7 @@ function stopEditing() {
   $("book-cancel").hidden = true;
 }
 
-$("book-cancel").addEventListener("click", stopEditing);
+$("book-cancel").addEventListener("click", () => { stopEditing(); $("book-name").focus(); });
 $("book-add").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const numbers = $("book-numbers").value.split(",").map((n) => n.trim()).filter(Boolean);
@@ -421,7 +438,9 @@ $("book-add").addEventListener("submit", async (ev) => {
       await api("POST", "/v1/contacts", body);
     }
     $("book-status").textContent = "";
+    const wasEditing = editing !== null;
     stopEditing();
+    if (wasEditing) $("book-name").focus();
     loadBook();
   } catch (e) { $("book-status").textContent = e.message; }
 });
@@ -430,12 +449,15 @@ $("book-add").addEventListener("submit", async (ev) => {
 const PART_BYTES = 60000;
 const MAX_FILE_BYTES = 16 * 1024 * 1024;
 
+// {parts, skipped}: the file in parts, and how many entries alone are too big to send
+// (a vCard with a large PHOTO): those are left out, the rest goes
 function importParts(text) {
-  const size = (s) => new TextEncoder().encode(s).length;
+  const encoder = new TextEncoder();
+  const size = (s) => encoder.encode(s).length;
   let head = "";
   let entries;
   if (/^\s*BEGIN:VCARD/i.test(text)) {
-    entries = text.split(/(?<=END:VCARD[ \t]*\r?\n?)/i);
+    entries = text.split(/(?<=END:VCARD[ \t]*(?:\r\n|\n|\r)?)/i);
   } else {
     const lines = text.split(/(?<=\n)/);
     entries = [];
@@ -448,13 +470,19 @@ function importParts(text) {
     head = entries.shift() || "";
   }
   const parts = [];
+  const headBytes = size(head);
   let part = "";
+  let bytes = headBytes;
+  let skipped = 0;
   for (const entry of entries) {
-    if (part && size(head + part + entry) > PART_BYTES) { parts.push(head + part); part = ""; }
+    const more = size(entry);
+    if (headBytes + more > PART_BYTES) { skipped += 1; continue; }
+    if (part && bytes + more > PART_BYTES) { parts.push(head + part); part = ""; bytes = headBytes; }
     part += entry;
+    bytes += more;
   }
   if (part || !parts.length) parts.push(head + part);
-  return parts;
+  return { parts, skipped };
 }
 
 $("book-import").addEventListener("submit", async (ev) => {
@@ -467,27 +495,30 @@ $("book-import").addEventListener("submit", async (ev) => {
     return;
   }
   let imported = 0;
-  for (const part of importParts(await file.text())) {
+  const { parts, skipped } = importParts(await file.text());
+  const tooBig = skipped ? `; ${skipped} ${t.tooBig}` : "";
+  for (const part of parts) {
     const r = await fetch("/v1/contacts/import", {
       method: "POST", credentials: "same-origin", body: part,
       headers: { "Content-Type": "text/plain; charset=utf-8", "X-CSRF-Token": session.csrf },
     });
     const data = await r.json().catch(() => ({}));
     if (!r.ok) {
-      status.textContent = `${imported} ${t.imported}; ` +
+      status.textContent = `${imported} ${t.imported}${tooBig}; ` +
         ((data.error && data.error.message) || `HTTP ${r.status}`);
       loadBook();
       return;
     }
     imported += data.imported;
-    status.textContent = `${imported} ${t.imported}`;
+    status.textContent = `${imported} ${t.imported}${tooBig}`;
   }
   loadBook();
 });
-const refilter = () => { listed = new Set(); loadCalls(); };
+function showListError(e) { $("calls-status").textContent = e.message; }
+const refilter = () => { listed = new Set(); loadCalls().catch(showListError); };
 $("only-missed").addEventListener("change", refilter);
 $("only-today").addEventListener("change", refilter);
-$("more").addEventListener("click", () => loadCalls(true));
+$("more").addEventListener("click", () => loadCalls(true).catch(showListError));
 $("protocol").addEventListener("click", () => {
   // tel: and sip: are safelisted; callto: only as web+callto
   for (const scheme of ["tel", "sip", "web+callto"]) {
