@@ -146,8 +146,9 @@ class FakeApi:
         return self.health_doc
 
     def webhook_status(self) -> list[dict[str, Any]]:
-        return [{"webhook": 1, "target": "http://crm.example/hook", "delivered": 3, "failed_attempts": 1,
-                 "given_up": 0, "queued": 1, "last_delivered_at": "2026-12-03T10:00:00.000Z",
+        return [{"webhook": 1, "target": "http://crm.example/hook", "delivered": 3,
+                 "failed_attempts": 1, "given_up": 0, "queued": 1,
+                 "last_delivered_at": "2026-12-03T10:00:00.000Z",
                  "last_error": "HTTP 500", "last_error_at": "2026-12-03T09:00:00.000Z"}]
 
 
@@ -1091,11 +1092,12 @@ def test_a_merged_page_ends_on_a_whole_millisecond(sharded: Server,
 
 def test_webhook_status_is_for_administrators_and_summed_over_workers(
         sharded: Server, workers: FakeWorkers) -> None:
-    theirs = {"webhook": 1, "target": "http://crm.example/hook", "delivered": 2, "failed_attempts": 4,
-              "given_up": 1, "queued": 0, "last_delivered_at": "2026-12-03T08:00:00.000Z",
+    theirs = {"webhook": 1, "target": "http://crm.example/hook", "delivered": 2,
+              "failed_attempts": 4, "given_up": 1, "queued": 0,
+              "last_delivered_at": "2026-12-03T08:00:00.000Z",
               "last_error": "timeout after 10 s", "last_error_at": "2026-12-03T09:30:00.000Z"}
-    sinks = {"webhook": None, "target": "camara-sinks", "delivered": 1, "failed_attempts": 0, "given_up": 0,
-             "queued": 0, "last_delivered_at": None, "last_error": None,
+    sinks = {"webhook": None, "target": "camara-sinks", "delivered": 1, "failed_attempts": 0,
+             "given_up": 0, "queued": 0, "last_delivered_at": None, "last_error": None,
              "last_error_at": None}
     workers.replies["GET /v1/webhooks"] = WorkerReply(200, json.dumps(
         {"webhooks": [theirs, sinks]}).encode())
