@@ -191,6 +191,11 @@ class CallService:
         #: call's referred call goes on after the click-to-dial call ended at the NOTIFY, and
         #: the user is still on the phone (busy, and counted by [[policy]] max_concurrent)
         self._relays: dict[str, set[Bridge]] = {}
+        #: every user's relayed calls together, and those of them whose click-to-dial call
+        #: is still in progress (counted there) by that call: _in_progress(None) in O(1)
+        self._relay_total = 0
+        self._referred: dict[str, int] = {}
+        self._referred_total = 0
         self.ua = ua
         self.registrar = registrar
         self.router = router
@@ -518,6 +523,8 @@ class CallService:
                                        escape_user(call.destination.number))
 
     def _ended(self, call: ClickToDial) -> None:
+        # its referred calls that go on count as the user's own calls from now on
+        self._referred_total -= self._referred.pop(call.id, 0)
         if self.calls.pop(call.id, None) is not None:
             user = call.record.user
             left = self._per_user.get(user, 0) - 1
@@ -570,20 +577,42 @@ class CallService:
 
     def relay_started(self, user: str, relay: Bridge) -> None:
         """A call of ``user``'s phone is relayed (:class:`~sipdial.calls.InboundRouter`)."""
-        self._relays.setdefault(user, set()).add(relay)
+        relays = self._relays.setdefault(user, set())
+        if relay in relays:
+            return
+        relays.add(relay)
+        self._relay_total += 1
+        owner = self._owner(relay)
+        if owner is not None:
+            self._referred[owner] = self._referred.get(owner, 0) + 1
+            self._referred_total += 1
 
     def relay_ended(self, user: str, relay: Bridge) -> None:
         relays = self._relays.get(user)
-        if relays is not None:
-            relays.discard(relay)
-            if not relays:
-                del self._relays[user]
+        if relays is None or relay not in relays:
+            return
+        relays.discard(relay)
+        if not relays:
+            del self._relays[user]
+        self._relay_total -= 1
+        owner = self._owner(relay)
+        if owner is not None and owner in self._referred:
+            self._referred_total -= 1
+            if self._referred[owner] > 1:
+                self._referred[owner] -= 1
+            else:
+                del self._referred[owner]
+
+    def _owner(self, relay: Bridge) -> str | None:
+        """The click-to-dial call in progress that a relayed call is the referred call of."""
+        owner = relay.listener
+        return owner.id if isinstance(owner, ClickToDial) and owner.id in self.calls else None
 
     def _in_progress(self, user: str | None) -> int:
         """Calls in progress (of ``user``): click-to-dial calls, and the calls the phones
         place through sipdial that no click-to-dial call in progress already counts."""
         if user is None:
-            return len(self.calls) + sum(self._own_relays(u) for u in self._relays)
+            return len(self.calls) + self._relay_total - self._referred_total
         return self._per_user.get(user, 0) + self._own_relays(user)
 
     def _own_relays(self, user: str) -> int:

@@ -154,3 +154,41 @@ def test_workers_split_policy_caps_without_exceeding_them() -> None:
     with pytest.raises(CallRefused) as refused:
         net.create_call(user="201", to="+4930123456")
     assert refused.value.refusal is Refusal.RATE_LIMITED
+
+
+def test_calls_in_progress_count_relays_once_in_constant_time() -> None:
+    """A shared cap (users = ["*"]) reads every call in progress per request: click-to-dial
+    calls plus the phones' relayed calls that no click-to-dial call in progress already
+    counts. The running count agrees with counting them one by one at every step."""
+    class Relay:  # the one thing the count reads of a relayed call
+        def __init__(self, listener: object) -> None:
+            self.listener = listener
+
+    net = SimNet(parse_config(BASE))
+    assert Phone(net, "201", "secret201", port=5071).register().status == 200
+    service = net.core.calls
+
+    def by_hand() -> int:
+        return len(service.calls) + sum(service._own_relays(u) for u in service._relays)
+
+    first = net.create_call(user="201", to="+4930123456")
+    second = net.create_call(user="201", to="+4930123457")
+    c2d = service.calls[first.id]
+    referred = [Relay(c2d) for _ in range(2)]
+    dialled = Relay(None)
+    steps = [lambda: service.relay_started("201", referred[0]),  # type: ignore[arg-type]
+             lambda: service.relay_started("201", referred[1]),  # type: ignore[arg-type]
+             lambda: service.relay_started("202", dialled),  # type: ignore[arg-type]
+             lambda: service.relay_started("202", dialled),  # type: ignore[arg-type]
+             lambda: service.relay_ended("201", referred[0]),  # type: ignore[arg-type]
+             lambda: service._ended(c2d),  # the REFER call ended: its relay goes on
+             lambda: service.relay_ended("201", referred[1]),  # type: ignore[arg-type]
+             lambda: service.relay_ended("201", referred[1]),  # type: ignore[arg-type]
+             lambda: service.relay_ended("202", dialled)]  # type: ignore[arg-type]
+    seen = []
+    for step in steps:
+        step()
+        assert service._in_progress(None) == by_hand()
+        seen.append(service._in_progress(None))
+    assert seen == [2, 2, 3, 3, 3, 3, 2, 2, 1]
+    assert second.id in service.calls
