@@ -68,8 +68,10 @@ from sipdial.api.links import MAX_TOKEN_LENGTH, Link, Links
 from sipdial.api.pages import (
     PAGE_HEADERS,
     PAGE_HEADERS_APP,
+    Lang,
     dial_confirm_page,
     error_page,
+    language,
     link_page,
     placed_page,
     sign_in_page,
@@ -555,6 +557,7 @@ class _Incoming:
     origin: str | None = None  #: the ``Origin`` header (browsers send it with POST)
     host: str | None = None  #: the ``Host`` header
     forwarded_host: str | None = None  #: ``X-Forwarded-Host`` (a proxy that rewrote Host)
+    language: Lang = Lang.EN  #: of the pages a browser is shown (``Accept-Language``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1255,7 +1258,7 @@ class _Router:
             if "text/html" not in request.accept:
                 raise
             reply = _Reply(exc.status, _error_body(exc.code, exc.message))
-            return succeed(_as_page(reply, error_page(exc.message)))
+            return succeed(_as_page(reply, error_page(exc.message, request.language)))
         place = request.method == "POST" or links.one_click
         owner = self._link_owner(link.nonce)
         d: Deferred[_Reply]
@@ -1266,7 +1269,7 @@ class _Router:
             d = maybeDeferred(self._link_here, request, link, place)
             d.addErrback(self._error_reply, request)
         if "text/html" in request.accept:
-            d.addCallback(_link_page, link, request.path)
+            d.addCallback(_link_page, link, request.language)
         return d
 
     def _link_owner(self, nonce: str) -> int | None:
@@ -1334,7 +1337,7 @@ class _Router:
         d = self._start_call(request, principal, call)
         if "text/html" in request.accept:
             d.addErrback(self._error_reply, request)
-            d.addCallback(_dial_page)
+            d.addCallback(_dial_page, request.language)
         return d
 
     def _dial_post(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
@@ -1359,17 +1362,18 @@ class _Router:
             return succeed(_Reply(303, _Text("text/plain; charset=utf-8", b""),
                                   [("Location", "/#dial=" + quote(destination, safe=""))]))
         if session is None:
-            return succeed(_as_page(_Reply(401, {}), sign_in_page(destination)))
+            return succeed(_as_page(_Reply(401, {}),
+                                    sign_in_page(destination, request.language)))
         if request.method != "POST":
             return succeed(_as_page(_Reply(200, {}), dial_confirm_page(
-                destination, sessions.csrf(session))))
+                destination, sessions.csrf(session), request.language)))
         principal = self._session_principal(request, sessions)
         if principal.user is None:
             raise _invalid("an administrator's session dials on the page, for a user")
         d = self._start_call(request, principal,
                              _CallRequest(user=principal.user, to=destination))
         d.addErrback(self._error_reply, request)
-        return d.addCallback(_dial_page)
+        return d.addCallback(_dial_page, request.language)
 
     # ------------------------------------------------------------ CAMARA ClickToDial
 
@@ -1966,21 +1970,22 @@ def _error_message(reply: _Reply) -> str | None:
     return None
 
 
-def _link_page(reply: _Reply, link: Link, path: str) -> _Reply:
+def _link_page(reply: _Reply, link: Link, lang: Lang) -> _Reply:
     """A browser's view of ``/c/<token>``'s answer (JSON for everyone else)."""
     message = _error_message(reply)
     if message is not None:
-        return _as_page(reply, error_page(message))
+        return _as_page(reply, error_page(message, lang))
     if reply.status == 200:
-        return _as_page(reply, link_page(link.user, link.to, iso_time(link.expires_at)))
-    return _as_page(reply, placed_page(link.user, link.to))
+        return _as_page(reply, link_page(link.user, link.to, iso_time(link.expires_at), lang))
+    return _as_page(reply, placed_page(link.user, link.to, lang))
 
 
-def _dial_page(reply: _Reply) -> _Reply:
+def _dial_page(reply: _Reply, lang: Lang) -> _Reply:
     message = _error_message(reply)
     if message is not None or not isinstance(reply.body, dict):
-        return _as_page(reply, error_page(message or "the call could not be placed"))
-    return _as_page(reply, placed_page(str(reply.body.get("user")), str(reply.body.get("to"))))
+        return _as_page(reply, error_page(message or "the call could not be placed", lang))
+    return _as_page(reply, placed_page(str(reply.body.get("user")), str(reply.body.get("to")),
+                                       lang))
 
 
 def _openapi_document() -> dict[str, Any]:
@@ -2072,6 +2077,8 @@ def _incoming(request: _TwistedRequest, received: float = 0.0,
         origin=_header(request, b"origin"),
         host=_header(request, b"host"),
         forwarded_host=_forwarded_host(request),
+        language=language((request.getHeader(b"accept-language") or b"")[:500]
+                          .decode("latin-1")),
     )
 
 

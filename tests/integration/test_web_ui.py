@@ -232,6 +232,8 @@ def test_import_a_phonebook_dial_from_it_and_see_who_calls(tmp_path: Path,
                 # someone calls from that number: the list names them
                 with _carrier(tmp_path, sd, "030123456", name="erika") as carrier:
                     carrier.start()
+                    # the current-call box shows who calls, from the phonebook
+                    _text_is(browser, "current-to", "Erika Mustermann")
                     phone.wait_event("CALL_ESTABLISHED", timeout=15)  # auto-answered
                     row = WebDriverWait(browser, 20).until(lambda d: next(
                         (r for r in d.find_elements(By.CSS_SELECTOR, "#calls tbody tr")
@@ -239,6 +241,54 @@ def test_import_a_phonebook_dial_from_it_and_see_who_calls(tmp_path: Path,
                     assert "←" in row.text  # inbound, named from the phonebook
                     browser.save_screenshot(str(shots / "8-incoming-named.png"))
                     carrier.wait(20)
+
+
+def test_a_tel_link_asks_then_dials(tmp_path: Path, browser: Any) -> None:
+    """The browser's tel: handler opens /dial?to=tel:+49...: signed in, sipdial's page asks
+    and its button dials; not signed in (a link from another site brings no cookie), the
+    page signs in first, then asks in its own dialog."""
+    shots = _shots(tmp_path)
+    with Sipp.uas(tmp_path, "uas_answer.xml", timeout=120, calls=2) as dest:
+        sd = Sipdial(tmp_path, users=[user("201", auto_answer=True)],
+                     routes=[{"match": ROUTE_MATCH,
+                              "uri": f"sip:{{number}}@{LOOPBACK}:{dest.port}"}])
+        with sd.start():
+            dest.start()
+            with Baresip(tmp_path, user="201", password="secret201",
+                         registrar=f"127.0.0.1:{sd.sip_port('udp')}", outbound=False) as phone:
+                sd.wait_registered("201")
+                wait = WebDriverWait(browser, 20)
+                # not signed in: the link leads to the page, which signs in, then asks
+                browser.get(sd.http_url + "/dial?to=tel:+49-30-123456")
+                wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
+                assert browser.current_url.endswith("/#dial=%2B4930123456")
+                browser.find_element(By.ID, "user").send_keys("201")
+                browser.find_element(By.ID, "password").send_keys("secret201", Keys.ENTER)
+                dialog = wait.until(ec.visibility_of_element_located((By.ID, "confirm-dial")))
+                assert NUMBER in dialog.text
+                assert sd.api("GET", "/v1/calls")[1]["calls"] == []  # asked, not dialled
+                browser.save_screenshot(str(shots / "11-tel-link-asks.png"))
+                dialog.find_element(By.CSS_SELECTOR, "button[value=yes]").click()
+                _text_is(browser, "current-state", "connected")
+                assert "4930123456" in str(phone.wait_event("CALL_ESTABLISHED", timeout=10))
+                browser.find_element(By.ID, "hang-up").click()
+                _text_is(browser, "current-state", "cancelled", "hung up")
+
+                # signed in: sipdial's own confirmation page, its button dials
+                browser.get(sd.http_url + "/dial?to=tel:%2B4930123456")
+                button = wait.until(ec.element_to_be_clickable(
+                    (By.CSS_SELECTOR, "form[method=post] button")))
+                assert NUMBER in browser.find_element(By.TAG_NAME, "h1").text
+                assert len(sd.api("GET", "/v1/calls")[1]["calls"]) == 1
+                browser.save_screenshot(str(shots / "12-tel-confirm.png"))
+                button.click()
+                WebDriverWait(browser, 20, ignored_exceptions=(  # the next page loads
+                    StaleElementReferenceException, NoSuchElementException)).until(
+                        lambda d: "Calling" in d.find_element(By.TAG_NAME, "h1").text)
+                calls = sd.api("GET", "/v1/calls")[1]["calls"]
+                assert len(calls) == 2 and calls[0]["to"] == NUMBER, calls
+                sd.wait_state(calls[0]["id"], "connected")
+                assert sd.api("DELETE", f"/v1/calls/{calls[0]['id']}")[0] == 200
 
 
 class _Elsewhere(ThreadingHTTPServer):

@@ -174,7 +174,7 @@ def test_a_browser_gets_a_page_with_a_button_and_no_framing(linked: Server) -> N
     assert '<form method="post">' in text and "+4930123456" in text
     assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
     assert page.headers["X-Frame-Options"] == "DENY"
-    assert page.headers["Referrer-Policy"] == "no-referrer"
+    assert page.headers["Referrer-Policy"] == "same-origin"
     assert linked.api.created == []  # a link scanner's GET places nothing
     done = linked.request("POST", path, token=None, headers=html)
     assert done.status == 201 and "Calling" in done.raw.decode()

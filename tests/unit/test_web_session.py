@@ -207,6 +207,26 @@ def test_csv_and_vcard_imports(book_site: Server) -> None:
     assert names == ["Erika", "Max", "Vera"]
 
 
+@pytest.mark.parametrize(("header", "lang"), [
+    ("de-DE,de;q=0.9,en;q=0.8", "de"), ("en-US,en;q=0.9,de;q=0.8", "en"),
+    ("fr-FR,fr;q=0.9,de;q=0.5", "de"), ("fr, en;q=0.1, de;q=0.2", "de"),
+    ("de;q=0, en", "en"), ("", "en"), ("de;q=oops, en", "en"), ("*", "en"),
+    (",;=;" * 200, "en"),
+])
+def test_the_pages_speak_the_browsers_language(header: str, lang: str) -> None:
+    from sipdial.api.pages import language
+    assert language(header).value == lang
+
+
+def test_dial_pages_in_german(web: Server) -> None:
+    cookie, _csrf = _sign_in(web)
+    page = web.request("GET", "/dial?to=tel:+4930123456", token=None,
+                       headers={"Accept": "text/html", "Accept-Language": "de-DE,de;q=0.9",
+                                "Cookie": cookie})
+    assert page.status == 200
+    assert b'<html lang="de">' in page.raw and b"Jetzt anrufen" in page.raw
+
+
 def test_dial_in_the_browser_asks_then_places_with_the_csrf_token(web: Server) -> None:
     html = {"Accept": "text/html"}
     r = web.request("GET", "/dial?to=tel:+4930123456", token=None, headers=html)

@@ -17,7 +17,7 @@ const T = {
     addContact: "Add a contact", numbersHint: "Numbers (comma separated)", add: "Add",
     editContact: "Change a contact", save: "Save", edit: "Change",
     importFile: "Import a CSV or vCard file", import: "Import", remove: "Delete",
-    imported: "imported", tooBig: "too big (over 60 kB each), left out",
+    imported: "imported", anonymous: "anonymous", tooBig: "too big (over 60 kB each), left out",
     call: "Call", forUser: "For user",
     registrations: "Registered phones (all users)", userCol: "User", expires: "Expires in",
     webhooks: "Webhook deliveries (since start)", target: "Target", delivered: "Delivered",
@@ -53,7 +53,7 @@ const T = {
     addContact: "Kontakt hinzufügen", numbersHint: "Rufnummern (durch Komma getrennt)",
     add: "Hinzufügen", editContact: "Kontakt ändern", save: "Speichern", edit: "Ändern",
     importFile: "CSV- oder vCard-Datei importieren", import: "Importieren",
-    remove: "Löschen", imported: "importiert",
+    remove: "Löschen", imported: "importiert", anonymous: "unbekannt",
     tooBig: "zu groß (über 60 kB je Eintrag), ausgelassen", call: "Anrufen", forUser: "Für Benutzer",
     registrations: "Angemeldete Telefone (alle Benutzer)", userCol: "Benutzer",
     expires: "Läuft ab in",
@@ -328,7 +328,9 @@ async function loadBook() {
 function showCurrent(call) {
   current = call;
   $("current").hidden = false;
-  $("current-to").textContent = call.to;
+  $("current-to").textContent = call.direction === "inbound"
+    ? `← ${call.caller || t.anonymous}${call.contact ? ` (${call.contact.name})` : ""}`
+    : call.to;
   $("current-state").textContent = stateWords(call);
   $("hang-up").hidden = call.state === "ended";
 }
@@ -342,7 +344,11 @@ function listen() {
   const update = (message) => {
     const data = JSON.parse(message.data);
     if (!data.call) return;
-    if (current && data.call.id === current.id) showCurrent(data.call);
+    if (current && data.call.id === current.id) {
+      showCurrent(data.call);
+    } else if (data.event === "call.incoming" && (!current || current.state === "ended")) {
+      showCurrent(data.call);  // someone calls: who it is, live, with a hang-up button
+    }
     if (data.event === "call.ended" || data.event === "call.incoming") {
       loadCalls().catch(showListError);
       if (!session.user) loadWebhooks().catch(() => {});
