@@ -963,7 +963,8 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
     parts = ApiParts(check_password=check_password, links=links, sessions=sessions,
                      contact_book=book, number_plan=config.numbers,
                      password_of=lambda u: core.users[u].password if u in core.users
-                     else None)
+                     else None,
+                     is_admin=lambda u: u in core.users and core.users[u].admin)
     site = build_site(api, config.api.tokens, reactor=reactor, parts=parts,
                       events=merged if merged is not None else events, workers=workers,
                       allow_from=_allow_from(config),

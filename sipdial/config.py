@@ -245,6 +245,9 @@ class UserConfig:
     #: ``[[users]] numbers = {...}``: ``[numbers]`` with this user's keys overriding (None:
     #: ``[numbers]`` as it is)
     numbers: NumberPlan | None = None
+    #: signed in on the web page with the SIP password, acts as an administrator (every
+    #: user's calls, registrations, webhook status); the API's tokens are unchanged
+    admin: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,7 +543,7 @@ _KEYS: Final[dict[str, frozenset[str]]] = {
     "store": frozenset({"url"}),
     "api": frozenset({"tokens"}),
     "users[]": frozenset({"id", "password", "name", "auto_answer", "number", "confirm",
-                          "language", "clir", "numbers", "refuse_if_busy"}),
+                          "language", "clir", "numbers", "refuse_if_busy", "admin"}),
     "routes[]": frozenset({"match", "uri", "username", "password", "outbound_proxy",
                            "format"}),
     "calls": frozenset(
@@ -770,7 +773,7 @@ def _parse_users(tables: list[_Table],
             own = _Table(t.get("numbers", dict, "a table"), t.path("numbers"), "numbers")
             overrides[uid] = _number_values(own)
         users[uid] = UserConfig(uid, password, name, auto_answer, number, confirm, language,
-                                clir, refuse_if_busy)
+                                clir, refuse_if_busy, admin=t.boolean("admin", False))
     return MappingProxyType(users)
 
 

@@ -796,6 +796,8 @@ class ApiParts:
     number_plan: NumberPlan = field(default_factory=NumberPlan)  #: how numbers complete
     #: a user's SIP password now (a session ends when it changes)
     password_of: Callable[[str], str | None] | None = None
+    #: whether a user is an administrator on the web page now (``[[users]] admin``)
+    is_admin: Callable[[str], bool] | None = None
 
 
 class _Router:
@@ -815,6 +817,7 @@ class _Router:
     ) -> None:
         self._api = api
         self._password_of = parts.password_of
+        self._is_admin = parts.is_admin or (lambda _user: False)
         self._sessions = parts.sessions
         self._book = parts.contact_book
         self._plan = parts.number_plan
@@ -933,6 +936,8 @@ class _Router:
             _same_origin(request)
             if not sessions.csrf_ok(session, request.csrf):
                 raise ApiError(403, "csrf", "missing or wrong X-CSRF-Token")
+        if session.user is not None and self._is_admin(session.user):
+            return _Principal(user=None, proof="session")  # an administrator user
         return _Principal(user=session.user, proof="session")
 
     def _still_valid(self, session: Session, sessions: Sessions) -> bool:
@@ -1368,10 +1373,10 @@ class _Router:
             return succeed(_as_page(_Reply(200, {}), dial_confirm_page(
                 destination, sessions.csrf(session), request.language)))
         principal = self._session_principal(request, sessions)
-        if principal.user is None:
+        user = principal.user or session.user  # an administrator user: their own phone
+        if user is None:
             raise _invalid("an administrator's session dials on the page, for a user")
-        d = self._start_call(request, principal,
-                             _CallRequest(user=principal.user, to=destination))
+        d = self._start_call(request, principal, _CallRequest(user=user, to=destination))
         d.addErrback(self._error_reply, request)
         return d.addCallback(_dial_page, request.language)
 
@@ -1477,9 +1482,13 @@ class _Router:
             proof = sessions.password_proof(principal.user, password)
         value, session = sessions.issue(principal.user, proof)
         cookie = sessions.set_cookie(value, tls=request.secure)
-        return succeed(_Reply(201, {"user": principal.user, "csrf": sessions.csrf(session),
+        return succeed(_Reply(201, {"user": principal.user, "admin": self._admin(session),
+                                    "csrf": sessions.csrf(session),
                                     "expires_at": iso_time(session.expires_at)},
                               [("Set-Cookie", cookie)]))
+
+    def _admin(self, session: Session) -> bool:
+        return session.user is None or self._is_admin(session.user)
 
     def _who(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         """``GET /v1/session``: the signed-in user and the CSRF token (the page reloaded)."""
@@ -1487,7 +1496,8 @@ class _Router:
         session = sessions.check(request.cookie) if request.cookie else None
         if session is None or not self._still_valid(session, sessions):
             raise _unauthorized("not signed in")
-        return succeed(_Reply(200, {"user": session.user, "csrf": sessions.csrf(session),
+        return succeed(_Reply(200, {"user": session.user, "admin": self._admin(session),
+                                    "csrf": sessions.csrf(session),
                                     "expires_at": iso_time(session.expires_at)}))
 
     def _sign_out(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:

@@ -131,9 +131,11 @@ COMPONENTS: Final[dict[str, JsonSchema]] = {
                        "token": {"type": "string"}},
     },
     "Session": {
-        "type": "object", "required": ["user", "csrf", "expires_at"],
-        "properties": {"user": _nullable({"type": "string"}), "csrf": {"type": "string"},
-                       "expires_at": _TIME},
+        "type": "object", "required": ["user", "admin", "csrf", "expires_at"],
+        "properties": {"user": _nullable({"type": "string"}),
+                       "admin": {"type": "boolean", "description": "an administrator: an "
+                                 "admin token, or a [[users]] admin = true account"},
+                       "csrf": {"type": "string"}, "expires_at": _TIME},
     },
     "CamaraError": {
         "type": "object", "required": ["status", "code", "message"],

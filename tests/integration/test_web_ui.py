@@ -249,7 +249,8 @@ def test_a_tel_link_asks_then_dials(tmp_path: Path, browser: Any) -> None:
     page signs in first, then asks in its own dialog."""
     shots = _shots(tmp_path)
     with Sipp.uas(tmp_path, "uas_answer.xml", timeout=120, calls=2) as dest:
-        sd = Sipdial(tmp_path, users=[user("201", auto_answer=True)],
+        sd = Sipdial(tmp_path, users=[user("201", auto_answer=True),
+                                      {**user("202", name="Office"), "admin": True}],
                      routes=[{"match": ROUTE_MATCH,
                               "uri": f"sip:{{number}}@{LOOPBACK}:{dest.port}"}])
         with sd.start():
@@ -289,6 +290,18 @@ def test_a_tel_link_asks_then_dials(tmp_path: Path, browser: Any) -> None:
                 assert len(calls) == 2 and calls[0]["to"] == NUMBER, calls
                 sd.wait_state(calls[0]["id"], "connected")
                 assert sd.api("DELETE", f"/v1/calls/{calls[0]['id']}")[0] == 200
+
+                # user 202 is an administrator ([[users]] admin): signed in with the SIP
+                # password, the page shows every user's calls
+                browser.get(sd.http_url + "/")
+                _click(browser, "#sign-out")
+                wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
+                browser.find_element(By.ID, "user").send_keys("202")
+                browser.find_element(By.ID, "password").send_keys("secret202", Keys.ENTER)
+                _text_is(browser, "who", "202 (administrator)")
+                wait.until(lambda d: len(_rows(d)) == 2 and all(
+                    "[201]" in text for _, text in _rows(d)))
+                assert browser.find_element(By.ID, "admin-view").is_displayed()
 
 
 class _Elsewhere(ThreadingHTTPServer):

@@ -343,3 +343,33 @@ def test_a_phonebook_of_an_earlier_version_gets_its_number_index(reactor: Select
     assert found is not None and found.id == 7
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+
+
+def test_an_admin_user_signs_in_with_the_sip_password(reactor: SelectReactor) -> None:
+    """``[[users]] admin = true``: that account's session is an administrator's — every
+    user's calls, the webhook status — for as long as the configuration says so."""
+    admins = {"202"}
+    sessions = Sessions(b"k" * 32, lambda: NOW[0])
+    passwords = {"201": "secret", "202": "secret2"}
+
+    def check(user: str, password: str, client: str = "") -> bool:
+        return passwords.get(user) == password
+
+    for site in serve(reactor, FakeApi(), check_password=check, sessions=sessions,
+                      password_of=passwords.get, is_admin=admins.__contains__):
+        r = site.request("POST", "/v1/session", token=None,
+                         body={"user": "202", "password": "secret2"})
+        assert (r.status, r.json["user"], r.json["admin"]) == (201, "202", True)
+        office = {"Cookie": r.headers["Set-Cookie"].split(";")[0]}
+        assert site.request("GET", "/v1/calls?user=201", token=None,
+                            headers=office).status == 200
+        assert site.request("GET", "/v1/webhooks", token=None, headers=office).status == 200
+        r = site.request("POST", "/v1/session", token=None,
+                         body={"user": "201", "password": "secret"})
+        assert r.json["admin"] is False
+        plain = {"Cookie": r.headers["Set-Cookie"].split(";")[0]}
+        assert site.request("GET", "/v1/webhooks", token=None, headers=plain).status == 403
+        admins.clear()  # a reload took the right away: at once
+        assert site.request("GET", "/v1/webhooks", token=None, headers=office).status == 403
+        assert site.request("GET", "/v1/session", token=None,
+                            headers=office).json["admin"] is False

@@ -82,7 +82,9 @@ const t = T[lang];
 document.documentElement.lang = lang;
 
 const $ = (id) => document.getElementById(id);
-let session = null;   // {user, csrf}
+let session = null;   // {user, admin, csrf}
+// the user whose calls, phones and contacts the page shows; null: an administrator's view
+const mine = () => (session.admin ? null : session.user);
 let current = null;   // the call placed from this page
 const PAGE = 20;
 let listed = new Set();  // ids of the calls in the list
@@ -140,12 +142,13 @@ function duration(call) {
 }
 
 async function showSignedIn(s) {
-  session = s;
-  $("who").textContent = `${t.signedInAs} ${s.user || t.admin}`;
+  session = { ...s, admin: Boolean(s.admin || !s.user) };
+  $("who").textContent = `${t.signedInAs} ${s.user || t.admin}` +
+    (s.user && session.admin ? ` (${t.admin})` : "");
   $("sign-in-view").hidden = true;
   $("app-view").hidden = false;
   $("sign-out").hidden = false;
-  const admin = !s.user;
+  const admin = session.admin;
   $("admin-view").hidden = !admin;
   for (const el of document.querySelectorAll(".admin-only")) el.hidden = !admin;
   $("device").options[0].textContent = admin ? t.allDevicesAdmin : t.allDevices;
@@ -176,9 +179,9 @@ function showSignIn() {
 let registrations = [];  // the signed-in user's, or (administrator) everyone's
 
 async function loadDevices() {
-  const query = session.user ? `?user=${encodeURIComponent(session.user)}` : "";
+  const query = mine() ? `?user=${encodeURIComponent(mine())}` : "";
   ({ registrations } = await api("GET", `/v1/registrations${query}`));
-  if (!session.user) {
+  if (!mine()) {
     const table = $("registrations").tBodies[0];
     table.replaceChildren();
     for (const r of registrations) {
@@ -197,7 +200,7 @@ function showDevices() {
   const select = $("device");
   const chosen = select.value;
   for (const opt of [...select.options].slice(1)) opt.remove();
-  const user = session.user || $("as-user").value.trim();
+  const user = mine() || $("as-user").value.trim() || session.user;
   for (const r of registrations.filter((r) => r.user === user)) {
     const opt = document.createElement("option");
     opt.value = r.contact;
@@ -234,10 +237,10 @@ async function loadWebhooks() {
 let listing = 0;  // the call list's latest request: an older answer is dropped
 
 async function loadCalls(more = false) {
-  const mine = ++listing;
+  const asked = ++listing;
   const query = new URLSearchParams({
     limit: String(more ? PAGE : Math.min(Math.max(listed.size, PAGE), 500)) });
-  if (session.user) query.set("user", session.user);
+  if (mine()) query.set("user", mine());
   if ($("only-missed").checked) query.set("missed", "true");
   if ($("only-today").checked) {
     const midnight = new Date();
@@ -246,7 +249,7 @@ async function loadCalls(more = false) {
   }
   if (more && next) query.set("before", next);
   const page = await api("GET", `/v1/calls?${query}`);
-  if (mine !== listing) return;
+  if (asked !== listing) return;
   $("calls-status").textContent = "";  // a reload (an event, a filter) asked after this one
   const body = $("calls").tBodies[0];
   if (!more) {
@@ -267,7 +270,7 @@ async function loadCalls(more = false) {
     const who = row.insertCell();
     who.className = "number";
     who.textContent = (call.direction === "inbound" ? "← " : "→ ") + number +
-      (call.contact ? ` (${call.contact.name})` : "") + (session.user ? "" : ` [${call.user}]`);
+      (call.contact ? ` (${call.contact.name})` : "") + (mine() ? "" : ` [${call.user}]`);
     row.insertCell().textContent = stateWords(call);
     row.insertCell().textContent = duration(call);
     const action = row.insertCell();
@@ -304,7 +307,7 @@ async function loadBook() {
       numbers.append(button, " ");
     }
     const cell = row.insertCell();
-    if (!session.user || c.owner === session.user) {  // everyone's: an administrator's
+    if (!mine() || c.owner === mine()) {  // everyone's: an administrator's
       const edit = document.createElement("button");
       edit.type = "button";
       edit.className = "book-edit";
@@ -351,7 +354,7 @@ function listen() {
     }
     if (data.event === "call.ended" || data.event === "call.incoming") {
       loadCalls().catch(showListError);
-      if (!session.user) loadWebhooks().catch(() => {});
+      if (!mine()) loadWebhooks().catch(() => {});
     }
   };
   for (const name of ["call.dialing", "call.ringing", "call.answered", "call.confirmed",
@@ -362,7 +365,8 @@ function listen() {
 
 async function dial(number, forUser) {
   $("call-error").textContent = "";
-  const body = { user: session.user || forUser || $("as-user").value.trim(), to: number };
+  const body = { user: mine() || forUser || $("as-user").value.trim() || session.user,
+                 to: number };
   const device = $("device").value;  // one of this user's phones (a call-back may be another's)
   if (device && registrations.some((r) => r.contact === device && r.user === body.user)) {
     body.device = device;
