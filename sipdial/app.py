@@ -961,7 +961,7 @@ def _start_on(config: Config, reactor: Any, store: SqliteStore,
             links.load(_used_links_of_others(config.store.sqlite_path, role, reactor.seconds()))
     # the same for the public site and the private one the other workers ask
     parts = ApiParts(check_password=check_password, links=links, sessions=sessions,
-                     contact_book=book, number_plan=config.numbers,
+                     contact_book=book, number_plan=lambda: core.config.numbers,
                      password_of=lambda u: core.users[u].password if u in core.users
                      else None,
                      is_admin=lambda u: u in core.users and core.users[u].admin)

@@ -461,6 +461,9 @@ class _Principal:
     user: str | None
     #: how it proved who it is, for messages: "token" or "credentials" (SIP user's password)
     proof: str = "token"
+    #: an administrator user's own id (``[[users]] admin``, signed in on the page): whose
+    #: phone their own dialling rings and whose their new contacts are
+    acting: str | None = None
 
     def may_act_for(self, user: object) -> bool:
         return self.user is None or self.user == user
@@ -566,6 +569,8 @@ class _OpenEventStream:
 
     user: str | None  #: only this user's calls; None = every call (admin)
     after: int | tuple[int, ...] | None  #: Last-Event-ID to resume after (a cursor: workers)
+    #: whether the credentials that opened it still hold (asked at every heartbeat)
+    allowed: Callable[[], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -793,7 +798,8 @@ class ApiParts:
     links: Links | None = None  #: ``POST /v1/links`` and ``/c/<token>`` (sipdial.api.links)
     sessions: Sessions | None = None  #: the web page's sign-in (None: no page sessions)
     contact_book: ContactBook | None = None  #: the users' phonebooks (``/v1/contacts``)
-    number_plan: NumberPlan = field(default_factory=NumberPlan)  #: how numbers complete
+    #: how numbers complete, now (``[numbers]`` is reloadable)
+    number_plan: Callable[[], NumberPlan] = NumberPlan
     #: a user's SIP password now (a session ends when it changes)
     password_of: Callable[[str], str | None] | None = None
     #: whether a user is an administrator on the web page now (``[[users]] admin``)
@@ -820,7 +826,7 @@ class _Router:
         self._is_admin = parts.is_admin or (lambda _user: False)
         self._sessions = parts.sessions
         self._book = parts.contact_book
-        self._plan = parts.number_plan
+        self._number_plan = parts.number_plan
         self._links = parts.links
         #: URL prefixes a user's token may name as a CAMARA sink ([camara] sinks)
         self._camara_sinks = tuple(camara_sinks)
@@ -936,8 +942,8 @@ class _Router:
             _same_origin(request)
             if not sessions.csrf_ok(session, request.csrf):
                 raise ApiError(403, "csrf", "missing or wrong X-CSRF-Token")
-        if session.user is not None and self._is_admin(session.user):
-            return _Principal(user=None, proof="session")  # an administrator user
+        if self._admin(session) and session.user is not None:  # an administrator user
+            return _Principal(user=None, proof="session", acting=session.user)
         return _Principal(user=session.user, proof="session")
 
     def _still_valid(self, session: Session, sessions: Sessions) -> bool:
@@ -1159,7 +1165,14 @@ class _Router:
             else:
                 raise _invalid(f"{name}: must be an event id (a non-negative integer) or "
                                "a cursor of them joined by '.'")
-        stream = _OpenEventStream(user=self._limit_to(principal, user), after=after)
+        def allowed() -> bool:
+            try:
+                return self._authenticate(request, session=True) == principal
+            except ApiError:
+                return False
+
+        stream = _OpenEventStream(user=self._limit_to(principal, user), after=after,
+                                  allowed=allowed)
         return succeed(_Reply(200, stream))
 
     def _metrics_text(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
@@ -1372,10 +1385,14 @@ class _Router:
         if request.method != "POST":
             return succeed(_as_page(_Reply(200, {}), dial_confirm_page(
                 destination, sessions.csrf(session), request.language)))
-        principal = self._session_principal(request, sessions)
-        user = principal.user or session.user  # an administrator user: their own phone
-        if user is None:
-            raise _invalid("an administrator's session dials on the page, for a user")
+        try:
+            principal = self._session_principal(request, sessions)
+            user = principal.user or principal.acting  # an administrator user: own phone
+            if user is None:
+                raise _invalid("an administrator's session dials on the page, for a user")
+        except ApiError as exc:  # a person reads this: a page, not JSON
+            return succeed(_as_page(_Reply(exc.status, _error_body(exc.code, exc.message)),
+                                    error_page(exc.message, request.language)))
         d = self._start_call(request, principal, _CallRequest(user=user, to=destination))
         d.addErrback(self._error_reply, request)
         return d.addCallback(_dial_page, request.language)
@@ -1488,7 +1505,11 @@ class _Router:
                               [("Set-Cookie", cookie)]))
 
     def _admin(self, session: Session) -> bool:
-        return session.user is None or self._is_admin(session.user)
+        """An admin token's session, or a ``[[users]] admin`` account's signed in with its
+        password (not with a token of that user: a CRM's user token stays a user's)."""
+        if session.user is None:
+            return True
+        return session.proof.startswith("pw:") and self._is_admin(session.user)
 
     def _who(self, request: _Incoming, match: re.Match[str]) -> Deferred[_Reply]:
         """``GET /v1/session``: the signed-in user and the CSRF token (the page reloaded)."""
@@ -1518,6 +1539,8 @@ class _Router:
             if wanted not in (None, principal.user):
                 raise _forbidden(principal, str(wanted))
             return principal.user
+        if wanted is None and principal.acting is not None:
+            return principal.acting  # an administrator user's own, unless they say "*"
         if wanted is None or wanted == "*":
             return "*"
         return _valid_user("owner", wanted)
@@ -1537,7 +1560,7 @@ class _Router:
         keys = []
         for number in numbers:
             text = _valid_text("numbers", number, limit=64)
-            key = number_key(text or "", self._plan)
+            key = number_key(text or "", self._number_plan())
             if key is None:
                 raise ApiError(422, "invalid_number", f"numbers: {_shown(str(number))} is "
                                                       "no phone number")
@@ -1594,8 +1617,9 @@ class _Router:
         except PhonebookError as exc:
             raise ApiError(422, "invalid_file", str(exc)) from None
         rows = []
+        plan = self._number_plan()
         for contact, numbers in entries:
-            keyed = [(n, k) for n in numbers if (k := number_key(n, self._plan)) is not None]
+            keyed = [(n, k) for n in numbers if (k := number_key(n, plan)) is not None]
             if keyed:
                 rows.append((contact.name, [n for n, _ in keyed][:10],
                              [k for _, k in keyed][:10], contact.url))
@@ -2204,8 +2228,8 @@ class _Resource(Resource):
                 self._access(incoming, received, reply.status, " (event stream opened)")
                 # the real request also has the producer methods sse needs
                 self._events.open(
-                    request, user=stream.user, after=stream.after  # type: ignore[arg-type]
-                )
+                    request, user=stream.user, after=stream.after,  # type: ignore[arg-type]
+                    allowed=stream.allowed)
             return
         if isinstance(reply.body, _Text):
             payload, content_type = reply.body.data, reply.body.content_type.encode("ascii")

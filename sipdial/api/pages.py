@@ -81,7 +81,7 @@ def language(accept_language: str) -> Lang:
         quality = 1.0
         for param in params.split(";"):
             name, _, value = param.strip().partition("=")
-            if name == "q":
+            if name.strip().lower() == "q":
                 try:
                     quality = float(value)
                 except ValueError:

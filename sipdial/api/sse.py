@@ -124,14 +124,18 @@ class EventStream:
         return len(self._streams)
 
     def open(self, request: _Request, *, user: str | None,
-             after: int | tuple[int, ...] | None) -> None:
-        """Answer ``request`` with a stream of ``user``'s events (None: every call's)."""
+             after: int | tuple[int, ...] | None,
+             allowed: Callable[[], bool] | None = None) -> None:
+        """Answer ``request`` with a stream of ``user``'s events (None: every call's).
+        ``allowed``: asked at every heartbeat whether the credentials that opened it still
+        hold (a token removed, a password changed, an administrator's right taken by a
+        reload): a stream no longer allowed ends."""
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", _CONTENT_TYPE)
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"X-Accel-Buffering", b"no")  # nginx: pass every event through
         request.write(_PREAMBLE)
-        stream = _Stream(request, self._max_pending, self._closed)
+        stream = _Stream(request, self._max_pending, self._closed, allowed)
         self._streams.add(stream)
         request.registerProducer(stream, True)
         request.notifyFinish().addBoth(stream.finished)
@@ -169,9 +173,11 @@ class _Stream:
     """One open SSE response: a :class:`Subscriber` and the connection's push producer."""
 
     def __init__(
-        self, request: _Request, max_pending: int, on_close: Callable[[_Stream], None]
+        self, request: _Request, max_pending: int, on_close: Callable[[_Stream], None],
+        allowed: Callable[[], bool] | None = None,
     ) -> None:
         self.subscription: _Subscription | None = None
+        self._allowed = allowed
         self._request = request
         self._max_pending = max_pending
         self._on_close = on_close
@@ -206,6 +212,10 @@ class _Stream:
         self._end(finish=True)
 
     def keepalive(self) -> None:
+        if not self._done and self._allowed is not None and not self._allowed():
+            log.info("events: a stream's credentials no longer hold; ending it")
+            self._end(finish=True)
+            return
         if not self._done and not self._paused:
             try:
                 self._request.write(_KEEPALIVE)

@@ -110,14 +110,24 @@ class ContactBook:
         conn.execute("PRAGMA journal_mode=WAL")
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         if version < _NUMBERS_INDEXED:
-            with conn:  # a book of an earlier sipdial: its numbers into the index, once
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute("DELETE FROM contact_numbers")
-                for contact_id, owner, keys in conn.execute(
-                        "SELECT id, owner, keys FROM contacts").fetchall():
-                    _index(conn, contact_id, owner, keys.split())
-                conn.execute(f"PRAGMA user_version = {_NUMBERS_INDEXED}")
+            # a new book, or one of an earlier sipdial: its numbers into the index, once —
+            # by the first worker to take the write lock (the others then find it done)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                (version,) = conn.execute("PRAGMA user_version").fetchone()
+                if version < _NUMBERS_INDEXED:
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                    conn.execute("DELETE FROM contact_numbers")
+                    for contact_id, owner, keys in conn.execute(
+                            "SELECT id, owner, keys FROM contacts").fetchall():
+                        _index(conn, contact_id, owner, keys.split())
+                    conn.execute(f"PRAGMA user_version = {_NUMBERS_INDEXED}")
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                conn.close()
+                raise
         return conn
 
     def _do(self, work: Callable[[sqlite3.Connection], _T]) -> Deferred[_T]:

@@ -280,3 +280,22 @@ def test_a_failing_keepalive_or_resume_closes_the_stream() -> None:
     source.send(event(8), 1)  # held: the client does not read
     request2.producer.resumeProducing()  # type: ignore[attr-defined]
     assert request2.transport.lost == 1 and stream2.open_streams == 0
+
+
+def test_a_stream_whose_credentials_no_longer_hold_ends_at_the_next_heartbeat() -> None:
+    """A token removed, a password changed, an administrator's right taken by a reload:
+    the stream opened with them ends (the client reconnects, and is refused)."""
+    clock, source = Clock(), FakeSource()
+    stream = EventStream(source, clock, heartbeat=15.0)
+    allowed = [True]
+    revoked, kept = FakeRequest(), FakeRequest()
+    stream.open(revoked, user=None, after=None, allowed=lambda: allowed[0])
+    stream.open(kept, user="201", after=None, allowed=lambda: True)
+    clock.advance(15)
+    assert revoked.written[-1] == b": keepalive\n\n" and not revoked.finished
+    allowed[0] = False
+    source.send(event(9))  # events still go until the heartbeat notices
+    clock.advance(15)
+    assert revoked.finished and stream.open_streams == 1
+    assert source.subscribers[0][3].cancelled == 1
+    assert kept.written[-1] == b": keepalive\n\n" and not kept.finished

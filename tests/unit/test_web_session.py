@@ -156,7 +156,8 @@ def book_site(reactor: SelectReactor, tmp_path: Path) -> Iterator[Server]:
 
     book = ContactBook(str(tmp_path / "contacts.db"), reactor, lambda: NOW[0])
     yield from serve(reactor, FakeApi(), check_password=check_password,
-                     contact_book=book, number_plan=NumberPlan(country="49", area="30"))
+                     contact_book=book,
+                     number_plan=lambda: NumberPlan(country="49", area="30"))
 
 
 def test_the_phonebook_add_search_change_delete_per_user(book_site: Server) -> None:
@@ -369,7 +370,38 @@ def test_an_admin_user_signs_in_with_the_sip_password(reactor: SelectReactor) ->
         assert r.json["admin"] is False
         plain = {"Cookie": r.headers["Set-Cookie"].split(";")[0]}
         assert site.request("GET", "/v1/webhooks", token=None, headers=plain).status == 403
+        # a CRM's token of that user is that user's, also as a session: no admin rights
+        r = site.request("POST", "/v1/session", token=None, body={"token": "tok-202"})
+        assert (r.status, r.json["user"], r.json["admin"]) == (201, "202", False)
+        crm = {"Cookie": r.headers["Set-Cookie"].split(";")[0]}
+        assert site.request("GET", "/v1/webhooks", token=None, headers=crm).status == 403
+        assert site.request("GET", "/v1/calls?user=201", token=None, headers=crm).status == 403
         admins.clear()  # a reload took the right away: at once
         assert site.request("GET", "/v1/webhooks", token=None, headers=office).status == 403
         assert site.request("GET", "/v1/session", token=None,
                             headers=office).json["admin"] is False
+
+
+def test_an_admin_users_new_contacts_are_their_own_unless_they_say_everyones(
+        reactor: SelectReactor, tmp_path: Path) -> None:
+    from sipdial.numbers import NumberPlan
+    from sipdial.store import ContactBook
+
+    sessions = Sessions(b"k" * 32, lambda: NOW[0])
+    book = ContactBook(str(tmp_path / "contacts.db"), reactor, lambda: NOW[0])
+
+    def check(user: str, password: str, client: str = "") -> bool:
+        return (user, password) == ("202", "secret2")
+
+    for site in serve(reactor, FakeApi(), check_password=check, sessions=sessions,
+                      password_of={"202": "secret2"}.get, is_admin={"202"}.__contains__,
+                      contact_book=book, number_plan=lambda: NumberPlan(country="49")):
+        r = site.request("POST", "/v1/session", token=None,
+                         body={"user": "202", "password": "secret2"})
+        office = {"Cookie": r.headers["Set-Cookie"].split(";")[0],
+                  "X-CSRF-Token": r.json["csrf"]}
+        own = site.request("POST", "/v1/contacts", token=None, headers=office,
+                           body={"name": "Mine", "numbers": ["+4930111"]})
+        shared = site.request("POST", "/v1/contacts", token=None, headers=office,
+                              body={"name": "Shared", "numbers": ["+4930222"], "owner": "*"})
+        assert (own.json["owner"], shared.json["owner"]) == ("202", "*")

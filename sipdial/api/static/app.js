@@ -167,12 +167,22 @@ async function showSignedIn(s) {
 function showSignIn() {
   session = null;
   if (events) events.close();
+  listing += 1;  // answers still under way are for the previous session: dropped
   $("sign-in-view").hidden = false;
   $("app-view").hidden = true;
   $("sign-out").hidden = true;
   $("who").textContent = "";
   stopEditing();
-  $("book-status").textContent = "";
+  // nothing of the previous user stays for the next one
+  current = null;
+  $("current").hidden = true;
+  registrations = [];
+  listed = new Set();
+  next = null;
+  for (const id of ["calls", "book", "registrations", "webhooks"]) $(id).tBodies[0].replaceChildren();
+  for (const id of ["book-status", "call-error", "calls-status"]) $(id).textContent = "";
+  for (const id of ["as-user", "to", "book-search"]) $(id).value = "";
+  for (const opt of [...$("device").options].slice(1)) opt.remove();
   $("user").focus();
 }
 
@@ -180,7 +190,9 @@ let registrations = [];  // the signed-in user's, or (administrator) everyone's
 
 async function loadDevices() {
   const query = mine() ? `?user=${encodeURIComponent(mine())}` : "";
-  ({ registrations } = await api("GET", `/v1/registrations${query}`));
+  const found = await api("GET", `/v1/registrations${query}`);
+  if (!session) return;  // signed out meanwhile
+  ({ registrations } = found);
   if (!mine()) {
     const table = $("registrations").tBodies[0];
     table.replaceChildren();
@@ -214,6 +226,7 @@ function showDevices() {
 // `more`: the next page below the shown rows, else the first page again, as long as shown.
 async function loadWebhooks() {
   const { webhooks } = await api("GET", "/v1/webhooks");
+  if (!session) return;
   const body = $("webhooks").tBodies[0];
   body.replaceChildren();
   $("webhooks-none").hidden = webhooks.length > 0;
@@ -248,8 +261,14 @@ async function loadCalls(more = false) {
     query.set("since", midnight.toISOString());
   }
   if (more && next) query.set("before", next);
-  const page = await api("GET", `/v1/calls?${query}`);
-  if (asked !== listing) return;
+  let page;
+  try {
+    page = await api("GET", `/v1/calls?${query}`);
+  } catch (e) {
+    if (asked === listing) throw e;  // an older request's error: not this list's
+    return;
+  }
+  if (asked !== listing || !session) return;
   $("calls-status").textContent = "";  // a reload (an event, a filter) asked after this one
   const body = $("calls").tBodies[0];
   if (!more) {
@@ -287,10 +306,15 @@ async function loadCalls(more = false) {
 }
 
 async function loadBook() {
+  return fillBook().catch((e) => { if (session) $("book-status").textContent = e.message; });
+}
+
+async function fillBook() {
   const query = new URLSearchParams({ limit: "100" });
   const q = $("book-search").value.trim();
   if (q) query.set("q", q);
   const { contacts } = await api("GET", `/v1/contacts?${query}`);
+  if (!session) return;  // signed out meanwhile
   const body = $("book").tBodies[0];
   body.replaceChildren();
   for (const c of contacts) {
@@ -349,7 +373,8 @@ function listen() {
     if (!data.call) return;
     if (current && data.call.id === current.id) {
       showCurrent(data.call);
-    } else if (data.event === "call.incoming" && (!current || current.state === "ended")) {
+    } else if (data.event === "call.incoming" && data.call.user === session.user
+               && (!current || current.state === "ended")) {
       showCurrent(data.call);  // someone calls: who it is, live, with a hang-up button
     }
     if (data.event === "call.ended" || data.event === "call.incoming") {
@@ -467,7 +492,8 @@ function importParts(text) {
   let head = "";
   let entries;
   if (/^\s*BEGIN:VCARD/i.test(text)) {
-    entries = text.split(/(?<=END:VCARD[ \t]*(?:\r\n|\n|\r)?)/i);
+    entries = (text.match(/[\s\S]*?END:VCARD[ \t]*(?:\r\n|\n|\r)?|[\s\S]+$/gi) || [])
+      .filter((entry) => entry.trim());
   } else {
     const lines = text.split(/(?<=\n)/);
     entries = [];
