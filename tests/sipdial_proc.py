@@ -102,7 +102,7 @@ class Sipdial:
                 self._log.append(text)
                 if "sipdial ready: " in text:
                     self.info = json.loads(text.split("sipdial ready: ", 1)[1])
-                    self._drain_in_background()
+                    self._drain_in_background(buffer)
                     return self
         self.stop()
         raise RuntimeError("sipdial did not start:\n" + "\n".join(self._log[-40:]))
@@ -113,21 +113,49 @@ class Sipdial:
         assert self.nofile is not None
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
-    def _drain_in_background(self) -> None:
+    def _drain_in_background(self, rest: bytes) -> None:
+        """Copy sipdial's output to ``log_path`` as it comes (``rest``: what was read after
+        the ready line). Bytes are taken from the pipe only under ``_pump_lock`` and written
+        before it is let go, so :meth:`log_text` can wait for everything sipdial wrote
+        before it was asked (no pipe bytes left unread, none held by the pump)."""
         import threading
 
         assert self.proc is not None and self.proc.stdout is not None
-        stdout = self.proc.stdout
+        fd = self.proc.stdout.fileno()
+        self._pump_lock = threading.Condition()
+        self._pump_fd = fd
+        self._pump_done = False
+        with open(self.log_path, "ab") as fh:
+            fh.write(("\n".join(self._log) + "\n").encode() + rest)
+        # the start-up lines are readable before the next line comes
 
         def pump() -> None:
+            sel = selectors.DefaultSelector()
+            sel.register(fd, selectors.EVENT_READ)
             with open(self.log_path, "ab") as fh:
-                fh.write(("\n".join(self._log) + "\n").encode())
-                fh.flush()  # the start-up lines are readable before the next line comes
-                for line in stdout:
-                    fh.write(line)
-                    fh.flush()
+                while True:
+                    sel.select()  # readable: bytes, or the end (outside the lock)
+                    with self._pump_lock:
+                        waiting = _unread(fd)
+                        chunk = os.read(fd, max(waiting, 1))
+                        if not chunk:
+                            self._pump_done = True
+                            self._pump_lock.notify_all()
+                            return
+                        fh.write(chunk)
+                        fh.flush()
+                        self._pump_lock.notify_all()
 
         threading.Thread(target=pump, daemon=True).start()
+
+    def _caught_up(self) -> None:
+        """Return once everything sipdial wrote so far is in ``log_path`` (the pump tells
+        each chunk it wrote; at most 5 s)."""
+        lock = getattr(self, "_pump_lock", None)
+        if lock is None:
+            return
+        with lock:  # bounded: a stuck pump must not hang a test
+            lock.wait_for(lambda: self._pump_done or _unread(self._pump_fd) == 0, timeout=5.0)
 
     def stop(self) -> int | None:
         if self.proc is None:
@@ -152,6 +180,7 @@ class Sipdial:
         self.stop()
 
     def log_text(self) -> str:
+        self._caught_up()
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
@@ -233,3 +262,17 @@ class Sipdial:
                 raise AssertionError(f"timed out waiting for {what}\n--- sipdial log tail:\n"
                                      + "\n".join(self.log_text().splitlines()[-60:]))
             time.sleep(0.05)
+
+
+def _unread(fd: int) -> int:
+    """Bytes waiting in the pipe ``fd`` (FIONREAD); 0 once it is closed and drained."""
+    import array
+    import fcntl
+    import termios
+
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, count, True)
+    except OSError:
+        return 0
+    return count[0]

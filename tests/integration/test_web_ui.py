@@ -415,6 +415,9 @@ def test_german_admin_view_and_a_cross_site_post_is_refused(tmp_path: Path) -> N
             assert "failing" not in ok[0], ok
             assert browser.find_element(By.CSS_SELECTOR, "#webhooks th").text == "Ziel"
             browser.save_screenshot(str(shots / "9-admin-de.png"))
+            browser.execute_script("document.getElementById('registrations-title')"
+                                   ".scrollIntoView()")
+            browser.save_screenshot(str(shots / "9b-admin-de-webhooks.png"))
 
             # another site's page posts to sipdial in the signed-in browser: refused
             before = len(sd.api("GET", "/v1/calls")[1]["calls"])
