@@ -560,7 +560,12 @@ class _Incoming:
     origin: str | None = None  #: the ``Origin`` header (browsers send it with POST)
     host: str | None = None  #: the ``Host`` header
     forwarded_host: str | None = None  #: ``X-Forwarded-Host`` (a proxy that rewrote Host)
-    language: Lang = Lang.EN  #: of the pages a browser is shown (``Accept-Language``)
+    accept_language: bytes = b""  #: the ``Accept-Language`` header (its first 500 bytes)
+
+    @property
+    def language(self) -> Lang:
+        """The language of the pages a browser is shown (read only for those pages)."""
+        return language(self.accept_language.decode("latin-1"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -2111,8 +2116,7 @@ def _incoming(request: _TwistedRequest, received: float = 0.0,
         origin=_header(request, b"origin"),
         host=_header(request, b"host"),
         forwarded_host=_forwarded_host(request),
-        language=language((request.getHeader(b"accept-language") or b"")[:500]
-                          .decode("latin-1")),
+        accept_language=(request.getHeader(b"accept-language") or b"")[:500],
     )
 
 

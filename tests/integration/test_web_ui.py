@@ -76,6 +76,15 @@ def _text_is(driver: Any, element_id: str, *wanted: str, timeout: float = 20) ->
     return result
 
 
+def _sign_in(driver: Any, user_id: str, *, shot: Path | None = None) -> None:
+    """Fill in the sign-in form shown now (the test's users' passwords are secret<id>)."""
+    WebDriverWait(driver, 20).until(ec.visibility_of_element_located((By.ID, "sign-in")))
+    if shot is not None:
+        driver.save_screenshot(str(shot))
+    driver.find_element(By.ID, "user").send_keys(user_id)
+    driver.find_element(By.ID, "password").send_keys(f"secret{user_id}", Keys.ENTER)
+
+
 def _rows(driver: Any, css: str = "#calls tbody tr") -> list[tuple[str, str]]:
     """(class, text) of each row as the page shows them now (it re-renders a list on
     every event: a row found a moment ago may be gone, so they are read in one go)."""
@@ -116,11 +125,7 @@ def test_sign_in_call_watch_it_live_hang_up_and_call_back_a_missed_call(
                 sd.wait_registered("201", count=2)
                 wait = WebDriverWait(browser, 20)
                 browser.get(sd.http_url + "/")
-                wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
-                browser.save_screenshot(str(shots / "1-sign-in.png"))
-                browser.find_element(By.ID, "user").send_keys("201")
-                browser.find_element(By.ID, "password").send_keys("secret201")
-                browser.find_element(By.CSS_SELECTOR, "#sign-in button[type=submit]").click()
+                _sign_in(browser, "201", shot=shots / "1-sign-in.png")
                 wait.until(ec.visibility_of_element_located((By.ID, "call-box")))
                 assert "201" in browser.find_element(By.ID, "who").text
                 browser.save_screenshot(str(shots / "2-dashboard.png"))
@@ -195,10 +200,7 @@ def test_import_a_phonebook_dial_from_it_and_see_who_calls(tmp_path: Path,
                 sd.wait_registered("201")
                 wait = WebDriverWait(browser, 20)
                 browser.get(sd.http_url + "/")
-                wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
-                browser.find_element(By.ID, "user").send_keys("201")
-                browser.find_element(By.ID, "password").send_keys("secret201")
-                browser.find_element(By.CSS_SELECTOR, "#sign-in button[type=submit]").click()
+                _sign_in(browser, "201")
                 wait.until(ec.visibility_of_element_located((By.ID, "book-import")))
                 browser.find_element(By.ID, "book-file").send_keys(str(book))
                 browser.find_element(By.CSS_SELECTOR, "#book-import button").click()
@@ -263,8 +265,7 @@ def test_a_tel_link_asks_then_dials(tmp_path: Path, browser: Any) -> None:
                 browser.get(sd.http_url + "/dial?to=tel:+49-30-123456")
                 wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
                 assert browser.current_url.endswith("/#dial=%2B4930123456")
-                browser.find_element(By.ID, "user").send_keys("201")
-                browser.find_element(By.ID, "password").send_keys("secret201", Keys.ENTER)
+                _sign_in(browser, "201")
                 dialog = wait.until(ec.visibility_of_element_located((By.ID, "confirm-dial")))
                 assert NUMBER in dialog.text
                 assert sd.api("GET", "/v1/calls")[1]["calls"] == []  # asked, not dialled
@@ -295,9 +296,7 @@ def test_a_tel_link_asks_then_dials(tmp_path: Path, browser: Any) -> None:
                 # password, the page shows every user's calls
                 browser.get(sd.http_url + "/")
                 _click(browser, "#sign-out")
-                wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
-                browser.find_element(By.ID, "user").send_keys("202")
-                browser.find_element(By.ID, "password").send_keys("secret202", Keys.ENTER)
+                _sign_in(browser, "202")
                 _text_is(browser, "who", "202 (administrator)")
                 wait.until(lambda d: len(_rows(d)) == 2 and all(
                     "[201]" in text for _, text in _rows(d)))
