@@ -113,7 +113,7 @@ class Sipdial:
         assert self.nofile is not None
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
-    def _drain_in_background(self, rest: bytes) -> None:
+    def _drain_in_background(self, rest: bytes = b"") -> None:
         """Copy sipdial's output to ``log_path`` as it comes (``rest``: what was read after
         the ready line). Bytes are taken from the pipe only under ``_pump_lock`` and written
         before it is let go, so :meth:`log_text` can wait for everything sipdial wrote
@@ -125,6 +125,7 @@ class Sipdial:
         self._pump_lock = threading.Condition()
         self._pump_fd = fd
         self._pump_done = False
+        self._pumped = 0  # bytes taken from the pipe and written to the file
         with open(self.log_path, "ab") as fh:
             fh.write(("\n".join(self._log) + "\n").encode() + rest)
         # the start-up lines are readable before the next line comes
@@ -144,6 +145,7 @@ class Sipdial:
                             return
                         fh.write(chunk)
                         fh.flush()
+                        self._pumped += len(chunk)
                         self._pump_lock.notify_all()
 
         threading.Thread(target=pump, daemon=True).start()
@@ -154,8 +156,10 @@ class Sipdial:
         lock = getattr(self, "_pump_lock", None)
         if lock is None:
             return
-        with lock:  # bounded: a stuck pump must not hang a test
-            lock.wait_for(lambda: self._pump_done or _unread(self._pump_fd) == 0, timeout=5.0)
+        with lock:  # what is in the pipe now, not what sipdial goes on writing meanwhile
+            target = self._pumped + _unread(self._pump_fd)
+            # bounded: a stuck pump must not hang a test
+            lock.wait_for(lambda: self._pump_done or self._pumped >= target, timeout=5.0)
 
     def stop(self) -> int | None:
         if self.proc is None:

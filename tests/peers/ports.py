@@ -60,6 +60,23 @@ def free_port_both(host: str = LOOPBACK, attempts: int = 50) -> int:
     raise RuntimeError(f"no port free on both UDP and TCP at {host} after {attempts} tries")
 
 
+def reserve_port_both(host: str = LOOPBACK, attempts: int = 50
+                      ) -> tuple[int, list[socket.socket]]:
+    """A port free for UDP and TCP, kept bound (the sockets) until the caller closes them
+    just before its peer binds it: while held, nothing else that binds port 0 meanwhile
+    (sipdial starting, its media process) can be handed that port."""
+    for _ in range(attempts):
+        udp = _bind("udp", host, 0)
+        port = int(udp.getsockname()[1])
+        try:
+            tcp = _bind("tcp", host, port)
+        except OSError:
+            udp.close()
+            continue
+        return port, [udp, tcp]
+    raise RuntimeError(f"no port free on both UDP and TCP at {host} after {attempts} tries")
+
+
 def free_port_block(
     count: int,
     kinds: tuple[Kind, ...] = ("udp", "tcp"),

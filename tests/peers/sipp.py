@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from typing import IO, Literal
 
 import pytest
 
-from tests.peers.ports import LOOPBACK, free_port_block, free_port_both, is_free
+from tests.peers.ports import LOOPBACK, free_port_block, is_free, reserve_port_both
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 Transport = Literal["udp", "tcp"]
@@ -102,7 +103,11 @@ class Sipp:
         self.dir = Path(workdir) / self.name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.remote = remote
-        self.port = port if port is not None else free_port_both()
+        #: the port held bound until start() (see reserve_port_both)
+        self._held: list[socket.socket] = []
+        if port is None:
+            port, self._held = reserve_port_both()
+        self.port = port
         self.transport: Transport = transport
         self.service = service
         self.duration_ms = duration_ms
@@ -175,6 +180,7 @@ class Sipp:
         if self._proc is not None:
             raise RuntimeError("already started")
         self._stdout = open(self.stdout_file, "wb")  # closed in stop()
+        self._release()  # the held port: SIPp binds it next
         self._proc = subprocess.Popen(
             self.args,
             cwd=self.dir,
@@ -235,7 +241,13 @@ class Sipp:
             f"--- messages:\n{self.messages()}\n--- stdout (tail):\n{tail}"
         )
 
+    def _release(self) -> None:
+        for sock in self._held:
+            sock.close()
+        self._held = []
+
     def stop(self, timeout: float = 5.0) -> int | None:
+        self._release()
         proc = self._proc
         if proc is not None:
             for sig in (signal.SIGTERM, signal.SIGKILL):
