@@ -472,6 +472,9 @@ class _Principal:
 _ADMIN: Final = _Principal(user=None)
 
 
+_PROOF_HEX: Final = 32  #: hex digits of a token's SHA-256 a session keeps as its proof
+
+
 class _Tokens:
     """Bearer tokens -> principals, compared in constant time.
 
@@ -485,16 +488,18 @@ class _Tokens:
             for token, owner in tokens.items()
             if token
         ]
+        #: (a session's token proof, owner): read by every session request, so a set — the
+        #: proof comes from a cookie whose HMAC was checked, no timing to hide here
+        self._proofs = {(d.hex()[:_PROOF_HEX], o) for d, o in self._entries}
 
     def has(self, digest_hex: str, user: str | None) -> bool:
-        """Whether a token whose SHA-256 starts with ``digest_hex`` is still configured for
-        ``user`` (None: an administrator's)."""
-        owner = user or "*"
-        return any(d.hex().startswith(digest_hex) and o == owner for d, o in self._entries)
+        """Whether a token whose SHA-256 starts with ``digest_hex`` (a :meth:`proof`) is
+        still configured for ``user`` (None: an administrator's)."""
+        return (digest_hex, user or "*") in self._proofs
 
     @staticmethod
     def proof(token: str) -> str:
-        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:_PROOF_HEX]
 
     def lookup(self, token: str) -> _Principal | None:
         presented = hashlib.sha256(token.encode()).digest()
