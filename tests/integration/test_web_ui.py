@@ -14,6 +14,7 @@ import shutil
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,24 @@ def _click(driver: Any, css: str, timeout: float = 20) -> None:
         StaleElementReferenceException, NoSuchElementException)).until(click)
 
 
+@contextmanager
+def _office(tmp_path: Path, *, calls: int = 1, users: list[dict[str, Any]] | None = None,
+            extra: str = "") -> Iterator[tuple[Sipdial, Baresip]]:
+    """sipdial with user 201's registered baresip phone (it answers by itself) and a SIPp
+    destination that answers ``calls`` calls, every number routed to it."""
+    with Sipp.uas(tmp_path, "uas_answer.xml", timeout=120, calls=calls) as dest:
+        sd = Sipdial(tmp_path, users=users or [user("201", auto_answer=True)],
+                     routes=[{"match": ROUTE_MATCH,
+                              "uri": f"sip:{{number}}@{LOOPBACK}:{dest.port}"}],
+                     extra=extra)
+        with sd.start():
+            dest.start()
+            with Baresip(tmp_path, user="201", password="secret201",
+                         registrar=f"127.0.0.1:{sd.sip_port('udp')}", outbound=False) as phone:
+                sd.wait_registered("201")
+                yield sd, phone
+
+
 def test_sign_in_call_watch_it_live_hang_up_and_call_back_a_missed_call(
         tmp_path: Path, browser: Any) -> None:
     shots = _shots(tmp_path)
@@ -186,63 +205,54 @@ def test_import_a_phonebook_dial_from_it_and_see_who_calls(tmp_path: Path,
                      for i in range(3000))
     book.write_text("Name,Phone\n" + others + "Erika Mustermann,030 123456\n")
     assert book.stat().st_size > 2 * 64 * 1024  # three requests at least
-    with Sipp.uas(tmp_path, "uas_answer.xml", timeout=120) as dest:
-        sd = Sipdial(tmp_path, users=[user("201", auto_answer=True)],
-                     routes=[{"match": ROUTE_MATCH,
-                              "uri": f"sip:{{number}}@{LOOPBACK}:{dest.port}"}],
-                     extra=(f'[numbers]\ncountry = "49"\narea = "211"\n'
-                            f'[[trunks]]\nname = "carrier"\nallow_from = ["{CARRIER}/32"]\n'
-                            f'dids = {{ "{DID}" = "201" }}\n'))
-        with sd.start():
-            dest.start()
-            with Baresip(tmp_path, user="201", password="secret201",
-                         registrar=f"127.0.0.1:{sd.sip_port('udp')}", outbound=False) as phone:
-                sd.wait_registered("201")
-                wait = WebDriverWait(browser, 20)
-                browser.get(sd.http_url + "/")
-                _sign_in(browser, "201")
-                wait.until(ec.visibility_of_element_located((By.ID, "book-import")))
-                browser.find_element(By.ID, "book-file").send_keys(str(book))
-                browser.find_element(By.CSS_SELECTOR, "#book-import button").click()
-                _text_is(browser, "book-status", "3001 imported", timeout=60)
-                status, found = sd.api("GET", "/v1/contacts?q=Kunde%202999&owner=201")
-                assert status == 200
-                assert found["contacts"][0]["name"] == "Kunde 2999, Abteilung Einkauf", found
-                browser.find_element(By.ID, "book-search").send_keys("Mustermann")
-                wait.until(lambda d: [t for _, t in _rows(d, "#book tbody tr")] and all(
-                    "Mustermann" in t for _, t in _rows(d, "#book tbody tr")))
-                # change her: a second number
-                _click(browser, "#book tbody tr button.book-edit")
-                numbers = browser.find_element(By.ID, "book-numbers")
-                assert numbers.get_attribute("value") == "030 123456"
-                numbers.send_keys(", 0171 2345678")
-                assert browser.find_element(By.ID, "book-save").text == "Save"
-                browser.find_element(By.ID, "book-save").click()
-                wait.until(lambda d: any("0171 2345678" in t
-                                         for _, t in _rows(d, "#book tbody tr")))
-                assert browser.find_element(By.ID, "book-save").text == "Add"
-                button = wait.until(ec.element_to_be_clickable(
-                    (By.CSS_SELECTOR, "#book button.book-dial")))
-                assert "030 123456" in button.text
-                browser.save_screenshot(str(shots / "7-phonebook.png"))
-                button.click()
-                _text_is(browser, "current-state", "connected")
-                assert "+4930123456" in browser.find_element(By.ID, "current-to").text
-                browser.find_element(By.ID, "hang-up").click()
-                _text_is(browser, "current-state", "cancelled", "hung up")
+    with _office(tmp_path, extra=(f'[numbers]\ncountry = "49"\narea = "211"\n'
+                                  f'[[trunks]]\nname = "carrier"\nallow_from = ["{CARRIER}/32"]\n'
+                                  f'dids = {{ "{DID}" = "201" }}\n')) as (sd, phone):
+        wait = WebDriverWait(browser, 20)
+        browser.get(sd.http_url + "/")
+        _sign_in(browser, "201")
+        wait.until(ec.visibility_of_element_located((By.ID, "book-import")))
+        browser.find_element(By.ID, "book-file").send_keys(str(book))
+        browser.find_element(By.CSS_SELECTOR, "#book-import button").click()
+        _text_is(browser, "book-status", "3001 imported", timeout=60)
+        status, found = sd.api("GET", "/v1/contacts?q=Kunde%202999&owner=201")
+        assert status == 200
+        assert found["contacts"][0]["name"] == "Kunde 2999, Abteilung Einkauf", found
+        browser.find_element(By.ID, "book-search").send_keys("Mustermann")
+        wait.until(lambda d: [t for _, t in _rows(d, "#book tbody tr")] and all(
+            "Mustermann" in t for _, t in _rows(d, "#book tbody tr")))
+        # change her: a second number
+        _click(browser, "#book tbody tr button.book-edit")
+        numbers = browser.find_element(By.ID, "book-numbers")
+        assert numbers.get_attribute("value") == "030 123456"
+        numbers.send_keys(", 0171 2345678")
+        assert browser.find_element(By.ID, "book-save").text == "Save"
+        browser.find_element(By.ID, "book-save").click()
+        wait.until(lambda d: any("0171 2345678" in t
+                                 for _, t in _rows(d, "#book tbody tr")))
+        assert browser.find_element(By.ID, "book-save").text == "Add"
+        button = wait.until(ec.element_to_be_clickable(
+            (By.CSS_SELECTOR, "#book button.book-dial")))
+        assert "030 123456" in button.text
+        browser.save_screenshot(str(shots / "7-phonebook.png"))
+        button.click()
+        _text_is(browser, "current-state", "connected")
+        assert "+4930123456" in browser.find_element(By.ID, "current-to").text
+        browser.find_element(By.ID, "hang-up").click()
+        _text_is(browser, "current-state", "cancelled", "hung up")
 
-                # someone calls from that number: the list names them
-                with _carrier(tmp_path, sd, "030123456", name="erika") as carrier:
-                    carrier.start()
-                    # the current-call box shows who calls, from the phonebook
-                    _text_is(browser, "current-to", "Erika Mustermann")
-                    phone.wait_event("CALL_ESTABLISHED", timeout=15)  # auto-answered
-                    row = WebDriverWait(browser, 20).until(lambda d: next(
-                        (r for r in d.find_elements(By.CSS_SELECTOR, "#calls tbody tr")
-                         if "Erika Mustermann" in r.text), False))
-                    assert "←" in row.text  # inbound, named from the phonebook
-                    browser.save_screenshot(str(shots / "8-incoming-named.png"))
-                    carrier.wait(20)
+        # someone calls from that number: the list names them
+        with _carrier(tmp_path, sd, "030123456", name="erika") as carrier:
+            carrier.start()
+            # the current-call box shows who calls, from the phonebook
+            _text_is(browser, "current-to", "Erika Mustermann")
+            phone.wait_event("CALL_ESTABLISHED", timeout=15)  # auto-answered
+            row = WebDriverWait(browser, 20).until(lambda d: next(
+                (r for r in d.find_elements(By.CSS_SELECTOR, "#calls tbody tr")
+                 if "Erika Mustermann" in r.text), False))
+            assert "←" in row.text  # inbound, named from the phonebook
+            browser.save_screenshot(str(shots / "8-incoming-named.png"))
+            carrier.wait(20)
 
 
 def test_a_tel_link_asks_then_dials(tmp_path: Path, browser: Any) -> None:
@@ -250,57 +260,49 @@ def test_a_tel_link_asks_then_dials(tmp_path: Path, browser: Any) -> None:
     and its button dials; not signed in (a link from another site brings no cookie), the
     page signs in first, then asks in its own dialog."""
     shots = _shots(tmp_path)
-    with Sipp.uas(tmp_path, "uas_answer.xml", timeout=120, calls=2) as dest:
-        sd = Sipdial(tmp_path, users=[user("201", auto_answer=True),
-                                      {**user("202", name="Office"), "admin": True}],
-                     routes=[{"match": ROUTE_MATCH,
-                              "uri": f"sip:{{number}}@{LOOPBACK}:{dest.port}"}])
-        with sd.start():
-            dest.start()
-            with Baresip(tmp_path, user="201", password="secret201",
-                         registrar=f"127.0.0.1:{sd.sip_port('udp')}", outbound=False) as phone:
-                sd.wait_registered("201")
-                wait = WebDriverWait(browser, 20)
-                # not signed in: the link leads to the page, which signs in, then asks
-                browser.get(sd.http_url + "/dial?to=tel:+49-30-123456")
-                wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
-                assert browser.current_url.endswith("/#dial=%2B4930123456")
-                _sign_in(browser, "201")
-                dialog = wait.until(ec.visibility_of_element_located((By.ID, "confirm-dial")))
-                assert NUMBER in dialog.text
-                assert sd.api("GET", "/v1/calls")[1]["calls"] == []  # asked, not dialled
-                browser.save_screenshot(str(shots / "11-tel-link-asks.png"))
-                dialog.find_element(By.CSS_SELECTOR, "button[value=yes]").click()
-                _text_is(browser, "current-state", "connected")
-                assert "4930123456" in str(phone.wait_event("CALL_ESTABLISHED", timeout=10))
-                browser.find_element(By.ID, "hang-up").click()
-                _text_is(browser, "current-state", "cancelled", "hung up")
+    with _office(tmp_path, calls=2, users=[user("201", auto_answer=True),
+                 {**user("202", name="Office"), "admin": True}]) as (sd, phone):
+        wait = WebDriverWait(browser, 20)
+        # not signed in: the link leads to the page, which signs in, then asks
+        browser.get(sd.http_url + "/dial?to=tel:+49-30-123456")
+        wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
+        assert browser.current_url.endswith("/#dial=%2B4930123456")
+        _sign_in(browser, "201")
+        dialog = wait.until(ec.visibility_of_element_located((By.ID, "confirm-dial")))
+        assert NUMBER in dialog.text
+        assert sd.api("GET", "/v1/calls")[1]["calls"] == []  # asked, not dialled
+        browser.save_screenshot(str(shots / "11-tel-link-asks.png"))
+        dialog.find_element(By.CSS_SELECTOR, "button[value=yes]").click()
+        _text_is(browser, "current-state", "connected")
+        assert "4930123456" in str(phone.wait_event("CALL_ESTABLISHED", timeout=10))
+        browser.find_element(By.ID, "hang-up").click()
+        _text_is(browser, "current-state", "cancelled", "hung up")
 
-                # signed in: sipdial's own confirmation page, its button dials
-                browser.get(sd.http_url + "/dial?to=tel:%2B4930123456")
-                button = wait.until(ec.element_to_be_clickable(
-                    (By.CSS_SELECTOR, "form[method=post] button")))
-                assert NUMBER in browser.find_element(By.TAG_NAME, "h1").text
-                assert len(sd.api("GET", "/v1/calls")[1]["calls"]) == 1
-                browser.save_screenshot(str(shots / "12-tel-confirm.png"))
-                button.click()
-                WebDriverWait(browser, 20, ignored_exceptions=(  # the next page loads
-                    StaleElementReferenceException, NoSuchElementException)).until(
-                        lambda d: "Calling" in d.find_element(By.TAG_NAME, "h1").text)
-                calls = sd.api("GET", "/v1/calls")[1]["calls"]
-                assert len(calls) == 2 and calls[0]["to"] == NUMBER, calls
-                sd.wait_state(calls[0]["id"], "connected")
-                assert sd.api("DELETE", f"/v1/calls/{calls[0]['id']}")[0] == 200
+        # signed in: sipdial's own confirmation page, its button dials
+        browser.get(sd.http_url + "/dial?to=tel:%2B4930123456")
+        button = wait.until(ec.element_to_be_clickable(
+            (By.CSS_SELECTOR, "form[method=post] button")))
+        assert NUMBER in browser.find_element(By.TAG_NAME, "h1").text
+        assert len(sd.api("GET", "/v1/calls")[1]["calls"]) == 1
+        browser.save_screenshot(str(shots / "12-tel-confirm.png"))
+        button.click()
+        WebDriverWait(browser, 20, ignored_exceptions=(  # the next page loads
+            StaleElementReferenceException, NoSuchElementException)).until(
+                lambda d: "Calling" in d.find_element(By.TAG_NAME, "h1").text)
+        calls = sd.api("GET", "/v1/calls")[1]["calls"]
+        assert len(calls) == 2 and calls[0]["to"] == NUMBER, calls
+        sd.wait_state(calls[0]["id"], "connected")
+        assert sd.api("DELETE", f"/v1/calls/{calls[0]['id']}")[0] == 200
 
-                # user 202 is an administrator ([[users]] admin): signed in with the SIP
-                # password, the page shows every user's calls
-                browser.get(sd.http_url + "/")
-                _click(browser, "#sign-out")
-                _sign_in(browser, "202")
-                _text_is(browser, "who", "202 (administrator)")
-                wait.until(lambda d: len(_rows(d)) == 2 and all(
-                    "[201]" in text for _, text in _rows(d)))
-                assert browser.find_element(By.ID, "admin-view").is_displayed()
+        # user 202 is an administrator ([[users]] admin): signed in with the SIP
+        # password, the page shows every user's calls
+        browser.get(sd.http_url + "/")
+        _click(browser, "#sign-out")
+        _sign_in(browser, "202")
+        _text_is(browser, "who", "202 (administrator)")
+        wait.until(lambda d: len(_rows(d)) == 2 and all(
+            "[201]" in text for _, text in _rows(d)))
+        assert browser.find_element(By.ID, "admin-view").is_displayed()
 
 
 class _Elsewhere(ThreadingHTTPServer):
@@ -453,40 +455,32 @@ def test_on_a_phone_sized_screen_by_keyboard_alone(tmp_path: Path) -> None:
     """390 x 844 CSS pixels (a phone): nothing wider than the screen; sign in, call and
     hang up with the keyboard alone; every shown control has a label or a name."""
     shots = _shots(tmp_path)
-    with Sipp.uas(tmp_path, "uas_answer.xml", timeout=120) as dest:
-        sd = Sipdial(tmp_path, users=[user("201", auto_answer=True)],
-                     routes=[{"match": ROUTE_MATCH,
-                              "uri": f"sip:{{number}}@{LOOPBACK}:{dest.port}"}])
-        with sd.start():
-            dest.start()
-            with Baresip(tmp_path, user="201", password="secret201",
-                         registrar=f"127.0.0.1:{sd.sip_port('udp')}", outbound=False) as phone:
-                sd.wait_registered("201")
-                browser = _chrome(tmp_path / "chromium-phone")
-                try:
-                    browser.set_window_size(390, 844)
-                    wait = WebDriverWait(browser, 20)
-                    browser.get(sd.http_url + "/")
-                    wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
-                    assert browser.switch_to.active_element.get_attribute("id") == "user"
-                    assert browser.execute_script(_UNLABELLED) == []
-                    browser.switch_to.active_element.send_keys("201", Keys.TAB)
-                    browser.switch_to.active_element.send_keys("secret201", Keys.ENTER)
-                    wait.until(ec.visibility_of_element_located((By.ID, "call-box")))
-                    wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "to")
-                    browser.switch_to.active_element.send_keys(NUMBER, Keys.ENTER)
-                    _text_is(browser, "current-state", "connected")
-                    phone.wait_event("CALL_ESTABLISHED", timeout=10)
-                    assert browser.execute_script(_UNLABELLED) == []
-                    wide = browser.execute_script(_TOO_WIDE)
-                    assert not wide, "\n".join(wide)
-                    browser.save_screenshot(str(shots / "10-phone.png"))
-                    for _ in range(30):  # Tab to the hang-up button, Enter
-                        if browser.switch_to.active_element.get_attribute("id") == "hang-up":
-                            break
-                        browser.switch_to.active_element.send_keys(Keys.TAB)
-                    assert browser.switch_to.active_element.get_attribute("id") == "hang-up"
-                    browser.switch_to.active_element.send_keys(Keys.ENTER)
-                    _text_is(browser, "current-state", "cancelled", "hung up")
-                finally:
-                    browser.quit()
+    with _office(tmp_path) as (sd, phone):
+        browser = _chrome(tmp_path / "chromium-phone")
+        try:
+            browser.set_window_size(390, 844)
+            wait = WebDriverWait(browser, 20)
+            browser.get(sd.http_url + "/")
+            wait.until(ec.visibility_of_element_located((By.ID, "sign-in")))
+            assert browser.switch_to.active_element.get_attribute("id") == "user"
+            assert browser.execute_script(_UNLABELLED) == []
+            browser.switch_to.active_element.send_keys("201", Keys.TAB)
+            browser.switch_to.active_element.send_keys("secret201", Keys.ENTER)
+            wait.until(ec.visibility_of_element_located((By.ID, "call-box")))
+            wait.until(lambda d: d.switch_to.active_element.get_attribute("id") == "to")
+            browser.switch_to.active_element.send_keys(NUMBER, Keys.ENTER)
+            _text_is(browser, "current-state", "connected")
+            phone.wait_event("CALL_ESTABLISHED", timeout=10)
+            assert browser.execute_script(_UNLABELLED) == []
+            wide = browser.execute_script(_TOO_WIDE)
+            assert not wide, "\n".join(wide)
+            browser.save_screenshot(str(shots / "10-phone.png"))
+            for _ in range(30):  # Tab to the hang-up button, Enter
+                if browser.switch_to.active_element.get_attribute("id") == "hang-up":
+                    break
+                browser.switch_to.active_element.send_keys(Keys.TAB)
+            assert browser.switch_to.active_element.get_attribute("id") == "hang-up"
+            browser.switch_to.active_element.send_keys(Keys.ENTER)
+            _text_is(browser, "current-state", "cancelled", "hung up")
+        finally:
+            browser.quit()
